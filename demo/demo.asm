@@ -1,0 +1,269 @@
+; Portal Desktop - the portal's default exhibit: a small, free stand-in for the
+; look of Windows 3.1, booted by SeaBIOS from a raw hard disk (drive 80h) in
+; 16-bit real mode. Assembled with `nasm -f bin` into the whole disk image.
+;
+; Disk layout (512-byte sectors, exactly 2048 sectors = 1 MiB):
+;   LBA 0         MBR: loads the program sectors to 0000:7E00 and jumps there.
+;                 No partition table (not needed); ends with the 55AA signature.
+;   LBA 1..N      the program (N = PROG_SECTORS, at most 62; rest up to 63 zero).
+;   LBA 64..71    document area, 8 sectors = 4096 bytes: the Notepad text.
+;                 Encoding: ASCII, printable 0x20..0x7E, lines separated by a
+;                 single LF (0x0A), terminated by a NUL byte (so at most 4095
+;                 characters); every byte after the NUL is zero. Loaded at boot,
+;                 written back by Save/F2 with int 13h AH=03h.
+;   LBA 72..2047  zero.
+;
+; Memory (one segment: CS = DS = ES = SS = 0 except while drawing):
+;   0000:0600..2FFF  variables and buffers (zeroed at start, see vars below)
+;   0000:7C00        MBR (its disk routine and geometry stay in use); the stack
+;                    grows down from here
+;   0000:7E00        program
+
+bits 16
+cpu 486
+org 0x7C00
+
+PROG_LOAD    equ 0x7E00
+PROG_MAX     equ 62
+DOC_LBA      equ 64
+DOC_SECTORS  equ 8
+DOC_BYTES    equ DOC_SECTORS * 512
+DOC_MAX      equ DOC_BYTES - 1        ; keep room for the NUL terminator
+
+; ---------------------------------------------------------------------------
+; Sector 0: MBR
+; ---------------------------------------------------------------------------
+mbr:
+    cli
+    xor ax, ax
+    mov ss, ax
+    mov sp, 0x7C00
+    mov ds, ax
+    mov es, ax
+    sti
+    cld
+    jmp 0x0000:.go                     ; some BIOSes enter at 07C0:0000
+.go:
+    mov [boot_drive], dl
+    ; Ask the BIOS for its geometry so LBA->CHS works whatever it chose
+    ; (QEMU guesses 2/16/63 for this size, but do not rely on it).
+    mov ah, 0x08
+    int 0x13
+    jc .geometry_done
+    and cx, 0x3F
+    jz .geometry_done
+    mov [spt], cx
+    movzx dx, dh
+    inc dx
+    mov [heads], dx
+.geometry_done:
+    xor ax, ax
+    mov es, ax                         ; AH=08h may change ES:DI
+    mov ax, 1
+    mov bx, PROG_LOAD
+    mov cx, PROG_SECTORS
+.load:
+    mov di, 0x0201
+    call disk_rw
+    jc .fail
+    inc ax
+    add bx, 512
+    loop .load
+    jmp prog_main
+.fail:
+    mov si, msg_disk_error
+.print:
+    lodsb
+    test al, al
+    jz .halt
+    mov ah, 0x0E
+    mov bx, 0x0007
+    int 0x10
+    jmp .print
+.halt:
+    hlt
+    jmp .halt
+
+; disk_rw: transfer one sector between LBA AX and ES:BX on the boot drive.
+; DI = 0x0201 to read, 0x0301 to write (the AH/AL of int 13h). CF set on
+; failure after three tries. Preserves all registers. One sector at a time
+; keeps every request inside one track, which any BIOS accepts.
+disk_rw:
+    pusha
+    mov si, 3
+.try:
+    push ax
+    xor dx, dx
+    div word [spt]                     ; AX = track, DX = sector - 1
+    mov cl, dl
+    inc cl
+    xor dx, dx
+    div word [heads]                   ; AX = cylinder, DX = head
+    mov dh, dl
+    mov ch, al
+    shl ah, 6
+    or cl, ah                          ; cylinder bits 8-9 in CL bits 6-7
+    mov dl, [boot_drive]
+    mov ax, di
+    int 0x13
+    pop ax
+    jnc .ok
+    push ax
+    xor ax, ax                         ; reset the drive, then retry
+    mov dl, [boot_drive]
+    int 0x13
+    pop ax
+    dec si
+    jnz .try
+    stc
+.ok:
+    popa                               ; POPA and RET keep CF
+    ret
+
+spt:        dw 63
+heads:      dw 16
+boot_drive: db 0x80
+msg_disk_error: db "Portal demo: disk read error", 0
+
+    times 510 - ($ - $$) db 0
+    dw 0xAA55
+
+; ---------------------------------------------------------------------------
+; Program (LBA 1..)
+; ---------------------------------------------------------------------------
+prog_start:
+
+prog_main:
+    ; The variable area may hold junk after a warm reboot.
+    mov di, VARS_START
+    mov cx, VARS_END - VARS_START
+    xor al, al
+    rep stosb
+
+    mov ax, 0x0012                     ; 640x480, 16 colours
+    int 0x10
+    push es
+    push bp
+    mov ax, 0x1130                     ; pointer to the VGA BIOS 8x16 font
+    mov bh, 0x06
+    int 0x10
+    mov [font_seg], es
+    mov [font_off], bp
+    pop bp
+    pop es
+    call vga_default_state
+
+    call doc_load
+    call mouse_init
+    call clock_init
+    call redraw_all
+
+main_loop:
+    call poll_mouse
+    call poll_keys
+    call poll_clock
+    call cursor_show
+    ; Sleep until the next interrupt unless work is already waiting. The
+    ; checks read memory only, with interrupts off, and STI;HLT is atomic,
+    ; so a key or mouse interrupt arriving meanwhile cannot be missed.
+    cli
+    mov ax, [0x041A]                   ; BIOS keyboard buffer head
+    cmp ax, [0x041C]                   ; ... and tail
+    jne .busy
+    cmp byte [mouse_event], 0
+    jne .busy
+    mov eax, [0x046C]                  ; BIOS timer ticks (18.2 Hz)
+    cmp eax, [last_tick]
+    jne .busy
+    sti
+    hlt
+    jmp main_loop
+.busy:
+    sti
+    jmp main_loop
+
+; poll_keys: handle every key waiting in the BIOS buffer.
+poll_keys:
+.next:
+    mov ah, 0x01
+    int 0x16
+    jz .done
+    mov ah, 0x00
+    int 0x16
+    call handle_key
+    jmp .next
+.done:
+    ret
+
+; handle_key: AX = BIOS key (AH scan code, AL ASCII). All typing goes to
+; Notepad, which is reopened if the visitor had closed it.
+handle_key:
+    pusha
+    cmp ax, 0x3C00                     ; F2
+    je .save
+    cmp al, 0x13                       ; Ctrl-S
+    je .save
+    cmp al, 0x08
+    je .backspace
+    cmp al, 0x0D
+    je .enter
+    cmp al, 0x09
+    je .tab
+    cmp al, 0x20
+    jb .done
+    cmp al, 0x7E
+    ja .done
+.insert:
+    call notepad_open
+    call np_insert
+    jmp .done
+.tab:
+    mov al, ' '
+    jmp .insert
+.enter:
+    mov al, 0x0A
+    jmp .insert
+.backspace:
+    call notepad_open
+    call np_backspace
+    jmp .done
+.save:
+    call notepad_open
+    call doc_save
+.done:
+    popa
+    ret
+
+%include "vga.asm"
+%include "ui.asm"
+%include "notepad.asm"
+%include "mouse.asm"
+%include "clock.asm"
+
+prog_end:
+PROG_SECTORS equ (prog_end - prog_start + 511) / 512
+%if PROG_SECTORS > PROG_MAX
+  %error "program does not fit in front of the document area"
+%endif
+
+    times DOC_LBA * 512 - ($ - $$) db 0
+
+; ---------------------------------------------------------------------------
+; LBA 64..71: the document a new visitor sees.
+; ---------------------------------------------------------------------------
+doc_initial:
+    db "Welcome! Type here, press Save, then reboot: your text stays on "
+    db "this visit's disk. A new visitor starts fresh.", 0x0A
+doc_initial_end:
+    db 0
+%if doc_initial_end - doc_initial > DOC_MAX
+  %error "initial document too long"
+%endif
+    times (DOC_LBA + DOC_SECTORS) * 512 - ($ - $$) db 0
+
+    times 2048 * 512 - ($ - $$) db 0
+
+; ---------------------------------------------------------------------------
+; Variables (not part of the image)
+; ---------------------------------------------------------------------------
+%include "vars.asm"

@@ -1,0 +1,615 @@
+; vga.asm - drawing primitives for VGA mode 12h (640x480, 4 bit planes).
+;
+; Under QEMU every access to the planar A000 window is emulated: writes are
+; batched by KVM (coalesced MMIO) and cheap, but each read and each port
+; write is a full exit to QEMU. So fills write 8 pixels per byte through
+; Set/Reset, reads happen only where a partial byte must keep its other
+; pixels (the read loads the latches), and text that is redrawn often is
+; written plane by plane without any read.
+;
+; VGA state kept between calls: write mode 0, no rotate/function, Set/Reset
+; enabled on all planes, Bit Mask FF, Map Mask 0F, read plane 0.
+
+VGA_SEG     equ 0xA000
+GC_PORT     equ 0x3CE
+SEQ_PORT    equ 0x3C4
+LINE_BYTES         equ 80                  ; bytes per scan line
+SCR_W       equ 640
+SCR_H       equ 480
+CURSOR_SAVE equ 0xA000              ; offscreen (past 38400) copy of the pixels under the pointer
+CUR_ROWS    equ 20
+
+C_BLACK     equ 0
+C_BLUE      equ 1
+C_CYAN      equ 3
+C_LGRAY     equ 7
+C_DGRAY     equ 8
+C_LBLUE     equ 9
+C_WHITE     equ 15
+
+%macro GCSET 2
+    mov dx, GC_PORT
+    mov ax, ((%2) << 8) | (%1)
+    out dx, ax
+%endmacro
+
+vga_default_state:
+    push ax
+    push dx
+    GCSET 5, 0x00
+    GCSET 3, 0x00
+    GCSET 1, 0x0F
+    GCSET 8, 0xFF
+    GCSET 4, 0x00
+    mov dx, SEQ_PORT
+    mov ax, 0x0F02
+    out dx, ax
+    pop dx
+    pop ax
+    ret
+
+; fill_rect: AX = x, BX = y, CX = width, DX = height, SI = colour.
+; Preserves all registers. Edge columns with partial bytes are done with one
+; bit mask each for the whole height, so a fill costs at most 3 mask changes.
+fill_rect:
+    call cursor_hide
+    pusha
+    push es
+    test cx, cx
+    jle .out
+    test dx, dx
+    jle .out
+    mov [fr_h], dx
+    mov di, ax                         ; DI = x
+    add cx, ax
+    dec cx                             ; CX = last column
+    mov dx, GC_PORT
+    push ax
+    mov ax, si
+    mov ah, al
+    mov al, 0                          ; Set/Reset colour
+    out dx, ax
+    pop ax
+    push cx
+    mov cl, al
+    and cl, 7
+    mov al, 0xFF
+    shr al, cl
+    mov [fr_lmask], al
+    pop cx
+    push cx
+    and cl, 7
+    xor cl, 7
+    mov al, 0xFF
+    shl al, cl
+    mov [fr_rmask], al
+    pop cx
+    shr di, 3                          ; first byte column
+    shr cx, 3                          ; last byte column
+    imul bx, bx, LINE_BYTES                   ; BX = offset of the first line
+    mov ax, VGA_SEG
+    mov es, ax
+    cmp di, cx
+    jne .multi
+    mov ah, [fr_lmask]
+    and ah, [fr_rmask]
+    mov si, di
+    call .column
+    jmp .restore
+.multi:
+    mov [fr_rb], cx
+    cmp byte [fr_lmask], 0xFF
+    je .left_full
+    mov ah, [fr_lmask]
+    mov si, di
+    call .column
+    inc di
+.left_full:
+    mov cx, [fr_rb]
+    cmp byte [fr_rmask], 0xFF
+    je .right_full
+    mov ah, [fr_rmask]
+    mov si, cx
+    call .column
+    dec cx
+.right_full:
+    sub cx, di                         ; full-byte columns DI..CX
+    inc cx
+    jle .restore
+    mov dx, GC_PORT
+    mov ax, 0xFF08
+    out dx, ax
+    add di, bx
+    mov dx, [fr_h]
+    mov ax, cx
+.mrow:
+    mov cx, ax
+    push di
+    rep stosb                          ; data is ignored: Set/Reset gives the colour
+    pop di
+    add di, LINE_BYTES
+    dec dx
+    jnz .mrow
+.restore:
+    mov dx, GC_PORT
+    mov ax, 0xFF08
+    out dx, ax
+.out:
+    pop es
+    popa
+    ret
+
+; AH = bit mask, SI = byte column, BX = first line offset, [fr_h] lines.
+.column:
+    push cx
+    push si
+    push dx
+    mov dx, GC_PORT
+    mov al, 8
+    out dx, ax
+    add si, bx
+    mov cx, [fr_h]
+.crow:
+    or [es:si], al                     ; read loads the latches, write merges
+    add si, LINE_BYTES
+    loop .crow
+    pop dx
+    pop si
+    pop cx
+    ret
+
+; draw_text: transparent text. AX = x, BX = y (any pixel), SI = NUL-terminated
+; string, CL = colour. Preserves all registers.
+draw_text:
+    call cursor_hide
+    pusha
+    push es
+    push fs
+    mov dx, GC_PORT
+    push ax
+    mov ah, cl
+    mov al, 0
+    out dx, ax
+    pop ax
+    imul bx, bx, LINE_BYTES
+    mov [dt_row], bx
+    mov [dt_x], ax
+    mov ax, VGA_SEG
+    mov es, ax
+    mov fs, [font_seg]
+.next:
+    lodsb
+    test al, al
+    jz .done
+    push si
+    mov ah, 0
+    shl ax, 4
+    add ax, [font_off]
+    mov si, ax
+    mov ax, [dt_x]
+    mov cx, ax
+    and cl, 7
+    shr ax, 3
+    mov di, [dt_row]
+    add di, ax
+    call blit_glyph
+    add word [dt_x], 8
+    pop si
+    jmp .next
+.done:
+    mov ax, 0xFF08
+    out dx, ax
+    pop fs
+    pop es
+    popa
+    ret
+
+; draw_glyph: one 8x16 glyph from segment 0. AX = x, BX = y, CL = colour,
+; SI = glyph. Preserves all registers.
+draw_glyph:
+    call cursor_hide
+    pusha
+    push es
+    push fs
+    mov dx, GC_PORT
+    push ax
+    mov ah, cl
+    mov al, 0
+    out dx, ax
+    pop ax
+    imul bx, bx, LINE_BYTES
+    mov di, ax
+    shr di, 3
+    add di, bx
+    mov cx, ax
+    and cl, 7
+    push word 0
+    pop fs
+    push word VGA_SEG
+    pop es
+    call blit_glyph
+    mov ax, 0xFF08
+    out dx, ax
+    pop fs
+    pop es
+    popa
+    ret
+
+; blit_glyph: FS:SI = 16 glyph rows, ES:DI = byte of the top row, CL = x & 7,
+; DX = GC_PORT, colour already in Set/Reset. Pixels outside the glyph's
+; bits keep their colour (the bit mask protects them).
+blit_glyph:
+    push ax
+    push bx
+    push si
+    push di
+    push bp
+    mov bp, 16
+.row:
+    mov bh, [fs:si]
+    inc si
+    test bh, bh
+    jz .skip
+    xor bl, bl
+    shr bx, cl                         ; BH = left byte mask, BL = right byte mask
+    test bh, bh
+    jz .second
+    mov ah, bh
+    mov al, 8
+    out dx, ax
+    or [es:di], al
+.second:
+    test bl, bl
+    jz .skip
+    mov ah, bl
+    mov al, 8
+    out dx, ax
+    or [es:di+1], al
+.skip:
+    add di, LINE_BYTES
+    dec bp
+    jnz .row
+    pop bp
+    pop di
+    pop si
+    pop bx
+    pop ax
+    ret
+
+; draw_opaque: text with background on byte-aligned cells, no VGA reads.
+; DI = offset of the first cell's top line, SI = characters, CX = count,
+; [op_fg], [op_bg] colours, [op_scale] = 1..3 (cell of 8s x 16s pixels).
+; Character 1 is drawn as the Notepad caret. Preserves all registers.
+draw_opaque:
+    test cx, cx
+    jz .ret0
+    call cursor_hide
+    pusha
+    push es
+    mov [op_str], si
+    mov [op_base], di
+    mov [op_len], cx
+    mov ax, VGA_SEG
+    mov es, ax
+    GCSET 1, 0x00                      ; CPU data goes straight to the planes
+    mov byte [op_plane], 0
+.plane:
+    mov cl, [op_plane]
+    mov ah, 1
+    shl ah, cl
+    mov al, 2                          ; Map Mask: this plane only
+    mov dx, SEQ_PORT
+    out dx, ax
+    mov al, [op_fg]
+    shr al, cl
+    and al, 1
+    neg al
+    mov [op_fgm], al                   ; FF if the foreground has this plane's bit
+    mov al, [op_bg]
+    shr al, cl
+    and al, 1
+    neg al
+    mov [op_bgm], al
+    mov si, [op_str]
+    mov di, [op_base]
+    mov cx, [op_len]
+.char:
+    push cx
+    lodsb
+    call load_glyph
+    push si
+    push di
+    xor si, si                         ; glyph row
+.grow:
+    mov al, [glyph_buf+si]
+    call expand
+    movzx cx, byte [op_scale]
+.rep:
+    push cx
+    movzx cx, byte [op_scale]
+    xor bx, bx
+.byte:
+    mov al, [exp_buf+bx]
+    mov ah, al
+    not ah
+    and al, [op_fgm]
+    and ah, [op_bgm]
+    or al, ah
+    mov [es:di+bx], al
+    inc bx
+    loop .byte
+    pop cx
+    add di, LINE_BYTES
+    loop .rep
+    inc si
+    cmp si, 16
+    jb .grow
+    pop di
+    pop si
+    movzx ax, byte [op_scale]
+    add di, ax
+    pop cx
+    loop .char
+    inc byte [op_plane]
+    cmp byte [op_plane], 4
+    jb .plane
+    mov dx, SEQ_PORT
+    mov ax, 0x0F02
+    out dx, ax
+    GCSET 1, 0x0F
+    pop es
+    popa
+.ret0:
+    ret
+
+; load_glyph: AL = character -> glyph_buf (16 bytes).
+load_glyph:
+    push eax
+    push si
+    push fs
+    cmp al, 1
+    je .caret
+    mov ah, 0
+    shl ax, 4
+    add ax, [font_off]
+    mov si, ax
+    mov fs, [font_seg]
+.copy:
+    mov eax, [fs:si]
+    mov [glyph_buf], eax
+    mov eax, [fs:si+4]
+    mov [glyph_buf+4], eax
+    mov eax, [fs:si+8]
+    mov [glyph_buf+8], eax
+    mov eax, [fs:si+12]
+    mov [glyph_buf+12], eax
+    pop fs
+    pop si
+    pop eax
+    ret
+.caret:
+    push word 0
+    pop fs
+    mov si, caret_glyph
+    jmp .copy
+
+; expand: AL = glyph row -> exp_buf[0..scale-1], each bit repeated scale
+; times, leftmost pixel in the most significant bit of exp_buf[0].
+expand:
+    cmp byte [op_scale], 1
+    jne .wide
+    mov [exp_buf], al
+    ret
+.wide:
+    push cx
+    push edx
+    push bx
+    xor edx, edx
+    mov ch, 8
+.bit:
+    xor bl, bl
+    shl al, 1
+    adc bl, 0
+    mov cl, [op_scale]
+.dup:
+    shl edx, 1
+    or dl, bl
+    dec cl
+    jnz .dup
+    dec ch
+    jnz .bit
+    mov cl, [op_scale]
+    shl cl, 3
+    neg cl
+    add cl, 32
+    shl edx, cl                        ; left-align the 8*scale bits
+    bswap edx                          ; most significant byte first in memory
+    mov [exp_buf], edx
+    pop bx
+    pop edx
+    pop cx
+    ret
+
+caret_glyph:
+    times 16 db 0xC0
+
+; ---------------------------------------------------------------------------
+; Mouse pointer. The pixels under it are copied to offscreen video memory
+; through the latches (write mode 1): one read and one write per byte, all
+; four planes at once. Everything that draws calls cursor_hide first; the
+; main loop shows the pointer again once per pass.
+; ---------------------------------------------------------------------------
+
+cursor_hide:
+    cmp byte [cur_shown], 0
+    jne .restore
+    ret
+.restore:
+    pusha
+    push es
+    mov byte [cur_shown], 0
+    push word VGA_SEG
+    pop es
+    GCSET 5, 0x01
+    mov di, [cur_saved_off]
+    mov si, CURSOR_SAVE
+    mov cx, [cur_saved_rows]
+.row:
+    mov al, [es:si]
+    mov [es:di], al
+    mov al, [es:si+1]
+    mov [es:di+1], al
+    mov al, [es:si+2]
+    mov [es:di+2], al
+    add si, 3
+    add di, LINE_BYTES
+    loop .row
+    GCSET 5, 0x00
+    pop es
+    popa
+    ret
+
+cursor_show:
+    cmp byte [cur_shown], 0
+    jne .ret
+    cmp byte [mouse_mode], 0
+    jne .draw
+.ret:
+    ret
+.draw:
+    pusha
+    push es
+    mov byte [cur_shown], 1
+    push word VGA_SEG
+    pop es
+    mov ax, [mouse_y]
+    mov cx, SCR_H
+    sub cx, ax                         ; clip at the bottom edge
+    cmp cx, CUR_ROWS
+    jbe .rows_ok
+    mov cx, CUR_ROWS
+.rows_ok:
+    mov [cur_saved_rows], cx
+    imul di, ax, LINE_BYTES
+    mov ax, [mouse_x]
+    shr ax, 3
+    add di, ax
+    mov [cur_saved_off], di
+    ; Bytes past the right edge are the next line's first bytes: saving and
+    ; restoring them unchanged is harmless, and they are never drawn on.
+    push di
+    push cx
+    GCSET 5, 0x01
+    mov si, CURSOR_SAVE
+.save:
+    mov al, [es:di]
+    mov [es:si], al
+    mov al, [es:di+1]
+    mov [es:si+1], al
+    mov al, [es:di+2]
+    mov [es:si+2], al
+    add si, 3
+    add di, LINE_BYTES
+    loop .save
+    GCSET 5, 0x00
+    pop cx
+    pop di
+    mov bx, cursor_outline
+    mov ah, C_BLACK
+    call .pass
+    mov bx, cursor_inside
+    mov ah, C_WHITE
+    call .pass
+    mov dx, GC_PORT
+    mov ax, 0xFF08
+    out dx, ax
+    pop es
+    popa
+    ret
+
+%macro CURBYTE 1
+    mov ah, [cur_m+%1]
+    test ah, ah
+    jz %%skip
+    cmp si, LINE_BYTES-%1                     ; clip at the right edge
+    jae %%skip
+    mov al, 8
+    out dx, ax
+    or [es:di+%1], al
+%%skip:
+%endmacro
+
+; BX = row masks, AH = colour, DI = top byte, CX = rows.
+.pass:
+    push cx
+    push di
+    push bx
+    mov dx, GC_PORT
+    mov al, 0
+    out dx, ax
+    mov si, [mouse_x]
+    shr si, 3
+.prow:
+    push cx
+    mov cl, [mouse_x]
+    and cl, 7
+    movzx eax, word [bx]
+    shl eax, 16
+    shr eax, cl
+    bswap eax
+    mov [cur_m], eax
+    CURBYTE 0
+    CURBYTE 1
+    CURBYTE 2
+    add di, LINE_BYTES
+    add bx, 2
+    pop cx
+    loop .prow
+    pop bx
+    pop di
+    pop cx
+    ret
+
+; Arrow, hotspot top left; most significant bit = leftmost pixel.
+cursor_outline:
+    dw 1000000000000000b
+    dw 1100000000000000b
+    dw 1110000000000000b
+    dw 1111000000000000b
+    dw 1111100000000000b
+    dw 1111110000000000b
+    dw 1111111000000000b
+    dw 1111111100000000b
+    dw 1111111110000000b
+    dw 1111111111000000b
+    dw 1111111111100000b
+    dw 1111111111110000b
+    dw 1111111100000000b
+    dw 1111011110000000b
+    dw 1110011110000000b
+    dw 1100001111000000b
+    dw 1000001111000000b
+    dw 0000000111100000b
+    dw 0000000111100000b
+    dw 0000000011000000b
+cursor_inside:
+    dw 0000000000000000b
+    dw 0000000000000000b
+    dw 0100000000000000b
+    dw 0110000000000000b
+    dw 0111000000000000b
+    dw 0111100000000000b
+    dw 0111110000000000b
+    dw 0111111000000000b
+    dw 0111111100000000b
+    dw 0111111110000000b
+    dw 0111111111000000b
+    dw 0111111000000000b
+    dw 0111011000000000b
+    dw 0110001100000000b
+    dw 0100001100000000b
+    dw 0000000110000000b
+    dw 0000000110000000b
+    dw 0000000011000000b
+    dw 0000000011000000b
+    dw 0000000000000000b

@@ -1,0 +1,26 @@
+"""The ASGI application Daphne serves: HTTP (with static files) and WebSockets.
+
+Origins are checked by the consumers themselves, because the API promises close
+code 4403 for a wrong origin, which a handshake refusal cannot carry.
+"""
+from __future__ import annotations
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+django_application = get_asgi_application()
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels.sessions import SessionMiddlewareStack  # noqa: E402
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+
+from sessions.routing import websocket_urlpatterns  # noqa: E402
+
+application = ProtocolTypeRouter({
+    # Static files (the portal's own and noVNC's) are served by the portal
+    # itself, so one process is the whole site.
+    "http": ASGIStaticFilesHandler(django_application),
+    "websocket": SessionMiddlewareStack(URLRouter(websocket_urlpatterns)),
+})

@@ -1,0 +1,173 @@
+"""Settings for the portal.
+
+Everything a deployment changes comes from the environment, so that `make run`
+works with no configuration at all: SQLite and the in-memory channel layer by
+default, data under ./var. Portal settings start with PORTAL_ and carry their unit.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+# Where the portal keeps its database, masters and secret key.
+PORTAL_DATA_DIR = Path(os.environ.get("PORTAL_DATA_DIR", BASE_DIR / "var")).resolve()
+# Each session's 0700 run directory (overlay, QMP and VNC sockets, QEMU log)
+# lives here. Kept short: a unix socket path must fit in 107 bytes.
+PORTAL_RUN_DIR = Path(os.environ.get("PORTAL_RUN_DIR", PORTAL_DATA_DIR / "run")).resolve()
+# Masters (read-only base images) are stored here by content address.
+PORTAL_IMAGE_DIR = Path(os.environ.get("PORTAL_IMAGE_DIR", PORTAL_DATA_DIR / "images")).resolve()
+
+
+def _secret_key() -> str:
+    from_env = os.environ.get("DJANGO_SECRET_KEY")
+    if from_env:
+        return from_env
+    # One key per installation, made on first start and kept with the data,
+    # so sessions survive restarts without anyone configuring anything.
+    key_file = PORTAL_DATA_DIR / "secret_key"
+    try:
+        return key_file.read_text().strip()
+    except FileNotFoundError:
+        PORTAL_DATA_DIR.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(50)
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key)
+        return key
+
+
+SECRET_KEY = _secret_key()
+DEBUG = _env_bool("DJANGO_DEBUG", False)
+ALLOWED_HOSTS = [
+    host.strip()
+    for host in os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,[::1]").split(",")
+    if host.strip()
+]
+CSRF_TRUSTED_ORIGINS = [
+    origin.strip()
+    for origin in os.environ.get("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",")
+    if origin.strip()
+]
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "portal",
+    "sessions.apps.VisitorSessionsConfig",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "portal.urls"
+ASGI_APPLICATION = "portal.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": os.environ.get("PORTAL_DATABASE_PATH", str(PORTAL_DATA_DIR / "portal.sqlite3")),
+        # Visitors' machines start and end concurrently; wait for the write
+        # lock instead of failing with "database is locked".
+        "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
+    }
+}
+
+CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# Visitors are anonymous; their session only holds a random visitor id, so a
+# signed cookie is enough and a burst of visitors writes no session rows.
+SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_AGE = 60 * 60 * 24
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+LANGUAGE_CODE = "en"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = PORTAL_DATA_DIR / "static"
+STATICFILES_DIRS = [
+    BASE_DIR / "static",
+    # The official noVNC client, installed from npm with a lock file.
+    ("novnc", BASE_DIR / "node_modules" / "@novnc" / "novnc"),
+]
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "portal": {"handlers": ["console"], "level": "INFO"},
+        "sessions": {"handlers": ["console"], "level": "INFO"},
+    },
+}
+
+# --- The machines -----------------------------------------------------------
+PORTAL_QEMU_BINARY = os.environ.get("PORTAL_QEMU_BINARY", "qemu-system-i386")
+PORTAL_QEMU_IMG_BINARY = os.environ.get("PORTAL_QEMU_IMG_BINARY", "qemu-img")
+# "auto" uses KVM where /dev/kvm is usable and software emulation (TCG) otherwise.
+PORTAL_ACCELERATOR = os.environ.get("PORTAL_ACCELERATOR", "auto")
+# How long a browser may be away (tab closed, network lost) before its machine ends.
+PORTAL_GRACE_S = _env_float("PORTAL_GRACE_S", 60.0)
+PORTAL_START_TIMEOUT_S = _env_float("PORTAL_START_TIMEOUT_S", 20.0)
+PORTAL_QMP_TIMEOUT_S = _env_float("PORTAL_QMP_TIMEOUT_S", 5.0)
+PORTAL_STOP_TIMEOUT_S = _env_float("PORTAL_STOP_TIMEOUT_S", 5.0)
+PORTAL_QEMU_IMG_TIMEOUT_S = _env_float("PORTAL_QEMU_IMG_TIMEOUT_S", 30.0)
+# Most machines the host runs at once; 0 derives it from memory and cores.
+PORTAL_MAX_SESSIONS = int(os.environ.get("PORTAL_MAX_SESSIONS", "0"))
+# Origins (scheme://host[:port]) besides the portal's own that may open the
+# machine's WebSocket, for sites that embed exhibits.
+PORTAL_ALLOWED_ORIGINS = [
+    origin.strip().rstrip("/")
+    for origin in os.environ.get("PORTAL_ALLOWED_ORIGINS", "").split(",")
+    if origin.strip()
+]
+
+CSRF_FAILURE_VIEW = "portal.views.csrf_failure"

@@ -1,0 +1,118 @@
+"""The catalogue's public face: exhibit pages and the exhibits API.
+
+Thin: validate, one call, respond.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.csrf import ensure_csrf_cookie
+from django.views.decorators.http import require_GET
+
+from sessions.broker import get_broker
+
+from .errors import json_error, wants_json
+from .models import Exhibit
+
+
+def exhibit_json(exhibit: Exhibit, request: HttpRequest, *, accelerator: str) -> dict[str, Any]:
+    return {
+        "slug": exhibit.slug,
+        "title": exhibit.title,
+        "year": exhibit.year,
+        "publisher": exhibit.publisher,
+        "description": exhibit.description,
+        "url": request.build_absolute_uri(f"/exhibits/{exhibit.slug}/"),
+        "machine": {
+            "cpu": exhibit.cpu,
+            "memory_mb": exhibit.memory_mb,
+            "accelerator": accelerator,
+            "boot": exhibit.boot,
+        },
+        "instant_start": False,
+    }
+
+
+async def _published(slug: str) -> Exhibit | None:
+    return await Exhibit.objects.select_related("image").filter(slug=slug, published=True).afirst()
+
+
+@require_GET
+async def api_exhibit_list(request: HttpRequest) -> JsonResponse:
+    broker = await get_broker()
+    exhibits = [
+        exhibit_json(exhibit, request, accelerator=broker.config.accelerator)
+        async for exhibit in Exhibit.objects.filter(published=True)
+    ]
+    return JsonResponse({"exhibits": exhibits})
+
+
+@require_GET
+async def api_exhibit_detail(request: HttpRequest, slug: str) -> JsonResponse:
+    exhibit = await _published(slug)
+    if exhibit is None:
+        return json_error(404, "not_found", "There is no such exhibit.")
+    broker = await get_broker()
+    return JsonResponse(exhibit_json(exhibit, request, accelerator=broker.config.accelerator))
+
+
+@require_GET
+@ensure_csrf_cookie
+async def api_csrf(request: HttpRequest) -> HttpResponse:
+    return HttpResponse(status=204)
+
+
+@require_GET
+async def healthz(request: HttpRequest) -> JsonResponse:
+    broker = await get_broker()
+    return JsonResponse({
+        "ok": True,
+        "qemu": broker.qemu_version(),
+        "kvm": broker.config.accelerator == "kvm",
+        "sessions": broker.running_count,
+        "capacity": broker.config.capacity,
+        "accelerator": broker.config.accelerator,
+    })
+
+
+@require_GET
+async def exhibit_list_page(request: HttpRequest) -> HttpResponse:
+    exhibits = [exhibit async for exhibit in Exhibit.objects.filter(published=True)]
+    return render(request, "portal/exhibit_list.html", {"exhibits": exhibits})
+
+
+@require_GET
+@ensure_csrf_cookie
+async def exhibit_page(request: HttpRequest, slug: str) -> HttpResponse:
+    exhibit = await _published(slug)
+    if exhibit is None:
+        raise Http404("There is no such exhibit.")
+    broker = await get_broker()
+    return render(
+        request, "portal/exhibit_detail.html",
+        {"exhibit": exhibit, "accelerator": broker.config.accelerator},
+    )
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    if wants_json(request):
+        return json_error(404, "not_found", "Nothing is here.")
+    return render(request, "portal/error.html", {"title": "Not found",
+                  "message": "There is nothing at this address."}, status=404)
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    if wants_json(request):
+        return json_error(500, "server_error", "Something went wrong on the server.")
+    return render(request, "portal/error.html", {"title": "Server error",
+                  "message": "Something went wrong on our side."}, status=500)
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
+    if wants_json(request):
+        return json_error(403, "csrf_failed",
+                          "Send the csrftoken cookie's value in the X-CSRFToken header.")
+    return render(request, "portal/error.html", {"title": "Forbidden",
+                  "message": "The form was stale; reload the page."}, status=403)

@@ -1,0 +1,107 @@
+"""The visitor-session API and the live machine page.
+
+Thin: validate, one broker call, respond. Broker errors are translated into
+HTTP statuses here and nowhere else. Another browser's session is reported as
+not found, exactly like one that never existed.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.csrf import ensure_csrf_cookie
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from portal.errors import json_error
+from portal.models import Exhibit
+from portal.visitor import visitor_id
+
+from .broker import CapacityError, SessionExistsError, get_broker
+from .ids import session_id_valid
+from .models import VisitorSession
+
+
+def session_json(session: VisitorSession) -> dict[str, Any]:
+    def when(value: Any) -> str | None:
+        return value.isoformat() if value else None
+
+    return {
+        "id": session.id,
+        "exhibit": session.exhibit.slug,
+        "state": session.state,
+        "queue_position": None,
+        "page_url": f"/sessions/{session.id}/",
+        "vnc_path": f"/ws/sessions/{session.id}/vnc",
+        "events_path": f"/ws/sessions/{session.id}/events",
+        "started_at": when(session.started_at),
+        "expires_at": when(session.expires_at),
+        "ended_reason": session.ended_reason,
+        "detail": session.detail,
+        "accelerator": session.accelerator,
+    }
+
+
+async def owned_session(request: HttpRequest, session_id: str) -> VisitorSession | None:
+    """The session if it exists and belongs to this browser, else None."""
+    if not session_id_valid(session_id):
+        return None
+    owner = await visitor_id(request.session, create=False)
+    if owner is None:
+        return None
+    return await VisitorSession.objects.select_related("exhibit").filter(
+        id=session_id, owner=owner
+    ).afirst()
+
+
+def _not_found() -> JsonResponse:
+    return json_error(404, "not_found", "There is no such session.")
+
+
+@require_POST
+async def session_create(request: HttpRequest, slug: str) -> JsonResponse:
+    exhibit = await Exhibit.objects.select_related("image").filter(
+        slug=slug, published=True
+    ).afirst()
+    if exhibit is None:
+        return json_error(404, "not_found", "There is no such exhibit.")
+    owner = await visitor_id(request.session, create=True)
+    assert owner is not None
+    broker = await get_broker()
+    try:
+        session = await broker.session_create(exhibit=exhibit, owner=owner)
+    except SessionExistsError as error:
+        return json_error(409, "session_exists", str(error), id=error.session_id,
+                          page_url=f"/sessions/{error.session_id}/")
+    except CapacityError as error:
+        response = json_error(503, "capacity", str(error))
+        response["Retry-After"] = str(error.retry_after_s)
+        return response
+    session.exhibit = exhibit
+    return JsonResponse(session_json(session), status=201)
+
+
+@require_http_methods(["GET", "DELETE"])
+async def session_detail(request: HttpRequest, session_id: str) -> HttpResponse:
+    session = await owned_session(request, session_id)
+    if session is None:
+        return _not_found()
+    if request.method == "DELETE":
+        broker = await get_broker()
+        await broker.session_end(session_id=session.id, reason=VisitorSession.EndedReason.VISITOR,
+                                 detail="The visitor ended the session.")
+        return HttpResponse(status=204)
+    return JsonResponse(session_json(session))
+
+
+@require_GET
+@ensure_csrf_cookie
+async def session_page(request: HttpRequest, session_id: str) -> HttpResponse:
+    session = await owned_session(request, session_id)
+    if session is None:
+        raise Http404("There is no such session.")
+    return render(request, "portal/session.html", {
+        "session": session,
+        "exhibit": session.exhibit,
+        "session_json": session_json(session),
+    })

@@ -1,0 +1,386 @@
+"""The broker: the only owner of running machines.
+
+Owns: starting a visitor's machine (run directory, overlay, QEMU), knowing
+which sessions are live, the grace period after the browser leaves, noticing a
+machine that dies, and ending sessions: machine stopped, run directory and
+overlay deleted, the row marked ended with its reason. Every background task
+it starts is kept, cancelled and awaited by it.
+
+Must not: speak HTTP or WebSocket (views and consumers translate its errors),
+or start anything at import time: Daphne has no lifespan events, so the broker
+is created lazily inside the running event loop by `get_broker()`.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from portal.models import Exhibit
+
+from .machine import Machine, MachineError, MachineStartError, kvm_usable, qemu_version
+from .models import VisitorSession, new_session_id
+from .overlay import OVERLAY_FILE, OverlayError, overlay_create, run_dir_create, run_dir_remove
+from .reaper import reap_once
+
+logger = logging.getLogger(__name__)
+
+State = VisitorSession.State
+Reason = VisitorSession.EndedReason
+
+
+class SessionError(Exception):
+    """Base of the broker's errors; the message is for a person."""
+
+
+class SessionNotFoundError(SessionError):
+    pass
+
+
+class SessionEndedError(SessionError):
+    pass
+
+
+class SessionExistsError(SessionError):
+    def __init__(self, session_id: str) -> None:
+        super().__init__("This browser already has a machine running.")
+        self.session_id = session_id
+
+
+class CapacityError(SessionError):
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__("Every machine on this server is in use. Please try again shortly.")
+        self.retry_after_s = retry_after_s
+
+
+class DisplayUnavailableError(SessionError):
+    pass
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    run_root: Path
+    qemu_binary: str
+    qemu_img_binary: str
+    accelerator: str
+    grace_s: float
+    start_timeout_s: float
+    qmp_timeout_s: float
+    stop_timeout_s: float
+    qemu_img_timeout_s: float
+    capacity: int
+
+    @classmethod
+    def from_settings(cls) -> BrokerConfig:
+        return cls(
+            run_root=Path(settings.PORTAL_RUN_DIR),
+            qemu_binary=settings.PORTAL_QEMU_BINARY,
+            qemu_img_binary=settings.PORTAL_QEMU_IMG_BINARY,
+            accelerator=accelerator_choose(settings.PORTAL_ACCELERATOR),
+            grace_s=settings.PORTAL_GRACE_S,
+            start_timeout_s=settings.PORTAL_START_TIMEOUT_S,
+            qmp_timeout_s=settings.PORTAL_QMP_TIMEOUT_S,
+            stop_timeout_s=settings.PORTAL_STOP_TIMEOUT_S,
+            qemu_img_timeout_s=settings.PORTAL_QEMU_IMG_TIMEOUT_S,
+            capacity=settings.PORTAL_MAX_SESSIONS or capacity_default(),
+        )
+
+
+def accelerator_choose(setting: str) -> str:
+    if setting == "auto":
+        return "kvm" if kvm_usable() else "tcg"
+    if setting not in {"kvm", "tcg"}:
+        raise ValueError(f"PORTAL_ACCELERATOR must be auto, kvm or tcg, not {setting!r}")
+    return setting
+
+
+def capacity_default() -> int:
+    """Machines this host can carry: 64 MiB of RAM each past a 1 GiB reserve, 50 a core."""
+    memory_mib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (1024 * 1024)
+    by_memory = max(1, (memory_mib - 1024) // 64)
+    by_cores = 50 * (os.cpu_count() or 1)
+    return int(min(by_memory, by_cores))
+
+
+@dataclass(eq=False)
+class _Live:
+    """A session whose machine is starting or running, as the broker sees it."""
+
+    session_id: str
+    run_dir: Path
+    machine: Machine | None = None
+    running: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    viewers: int = 0
+    launch_task: asyncio.Task[None] | None = None
+    watch_task: asyncio.Task[None] | None = None
+    grace_task: asyncio.Task[None] | None = None
+    finish_task: asyncio.Task[None] | None = None
+
+
+class Broker:
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self._live: dict[str, _Live] = {}
+        self._create_lock = asyncio.Lock()
+        self._qemu_version: str | None = None
+
+    # --- queries ---------------------------------------------------------------
+
+    @property
+    def running_count(self) -> int:
+        return sum(1 for live in self._live.values() if live.running.is_set())
+
+    def qemu_version(self) -> str:
+        if self._qemu_version is None:
+            self._qemu_version = qemu_version(self.config.qemu_binary)
+        return self._qemu_version
+
+    def machine(self, session_id: str) -> Machine | None:
+        """The running machine of a live session, for tools that talk QMP."""
+        live = self._live.get(session_id)
+        return live.machine if live and live.running.is_set() else None
+
+    # --- start -----------------------------------------------------------------
+
+    async def session_create(self, *, exhibit: Exhibit, owner: str) -> VisitorSession:
+        """Record a new session and start its machine in the background."""
+        async with self._create_lock:
+            existing = await VisitorSession.objects.filter(
+                owner=owner, state__in=VisitorSession.LIVE_STATES
+            ).afirst()
+            if existing is not None:
+                raise SessionExistsError(existing.id)
+            if len(self._live) >= self.config.capacity:
+                raise CapacityError(retry_after_s=30)
+            session_id = new_session_id()
+            run_dir = self.config.run_root / session_id
+            session = await VisitorSession.objects.acreate(
+                id=session_id,
+                exhibit=exhibit,
+                owner=owner,
+                state=State.STARTING,
+                accelerator=self.config.accelerator,
+                run_dir=os.fspath(run_dir),
+            )
+            live = _Live(session_id=session_id, run_dir=run_dir)
+            self._live[session_id] = live
+        live.launch_task = asyncio.create_task(
+            self._launch(live, exhibit), name=f"launch-{session_id}"
+        )
+        return session
+
+    async def _launch(self, live: _Live, exhibit: Exhibit) -> None:
+        try:
+            run_dir_create(root=self.config.run_root, name=live.session_id)
+            overlay_path = live.run_dir / OVERLAY_FILE
+            await overlay_create(
+                base_path=Path(exhibit.image.path),
+                base_format=exhibit.image.format,
+                overlay_path=overlay_path,
+                qemu_img=self.config.qemu_img_binary,
+                timeout_s=self.config.qemu_img_timeout_s,
+            )
+            machine = Machine(
+                exhibit.machine_profile(),
+                run_dir=live.run_dir,
+                disk_path=overlay_path,
+                qemu_binary=self.config.qemu_binary,
+                accelerator=self.config.accelerator,
+                start_timeout_s=self.config.start_timeout_s,
+                qmp_timeout_s=self.config.qmp_timeout_s,
+                stop_timeout_s=self.config.stop_timeout_s,
+            )
+            live.machine = machine
+            await machine.start()
+            await VisitorSession.objects.filter(id=live.session_id).aupdate(
+                state=State.RUNNING, started_at=timezone.now(), pid=machine.pid
+            )
+        except (OverlayError, MachineError) as error:
+            logger.error("session %s could not start: %s", live.session_id, error)
+            detail = str(error) if isinstance(error, OverlayError) else _start_failure(error)
+            self._finish_soon(live, reason=Reason.CRASHED, detail=detail)
+            return
+        live.running.set()
+        live.watch_task = asyncio.create_task(self._watch(live), name=f"watch-{live.session_id}")
+        if live.viewers == 0:
+            self._grace_start(live)
+
+    async def _watch(self, live: _Live) -> None:
+        assert live.machine is not None
+        code = await live.machine.wait()
+        if live.finish_task is not None:
+            return  # the broker stopped it
+        logger.warning("session %s: QEMU exited by itself with code %s", live.session_id, code)
+        if code == 0:
+            reason, detail = Reason.VISITOR, "The machine was switched off."
+        else:
+            reason, detail = Reason.CRASHED, f"The machine stopped unexpectedly (exit code {code})."
+        self._finish_soon(live, reason=reason, detail=detail)
+
+    # --- viewers and the grace period ------------------------------------------
+
+    async def display_attach(self, *, session_id: str) -> Path:
+        """Count a viewer in and return the VNC socket once the machine runs."""
+        live = self._live.get(session_id)
+        if live is None:
+            raise SessionEndedError("This machine has ended.")
+        live.viewers += 1
+        self._grace_cancel(live)
+        try:
+            waiters = [
+                asyncio.ensure_future(live.running.wait()),
+                asyncio.ensure_future(live.ended.wait()),
+            ]
+            try:
+                await asyncio.wait(
+                    waiters,
+                    timeout=self.config.start_timeout_s + self.config.qemu_img_timeout_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+                await asyncio.gather(*waiters, return_exceptions=True)
+            if live.ended.is_set() or live.finish_task is not None:
+                raise SessionEndedError("This machine has ended.")
+            if not live.running.is_set() or live.machine is None:
+                raise DisplayUnavailableError("The machine did not start in time.")
+            return live.machine.vnc_path
+        except BaseException:
+            self.display_detach(session_id=session_id)
+            raise
+
+    def display_detach(self, *, session_id: str) -> None:
+        live = self._live.get(session_id)
+        if live is None:
+            return
+        live.viewers = max(0, live.viewers - 1)
+        if live.viewers == 0 and live.running.is_set():
+            self._grace_start(live)
+
+    async def session_wait_ended(self, *, session_id: str, timeout_s: float) -> bool:
+        """True once the session has ended (or is not live), False on timeout."""
+        live = self._live.get(session_id)
+        if live is None:
+            return True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await live.ended.wait()
+        return live.ended.is_set()
+
+    def _grace_start(self, live: _Live) -> None:
+        if live.grace_task is None and live.finish_task is None:
+            live.grace_task = asyncio.create_task(self._grace(live), name=f"grace-{live.session_id}")
+
+    def _grace_cancel(self, live: _Live) -> None:
+        task, live.grace_task = live.grace_task, None
+        if task is not None:
+            task.cancel()
+
+    async def _grace(self, live: _Live) -> None:
+        await asyncio.sleep(self.config.grace_s)
+        live.grace_task = None
+        self._finish_soon(
+            live,
+            reason=Reason.VISITOR,
+            detail=f"The page was closed for more than {self.config.grace_s:g} s.",
+        )
+
+    # --- the end ---------------------------------------------------------------
+
+    async def session_end(self, *, session_id: str, reason: str, detail: str = "") -> None:
+        """End a session; returns once the machine is stopped and its files are gone."""
+        live = self._live.get(session_id)
+        if live is None:
+            return
+        await asyncio.shield(self._finish_soon(live, reason=reason, detail=detail))
+
+    def _finish_soon(self, live: _Live, *, reason: str, detail: str) -> asyncio.Task[None]:
+        if live.finish_task is None:
+            live.finish_task = asyncio.create_task(
+                self._finish(live, reason=reason, detail=detail),
+                name=f"finish-{live.session_id}",
+            )
+        return live.finish_task
+
+    async def _finish(self, live: _Live, *, reason: str, detail: str) -> None:
+        current = asyncio.current_task()
+        self._grace_cancel(live)
+        try:
+            for task in (live.launch_task, live.watch_task):
+                if task is not None and task is not current and not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if live.machine is not None:
+                await live.machine.stop()
+                if live.machine.returncode is not None and live.machine.log_path.exists():
+                    logger.info(
+                        "session %s ended (%s); QEMU log tail: %s",
+                        live.session_id, reason, _tail(live.machine.log_path),
+                    )
+            await asyncio.to_thread(run_dir_remove, live.run_dir)
+        finally:
+            self._live.pop(live.session_id, None)
+            try:
+                await VisitorSession.objects.filter(id=live.session_id).aupdate(
+                    state=State.ENDED, ended_reason=reason, detail=detail,
+                    ended_at=timezone.now(), pid=None,
+                )
+            finally:
+                live.ended.set()
+
+    async def shutdown(self) -> None:
+        """End every live session (reason `server`) and wait for all of it."""
+        lives = list(self._live.values())
+        await asyncio.gather(
+            *(self._finish_soon(live, reason=Reason.SERVER, detail="The server stopped.")
+              for live in lives),
+            return_exceptions=True,
+        )
+
+
+def _tail(path: Path) -> str:
+    from .machine import log_tail
+
+    return log_tail(path, 500).strip().replace("\n", " | ")
+
+
+def _start_failure(error: MachineError) -> str:
+    if isinstance(error, MachineStartError) and "not installed" in str(error.args[0]):
+        return "The machine could not start: the emulator is not installed on this server."
+    return "The machine could not start. The curators have been told; please try again later."
+
+
+_broker: Broker | None = None
+_broker_loop: asyncio.AbstractEventLoop | None = None
+
+
+async def get_broker() -> Broker:
+    """The process's broker, made on first use inside the running event loop.
+
+    Making it sweeps up what an earlier run of the portal left behind.
+    """
+    global _broker, _broker_loop
+    loop = asyncio.get_running_loop()
+    if _broker is None or _broker_loop is not loop:
+        config = BrokerConfig.from_settings()
+        _broker, _broker_loop = Broker(config), loop
+        await sync_to_async(_sweep_on_start)(config.run_root)
+    return _broker
+
+
+def _sweep_on_start(run_root: Path) -> None:
+    with transaction.atomic():
+        count = reap_once(run_root=run_root, live_ids=set())
+    if count:
+        logger.warning("cleaned up %d sessions left by an earlier run", count)

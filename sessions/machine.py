@@ -1,0 +1,367 @@
+"""One QEMU process and its QMP client.
+
+Owns: the QEMU command line (built by the pure function `build_argv` from a
+machine profile), launching the process with its QMP and VNC sockets inside the
+session's run directory, watching it, and shutting it down.
+
+Must not: import Django, know about visitors or the database, or decide when a
+machine ends. It takes paths and timeouts as arguments so it is testable alone.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import fcntl
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import QMPClient, QMPError
+
+logger = logging.getLogger(__name__)
+
+QMP_SOCKET = "qmp.sock"
+VNC_SOCKET = "vnc.sock"
+LOG_FILE = "qemu.log"
+# sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
+UNIX_PATH_MAX = 107
+
+MACHINE = "pc"
+CPU_MODELS = {"486": "486", "pentium": "pentium"}
+BOOT_DEVICES = {"floppy", "hdd", "cdrom"}
+VGA_MODELS = {"std", "cirrus"}
+
+
+class MachineError(Exception):
+    """Base of every error this module raises."""
+
+
+class MachineStartError(MachineError):
+    """QEMU could not be started; carries argv, exit code and the log's tail."""
+
+    def __init__(self, message: str, *, argv: Sequence[str], returncode: int | None, log_tail: str):
+        super().__init__(message)
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.log_tail = log_tail
+
+    def __str__(self) -> str:
+        return (
+            f"{self.args[0]} (exit code {self.returncode}); argv: {' '.join(self.argv)}; "
+            f"log: {self.log_tail.strip() or '(empty)'}"
+        )
+
+
+@dataclass(frozen=True)
+class MachineProfile:
+    """What kind of PC an exhibit is. The same profile always gives the same argv."""
+
+    cpu: str = "486"
+    memory_mb: int = 16
+    vga: str = "std"
+    boot: str = "floppy"
+
+    def __post_init__(self) -> None:
+        if self.cpu not in CPU_MODELS:
+            raise ValueError(f"unknown CPU model {self.cpu!r}")
+        if self.boot not in BOOT_DEVICES:
+            raise ValueError(f"unknown boot device {self.boot!r}")
+        if self.vga not in VGA_MODELS:
+            raise ValueError(f"unknown VGA model {self.vga!r}")
+        if not 1 <= self.memory_mb <= 256:
+            raise ValueError(f"memory {self.memory_mb} MiB is outside 1..256")
+
+
+def build_argv(
+    profile: MachineProfile,
+    *,
+    qemu_binary: str,
+    accelerator: str,
+    disk_path: Path,
+    run_dir: Path,
+    qmp_fd: int,
+) -> list[str]:
+    """QEMU's command line for one session. Pure: no I/O, same input, same output."""
+    if accelerator not in {"kvm", "tcg"}:
+        raise ValueError(f"unknown accelerator {accelerator!r}")
+    drive = f"file={disk_path},format=qcow2"
+    if profile.boot == "floppy":
+        drive += ",if=floppy,index=0"
+        boot_order = "a"
+    elif profile.boot == "hdd":
+        drive += ",if=ide,index=0,media=disk"
+        boot_order = "c"
+    else:
+        drive += ",if=ide,index=2,media=cdrom,readonly=on"
+        boot_order = "d"
+    return [
+        qemu_binary,
+        "-nodefaults",
+        "-no-user-config",
+        "-machine", MACHINE,
+        "-accel", accelerator,
+        "-cpu", CPU_MODELS[profile.cpu],
+        "-m", str(profile.memory_mb),
+        "-vga", profile.vga,
+        "-rtc", "base=localtime",
+        "-nic", "none",
+        "-display", "none",
+        # Shared: a reloaded page connects beside the old connection instead
+        # of fighting it for the display.
+        "-vnc", f"unix:{run_dir / VNC_SOCKET},share=force-shared",
+        # The portal binds the QMP socket itself and hands QEMU the listening
+        # descriptor, so connecting never races QEMU's start-up.
+        "-chardev", f"socket,id=qmp,fd={qmp_fd},server=on,wait=off",
+        "-mon", "chardev=qmp,mode=control",
+        "-drive", drive,
+        "-boot", f"order={boot_order}",
+        "-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny",
+    ]
+
+
+def kvm_usable(device: str = "/dev/kvm") -> bool:
+    """True when this process can open the KVM device and it answers the stable API."""
+    kvm_get_api_version = 0xAE00
+    try:
+        fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return fcntl.ioctl(fd, kvm_get_api_version) == 12
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def qemu_version(qemu_binary: str) -> str:
+    """The version QEMU reports, such as '7.2.22'."""
+    output = subprocess.run(
+        [qemu_binary, "--version"], capture_output=True, text=True, check=True, timeout=10
+    ).stdout
+    match = re.search(r"version (\S+)", output)
+    return match.group(1) if match else output.strip()
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: if the portal dies, the kernel
+    # ends its machines instead of leaving them running unattended.
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
+def log_tail(path: Path, limit: int = 2000) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - limit))
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+class Machine:
+    """A running QEMU: start it, ask it things over QMP, stop it.
+
+    `stop()` is safe to call more than once and from several tasks; the
+    process is always waited for, so no zombie is left behind.
+    """
+
+    def __init__(
+        self,
+        profile: MachineProfile,
+        *,
+        run_dir: Path,
+        disk_path: Path,
+        qemu_binary: str,
+        accelerator: str,
+        start_timeout_s: float,
+        qmp_timeout_s: float,
+        stop_timeout_s: float,
+    ) -> None:
+        self.profile = profile
+        self.run_dir = run_dir
+        self.disk_path = disk_path
+        self.qemu_binary = qemu_binary
+        self.accelerator = accelerator
+        self.start_timeout_s = start_timeout_s
+        self.qmp_timeout_s = qmp_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self._process: asyncio.subprocess.Process | None = None
+        self._qmp: QMPClient | None = None
+        self._stop_task: asyncio.Task[None] | None = None
+        self.argv: list[str] = []
+
+    @property
+    def vnc_path(self) -> Path:
+        return self.run_dir / VNC_SOCKET
+
+    @property
+    def qmp_path(self) -> Path:
+        return self.run_dir / QMP_SOCKET
+
+    @property
+    def log_path(self) -> Path:
+        return self.run_dir / LOG_FILE
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.returncode if self._process else None
+
+    async def start(self) -> None:
+        """Launch QEMU and connect QMP. On any failure nothing is left running."""
+        if self._process is not None:
+            raise MachineError("machine already started")
+        for path in (self.qmp_path, self.vnc_path):
+            if len(os.fsencode(path)) > UNIX_PATH_MAX:
+                raise MachineError(f"socket path too long for a unix socket: {path}")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(os.fspath(self.qmp_path))
+            listener.listen(1)
+            self.argv = build_argv(
+                self.profile,
+                qemu_binary=self.qemu_binary,
+                accelerator=self.accelerator,
+                disk_path=self.disk_path,
+                run_dir=self.run_dir,
+                qmp_fd=listener.fileno(),
+            )
+            with self.log_path.open("ab") as log:
+                self._process = await asyncio.create_subprocess_exec(
+                    *self.argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    pass_fds=(listener.fileno(),),
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent,
+                )
+        except FileNotFoundError as error:
+            raise MachineStartError(
+                f"QEMU is not installed ({self.qemu_binary} not found)",
+                argv=self.argv, returncode=None, log_tail="",
+            ) from error
+        finally:
+            # QEMU holds its own copy; ours must go so a dead QEMU refuses connections.
+            listener.close()
+        try:
+            await self._connect_qmp()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _connect_qmp(self) -> None:
+        assert self._process is not None
+        qmp = QMPClient(f"machine-{self.run_dir.name}")
+        exited = asyncio.ensure_future(self._process.wait())
+        connected = asyncio.ensure_future(qmp.connect(os.fspath(self.qmp_path)))
+        try:
+            async with asyncio.timeout(self.start_timeout_s):
+                await asyncio.wait({exited, connected}, return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            raise MachineStartError(
+                f"QEMU did not answer within {self.start_timeout_s:g} s",
+                argv=self.argv, returncode=self._process.returncode,
+                log_tail=log_tail(self.log_path),
+            ) from None
+        finally:
+            for task in (exited, connected):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(exited, connected, return_exceptions=True)
+        if connected.cancelled() or connected.exception() is not None:
+            with contextlib.suppress(Exception):
+                await qmp.disconnect()
+            # A QEMU that refused its arguments exits at once; wait for the
+            # exit code so the error says what happened.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.stop_timeout_s):
+                    await self._process.wait()
+            raise MachineStartError(
+                "QEMU exited during start-up",
+                argv=self.argv, returncode=self._process.returncode,
+                log_tail=log_tail(self.log_path),
+            )
+        self._qmp = qmp
+
+    async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """Run one QMP command with the QMP timeout."""
+        if self._qmp is None:
+            raise MachineError("machine is not connected")
+        try:
+            async with asyncio.timeout(self.qmp_timeout_s):
+                return await self._qmp.execute(command, arguments)
+        except (QMPError, EOFError, ConnectionError) as error:
+            raise MachineError(f"QMP {command} failed: {error}") from error
+        except TimeoutError:
+            raise MachineError(f"QMP {command} did not answer in {self.qmp_timeout_s:g} s") from None
+
+    async def wait(self) -> int:
+        """Wait until the QEMU process has exited; returns its exit code."""
+        if self._process is None:
+            raise MachineError("machine was never started")
+        return await self._process.wait()
+
+    async def stop(self) -> None:
+        """QMP quit, wait, kill if it lingers, wait. Idempotent."""
+        if self._process is None:
+            return
+        if self._stop_task is None:
+            self._stop_task = asyncio.ensure_future(self._stop())
+        # Shielded: a caller that is cancelled must not leave QEMU half-stopped.
+        await asyncio.shield(self._stop_task)
+
+    async def _stop(self) -> None:
+        process = self._process
+        assert process is not None
+        qmp, self._qmp = self._qmp, None
+        try:
+            if qmp is not None and process.returncode is None:
+                with contextlib.suppress(QMPError, EOFError, ConnectionError, TimeoutError):
+                    async with asyncio.timeout(self.qmp_timeout_s):
+                        await qmp.execute("quit")
+            elif process.returncode is None:
+                # Stopped before QMP was up: QEMU also ends cleanly on SIGTERM.
+                with contextlib.suppress(ProcessLookupError):
+                    process.terminate()
+            try:
+                async with asyncio.timeout(self.stop_timeout_s):
+                    await process.wait()
+            except TimeoutError:
+                logger.warning("QEMU pid %s ignored quit; killing it", process.pid)
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+        finally:
+            if qmp is not None:
+                # After quit the connection ends with EOFError: the normal end.
+                with contextlib.suppress(QMPError, EOFError, ConnectionError, OSError):
+                    await qmp.disconnect()
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError as error:
+        return error.errno == errno.EPERM
+    return True

@@ -1,0 +1,58 @@
+"""A visitor's session: one throwaway machine from start to discard.
+
+The row is the record that outlives the machine; the broker owns the process.
+"""
+from __future__ import annotations
+
+import secrets
+
+from django.db import models
+
+from portal.models import Exhibit
+
+
+def new_session_id() -> str:
+    # 192 random bits, URL-safe: unguessable, and short enough for socket paths.
+    return secrets.token_urlsafe(24)
+
+
+class VisitorSession(models.Model):
+    class State(models.TextChoices):
+        QUEUED = "queued"
+        STARTING = "starting"
+        RUNNING = "running"
+        ENDED = "ended"
+
+    class EndedReason(models.TextChoices):
+        VISITOR = "visitor"
+        TIMEOUT = "timeout"
+        IDLE = "idle"
+        CRASHED = "crashed"
+        SERVER = "server"
+
+    LIVE_STATES = (State.QUEUED, State.STARTING, State.RUNNING)
+
+    id = models.CharField(primary_key=True, max_length=32, default=new_session_id, editable=False)
+    exhibit = models.ForeignKey(Exhibit, on_delete=models.PROTECT, related_name="sessions")
+    # The random visitor id kept in the browser's (signed) session cookie.
+    owner = models.CharField(max_length=64, db_index=True)
+    state = models.CharField(max_length=8, choices=State.choices, default=State.STARTING)
+    ended_reason = models.CharField(max_length=8, choices=EndedReason.choices, null=True, blank=True)
+    detail = models.TextField(blank=True, help_text="What a person should know about the end.")
+    accelerator = models.CharField(max_length=8, blank=True)
+    run_dir = models.CharField(max_length=512, blank=True)
+    pid = models.IntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["state"])]
+
+    def __str__(self) -> str:
+        return f"{self.exhibit_id}:{self.id[:8]} {self.state}"
+
+    @property
+    def is_live(self) -> bool:
+        return self.state in self.LIVE_STATES

@@ -1,0 +1,94 @@
+"""Throwaway qcow2 overlays over a read-only base, in per-session run directories.
+
+Owns: creating a session's 0700 run directory, creating the qcow2 overlay whose
+backing file is the exhibit's master, and removing both without a trace.
+
+Must not: import Django, write to a base image, or let qemu-img guess a
+format: the base's format is always given explicitly.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+OVERLAY_FILE = "disk.qcow2"
+
+
+class OverlayError(Exception):
+    """An overlay or run directory could not be made; the message is for a person."""
+
+
+def run_dir_create(*, root: Path, name: str) -> Path:
+    """Make the session's private run directory (mode 0700) under root."""
+    if not name or "/" in name or name in {".", ".."}:
+        raise OverlayError(f"invalid run directory name {name!r}")
+    try:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path = root / name
+        path.mkdir(mode=0o700)
+        # mkdir's mode is masked by the umask; the directory must be private.
+        os.chmod(path, 0o700)
+    except OSError as error:
+        raise OverlayError(f"could not create the session directory: {error.strerror}") from error
+    return path
+
+
+def run_dir_remove(path: Path) -> None:
+    """Delete a run directory and everything in it; a missing one is fine."""
+    shutil.rmtree(path, ignore_errors=True)
+    if path.exists():
+        # Something inside was not removable; try once more and report it.
+        shutil.rmtree(path)
+
+
+async def overlay_create(
+    *,
+    base_path: Path,
+    base_format: str,
+    overlay_path: Path,
+    qemu_img: str,
+    timeout_s: float,
+) -> None:
+    """Create overlay_path as a qcow2 whose backing file is base_path.
+
+    The base is only read (qemu-img opens it to learn its size). On failure no
+    partial overlay is left behind.
+    """
+    if not base_path.is_absolute():
+        raise OverlayError(f"base image path must be absolute: {base_path}")
+    if not base_path.is_file():
+        raise OverlayError("the exhibit's disk image is missing")
+    if not os.access(base_path, os.R_OK):
+        raise OverlayError("the exhibit's disk image cannot be read")
+    argv = [
+        qemu_img, "create", "-q", "-f", "qcow2",
+        "-F", base_format, "-b", os.fspath(base_path),
+        os.fspath(overlay_path),
+    ]
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+    except FileNotFoundError as error:
+        raise OverlayError(f"qemu-img is not installed ({qemu_img} not found)") from error
+    try:
+        async with asyncio.timeout(timeout_s):
+            _, stderr = await process.communicate()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        overlay_path.unlink(missing_ok=True)
+        raise
+    if process.returncode != 0:
+        overlay_path.unlink(missing_ok=True)
+        message = stderr.decode("utf-8", "replace").strip().splitlines()
+        reason = message[-1] if message else f"exit code {process.returncode}"
+        raise OverlayError(f"could not create the visitor's disk: {reason}")

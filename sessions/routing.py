@@ -1,0 +1,13 @@
+"""WebSocket routes. The id part takes anything up to a slash, so that a
+malformed id reaches the consumer and gets close code 4404 instead of a failed
+handshake."""
+from __future__ import annotations
+
+from django.urls import re_path
+
+from .consumers import UnknownPathConsumer, VncConsumer
+
+websocket_urlpatterns = [
+    re_path(r"^ws/sessions/(?P<session_id>[^/]+)/vnc$", VncConsumer.as_asgi()),
+    re_path(r"", UnknownPathConsumer.as_asgi()),
+]

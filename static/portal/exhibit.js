@@ -1,0 +1,29 @@
+import { api } from "./csrf.js";
+
+const article = document.querySelector("article.exhibit");
+const button = document.getElementById("start");
+const message = document.getElementById("message");
+
+function say(html) {
+  message.innerHTML = html;
+  message.hidden = false;
+}
+
+button.addEventListener("click", async () => {
+  button.disabled = true;
+  button.textContent = "Starting…";
+  const { status, data } = await api("POST", `/api/exhibits/${article.dataset.slug}/sessions`);
+  if (status === 201) {
+    window.location.assign(data.page_url);
+    return;
+  }
+  button.disabled = false;
+  button.textContent = "Start";
+  if (status === 409) {
+    say(`You already have a machine running. <a href="${data.page_url}">Go back to it</a>, or end it there to start this one.`);
+  } else if (status === 503 || status === 429) {
+    say((data && data.detail) || "The server is busy. Please try again in a moment.");
+  } else {
+    say((data && data.detail) || "The machine could not be started. Please try again.");
+  }
+});

@@ -1,0 +1,125 @@
+"""Shared fixtures: private directories per test, the broker, exhibits, clients.
+
+Every test that runs machines gets its own short run directory; afterwards
+the fixture fails the test if any QEMU process, socket or overlay it made is
+still there.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.test import AsyncClient
+
+from sessions.machine import kvm_usable
+
+REPO = Path(__file__).resolve().parent.parent
+GUESTS = Path(os.environ.get("PORTAL_GUESTS_DIR", REPO.parent / "shared" / "guests"))
+FREEDOS_2048 = GUESTS / "freedos-2048.img"
+FREEDOS_2048_SHA256 = "89b96984b9470916b7e8eccb445ae4d512a945d7333eaf07d7aabd2368167a20"
+FREEDOS_GAMES = GUESTS / "freedos-games.img"
+DEMO_IMAGE = REPO / "build" / "demo.img"
+
+KVM = kvm_usable()
+needs_kvm = pytest.mark.skipif(not KVM, reason="needs a usable /dev/kvm; this host has none")
+
+
+def processes_naming(path: Path) -> list[int]:
+    """Pids of processes whose command line mentions path (how the reaper finds them)."""
+    needle = os.fsencode(path)
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    if needle in handle.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.fixture
+def portal_dirs(settings: Any) -> Iterator[Path]:
+    # Short, so socket paths stay under the unix limit.
+    root = Path(tempfile.mkdtemp(prefix="pt-", dir="/tmp"))
+    settings.PORTAL_RUN_DIR = root / "run"
+    settings.PORTAL_IMAGE_DIR = root / "images"
+    yield root
+    run = root / "run"
+    leftovers = sorted(p.name for p in run.iterdir()) if run.exists() else []
+    pids = processes_naming(run)
+    for pid in pids:
+        os.kill(pid, 9)
+    shutil.rmtree(root, ignore_errors=True)
+    assert not pids, f"QEMU processes left running: {pids}"
+    assert not leftovers, f"run directories left behind: {leftovers}"
+
+
+@pytest.fixture
+async def broker(portal_dirs: Path) -> AsyncIterator[Any]:
+    from sessions.broker import get_broker
+
+    instance = await get_broker()
+    yield instance
+    await instance.shutdown()
+
+
+@pytest.fixture(scope="session")
+def demo_image() -> Path:
+    """The demo guest, built from this repository's source if it is not built yet."""
+    if not DEMO_IMAGE.exists():
+        subprocess.run(["bash", str(REPO / "demo" / "build.sh"), str(DEMO_IMAGE)], check=True)
+    return DEMO_IMAGE
+
+
+ExhibitFactory = Callable[..., Awaitable[Any]]
+
+
+@pytest.fixture
+def exhibit_create(portal_dirs: Path) -> ExhibitFactory:
+    """Store an image as a master and publish an exhibit on it (awaitable)."""
+    from django.conf import settings
+
+    from portal.management.commands.add_exhibit import master_store
+    from portal.models import DiskImage, Exhibit
+
+    def create(image: Path, *, slug: str, boot: str = "floppy", published: bool = True,
+               title: str | None = None) -> Exhibit:
+        path, digest, size = master_store(image, store=Path(settings.PORTAL_IMAGE_DIR))
+        disk, _ = DiskImage.objects.get_or_create(
+            sha256=digest,
+            defaults={"path": str(path), "format": "raw", "size_bytes": size,
+                      "original_name": image.name},
+        )
+        return Exhibit.objects.create(
+            slug=slug, title=title or slug, image=disk, boot=boot, published=published,
+            year=1994, publisher="Test",
+        )
+
+    return sync_to_async(create)
+
+
+def visitor() -> AsyncClient:
+    """A browser of its own: its own cookie jar, so its own visitor id."""
+    return AsyncClient()
+
+
+def ws_communicator(client: AsyncClient, path: str, *, origin: str | None = "http://testserver",
+                    subprotocols: list[str] | None = None) -> WebsocketCommunicator:
+    from portal.asgi import application
+
+    cookie = "; ".join(f"{key}={morsel.value}" for key, morsel in client.cookies.items())
+    headers = [(b"host", b"testserver"), (b"cookie", cookie.encode())]
+    if origin is not None:
+        headers.append((b"origin", origin.encode()))
+    return WebsocketCommunicator(application, path, headers=headers,
+                                 subprotocols=subprotocols or ["binary"])

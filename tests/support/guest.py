@@ -1,0 +1,74 @@
+"""What a DOS guest shows, read from outside: the text screen and files on its disk.
+
+Used as the test oracle beside the RFB framebuffer: the VGA text buffer says
+which prompt the visitor is looking at, and mtools reads a raw copy of an
+overlay to prove what the guest wrote where.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+from sessions.machine import Machine
+
+TEXT_BUFFER = 0xB8000
+COLUMNS, ROWS = 80, 25
+
+
+async def text_screen(machine: Machine) -> str:
+    """The 80x25 text screen as lines, from video memory through the QMP monitor."""
+    output = await machine.execute(
+        "human-monitor-command",
+        {"command-line": f"xp /{COLUMNS * ROWS}hx {TEXT_BUFFER:#x}"},
+    )
+    cells = [int(value, 16) for value in re.findall(r"0x([0-9a-f]{4})\b", output)]
+    chars = "".join(chr(cell & 0xFF) if 32 <= cell & 0xFF < 127 else " " for cell in cells)
+    return "\n".join(chars[row * COLUMNS:(row + 1) * COLUMNS].rstrip() for row in range(ROWS))
+
+
+async def wait_for_text(machine: Machine, needle: str, *, timeout_s: float) -> str:
+    """Wait until the guest's text screen shows needle; returns the screen."""
+    screen = ""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while needle not in (screen := await text_screen(machine)):
+                # The guest draws at its own pace; look again shortly.
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        raise AssertionError(f"{needle!r} never appeared; the screen shows:\n{screen}") from None
+    return screen
+
+
+async def disk_file(machine: Machine, overlay: Path, name: str) -> bytes | None:
+    """Read a file from the FAT disk a running machine uses, or None if absent.
+
+    The VM is paused while its overlay is copied, so QEMU has flushed every
+    write; it runs on afterwards.
+    """
+    await machine.execute("stop")
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            raw = Path(scratch) / "disk.raw"
+            await asyncio.to_thread(
+                subprocess.run,
+                ["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "raw", str(overlay), str(raw)],
+                check=True, capture_output=True,
+            )
+            result = await asyncio.to_thread(
+                subprocess.run, ["mtype", "-i", str(raw), f"::{name}"], capture_output=True
+            )
+    finally:
+        await machine.execute("cont")
+    return result.stdout if result.returncode == 0 else None
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sessions.machine import MachineProfile, build_argv
+
+
+def argv_for(profile: MachineProfile, accelerator: str = "kvm") -> list[str]:
+    return build_argv(
+        profile, qemu_binary="qemu-system-i386", accelerator=accelerator,
+        disk_path=Path("/run/s/disk.qcow2"), run_dir=Path("/run/s"), qmp_fd=7,
+    )
+
+
+def option(argv: list[str], name: str) -> list[str]:
+    return [argv[i + 1] for i, arg in enumerate(argv) if arg == name]
+
+
+def test_it_builds_the_same_argv_for_the_same_profile() -> None:
+    assert argv_for(MachineProfile(boot="hdd")) == argv_for(MachineProfile(boot="hdd"))
+
+
+def test_it_runs_a_486_without_defaults_network_or_user_config() -> None:
+    argv = argv_for(MachineProfile())
+    assert option(argv, "-cpu") == ["486"]
+    assert option(argv, "-m") == ["16"]
+    assert "-nodefaults" in argv and "-no-user-config" in argv
+    assert option(argv, "-nic") == ["none"]
+    assert not any(arg.startswith(("-netdev", "-net")) and arg != "-nic" for arg in argv)
+    assert option(argv, "-sandbox") == ["on,obsolete=deny,spawn=deny,resourcecontrol=deny"]
+
+
+def test_it_puts_both_sockets_in_the_run_directory() -> None:
+    argv = argv_for(MachineProfile())
+    assert option(argv, "-vnc") == ["unix:/run/s/vnc.sock,share=force-shared"]
+    assert option(argv, "-chardev") == ["socket,id=qmp,fd=7,server=on,wait=off"]
+    assert option(argv, "-display") == ["none"]
+
+
+@pytest.mark.parametrize("accelerator", ["kvm", "tcg"])
+def test_it_uses_the_accelerator_it_is_given(accelerator: str) -> None:
+    assert option(argv_for(MachineProfile(), accelerator), "-accel") == [accelerator]
+
+
+@pytest.mark.parametrize(("boot", "interface", "order"), [
+    ("floppy", "if=floppy", "order=a"),
+    ("hdd", "if=ide,index=0,media=disk", "order=c"),
+    ("cdrom", "media=cdrom", "order=d"),
+])
+def test_it_attaches_the_overlay_as_the_boot_device(boot: str, interface: str, order: str) -> None:
+    argv = argv_for(MachineProfile(boot=boot))
+    (drive,) = option(argv, "-drive")
+    assert drive.startswith("file=/run/s/disk.qcow2,format=qcow2,")
+    assert interface in drive
+    assert option(argv, "-boot") == [order]
+
+
+@pytest.mark.parametrize("bad", [
+    {"cpu": "z80"}, {"boot": "tape"}, {"vga": "3dfx"}, {"memory_mb": 0}, {"memory_mb": 4096},
+])
+def test_it_refuses_a_profile_it_cannot_build(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        MachineProfile(**bad)  # type: ignore[arg-type]
+
+
+def test_it_refuses_an_unknown_accelerator() -> None:
+    with pytest.raises(ValueError):
+        argv_for(MachineProfile(), "hax")
