@@ -1,7 +1,8 @@
 ; clock.asm - time from the RTC: the desktop's corner clock and the Clock
-; window. The RTC is read once per BIOS timer tick (18.2 Hz, the tick wakes
-; the HLT anyway); a cell is redrawn only when its digit changes, so a
-; running clock costs about one character's VGA writes per second.
+; window. Reading the RTC costs a dozen port accesses, so it is not read on
+; every tick: after the seconds changed it waits 17 ticks (the next change
+; is due after 18.2), then reads once per tick until the seconds change.
+; A cell is redrawn only when its digit changes.
 
 DESK_CLOCK_XB   equ 71                 ; x 568, bottom right corner
 DESK_CLOCK_Y    equ 458
@@ -9,6 +10,8 @@ CLK_TIME_XB     equ 52                 ; Clock window (x 400, y 8): 3x digits
 CLK_TIME_Y      equ 80
 CLK_DATE_XB     equ 54                 ; 2x date
 CLK_DATE_Y      equ 146
+RTC_QUIET_TICKS equ 17
+VMMOUSE_POLL_TICKS equ 16              ; see on_tick
 
 clock_init:
     pusha
@@ -17,22 +20,34 @@ clock_init:
     mov al, ' '
     rep stosb
     call read_rtc
+    mov byte [rtc_wait], RTC_QUIET_TICKS
     mov eax, [0x046C]
     mov [last_tick], eax
     popa
     ret
 
-; poll_clock: once per timer tick.
-poll_clock:
-    mov eax, [0x046C]
-    cmp eax, [last_tick]
-    jne .tick
-    ret
-.tick:
+; on_tick: once per timer tick (EAX = tick count).
+on_tick:
     mov [last_tick], eax
+    test al, VMMOUSE_POLL_TICKS - 1
+    jnz .no_poll
+    ; The vmmouse is normally read when IRQ12 signals a packet; poll now and
+    ; then anyway in case those interrupts never come.
+    cmp byte [mouse_mode], MOUSE_VMWARE
+    jne .no_poll
+    call poll_mouse
+.no_poll:
     call status_timeout
+    dec byte [rtc_wait]
+    jnz .done
+    mov byte [rtc_wait], 1
+    mov al, [time_str+7]
     call read_rtc
+    cmp al, [time_str+7]
+    je .done
+    mov byte [rtc_wait], RTC_QUIET_TICKS
     call clock_show
+.done:
     ret
 
 ; read_rtc: time_str = "HH:MM:SS", date_str = "YYYY-MM-DD" (unchanged if
@@ -53,6 +68,11 @@ read_rtc:
     stosb
     mov al, dh
     call bcd2
+    cmp dh, 0                          ; the date can only change at :00
+    je .date
+    cmp byte [date_str], ' '           ; ... or is still unknown
+    jne .done
+.date:
     mov ah, 0x04
     int 0x1A
     jc .done

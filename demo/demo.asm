@@ -30,6 +30,20 @@ DOC_SECTORS  equ 8
 DOC_BYTES    equ DOC_SECTORS * 512
 DOC_MAX      equ DOC_BYTES - 1        ; keep room for the NUL terminator
 
+; Timing marks for development: assemble with -DDEBUGCON and run QEMU with
+; an isa-debugcon device on port 0x402 to get them in its log.
+%macro DBG 1
+%ifdef DEBUGCON
+    push ax
+    push dx
+    mov dx, 0x402
+    mov al, %1
+    out dx, al
+    pop dx
+    pop ax
+%endif
+%endmacro
+
 ; ---------------------------------------------------------------------------
 ; Sector 0: MBR
 ; ---------------------------------------------------------------------------
@@ -147,53 +161,99 @@ prog_main:
     mov ax, 0x1130                     ; pointer to the VGA BIOS 8x16 font
     mov bh, 0x06
     int 0x10
-    mov [font_seg], es
-    mov [font_off], bp
+    ; Work from a RAM copy of the font: the text loops read it a lot and
+    ; segment 0 is the cheapest place to address it from.
+    push ds
+    push es
+    pop ds
+    mov si, bp
+    push word 0
+    pop es
+    mov di, font_ram
+    mov cx, 256 * 16 / 4
+    rep movsd
+    pop ds
+    mov word [font_seg], 0
+    mov word [font_off], font_ram
     pop bp
     pop es
     call vga_default_state
-
+    ; Replace the BIOS timer handler by a minimal one (see timer_isr).
+    cli
+    mov word [0x08 * 4], timer_isr
+    mov word [0x08 * 4 + 2], 0
+    sti
+    DBG 'M'
     call doc_load
     call mouse_init
     call clock_init
+    DBG 'R'
     call redraw_all
+    DBG 'D'
+%ifdef BENCH
+    %include "/tmp/dt/bench.inc"
+%endif
 
+; The main loop sleeps in HLT until an interrupt brings work: a key in
+; the BIOS buffer, a mouse packet (IRQ12 callback) or a timer tick. The
+; checks only read memory, with interrupts off, and STI;HLT is atomic, so an
+; interrupt arriving meanwhile cannot be missed. Hosts may emulate real mode
+; instruction by instruction, so a wake-up that finds nothing to do must
+; cost only a handful of instructions.
 main_loop:
-    call poll_mouse
-    call poll_keys
-    call poll_clock
-    call cursor_show
-    ; Sleep until the next interrupt unless work is already waiting. The
-    ; checks read memory only, with interrupts off, and STI;HLT is atomic,
-    ; so a key or mouse interrupt arriving meanwhile cannot be missed.
     cli
     mov ax, [0x041A]                   ; BIOS keyboard buffer head
     cmp ax, [0x041C]                   ; ... and tail
-    jne .busy
+    jne .keys
     cmp byte [mouse_event], 0
-    jne .busy
+    jne .mouse
     mov eax, [0x046C]                  ; BIOS timer ticks (18.2 Hz)
     cmp eax, [last_tick]
-    jne .busy
+    jne .tick
     sti
     hlt
     jmp main_loop
-.busy:
+.keys:
     sti
-    jmp main_loop
-
-; poll_keys: handle every key waiting in the BIOS buffer.
-poll_keys:
-.next:
-    mov ah, 0x01
-    int 0x16
-    jz .done
-    mov ah, 0x00
+    mov ah, 0x10                       ; extended read: never drops (and waits for) a key
     int 0x16
     call handle_key
-    jmp .next
+    jmp .done
+.mouse:
+    sti
+    call poll_mouse
+    jmp .done
+.tick:
+    sti
+    call on_tick
 .done:
-    ret
+    call cursor_show
+    jmp main_loop
+
+; timer_isr: IRQ0. Only what the BIOS tick must do: count ticks in the BIOS
+; data area (with the midnight rollover that int 1Ah expects) and EOI.
+; SeaBIOS's own handler does much more (floppy motor, USB, int 1Ch), which
+; alone cost about 1 % of a host core when real mode is emulated.
+timer_isr:
+    push ax
+    push ds
+    xor ax, ax
+    mov ds, ax
+    add word [0x046C], 1
+    adc word [0x046E], 0
+    cmp word [0x046E], 0x0018          ; 0x1800B0 ticks per day
+    jb .eoi
+    cmp word [0x046C], 0x00B0
+    jb .eoi
+    mov [0x046C], ax
+    mov [0x046E], ax
+    mov byte [0x0470], 1               ; midnight flag
+.eoi:
+    mov al, 0x20
+    out 0x20, al
+    pop ds
+    pop ax
+    iret
 
 ; handle_key: AX = BIOS key (AH scan code, AL ASCII). All typing goes to
 ; Notepad, which is reopened if the visitor had closed it.
@@ -242,9 +302,8 @@ handle_key:
 
 prog_end:
 PROG_SECTORS equ (prog_end - prog_start + 511) / 512
-%if PROG_SECTORS > PROG_MAX
-  %error "program does not fit in front of the document area"
-%endif
+    ; (a negative TIMES count stops the build)
+    times -(PROG_SECTORS > PROG_MAX) db 0   ; program must end before LBA 63
 
     times DOC_LBA * 512 - ($ - $$) db 0
 
@@ -256,9 +315,7 @@ doc_initial:
     db "this visit's disk. A new visitor starts fresh.", 0x0A
 doc_initial_end:
     db 0
-%if doc_initial_end - doc_initial > DOC_MAX
-  %error "initial document too long"
-%endif
+    times -(doc_initial_end - doc_initial > DOC_MAX) db 0
     times (DOC_LBA + DOC_SECTORS) * 512 - ($ - $$) db 0
 
     times 2048 * 512 - ($ - $$) db 0
@@ -267,3 +324,6 @@ doc_initial_end:
 ; Variables (not part of the image)
 ; ---------------------------------------------------------------------------
 %include "vars.asm"
+
+section .text
+    times -(VARS_END > 0x7000) db 0          ; variables must stay below the stack

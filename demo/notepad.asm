@@ -82,49 +82,63 @@ np_backspace:
 ; Returns DI = end of the row's characters, BX = start of the next row, and
 ; CF set if this row is the last one (it ends at the end of the text and
 ; holds the caret). Rows break at LF, else at the last space that fits
-; (the space is dropped), else after NP_WRAP characters.
+; (the space is dropped), else after NP_WRAP characters. String
+; instructions do the scanning: they are cheap even where the host emulates
+; real mode instruction by instruction. Needs ES = 0.
 layout_line:
+    push ax
     push cx
-    mov di, si
-    mov cx, NP_WRAP
-.scan:
-    cmp di, [doc_len]
-    je .last
-    cmp byte [doc_buf+di], 0x0A
-    je .newline
-    inc di
-    loop .scan
-    cmp di, [doc_len]
-    je .last
-    cmp byte [doc_buf+di], 0x0A
-    je .newline
-    mov bx, di
-.back:
-    cmp byte [doc_buf+bx], ' '
-    je .at_space
-    dec bx
-    cmp bx, si
-    ja .back
-    mov bx, di                         ; one long word: hard break
+    mov cx, [doc_len]
+    sub cx, si                         ; characters left
+    jz .last_at_si
+    mov bx, cx
+    cmp cx, NP_WRAP + 1
+    jbe .limit_ok
+    mov cx, NP_WRAP + 1                ; an LF right after a full row still ends it
+.limit_ok:
+    lea di, [doc_buf+si]
+    mov al, 0x0A
+    repne scasb
+    jne .no_lf
+    dec di                             ; DI -> the LF
+    sub di, doc_buf
+    lea bx, [di+1]
     clc
-    pop cx
-    ret
-.at_space:
-    mov di, bx
-    inc bx
-    clc
-    pop cx
-    ret
-.newline:
-    mov bx, di
-    inc bx
-    clc
-    pop cx
-    ret
-.last:
+    jmp .ret
+.no_lf:
+    cmp bx, NP_WRAP
+    ja .wrap
+    mov di, [doc_len]                  ; the rest fits: last row
     mov bx, di
     stc
+    jmp .ret
+.wrap:
+    ; The character at SI+NP_WRAP does not fit: break at the last space in
+    ; SI+1 .. SI+NP_WRAP, searching backwards.
+    lea di, [doc_buf+si+NP_WRAP]
+    mov cx, NP_WRAP
+    mov al, ' '
+    std
+    repne scasb
+    cld
+    jne .hard
+    inc di                             ; DI -> the space
+    sub di, doc_buf
+    lea bx, [di+1]
+    clc
+    jmp .ret
+.hard:
+    lea di, [si+NP_WRAP]               ; one long word: break inside it
+    mov bx, di
+    clc
+    jmp .ret
+.last_at_si:
+    mov di, si
+    mov bx, si
+    stc
+.ret:
     pop cx
+    pop ax
     ret
 
 ; np_render: bring the text area up to date (only if Notepad is open). Shows
@@ -234,39 +248,45 @@ np_flush_row:
     ret
 
 ; update_field: redraw only the changed span of a text field.
-; SI = new text, DI = shadow (what the screen shows, updated), CX = length,
-; BX = screen offset of the first cell; [op_fg], [op_bg], [op_scale] set.
+; SI = new text, DI = shadow (what the screen shows, updated), CX = length
+; (> 0), BX = screen offset of the first cell; [op_fg], [op_bg],
+; [op_scale] set. Needs ES = 0.
 update_field:
     pusha
     mov [uf_new], si
     mov [uf_off], bx
-    mov word [uf_first], -1
-    xor bx, bx
-.scan:
-    cmp bx, cx
-    jae .scanned
-    mov al, [si+bx]
-    cmp al, [di+bx]
-    je .same
-    mov [di+bx], al
-    cmp word [uf_first], -1
-    jne .more
-    mov [uf_first], bx
-.more:
-    mov [uf_last], bx
-.same:
-    inc bx
-    jmp .scan
-.scanned:
-    mov bx, [uf_first]
-    cmp bx, -1
+    mov [uf_len], cx
+    mov bx, di                         ; BX = shadow
+    repe cmpsb
     je .none
-    mov cx, [uf_last]
-    sub cx, bx
-    inc cx
+    mov ax, si
+    dec ax
+    sub ax, [uf_new]                   ; AX = first changed cell
     mov si, [uf_new]
-    add si, bx
-    movzx ax, byte [op_scale]
+    add si, [uf_len]
+    dec si
+    mov di, bx
+    add di, [uf_len]
+    dec di
+    mov cx, [uf_len]
+    std
+    repe cmpsb                         ; from the end: last changed cell
+    cld
+    inc si
+    sub si, [uf_new]                   ; SI = last changed cell
+    mov cx, si
+    sub cx, ax
+    inc cx                             ; cells to redraw
+    mov si, [uf_new]
+    add si, ax
+    lea di, [bx]
+    add di, ax
+    push si
+    push cx
+    rep movsb                          ; the shadow now matches
+    pop cx
+    pop si
+    movzx bx, byte [op_scale]
     mul bx
     add ax, [uf_off]
     mov di, ax

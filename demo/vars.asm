@@ -24,12 +24,14 @@ op_scale        resb 1
 op_plane        resb 1
 op_fgm          resb 1
 op_bgm          resb 1
+op_width        resw 1
 exp_buf         resb 4
-glyph_buf       resb 16
+line_buf        resb LINE_BYTES
 uf_new          resw 1
 uf_old          resw 1
 uf_off          resw 1
 uf_first        resw 1
+uf_len          resw 1
 uf_last         resw 1
 ; buttons and windows
 bt_x            resw 1
@@ -65,7 +67,7 @@ cur_saved_rows  resw 1
 last_tick       resd 1
 status_tick     resd 1
 status_on       resb 1
-                resb 1
+rtc_wait        resb 1
 time_str        resb 8
 date_str        resb 10
 sh_desk_time    resb 8
@@ -84,8 +86,7 @@ absolute 0x1000
 doc_buf         resb DOC_BYTES
 np_shadow       resb NP_ROWS * NP_COLS
 np_row          resb NP_COLS
+font_ram        resb 256 * 16
+text_buf        resb 16 * LINE_BYTES   ; draw_opaque's scan lines
 VARS_END:
 
-%if VARS_END > 0x7000
-  %error "variables run into the stack"
-%endif

@@ -17,6 +17,7 @@ LINE_BYTES         equ 80                  ; bytes per scan line
 SCR_W       equ 640
 SCR_H       equ 480
 CURSOR_SAVE equ 0xA000              ; offscreen (past 38400) copy of the pixels under the pointer
+LATCH_BYTE  equ 0xA040              ; offscreen byte used to load the latches with a colour
 CUR_ROWS    equ 20
 
 C_BLACK     equ 0
@@ -41,6 +42,7 @@ vga_default_state:
     GCSET 1, 0x0F
     GCSET 8, 0xFF
     GCSET 4, 0x00
+    GCSET 7, 0x00                      ; read mode 1 then always reads FF (see cursor_show)
     mov dx, SEQ_PORT
     mov ax, 0x0F02
     out dx, ax
@@ -276,122 +278,120 @@ blit_glyph:
     pop ax
     ret
 
-; draw_opaque: text with background on byte-aligned cells, no VGA reads.
+; draw_opaque: text with a background colour on byte-aligned cells, for
+; text that changes often (Notepad, clocks, status). The text's 16 scan
+; lines are composed in RAM, then each is sent with one REP MOVSB in write
+; mode 3: Set/Reset gives the text colour where a data bit is 1, and the
+; latches, loaded once from a background-coloured byte, give the background
+; elsewhere. So there are no per-byte reads and few instructions per byte.
 ; DI = offset of the first cell's top line, SI = characters, CX = count,
 ; [op_fg], [op_bg] colours, [op_scale] = 1..3 (cell of 8s x 16s pixels).
-; Character 1 is drawn as the Notepad caret. Preserves all registers.
+; Character CARET (1) is drawn as the Notepad caret. Preserves all registers.
 draw_opaque:
     test cx, cx
-    jz .ret0
+    jnz .go
+    ret
+.go:
     call cursor_hide
     pusha
     push es
-    mov [op_str], si
     mov [op_base], di
-    mov [op_len], cx
-    mov ax, VGA_SEG
-    mov es, ax
-    GCSET 1, 0x00                      ; CPU data goes straight to the planes
-    mov byte [op_plane], 0
-.plane:
-    mov cl, [op_plane]
-    mov ah, 1
-    shl ah, cl
-    mov al, 2                          ; Map Mask: this plane only
-    mov dx, SEQ_PORT
-    out dx, ax
-    mov al, [op_fg]
-    shr al, cl
-    and al, 1
-    neg al
-    mov [op_fgm], al                   ; FF if the foreground has this plane's bit
-    mov al, [op_bg]
-    shr al, cl
-    and al, 1
-    neg al
-    mov [op_bgm], al
-    mov si, [op_str]
-    mov di, [op_base]
-    mov cx, [op_len]
+    movzx ax, byte [op_scale]
+    mul cx
+    mov [op_width], ax                 ; bytes per scan line
+    mov dx, ax
+    push word 0
+    pop es
+    ; Compose: text_buf holds 16 lines of [op_width] bytes; each character
+    ; fills one column (scale bytes wide) from top to bottom.
+    mov bx, si
+    mov di, text_buf
 .char:
-    push cx
-    lodsb
-    call load_glyph
-    push si
-    push di
-    xor si, si                         ; glyph row
-.grow:
-    mov al, [glyph_buf+si]
-    call expand
-    movzx cx, byte [op_scale]
-.rep:
-    push cx
-    movzx cx, byte [op_scale]
-    xor bx, bx
-.byte:
-    mov al, [exp_buf+bx]
-    mov ah, al
-    not ah
-    and al, [op_fgm]
-    and ah, [op_bgm]
-    or al, ah
-    mov [es:di+bx], al
+    mov al, [bx]
     inc bx
-    loop .byte
+    mov si, caret_glyph
+    cmp al, CARET
+    je .glyph
+    movzx si, al
+    shl si, 4
+    add si, [font_off]
+.glyph:
+    push di
+    push cx
+    mov cx, 16
+    cmp byte [op_scale], 1
+    jne .wide
+    dec dx                             ; next line: width - 1 further on
+.line1:
+    movsb
+    add di, dx
+    loop .line1
+    inc dx
     pop cx
-    add di, LINE_BYTES
-    loop .rep
-    inc si
-    cmp si, 16
-    jb .grow
     pop di
+    inc di
+    loop .char
+    jmp .output
+.wide:
+    lodsb
+    call expand
+    push si
+    push cx
+    mov si, exp_buf
+    movzx cx, byte [op_scale]
+    push di
+    rep movsb
+    pop di
+    add di, dx
+    pop cx
     pop si
+    loop .wide
+    pop cx
+    pop di
     movzx ax, byte [op_scale]
     add di, ax
-    pop cx
     loop .char
-    inc byte [op_plane]
-    cmp byte [op_plane], 4
-    jb .plane
-    mov dx, SEQ_PORT
-    mov ax, 0x0F02
+.output:
+    push word VGA_SEG
+    pop es
+    mov dx, GC_PORT
+    mov ah, [op_bg]
+    mov al, 0
     out dx, ax
-    GCSET 1, 0x0F
+    mov [es:LATCH_BYTE], al            ; write mode 0: 8 background pixels
+    mov al, [es:LATCH_BYTE]            ; latches := background
+    mov ah, [op_fg]
+    mov al, 0
+    out dx, ax
+    mov ax, 0x0305                     ; write mode 3
+    out dx, ax
+    mov si, text_buf
+    mov di, [op_base]
+    mov bx, 16
+.out_line:
+    movzx dx, byte [op_scale]
+.out_rep:
+    push si
+    push di
+    mov cx, [op_width]
+    rep movsb
+    pop di
+    pop si
+    add di, LINE_BYTES
+    dec dx
+    jnz .out_rep
+    add si, [op_width]
+    dec bx
+    jnz .out_line
+    mov dx, GC_PORT
+    mov ax, 0x0005                     ; back to write mode 0
+    out dx, ax
     pop es
     popa
-.ret0:
     ret
 
-; load_glyph: AL = character -> glyph_buf (16 bytes).
-load_glyph:
-    push eax
-    push si
-    push fs
-    cmp al, 1
-    je .caret
-    mov ah, 0
-    shl ax, 4
-    add ax, [font_off]
-    mov si, ax
-    mov fs, [font_seg]
-.copy:
-    mov eax, [fs:si]
-    mov [glyph_buf], eax
-    mov eax, [fs:si+4]
-    mov [glyph_buf+4], eax
-    mov eax, [fs:si+8]
-    mov [glyph_buf+8], eax
-    mov eax, [fs:si+12]
-    mov [glyph_buf+12], eax
-    pop fs
-    pop si
-    pop eax
-    ret
-.caret:
-    push word 0
-    pop fs
-    mov si, caret_glyph
-    jmp .copy
+caret_glyph:
+    times 16 db 0xC0                   ; two pixels wide, full cell height
 
 ; expand: AL = glyph row -> exp_buf[0..scale-1], each bit repeated scale
 ; times, leftmost pixel in the most significant bit of exp_buf[0].
@@ -430,9 +430,6 @@ expand:
     pop cx
     ret
 
-caret_glyph:
-    times 16 db 0xC0
-
 ; ---------------------------------------------------------------------------
 ; Mouse pointer. The pixels under it are copied to offscreen video memory
 ; through the latches (write mode 1): one read and one write per byte, all
@@ -446,26 +443,26 @@ cursor_hide:
     ret
 .restore:
     pusha
+    push ds
     push es
     mov byte [cur_shown], 0
+    GCSET 5, 0x01                      ; write mode 1: each MOVSB copies 8 pixels
     push word VGA_SEG
     pop es
-    GCSET 5, 0x01
-    mov di, [cur_saved_off]
+    push es
+    pop ds
+    mov di, [cs:cur_saved_off]
     mov si, CURSOR_SAVE
-    mov cx, [cur_saved_rows]
+    mov dx, [cs:cur_saved_rows]
 .row:
-    mov al, [es:si]
-    mov [es:di], al
-    mov al, [es:si+1]
-    mov [es:di+1], al
-    mov al, [es:si+2]
-    mov [es:di+2], al
-    add si, 3
-    add di, LINE_BYTES
-    loop .row
+    mov cx, 3
+    rep movsb
+    add di, LINE_BYTES - 3
+    dec dx
+    jnz .row
     GCSET 5, 0x00
     pop es
+    pop ds
     popa
     ret
 
@@ -499,43 +496,44 @@ cursor_show:
     ; restoring them unchanged is harmless, and they are never drawn on.
     push di
     push cx
-    GCSET 5, 0x01
-    mov si, CURSOR_SAVE
+    GCSET 5, 0x01                      ; write mode 1: each MOVSB copies 8 pixels
+    push ds
+    push es
+    pop ds
+    mov si, di
+    mov di, CURSOR_SAVE
+    mov dx, cx
 .save:
-    mov al, [es:di]
-    mov [es:si], al
-    mov al, [es:di+1]
-    mov [es:si+1], al
-    mov al, [es:di+2]
-    mov [es:si+2], al
-    add si, 3
-    add di, LINE_BYTES
-    loop .save
+    mov cx, 3
+    rep movsb
+    add si, LINE_BYTES - 3
+    dec dx
+    jnz .save
+    pop ds
     GCSET 5, 0x00
     pop cx
     pop di
+    ; Write mode 3 + read mode 1 (Colour Don't Care 0, so reads give FF):
+    ; AND [mem], mask loads the latches and writes the mask in one access.
+    GCSET 5, 0x0B
     mov bx, cursor_outline
     mov ah, C_BLACK
     call .pass
     mov bx, cursor_inside
     mov ah, C_WHITE
     call .pass
-    mov dx, GC_PORT
-    mov ax, 0xFF08
-    out dx, ax
+    GCSET 5, 0x00
     pop es
     popa
     ret
 
 %macro CURBYTE 1
-    mov ah, [cur_m+%1]
-    test ah, ah
+    mov al, [cur_m+%1]
+    test al, al
     jz %%skip
-    cmp si, LINE_BYTES-%1                     ; clip at the right edge
+    cmp si, LINE_BYTES-%1              ; clip at the right edge
     jae %%skip
-    mov al, 8
-    out dx, ax
-    or [es:di+%1], al
+    and [es:di+%1], al
 %%skip:
 %endmacro
 

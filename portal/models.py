@@ -34,6 +34,10 @@ class Exhibit(models.Model):
         I486 = "486", "486"
         PENTIUM = "pentium", "Pentium"
 
+    class Accelerator(models.TextChoices):
+        AUTO = "auto", "KVM where available, else software emulation"
+        TCG = "tcg", "Always software emulation (TCG)"
+
     class Vga(models.TextChoices):
         STD = "std", "Standard VGA"
         CIRRUS = "cirrus", "Cirrus Logic GD5446"
@@ -48,6 +52,11 @@ class Exhibit(models.Model):
     cpu = models.CharField(max_length=8, choices=Cpu.choices, default=Cpu.I486)
     memory_mb = models.PositiveSmallIntegerField(default=16)
     vga = models.CharField(max_length=8, choices=Vga.choices, default=Vga.STD)
+    accelerator = models.CharField(
+        max_length=8, choices=Accelerator.choices, default=Accelerator.AUTO,
+        help_text="Software emulation suits guests that need exact legacy timing "
+                  "(floppy boot fails under KVM on nested-virtualisation hosts).",
+    )
     published = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -59,4 +68,5 @@ class Exhibit(models.Model):
         return self.title
 
     def machine_profile(self) -> MachineProfile:
-        return MachineProfile(cpu=self.cpu, memory_mb=self.memory_mb, vga=self.vga, boot=self.boot)
+        return MachineProfile(cpu=self.cpu, memory_mb=self.memory_mb, vga=self.vga, boot=self.boot,
+                              accelerator=self.accelerator)

@@ -11,13 +11,13 @@ from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET
 
-from sessions.broker import get_broker
+from sessions.broker import Broker, get_broker
 
 from .errors import json_error, wants_json
 from .models import Exhibit
 
 
-def exhibit_json(exhibit: Exhibit, request: HttpRequest, *, accelerator: str) -> dict[str, Any]:
+def exhibit_json(exhibit: Exhibit, request: HttpRequest, *, broker: Broker) -> dict[str, Any]:
     return {
         "slug": exhibit.slug,
         "title": exhibit.title,
@@ -28,7 +28,7 @@ def exhibit_json(exhibit: Exhibit, request: HttpRequest, *, accelerator: str) ->
         "machine": {
             "cpu": exhibit.cpu,
             "memory_mb": exhibit.memory_mb,
-            "accelerator": accelerator,
+            "accelerator": broker.accelerator_for(exhibit),
             "boot": exhibit.boot,
         },
         "instant_start": False,
@@ -43,7 +43,7 @@ async def _published(slug: str) -> Exhibit | None:
 async def api_exhibit_list(request: HttpRequest) -> JsonResponse:
     broker = await get_broker()
     exhibits = [
-        exhibit_json(exhibit, request, accelerator=broker.config.accelerator)
+        exhibit_json(exhibit, request, broker=broker)
         async for exhibit in Exhibit.objects.filter(published=True)
     ]
     return JsonResponse({"exhibits": exhibits})
@@ -55,7 +55,7 @@ async def api_exhibit_detail(request: HttpRequest, slug: str) -> JsonResponse:
     if exhibit is None:
         return json_error(404, "not_found", "There is no such exhibit.")
     broker = await get_broker()
-    return JsonResponse(exhibit_json(exhibit, request, accelerator=broker.config.accelerator))
+    return JsonResponse(exhibit_json(exhibit, request, broker=broker))
 
 
 @require_GET
@@ -92,7 +92,7 @@ async def exhibit_page(request: HttpRequest, slug: str) -> HttpResponse:
     broker = await get_broker()
     return render(
         request, "portal/exhibit_detail.html",
-        {"exhibit": exhibit, "accelerator": broker.config.accelerator},
+        {"exhibit": exhibit, "accelerator": broker.accelerator_for(exhibit)},
     )
 
 

@@ -26,7 +26,14 @@ from django.utils import timezone
 
 from portal.models import Exhibit
 
-from .machine import Machine, MachineError, MachineStartError, kvm_usable, qemu_version
+from .machine import (
+    Machine,
+    MachineError,
+    MachineStartError,
+    accelerator_resolve,
+    kvm_usable,
+    qemu_version,
+)
 from .models import VisitorSession, new_session_id
 from .overlay import OVERLAY_FILE, OverlayError, overlay_create, run_dir_create, run_dir_remove
 from .reaper import reap_once
@@ -144,6 +151,9 @@ class Broker:
             self._qemu_version = qemu_version(self.config.qemu_binary)
         return self._qemu_version
 
+    def accelerator_for(self, exhibit: Exhibit) -> str:
+        return accelerator_resolve(exhibit.machine_profile(), host=self.config.accelerator)
+
     def machine(self, session_id: str) -> Machine | None:
         """The running machine of a live session, for tools that talk QMP."""
         live = self._live.get(session_id)
@@ -168,7 +178,7 @@ class Broker:
                 exhibit=exhibit,
                 owner=owner,
                 state=State.STARTING,
-                accelerator=self.config.accelerator,
+                accelerator=self.accelerator_for(exhibit),
                 run_dir=os.fspath(run_dir),
             )
             live = _Live(session_id=session_id, run_dir=run_dir)
@@ -194,7 +204,7 @@ class Broker:
                 run_dir=live.run_dir,
                 disk_path=overlay_path,
                 qemu_binary=self.config.qemu_binary,
-                accelerator=self.config.accelerator,
+                accelerator=self.accelerator_for(exhibit),
                 start_timeout_s=self.config.start_timeout_s,
                 qmp_timeout_s=self.config.qmp_timeout_s,
                 stop_timeout_s=self.config.stop_timeout_s,

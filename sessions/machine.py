@@ -38,6 +38,9 @@ UNIX_PATH_MAX = 107
 MACHINE = "pc"
 CPU_MODELS = {"486": "486", "pentium": "pentium"}
 BOOT_DEVICES = {"floppy", "hdd", "cdrom"}
+# "auto": KVM where the host has it, software emulation (TCG) otherwise.
+# "tcg": always software emulation, for guests that misbehave under KVM.
+ACCELERATOR_PREFERENCES = {"auto", "tcg"}
 VGA_MODELS = {"std", "cirrus"}
 
 
@@ -69,8 +72,11 @@ class MachineProfile:
     memory_mb: int = 16
     vga: str = "std"
     boot: str = "floppy"
+    accelerator: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.accelerator not in ACCELERATOR_PREFERENCES:
+            raise ValueError(f"unknown accelerator preference {self.accelerator!r}")
         if self.cpu not in CPU_MODELS:
             raise ValueError(f"unknown CPU model {self.cpu!r}")
         if self.boot not in BOOT_DEVICES:
@@ -126,6 +132,11 @@ def build_argv(
         "-boot", f"order={boot_order}",
         "-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny",
     ]
+
+
+def accelerator_resolve(profile: MachineProfile, *, host: str) -> str:
+    """The accelerator a machine of this profile gets on a host whose best is `host`."""
+    return host if profile.accelerator == "auto" else profile.accelerator
 
 
 def kvm_usable(device: str = "/dev/kvm") -> bool:

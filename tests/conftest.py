@@ -93,7 +93,7 @@ def exhibit_create(portal_dirs: Path) -> ExhibitFactory:
     from portal.models import DiskImage, Exhibit
 
     def create(image: Path, *, slug: str, boot: str = "floppy", published: bool = True,
-               title: str | None = None) -> Exhibit:
+               title: str | None = None, accelerator: str = "auto") -> Exhibit:
         path, digest, size = master_store(image, store=Path(settings.PORTAL_IMAGE_DIR))
         disk, _ = DiskImage.objects.get_or_create(
             sha256=digest,
@@ -102,7 +102,7 @@ def exhibit_create(portal_dirs: Path) -> ExhibitFactory:
         )
         return Exhibit.objects.create(
             slug=slug, title=title or slug, image=disk, boot=boot, published=published,
-            year=1994, publisher="Test",
+            year=1994, publisher="Test", accelerator=accelerator,
         )
 
     return sync_to_async(create)

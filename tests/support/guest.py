@@ -11,9 +11,11 @@ import hashlib
 import re
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from sessions.machine import Machine
+from tests.support.rfb import RfbClient
 
 TEXT_BUFFER = 0xB8000
 COLUMNS, ROWS = 80, 25
@@ -30,17 +32,32 @@ async def text_screen(machine: Machine) -> str:
     return "\n".join(chars[row * COLUMNS:(row + 1) * COLUMNS].rstrip() for row in range(ROWS))
 
 
-async def wait_for_text(machine: Machine, needle: str, *, timeout_s: float) -> str:
-    """Wait until the guest's text screen shows needle; returns the screen."""
+async def wait_for_screen(
+    machine: Machine, rfb: RfbClient, condition: Callable[[str], bool], *,
+    timeout_s: float, what: str,
+) -> str:
+    """Wait until the guest's text screen satisfies condition; returns the screen.
+
+    The text is looked at again whenever the visitor's view (the RFB client's
+    framebuffer) receives an update, so nothing here waits blindly.
+    """
     screen = ""
     try:
         async with asyncio.timeout(timeout_s):
-            while needle not in (screen := await text_screen(machine)):
-                # The guest draws at its own pace; look again shortly.
-                await asyncio.sleep(0.2)
+            while True:
+                seen = rfb.updates
+                if condition(screen := await text_screen(machine)):
+                    return screen
+                await rfb.wait_for(lambda client, seen=seen: client.updates > seen,
+                                   timeout_s=timeout_s)
     except TimeoutError:
-        raise AssertionError(f"{needle!r} never appeared; the screen shows:\n{screen}") from None
-    return screen
+        raise AssertionError(f"{what} never appeared; the screen shows:\n{screen}") from None
+
+
+async def wait_for_text(machine: Machine, rfb: RfbClient, needle: str, *, timeout_s: float) -> str:
+    """Wait until the guest's text screen shows needle; returns the screen."""
+    return await wait_for_screen(machine, rfb, lambda screen: needle in screen,
+                                 timeout_s=timeout_s, what=repr(needle))
 
 
 async def disk_file(machine: Machine, overlay: Path, name: str) -> bytes | None:

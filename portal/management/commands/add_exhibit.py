@@ -61,6 +61,10 @@ class Command(BaseCommand):
         parser.add_argument("--description", default="")
         parser.add_argument("--memory-mb", type=int, default=16)
         parser.add_argument("--cpu", choices=[c.value for c in Exhibit.Cpu], default="486")
+        parser.add_argument(
+            "--accelerator", choices=[c.value for c in Exhibit.Accelerator], default="auto",
+            help="auto: KVM where available; tcg: always software emulation.",
+        )
         parser.add_argument("--publish", action="store_true", help="Make it visible to visitors.")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -87,6 +91,7 @@ class Command(BaseCommand):
                     "boot": options["boot"],
                     "cpu": options["cpu"],
                     "memory_mb": options["memory_mb"],
+                    "accelerator": options["accelerator"],
                     "published": options["publish"],
                 },
             )

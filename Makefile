@@ -1,0 +1,55 @@
+# One command to run the portal, one to test it; both set up what is missing.
+SHELL := /bin/bash
+PORT ?= 8000
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEMO_IMAGE := build/demo.img
+APT_PACKAGES := qemu-system-x86 qemu-utils nasm mtools chromium nodejs npm
+DEMO_DESCRIPTION := A free stand-in for a Windows 3.1 desktop, written for this portal and built from its source. It boots from a hard disk in a fraction of a second; type in Notepad and save: your text stays on this visit's own disk, and the next visitor starts fresh.
+
+.PHONY: setup run test lint bench clean
+
+setup: apt $(VENV)/.installed node_modules/.package-lock.json $(DEMO_IMAGE)
+
+# Debian packages: installed only when missing (apt-get needs root or sudo).
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "Installing Debian packages:" $$missing; \
+	  sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/.installed: requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	touch $@
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund
+
+$(DEMO_IMAGE): demo/build.sh $(wildcard demo/*.asm)
+	bash demo/build.sh $@
+
+run: setup
+	$(PY) manage.py migrate --no-input -v 0
+	$(PY) manage.py add_exhibit $(DEMO_IMAGE) --slug demo --boot hdd --publish \
+	  --title "Portal demo desktop" --year 1992 --publisher "This portal" \
+	  --description "$(DEMO_DESCRIPTION)"
+	@echo "Serving the portal on http://127.0.0.1:$(PORT)/"
+	$(VENV)/bin/daphne -b 127.0.0.1 -p $(PORT) portal.asgi:application
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy .
+
+test: setup lint
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) node_modules build

@@ -1,0 +1,112 @@
+"""A real portal served by Daphne, and Debian's Chromium driven by Playwright."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, processes_naming
+
+CHROMIUM = os.environ.get("PORTAL_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+@dataclass
+class Portal:
+    url: str
+    root: Path
+    env: dict[str, str]
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    def manage(self, *args: str) -> str:
+        return subprocess.run(
+            [sys.executable, str(REPO / "manage.py"), *args],
+            env=self.env, check=True, capture_output=True, text=True, cwd=REPO,
+        ).stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _wait_until_serving(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"Daphne exited with code {process.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            # Not listening yet: Daphne is still importing the site.
+            time.sleep(0.1)
+    raise RuntimeError("Daphne did not start serving in time")
+
+
+@pytest.fixture
+def portal(demo_image: Path) -> Iterator[Portal]:
+    root = Path(tempfile.mkdtemp(prefix="pe-", dir="/tmp"))
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PORTAL_DATA_DIR": str(root),
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "PYTHONUNBUFFERED": "1",
+    }
+    site = Portal(url=f"http://127.0.0.1:{port}", root=root, env=env)
+    site.manage("migrate", "--no-input", "-v", "0")
+    site.manage("add_exhibit", str(demo_image), "--slug", "demo", "--title", "Portal demo",
+                "--boot", "hdd", "--year", "1992", "--publish")
+    log = (root / "daphne.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+         "portal.asgi:application"],
+        cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_until_serving(site.url, process, timeout_s=30)
+        yield site
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+        leftovers = processes_naming(site.run_dir)
+        for pid in leftovers:
+            os.kill(pid, 9)
+        shutil.rmtree(root, ignore_errors=True)
+        assert not leftovers, f"QEMU processes outlived the portal: {leftovers}"
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield instance
+        finally:
+            instance.close()

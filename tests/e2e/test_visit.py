@@ -1,0 +1,75 @@
+"""A visitor in Chromium: open the exhibit, Start, see and use the machine, End."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from tests.conftest import processes_naming
+from tests.e2e.conftest import Portal
+
+# Counts lit pixels and fingerprints a region of noVNC's canvas, as a person would
+# look at it: what is drawn, not how it got there.
+CANVAS_STATS = """
+([x0, y0, x1, y1]) => {
+  const canvas = document.querySelector('#screen canvas');
+  if (!canvas || !canvas.width) return null;
+  const w = Math.min(canvas.width, x1) - x0, h = Math.min(canvas.height, y1) - y0;
+  const data = canvas.getContext('2d').getImageData(x0, y0, w, h).data;
+  let lit = 0, hash = 0;
+  for (let i = 0; i < data.length; i += 4) {
+    if (data[i] | data[i + 1] | data[i + 2]) lit++;
+    hash = (hash * 31 + data[i] * 7 + data[i + 1] * 3 + data[i + 2]) | 0;
+  }
+  return {lit, hash, width: canvas.width, height: canvas.height};
+}
+"""
+WHOLE = [0, 0, 4096, 4096]
+# Where the demo's Notepad shows typed text (see demo/demo.asm).
+NOTEPAD_TEXT = [0, 100, 640, 480]
+
+
+def test_it_lets_a_visitor_start_use_and_end_a_machine(portal: Portal, browser: Any) -> None:
+    page = browser.new_page(viewport={"width": 1024, "height": 768})
+    page.goto(portal.url + "/")
+    page.get_by_role("link", name="Portal demo").click()
+    assert page.get_by_role("heading", name="Portal demo").is_visible()
+    page.get_by_role("button", name="Start").click()
+
+    page.wait_for_url(re.compile(r"/sessions/[A-Za-z0-9_-]{32}/$"))
+    page.wait_for_selector('#state[data-state="running"]', timeout=30_000)
+    badge = page.locator("#accelerator").inner_text()
+    assert badge in {"KVM", "Software emulation"}
+
+    # The guest's own picture arrives: a real desktop, not a black canvas.
+    page.wait_for_function(
+        f"() => {{ const s = ({CANVAS_STATS})({WHOLE}); return s && s.lit > 10000; }}",
+        timeout=30_000,
+    )
+    stats = page.evaluate(CANVAS_STATS, WHOLE)
+    assert (stats["width"], stats["height"]) == (640, 480)
+    (pid,) = processes_naming(portal.run_dir)
+
+    # Keys reach the guest: what was typed is drawn.
+    before = page.evaluate(CANVAS_STATS, NOTEPAD_TEXT)
+    page.locator("#screen canvas").click(position={"x": 5, "y": 5})
+    page.keyboard.type("Hello museum")
+    page.wait_for_function(
+        f"(before) => ({CANVAS_STATS})({NOTEPAD_TEXT}).hash !== before",
+        arg=before["hash"], timeout=15_000,
+    )
+
+    page.get_by_role("button", name="End").click()
+    page.wait_for_selector('#state[data-state="ended"]', timeout=15_000)
+    assert "This machine has ended" in page.locator("#notice").inner_text()
+
+    # Nothing of the visit is left: process, sockets, overlay.
+    assert processes_naming(portal.run_dir) == []
+    assert list(portal.run_dir.iterdir()) == []
+    try:
+        import os
+
+        os.kill(pid, 0)
+        alive = True
+    except ProcessLookupError:
+        alive = False
+    assert not alive
