@@ -29,12 +29,16 @@ clock_init:
 ; on_tick: once per timer tick (EAX = tick count).
 on_tick:
     mov [last_tick], eax
-    test al, VMMOUSE_POLL_TICKS - 1
-    jnz .no_poll
     ; The vmmouse is normally read when IRQ12 signals a packet; poll now and
-    ; then anyway in case those interrupts never come.
+    ; then anyway in case those interrupts never come, and on every tick if
+    ; the BIOS could not enable the PS/2 mouse at all.
     cmp byte [mouse_mode], MOUSE_VMWARE
     jne .no_poll
+    cmp byte [ps2_ok], 0
+    je .poll
+    test al, VMMOUSE_POLL_TICKS - 1
+    jnz .no_poll
+.poll:
     call poll_mouse
 .no_poll:
     call status_timeout

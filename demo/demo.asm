@@ -14,7 +14,8 @@
 ;   LBA 72..2047  zero.
 ;
 ; Memory (one segment: CS = DS = ES = SS = 0 except while drawing):
-;   0000:0600..2FFF  variables and buffers (zeroed at start, see vars below)
+;   0000:0600..~3800 variables, document buffer, RAM copy of the font
+;                    (zeroed at start; see vars.asm, checked to stay < 7000)
 ;   0000:7C00        MBR (its disk routine and geometry stay in use); the stack
 ;                    grows down from here
 ;   0000:7E00        program
@@ -190,9 +191,6 @@ prog_main:
     DBG 'R'
     call redraw_all
     DBG 'D'
-%ifdef BENCH
-    %include "/tmp/dt/bench.inc"
-%endif
 
 ; The main loop sleeps in HLT until an interrupt brings work: a key in
 ; the BIOS buffer, a mouse packet (IRQ12 callback) or a timer tick. The
@@ -232,8 +230,10 @@ main_loop:
 
 ; timer_isr: IRQ0. Only what the BIOS tick must do: count ticks in the BIOS
 ; data area (with the midnight rollover that int 1Ah expects) and EOI.
-; SeaBIOS's own handler does much more (floppy motor, USB, int 1Ch), which
-; alone cost about 1 % of a host core when real mode is emulated.
+; SeaBIOS's own handler does much more (floppy motor, USB polling, int 1Ch),
+; which alone cost about 1 % of a host core when real mode is emulated.
+; Consequence: USB keyboards/tablets, which SeaBIOS polls from IRQ0, would
+; not work here; the exhibit uses QEMU's PS/2 keyboard and vmmouse.
 timer_isr:
     push ax
     push ds

@@ -189,6 +189,7 @@ poll_mouse:
     call pointer_update
     dec bp
     jnz .packet
+    mov byte [mouse_event], 1          ; more may be queued: come back next pass
 .vm_done:
     popad
     ret

@@ -128,14 +128,12 @@ redraw_all:
     mov dx, SCR_H
     mov si, C_CYAN
     call fill_rect
-    DBG 'F'
     mov bx, windows
     mov cx, NUM_WINDOWS
 .l:
     test byte [bx+win.flags], WF_OPEN
     jz .n
     call draw_window
-    DBG 'W'
 .n:
     add bx, win_size
     loop .l
@@ -234,7 +232,6 @@ draw_window:
     inc si                             ; the underline text follows
     call draw_text
 .no_menu:
-    DBG 'f'
     mov di, [cur_win]
     mov ax, [di+win.draw]
     test ax, ax

@@ -1,11 +1,12 @@
 ; vga.asm - drawing primitives for VGA mode 12h (640x480, 4 bit planes).
 ;
-; Under QEMU every access to the planar A000 window is emulated: writes are
-; batched by KVM (coalesced MMIO) and cheap, but each read and each port
-; write is a full exit to QEMU. So fills write 8 pixels per byte through
-; Set/Reset, reads happen only where a partial byte must keep its other
-; pixels (the read loads the latches), and text that is redrawn often is
-; written plane by plane without any read.
+; Under QEMU every access to the planar A000 window is emulated: each read
+; and each port write is an exit to QEMU, while writes (coalesced MMIO) and
+; especially REP STOSB/MOVSB runs are cheap. Some hosts also emulate real
+; mode instruction by instruction. So fills write 8 pixels per byte through
+; Set/Reset with REP STOSB, reads happen only where a partial byte must keep
+; its other pixels (the read loads the latches), and text that is redrawn
+; often (draw_opaque) is composed in RAM and sent line by line.
 ;
 ; VGA state kept between calls: write mode 0, no rotate/function, Set/Reset
 ; enabled on all planes, Bit Mask FF, Map Mask 0F, read plane 0.
@@ -393,42 +394,74 @@ draw_opaque:
 caret_glyph:
     times 16 db 0xC0                   ; two pixels wide, full cell height
 
-; expand: AL = glyph row -> exp_buf[0..scale-1], each bit repeated scale
-; times, leftmost pixel in the most significant bit of exp_buf[0].
+; expand: AL = glyph row -> exp_buf[0..scale-1], each pixel repeated scale
+; times, leftmost pixel in the most significant bit of exp_buf[0]. Table
+; lookups per nibble: a bit loop costs too many (possibly emulated)
+; instructions for a clock that redraws every second.
 expand:
-    cmp byte [op_scale], 1
-    jne .wide
+    cmp byte [op_scale], 2
+    jae .wide
     mov [exp_buf], al
     ret
 .wide:
-    push cx
-    push edx
+    push ax
     push bx
-    xor edx, edx
-    mov ch, 8
-.bit:
-    xor bl, bl
-    shl al, 1
-    adc bl, 0
-    mov cl, [op_scale]
-.dup:
-    shl edx, 1
-    or dl, bl
-    dec cl
-    jnz .dup
-    dec ch
-    jnz .bit
-    mov cl, [op_scale]
-    shl cl, 3
-    neg cl
-    add cl, 32
-    shl edx, cl                        ; left-align the 8*scale bits
-    bswap edx                          ; most significant byte first in memory
-    mov [exp_buf], edx
+    push dx
+    movzx bx, al
+    shr bx, 4                          ; BX = left nibble
+    and ax, 0x000F                     ; AX = right nibble
+    cmp byte [op_scale], 2
+    jne .scale3
+    mov dl, [nibble_x2+bx]
+    mov bx, ax
+    mov dh, [nibble_x2+bx]
+    mov [exp_buf], dx                  ; DL first: the left nibble
+    jmp .done
+.scale3:
+    add bx, bx
+    mov dx, [nibble_x3+bx]             ; 12 bits for the left nibble
+    mov bx, ax
+    add bx, bx
+    mov ax, [nibble_x3+bx]             ; 12 bits for the right nibble
+    mov [exp_buf+2], al
+    mov bl, dl
+    shl bl, 4
+    or bl, ah
+    mov [exp_buf+1], bl
+    shr dx, 4
+    mov [exp_buf], dl
+.done:
+    pop dx
     pop bx
-    pop edx
-    pop cx
+    pop ax
     ret
+
+; nibble_x2[n]: the 4 bits of n, each doubled (8 bits).
+; nibble_x3[n]: the 4 bits of n, each tripled (12 bits).
+nibble_x2:
+%assign n 0
+%rep 16
+  %assign v 0
+  %assign b 3
+  %rep 4
+    %assign v (v << 2) | (((n >> b) & 1) * 3)
+    %assign b b - 1
+  %endrep
+    db v
+  %assign n n + 1
+%endrep
+nibble_x3:
+%assign n 0
+%rep 16
+  %assign v 0
+  %assign b 3
+  %rep 4
+    %assign v (v << 3) | (((n >> b) & 1) * 7)
+    %assign b b - 1
+  %endrep
+    dw v
+  %assign n n + 1
+%endrep
 
 ; ---------------------------------------------------------------------------
 ; Mouse pointer. The pixels under it are copied to offscreen video memory

@@ -102,7 +102,7 @@ function connect() {
 
 endButton.addEventListener("click", async () => {
   endButton.disabled = true;
-  showState("ended", "ending…");
+  showState("ending", "ending…");
   ended = true;
   if (rfb) {
     const old = rfb;

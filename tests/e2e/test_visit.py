@@ -25,7 +25,7 @@ CANVAS_STATS = """
 """
 WHOLE = [0, 0, 4096, 4096]
 # Where the demo's Notepad shows typed text (see demo/demo.asm).
-NOTEPAD_TEXT = [0, 100, 640, 480]
+NOTEPAD_TEXT = [16, 260, 436, 436]
 
 
 def test_it_lets_a_visitor_start_use_and_end_a_machine(portal: Portal, browser: Any) -> None:

@@ -1,0 +1,107 @@
+"""The pages a visitor sees, and what they say about the machine."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.conftest import FREEDOS_2048, KVM, ExhibitFactory, visitor
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def test_it_lists_published_exhibits_and_hides_drafts(
+    broker: Any, exhibit_create: ExhibitFactory
+) -> None:
+    await exhibit_create(FREEDOS_2048, slug="freedos", title="FreeDOS 2048")
+    await exhibit_create(FREEDOS_2048, slug="draft", title="Unfinished draft", published=False)
+    page = (await visitor().get("/")).content.decode()
+    assert "FreeDOS 2048" in page and "/exhibits/freedos/" in page
+    assert "Unfinished draft" not in page
+    response = await visitor().get("/exhibits/draft/")
+    assert response.status_code == 404
+    assert "Unfinished draft" not in response.content.decode()
+
+
+async def test_it_shows_an_exhibit_with_its_start_button(
+    broker: Any, exhibit_create: ExhibitFactory
+) -> None:
+    await exhibit_create(FREEDOS_2048, slug="freedos", title="FreeDOS 2048")
+    response = await visitor().get("/exhibits/freedos/")
+    page = response.content.decode()
+    assert response.status_code == 200
+    assert "<h1>FreeDOS 2048</h1>" in page and "1994" in page and "Test" in page
+    assert '<button id="start"' in page
+    assert "csrftoken" in response.cookies
+
+
+@pytest.mark.parametrize(("setting", "label"), [
+    pytest.param("kvm", "Hardware virtualisation (KVM)",
+                 marks=pytest.mark.skipif(not KVM, reason="needs a usable /dev/kvm")),
+    ("tcg", "Software emulation"),
+])
+async def test_it_says_whether_the_machine_runs_on_kvm_or_in_software(
+    settings: Any, portal_dirs: Any, exhibit_create: ExhibitFactory, setting: str, label: str
+) -> None:
+    from sessions.broker import get_broker
+
+    settings.PORTAL_ACCELERATOR = setting
+    broker = await get_broker()
+    try:
+        await exhibit_create(FREEDOS_2048, slug="freedos")
+        health = (await visitor().get("/healthz")).json()
+        assert health["kvm"] is (setting == "kvm")
+        browser = visitor()
+        assert label in (await browser.get("/exhibits/freedos/")).content.decode()
+        session = (await browser.post("/api/exhibits/freedos/sessions")).json()
+        assert session["accelerator"] == setting
+        page = (await browser.get(session["page_url"])).content.decode()
+        assert ("KVM" if setting == "kvm" else "Software emulation") in page
+        assert "/static/portal/session.js" in page
+        await browser.delete(f"/api/sessions/{session['id']}")
+    finally:
+        await broker.shutdown()
+
+
+async def test_it_runs_a_tcg_exhibit_in_software_even_on_a_kvm_host(
+    broker: Any, exhibit_create: ExhibitFactory
+) -> None:
+    await exhibit_create(FREEDOS_2048, slug="freedos", accelerator="tcg")
+    exhibit = (await visitor().get("/api/exhibits/freedos")).json()
+    assert exhibit["machine"]["accelerator"] == "tcg"
+    browser = visitor()
+    session = (await browser.post("/api/exhibits/freedos/sessions")).json()
+    await broker.display_attach(session_id=session["id"])
+    broker.display_detach(session_id=session["id"])
+    machine = broker.machine(session["id"])
+    assert (await machine.execute("query-kvm"))["enabled"] is False
+    await browser.delete(f"/api/sessions/{session['id']}")
+
+
+async def test_it_serves_the_pinned_novnc_client_itself() -> None:
+    import json
+
+    from channels.testing import ApplicationCommunicator
+
+    from portal.asgi import application
+    from tests.conftest import REPO
+
+    pinned = json.loads((REPO / "package.json").read_text())["dependencies"]["@novnc/novnc"]
+    installed = json.loads((REPO / "node_modules/@novnc/novnc/package.json").read_text())
+    assert installed["version"] == pinned
+    # Read the messages directly: the last body message may omit "body" (valid ASGI).
+    communicator = ApplicationCommunicator(application, {
+        "type": "http", "method": "GET", "path": "/static/novnc/core/rfb.js",
+        "query_string": b"", "headers": [], "http_version": "1.1", "scheme": "http",
+        "server": ("testserver", 80),
+    })
+    await communicator.send_input({"type": "http.request", "body": b""})
+    start = await communicator.receive_output(timeout=10)
+    assert start["status"] == 200
+    body = b""
+    while True:
+        message = await communicator.receive_output(timeout=10)
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    assert b"export default class RFB" in body
