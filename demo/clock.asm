@@ -1,8 +1,9 @@
 ; clock.asm - time from the RTC: the desktop's corner clock and the Clock
 ; window. Reading the RTC costs a dozen port accesses, so it is not read on
-; every tick: after the seconds changed it waits 17 ticks (the next change
-; is due after 18.2), then reads once per tick until the seconds change.
-; A cell is redrawn only when its digit changes.
+; every tick. A second lasts 18.2 ticks and the change was seen at most one
+; tick late, so the next change cannot be seen before 18 ticks later: wait
+; that long, then read once per tick until the seconds change (usually the
+; first read). A cell is redrawn only when its digit changes.
 
 DESK_CLOCK_XB   equ 71                 ; x 568, bottom right corner
 DESK_CLOCK_Y    equ 458
@@ -10,7 +11,7 @@ CLK_TIME_XB     equ 52                 ; Clock window (x 400, y 8): 3x digits
 CLK_TIME_Y      equ 80
 CLK_DATE_XB     equ 54                 ; 2x date
 CLK_DATE_Y      equ 146
-RTC_QUIET_TICKS equ 17
+RTC_QUIET_TICKS equ 18
 VMMOUSE_POLL_TICKS equ 16              ; see on_tick
 
 clock_init:

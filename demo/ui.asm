@@ -241,7 +241,7 @@ draw_window:
     popa
     ret
 
-; draw_button: AX = x, BY = y, CX = w, DX = h, SI = label. Raised grey
+; draw_button: AX = x, BX = y, CX = w, DX = h, SI = label. Raised grey
 ; push button with rounded corners, as in Windows 3.1.
 draw_button:
     pusha

@@ -15,24 +15,15 @@ fr_rmask        resb 1
 dt_x            resw 1
 dt_row          resw 1
 ; draw_opaque / update_field
-op_str          resw 1
 op_base         resw 1
-op_len          resw 1
 op_fg           resb 1
 op_bg           resb 1
 op_scale        resb 1
-op_plane        resb 1
-op_fgm          resb 1
-op_bgm          resb 1
 op_width        resw 1
 exp_buf         resb 4
-line_buf        resb LINE_BYTES
 uf_new          resw 1
-uf_old          resw 1
 uf_off          resw 1
-uf_first        resw 1
 uf_len          resw 1
-uf_last         resw 1
 ; buttons and windows
 bt_x            resw 1
 bt_y            resw 1

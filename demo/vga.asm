@@ -293,14 +293,19 @@ draw_opaque:
     jnz .go
     ret
 .go:
-    call cursor_hide
     pusha
     push es
     mov [op_base], di
     movzx ax, byte [op_scale]
     mul cx
     mov [op_width], ax                 ; bytes per scan line
-    mov dx, ax
+    push cx
+    mov cx, ax
+    movzx dx, byte [op_scale]
+    shl dx, 4
+    call cursor_hide_if                ; the clocks redraw every second
+    pop cx
+    mov dx, [op_width]
     push word 0
     pop es
     ; Compose: text_buf holds 16 lines of [op_width] bytes; each character
@@ -496,6 +501,48 @@ cursor_hide:
     GCSET 5, 0x00
     pop es
     pop ds
+    popa
+    ret
+
+; cursor_hide_if: hide the pointer only if it overlaps the area whose top
+; left byte is at offset DI, CX bytes wide and DX lines high. Preserves all.
+cursor_hide_if:
+    cmp byte [cur_shown], 0
+    jne .check
+    ret
+.check:
+    pusha
+    mov bp, dx
+    mov bx, LINE_BYTES
+    mov ax, di
+    xor dx, dx
+    div bx
+    mov di, ax                         ; DI = area's first line
+    mov si, dx                         ; SI = area's first byte column
+    mov ax, [cur_saved_off]
+    xor dx, dx
+    div bx                             ; AX = pointer's line, DX = byte column
+    cmp dx, LINE_BYTES - 2
+    jae .hide                          ; its bytes wrap to the next line
+    mov bx, ax
+    add bx, [cur_saved_rows]
+    cmp di, bx
+    jae .out
+    mov bx, di
+    add bx, bp
+    cmp ax, bx
+    jae .out
+    mov bx, dx
+    add bx, 3
+    cmp si, bx
+    jae .out
+    mov bx, si
+    add bx, cx
+    cmp dx, bx
+    jae .out
+.hide:
+    call cursor_hide
+.out:
     popa
     ret
 

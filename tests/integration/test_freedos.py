@@ -76,9 +76,10 @@ async def open_visit(broker: Any, browser: AsyncClient) -> Visit:
     communicator = ws_communicator(browser, response.json()["vnc_path"])
     connected, _ = await communicator.connect(timeout=30)
     assert connected
-    rfb = RfbClient(CommunicatorTransport(communicator, timeout_s=BOOT_TIMEOUT_S))
-    await rfb.handshake()
-    await rfb.first_update()
+    rfb = RfbClient(CommunicatorTransport(communicator))
+    async with asyncio.timeout(BOOT_TIMEOUT_S):
+        await rfb.handshake()
+        await rfb.first_update()
     rfb.start()
     return Visit(broker, browser, session_id, rfb)
 

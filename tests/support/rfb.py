@@ -30,9 +30,14 @@ class Transport(Protocol):
 
 
 class CommunicatorTransport:
-    """Binary WebSocket messages through Channels' WebsocketCommunicator."""
+    """Binary WebSocket messages through Channels' WebsocketCommunicator.
 
-    def __init__(self, communicator: object, timeout_s: float = 30.0) -> None:
+    No receive timeout by default: asgiref cancels the application when a
+    receive times out, and a guest whose screen is still sends nothing. Callers
+    bound their waits with asyncio.timeout instead.
+    """
+
+    def __init__(self, communicator: object, timeout_s: float | None = None) -> None:
         self.communicator = communicator
         self.timeout_s = timeout_s
         self.close_code: int | None = None
@@ -195,7 +200,7 @@ class RfbClient:
         task, self._loop_task = self._loop_task, None
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError, TimeoutError):
                 await task
 
     # --- input --------------------------------------------------------------
