@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_IMAGE := build/demo.img
-APT_PACKAGES := qemu-system-x86 qemu-utils nasm mtools chromium nodejs npm
+APT_PACKAGES := qemu-system-x86 qemu-utils nasm mtools chromium
 DEMO_DESCRIPTION := A free stand-in for a Windows 3.1 desktop, written for this portal and built from its source. It boots from a hard disk in a fraction of a second; type in Notepad and save: your text stays on this visit's own disk, and the next visitor starts fresh.
 
 .PHONY: setup run test lint bench clean
@@ -15,6 +15,7 @@ setup: apt $(VENV)/.installed node_modules/.package-lock.json $(DEMO_IMAGE)
 # Debian packages: installed only when missing (apt-get needs root or sudo).
 apt:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 	  echo "Installing Debian packages:" $$missing; \
 	  sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
