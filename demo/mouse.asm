@@ -174,13 +174,33 @@ poll_mouse:
     mov ecx, VMMOUSE_DATA
     call vmport_call                   ; EAX buttons, EBX x, ECX y (0..FFFF)
     mov esi, eax
+    ; QEMU scales the visitor's pixel p to floor(p * 7FFFh / W) and vmmouse
+    ; doubles it. Dividing back with rounding up lands on exactly p again; a
+    ; plain truncating scale would put the pointer a pixel up and to the left.
+    mov edi, 32767
     movzx eax, bx
+    shr eax, 1
     imul eax, eax, SCR_W
-    shr eax, 16
-    movzx edx, cx
-    imul edx, edx, SCR_H
-    shr edx, 16
-    mov bx, dx
+    add eax, 32766
+    xor edx, edx
+    div edi
+    cmp eax, SCR_W - 1
+    jbe .x_ok
+    mov eax, SCR_W - 1
+.x_ok:
+    push ax
+    movzx eax, cx
+    shr eax, 1
+    imul eax, eax, SCR_H
+    add eax, 32766
+    xor edx, edx
+    div edi
+    cmp eax, SCR_H - 1
+    jbe .y_ok
+    mov eax, SCR_H - 1
+.y_ok:
+    mov bx, ax
+    pop ax
     xor cl, cl
     test si, VMMOUSE_LEFT
     jz .up

@@ -38,6 +38,10 @@ class Exhibit(models.Model):
         AUTO = "auto", "KVM where available, else software emulation"
         TCG = "tcg", "Always software emulation (TCG)"
 
+    class Mouse(models.TextChoices):
+        VMPORT = "vmport", "Absolute pointer (VMware mouse interface), PS/2 fallback"
+        PS2 = "ps2", "PS/2 mouse only"
+
     class Vga(models.TextChoices):
         STD = "std", "Standard VGA"
         CIRRUS = "cirrus", "Cirrus Logic GD5446"
@@ -52,6 +56,7 @@ class Exhibit(models.Model):
     cpu = models.CharField(max_length=8, choices=Cpu.choices, default=Cpu.I486)
     memory_mb = models.PositiveSmallIntegerField(default=16)
     vga = models.CharField(max_length=8, choices=Vga.choices, default=Vga.STD)
+    mouse = models.CharField(max_length=8, choices=Mouse.choices, default=Mouse.VMPORT)
     accelerator = models.CharField(
         max_length=8, choices=Accelerator.choices, default=Accelerator.AUTO,
         help_text="Software emulation suits guests that need exact legacy timing "
@@ -69,4 +74,4 @@ class Exhibit(models.Model):
 
     def machine_profile(self) -> MachineProfile:
         return MachineProfile(cpu=self.cpu, memory_mb=self.memory_mb, vga=self.vga, boot=self.boot,
-                              accelerator=self.accelerator)
+                              accelerator=self.accelerator, mouse=self.mouse)

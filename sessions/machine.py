@@ -35,13 +35,16 @@ LOG_FILE = "qemu.log"
 # sockaddr_un.sun_path holds 108 bytes including the terminating NUL.
 UNIX_PATH_MAX = 107
 
-MACHINE = "pc"
 CPU_MODELS = {"486": "486", "pentium": "pentium"}
 BOOT_DEVICES = {"floppy", "hdd", "cdrom"}
 # "auto": KVM where the host has it, software emulation (TCG) otherwise.
 # "tcg": always software emulation, for guests that misbehave under KVM.
 ACCELERATOR_PREFERENCES = {"auto", "tcg"}
 VGA_MODELS = {"std", "cirrus"}
+# "vmport": QEMU's VMware mouse interface gives guests with a driver for it
+# (the demo; VBMOUSE or vmwmouse under Windows 3.1) the visitor's exact pointer
+# position; the PS/2 mouse stays as the fallback. "ps2": the PS/2 mouse alone.
+MOUSE_MODELS = {"vmport", "ps2"}
 
 
 class MachineError(Exception):
@@ -73,8 +76,11 @@ class MachineProfile:
     vga: str = "std"
     boot: str = "floppy"
     accelerator: str = "auto"
+    mouse: str = "vmport"
 
     def __post_init__(self) -> None:
+        if self.mouse not in MOUSE_MODELS:
+            raise ValueError(f"unknown mouse {self.mouse!r}")
         if self.accelerator not in ACCELERATOR_PREFERENCES:
             raise ValueError(f"unknown accelerator preference {self.accelerator!r}")
         if self.cpu not in CPU_MODELS:
@@ -113,7 +119,7 @@ def build_argv(
         qemu_binary,
         "-nodefaults",
         "-no-user-config",
-        "-machine", MACHINE,
+        "-machine", f"pc,vmport={'on' if profile.mouse == 'vmport' else 'off'}",
         "-accel", accelerator,
         "-cpu", CPU_MODELS[profile.cpu],
         "-m", str(profile.memory_mb),

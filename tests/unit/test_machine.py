@@ -32,6 +32,11 @@ def test_it_runs_a_486_without_defaults_network_or_user_config() -> None:
     assert option(argv, "-sandbox") == ["on,obsolete=deny,spawn=deny,resourcecontrol=deny"]
 
 
+@pytest.mark.parametrize(("mouse", "machine"), [("vmport", "pc,vmport=on"), ("ps2", "pc,vmport=off")])
+def test_it_gives_the_guest_the_mouse_of_its_profile(mouse: str, machine: str) -> None:
+    assert option(argv_for(MachineProfile(mouse=mouse)), "-machine") == [machine]
+
+
 def test_it_puts_both_sockets_in_the_run_directory() -> None:
     argv = argv_for(MachineProfile())
     assert option(argv, "-vnc") == ["unix:/run/s/vnc.sock,share=force-shared"]
@@ -58,7 +63,8 @@ def test_it_attaches_the_overlay_as_the_boot_device(boot: str, interface: str, o
 
 
 @pytest.mark.parametrize("bad", [
-    {"cpu": "z80"}, {"boot": "tape"}, {"vga": "3dfx"}, {"memory_mb": 0}, {"memory_mb": 4096},
+    {"cpu": "z80"}, {"boot": "tape"}, {"mouse": "trackball"}, {"accelerator": "hax"},
+    {"vga": "3dfx"}, {"memory_mb": 0}, {"memory_mb": 4096},
 ])
 def test_it_refuses_a_profile_it_cannot_build(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
