@@ -27,7 +27,7 @@ KEYSYM_F2 = 0xFFBF
 KEYSYM_CONTROL_L, KEYSYM_ALT_L, KEYSYM_DELETE = 0xFFE3, 0xFFE9, 0xFFFF
 ABOUT_ICON = (256, 102)
 ABOUT_TITLE_BAR = (540, 222)
-NOTEPAD_TEXT = {"top": 258, "bottom": 440}
+NOTEPAD_TEXT = (258, 440)  # pixel rows of the Notepad window's text
 
 
 def desktop_shown(rfb: RfbClient) -> bool:
@@ -45,15 +45,18 @@ class DemoVisit:
         self.font = await Font.from_guest(self.broker.machine(self.session["id"]))
         return self.font
 
-    async def sees(self, text: str, *, ink: tuple[int, int, int] = BLACK,
-                   timeout_s: float = 15, **region: int) -> None:
+    async def sees(self, text: str, rows: tuple[int, int], *,
+                   ink: tuple[int, int, int] = BLACK, timeout_s: float = 15) -> None:
         font = self.font or await self.desktop()
-        await self.rfb.wait_for(lambda rfb: screen_shows(rfb, font, text, ink=ink, **region),
-                                timeout_s=timeout_s)
+        top, bottom = rows
+        await self.rfb.wait_for(
+            lambda rfb: screen_shows(rfb, font, text, ink=ink, top=top, bottom=bottom),
+            timeout_s=timeout_s,
+        )
 
-    def shows(self, text: str, **region: int) -> bool:
+    def shows(self, text: str, rows: tuple[int, int]) -> bool:
         assert self.font is not None
-        return screen_shows(self.rfb, self.font, text, ink=BLACK, **region)
+        return screen_shows(self.rfb, self.font, text, ink=BLACK, top=rows[0], bottom=rows[1])
 
     async def click(self, x: int, y: int) -> None:
         await self.rfb.pointer(x, y)
@@ -91,10 +94,10 @@ async def test_it_opens_the_clicked_window_and_draws_what_is_typed(broker: Any, 
         assert visit.rfb.pixel(*ABOUT_TITLE_BAR) == TEAL
         await visit.click(*ABOUT_ICON)
         await visit.rfb.wait_for(lambda rfb: rfb.pixel(*ABOUT_TITLE_BAR) != TEAL, timeout_s=15)
-        await visit.sees("About", ink=VGA_WHITE, top=216, bottom=240)
+        await visit.sees("About", (216, 240), ink=VGA_WHITE)
 
         await visit.rfb.type_text("Hello museum")
-        await visit.sees("Hello museum", **NOTEPAD_TEXT)
+        await visit.sees("Hello museum", NOTEPAD_TEXT)
     finally:
         await visit.close()
 
@@ -123,11 +126,11 @@ async def test_it_keeps_saved_text_on_this_visit_only(broker: Any, demo: Any) ->
     first = await open_demo(broker)
     try:
         await first.desktop()
-        await first.sees("Welcome! Type here", **NOTEPAD_TEXT)
+        await first.sees("Welcome! Type here", NOTEPAD_TEXT)
         await first.rfb.type_text("kept by visitor one")
-        await first.sees("kept by visitor one", **NOTEPAD_TEXT)
+        await first.sees("kept by visitor one", NOTEPAD_TEXT)
         await first.rfb.press(KEYSYM_F2)
-        await first.sees("Saved to disk.", top=436, bottom=470)
+        await first.sees("Saved to disk.", (436, 470))
 
         # The visitor presses Ctrl+Alt+Del: the same machine reboots from its overlay.
         for keysym in (KEYSYM_CONTROL_L, KEYSYM_ALT_L, KEYSYM_DELETE):
@@ -136,13 +139,13 @@ async def test_it_keeps_saved_text_on_this_visit_only(broker: Any, demo: Any) ->
             await first.rfb.key(keysym, down=False)
         await first.rfb.wait_for(lambda rfb: not desktop_shown(rfb), timeout_s=BOOT_TIMEOUT_S)
         await first.desktop()
-        await first.sees("kept by visitor one", timeout_s=BOOT_TIMEOUT_S, **NOTEPAD_TEXT)
+        await first.sees("kept by visitor one", NOTEPAD_TEXT, timeout_s=BOOT_TIMEOUT_S)
 
         second = await open_demo(broker)
         try:
             await second.desktop()
-            await second.sees("Welcome! Type here", **NOTEPAD_TEXT)
-            assert not second.shows("kept by visitor one", **NOTEPAD_TEXT)
+            await second.sees("Welcome! Type here", NOTEPAD_TEXT)
+            assert not second.shows("kept by visitor one", NOTEPAD_TEXT)
         finally:
             await second.close()
     finally:
