@@ -1,10 +1,9 @@
-"""Click to first frame, and what one idle machine costs.
+"""Click to first frame: how long a visitor waits after pressing Start.
 
 For each exhibit and accelerator: from the POST that creates a session to
 (a) the first framebuffer update on the portal's WebSocket and (b) the first
 frame that shows the guest's own picture (the demo's desktop; FreeDOS's first
-screen after the kernel). Then RSS and host CPU of one idle demo machine.
-Every figure is shown with its ratio to the reference row measured in this run.
+screen after the kernel). Every figure is shown with its ratio to the reference row measured in this run.
 """
 from __future__ import annotations
 
@@ -18,7 +17,6 @@ from bench.common import Table, portal_environment, write_results
 
 RUNS = 5
 GUEST_TIMEOUT_S = 40.0
-IDLE_WINDOW_S = 10.0
 
 
 @dataclass
@@ -82,46 +80,6 @@ async def freedos_ready(machine: Any, rfb: Any) -> bool:
     return "CONFIG.SYS error" in screen or "Score" in screen
 
 
-async def idle_cost(broker: Any, slug: str) -> tuple[float, float]:
-    """RSS (MiB) and host CPU (% of a core) of one machine idling at its desktop."""
-    from tests.conftest import visitor, ws_communicator
-    from tests.support.rfb import CommunicatorTransport, RfbClient
-
-    browser = visitor()
-    session = (await browser.post(f"/api/exhibits/{slug}/sessions")).json()
-    communicator = ws_communicator(browser, session["vnc_path"])
-    await communicator.connect(timeout=30)
-    rfb = RfbClient(CommunicatorTransport(communicator))
-    async with asyncio.timeout(GUEST_TIMEOUT_S):
-        await rfb.handshake()
-    rfb.start()
-    try:
-        await rfb.wait_for(lambda c: c.width == 640 and c.pixel(630, 300)[1] > 120,
-                           timeout_s=GUEST_TIMEOUT_S)
-        pid = broker.machine(session["id"]).pid
-        ticks = _cpu_ticks(pid)
-        began = time.perf_counter()
-        await asyncio.sleep(IDLE_WINDOW_S)  # measuring a window of idle time
-        cpu = (_cpu_ticks(pid) - ticks) / 100 / (time.perf_counter() - began) * 100
-        return _rss_mib(pid), cpu
-    finally:
-        await rfb.stop()
-        await communicator.disconnect()
-        await browser.delete(f"/api/sessions/{session['id']}")
-
-
-def _cpu_ticks(pid: int) -> int:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
-
-
-def _rss_mib(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 async def measure() -> dict[str, Any]:
     from portal.models import Exhibit
     from sessions.broker import get_broker
@@ -130,7 +88,6 @@ async def measure() -> dict[str, Any]:
     accelerators = ["kvm", "tcg"] if kvm_usable() else ["tcg"]
     exhibits = {"demo": demo_ready, "freedos-2048": freedos_ready}
     samples: dict[tuple[str, str], Sample] = {}
-    idle: dict[str, tuple[float, float]] = {}
     broker = await get_broker()
     try:
         for accelerator in accelerators:
@@ -145,7 +102,6 @@ async def measure() -> dict[str, Any]:
                         sample.failures.append(failure)
                         break  # a guest that cannot boot here will not boot on the next try
                     sample.guest_picture_s.append(picture)
-            idle[accelerator] = await idle_cost(broker, "demo")
     finally:
         await broker.shutdown()
 
@@ -156,7 +112,7 @@ async def measure() -> dict[str, Any]:
         ["exhibit", "accel", "first update median", "p95", "ratio", "guest picture median",
          "ratio", "notes"],
     )
-    results: dict[str, Any] = {"first_frame": [], "idle": []}
+    results: dict[str, Any] = {"first_frame": []}
     for (slug, accelerator), sample in samples.items():
         first = statistics.median(sample.first_update_s)
         p95 = _p95(sample.first_update_s)
@@ -174,15 +130,6 @@ async def measure() -> dict[str, Any]:
         })
     table.print()
 
-    idle_reference = idle[accelerators[0]]
-    idle_table = Table(f"One idle demo machine at its desktop ({IDLE_WINDOW_S:g} s window); "
-                       f"reference: {accelerators[0]}",
-                       ["accel", "RSS MiB", "ratio", "host CPU % of a core", "ratio"])
-    for accelerator, (rss, cpu) in idle.items():
-        idle_table.row(accelerator, f"{rss:.1f}", f"{rss / idle_reference[0]:.2f}", f"{cpu:.2f}",
-                       f"{cpu / idle_reference[1]:.2f}" if idle_reference[1] else "-")
-        results["idle"].append({"accelerator": accelerator, "rss_mib": rss, "cpu_percent": cpu})
-    idle_table.print()
     return results
 
 

@@ -26,6 +26,8 @@ CANVAS_STATS = """
 WHOLE = [0, 0, 4096, 4096]
 # Where the demo's Notepad shows typed text (see demo/demo.asm).
 NOTEPAD_TEXT = [16, 260, 436, 436]
+ABOUT_ICON = (256, 102)
+ABOUT_TITLE_BAR = (540, 222)
 
 
 def test_it_lets_a_visitor_start_use_and_end_a_machine(portal: Portal, browser: Any) -> None:
@@ -49,9 +51,22 @@ def test_it_lets_a_visitor_start_use_and_end_a_machine(portal: Portal, browser: 
     assert (stats["width"], stats["height"]) == (640, 480)
     (pid,) = processes_naming(portal.run_dir)
 
+    # The mouse reaches the guest: clicking the About icon, where noVNC shows it
+    # scaled to the window, opens the About window (its title bar turns from teal).
+    canvas = page.locator("#screen canvas")
+    box = canvas.bounding_box()
+    assert box is not None
+    scale_x, scale_y = box["width"] / 640, box["height"] / 480
+    canvas.click(position={"x": ABOUT_ICON[0] * scale_x, "y": ABOUT_ICON[1] * scale_y})
+    page.wait_for_function(
+        f"() => {{ const d = document.querySelector('#screen canvas').getContext('2d')"
+        f".getImageData({ABOUT_TITLE_BAR[0]}, {ABOUT_TITLE_BAR[1]}, 1, 1).data;"
+        f" return d[0] === 0 && d[1] === 0 && d[2] > 150; }}",
+        timeout=15_000,
+    )
+
     # Keys reach the guest: what was typed is drawn.
     before = page.evaluate(CANVAS_STATS, NOTEPAD_TEXT)
-    page.locator("#screen canvas").click(position={"x": 5, "y": 5})
     page.keyboard.type("Hello museum")
     page.wait_for_function(
         f"(before) => ({CANVAS_STATS})({NOTEPAD_TEXT}).hash !== before",

@@ -120,6 +120,24 @@ async def test_it_puts_the_pointer_exactly_where_the_visitor_points(broker: Any,
         await visit.close()
 
 
+async def test_it_follows_the_pointer_with_the_ps2_mouse_when_vmport_is_off(
+    broker: Any, exhibit_create: ExhibitFactory, demo_image: Path
+) -> None:
+    exhibit = await exhibit_create(demo_image, slug="demo", boot="hdd", title="Portal demo")
+    exhibit.mouse = "ps2"
+    await exhibit.asave()
+    visit = await open_demo(broker)
+    try:
+        await visit.desktop()
+        # Relative moves from where the guest's pointer starts, the screen's middle.
+        await visit.rfb.pointer(320, 240)
+        await visit.click(*ABOUT_ICON)
+        await visit.rfb.wait_for(lambda rfb: rfb.pixel(*ABOUT_TITLE_BAR) != TEAL, timeout_s=15)
+        await visit.sees("About", (216, 240), ink=VGA_WHITE)
+    finally:
+        await visit.close()
+
+
 async def test_it_keeps_saved_text_on_this_visit_only(broker: Any, demo: Any) -> None:
     master = Path(demo.image.path)
     master_sha256 = sha256_file(master)

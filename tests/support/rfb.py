@@ -175,7 +175,8 @@ class RfbClient:
             self._updated.notify_all()
 
     async def first_update(self) -> None:
-        """Read until the first framebuffer update has arrived."""
+        """Read until the first framebuffer update has arrived (before start())."""
+        assert self._loop_task is None, "the background reader owns the stream"
         while self.updates == 0:
             await self.read_message()
 
