@@ -144,8 +144,10 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
-        "portal": {"handlers": ["console"], "level": "INFO"},
-        "sessions": {"handlers": ["console"], "level": "INFO"},
+        "portal": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "sessions": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        # A QMP connection ending after quit is the normal end, not news.
+        "qemu.qmp": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },
 }
 

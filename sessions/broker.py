@@ -32,6 +32,7 @@ from .machine import (
     MachineStartError,
     accelerator_resolve,
     kvm_usable,
+    log_tail,
     qemu_version,
 )
 from .models import VisitorSession, new_session_id
@@ -215,8 +216,9 @@ class Broker:
                 state=State.RUNNING, started_at=timezone.now(), pid=machine.pid
             )
         except (OverlayError, MachineError) as error:
-            logger.error("session %s could not start: %s", live.session_id, error)
-            detail = str(error) if isinstance(error, OverlayError) else _start_failure(error)
+            logged = error.log_detail if isinstance(error, OverlayError) else str(error)
+            logger.error("session %s could not start: %s", live.session_id, logged)
+            detail = _start_failure(error)
             self._finish_soon(live, reason=Reason.CRASHED, detail=detail)
             return
         live.running.set()
@@ -333,11 +335,10 @@ class Broker:
                         await task
             if live.machine is not None:
                 await live.machine.stop()
-                if live.machine.returncode is not None and live.machine.log_path.exists():
-                    logger.info(
-                        "session %s ended (%s); QEMU log tail: %s",
-                        live.session_id, reason, _tail(live.machine.log_path),
-                    )
+                tail = _tail(live.machine.log_path)
+                if tail:
+                    logger.info("session %s ended (%s); QEMU said: %s",
+                                live.session_id, reason, tail)
             await asyncio.to_thread(run_dir_remove, live.run_dir)
         finally:
             self._live.pop(live.session_id, None)
@@ -360,15 +361,16 @@ class Broker:
 
 
 def _tail(path: Path) -> str:
-    from .machine import log_tail
-
     return log_tail(path, 500).strip().replace("\n", " | ")
 
 
-def _start_failure(error: MachineError) -> str:
+def _start_failure(error: OverlayError | MachineError) -> str:
+    """A sentence for the visitor: what failed, never a host path or a command line."""
+    if isinstance(error, OverlayError):
+        return f"The machine could not start: {error.args[0]}"
     if isinstance(error, MachineStartError) and "not installed" in str(error.args[0]):
         return "The machine could not start: the emulator is not installed on this server."
-    return "The machine could not start. The curators have been told; please try again later."
+    return "The machine could not start. The error has been logged; please try again later."
 
 
 _broker: Broker | None = None
@@ -386,6 +388,7 @@ async def get_broker() -> Broker:
         config = BrokerConfig.from_settings()
         _broker, _broker_loop = Broker(config), loop
         await sync_to_async(_sweep_on_start)(config.run_root)
+        await asyncio.to_thread(_broker.qemu_version)
     return _broker
 
 

@@ -19,7 +19,15 @@ OVERLAY_FILE = "disk.qcow2"
 
 
 class OverlayError(Exception):
-    """An overlay or run directory could not be made; the message is for a person."""
+    """An overlay or run directory could not be made.
+
+    The message is for a visitor and names no host path; `log_detail` says
+    what happened, for the operator's log.
+    """
+
+    def __init__(self, message: str, *, log_detail: str = "") -> None:
+        super().__init__(message)
+        self.log_detail = log_detail or message
 
 
 def run_dir_create(*, root: Path, name: str) -> Path:
@@ -33,7 +41,10 @@ def run_dir_create(*, root: Path, name: str) -> Path:
         # mkdir's mode is masked by the umask; the directory must be private.
         os.chmod(path, 0o700)
     except OSError as error:
-        raise OverlayError(f"could not create the session directory: {error.strerror}") from error
+        raise OverlayError(
+            f"The server could not make room for this visit ({error.strerror}).",
+            log_detail=f"run directory under {root}: {error}",
+        ) from error
     return path
 
 
@@ -59,11 +70,14 @@ async def overlay_create(
     partial overlay is left behind.
     """
     if not base_path.is_absolute():
-        raise OverlayError(f"base image path must be absolute: {base_path}")
+        raise OverlayError("The exhibit's disk image is misconfigured.",
+                           log_detail=f"base image path must be absolute: {base_path}")
     if not base_path.is_file():
-        raise OverlayError("the exhibit's disk image is missing")
+        raise OverlayError("The exhibit's disk image is missing.",
+                           log_detail=f"base image missing: {base_path}")
     if not os.access(base_path, os.R_OK):
-        raise OverlayError("the exhibit's disk image cannot be read")
+        raise OverlayError("The exhibit's disk image cannot be read.",
+                           log_detail=f"base image unreadable: {base_path}")
     argv = [
         qemu_img, "create", "-q", "-f", "qcow2",
         "-F", base_format, "-b", os.fspath(base_path),
@@ -77,7 +91,8 @@ async def overlay_create(
             stderr=subprocess.PIPE,
         )
     except FileNotFoundError as error:
-        raise OverlayError(f"qemu-img is not installed ({qemu_img} not found)") from error
+        raise OverlayError("The disk tool is not installed on this server.",
+                           log_detail=f"{qemu_img} not found") from error
     try:
         async with asyncio.timeout(timeout_s):
             _, stderr = await process.communicate()
@@ -89,6 +104,7 @@ async def overlay_create(
         raise
     if process.returncode != 0:
         overlay_path.unlink(missing_ok=True)
-        message = stderr.decode("utf-8", "replace").strip().splitlines()
-        reason = message[-1] if message else f"exit code {process.returncode}"
-        raise OverlayError(f"could not create the visitor's disk: {reason}")
+        said = stderr.decode("utf-8", "replace").strip() or f"exit code {process.returncode}"
+        visitor_reason = "the server's disk is full" if "No space left" in said else "see the log"
+        raise OverlayError(f"The server could not create this visit's disk ({visitor_reason}).",
+                           log_detail=f"qemu-img create {overlay_path}: {said}")

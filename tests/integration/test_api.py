@@ -157,6 +157,7 @@ async def test_it_ends_a_machine_whose_base_is_missing_as_crashed_and_serves_oth
     ended = (await sad.get(f"/api/sessions/{session['id']}")).json()
     assert ended["state"] == "ended" and ended["ended_reason"] == "crashed"
     assert "disk image is missing" in ended["detail"]
+    assert "/" not in ended["detail"]  # no host paths for visitors
     assert not (portal_dirs / "run" / session["id"]).exists()
 
     other = await start(happy)

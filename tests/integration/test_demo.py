@@ -27,6 +27,7 @@ KEYSYM_F2 = 0xFFBF
 KEYSYM_CONTROL_L, KEYSYM_ALT_L, KEYSYM_DELETE = 0xFFE3, 0xFFE9, 0xFFFF
 ABOUT_ICON = (256, 102)
 ABOUT_TITLE_BAR = (540, 222)
+ABOUT_CLOSE_BOX = (617, 229)  # [x] at the right end of the About window's title bar
 NOTEPAD_TEXT = (258, 440)  # pixel rows of the Notepad window's text
 
 
@@ -87,7 +88,7 @@ async def demo(broker: Any, exhibit_create: ExhibitFactory, demo_image: Path) ->
     return await exhibit_create(demo_image, slug="demo", boot="hdd", title="Portal demo")
 
 
-async def test_it_opens_the_clicked_window_and_draws_what_is_typed(broker: Any, demo: Any) -> None:
+async def test_it_opens_and_closes_the_clicked_window_and_draws_what_is_typed(broker: Any, demo: Any) -> None:
     visit = await open_demo(broker)
     try:
         await visit.desktop()
@@ -95,6 +96,8 @@ async def test_it_opens_the_clicked_window_and_draws_what_is_typed(broker: Any, 
         await visit.click(*ABOUT_ICON)
         await visit.rfb.wait_for(lambda rfb: rfb.pixel(*ABOUT_TITLE_BAR) != TEAL, timeout_s=15)
         await visit.sees("About", (216, 240), ink=VGA_WHITE)
+        await visit.click(*ABOUT_CLOSE_BOX)
+        await visit.rfb.wait_for(lambda rfb: rfb.pixel(*ABOUT_TITLE_BAR) == TEAL, timeout_s=15)
 
         await visit.rfb.type_text("Hello museum")
         await visit.sees("Hello museum", NOTEPAD_TEXT)

@@ -80,9 +80,11 @@ async def test_it_reports_what_qemu_img_said_and_leaves_nothing(root: Path) -> N
     run_dir = run_dir_create(root=root, name="s3")
     overlay = run_dir / "disk.qcow2"
     # Claiming the wrong format for the base is refused by qemu-img itself.
-    with pytest.raises(OverlayError, match="could not create the visitor's disk"):
+    with pytest.raises(OverlayError, match="could not create this visit's disk") as caught:
         await overlay_create(base_path=FREEDOS_2048, base_format="vmdk",
                              overlay_path=overlay, qemu_img="qemu-img", timeout_s=30)
+    assert "/" not in str(caught.value)
+    assert "vmdk" in caught.value.log_detail.lower()
     assert list(run_dir.iterdir()) == []
 
 

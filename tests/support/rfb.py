@@ -185,6 +185,9 @@ class RfbClient:
         self._loop_task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
+        # Ask for what changes next, as noVNC does after every update; otherwise a
+        # screen that was complete at the first update would never be sent again.
+        await self.request_update(incremental=True)
         while True:
             before = self.updates
             await self.read_message()
