@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_IMAGE := build/demo.img
 APT_PACKAGES := qemu-system-x86 qemu-utils nasm mtools chromium
-DEMO_DESCRIPTION := A free stand-in for a Windows 3.1 desktop, written for this portal and built from its source. It boots from a hard disk in a fraction of a second; type in Notepad and save: your text stays on this visit's own disk, and the next visitor starts fresh.
+DEMO_DESCRIPTION := A free stand-in for a Windows 3.1 desktop, written for this portal and built from its source. It boots from its hard disk like an installed Windows 3.1 PC. Click the icons, type in Notepad and save: your text stays on this visit's own disk, and the next visitor starts fresh.
 
 .PHONY: setup run test lint bench clean
 
