@@ -75,3 +75,29 @@ class Exhibit(models.Model):
     def machine_profile(self) -> MachineProfile:
         return MachineProfile(cpu=self.cpu, memory_mb=self.memory_mb, vga=self.vga, boot=self.boot,
                               accelerator=self.accelerator, mouse=self.mouse)
+
+
+class StartState(models.Model):
+    """An exhibit's prepared start: a booted machine, frozen, for instant starts.
+
+    Two read-only files: the warm layer (a qcow2 over the master holding what
+    booting wrote) and the machine state QEMU saved. Visitors' overlays sit on
+    the warm layer and QEMU resumes from the state. `key` says what the state
+    depends on; when the portal's key for the exhibit differs, the state is
+    stale and visitors get a cold boot.
+    """
+
+    exhibit = models.OneToOneField(Exhibit, on_delete=models.CASCADE, related_name="start_state")
+    warm_path = models.CharField(max_length=1024)
+    warm_sha256 = models.CharField(max_length=64)
+    state_path = models.CharField(max_length=1024)
+    state_sha256 = models.CharField(max_length=64)
+    key = models.TextField()
+    method = models.CharField(max_length=255, help_text="How the start state was reached.")
+    prepare_seconds = models.FloatField()
+    stale = models.BooleanField(default=False)
+    stale_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"start state of {self.exhibit_id}{' (stale)' if self.stale else ''}"

@@ -17,6 +17,7 @@ urlpatterns = [
     path("api/exhibits/<slug:slug>", views.api_exhibit_detail),
     path("api/exhibits/<slug:slug>/sessions", session_api.session_create),
     path("api/sessions/<str:session_id>", session_api.session_detail),
+    path("api/sessions/<str:session_id>/reset", session_api.session_reset),
     path("admin/", admin.site.urls),
 ]
 

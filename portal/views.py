@@ -17,7 +17,7 @@ from .errors import json_error, wants_json
 from .models import Exhibit
 
 
-def exhibit_json(exhibit: Exhibit, request: HttpRequest, *, broker: Broker) -> dict[str, Any]:
+async def exhibit_json(exhibit: Exhibit, request: HttpRequest, *, broker: Broker) -> dict[str, Any]:
     return {
         "slug": exhibit.slug,
         "title": exhibit.title,
@@ -31,7 +31,7 @@ def exhibit_json(exhibit: Exhibit, request: HttpRequest, *, broker: Broker) -> d
             "accelerator": broker.accelerator_for(exhibit),
             "boot": exhibit.boot,
         },
-        "instant_start": False,
+        "instant_start": await broker.start_state_usable(exhibit) is not None,
     }
 
 
@@ -43,8 +43,8 @@ async def _published(slug: str) -> Exhibit | None:
 async def api_exhibit_list(request: HttpRequest) -> JsonResponse:
     broker = await get_broker()
     exhibits = [
-        exhibit_json(exhibit, request, broker=broker)
-        async for exhibit in Exhibit.objects.filter(published=True)
+        await exhibit_json(exhibit, request, broker=broker)
+        async for exhibit in Exhibit.objects.select_related("image").filter(published=True)
     ]
     return JsonResponse({"exhibits": exhibits})
 
@@ -55,7 +55,7 @@ async def api_exhibit_detail(request: HttpRequest, slug: str) -> JsonResponse:
     if exhibit is None:
         return json_error(404, "not_found", "There is no such exhibit.")
     broker = await get_broker()
-    return JsonResponse(exhibit_json(exhibit, request, broker=broker))
+    return JsonResponse(await exhibit_json(exhibit, request, broker=broker))
 
 
 @require_GET

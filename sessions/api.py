@@ -17,7 +17,13 @@ from portal.errors import json_error
 from portal.models import Exhibit
 from portal.visitor import visitor_id
 
-from .broker import CapacityError, SessionExistsError, get_broker
+from .broker import (
+    CapacityError,
+    SessionBusyError,
+    SessionEndedError,
+    SessionExistsError,
+    get_broker,
+)
 from .ids import session_id_valid
 from .models import VisitorSession
 
@@ -91,6 +97,23 @@ async def session_detail(request: HttpRequest, session_id: str) -> HttpResponse:
         await broker.session_end(session_id=session.id, reason=VisitorSession.EndedReason.VISITOR,
                                  detail="The visitor ended the session.")
         return HttpResponse(status=204)
+    return JsonResponse(session_json(session))
+
+
+@require_POST
+async def session_reset(request: HttpRequest, session_id: str) -> JsonResponse:
+    session = await owned_session(request, session_id)
+    if session is None:
+        return _not_found()
+    exhibit = await Exhibit.objects.select_related("image").aget(pk=session.exhibit_id)
+    broker = await get_broker()
+    try:
+        await broker.session_reset(session_id=session.id, exhibit=exhibit)
+    except SessionEndedError as error:
+        return json_error(409, "session_ended", str(error))
+    except SessionBusyError as error:
+        return json_error(409, "session_busy", str(error))
+    session = await VisitorSession.objects.select_related("exhibit").aget(id=session.id)
     return JsonResponse(session_json(session))
 
 

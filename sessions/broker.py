@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from portal.models import Exhibit
+from portal.models import Exhibit, StartState
 
 from .machine import (
     Machine,
@@ -34,9 +34,11 @@ from .machine import (
     kvm_usable,
     log_tail,
     qemu_version,
+    state_key,
 )
 from .models import VisitorSession, new_session_id
 from .overlay import OVERLAY_FILE, OverlayError, overlay_create, run_dir_create, run_dir_remove
+from .prepare import StartCondition, start_state_discard, start_state_prepare
 from .reaper import reap_once
 
 logger = logging.getLogger(__name__)
@@ -61,6 +63,10 @@ class SessionExistsError(SessionError):
     def __init__(self, session_id: str) -> None:
         super().__init__("This browser already has a machine running.")
         self.session_id = session_id
+
+
+class SessionBusyError(SessionError):
+    pass
 
 
 class CapacityError(SessionError):
@@ -132,6 +138,8 @@ class _Live:
     watch_task: asyncio.Task[None] | None = None
     grace_task: asyncio.Task[None] | None = None
     finish_task: asyncio.Task[None] | None = None
+    generation: int = 0
+    resetting: bool = False
 
 
 class Broker:
@@ -192,26 +200,7 @@ class Broker:
     async def _launch(self, live: _Live, exhibit: Exhibit) -> None:
         try:
             run_dir_create(root=self.config.run_root, name=live.session_id)
-            overlay_path = live.run_dir / OVERLAY_FILE
-            await overlay_create(
-                base_path=Path(exhibit.image.path),
-                base_format=exhibit.image.format,
-                overlay_path=overlay_path,
-                qemu_img=self.config.qemu_img_binary,
-                timeout_s=self.config.qemu_img_timeout_s,
-            )
-            machine = Machine(
-                exhibit.machine_profile(),
-                run_dir=live.run_dir,
-                disk_path=overlay_path,
-                qemu_binary=self.config.qemu_binary,
-                accelerator=self.accelerator_for(exhibit),
-                start_timeout_s=self.config.start_timeout_s,
-                qmp_timeout_s=self.config.qmp_timeout_s,
-                stop_timeout_s=self.config.stop_timeout_s,
-            )
-            live.machine = machine
-            await machine.start()
+            machine = await self._machine_start(live, exhibit)
             await VisitorSession.objects.filter(id=live.session_id).aupdate(
                 state=State.RUNNING, started_at=timezone.now(), pid=machine.pid
             )
@@ -221,10 +210,117 @@ class Broker:
             detail = _start_failure(error)
             self._finish_soon(live, reason=Reason.CRASHED, detail=detail)
             return
+        self._running(live)
+
+    def _running(self, live: _Live) -> None:
         live.running.set()
         live.watch_task = asyncio.create_task(self._watch(live), name=f"watch-{live.session_id}")
         if live.viewers == 0:
             self._grace_start(live)
+
+    async def _machine_start(self, live: _Live, exhibit: Exhibit) -> Machine:
+        """A fresh overlay and a running machine: resumed from the exhibit's start
+        state when it has a fresh one, booted cold otherwise or if resuming fails."""
+        start = await self.start_state_usable(exhibit)
+        if start is not None:
+            try:
+                return await self._machine_launch(
+                    live, exhibit, base=Path(start.warm_path), base_format="qcow2",
+                    incoming_state=Path(start.state_path),
+                )
+            except (OverlayError, MachineError) as error:
+                logger.error("session %s: resuming %s's start state failed, booting cold: %s",
+                             live.session_id, exhibit.slug, error)
+        return await self._machine_launch(
+            live, exhibit, base=Path(exhibit.image.path), base_format=exhibit.image.format,
+        )
+
+    async def _machine_launch(self, live: _Live, exhibit: Exhibit, *, base: Path, base_format: str,
+                              incoming_state: Path | None = None) -> Machine:
+        overlay_path = live.run_dir / OVERLAY_FILE
+        overlay_path.unlink(missing_ok=True)
+        await overlay_create(
+            base_path=base, base_format=base_format, overlay_path=overlay_path,
+            qemu_img=self.config.qemu_img_binary, timeout_s=self.config.qemu_img_timeout_s,
+        )
+        machine = Machine(
+            exhibit.machine_profile(),
+            run_dir=live.run_dir,
+            disk_path=overlay_path,
+            qemu_binary=self.config.qemu_binary,
+            accelerator=self.accelerator_for(exhibit),
+            start_timeout_s=self.config.start_timeout_s,
+            qmp_timeout_s=self.config.qmp_timeout_s,
+            stop_timeout_s=self.config.stop_timeout_s,
+            incoming_state=incoming_state,
+        )
+        live.machine = machine
+        try:
+            await machine.start()
+        except BaseException:
+            overlay_path.unlink(missing_ok=True)
+            raise
+        return machine
+
+    # --- start states ------------------------------------------------------------
+
+    def start_state_key(self, exhibit: Exhibit) -> str:
+        return state_key(exhibit.machine_profile(), accelerator=self.accelerator_for(exhibit),
+                         qemu=self.qemu_version(), master_sha256=exhibit.image.sha256)
+
+    async def start_state_usable(self, exhibit: Exhibit) -> StartState | None:
+        """The exhibit's start state if it matches this portal exactly; a state that
+        does not is marked stale (curators see it in the admin) and not used."""
+        start = await StartState.objects.filter(exhibit=exhibit, stale=False).afirst()
+        if start is None:
+            return None
+        expected = self.start_state_key(exhibit)
+        if start.key != expected:
+            reason = f"made for {start.key}; this portal needs {expected}"
+            logger.warning("start state of %s is stale: %s", exhibit.slug, reason)
+            await StartState.objects.filter(pk=start.pk).aupdate(stale=True, stale_reason=reason)
+            return None
+        return start
+
+    # --- reset -------------------------------------------------------------------
+
+    async def session_reset(self, *, session_id: str, exhibit: Exhibit) -> None:
+        """Put the session back at the exhibit's start state on a fresh overlay."""
+        live = self._live.get(session_id)
+        if live is None or live.finish_task is not None:
+            raise SessionEndedError("This machine has ended.")
+        if not live.running.is_set() or live.resetting:
+            raise SessionBusyError("The machine is still starting.")
+        live.resetting = True
+        live.generation += 1
+        live.running.clear()
+        try:
+            old = live.machine
+            if live.watch_task is not None:
+                live.watch_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await live.watch_task
+            if old is not None:
+                await old.stop()
+            try:
+                machine = await self._machine_start(live, exhibit)
+            except (OverlayError, MachineError) as error:
+                logged = error.log_detail if isinstance(error, OverlayError) else str(error)
+                logger.error("session %s could not restart: %s", session_id, logged)
+                self._finish_soon(live, reason=Reason.CRASHED, detail=_start_failure(error))
+                raise SessionEndedError(_start_failure(error)) from error
+            await VisitorSession.objects.filter(id=session_id).aupdate(
+                started_at=timezone.now(), pid=machine.pid
+            )
+            self._grace_cancel(live)
+            self._running(live)
+        finally:
+            live.resetting = False
+
+    def session_generation(self, session_id: str) -> int | None:
+        """Which machine of the session is current: it changes at every reset."""
+        live = self._live.get(session_id)
+        return live.generation if live else None
 
     async def _watch(self, live: _Live) -> None:
         assert live.machine is not None
@@ -371,6 +467,40 @@ def _start_failure(error: OverlayError | MachineError) -> str:
     if isinstance(error, MachineStartError) and "not installed" in str(error.args[0]):
         return "The machine could not start: the emulator is not installed on this server."
     return "The machine could not start. The error has been logged; please try again later."
+
+
+async def exhibit_prepare(exhibit: Exhibit, condition: StartCondition) -> StartState:
+    """Boot the exhibit once, freeze its start state, and record it (replacing any old one)."""
+    config = BrokerConfig.from_settings()
+    broker = Broker(config)
+    qemu = await asyncio.to_thread(broker.qemu_version)
+    prepared = await start_state_prepare(
+        profile=exhibit.machine_profile(),
+        master_path=Path(exhibit.image.path),
+        master_format=exhibit.image.format,
+        master_sha256=exhibit.image.sha256,
+        store=Path(settings.PORTAL_IMAGE_DIR) / "start",
+        run_root=config.run_root,
+        qemu_binary=config.qemu_binary,
+        qemu_img=config.qemu_img_binary,
+        qemu_version=qemu,
+        accelerator=broker.accelerator_for(exhibit),
+        condition=condition,
+        timeouts=(config.start_timeout_s, config.qmp_timeout_s, config.stop_timeout_s),
+    )
+    old = await StartState.objects.filter(exhibit=exhibit).afirst()
+    start, _ = await StartState.objects.aupdate_or_create(
+        exhibit=exhibit,
+        defaults={
+            "warm_path": os.fspath(prepared.warm_path), "warm_sha256": prepared.warm_sha256,
+            "state_path": os.fspath(prepared.state_path), "state_sha256": prepared.state_sha256,
+            "key": prepared.key, "method": condition.describe(),
+            "prepare_seconds": prepared.seconds, "stale": False, "stale_reason": "",
+        },
+    )
+    if old is not None and old.warm_path != start.warm_path:
+        await asyncio.to_thread(start_state_discard, Path(old.warm_path))
+    return start
 
 
 _broker: Broker | None = None

@@ -30,6 +30,8 @@ CLOSE_FORBIDDEN = 4403
 CLOSE_UNKNOWN = 4404
 CLOSE_ENDED = 4410
 CLOSE_UNREACHABLE = 1011
+# The machine was replaced (reset): the client should connect again at once.
+CLOSE_RESTARTED = 1012
 CLOSE_UNSUPPORTED_DATA = 1003
 
 # One read from the VNC socket becomes one WebSocket message: large enough
@@ -66,6 +68,7 @@ class VncConsumer(AsyncWebsocketConsumer):
     """`/ws/sessions/<id>/vnc`: RFB bytes in binary messages."""
 
     session_id: str = ""
+    generation: int | None = None
     _attached = False
     _reader_task: asyncio.Task[None] | None = None
     _writer: asyncio.StreamWriter | None = None
@@ -89,6 +92,7 @@ class VncConsumer(AsyncWebsocketConsumer):
             await self.close(CLOSE_UNREACHABLE)
             return
         self._attached = True
+        self.generation = broker.session_generation(self.session_id)
         try:
             reader, self._writer = await asyncio.open_unix_connection(
                 vnc_path, limit=READ_CHUNK_BYTES
@@ -128,6 +132,10 @@ class VncConsumer(AsyncWebsocketConsumer):
     async def _close_after_display_end(self) -> None:
         """The display went away: say whether the session ended or the display broke."""
         broker = await get_broker()
+        current = broker.session_generation(self.session_id)
+        if current is not None and current != self.generation:
+            await self.close(CLOSE_RESTARTED)
+            return
         ended = await broker.session_wait_ended(
             session_id=self.session_id, timeout_s=broker.config.stop_timeout_s
         )

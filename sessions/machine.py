@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from qemu.qmp import QMPClient, QMPError
+from qemu.qmp import EventListener, QMPClient, QMPError
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +101,12 @@ def build_argv(
     disk_path: Path,
     run_dir: Path,
     qmp_fd: int,
+    incoming: bool = False,
 ) -> list[str]:
-    """QEMU's command line for one session. Pure: no I/O, same input, same output."""
+    """QEMU's command line for one session. Pure: no I/O, same input, same output.
+
+    With `incoming`, QEMU waits for a saved machine state instead of booting.
+    """
     if accelerator not in {"kvm", "tcg"}:
         raise ValueError(f"unknown accelerator {accelerator!r}")
     drive = f"file={disk_path},format=qcow2"
@@ -137,7 +141,19 @@ def build_argv(
         "-drive", drive,
         "-boot", f"order={boot_order}",
         "-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny",
+        *(["-incoming", "defer"] if incoming else []),
     ]
+
+
+def state_key(profile: MachineProfile, *, accelerator: str, qemu: str, master_sha256: str) -> str:
+    """What a saved machine state depends on: restoring it anywhere else is unsafe.
+
+    The same profile, accelerator, QEMU version and master give the same key.
+    """
+    return (
+        f"qemu={qemu};accel={accelerator};cpu={profile.cpu};memory={profile.memory_mb};"
+        f"vga={profile.vga};boot={profile.boot};mouse={profile.mouse};master={master_sha256}"
+    )
 
 
 def accelerator_resolve(profile: MachineProfile, *, host: str) -> str:
@@ -206,8 +222,10 @@ class Machine:
         start_timeout_s: float,
         qmp_timeout_s: float,
         stop_timeout_s: float,
+        incoming_state: Path | None = None,
     ) -> None:
         self.profile = profile
+        self.incoming_state = incoming_state
         self.run_dir = run_dir
         self.disk_path = disk_path
         self.qemu_binary = qemu_binary
@@ -248,7 +266,14 @@ class Machine:
             if len(os.fsencode(path)) > UNIX_PATH_MAX:
                 raise MachineError(f"socket path too long for a unix socket: {path}")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        state_fd: int | None = None
         try:
+            if self.incoming_state is not None:
+                state_fd = os.open(self.incoming_state, os.O_RDONLY | os.O_CLOEXEC)
+            # A QEMU that died (or a failed resume before this start) leaves its
+            # socket files; the run directory is private to this session.
+            for path in (self.qmp_path, self.vnc_path):
+                path.unlink(missing_ok=True)
             listener.bind(os.fspath(self.qmp_path))
             listener.listen(1)
             self.argv = build_argv(
@@ -258,6 +283,7 @@ class Machine:
                 disk_path=self.disk_path,
                 run_dir=self.run_dir,
                 qmp_fd=listener.fileno(),
+                incoming=state_fd is not None,
             )
             with self.log_path.open("ab") as log:
                 self._process = await asyncio.create_subprocess_exec(
@@ -265,23 +291,82 @@ class Machine:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    pass_fds=(listener.fileno(),),
+                    pass_fds=(listener.fileno(), *([state_fd] if state_fd is not None else [])),
                     start_new_session=True,
                     preexec_fn=_die_with_parent,
                 )
-        except FileNotFoundError as error:
+        except OSError as error:
+            if not isinstance(error, FileNotFoundError):
+                raise MachineStartError(f"could not prepare QEMU's sockets: {error}",
+                                        argv=self.argv, returncode=None, log_tail="") from error
+            if self._process is None and state_fd is None and self.incoming_state is not None:
+                raise MachineStartError("the saved machine state is missing", argv=self.argv,
+                                        returncode=None, log_tail="") from error
             raise MachineStartError(
                 f"QEMU is not installed ({self.qemu_binary} not found)",
                 argv=self.argv, returncode=None, log_tail="",
             ) from error
         finally:
-            # QEMU holds its own copy; ours must go so a dead QEMU refuses connections.
+            # QEMU holds its own copies; ours must go so a dead QEMU refuses connections.
             listener.close()
         try:
             await self._connect_qmp()
+            if state_fd is not None:
+                await self._restore(state_fd)
         except BaseException:
             await self.stop()
             raise
+        finally:
+            if state_fd is not None:
+                os.close(state_fd)
+
+    async def _restore(self, state_fd: int) -> None:
+        """Load the saved state QEMU inherited as state_fd, then let the guest run."""
+        async with asyncio.timeout(self.start_timeout_s):
+            status = await self._migrate(
+                "migrate-incoming", {"uri": f"fd:{state_fd}"}
+            )
+        if status != "completed":
+            raise MachineStartError(
+                f"restoring the saved machine state {status}", argv=self.argv,
+                returncode=self.returncode, log_tail=log_tail(self.log_path),
+            )
+        await self.execute("cont")
+
+    async def save_state(self, path: Path, *, timeout_s: float) -> None:
+        """Pause the guest and write its whole state to path (the guest stays paused).
+
+        The sandbox forbids QEMU to spawn helpers, so the file is handed to QEMU
+        as a descriptor over the QMP socket.
+        """
+        if self._qmp is None:
+            raise MachineError("machine is not connected")
+        await self.execute("stop")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            self._qmp.send_fd_scm(fd)
+            await self.execute("getfd", {"fdname": "state"})
+        finally:
+            os.close(fd)
+        async with asyncio.timeout(timeout_s):
+            status = await self._migrate("migrate", {"uri": "fd:state"})
+        if status != "completed":
+            raise MachineError(f"saving the machine state {status}")
+
+    async def _migrate(self, command: str, arguments: dict[str, Any]) -> str:
+        """Run a migration command and wait for QEMU's MIGRATION event to say how it ended."""
+        assert self._qmp is not None
+        await self.execute("migrate-set-capabilities",
+                           {"capabilities": [{"capability": "events", "state": True}]})
+        listener = EventListener("MIGRATION")
+        with self._qmp.listen(listener):
+            await self.execute(command, arguments)
+            async for event in listener:
+                data = event["data"]
+                status = str(data.get("status")) if isinstance(data, dict) else ""
+                if status in {"completed", "failed", "cancelled"}:
+                    return status
+        return "ended without a result"
 
     async def _connect_qmp(self) -> None:
         assert self._process is not None
@@ -328,6 +413,16 @@ class Machine:
             raise MachineError(f"QMP {command} failed: {error}") from error
         except TimeoutError:
             raise MachineError(f"QMP {command} did not answer in {self.qmp_timeout_s:g} s") from None
+
+    async def text_screen(self) -> str:
+        """The guest's 80x25 text screen as lines, read from video memory over QMP."""
+        columns, rows = 80, 25
+        output = await self.execute(
+            "human-monitor-command", {"command-line": f"xp /{columns * rows}hx 0xb8000"}
+        )
+        cells = [int(value, 16) for value in re.findall(r"0x([0-9a-f]{4})\b", str(output))]
+        chars = "".join(chr(c & 0xFF) if 32 <= c & 0xFF < 127 else " " for c in cells)
+        return "\n".join(chars[r * columns:(r + 1) * columns].rstrip() for r in range(rows))
 
     async def wait(self) -> int:
         """Wait until the QEMU process has exited; returns its exit code."""

@@ -10,6 +10,7 @@ const notice = document.getElementById("notice");
 const endButton = document.getElementById("end");
 const fullscreenButton = document.getElementById("fullscreen");
 const ctrlAltDelButton = document.getElementById("ctrl-alt-del");
+const resetButton = document.getElementById("reset");
 
 const REASONS = {
   visitor: "You ended this visit.",
@@ -22,6 +23,7 @@ const REASONS = {
 let rfb = null;
 let ended = false;
 let reconnectDelayMs = 500;
+let resetting = false;
 
 function showState(state, text) {
   stateLabel.dataset.state = state;
@@ -51,6 +53,7 @@ function showEnded(data) {
   );
   endButton.disabled = true;
   ctrlAltDelButton.disabled = true;
+  resetButton.disabled = true;
   if (rfb) {
     const old = rfb;
     rfb = null;
@@ -90,7 +93,7 @@ function connect() {
   });
   rfb.addEventListener("disconnect", async () => {
     rfb = null;
-    if (ended) return;
+    if (ended || resetting) return;
     const data = await refresh();
     if (ended || !data) return;
     // The network dropped but the machine lives: reconnect within the grace period.
@@ -112,6 +115,27 @@ endButton.addEventListener("click", async () => {
   await api("DELETE", `/api/sessions/${session.id}`);
   const data = await refresh();
   if (data) showEnded(data);
+});
+
+resetButton.addEventListener("click", async () => {
+  resetButton.disabled = true;
+  resetting = true;
+  showState("starting", "resetting…");
+  if (rfb) {
+    const old = rfb;
+    rfb = null;
+    old.disconnect();
+  }
+  const { status, data } = await api("POST", `/api/sessions/${session.id}/reset`);
+  resetting = false;
+  resetButton.disabled = false;
+  if (status === 200) {
+    connect();
+  } else {
+    const now = await refresh();
+    if (now && !ended) connect();
+    if (data && data.detail) showNotice(`<p>${escapeHtml(data.detail)}</p>`);
+  }
 });
 
 fullscreenButton.addEventListener("click", () => {

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -17,19 +16,10 @@ from pathlib import Path
 from sessions.machine import Machine
 from tests.support.rfb import RfbClient
 
-TEXT_BUFFER = 0xB8000
-COLUMNS, ROWS = 80, 25
-
 
 async def text_screen(machine: Machine) -> str:
     """The 80x25 text screen as lines, from video memory through the QMP monitor."""
-    output = await machine.execute(
-        "human-monitor-command",
-        {"command-line": f"xp /{COLUMNS * ROWS}hx {TEXT_BUFFER:#x}"},
-    )
-    cells = [int(value, 16) for value in re.findall(r"0x([0-9a-f]{4})\b", output)]
-    chars = "".join(chr(cell & 0xFF) if 32 <= cell & 0xFF < 127 else " " for cell in cells)
-    return "\n".join(chars[row * COLUMNS:(row + 1) * COLUMNS].rstrip() for row in range(ROWS))
+    return await machine.text_screen()
 
 
 async def wait_for_screen(

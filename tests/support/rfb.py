@@ -200,6 +200,11 @@ class RfbClient:
             async with self._updated:
                 await self._updated.wait_for(lambda: predicate(self))  # type: ignore[operator]
 
+    async def wait_closed(self) -> None:
+        """Wait until the server closes the stream; raises what ended the reader."""
+        assert self._loop_task is not None, "start() first"
+        await self._loop_task
+
     async def stop(self) -> None:
         task, self._loop_task = self._loop_task, None
         if task is not None:

@@ -1,0 +1,52 @@
+"""Prepare an exhibit's start state, so visitors resume a booted machine at once."""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from portal.models import Exhibit
+from sessions.broker import exhibit_prepare
+from sessions.prepare import PrepareError, StartCondition
+
+
+class Command(BaseCommand):
+    help = (
+        "Boot an exhibit, wait for its start state and save it: visitors then resume it "
+        "instead of booting. By default the start state is reached when the screen has "
+        "stayed still for --still seconds."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("slug")
+        parser.add_argument("--still", type=float, default=2.0, metavar="SECONDS",
+                            help="save once the screen has not changed for this long")
+        parser.add_argument("--after", type=float, metavar="SECONDS",
+                            help="save this long after power-on instead")
+        parser.add_argument("--wait-text", metavar="TEXT",
+                            help="first wait until the text screen shows TEXT (DOS prompts)")
+        parser.add_argument("--wait-graphics", action="store_true",
+                            help="first wait until the guest leaves text mode (desktops)")
+        parser.add_argument("--keys", default="", metavar="QCODES",
+                            help="then press these keys, comma-separated QEMU key names "
+                                 "(ret, esc, spc, a, ...)")
+        parser.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        exhibit = Exhibit.objects.select_related("image").filter(slug=options["slug"]).first()
+        if exhibit is None:
+            raise CommandError(f"there is no exhibit {options['slug']!r}")
+        condition = StartCondition(
+            still_s=options["still"], after_s=options["after"], wait_text=options["wait_text"],
+            keys=tuple(key for key in options["keys"].split(",") if key),
+            wait_graphics=options["wait_graphics"], timeout_s=options["timeout"],
+        )
+        try:
+            start = asyncio.run(exhibit_prepare(exhibit, condition))
+        except PrepareError as error:
+            raise CommandError(str(error)) from error
+        self.stdout.write(
+            f"Prepared {exhibit.slug} in {start.prepare_seconds:.1f} s ({start.method}); "
+            f"warm layer sha256 {start.warm_sha256}, state sha256 {start.state_sha256}"
+        )
