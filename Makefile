@@ -39,6 +39,7 @@ run: setup
 	$(PY) manage.py add_exhibit $(DEMO_IMAGE) --slug demo --boot hdd --publish \
 	  --title "Portal demo desktop" --year 1992 --publisher "This portal" \
 	  --description "$(DEMO_DESCRIPTION)"
+	$(PY) manage.py prepare_exhibit demo --wait-graphics --still 2 --if-needed
 	@echo "Serving the portal on http://127.0.0.1:$(PORT)/"
 	$(VENV)/bin/daphne -b 127.0.0.1 -p $(PORT) portal.asgi:application
 

@@ -36,9 +36,9 @@ def portal_environment(*, exhibits: bool) -> Iterator[Path]:
         call_command("add_exhibit", str(REPO / "build" / "demo.img"), slug="demo", title="Demo",
                      boot="hdd", publish=True, stdout=open(os.devnull, "w"))
         guests = Path(os.environ.get("PORTAL_GUESTS_DIR", REPO.parent / "shared" / "guests"))
-        call_command("add_exhibit", str(guests / "freedos-2048.img"), slug="freedos-2048",
-                     title="FreeDOS 2048", boot="floppy", publish=True,
-                     stdout=open(os.devnull, "w"))
+        for name in ("freedos-2048", "freedos-games"):
+            call_command("add_exhibit", str(guests / f"{name}.img"), slug=name, title=name,
+                         boot="floppy", publish=True, stdout=open(os.devnull, "w"))
     try:
         yield root
     finally:

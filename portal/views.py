@@ -92,7 +92,8 @@ async def exhibit_page(request: HttpRequest, slug: str) -> HttpResponse:
     broker = await get_broker()
     return render(
         request, "portal/exhibit_detail.html",
-        {"exhibit": exhibit, "accelerator": broker.accelerator_for(exhibit)},
+        {"exhibit": exhibit, "accelerator": broker.accelerator_for(exhibit),
+         "instant_start": await broker.start_state_usable(exhibit) is not None},
     )
 
 

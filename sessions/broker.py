@@ -201,16 +201,17 @@ class Broker:
         try:
             run_dir_create(root=self.config.run_root, name=live.session_id)
             machine = await self._machine_start(live, exhibit)
-            await VisitorSession.objects.filter(id=live.session_id).aupdate(
-                state=State.RUNNING, started_at=timezone.now(), pid=machine.pid
-            )
         except (OverlayError, MachineError) as error:
             logged = error.log_detail if isinstance(error, OverlayError) else str(error)
             logger.error("session %s could not start: %s", live.session_id, logged)
             detail = _start_failure(error)
             self._finish_soon(live, reason=Reason.CRASHED, detail=detail)
             return
+        # Viewers may connect now; the record follows, unless the session ended meanwhile.
         self._running(live)
+        await VisitorSession.objects.filter(id=live.session_id, state=State.STARTING).aupdate(
+            state=State.RUNNING, started_at=timezone.now(), pid=machine.pid
+        )
 
     def _running(self, live: _Live) -> None:
         live.running.set()

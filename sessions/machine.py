@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import hashlib
 import logging
 import os
 import re
@@ -148,11 +149,17 @@ def build_argv(
 def state_key(profile: MachineProfile, *, accelerator: str, qemu: str, master_sha256: str) -> str:
     """What a saved machine state depends on: restoring it anywhere else is unsafe.
 
-    The same profile, accelerator, QEMU version and master give the same key.
+    The same profile, accelerator, QEMU version, master and QEMU command line
+    give the same key; a change to how the portal builds the command line
+    changes the key too.
     """
+    argv = build_argv(profile, qemu_binary="qemu", accelerator=accelerator,
+                      disk_path=Path("/disk"), run_dir=Path("/run"), qmp_fd=3, incoming=True)
+    argv_digest = hashlib.sha256("\0".join(argv).encode()).hexdigest()[:16]
     return (
         f"qemu={qemu};accel={accelerator};cpu={profile.cpu};memory={profile.memory_mb};"
-        f"vga={profile.vga};boot={profile.boot};mouse={profile.mouse};master={master_sha256}"
+        f"vga={profile.vga};boot={profile.boot};mouse={profile.mouse};argv={argv_digest};"
+        f"master={master_sha256}"
     )
 
 

@@ -76,6 +76,7 @@ async def games(broker: Any, exhibit_create: ExhibitFactory) -> Any:
 async def test_it_starts_at_the_prompt_and_dir_works_at_once(broker: Any, games: Any) -> None:
     exhibit = (await visitor().get("/api/exhibits/games")).json()
     assert exhibit["instant_start"] is True
+    assert "Starts instantly" in (await visitor().get("/exhibits/games/")).content.decode()
     first = await visit(broker)
     try:
         # The very first screen the visitor gets is the prompt: nothing booted.

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from sessions.machine import MachineProfile, build_argv
+from sessions.machine import MachineProfile, build_argv, state_key
 
 
 def argv_for(profile: MachineProfile, accelerator: str = "kvm") -> list[str]:
@@ -69,6 +69,17 @@ def test_it_attaches_the_overlay_as_the_boot_device(boot: str, interface: str, o
 def test_it_refuses_a_profile_it_cannot_build(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         MachineProfile(**bad)  # type: ignore[arg-type]
+
+
+def test_it_ties_a_saved_state_to_everything_it_depends_on() -> None:
+    base = {"accelerator": "kvm", "qemu": "7.2.22", "master_sha256": "ab" * 32}
+    key = state_key(MachineProfile(), **base)
+    assert key == state_key(MachineProfile(), **base)
+    for profile in (MachineProfile(memory_mb=32), MachineProfile(mouse="ps2"),
+                    MachineProfile(boot="hdd"), MachineProfile(cpu="pentium")):
+        assert state_key(profile, **base) != key
+    for change in ({"accelerator": "tcg"}, {"qemu": "8.0.0"}, {"master_sha256": "cd" * 32}):
+        assert state_key(MachineProfile(), **{**base, **change}) != key
 
 
 def test_it_refuses_an_unknown_accelerator() -> None:

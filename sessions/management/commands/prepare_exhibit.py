@@ -7,7 +7,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from portal.models import Exhibit
-from sessions.broker import exhibit_prepare
+from sessions.broker import Broker, BrokerConfig, exhibit_prepare
 from sessions.prepare import PrepareError, StartCondition
 
 
@@ -32,6 +32,8 @@ class Command(BaseCommand):
                             help="then press these keys, comma-separated QEMU key names "
                                  "(ret, esc, spc, a, ...)")
         parser.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS")
+        parser.add_argument("--if-needed", action="store_true",
+                            help="do nothing when the exhibit already has a usable start state")
 
     def handle(self, *args: Any, **options: Any) -> None:
         exhibit = Exhibit.objects.select_related("image").filter(slug=options["slug"]).first()
@@ -42,6 +44,9 @@ class Command(BaseCommand):
             keys=tuple(key for key in options["keys"].split(",") if key),
             wait_graphics=options["wait_graphics"], timeout_s=options["timeout"],
         )
+        if options["if_needed"] and asyncio.run(_usable(exhibit)):
+            self.stdout.write(f"{exhibit.slug} already has a usable start state.")
+            return
         try:
             start = asyncio.run(exhibit_prepare(exhibit, condition))
         except PrepareError as error:
@@ -50,3 +55,8 @@ class Command(BaseCommand):
             f"Prepared {exhibit.slug} in {start.prepare_seconds:.1f} s ({start.method}); "
             f"warm layer sha256 {start.warm_sha256}, state sha256 {start.state_sha256}"
         )
+
+
+async def _usable(exhibit: Exhibit) -> bool:
+    broker = Broker(BrokerConfig.from_settings())
+    return await broker.start_state_usable(exhibit) is not None
