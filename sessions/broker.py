@@ -301,15 +301,30 @@ class Broker:
                 live.watch_task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await live.watch_task
+            # Its overlay is discarded, so it need not shut down in order, and the new
+            # machine need not wait for the kernel to tear the old one down: a dying
+            # process keeps its own open files while the paths are made anew.
             if old is not None:
-                await old.stop()
-            try:
-                machine = await self._machine_start(live, exhibit)
-            except (OverlayError, MachineError) as error:
+                old.kill_now()
+            started, stopped = await asyncio.gather(
+                self._machine_start(live, exhibit),
+                old.stop() if old is not None else asyncio.sleep(0),
+                return_exceptions=True,
+            )
+            if isinstance(stopped, BaseException):
+                logger.error("session %s: the replaced machine did not stop cleanly: %s",
+                             session_id, stopped)
+            if isinstance(started, asyncio.CancelledError):
+                raise started
+            if isinstance(started, (OverlayError, MachineError)):
+                error = started
                 logged = error.log_detail if isinstance(error, OverlayError) else str(error)
                 logger.error("session %s could not restart: %s", session_id, logged)
                 self._finish_soon(live, reason=Reason.CRASHED, detail=_start_failure(error))
                 raise SessionEndedError(_start_failure(error)) from error
+            if isinstance(started, BaseException):
+                raise started
+            machine = started
             await VisitorSession.objects.filter(id=session_id).aupdate(
                 started_at=timezone.now(), pid=machine.pid
             )
@@ -481,7 +496,9 @@ async def exhibit_prepare(exhibit: Exhibit, condition: StartCondition) -> StartS
         master_format=exhibit.image.format,
         master_sha256=exhibit.image.sha256,
         store=Path(settings.PORTAL_IMAGE_DIR) / "start",
-        run_root=config.run_root,
+        # Beside, not inside, the run root: a portal starting meanwhile would take a
+        # preparing machine there for one left behind and end it.
+        run_root=config.run_root.parent / f"{config.run_root.name}-prepare",
         qemu_binary=config.qemu_binary,
         qemu_img=config.qemu_img_binary,
         qemu_version=qemu,

@@ -437,6 +437,13 @@ class Machine:
             raise MachineError("machine was never started")
         return await self._process.wait()
 
+    def kill_now(self) -> None:
+        """Signal QEMU to end at once, for a machine whose disk is thrown away anyway
+        (reset). Its files may be replaced right away; `stop()` still reaps it."""
+        if self._process is not None and self._process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._process.kill()
+
     async def stop(self) -> None:
         """QMP quit, wait, kill if it lingers, wait. Idempotent."""
         if self._process is None:

@@ -76,6 +76,8 @@ def portal(demo_image: Path) -> Iterator[Portal]:
     site.manage("migrate", "--no-input", "-v", "0")
     site.manage("add_exhibit", str(demo_image), "--slug", "demo", "--title", "Portal demo",
                 "--boot", "hdd", "--year", "1992", "--publish")
+    # As `make run` does: visitors resume the booted desktop.
+    site.manage("prepare_exhibit", "demo", "--wait-graphics", "--still", "1")
     log = (root / "daphne.log").open("wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),

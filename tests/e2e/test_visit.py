@@ -1,6 +1,8 @@
 """A visitor in Chromium: open the exhibit, Start, see and use the machine, End."""
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 from typing import Any
 
@@ -73,6 +75,19 @@ def test_it_lets_a_visitor_start_use_and_end_a_machine(portal: Portal, browser: 
         arg=before["hash"], timeout=15_000,
     )
 
+    typed = page.evaluate(CANVAS_STATS, NOTEPAD_TEXT)["hash"]
+
+    # Reset: a new machine at the exhibit's start, without what was typed.
+    page.get_by_role("button", name="Reset").click()
+    page.wait_for_selector('#state[data-state="running"]', timeout=30_000)
+    page.wait_for_function(
+        f"(typed) => {{ const s = ({CANVAS_STATS})({NOTEPAD_TEXT}); return s && s.lit > 10000"
+        f" && s.hash !== typed; }}",
+        arg=typed, timeout=30_000,
+    )
+    (new_pid,) = processes_naming(portal.run_dir)
+    assert new_pid != pid
+
     page.get_by_role("button", name="End").click()
     page.wait_for_selector('#state[data-state="ended"]', timeout=15_000)
     assert "This machine has ended" in page.locator("#notice").inner_text()
@@ -81,10 +96,11 @@ def test_it_lets_a_visitor_start_use_and_end_a_machine(portal: Portal, browser: 
     assert processes_naming(portal.run_dir) == []
     assert list(portal.run_dir.iterdir()) == []
     try:
-        import os
-
         os.kill(pid, 0)
         alive = True
     except ProcessLookupError:
         alive = False
     assert not alive
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(new_pid, 0)
+        raise AssertionError("the reset machine outlived the visit")
