@@ -305,7 +305,7 @@ class Broker:
             # machine need not wait for the kernel to tear the old one down: a dying
             # process keeps its own open files while the paths are made anew.
             if old is not None:
-                old.kill_now()
+                await old.kill_now()
             started, stopped = await asyncio.gather(
                 self._machine_start(live, exhibit),
                 old.stop() if old is not None else asyncio.sleep(0),

@@ -437,9 +437,16 @@ class Machine:
             raise MachineError("machine was never started")
         return await self._process.wait()
 
-    def kill_now(self) -> None:
-        """Signal QEMU to end at once, for a machine whose disk is thrown away anyway
-        (reset). Its files may be replaced right away; `stop()` still reaps it."""
+    async def kill_now(self) -> None:
+        """End QEMU at once, for a machine whose disk is thrown away anyway (reset).
+
+        QMP is let go first, so the kill is not reported as a broken connection.
+        Its files may be replaced as soon as this returns; `stop()` still reaps it.
+        """
+        qmp, self._qmp = self._qmp, None
+        if qmp is not None:
+            with contextlib.suppress(QMPError, EOFError, ConnectionError, OSError):
+                await qmp.disconnect()
         if self._process is not None and self._process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self._process.kill()
