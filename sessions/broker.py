@@ -202,16 +202,19 @@ class Broker:
             run_dir_create(root=self.config.run_root, name=live.session_id)
             machine = await self._machine_start(live, exhibit)
         except (OverlayError, MachineError) as error:
-            logged = error.log_detail if isinstance(error, OverlayError) else str(error)
-            logger.error("session %s could not start: %s", live.session_id, logged)
-            detail = _start_failure(error)
-            self._finish_soon(live, reason=Reason.CRASHED, detail=detail)
+            self._start_failed(live, error)
             return
         # Viewers may connect now; the record follows, unless the session ended meanwhile.
         self._running(live)
         await VisitorSession.objects.filter(id=live.session_id, state=State.STARTING).aupdate(
             state=State.RUNNING, started_at=timezone.now(), pid=machine.pid
         )
+
+    def _start_failed(self, live: _Live, error: OverlayError | MachineError) -> None:
+        """Log what went wrong for the operator and end the session as crashed."""
+        logged = error.log_detail if isinstance(error, OverlayError) else str(error)
+        logger.error("session %s could not start: %s", live.session_id, logged)
+        self._finish_soon(live, reason=Reason.CRASHED, detail=_start_failure(error))
 
     def _running(self, live: _Live) -> None:
         live.running.set()
@@ -317,11 +320,8 @@ class Broker:
             if isinstance(started, asyncio.CancelledError):
                 raise started
             if isinstance(started, (OverlayError, MachineError)):
-                error = started
-                logged = error.log_detail if isinstance(error, OverlayError) else str(error)
-                logger.error("session %s could not restart: %s", session_id, logged)
-                self._finish_soon(live, reason=Reason.CRASHED, detail=_start_failure(error))
-                raise SessionEndedError(_start_failure(error)) from error
+                self._start_failed(live, started)
+                raise SessionEndedError(_start_failure(started)) from started
             if isinstance(started, BaseException):
                 raise started
             machine = started

@@ -7,13 +7,13 @@ overlay to prove what the guest wrote where.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from sessions.machine import Machine
+from sessions.prepare import sha256_file
 from tests.support.rfb import RfbClient
 
 
@@ -73,9 +73,4 @@ async def disk_file(machine: Machine, overlay: Path, name: str) -> bytes | None:
     return result.stdout if result.returncode == 0 else None
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+__all__ = ["disk_file", "sha256_file", "text_screen", "wait_for_screen", "wait_for_text"]
