@@ -6,6 +6,7 @@ code 4403 for a wrong origin, which a handshake refusal cannot carry.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from django.core.asgi import get_asgi_application
 
@@ -18,9 +19,22 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 
 from sessions.routing import websocket_urlpatterns  # noqa: E402
 
+# Static files change only with a release (noVNC is pinned by package-lock.json),
+# so browsers may keep them for an hour: the machine page then loads noVNC's
+# fifty-odd modules from the cache the exhibit page filled.
+STATIC_MAX_AGE_S = 3600
+
+
+class CachedStaticFiles(ASGIStaticFilesHandler):
+    def serve(self, request: Any) -> Any:
+        response = super().serve(request)
+        response["Cache-Control"] = f"public, max-age={STATIC_MAX_AGE_S}"
+        return response
+
+
 application = ProtocolTypeRouter({
     # Static files (the portal's own and noVNC's) are served by the portal
     # itself, so one process is the whole site.
-    "http": ASGIStaticFilesHandler(django_application),
+    "http": CachedStaticFiles(django_application),
     "websocket": SessionMiddlewareStack(URLRouter(websocket_urlpatterns)),
 })

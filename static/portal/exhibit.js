@@ -9,6 +9,10 @@ function say(html) {
   message.hidden = false;
 }
 
+// Fetch the display client while the visitor reads, so the machine's page
+// starts streaming without first loading it.
+window.addEventListener("load", () => { import("/static/novnc/core/rfb.js").catch(() => {}); });
+
 button.addEventListener("click", async () => {
   button.disabled = true;
   button.textContent = "Starting…";

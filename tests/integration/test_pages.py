@@ -98,6 +98,7 @@ async def test_it_serves_the_pinned_novnc_client_itself() -> None:
     await communicator.send_input({"type": "http.request", "body": b""})
     start = await communicator.receive_output(timeout=10)
     assert start["status"] == 200
+    assert (b"Cache-Control", b"public, max-age=3600") in start["headers"]
     body = b""
     while True:
         message = await communicator.receive_output(timeout=10)
