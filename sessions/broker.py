@@ -51,10 +51,6 @@ class SessionError(Exception):
     """Base of the broker's errors; the message is for a person."""
 
 
-class SessionNotFoundError(SessionError):
-    pass
-
-
 class SessionEndedError(SessionError):
     pass
 
