@@ -28,44 +28,28 @@ class Sample:
 
 
 async def one_visit(broker: Any, slug: str, guest_ready: Any) -> tuple[float, float | None, str]:
-    from tests.conftest import visitor, ws_communicator
-    from tests.support.rfb import CommunicatorTransport, RfbClient
+    from tests.conftest import display_watch, visitor
 
     browser = visitor()
     started = time.perf_counter()
     response = await browser.post(f"/api/exhibits/{slug}/sessions")
     assert response.status_code == 201, response.content
     session = response.json()
-    communicator = ws_communicator(browser, session["vnc_path"])
-    await communicator.connect(timeout=30)
-    rfb = RfbClient(CommunicatorTransport(communicator))
+    rfb = await display_watch(browser, session["vnc_path"], timeout_s=GUEST_TIMEOUT_S)
     try:
-        async with asyncio.timeout(GUEST_TIMEOUT_S):
-            await rfb.handshake()
-            await rfb.first_update()
         first_update = time.perf_counter() - started
-        rfb.start()
         machine = broker.machine(session["id"])
         picture: float | None = None
         failure = ""
         try:
-            async with asyncio.timeout(GUEST_TIMEOUT_S):
-                while True:
-                    # Counted before looking, so an update during the look is not missed.
-                    seen = rfb.updates
-                    if await guest_ready(machine, rfb):
-                        break
-                    await rfb.wait_for(lambda c, seen=seen: c.updates > seen, timeout_s=GUEST_TIMEOUT_S)
+            await rfb.until(lambda: guest_ready(machine, rfb), timeout_s=GUEST_TIMEOUT_S)
             picture = time.perf_counter() - started
         except TimeoutError:
-            from tests.support.guest import text_screen
-
-            last_lines = (await text_screen(machine)).strip().splitlines()[-1:] or ["(blank)"]
+            last_lines = (await machine.text_screen()).strip().splitlines()[-1:] or ["(blank)"]
             failure = f"no guest picture in {GUEST_TIMEOUT_S:g} s: {last_lines[0][:60]}"
         return first_update, picture, failure
     finally:
-        await rfb.stop()
-        await communicator.disconnect()
+        await rfb.close()
         await browser.delete(f"/api/sessions/{session['id']}")
 
 
@@ -75,16 +59,12 @@ async def demo_ready(machine: Any, rfb: Any) -> bool:
 
 
 async def freedos_ready(machine: Any, rfb: Any) -> bool:
-    from tests.support.guest import text_screen
-
-    screen = await text_screen(machine)
+    screen = await machine.text_screen()
     return "CONFIG.SYS error" in screen or "Score" in screen
 
 
 async def games_ready(machine: Any, rfb: Any) -> bool:
-    from tests.support.guest import text_screen
-
-    return "A:\\>" in await text_screen(machine)
+    return "A:\\>" in await machine.text_screen()
 
 
 # Each exhibit: how its guest picture is recognised, and how its start state is prepared.
@@ -98,8 +78,7 @@ TARGET_S = 0.300
 
 async def reset_times(broker: Any, slug: str, runs: int) -> list[float]:
     """From the POST .../reset to the first framebuffer update on a new WebSocket."""
-    from tests.conftest import visitor, ws_communicator
-    from tests.support.rfb import CommunicatorTransport, RfbClient
+    from tests.conftest import display_watch, visitor
 
     browser = visitor()
     session = (await browser.post(f"/api/exhibits/{slug}/sessions")).json()
@@ -107,16 +86,11 @@ async def reset_times(broker: Any, slug: str, runs: int) -> list[float]:
     began: float | None = None
     try:
         for _ in range(runs + 1):
-            communicator = ws_communicator(browser, session["vnc_path"])
-            await communicator.connect(timeout=30)
-            rfb = RfbClient(CommunicatorTransport(communicator))
-            async with asyncio.timeout(GUEST_TIMEOUT_S):
-                await rfb.handshake()
-                await rfb.first_update()
+            rfb = await display_watch(browser, session["vnc_path"], timeout_s=GUEST_TIMEOUT_S)
             if began is not None:
                 times.append(time.perf_counter() - began)
             # As the page does at the click: drop the old display, then ask for the reset.
-            await communicator.disconnect()
+            await rfb.close()
             began = time.perf_counter()
             response = await browser.post(f"/api/sessions/{session['id']}/reset")
             assert response.status_code == 200, response.content

@@ -73,20 +73,14 @@ class Viewer:
         self.browser, self.session = browser, session
 
     async def open(self) -> Any:
-        from tests.conftest import ws_communicator
-        from tests.support.rfb import CommunicatorTransport, RfbClient
+        from tests.conftest import display_watch
 
-        self.communicator = ws_communicator(self.browser, self.session["vnc_path"])
-        await self.communicator.connect(timeout=30)
-        self.rfb = RfbClient(CommunicatorTransport(self.communicator))
-        async with asyncio.timeout(BOOT_TIMEOUT_S):
-            await self.rfb.handshake()
-        self.rfb.start()
+        self.rfb = await display_watch(self.browser, self.session["vnc_path"],
+                                       timeout_s=BOOT_TIMEOUT_S)
         return self.rfb
 
     async def close(self) -> None:
-        await self.rfb.stop()
-        await self.communicator.disconnect()
+        await self.rfb.close()
 
 
 async def measure(reference: Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ still there.
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
@@ -123,3 +124,19 @@ def ws_communicator(client: AsyncClient, path: str, *, origin: str | None = "htt
         headers.append((b"origin", origin.encode()))
     return WebsocketCommunicator(application, path, headers=headers,
                                  subprotocols=subprotocols or ["binary"])
+
+
+async def display_watch(client: AsyncClient, vnc_path: str, *, timeout_s: float = 60) -> Any:
+    """The machine's display as a visitor's noVNC has it: connected, first update
+    received, and kept current in the background."""
+    from tests.support.rfb import CommunicatorTransport, RfbClient
+
+    communicator = ws_communicator(client, vnc_path)
+    connected, _ = await communicator.connect(timeout=30)
+    assert connected, "the display WebSocket was refused"
+    rfb = RfbClient(CommunicatorTransport(communicator))
+    async with asyncio.timeout(timeout_s):
+        await rfb.handshake()
+        await rfb.first_update()
+    rfb.start()
+    return rfb

@@ -6,16 +6,15 @@ text that survives a reboot of the same overlay but not a new visitor.
 """
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.test import AsyncClient
 
-from tests.conftest import ExhibitFactory, visitor, ws_communicator
+from tests.conftest import ExhibitFactory, display_watch, visitor
 from tests.support.guest import sha256_file
-from tests.support.rfb import CommunicatorTransport, RfbClient
+from tests.support.rfb import RfbClient
 from tests.support.screen import BLACK, Font, screen_shows
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -65,8 +64,7 @@ class DemoVisit:
         await self.rfb.pointer(x, y)
 
     async def close(self) -> None:
-        await self.rfb.stop()
-        await self.rfb.transport.close()
+        await self.rfb.close()
         await self.browser.delete(f"/api/sessions/{self.session['id']}")
 
 
@@ -74,12 +72,7 @@ async def open_demo(broker: Any) -> DemoVisit:
     browser = visitor()
     response = await browser.post("/api/exhibits/demo/sessions")
     assert response.status_code == 201
-    communicator = ws_communicator(browser, response.json()["vnc_path"])
-    assert (await communicator.connect(timeout=30))[0]
-    rfb = RfbClient(CommunicatorTransport(communicator))
-    async with asyncio.timeout(BOOT_TIMEOUT_S):
-        await rfb.handshake()
-    rfb.start()
+    rfb = await display_watch(browser, response.json()["vnc_path"], timeout_s=BOOT_TIMEOUT_S)
     return DemoVisit(broker, browser, response.json(), rfb)
 
 

@@ -19,11 +19,11 @@ from tests.conftest import (
     FREEDOS_2048,
     FREEDOS_2048_SHA256,
     ExhibitFactory,
+    display_watch,
     visitor,
-    ws_communicator,
 )
 from tests.support.guest import disk_file, sha256_file, wait_for_screen, wait_for_text
-from tests.support.rfb import KEYSYM_ESCAPE, KEYSYM_RETURN, CommunicatorTransport, RfbClient
+from tests.support.rfb import KEYSYM_ESCAPE, KEYSYM_RETURN, RfbClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -72,16 +72,8 @@ class Visit:
 async def open_visit(broker: Any, browser: AsyncClient) -> Visit:
     response = await browser.post("/api/exhibits/freedos/sessions")
     assert response.status_code == 201, response.content
-    session_id = response.json()["id"]
-    communicator = ws_communicator(browser, response.json()["vnc_path"])
-    connected, _ = await communicator.connect(timeout=30)
-    assert connected
-    rfb = RfbClient(CommunicatorTransport(communicator))
-    async with asyncio.timeout(BOOT_TIMEOUT_S):
-        await rfb.handshake()
-        await rfb.first_update()
-    rfb.start()
-    return Visit(broker, browser, session_id, rfb)
+    rfb = await display_watch(browser, response.json()["vnc_path"], timeout_s=BOOT_TIMEOUT_S)
+    return Visit(broker, browser, response.json()["id"], rfb)
 
 
 async def test_it_keeps_a_visitors_writes_in_that_visitors_overlay_only(
@@ -113,8 +105,7 @@ async def test_it_keeps_a_visitors_writes_in_that_visitors_overlay_only(
                                "HI.TXT") is None
     finally:
         for visit in (first, second):
-            await visit.rfb.stop()
-            await visit.rfb.transport.close()
+            await visit.rfb.close()
             await visit.browser.delete(f"/api/sessions/{visit.session_id}")
 
     # The preservation master is exactly what it was.

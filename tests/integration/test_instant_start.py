@@ -13,9 +13,9 @@ from portal.models import StartState
 from sessions.broker import exhibit_prepare
 from sessions.models import VisitorSession
 from sessions.prepare import StartCondition
-from tests.conftest import FREEDOS_GAMES, ExhibitFactory, needs_kvm, visitor, ws_communicator
-from tests.support.guest import disk_file, sha256_file, text_screen, wait_for_text
-from tests.support.rfb import CommunicatorTransport, RfbClient
+from tests.conftest import FREEDOS_GAMES, ExhibitFactory, display_watch, needs_kvm, visitor
+from tests.support.guest import disk_file, sha256_file, wait_for_text
+from tests.support.rfb import RfbClient
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -25,9 +25,8 @@ AT_PROMPT = StartCondition(wait_text="A:\\>", still_s=1.0)
 
 class Visit:
     def __init__(self, broker: Any, browser: AsyncClient, session: dict[str, Any],
-                 communicator: Any, rfb: RfbClient) -> None:
-        self.broker, self.browser, self.session = broker, browser, session
-        self.communicator, self.rfb = communicator, rfb
+                 rfb: RfbClient) -> None:
+        self.broker, self.browser, self.session, self.rfb = broker, browser, session, rfb
 
     @property
     def machine(self) -> Any:
@@ -42,27 +41,16 @@ class Visit:
         return await disk_file(self.machine, Path(row.run_dir) / "disk.qcow2", name)
 
     async def close(self) -> None:
-        await self.rfb.stop()
-        await self.communicator.disconnect()
+        await self.rfb.close()
         await self.browser.delete(f"/api/sessions/{self.session['id']}")
-
-
-async def watch(broker: Any, browser: AsyncClient, session: dict[str, Any]) -> Visit:
-    communicator = ws_communicator(browser, session["vnc_path"])
-    assert (await communicator.connect(timeout=30))[0]
-    rfb = RfbClient(CommunicatorTransport(communicator))
-    async with asyncio.timeout(TIMEOUT_S):
-        await rfb.handshake()
-        await rfb.first_update()
-    rfb.start()
-    return Visit(broker, browser, session, communicator, rfb)
 
 
 async def visit(broker: Any, slug: str = "games") -> Visit:
     browser = visitor()
     response = await browser.post(f"/api/exhibits/{slug}/sessions")
     assert response.status_code == 201
-    return await watch(broker, browser, response.json())
+    session = response.json()
+    return Visit(broker, browser, session, await display_watch(browser, session["vnc_path"]))
 
 
 @pytest.fixture
@@ -80,7 +68,7 @@ async def test_it_starts_at_the_prompt_and_dir_works_at_once(broker: Any, games:
     first = await visit(broker)
     try:
         # The very first screen the visitor gets is the prompt: nothing booted.
-        assert "A:\\>" in await text_screen(first.machine)
+        assert "A:\\>" in await first.machine.text_screen()
         screen = await first.command("dir", expect="bytes free")
         assert "GAMES" in screen
     finally:
@@ -122,7 +110,7 @@ async def test_it_boots_cold_when_the_start_state_is_stale(broker: Any, games: A
     assert start.stale and "qemu=6.2.0" in start.stale_reason
     cold = await visit(broker)
     try:
-        assert "A:\\>" not in await text_screen(cold.machine)
+        assert "A:\\>" not in await cold.machine.text_screen()
         await wait_for_text(cold.machine, cold.rfb, "A:\\>", timeout_s=TIMEOUT_S)
     finally:
         await cold.close()
@@ -158,11 +146,10 @@ async def test_it_resets_to_the_start_state_on_a_fresh_overlay(broker: Any, game
             async with asyncio.timeout(TIMEOUT_S):
                 await first.rfb.wait_closed()
         assert first.rfb.transport.close_code == 1012  # type: ignore[attr-defined]
-        await first.communicator.disconnect()
-        again = await watch(broker, first.browser, first.session)
-        first.communicator, first.rfb = again.communicator, again.rfb
+        await first.rfb.transport.close()
+        first.rfb = await display_watch(first.browser, first.session["vnc_path"])
         assert first.machine.pid != old_pid
-        assert "A:\\>" in await text_screen(first.machine)
+        assert "A:\\>" in await first.machine.text_screen()
         await first.command("dir hi.txt", expect="File not found")
         assert await first.overlay_file("HI.TXT") is None
     finally:

@@ -17,11 +17,6 @@ from sessions.prepare import sha256_file
 from tests.support.rfb import RfbClient
 
 
-async def text_screen(machine: Machine) -> str:
-    """The 80x25 text screen as lines, from video memory through the QMP monitor."""
-    return await machine.text_screen()
-
-
 async def wait_for_screen(
     machine: Machine, rfb: RfbClient, condition: Callable[[str], bool], *,
     timeout_s: float, what: str,
@@ -32,16 +27,17 @@ async def wait_for_screen(
     framebuffer) receives an update, so nothing here waits blindly.
     """
     screen = ""
+
+    async def shows() -> bool:
+        nonlocal screen
+        screen = await machine.text_screen()
+        return condition(screen)
+
     try:
-        async with asyncio.timeout(timeout_s):
-            while True:
-                seen = rfb.updates
-                if condition(screen := await text_screen(machine)):
-                    return screen
-                await rfb.wait_for(lambda client, seen=seen: client.updates > seen,
-                                   timeout_s=timeout_s)
+        await rfb.until(shows, timeout_s=timeout_s)
     except TimeoutError:
         raise AssertionError(f"{what} never appeared; the screen shows:\n{screen}") from None
+    return screen
 
 
 async def wait_for_text(machine: Machine, rfb: RfbClient, needle: str, *, timeout_s: float) -> str:
@@ -73,4 +69,4 @@ async def disk_file(machine: Machine, overlay: Path, name: str) -> bytes | None:
     return result.stdout if result.returncode == 0 else None
 
 
-__all__ = ["disk_file", "sha256_file", "text_screen", "wait_for_screen", "wait_for_text"]
+__all__ = ["disk_file", "sha256_file", "wait_for_screen", "wait_for_text"]

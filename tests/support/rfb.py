@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 ENCODING_RAW = 0
@@ -199,6 +200,22 @@ class RfbClient:
         async with asyncio.timeout(timeout_s):
             async with self._updated:
                 await self._updated.wait_for(lambda: predicate(self))  # type: ignore[operator]
+
+    async def until(self, check: Callable[[], Awaitable[bool]], *, timeout_s: float) -> None:
+        """Wait until an async check holds, looking again at every screen update."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                # Counted before looking, so an update during the look is not missed.
+                seen = self.updates
+                if await check():
+                    return
+                await self.wait_for(lambda client, seen=seen: client.updates > seen,
+                                    timeout_s=timeout_s)
+
+    async def close(self) -> None:
+        """Stop reading and close the connection."""
+        await self.stop()
+        await self.transport.close()
 
     async def wait_closed(self) -> None:
         """Wait until the server closes the stream; raises what ended the reader."""
