@@ -164,6 +164,31 @@ PORTAL_STOP_TIMEOUT_S = _env_float("PORTAL_STOP_TIMEOUT_S", 5.0)
 PORTAL_QEMU_IMG_TIMEOUT_S = _env_float("PORTAL_QEMU_IMG_TIMEOUT_S", 30.0)
 # Most machines the host runs at once; 0 derives it from memory and cores.
 PORTAL_MAX_SESSIONS = int(os.environ.get("PORTAL_MAX_SESSIONS", "0"))
+# Visitors who wait, first come first served, once every machine is in use;
+# past this many, a Start is answered 503 with Retry-After. 0 derives it
+# (twice the capacity).
+PORTAL_QUEUE_MAX = int(os.environ.get("PORTAL_QUEUE_MAX", "0"))
+# The longest visit, and the longest a running machine may go without the
+# visitor's keyboard or mouse; each is announced PORTAL_WARNING_S ahead.
+PORTAL_SESSION_MAX_S = _env_float("PORTAL_SESSION_MAX_S", 30 * 60.0)
+PORTAL_IDLE_S = _env_float("PORTAL_IDLE_S", 10 * 60.0)
+PORTAL_WARNING_S = _env_float("PORTAL_WARNING_S", 60.0)
+# Starts a client may make: per browser, and per network address (a school
+# behind one address gets the larger allowance), within PORTAL_START_WINDOW_S.
+PORTAL_STARTS_PER_BROWSER = int(os.environ.get("PORTAL_STARTS_PER_BROWSER", "10"))
+PORTAL_STARTS_PER_ADDRESS = int(os.environ.get("PORTAL_STARTS_PER_ADDRESS", "120"))
+PORTAL_START_WINDOW_S = _env_float("PORTAL_START_WINDOW_S", 60.0)
+# How often the reaper looks for machines and files that no broker owns.
+PORTAL_REAPER_INTERVAL_S = _env_float("PORTAL_REAPER_INTERVAL_S", 30.0)
+# Running as root, each QEMU drops to its own uid from this dedicated range
+# (base + slot); "off" keeps QEMU as the portal's user.
+PORTAL_QEMU_RUNAS = os.environ.get("PORTAL_QEMU_RUNAS", "auto")
+PORTAL_QEMU_UID_BASE = int(os.environ.get("PORTAL_QEMU_UID_BASE", "1800000000"))
+# A machine may use its guest memory plus this much for QEMU itself.
+PORTAL_QEMU_MEMORY_OVERHEAD_MB = int(os.environ.get("PORTAL_QEMU_MEMORY_OVERHEAD_MB", "192"))
+# The largest WebSocket message a browser may send (RFB input is a few bytes;
+# a clipboard paste is the largest); Daphne is started with the same limit.
+PORTAL_WS_MAX_MESSAGE_BYTES = int(os.environ.get("PORTAL_WS_MAX_MESSAGE_BYTES", str(64 * 1024)))
 # Origins (scheme://host[:port]) besides the portal's own that may open the
 # machine's WebSocket, for sites that embed exhibits.
 PORTAL_ALLOWED_ORIGINS = [

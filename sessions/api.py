@@ -6,8 +6,6 @@ not found, exactly like one that never existed.
 """
 from __future__ import annotations
 
-from typing import Any
-
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
@@ -19,6 +17,7 @@ from portal.visitor import visitor_id
 
 from .broker import (
     CapacityError,
+    RateLimitedError,
     SessionBusyError,
     SessionEndedError,
     SessionExistsError,
@@ -26,26 +25,7 @@ from .broker import (
 )
 from .ids import session_id_valid
 from .models import VisitorSession
-
-
-def session_json(session: VisitorSession) -> dict[str, Any]:
-    def when(value: Any) -> str | None:
-        return value.isoformat() if value else None
-
-    return {
-        "id": session.id,
-        "exhibit": session.exhibit.slug,
-        "state": session.state,
-        "queue_position": None,
-        "page_url": f"/sessions/{session.id}/",
-        "vnc_path": f"/ws/sessions/{session.id}/vnc",
-        "events_path": f"/ws/sessions/{session.id}/events",
-        "started_at": when(session.started_at),
-        "expires_at": when(session.expires_at),
-        "ended_reason": session.ended_reason,
-        "detail": session.detail,
-        "accelerator": session.accelerator,
-    }
+from .representation import session_json
 
 
 async def owned_session(request: HttpRequest, session_id: str) -> VisitorSession | None:
@@ -75,7 +55,8 @@ async def session_create(request: HttpRequest, slug: str) -> JsonResponse:
     assert owner is not None
     broker = await get_broker()
     try:
-        session = await broker.session_create(exhibit=exhibit, owner=owner)
+        session = await broker.session_create(exhibit=exhibit, owner=owner,
+                                              address=request.META.get("REMOTE_ADDR") or "")
     except SessionExistsError as error:
         return json_error(409, "session_exists", str(error), id=error.session_id,
                           page_url=f"/sessions/{error.session_id}/")
@@ -83,8 +64,12 @@ async def session_create(request: HttpRequest, slug: str) -> JsonResponse:
         response = json_error(503, "capacity", str(error))
         response["Retry-After"] = str(error.retry_after_s)
         return response
+    except RateLimitedError as error:
+        response = json_error(429, "rate_limited", str(error))
+        response["Retry-After"] = str(error.retry_after_s)
+        return response
     session.exhibit = exhibit
-    return JsonResponse(session_json(session), status=201)
+    return JsonResponse(session_json(session, broker), status=201)
 
 
 @require_http_methods(["GET", "DELETE"])
@@ -97,7 +82,7 @@ async def session_detail(request: HttpRequest, session_id: str) -> HttpResponse:
         await broker.session_end(session_id=session.id, reason=VisitorSession.EndedReason.VISITOR,
                                  detail="The visitor ended the session.")
         return HttpResponse(status=204)
-    return JsonResponse(session_json(session))
+    return JsonResponse(session_json(session, await get_broker()))
 
 
 @require_POST
@@ -114,7 +99,7 @@ async def session_reset(request: HttpRequest, session_id: str) -> JsonResponse:
     except SessionBusyError as error:
         return json_error(409, "session_busy", str(error))
     session = await VisitorSession.objects.select_related("exhibit").aget(id=session.id)
-    return JsonResponse(session_json(session))
+    return JsonResponse(session_json(session, broker))
 
 
 @require_GET
@@ -126,5 +111,5 @@ async def session_page(request: HttpRequest, session_id: str) -> HttpResponse:
     return render(request, "portal/session.html", {
         "session": session,
         "exhibit": session.exhibit,
-        "session_json": session_json(session),
+        "session_json": session_json(session, await get_broker()),
     })

@@ -15,17 +15,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
+import time
+from collections import deque
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from portal.models import Exhibit, StartState
 
+from .confine import (
+    Confinement,
+    MemoryCgroups,
+    memory_cgroups_find,
+    uid_range_valid,
+)
 from .machine import (
     Machine,
     MachineError,
@@ -67,7 +79,15 @@ class SessionBusyError(SessionError):
 
 class CapacityError(SessionError):
     def __init__(self, retry_after_s: int) -> None:
-        super().__init__("Every machine on this server is in use. Please try again shortly.")
+        super().__init__("Every machine on this server is in use and the waiting line is full. "
+                         "Please try again shortly.")
+        self.retry_after_s = retry_after_s
+
+
+class RateLimitedError(SessionError):
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__("Too many machines were started from here in a short time. "
+                         "Please wait a moment and try again.")
         self.retry_after_s = retry_after_s
 
 
@@ -87,9 +107,23 @@ class BrokerConfig:
     stop_timeout_s: float
     qemu_img_timeout_s: float
     capacity: int
+    queue_max: int = 0
+    session_max_s: float = 30 * 60.0
+    idle_s: float = 10 * 60.0
+    warning_s: float = 60.0
+    reaper_interval_s: float = 30.0
+    starts_per_browser: int = 10
+    starts_per_address: int = 120
+    start_window_s: float = 60.0
+    # The first uid of the range machines run as; None keeps the portal's user.
+    uid_base: int | None = None
+    memory_overhead_mb: int = 192
+    cgroups: MemoryCgroups | None = None
 
     @classmethod
     def from_settings(cls) -> BrokerConfig:
+        capacity = settings.PORTAL_MAX_SESSIONS or capacity_default()
+        uid_base = runas_choose(settings.PORTAL_QEMU_RUNAS, settings.PORTAL_QEMU_UID_BASE, capacity)
         return cls(
             run_root=Path(settings.PORTAL_RUN_DIR),
             qemu_binary=settings.PORTAL_QEMU_BINARY,
@@ -100,7 +134,18 @@ class BrokerConfig:
             qmp_timeout_s=settings.PORTAL_QMP_TIMEOUT_S,
             stop_timeout_s=settings.PORTAL_STOP_TIMEOUT_S,
             qemu_img_timeout_s=settings.PORTAL_QEMU_IMG_TIMEOUT_S,
-            capacity=settings.PORTAL_MAX_SESSIONS or capacity_default(),
+            capacity=capacity,
+            queue_max=settings.PORTAL_QUEUE_MAX or 2 * capacity,
+            session_max_s=settings.PORTAL_SESSION_MAX_S,
+            idle_s=settings.PORTAL_IDLE_S,
+            warning_s=settings.PORTAL_WARNING_S,
+            reaper_interval_s=settings.PORTAL_REAPER_INTERVAL_S,
+            starts_per_browser=settings.PORTAL_STARTS_PER_BROWSER,
+            starts_per_address=settings.PORTAL_STARTS_PER_ADDRESS,
+            start_window_s=settings.PORTAL_START_WINDOW_S,
+            uid_base=uid_base,
+            memory_overhead_mb=settings.PORTAL_QEMU_MEMORY_OVERHEAD_MB,
+            cgroups=memory_cgroups(),
         )
 
 
@@ -110,6 +155,29 @@ def accelerator_choose(setting: str) -> str:
     if setting not in {"kvm", "tcg"}:
         raise ValueError(f"PORTAL_ACCELERATOR must be auto, kvm or tcg, not {setting!r}")
     return setting
+
+
+def runas_choose(setting: str, uid_base: int, capacity: int) -> int | None:
+    """The uid range machines run in: only a root portal can switch users."""
+    if setting not in {"auto", "on", "off"}:
+        raise ValueError(f"PORTAL_QEMU_RUNAS must be auto, on or off, not {setting!r}")
+    if setting == "off" or (setting == "auto" and os.geteuid() != 0):
+        return None
+    if os.geteuid() != 0:
+        raise ValueError("PORTAL_QEMU_RUNAS=on needs the portal to run as root")
+    if not uid_range_valid(uid_base, capacity + 1):
+        raise ValueError(f"PORTAL_QEMU_UID_BASE {uid_base} leaves no room for {capacity} machines")
+    return uid_base
+
+
+_memory_cgroups: list[MemoryCgroups | None] = []
+
+
+def memory_cgroups() -> MemoryCgroups | None:
+    """The host's memory cgroups for machines, looked up once per process."""
+    if not _memory_cgroups:
+        _memory_cgroups.append(memory_cgroups_find())
+    return _memory_cgroups[0]
 
 
 def capacity_default() -> int:
@@ -122,10 +190,12 @@ def capacity_default() -> int:
 
 @dataclass(eq=False)
 class _Live:
-    """A session whose machine is starting or running, as the broker sees it."""
+    """A session the broker owns: waiting in line, starting or running."""
 
     session_id: str
     run_dir: Path
+    exhibit: Exhibit
+    queued: bool = False
     machine: Machine | None = None
     running: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
@@ -136,20 +206,45 @@ class _Live:
     finish_task: asyncio.Task[None] | None = None
     generation: int = 0
     resetting: bool = False
+    # Which uid of the machines' range it runs as (0 is for preparing exhibits).
+    slot: int | None = None
+    # Event-loop clock: when the first machine ran, the latest visitor input,
+    # and the end of the longest visit.
+    started: float | None = None
+    last_input: float = 0.0
+    expires: float | None = None
+    # The warning the page shows now: "idle", "timeout" or None.
+    warning: str | None = None
 
 
 class Broker:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
         self._live: dict[str, _Live] = {}
+        self._queue: deque[_Live] = deque()
         self._create_lock = asyncio.Lock()
         self._qemu_version: str | None = None
+        self._slots: set[int] = set()
+        self._starts = StartLimiter(window_s=config.start_window_s)
+        # A visit's expected length, learned from finished visits, for wait estimates.
+        self._visit_s = min(config.session_max_s, 5 * 60.0)
+        self._events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._background: list[asyncio.Task[None]] = []
 
     # --- queries ---------------------------------------------------------------
 
     @property
     def running_count(self) -> int:
         return sum(1 for live in self._live.values() if live.running.is_set())
+
+    @property
+    def active_count(self) -> int:
+        """Machines counted against capacity: starting, running or still stopping."""
+        return sum(1 for live in self._live.values() if not live.queued)
+
+    @property
+    def queue_length(self) -> int:
+        return len(self._queue)
 
     def qemu_version(self) -> str:
         if self._qemu_version is None:
@@ -164,53 +259,146 @@ class Broker:
         live = self._live.get(session_id)
         return live.machine if live and live.running.is_set() else None
 
+    def is_live(self, session_id: str) -> bool:
+        return session_id in self._live
+
+    def queue_position(self, session_id: str) -> int | None:
+        """1 for the next visitor to get a machine; None when not waiting."""
+        live = self._live.get(session_id)
+        if live is None or not live.queued:
+            return None
+        for position, waiting in enumerate(self._queue, start=1):
+            if waiting is live:
+                return position
+        return None
+
+    def queue_wait_s(self, position: int) -> float:
+        """Estimated wait for a place in line: the position-th machine to become free.
+
+        Each running visit is expected to end after the usual visit length
+        (learned from finished visits), and no later than its time limit.
+        """
+        now = asyncio.get_running_loop().time()
+        ends = []
+        for live in self._live.values():
+            if live.queued:
+                continue
+            expected = (live.started if live.started is not None else now) + self._visit_s
+            if live.expires is not None:
+                expected = min(expected, live.expires)
+            ends.append(max(now, expected))
+        if not ends:
+            return 0.0
+        ends.sort()
+        rounds, index = divmod(position - 1, len(ends))
+        return ends[index] - now + rounds * self._visit_s
+
+    def time_left_s(self, session_id: str) -> float | None:
+        live = self._live.get(session_id)
+        if live is None or live.expires is None:
+            return None
+        return max(0.0, live.expires - asyncio.get_running_loop().time())
+
     # --- start -----------------------------------------------------------------
 
-    async def session_create(self, *, exhibit: Exhibit, owner: str) -> VisitorSession:
-        """Record a new session and start its machine in the background."""
+    async def session_create(self, *, exhibit: Exhibit, owner: str, address: str = "") -> VisitorSession:
+        """Record a new session; start its machine now, or line it up for the next free one."""
         async with self._create_lock:
             existing = await VisitorSession.objects.filter(
                 owner=owner, state__in=VisitorSession.LIVE_STATES
             ).afirst()
             if existing is not None:
                 raise SessionExistsError(existing.id)
-            if len(self._live) >= self.config.capacity:
-                raise CapacityError(retry_after_s=30)
+            queued = self.active_count >= self.config.capacity
+            if queued and len(self._queue) >= self.config.queue_max:
+                wait = self.queue_wait_s(len(self._queue) + 1)
+                raise CapacityError(retry_after_s=int(min(3600, max(5, wait))))
+            retry = self._starts.take({
+                f"browser:{owner}": self.config.starts_per_browser,
+                f"address:{address}": self.config.starts_per_address,
+            })
+            if retry is not None:
+                raise RateLimitedError(retry_after_s=max(1, int(retry + 0.999)))
             session_id = new_session_id()
-            run_dir = self.config.run_root / session_id
-            session = await VisitorSession.objects.acreate(
-                id=session_id,
-                exhibit=exhibit,
-                owner=owner,
-                state=State.STARTING,
-                accelerator=self.accelerator_for(exhibit),
-                run_dir=os.fspath(run_dir),
-            )
-            live = _Live(session_id=session_id, run_dir=run_dir)
+            live = _Live(session_id=session_id, run_dir=self.config.run_root / session_id,
+                         exhibit=exhibit, queued=queued)
+            # Owned before its row exists, so the reaper never takes it for an orphan.
             self._live[session_id] = live
-        live.launch_task = asyncio.create_task(
-            self._launch(live, exhibit), name=f"launch-{session_id}"
-        )
+            try:
+                session = await VisitorSession.objects.acreate(
+                    id=session_id,
+                    exhibit=exhibit,
+                    owner=owner,
+                    state=State.QUEUED if queued else State.STARTING,
+                    accelerator=self.accelerator_for(exhibit),
+                    run_dir=os.fspath(live.run_dir),
+                )
+            except BaseException:
+                self._live.pop(session_id, None)
+                raise
+            if queued:
+                self._queue.append(live)
+                # A place in line is kept only while someone watches it.
+                self._grace_start(live)
+            else:
+                self._launch_begin(live)
         return session
 
-    async def _launch(self, live: _Live, exhibit: Exhibit) -> None:
+    def _launch_begin(self, live: _Live) -> None:
+        live.slot = self._slot_take()
+        live.launch_task = asyncio.create_task(self._launch(live), name=f"launch-{live.session_id}")
+
+    def _slot_take(self) -> int:
+        slot = 1
+        while slot in self._slots:
+            slot += 1
+        self._slots.add(slot)
+        return slot
+
+    def _run_as(self, live: _Live) -> tuple[int, int] | None:
+        if self.config.uid_base is None or live.slot is None:
+            return None
+        uid = self.config.uid_base + live.slot
+        return uid, uid
+
+    def confinement_for(self, *, memory_mb: int, run_as: tuple[int, int] | None) -> Confinement:
+        return Confinement(
+            run_as=run_as,
+            memory_bytes=(memory_mb + self.config.memory_overhead_mb) * 1024 * 1024,
+            cgroups=self.config.cgroups,
+        )
+
+    async def _launch(self, live: _Live) -> None:
         try:
+            if live.generation == 0:
+                await VisitorSession.objects.filter(
+                    id=live.session_id, state=State.QUEUED
+                ).aupdate(state=State.STARTING)
+                self._notify_changed(live.session_id)
             run_dir_create(root=self.config.run_root, name=live.session_id)
-            machine = await self._machine_start(live, exhibit)
+            machine = await self._machine_start(live, live.exhibit)
         except (OverlayError, MachineError) as error:
             self._start_failed(live, error)
             return
         # Viewers may connect now; the record follows, unless the session ended meanwhile.
+        loop = asyncio.get_running_loop()
+        live.started = live.last_input = loop.time()
+        live.expires = live.started + self.config.session_max_s
         self._running(live)
+        now = timezone.now()
         await VisitorSession.objects.filter(id=live.session_id, state=State.STARTING).aupdate(
-            state=State.RUNNING, started_at=timezone.now(), pid=machine.pid
+            state=State.RUNNING, started_at=now, pid=machine.pid,
+            expires_at=now + timedelta(seconds=self.config.session_max_s),
         )
+        self._notify_changed(live.session_id)
 
     def _start_failed(self, live: _Live, error: OverlayError | MachineError) -> None:
-        """Log what went wrong for the operator and end the session as crashed."""
+        """Log what went wrong for the operator and end the session with a reason."""
         logged = error.log_detail if isinstance(error, OverlayError) else str(error)
         logger.error("session %s could not start: %s", live.session_id, logged)
-        self._finish_soon(live, reason=Reason.CRASHED, detail=_start_failure(error))
+        # A run directory or disk the server could not make is the server's fault.
+        reason = Reason.SERVER if isinstance(error, OverlayError) else Reason.CRASHED
+        self._finish_soon(live, reason=reason, detail=_start_failure(error))
 
     def _running(self, live: _Live) -> None:
         live.running.set()
@@ -243,8 +431,9 @@ class Broker:
             base_path=base, base_format=base_format, overlay_path=overlay_path,
             qemu_img=self.config.qemu_img_binary, timeout_s=self.config.qemu_img_timeout_s,
         )
+        profile = exhibit.machine_profile()
         machine = Machine(
-            exhibit.machine_profile(),
+            profile,
             run_dir=live.run_dir,
             disk_path=overlay_path,
             qemu_binary=self.config.qemu_binary,
@@ -253,6 +442,8 @@ class Broker:
             qmp_timeout_s=self.config.qmp_timeout_s,
             stop_timeout_s=self.config.stop_timeout_s,
             incoming_state=incoming_state,
+            confinement=self.confinement_for(memory_mb=profile.memory_mb,
+                                             run_as=self._run_as(live)),
         )
         live.machine = machine
         try:
@@ -321,9 +512,10 @@ class Broker:
             if isinstance(started, BaseException):
                 raise started
             machine = started
-            await VisitorSession.objects.filter(id=session_id).aupdate(
-                started_at=timezone.now(), pid=machine.pid
-            )
+            # A reset is input: the visitor is there. The visit's time limit stays.
+            live.last_input = asyncio.get_running_loop().time()
+            self._warning_clear(live, "idle")
+            await VisitorSession.objects.filter(id=session_id).aupdate(pid=machine.pid)
             self._grace_cancel(live)
             self._running(live)
         finally:
@@ -343,8 +535,45 @@ class Broker:
         if code == 0:
             reason, detail = Reason.VISITOR, "The machine was switched off."
         else:
-            reason, detail = Reason.CRASHED, f"The machine stopped unexpectedly (exit code {code})."
+            reason, detail = Reason.CRASHED, "The machine stopped unexpectedly."
         self._finish_soon(live, reason=reason, detail=detail)
+
+    # --- visitor input and time limits -----------------------------------------
+
+    def session_input(self, *, session_id: str) -> None:
+        """The visitor used the keyboard or mouse (or answered an idle warning)."""
+        live = self._live.get(session_id)
+        if live is None:
+            return
+        live.last_input = asyncio.get_running_loop().time()
+        self._warning_clear(live, "idle")
+
+    def _warning_clear(self, live: _Live, reason: str) -> None:
+        if live.warning == reason:
+            live.warning = None
+            self._notify(live.session_id, {"type": "warning_cleared", "reason": reason})
+
+    def _clock_tick(self) -> None:
+        """Warn ahead of the idle and time limits, and end visits that reach one."""
+        now = asyncio.get_running_loop().time()
+        for live in list(self._live.values()):
+            if (live.expires is None or not live.running.is_set() or live.resetting
+                    or live.finish_task is not None):
+                continue
+            idle_end = live.last_input + self.config.idle_s
+            reason, deadline = (
+                (Reason.TIMEOUT, live.expires) if live.expires <= idle_end else (Reason.IDLE, idle_end)
+            )
+            left = deadline - now
+            if left <= 0:
+                detail = (f"The visit reached its time limit of {_minutes(self.config.session_max_s)}."
+                          if reason == Reason.TIMEOUT else
+                          f"Nobody used the machine for {_minutes(self.config.idle_s)}.")
+                self._finish_soon(live, reason=reason, detail=detail)
+            elif left <= self.config.warning_s and live.warning != reason:
+                live.warning = reason
+                self._notify(live.session_id, {"type": "warning", "reason": str(reason),
+                                               "seconds_left": max(1, math.ceil(left))})
 
     # --- viewers and the grace period ------------------------------------------
 
@@ -353,8 +582,9 @@ class Broker:
         live = self._live.get(session_id)
         if live is None:
             raise SessionEndedError("This machine has ended.")
-        live.viewers += 1
-        self._grace_cancel(live)
+        if live.queued:
+            raise SessionBusyError("This visit is still waiting for a machine.")
+        self.watch_attach(session_id=session_id)
         try:
             waiters = [
                 asyncio.ensure_future(live.running.wait()),
@@ -379,13 +609,24 @@ class Broker:
             self.display_detach(session_id=session_id)
             raise
 
+    def watch_attach(self, *, session_id: str) -> bool:
+        """Count someone watching the session (its display or its events) in."""
+        live = self._live.get(session_id)
+        if live is None:
+            return False
+        live.viewers += 1
+        self._grace_cancel(live)
+        return True
+
     def display_detach(self, *, session_id: str) -> None:
         live = self._live.get(session_id)
         if live is None:
             return
         live.viewers = max(0, live.viewers - 1)
-        if live.viewers == 0 and live.running.is_set():
+        if live.viewers == 0 and (live.running.is_set() or live.queued):
             self._grace_start(live)
+
+    watch_detach = display_detach
 
     async def session_wait_ended(self, *, session_id: str, timeout_s: float) -> bool:
         """True once the session has ended (or is not live), False on timeout."""
@@ -435,6 +676,10 @@ class Broker:
     async def _finish(self, live: _Live, *, reason: str, detail: str) -> None:
         current = asyncio.current_task()
         self._grace_cancel(live)
+        was_queued = live.queued
+        if was_queued:
+            with contextlib.suppress(ValueError):
+                self._queue.remove(live)
         try:
             for task in (live.launch_task, live.watch_task):
                 if task is not None and task is not current and not task.done():
@@ -449,23 +694,153 @@ class Broker:
                                 live.session_id, reason, tail)
             await asyncio.to_thread(run_dir_remove, live.run_dir)
         finally:
-            self._live.pop(live.session_id, None)
             try:
+                # Recorded before the broker lets go, so the reaper never sees a live
+                # row that no broker owns.
                 await VisitorSession.objects.filter(id=live.session_id).aupdate(
                     state=State.ENDED, ended_reason=reason, detail=detail,
                     ended_at=timezone.now(), pid=None,
                 )
             finally:
+                self._live.pop(live.session_id, None)
+                if live.slot is not None:
+                    self._slots.discard(live.slot)
+                if live.started is not None:
+                    visit = asyncio.get_running_loop().time() - live.started
+                    self._visit_s = 0.8 * self._visit_s + 0.2 * visit
                 live.ended.set()
+                self._notify_changed(live.session_id)
+                self._queue_advance()
+
+    def _queue_advance(self) -> None:
+        """Give free machines to the visitors first in line; tell the rest their place."""
+        while self._queue and self.active_count < self.config.capacity:
+            live = self._queue.popleft()
+            live.queued = False
+            self._grace_cancel(live)
+            self._launch_begin(live)
+        for live in self._queue:
+            self._notify_changed(live.session_id)
 
     async def shutdown(self) -> None:
         """End every live session (reason `server`) and wait for all of it."""
+        self._queue.clear()
         lives = list(self._live.values())
+        for live in lives:
+            live.queued = False
         await asyncio.gather(
             *(self._finish_soon(live, reason=Reason.SERVER, detail="The server stopped.")
               for live in lives),
             return_exceptions=True,
         )
+        tasks, self._background = self._background, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- events for the pages --------------------------------------------------
+
+    def _notify_changed(self, session_id: str) -> None:
+        self._notify(session_id, {"type": "changed"})
+
+    def _notify(self, session_id: str, event: dict[str, Any]) -> None:
+        self._events.put_nowait((session_id, event))
+
+    async def _deliver_events(self) -> None:
+        """Hand the broker's events to the pages watching each session."""
+        layer = get_channel_layer()
+        while True:
+            session_id, event = await self._events.get()
+            if layer is None:
+                continue
+            try:
+                await layer.group_send(session_group(session_id),
+                                       {"type": "session.event", "event": event})
+            except Exception:  # a full channel must not stop every other page's events
+                logger.exception("session %s: could not deliver %s", session_id, event)
+
+    # --- housekeeping ----------------------------------------------------------
+
+    def background_start(self) -> None:
+        """Start the broker's own loops (events, clock, reaper) in the running loop."""
+        if self._background:
+            return
+        self._background = [
+            asyncio.create_task(self._deliver_events(), name="broker-events"),
+            asyncio.create_task(self._clock(), name="broker-clock"),
+            asyncio.create_task(self._reaper(), name="broker-reaper"),
+        ]
+
+    async def _clock(self) -> None:
+        tick_s = max(0.05, min(1.0, self.config.warning_s / 4, self.config.idle_s / 4))
+        while True:
+            await asyncio.sleep(tick_s)
+            self._clock_tick()
+            self._starts.forget_old()
+
+    async def _reaper(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reaper_interval_s)
+            await self.reap()
+
+    async def reap(self) -> int:
+        """One reaper pass: end what no broker owns. Returns how many it cleaned."""
+        try:
+            count = await sync_to_async(reap_once)(
+                run_root=self.config.run_root, is_live=self.is_live, cgroups=self.config.cgroups,
+            )
+        except Exception:
+            logger.exception("the reaper failed; it tries again in %g s",
+                             self.config.reaper_interval_s)
+            return 0
+        if count:
+            logger.warning("reaper cleaned up %d sessions that no broker owned", count)
+        return count
+
+
+def session_group(session_id: str) -> str:
+    """The channel-layer group of the pages watching one session."""
+    return f"session.{session_id}"
+
+
+def _minutes(seconds: float) -> str:
+    if seconds >= 60 and seconds % 60 == 0:
+        minutes = int(seconds // 60)
+        return f"{minutes} minute{'s' if minutes != 1 else ''}"
+    return f"{seconds:g} s"
+
+
+class StartLimiter:
+    """How many starts each client made within the window (sliding, in memory)."""
+
+    def __init__(self, *, window_s: float) -> None:
+        self.window_s = window_s
+        self._starts: dict[str, deque[float]] = {}
+
+    def take(self, limits: dict[str, int]) -> float | None:
+        """Count one start against every key, or none if any key is at its limit;
+        returns None when allowed, else the seconds until it would be."""
+        now = time.monotonic()
+        waits = []
+        for key, limit in limits.items():
+            starts = self._starts.get(key)
+            if starts is None:
+                continue
+            while starts and starts[0] <= now - self.window_s:
+                starts.popleft()
+            if len(starts) >= limit:
+                waits.append(starts[len(starts) - limit] + self.window_s - now)
+        if waits:
+            return max(waits)
+        for key in limits:
+            self._starts.setdefault(key, deque()).append(now)
+        return None
+
+    def forget_old(self) -> None:
+        now = time.monotonic()
+        for key in [key for key, starts in self._starts.items()
+                    if not starts or starts[-1] <= now - self.window_s]:
+            del self._starts[key]
 
 
 def _tail(path: Path) -> str:
@@ -501,6 +876,11 @@ async def exhibit_prepare(exhibit: Exhibit, condition: StartCondition) -> StartS
         accelerator=broker.accelerator_for(exhibit),
         condition=condition,
         timeouts=(config.start_timeout_s, config.qmp_timeout_s, config.stop_timeout_s),
+        # Uid 0 of the machines' range is the one for preparing exhibits.
+        confinement=broker.confinement_for(
+            memory_mb=exhibit.memory_mb,
+            run_as=(config.uid_base, config.uid_base) if config.uid_base is not None else None,
+        ),
     )
     old = await StartState.objects.filter(exhibit=exhibit).afirst()
     start, _ = await StartState.objects.aupdate_or_create(
@@ -524,20 +904,23 @@ _broker_loop: asyncio.AbstractEventLoop | None = None
 async def get_broker() -> Broker:
     """The process's broker, made on first use inside the running event loop.
 
-    Making it sweeps up what an earlier run of the portal left behind.
+    Making it sweeps up what an earlier run of the portal left behind and
+    starts the broker's own loops: events, the clock and the reaper.
     """
     global _broker, _broker_loop
     loop = asyncio.get_running_loop()
     if _broker is None or _broker_loop is not loop:
         config = BrokerConfig.from_settings()
         _broker, _broker_loop = Broker(config), loop
-        await sync_to_async(_sweep_on_start)(config.run_root)
+        await sync_to_async(_sweep_on_start)(config)
         await asyncio.to_thread(_broker.qemu_version)
+        _broker.background_start()
     return _broker
 
 
-def _sweep_on_start(run_root: Path) -> None:
+def _sweep_on_start(config: BrokerConfig) -> None:
     with transaction.atomic():
-        count = reap_once(run_root=run_root, live_ids=set())
+        count = reap_once(run_root=config.run_root, is_live=lambda name: False,
+                          cgroups=config.cgroups)
     if count:
         logger.warning("cleaned up %d sessions left by an earlier run", count)

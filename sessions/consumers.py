@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,9 +21,17 @@ from django.conf import settings
 
 from portal.visitor import visitor_id
 
-from .broker import DisplayUnavailableError, SessionEndedError, get_broker
+from .broker import (
+    DisplayUnavailableError,
+    SessionBusyError,
+    SessionEndedError,
+    get_broker,
+    session_group,
+)
 from .ids import session_id_valid
 from .models import VisitorSession
+from .representation import session_json
+from .rfb import ClientStream
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +42,11 @@ CLOSE_UNREACHABLE = 1011
 # The machine was replaced (reset): the client should connect again at once.
 CLOSE_RESTARTED = 1012
 CLOSE_UNSUPPORTED_DATA = 1003
+CLOSE_TOO_BIG = 1009
+# The visit is still waiting in line: the display is not there yet.
+CLOSE_TRY_LATER = 1013
+# The largest message the page may send on the events WebSocket.
+EVENTS_MAX_MESSAGE_BYTES = 4096
 
 # One read from the VNC socket becomes one WebSocket message: large enough
 # that a full-screen update is a few messages, small enough to start flowing
@@ -64,6 +78,26 @@ def origin_allowed(scope: dict[str, Any]) -> bool:
     return bool(host) and parts.scheme in {"http", "https"} and parts.netloc == host
 
 
+async def session_authorize(
+    scope: dict[str, Any], session_id: str
+) -> tuple[int | None, VisitorSession | None]:
+    """Who may open a session's WebSocket: its own browser, from an allowed page.
+
+    Returns (close code or None, the session if it exists and is this browser's).
+    """
+    if not origin_allowed(scope):
+        return CLOSE_FORBIDDEN, None
+    if not session_id_valid(session_id):
+        return CLOSE_UNKNOWN, None
+    session = await VisitorSession.objects.select_related("exhibit").filter(id=session_id).afirst()
+    if session is None:
+        return CLOSE_UNKNOWN, None
+    owner = await visitor_id(scope["session"], create=False)
+    if owner is None or owner != session.owner:
+        return CLOSE_FORBIDDEN, None
+    return None, session
+
+
 class VncConsumer(AsyncWebsocketConsumer):
     """`/ws/sessions/<id>/vnc`: RFB bytes in binary messages."""
 
@@ -72,13 +106,17 @@ class VncConsumer(AsyncWebsocketConsumer):
     _attached = False
     _reader_task: asyncio.Task[None] | None = None
     _writer: asyncio.StreamWriter | None = None
+    _input: ClientStream
 
     async def connect(self) -> None:
         self.session_id = self.scope["url_route"]["kwargs"]["session_id"]
+        self._input = ClientStream()
         subprotocols = self.scope.get("subprotocols") or []
         # A close code only reaches the browser after the handshake, so accept first.
         await self.accept("binary" if "binary" in subprotocols else None)
-        code = await self._authorize()
+        code, session = await session_authorize(self.scope, self.session_id)
+        if code is None and session is not None and not session.is_live:
+            code = CLOSE_ENDED
         if code is not None:
             await self.close(code)
             return
@@ -87,6 +125,9 @@ class VncConsumer(AsyncWebsocketConsumer):
             vnc_path = await broker.display_attach(session_id=self.session_id)
         except SessionEndedError:
             await self.close(CLOSE_ENDED)
+            return
+        except SessionBusyError:
+            await self.close(CLOSE_TRY_LATER)
             return
         except DisplayUnavailableError:
             await self.close(CLOSE_UNREACHABLE)
@@ -102,21 +143,6 @@ class VncConsumer(AsyncWebsocketConsumer):
             await self._close_after_display_end()
             return
         self._reader_task = asyncio.create_task(self._pump_to_browser(reader))
-
-    async def _authorize(self) -> int | None:
-        if not origin_allowed(self.scope):
-            return CLOSE_FORBIDDEN
-        if not session_id_valid(self.session_id):
-            return CLOSE_UNKNOWN
-        session = await VisitorSession.objects.filter(id=self.session_id).afirst()
-        if session is None:
-            return CLOSE_UNKNOWN
-        owner = await visitor_id(self.scope["session"], create=False)
-        if owner is None or owner != session.owner:
-            return CLOSE_FORBIDDEN
-        if not session.is_live:
-            return CLOSE_ENDED
-        return None
 
     async def _pump_to_browser(self, reader: asyncio.StreamReader) -> None:
         try:
@@ -148,6 +174,13 @@ class VncConsumer(AsyncWebsocketConsumer):
             # RFB is binary; a text message is a client speaking something else.
             await self.close(CLOSE_UNSUPPORTED_DATA)
             return
+        if len(bytes_data) > settings.PORTAL_WS_MAX_MESSAGE_BYTES:
+            # Dropping part of an RFB stream would garble it: the connection ends,
+            # the machine does not (the page reconnects).
+            await self.close(CLOSE_TOO_BIG)
+            return
+        if self._input.feed(bytes_data):
+            (await get_broker()).session_input(session_id=self.session_id)
         try:
             self._writer.write(bytes_data)
             await self._writer.drain()
@@ -169,6 +202,73 @@ class VncConsumer(AsyncWebsocketConsumer):
             self._attached = False
             broker = await get_broker()
             broker.display_detach(session_id=self.session_id)
+
+
+class EventsConsumer(AsyncWebsocketConsumer):
+    """`/ws/sessions/<id>/events`: the session's state, warnings and end, as JSON.
+
+    The page may send `{"type": "active"}` (the visitor answered an idle
+    warning). Anything else gets an `error` message back; nothing is lost.
+    """
+
+    session_id: str = ""
+    _group: str | None = None
+    _attached = False
+
+    async def connect(self) -> None:
+        self.session_id = self.scope["url_route"]["kwargs"]["session_id"]
+        await self.accept()
+        code, session = await session_authorize(self.scope, self.session_id)
+        if code is not None or session is None:
+            await self.close(code or CLOSE_UNKNOWN)
+            return
+        broker = await get_broker()
+        if session.is_live:
+            # Joined before the first state is read, so no change can fall between.
+            self._group = session_group(self.session_id)
+            await self.channel_layer.group_add(self._group, self.channel_name)
+            self._attached = broker.watch_attach(session_id=self.session_id)
+        await self._send_state()
+
+    async def _send_state(self) -> None:
+        session = await VisitorSession.objects.select_related("exhibit").aget(id=self.session_id)
+        broker = await get_broker()
+        await self._send({"type": "state", **session_json(session, broker)})
+        if not session.is_live:
+            await self._send({"type": "ended", "reason": session.ended_reason,
+                              "detail": session.detail})
+            await self.close(CLOSE_ENDED)
+
+    async def session_event(self, message: dict[str, Any]) -> None:
+        """A broker event for this session (delivered through the channel layer)."""
+        event = message["event"]
+        if event.get("type") == "changed":
+            await self._send_state()
+        else:
+            await self._send(event)
+
+    async def _send(self, payload: dict[str, Any]) -> None:
+        await self.send(text_data=json.dumps(payload))
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        data = text_data if text_data is not None else bytes_data
+        message: Any = None
+        if data is not None and len(data) <= EVENTS_MAX_MESSAGE_BYTES:
+            with contextlib.suppress(ValueError):
+                message = json.loads(data)
+        if not isinstance(message, dict) or message.get("type") != "active":
+            await self._send({"type": "error", "error": "bad_message",
+                              "detail": 'This socket accepts only {"type": "active"}.'})
+            return
+        (await get_broker()).session_input(session_id=self.session_id)
+
+    async def disconnect(self, code: int) -> None:
+        if self._group is not None:
+            await self.channel_layer.group_discard(self._group, self.channel_name)
+            self._group = None
+        if self._attached:
+            self._attached = False
+            (await get_broker()).watch_detach(session_id=self.session_id)
 
 
 class UnknownPathConsumer(AsyncWebsocketConsumer):

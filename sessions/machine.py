@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import errno
 import fcntl
 import hashlib
 import logging
 import os
 import re
-import signal
+import secrets
 import socket
 import subprocess
 from collections.abc import Sequence
@@ -27,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from qemu.qmp import EventListener, QMPClient, QMPError
+
+from .confine import ConfineError, Confinement, cgroup_remove
 
 logger = logging.getLogger(__name__)
 
@@ -103,14 +104,20 @@ def build_argv(
     run_dir: Path,
     qmp_fd: int,
     incoming: bool = False,
+    run_as: tuple[int, int] | None = None,
 ) -> list[str]:
     """QEMU's command line for one session. Pure: no I/O, same input, same output.
 
     With `incoming`, QEMU waits for a saved machine state instead of booting.
+    With `run_as` (uid, gid), QEMU drops to that user once it has opened its
+    devices, disks and sockets (so KVM keeps working).
     """
     if accelerator not in {"kvm", "tcg"}:
         raise ValueError(f"unknown accelerator {accelerator!r}")
-    drive = f"file={disk_path},format=qcow2"
+    # auto-read-only=off: QEMU keeps the descriptors it opened at start (before it
+    # dropped privileges) instead of reopening the files by path when it saves or
+    # resumes a machine.
+    drive = f"file={disk_path},format=qcow2,auto-read-only=off"
     if profile.boot == "floppy":
         drive += ",if=floppy,index=0"
         boot_order = "a"
@@ -141,7 +148,10 @@ def build_argv(
         "-mon", "chardev=qmp,mode=control",
         "-drive", drive,
         "-boot", f"order={boot_order}",
+        # elevateprivileges stays allowed: -runas needs setuid, and QEMU 7.2 dies
+        # at start ("Bad system call") when both are given.
         "-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny",
+        *(["-runas", f"{run_as[0]}:{run_as[1]}"] if run_as is not None else []),
         *(["-incoming", "defer"] if incoming else []),
     ]
 
@@ -192,14 +202,6 @@ def qemu_version(qemu_binary: str) -> str:
     return match.group(1) if match else output.strip()
 
 
-def _die_with_parent() -> None:
-    # Runs in the child between fork and exec: if the portal dies, the kernel
-    # ends its machines instead of leaving them running unattended.
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-
-
 def log_tail(path: Path, limit: int = 2000) -> str:
     try:
         with path.open("rb") as handle:
@@ -230,8 +232,11 @@ class Machine:
         qmp_timeout_s: float,
         stop_timeout_s: float,
         incoming_state: Path | None = None,
+        confinement: Confinement | None = None,
     ) -> None:
         self.profile = profile
+        self.confinement = confinement or Confinement()
+        self.cgroup: Path | None = None
         self.incoming_state = incoming_state
         self.run_dir = run_dir
         self.disk_path = disk_path
@@ -283,6 +288,7 @@ class Machine:
                 path.unlink(missing_ok=True)
             listener.bind(os.fspath(self.qmp_path))
             listener.listen(1)
+            self._cgroup_create()
             self.argv = build_argv(
                 self.profile,
                 qemu_binary=self.qemu_binary,
@@ -291,6 +297,7 @@ class Machine:
                 run_dir=self.run_dir,
                 qmp_fd=listener.fileno(),
                 incoming=state_fd is not None,
+                run_as=self.confinement.run_as,
             )
             with self.log_path.open("ab") as log:
                 self._process = await asyncio.create_subprocess_exec(
@@ -300,9 +307,13 @@ class Machine:
                     stderr=subprocess.STDOUT,
                     pass_fds=(listener.fileno(), *([state_fd] if state_fd is not None else [])),
                     start_new_session=True,
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=self.confinement.child_setup(self.cgroup),
                 )
-        except OSError as error:
+        except (OSError, ConfineError) as error:
+            await self._cgroup_remove()
+            if isinstance(error, ConfineError):
+                raise MachineStartError(str(error), argv=self.argv, returncode=None,
+                                        log_tail="") from error
             if not isinstance(error, FileNotFoundError):
                 raise MachineStartError(f"could not prepare QEMU's sockets: {error}",
                                         argv=self.argv, returncode=None, log_tail="") from error
@@ -326,6 +337,19 @@ class Machine:
         finally:
             if state_fd is not None:
                 os.close(state_fd)
+
+    def _cgroup_create(self) -> None:
+        confinement = self.confinement
+        if confinement.cgroups is not None and confinement.memory_bytes is not None:
+            # Named after the run directory (so the reaper can tell whose it is) and
+            # unique: a reset's new machine starts while the old one is still leaving.
+            name = f"{self.run_dir.name}.{secrets.token_hex(4)}"
+            self.cgroup = confinement.cgroups.create(name, limit_bytes=confinement.memory_bytes)
+
+    async def _cgroup_remove(self) -> None:
+        cgroup, self.cgroup = self.cgroup, None
+        if cgroup is not None:
+            await asyncio.to_thread(cgroup_remove, cgroup)
 
     async def _restore(self, state_fd: int) -> None:
         """Load the saved state QEMU inherited as state_fd, then let the guest run."""
@@ -358,7 +382,34 @@ class Machine:
         async with asyncio.timeout(timeout_s):
             status = await self._migrate("migrate", {"uri": "fd:state"})
         if status != "completed":
-            raise MachineError(f"saving the machine state {status}")
+            raise MachineError(f"saving the machine state {status}: "
+                               f"{log_tail(self.log_path, 500).strip() or 'QEMU said nothing'}")
+
+    async def screendump(self, path: Path, *, image_format: str = "ppm") -> None:
+        """Write the guest's screen to path (PPM or PNG), created by the portal.
+
+        QEMU may run as a user that cannot reach path, so it gets the open file
+        through a descriptor set (`add-fd`) and writes to `/dev/fdset/N`.
+        """
+        if self._qmp is None:
+            raise MachineError("machine is not connected")
+        if image_format not in {"ppm", "png"}:
+            raise ValueError(f"unknown screendump format {image_format!r}")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            self._qmp.send_fd_scm(fd)
+            added = await self.execute("add-fd", {"opaque": "screendump"})
+        finally:
+            os.close(fd)
+        fdset = int(added["fdset-id"])
+        try:
+            arguments: dict[str, Any] = {"filename": f"/dev/fdset/{fdset}"}
+            if image_format != "ppm":
+                arguments["format"] = image_format
+            await self.execute("screendump", arguments)
+        finally:
+            with contextlib.suppress(QMPError):
+                await self.execute("remove-fd", {"fdset-id": fdset})
 
     async def _migrate(self, command: str, arguments: dict[str, Any]) -> str:
         """Run a migration command and wait for QEMU's MIGRATION event to say how it ended."""
@@ -454,6 +505,7 @@ class Machine:
     async def stop(self) -> None:
         """QMP quit, wait, kill if it lingers, wait. Idempotent."""
         if self._process is None:
+            await self._cgroup_remove()
             return
         if self._stop_task is None:
             self._stop_task = asyncio.ensure_future(self._stop())
@@ -490,6 +542,7 @@ class Machine:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await process.wait()
+            await self._cgroup_remove()
 
 
 def process_alive(pid: int) -> bool:

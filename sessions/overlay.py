@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import shutil
 import subprocess
@@ -41,8 +42,9 @@ def run_dir_create(*, root: Path, name: str) -> Path:
         # mkdir's mode is masked by the umask; the directory must be private.
         os.chmod(path, 0o700)
     except OSError as error:
+        reason = "the server's disk is full" if error.errno == errno.ENOSPC else error.strerror
         raise OverlayError(
-            f"The server could not make room for this visit ({error.strerror}).",
+            f"The server could not make room for this visit ({reason}).",
             log_detail=f"run directory under {root}: {error}",
         ) from error
     return path

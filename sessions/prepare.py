@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 import secrets
 import shutil
 import time
@@ -20,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .confine import Confinement
 from .machine import Machine, MachineError, MachineProfile, state_key
 from .overlay import OverlayError, overlay_create, run_dir_create, run_dir_remove
 
@@ -80,7 +80,7 @@ def sha256_file(path: Path) -> str:
 
 
 async def _screen(machine: Machine, path: Path) -> tuple[tuple[int, int], bytes]:
-    await machine.execute("screendump", {"filename": os.fspath(path)})
+    await machine.screendump(path)
     data = await asyncio.to_thread(path.read_bytes)
     header = data.split(b"\n", 3)
     width, height = (int(v) for v in header[1].split())
@@ -140,6 +140,7 @@ async def start_state_prepare(
     accelerator: str,
     condition: StartCondition,
     timeouts: tuple[float, float, float],
+    confinement: Confinement | None = None,
 ) -> PreparedState:
     """Boot, reach the condition, save; returns the frozen files in store."""
     start_timeout_s, qmp_timeout_s, stop_timeout_s = timeouts
@@ -153,6 +154,7 @@ async def start_state_prepare(
             profile, run_dir=work, disk_path=warm, qemu_binary=qemu_binary,
             accelerator=accelerator, start_timeout_s=start_timeout_s,
             qmp_timeout_s=qmp_timeout_s, stop_timeout_s=stop_timeout_s,
+            confinement=confinement,
         )
         await machine.start()
         try:

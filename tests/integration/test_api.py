@@ -140,7 +140,7 @@ async def test_it_treats_malformed_or_unknown_ids_as_not_found(
     assert response.json()["error"] == "not_found"
 
 
-async def test_it_ends_a_machine_whose_base_is_missing_as_crashed_and_serves_others(
+async def test_it_ends_a_machine_whose_base_is_missing_as_a_server_fault_and_serves_others(
     broker: Any, exhibit_create: ExhibitFactory, portal_dirs: Path
 ) -> None:
     other_bytes = portal_dirs / "other.img"
@@ -155,7 +155,7 @@ async def test_it_ends_a_machine_whose_base_is_missing_as_crashed_and_serves_oth
     session = await start(sad, "broken")
     assert await broker.session_wait_ended(session_id=session["id"], timeout_s=10)
     ended = (await sad.get(f"/api/sessions/{session['id']}")).json()
-    assert ended["state"] == "ended" and ended["ended_reason"] == "crashed"
+    assert ended["state"] == "ended" and ended["ended_reason"] == "server"
     assert "disk image is missing" in ended["detail"]
     assert "/" not in ended["detail"]  # no host paths for visitors
     assert not (portal_dirs / "run" / session["id"]).exists()

@@ -1,0 +1,35 @@
+"""The API's Session object, shared by the HTTP API and the events WebSocket.
+
+Owns: turning a session row (and, for a waiting one, the broker's line) into
+the JSON of API.md. Must not: query anything or change state.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .broker import Broker
+from .models import VisitorSession
+
+
+def session_json(session: VisitorSession, broker: Broker | None = None) -> dict[str, Any]:
+    """The API's Session. With the broker, a waiting session also tells its place
+    in line and the estimated wait (`queue_wait_s`, an extension)."""
+    def when(value: Any) -> str | None:
+        return value.isoformat() if value else None
+
+    position = broker.queue_position(session.id) if broker is not None else None
+    return {
+        "id": session.id,
+        "exhibit": session.exhibit.slug,
+        "state": session.state,
+        "queue_position": position,
+        "queue_wait_s": round(broker.queue_wait_s(position)) if broker and position else None,
+        "page_url": f"/sessions/{session.id}/",
+        "vnc_path": f"/ws/sessions/{session.id}/vnc",
+        "events_path": f"/ws/sessions/{session.id}/events",
+        "started_at": when(session.started_at),
+        "expires_at": when(session.expires_at),
+        "ended_reason": session.ended_reason,
+        "detail": session.detail,
+        "accelerator": session.accelerator,
+    }
