@@ -74,6 +74,11 @@ async def healthz(request: HttpRequest) -> JsonResponse:
         "sessions": broker.running_count,
         "capacity": broker.config.capacity,
         "accelerator": broker.config.accelerator,
+        "queued": broker.queue_length,
+        "queue_max": broker.config.queue_max,
+        # How machines are held: their own uid (or the portal's) and the memory limit.
+        "qemu_runs_as": "per-machine uid" if broker.config.uid_base is not None else "portal user",
+        "memory_limit": broker.confinement_for(memory_mb=0, run_as=None).memory_method,
     })
 
 

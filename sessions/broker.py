@@ -17,6 +17,7 @@ import contextlib
 import logging
 import math
 import os
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -915,7 +916,26 @@ async def get_broker() -> Broker:
         await sync_to_async(_sweep_on_start)(config)
         await asyncio.to_thread(_broker.qemu_version)
         _broker.background_start()
+        _stop_with_server(_broker)
     return _broker
+
+
+def _stop_with_server(broker: Broker) -> None:
+    """Under Daphne, end every machine before the server stops.
+
+    Machines that run as their own user do not die with the portal (the kernel
+    drops the parent-death signal when QEMU changes user), so a clean stop ends
+    them here; after a crash, the reaper does at the next start.
+    """
+    reactor = sys.modules.get("twisted.internet.reactor")
+    if reactor is None or not getattr(reactor, "running", False):
+        return  # not served by Daphne: tests and management commands end their own
+    from twisted.internet.defer import Deferred
+
+    def before_shutdown() -> Deferred[None]:
+        return Deferred.fromFuture(asyncio.ensure_future(broker.shutdown()))
+
+    reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
 
 
 def _sweep_on_start(config: BrokerConfig) -> None:

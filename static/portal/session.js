@@ -1,5 +1,6 @@
 // The live machine page: noVNC on the session's display WebSocket, the
-// session's state, and the visitor's controls (fullscreen, Ctrl+Alt+Del, End).
+// session's events (place in line, warnings, the end) on its events
+// WebSocket, and the visitor's controls (fullscreen, Ctrl+Alt+Del, Reset, End).
 import RFB from "/static/novnc/core/rfb.js";
 import { api } from "./csrf.js";
 
@@ -11,6 +12,7 @@ const endButton = document.getElementById("end");
 const fullscreenButton = document.getElementById("fullscreen");
 const ctrlAltDelButton = document.getElementById("ctrl-alt-del");
 const resetButton = document.getElementById("reset");
+const warningBox = document.getElementById("warning");
 
 const REASONS = {
   visitor: "You ended this visit.",
@@ -24,6 +26,9 @@ let rfb = null;
 let ended = false;
 let reconnectDelayMs = 500;
 let resetting = false;
+let events = null;
+let eventsDelayMs = 500;
+let warningTimer = null;
 
 function showState(state, text) {
   stateLabel.dataset.state = state;
@@ -46,11 +51,21 @@ function showEnded(data) {
   const reason = data.ended_reason || "visitor";
   showState("ended", `ended: ${reason}`);
   const why = data.detail || REASONS[reason] || "";
+  const stopped = reason === "crashed" ? "<strong>The machine stopped.</strong>"
+    : "<strong>This machine has ended.</strong>";
   showNotice(
-    `<p><strong>This machine has ended.</strong></p><p>${escapeHtml(why)}</p>` +
+    `<p>${stopped}</p><p>${escapeHtml(why)}</p>` +
     `<p>Everything done in this visit has been discarded.</p>` +
-    `<p><a href="/exhibits/${encodeURIComponent(data.exhibit)}/">Start again</a></p>`
+    `<p><button id="restart" class="primary">Start a new machine</button> ` +
+    `<a href="/exhibits/${encodeURIComponent(data.exhibit || session.exhibit)}/">Back to the exhibit</a></p>`
   );
+  document.getElementById("restart").addEventListener("click", restart);
+  hideWarning();
+  if (events) {
+    const old = events;
+    events = null;
+    old.close();
+  }
   endButton.disabled = true;
   ctrlAltDelButton.disabled = true;
   resetButton.disabled = true;
@@ -59,6 +74,99 @@ function showEnded(data) {
     rfb = null;
     old.disconnect();
   }
+}
+
+async function restart() {
+  const button = document.getElementById("restart");
+  button.disabled = true;
+  const { status, data } = await api("POST", `/api/exhibits/${encodeURIComponent(session.exhibit)}/sessions`);
+  if ((status === 201 || status === 409) && data && data.page_url) {
+    window.location.assign(data.page_url);
+    return;
+  }
+  button.disabled = false;
+  const detail = data && data.detail ? data.detail : "The machine could not be started.";
+  showNotice(`<p>${escapeHtml(detail)}</p><p><button id="restart" class="primary">Try again</button></p>`);
+  document.getElementById("restart").addEventListener("click", restart);
+}
+
+function showQueued(data) {
+  showState("queued", `waiting: number ${data.queue_position} in line`);
+  const minutes = Math.max(1, Math.round((data.queue_wait_s || 0) / 60));
+  showNotice(
+    `<p><strong>Every machine is in use.</strong></p>` +
+    `<p>You are <strong id="queue-position">number ${data.queue_position}</strong> in line; ` +
+    `the wait is about ${minutes} minute${minutes === 1 ? "" : "s"}.</p>` +
+    `<p>Keep this page open: your machine starts here by itself.</p>`
+  );
+}
+
+function hideWarning() {
+  if (warningTimer) clearInterval(warningTimer);
+  warningTimer = null;
+  warningBox.hidden = true;
+}
+
+function showWarning(reason, secondsLeft) {
+  hideWarning();
+  let left = secondsLeft;
+  const render = () => {
+    if (reason === "idle") {
+      warningBox.innerHTML =
+        `<span>Nobody has used this machine for a while. It switches off in ` +
+        `<strong id="countdown">${left}</strong> s.</span> ` +
+        `<button id="still-here" class="primary">I'm still here</button>`;
+      document.getElementById("still-here").addEventListener("click", () => {
+        if (events && events.readyState === WebSocket.OPEN) events.send(JSON.stringify({ type: "active" }));
+        if (rfb) rfb.focus();
+      });
+    } else {
+      warningBox.innerHTML =
+        `<span>This visit reaches its time limit: the machine switches off in ` +
+        `<strong id="countdown">${left}</strong> s.</span>`;
+    }
+  };
+  render();
+  warningBox.dataset.reason = reason;
+  warningBox.hidden = false;
+  warningTimer = setInterval(() => {
+    left = Math.max(0, left - 1);
+    const countdown = document.getElementById("countdown");
+    if (countdown) countdown.textContent = String(left);
+  }, 1000);
+}
+
+function onSessionState(data) {
+  if (data.state === "ended") {
+    showEnded(data);
+  } else if (data.state === "queued") {
+    showQueued(data);
+  } else if (!rfb && !resetting) {
+    showState(data.state, data.state === "running" ? "connecting…" : data.state);
+    notice.hidden = true;
+    connect();
+  }
+}
+
+function listen() {
+  const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+  events = new WebSocket(scheme + window.location.host + session.events_path);
+  events.addEventListener("open", () => { eventsDelayMs = 500; });
+  events.addEventListener("message", (message) => {
+    let data;
+    try { data = JSON.parse(message.data); } catch { return; }
+    if (data.type === "state") onSessionState(data);
+    else if (data.type === "warning") showWarning(data.reason, data.seconds_left);
+    else if (data.type === "warning_cleared") hideWarning();
+    else if (data.type === "ended") showEnded({ ...data, ended_reason: data.reason, exhibit: session.exhibit });
+  });
+  events.addEventListener("close", () => {
+    if (ended || !events) return;
+    events = null;
+    // Lost, not ended: listen again (the state message on reconnect says what changed).
+    setTimeout(() => { if (!ended) listen(); }, eventsDelayMs);
+    eventsDelayMs = Math.min(eventsDelayMs * 2, 8000);
+  });
 }
 
 async function refresh() {
@@ -157,6 +265,11 @@ ctrlAltDelButton.addEventListener("click", () => {
 if (session.state === "ended") {
   showEnded(session);
 } else {
-  showState(session.state, session.state === "running" ? "connecting…" : session.state);
-  connect();
+  listen();
+  if (session.state === "queued") {
+    showQueued(session);
+  } else {
+    showState(session.state, session.state === "running" ? "connecting…" : session.state);
+    connect();
+  }
 }

@@ -62,6 +62,12 @@ def _wait_until_serving(url: str, process: subprocess.Popen[bytes], timeout_s: f
     raise RuntimeError("Daphne did not start serving in time")
 
 
+def daphne_argv(port: int) -> list[str]:
+    """Daphne as `make run` starts it."""
+    return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+            "--websocket-max-message-size", "65536", "portal.asgi:application"]
+
+
 @pytest.fixture
 def portal(demo_image: Path) -> Iterator[Portal]:
     root = Path(tempfile.mkdtemp(prefix="pe-", dir="/tmp"))
@@ -80,8 +86,7 @@ def portal(demo_image: Path) -> Iterator[Portal]:
     site.manage("prepare_exhibit", "demo", "--wait-graphics", "--still", "1")
     log = (root / "daphne.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-         "portal.asgi:application"],
+        daphne_argv(port),
         cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
     )
     try:

@@ -1,0 +1,414 @@
+"""Capacity, the waiting line, time limits, faults and the reaper, against real QEMU.
+
+Each fault is injected for real: a QEMU killed with SIGKILL, a run directory on
+a full or read-only filesystem, a machine no broker owns.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from channels.testing import WebsocketCommunicator
+from django.test import AsyncClient
+
+from sessions.broker import Broker, get_broker
+from sessions.machine import Machine, MachineProfile, process_alive
+from sessions.models import VisitorSession
+from sessions.overlay import overlay_create, run_dir_create
+from tests.conftest import FREEDOS_2048, ExhibitFactory, needs_kvm, visitor, ws_communicator
+from tests.support.rfb import CommunicatorTransport, RfbClient
+from tests.support.wait import eventually
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+BrokerFactory = Callable[..., Awaitable[Broker]]
+SHIFT = 0xFFE1
+
+
+@pytest.fixture
+async def make_broker(settings: Any, portal_dirs: Path) -> AsyncIterator[BrokerFactory]:
+    """The portal's broker with the given settings (PORTAL_… = value)."""
+    made: list[Broker] = []
+
+    async def make(**overrides: Any) -> Broker:
+        for name, value in overrides.items():
+            setattr(settings, name, value)
+        broker = await get_broker()
+        made.append(broker)
+        return broker
+
+    yield make
+    for broker in made:
+        await broker.shutdown()
+
+
+@pytest.fixture
+async def freedos(exhibit_create: ExhibitFactory) -> Any:
+    # Software emulation: FreeDOS floppies do not boot under this host's nested KVM.
+    return await exhibit_create(FREEDOS_2048, slug="freedos", accelerator="tcg")
+
+
+async def start(client: AsyncClient) -> dict[str, Any]:
+    response = await client.post("/api/exhibits/freedos/sessions")
+    assert response.status_code == 201, response.content
+    return response.json()  # type: ignore[no-any-return]
+
+
+async def events(client: AsyncClient, session_id: str) -> WebsocketCommunicator:
+    communicator = ws_communicator(client, f"/ws/sessions/{session_id}/events", subprotocols=[])
+    connected, _ = await communicator.connect(timeout=30)
+    assert connected
+    return communicator
+
+
+async def next_event(communicator: WebsocketCommunicator, kind: str, *, timeout_s: float = 30,
+                     **fields: Any) -> dict[str, Any]:
+    """The next event of this type (and these field values), skipping others."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            message = await communicator.receive_output(timeout=timeout_s)
+            assert message["type"] == "websocket.send", message
+            event = json.loads(message["text"])
+            if event["type"] == kind and all(event.get(k) == v for k, v in fields.items()):
+                return event  # type: ignore[no-any-return]
+
+
+async def test_it_lines_up_visitors_past_capacity_and_tells_them_their_place(
+    make_broker: BrokerFactory, freedos: Any
+) -> None:
+    broker = await make_broker(PORTAL_MAX_SESSIONS=1, PORTAL_QUEUE_MAX=2)
+    first_visitor, second_visitor, third_visitor, fourth_visitor = (visitor() for _ in range(4))
+    first = await start(first_visitor)
+    assert first["state"] == "starting" and first["queue_position"] is None
+    second = await start(second_visitor)
+    third = await start(third_visitor)
+    assert (second["state"], second["queue_position"]) == ("queued", 1)
+    assert (third["state"], third["queue_position"]) == ("queued", 2)
+    assert third["queue_wait_s"] >= second["queue_wait_s"] > 0
+
+    full = await fourth_visitor.post("/api/exhibits/freedos/sessions")
+    assert full.status_code == 503
+    assert full.json()["error"] == "capacity" and full.json()["detail"]
+    assert int(full["Retry-After"]) > 0
+
+    second_page = await events(second_visitor, second["id"])
+    third_page = await events(third_visitor, third["id"])
+    assert (await next_event(second_page, "state"))["queue_position"] == 1
+    assert (await next_event(third_page, "state"))["queue_position"] == 2
+    # A waiting visitor has no display yet.
+    waiting_display = ws_communicator(second_visitor, second["vnc_path"])
+    assert (await waiting_display.connect(timeout=30))[0]
+    assert (await waiting_display.receive_output(timeout=30))["code"] == 1013
+
+    await first_visitor.delete(f"/api/sessions/{first['id']}")
+    await next_event(second_page, "state", state="running")
+    await next_event(third_page, "state", queue_position=1)
+    assert broker.active_count == 1 and broker.queue_length == 1
+
+    await second_visitor.delete(f"/api/sessions/{second['id']}")
+    assert (await next_event(second_page, "ended"))["reason"] == "visitor"
+    await next_event(third_page, "state", state="running")
+    # The fourth visitor now finds room in the line.
+    fourth = await start(fourth_visitor)
+    assert (fourth["state"], fourth["queue_position"]) == ("queued", 1)
+    for page in (second_page, third_page):
+        await page.disconnect()
+
+
+async def test_it_allows_one_live_session_per_browser_and_limits_starts(
+    make_broker: BrokerFactory, freedos: Any
+) -> None:
+    await make_broker(PORTAL_STARTS_PER_BROWSER=2)
+    browser = visitor()
+    for _ in range(2):
+        session = await start(browser)
+        again = await browser.post("/api/exhibits/freedos/sessions")
+        assert again.status_code == 409 and again.json()["id"] == session["id"]
+        assert (await browser.delete(f"/api/sessions/{session['id']}")).status_code == 204
+    limited = await browser.post("/api/exhibits/freedos/sessions")
+    assert limited.status_code == 429
+    assert limited.json()["error"] == "rate_limited"
+    assert 0 < int(limited["Retry-After"]) <= 60
+    # Another browser is not held back by this one.
+    other = await start(visitor())
+    assert other["state"] == "starting"
+
+
+async def test_it_warns_before_the_idle_end_and_input_keeps_the_machine(
+    make_broker: BrokerFactory, freedos: Any, portal_dirs: Path
+) -> None:
+    await make_broker(PORTAL_IDLE_S=3.0, PORTAL_WARNING_S=2.0)
+    browser = visitor()
+    session = await start(browser)
+    page = await events(browser, session["id"])
+    display = ws_communicator(browser, session["vnc_path"])
+    assert (await display.connect(timeout=30))[0]
+    rfb = RfbClient(CommunicatorTransport(display))
+    await rfb.handshake()
+    await rfb.first_update()
+    rfb.start()  # a viewer that keeps asking for updates is not a visitor's input
+
+    warning = await next_event(page, "warning")
+    assert warning["reason"] == "idle" and 1 <= warning["seconds_left"] <= 2
+    await rfb.press(SHIFT)
+    assert (await next_event(page, "warning_cleared"))["reason"] == "idle"
+    # Answering the warning on the page counts too.
+    await next_event(page, "warning", reason="idle")
+    await page.send_to(text_data=json.dumps({"type": "active"}))
+    await next_event(page, "warning_cleared")
+
+    await next_event(page, "warning", reason="idle")
+    ended = await next_event(page, "ended")
+    assert ended["reason"] == "idle" and "Nobody used the machine" in ended["detail"]
+    record = await VisitorSession.objects.aget(id=session["id"])
+    assert (record.state, record.ended_reason) == ("ended", "idle")
+    assert not (portal_dirs / "run" / session["id"]).exists()
+    await rfb.stop()
+    await page.disconnect()
+
+
+async def test_it_ends_a_visit_at_its_time_limit_after_a_warning(
+    make_broker: BrokerFactory, freedos: Any
+) -> None:
+    await make_broker(PORTAL_SESSION_MAX_S=3.0, PORTAL_WARNING_S=2.0)
+    browser = visitor()
+    session = await start(browser)
+    page = await events(browser, session["id"])
+    running = await next_event(page, "state", state="running")
+    assert running["expires_at"] is not None
+    warning = await next_event(page, "warning")
+    assert warning["reason"] == "timeout" and warning["seconds_left"] <= 2
+    # Input does not stretch the time limit.
+    await page.send_to(text_data=json.dumps({"type": "active"}))
+    ended = await next_event(page, "ended")
+    assert ended["reason"] == "timeout"
+    response = (await browser.get(f"/api/sessions/{session['id']}")).json()
+    assert (response["state"], response["ended_reason"]) == ("ended", "timeout")
+    await page.disconnect()
+
+
+async def test_it_notices_a_killed_qemu_and_lets_the_visitor_start_again(
+    make_broker: BrokerFactory, freedos: Any, portal_dirs: Path
+) -> None:
+    broker = await make_broker()
+    browser = visitor()
+    session = await start(browser)
+    page = await events(browser, session["id"])
+    await next_event(page, "state", state="running")
+    pid = (await VisitorSession.objects.aget(id=session["id"])).pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    ended = await next_event(page, "ended")
+    assert ended["reason"] == "crashed" and "stopped unexpectedly" in ended["detail"]
+    assert not (portal_dirs / "run" / session["id"]).exists()
+    assert broker.active_count == 0
+    # The page's "Start a new machine" is a new session for the same exhibit.
+    again = await start(browser)
+    assert again["id"] != session["id"]
+    await page.disconnect()
+
+
+async def test_the_reaper_ends_what_no_broker_owns_every_interval(
+    make_broker: BrokerFactory, freedos: Any, portal_dirs: Path
+) -> None:
+    broker = await make_broker(PORTAL_REAPER_INTERVAL_S=0.2)
+    browser = visitor()
+    kept = await start(browser)
+    page = await events(browser, kept["id"])
+    await next_event(page, "state", state="running")
+
+    # What an earlier portal process left: a row that says running and its QEMU.
+    # While it is being set up, the reaper is told it is live, so that it finds
+    # the whole orphan at once.
+    orphan_id = "orphan" + "0" * 26
+    owns = broker.is_live
+    broker.is_live = lambda session_id: session_id == orphan_id or owns(session_id)  # type: ignore[method-assign]
+    orphan = await VisitorSession.objects.acreate(
+        id=orphan_id, exhibit=freedos, owner="gone", state="running",
+        run_dir=str(broker.config.run_root / orphan_id),
+    )
+    run_dir = run_dir_create(root=broker.config.run_root, name=orphan.id)
+    await overlay_create(base_path=Path(freedos.image.path), base_format="raw",
+                         overlay_path=run_dir / "disk.qcow2", qemu_img="qemu-img", timeout_s=30)
+    machine = Machine(MachineProfile(), run_dir=run_dir, disk_path=run_dir / "disk.qcow2",
+                      qemu_binary="qemu-system-i386", accelerator="tcg", start_timeout_s=20,
+                      qmp_timeout_s=5, stop_timeout_s=5,
+                      confinement=broker.confinement_for(memory_mb=16, run_as=(1800000999,) * 2))
+    await machine.start()
+    stray = broker.config.run_root / "stray-overlay"
+    stray.mkdir()
+    (stray / "disk.qcow2").write_bytes(b"x")
+    del broker.is_live  # the broker's own answer again
+    try:
+        async with asyncio.timeout(30):
+            assert await machine.wait() == -signal.SIGKILL
+
+        async def cleaned() -> bool:
+            record = await VisitorSession.objects.aget(id=orphan.id)
+            return not run_dir.exists() and not stray.exists() and record.state == "ended"
+
+        await eventually(cleaned, timeout_s=30)
+        record = await VisitorSession.objects.aget(id=orphan.id)
+        assert record.ended_reason == "server"
+        if broker.config.cgroups is not None:
+            assert not any(name.startswith(orphan.id) for name in broker.config.cgroups.names())
+        # The broker's own visitor was not touched.
+        assert (await VisitorSession.objects.aget(id=kept["id"])).state == "running"
+        assert broker.machine(kept["id"]) is not None
+    finally:
+        await machine.stop()
+        await page.disconnect()
+
+
+@contextlib.contextmanager
+def small_filesystem(*options: str) -> Any:
+    """A tmpfs of its own: the real kernel says 'No space left' or 'Read-only'."""
+    mount_point = Path(tempfile.mkdtemp(prefix="pf-", dir="/tmp"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(("size=512k", *options)), "tmpfs",
+                    str(mount_point)], check=True)
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+        mount_point.rmdir()
+
+
+async def ended_session(browser: AsyncClient, session_id: str, broker: Broker) -> dict[str, Any]:
+    assert await broker.session_wait_ended(session_id=session_id, timeout_s=30)
+    return (await browser.get(f"/api/sessions/{session_id}")).json()  # type: ignore[no-any-return]
+
+
+async def test_it_tells_the_visitor_when_the_disk_is_full_and_leaves_nothing(
+    make_broker: BrokerFactory, freedos: Any
+) -> None:
+    with small_filesystem() as mount_point:
+        run_root = mount_point / "run"
+        run_root.mkdir()
+        filler = mount_point / "filler"
+        with filler.open("wb", buffering=0) as handle, contextlib.suppress(OSError):
+            while True:
+                handle.write(bytes(65536))
+        broker = await make_broker(PORTAL_RUN_DIR=run_root)
+        browser = visitor()
+        session = await start(browser)
+        ended = await ended_session(browser, session["id"], broker)
+        assert ended["ended_reason"] == "server"
+        assert "disk is full" in ended["detail"]
+        assert list(run_root.iterdir()) == []
+        # Room again: the next visitor gets a machine.
+        filler.unlink()
+        other = visitor()
+        second = await start(other)
+        await broker.display_attach(session_id=second["id"])
+        broker.display_detach(session_id=second["id"])
+        await other.delete(f"/api/sessions/{second['id']}")
+        assert list(run_root.iterdir()) == []
+
+
+async def test_it_tells_the_visitor_when_the_run_directory_is_read_only(
+    make_broker: BrokerFactory, freedos: Any
+) -> None:
+    with small_filesystem("ro") as mount_point:
+        broker = await make_broker(PORTAL_RUN_DIR=mount_point)
+        browser = visitor()
+        session = await start(browser)
+        ended = await ended_session(browser, session["id"], broker)
+        assert ended["ended_reason"] == "server"
+        assert "Read-only file system" in ended["detail"]
+        assert list(mount_point.iterdir()) == []
+
+
+async def test_it_closes_an_oversized_display_message_and_the_machine_lives_on(
+    make_broker: BrokerFactory, freedos: Any, settings: Any
+) -> None:
+    await make_broker()
+    browser, neighbour = visitor(), visitor()
+    session = await start(browser)
+    other = await start(neighbour)
+    display = ws_communicator(browser, session["vnc_path"])
+    assert (await display.connect(timeout=30))[0]
+    assert (await display.receive_output(timeout=30))["type"] == "websocket.send"
+    await display.send_to(bytes_data=bytes(settings.PORTAL_WS_MAX_MESSAGE_BYTES + 1))
+    while (message := await display.receive_output(timeout=10))["type"] != "websocket.close":
+        pass
+    assert message["code"] == 1009
+    for browser_, session_ in ((browser, session), (neighbour, other)):
+        record = (await browser_.get(f"/api/sessions/{session_['id']}")).json()
+        assert record["state"] in {"starting", "running"}
+
+    page = await events(browser, session["id"])
+    await next_event(page, "state")
+    for bad in ("not json", json.dumps({"type": "reset-everything"}), "[1, 2]", "x" * 10000):
+        await page.send_to(text_data=bad)
+        error = await next_event(page, "error")
+        assert error["error"] == "bad_message" and error["detail"]
+    # The socket is still open and still works.
+    await page.send_to(text_data=json.dumps({"type": "active"}))
+    await browser.delete(f"/api/sessions/{session['id']}")
+    assert (await next_event(page, "ended"))["reason"] == "visitor"
+    await page.disconnect()
+
+
+async def test_machines_run_as_their_own_unprivileged_users_with_a_memory_limit(
+    make_broker: BrokerFactory, freedos: Any
+) -> None:
+    broker = await make_broker()
+    assert os.geteuid() == 0, "the portal runs as root here, so QEMU must not"
+    browsers = [visitor(), visitor()]
+    sessions = [await start(browser) for browser in browsers]
+    uids = set()
+    for session in sessions:
+        await broker.display_attach(session_id=session["id"])
+        broker.display_detach(session_id=session["id"])
+        pid = (await VisitorSession.objects.aget(id=session["id"])).pid
+        assert pid is not None and process_alive(pid)
+        status = Path(f"/proc/{pid}/status").read_text()
+        uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
+        real, effective, saved, filesystem = (int(value) for value in uid_line.split()[1:])
+        assert real == effective == saved == filesystem >= broker.config.uid_base  # type: ignore[operator]
+        uids.add(real)
+        groups = next(line for line in status.splitlines() if line.startswith("Groups:"))
+        assert "0" not in groups.split()[1:]
+        limits = broker.confinement_for(memory_mb=16, run_as=None)
+        if broker.config.cgroups is not None:
+            cgroup = next(
+                broker.config.cgroups.path_for(name) for name in broker.config.cgroups.names()
+                if str(pid) in (broker.config.cgroups.path_for(name) / "cgroup.procs").read_text().split()
+            )
+            assert cgroup.name.startswith(session["id"] + ".")
+            assert int((cgroup / broker.config.cgroups.limit_file).read_text()) == limits.memory_bytes
+        else:
+            assert f"{limits.memory_bytes}" in Path(f"/proc/{pid}/limits").read_text().replace(" ", "")
+    assert len(uids) == 2, "two machines never share a user"
+    for browser, session in zip(browsers, sessions, strict=True):
+        await browser.delete(f"/api/sessions/{session['id']}")
+    if broker.config.cgroups is not None:
+        assert broker.config.cgroups.names() == []
+
+
+@needs_kvm
+async def test_a_machine_keeps_kvm_after_dropping_root(
+    make_broker: BrokerFactory, exhibit_create: ExhibitFactory, demo_image: Path
+) -> None:
+    broker = await make_broker(PORTAL_ACCELERATOR="kvm")
+    await exhibit_create(demo_image, slug="demo", boot="hdd")
+    browser = visitor()
+    response = await browser.post("/api/exhibits/demo/sessions")
+    session = response.json()
+    await broker.display_attach(session_id=session["id"])
+    broker.display_detach(session_id=session["id"])
+    machine = broker.machine(session["id"])
+    assert machine is not None and machine.pid is not None
+    status = Path(f"/proc/{machine.pid}/status").read_text()
+    assert next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1] != "0"
+    assert await machine.execute("query-kvm") == {"enabled": True, "present": True}
+    await browser.delete(f"/api/sessions/{session['id']}")

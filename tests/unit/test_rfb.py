@@ -1,0 +1,57 @@
+"""Telling the visitor's input from a viewer's housekeeping in the browser's RFB stream."""
+from __future__ import annotations
+
+import struct
+
+from sessions.rfb import ClientStream
+
+HANDSHAKE_38 = b"RFB 003.008\n" + bytes([1]) + bytes([1])  # security None, shared
+UPDATE_REQUEST = struct.pack(">BBHHHH", 3, 1, 0, 0, 640, 480)
+SET_ENCODINGS = struct.pack(">BBH", 2, 0, 3) + struct.pack(">iii", 0, 7, -223)
+KEY = struct.pack(">BBxxI", 4, 1, 0x61)
+POINTER = struct.pack(">BBHH", 5, 0, 10, 20)
+QEMU_KEY = struct.pack(">BBHII", 255, 0, 1, 0x61, 30)
+CUT_TEXT = struct.pack(">Bxxxi", 6, 5) + b"hello"
+
+
+def test_it_sees_no_input_in_a_viewer_that_only_asks_for_updates() -> None:
+    stream = ClientStream()
+    assert not stream.feed(HANDSHAKE_38 + SET_ENCODINGS + UPDATE_REQUEST * 50)
+    assert not stream.lost
+
+
+def test_it_sees_keys_pointer_and_qemu_key_events() -> None:
+    for message in (KEY, POINTER, QEMU_KEY):
+        stream = ClientStream()
+        assert not stream.feed(HANDSHAKE_38 + UPDATE_REQUEST)
+        assert stream.feed(message)
+
+
+def test_it_frames_messages_split_at_any_byte() -> None:
+    data = HANDSHAKE_38 + SET_ENCODINGS + CUT_TEXT + UPDATE_REQUEST + KEY + UPDATE_REQUEST
+    for cut in range(1, len(data)):
+        stream = ClientStream()
+        seen = stream.feed(data[:cut])
+        seen = stream.feed(data[cut:]) or seen
+        assert seen, f"the key event was missed when split at byte {cut}"
+        assert not stream.lost
+
+
+def test_it_does_not_take_clipboard_text_for_a_key() -> None:
+    stream = ClientStream()
+    # The pasted text holds a byte that looks like a KeyEvent's type.
+    assert not stream.feed(HANDSHAKE_38 + struct.pack(">Bxxxi", 6, 8) + b"\x04" * 8 + UPDATE_REQUEST)
+
+
+def test_it_stops_watching_at_a_message_it_cannot_frame() -> None:
+    stream = ClientStream()
+    assert not stream.feed(HANDSHAKE_38 + bytes([77, 1, 2, 3]) + KEY)
+    assert stream.lost
+    assert not stream.feed(KEY)
+
+
+def test_it_reads_the_older_handshakes() -> None:
+    stream = ClientStream()
+    assert stream.feed(b"RFB 003.003\n" + bytes([1]) + KEY)
+    stream = ClientStream()
+    assert stream.feed(b"RFB 003.008\n" + bytes([2]) + bytes(16) + bytes([1]) + POINTER)
