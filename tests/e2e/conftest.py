@@ -29,6 +29,8 @@ class Portal:
     url: str
     root: Path
     env: dict[str, str]
+    port: int
+    process: subprocess.Popen[bytes] | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -39,6 +41,34 @@ class Portal:
             [sys.executable, str(REPO / "manage.py"), *args],
             env=self.env, check=True, capture_output=True, text=True, cwd=REPO,
         ).stdout
+
+    def serve(self) -> None:
+        """Start Daphne as `make run` does, and wait until it answers."""
+        with (self.root / "daphne.log").open("ab") as log:
+            self.process = subprocess.Popen(
+                daphne_argv(self.port), cwd=REPO, env=self.env, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        _wait_until_serving(self.url, self.process, timeout_s=30)
+
+    def stop(self) -> None:
+        """Stop Daphne the way a service manager does (SIGTERM), and wait."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def crash(self) -> None:
+        """Kill Daphne outright (SIGKILL), as a crash or the OOM killer would."""
+        process, self.process = self.process, None
+        assert process is not None
+        process.kill()
+        process.wait()
 
 
 def _free_port() -> int:
@@ -69,7 +99,13 @@ def daphne_argv(port: int) -> list[str]:
 
 
 @pytest.fixture
-def portal(demo_image: Path) -> Iterator[Portal]:
+def portal_settings() -> dict[str, str]:
+    """Settings (environment variables) for the served portal; tests override it."""
+    return {}
+
+
+@pytest.fixture
+def portal(demo_image: Path, portal_settings: dict[str, str]) -> Iterator[Portal]:
     root = Path(tempfile.mkdtemp(prefix="pe-", dir="/tmp"))
     port = _free_port()
     env = {
@@ -77,34 +113,26 @@ def portal(demo_image: Path) -> Iterator[Portal]:
         "PORTAL_DATA_DIR": str(root),
         "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
         "PYTHONUNBUFFERED": "1",
+        **portal_settings,
     }
-    site = Portal(url=f"http://127.0.0.1:{port}", root=root, env=env)
+    site = Portal(url=f"http://127.0.0.1:{port}", root=root, env=env, port=port)
     site.manage("migrate", "--no-input", "-v", "0")
     site.manage("add_exhibit", str(demo_image), "--slug", "demo", "--title", "Portal demo",
                 "--boot", "hdd", "--year", "1992", "--publish")
     # As `make run` does: visitors resume the booted desktop.
     site.manage("prepare_exhibit", "demo", "--wait-graphics", "--still", "1")
-    log = (root / "daphne.log").open("wb")
-    process = subprocess.Popen(
-        daphne_argv(port),
-        cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-    )
     try:
-        _wait_until_serving(site.url, process, timeout_s=30)
+        site.serve()
         yield site
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        site.stop()
         leftovers = processes_naming(site.run_dir)
         for pid in leftovers:
             os.kill(pid, 9)
+        run_left = sorted(p.name for p in site.run_dir.iterdir()) if site.run_dir.exists() else []
         shutil.rmtree(root, ignore_errors=True)
         assert not leftovers, f"QEMU processes outlived the portal: {leftovers}"
+        assert not run_left, f"run directories outlived the portal: {run_left}"
 
 
 @pytest.fixture
