@@ -546,8 +546,16 @@ class Machine:
 
 
 def process_alive(pid: int) -> bool:
+    """True while the process runs; an exited one waiting to be reaped (a zombie) is not."""
     try:
         os.kill(pid, 0)
     except OSError as error:
-        return error.errno == errno.EPERM
-    return True
+        if error.errno != errno.EPERM:
+            return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            # The state follows the parenthesised command name, which may hold spaces.
+            state = handle.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in {b"Z", b"X"}
