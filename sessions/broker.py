@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import os
 import sys
 import time
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -347,7 +349,7 @@ class Broker:
 
     def _launch_begin(self, live: _Live) -> None:
         live.slot = self._slot_take()
-        live.launch_task = asyncio.create_task(self._launch(live), name=f"launch-{live.session_id}")
+        live.launch_task = _task(self._launch(live), name=f"launch-{live.session_id}")
 
     def _slot_take(self) -> int:
         slot = 1
@@ -403,7 +405,7 @@ class Broker:
 
     def _running(self, live: _Live) -> None:
         live.running.set()
-        live.watch_task = asyncio.create_task(self._watch(live), name=f"watch-{live.session_id}")
+        live.watch_task = _task(self._watch(live), name=f"watch-{live.session_id}")
         if live.viewers == 0:
             self._grace_start(live)
 
@@ -641,7 +643,7 @@ class Broker:
 
     def _grace_start(self, live: _Live) -> None:
         if live.grace_task is None and live.finish_task is None:
-            live.grace_task = asyncio.create_task(self._grace(live), name=f"grace-{live.session_id}")
+            live.grace_task = _task(self._grace(live), name=f"grace-{live.session_id}")
 
     def _grace_cancel(self, live: _Live) -> None:
         task, live.grace_task = live.grace_task, None
@@ -668,7 +670,7 @@ class Broker:
 
     def _finish_soon(self, live: _Live, *, reason: str, detail: str) -> asyncio.Task[None]:
         if live.finish_task is None:
-            live.finish_task = asyncio.create_task(
+            live.finish_task = _task(
                 self._finish(live, reason=reason, detail=detail),
                 name=f"finish-{live.session_id}",
             )
@@ -767,9 +769,9 @@ class Broker:
         if self._background:
             return
         self._background = [
-            asyncio.create_task(self._deliver_events(), name="broker-events"),
-            asyncio.create_task(self._clock(), name="broker-clock"),
-            asyncio.create_task(self._reaper(), name="broker-reaper"),
+            _task(self._deliver_events(), name="broker-events"),
+            _task(self._clock(), name="broker-clock"),
+            _task(self._reaper(), name="broker-reaper"),
         ]
 
     async def _clock(self) -> None:
@@ -797,6 +799,17 @@ class Broker:
         if count:
             logger.warning("reaper cleaned up %d sessions that no broker owned", count)
         return count
+
+
+def _task(coroutine: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
+    """A broker task, run outside the context of the request that started it.
+
+    A request's context carries its own thread for database calls, which ends
+    with the request; a task that outlives the request and used that context
+    would make a new thread and database connection for every later call and
+    never close them.
+    """
+    return asyncio.create_task(coroutine, name=name, context=contextvars.Context())
 
 
 def session_group(session_id: str) -> str:
