@@ -11,17 +11,57 @@ from sessions.machine import MachineProfile
 
 
 class DiskImage(models.Model):
-    """A preservation master: stored read-only under its SHA-256, never written."""
+    """A preservation master: stored read-only under its SHA-256, never written.
+
+    `sha256` is the stored file's digest and its content address (what fixity
+    re-checks); `source_sha256` is the file as the curator brought it and
+    `guest_sha256` the disk as the guest sees it.
+    """
+
+    class Media(models.TextChoices):
+        FLOPPY = "floppy", "Floppy disk"
+        DISK = "disk", "Hard disk"
+        CDROM = "cdrom", "CD-ROM"
+
+    class Fixity(models.TextChoices):
+        UNCHECKED = "unchecked", "Not checked yet"
+        OK = "ok", "Intact"
+        FAILED = "failed", "FAILED"
 
     sha256 = models.CharField(max_length=64, unique=True)
     path = models.CharField(max_length=1024, help_text="Absolute path of the stored master.")
-    format = models.CharField(max_length=16, default="raw")
-    size_bytes = models.BigIntegerField()
+    format = models.CharField(max_length=16, default="raw", help_text="Format of the stored master.")
+    size_bytes = models.BigIntegerField(help_text="Size of the stored master file.")
     original_name = models.CharField(max_length=255, blank=True)
+    source_format = models.CharField(max_length=16, blank=True,
+                                     help_text="Format of the file the curator brought.")
+    source_sha256 = models.CharField(max_length=64, blank=True)
+    source_size_bytes = models.BigIntegerField(null=True, blank=True)
+    guest_sha256 = models.CharField(max_length=64, blank=True,
+                                    help_text="SHA-256 of the disk's contents as the guest sees them.")
+    virtual_size_bytes = models.BigIntegerField(null=True, blank=True)
+    media = models.CharField(max_length=8, choices=Media.choices, default=Media.DISK)
+    fixity = models.CharField(max_length=9, choices=Fixity.choices, default=Fixity.UNCHECKED)
+    fixity_checked_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
         return f"{self.original_name or 'image'} ({self.sha256[:12]})"
+
+
+class FixityCheck(models.Model):
+    """One re-hash of a master: when, and whether it still matched."""
+
+    image = models.ForeignKey(DiskImage, on_delete=models.CASCADE, related_name="fixity_checks")
+    checked_at = models.DateTimeField(auto_now_add=True)
+    ok = models.BooleanField()
+    detail = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-checked_at"]
+
+    def __str__(self) -> str:
+        return f"{self.image_id} {'ok' if self.ok else 'FAILED'} at {self.checked_at:%Y-%m-%d %H:%M}"
 
 
 class Exhibit(models.Model):
@@ -46,6 +86,12 @@ class Exhibit(models.Model):
         STD = "std", "Standard VGA"
         CIRRUS = "cirrus", "Cirrus Logic GD5446"
 
+    class Sound(models.TextChoices):
+        NONE = "none", "None"
+        SB16 = "sb16", "Sound Blaster 16"
+        ADLIB = "adlib", "AdLib (Yamaha OPL2)"
+        PCSPK = "pcspk", "PC speaker"
+
     slug = models.SlugField(unique=True)
     title = models.CharField(max_length=200)
     year = models.PositiveSmallIntegerField(null=True, blank=True)
@@ -57,12 +103,20 @@ class Exhibit(models.Model):
     memory_mb = models.PositiveSmallIntegerField(default=16)
     vga = models.CharField(max_length=8, choices=Vga.choices, default=Vga.STD)
     mouse = models.CharField(max_length=8, choices=Mouse.choices, default=Mouse.VMPORT)
+    sound = models.CharField(max_length=8, choices=Sound.choices, default=Sound.NONE)
     accelerator = models.CharField(
         max_length=8, choices=Accelerator.choices, default=Accelerator.AUTO,
         help_text="Software emulation suits guests that need exact legacy timing "
                   "(floppy boot fails under KVM on nested-virtualisation hosts).",
     )
-    published = models.BooleanField(default=False)
+    provenance_source = models.CharField(max_length=300, blank=True,
+                                         help_text="Where the image comes from (archive, collection).")
+    provenance_donor = models.CharField(max_length=200, blank=True)
+    provenance_acquired = models.DateField(null=True, blank=True, verbose_name="date acquired")
+    provenance_notes = models.TextField(blank=True)
+    thumbnail = models.CharField(max_length=80, blank=True,
+                                 help_text="File name of the thumbnail (its SHA-256), taken from a preview.")
+    published = models.BooleanField(default=False, help_text="Drafts are invisible to visitors.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -74,7 +128,16 @@ class Exhibit(models.Model):
 
     def machine_profile(self) -> MachineProfile:
         return MachineProfile(cpu=self.cpu, memory_mb=self.memory_mb, vga=self.vga, boot=self.boot,
-                              accelerator=self.accelerator, mouse=self.mouse)
+                              accelerator=self.accelerator, mouse=self.mouse, sound=self.sound)
+
+    async def fixity_problem(self) -> str | None:
+        """Why this exhibit must not start (a master failed its fixity check), or None."""
+        failed = await DiskImage.objects.filter(pk=self.image_id, fixity=DiskImage.Fixity.FAILED).aexists()
+        if failed:
+            return ("This exhibit cannot be started: its disk image failed an integrity check. "
+                    "The curators have been told.")
+        return None
+
 
 
 class StartState(models.Model):

@@ -75,6 +75,10 @@ class DisplayUnavailableError(SessionError):
     pass
 
 
+class ExhibitUnavailableError(SessionError):
+    """The exhibit cannot start: a master it needs failed its fixity check."""
+
+
 @dataclass(frozen=True)
 class BrokerConfig:
     run_root: Path
@@ -168,6 +172,9 @@ class Broker:
 
     async def session_create(self, *, exhibit: Exhibit, owner: str) -> VisitorSession:
         """Record a new session and start its machine in the background."""
+        problem = await exhibit.fixity_problem()
+        if problem is not None:
+            raise ExhibitUnavailableError(problem)
         async with self._create_lock:
             existing = await VisitorSession.objects.filter(
                 owner=owner, state__in=VisitorSession.LIVE_STATES
