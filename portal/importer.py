@@ -34,9 +34,11 @@ from typing import Any, BinaryIO
 CHUNK_BYTES = 1024 * 1024
 SECTOR_BYTES = 512
 KIB = 1024
-# Raw images this size are floppies: 160 KiB (5.25" single-sided) to 2.88 MiB (3.5" ED).
-FLOPPY_MIN_BYTES = 160 * KIB
-FLOPPY_MAX_BYTES = 2880 * KIB
+# Disks of a PC floppy's size, 160 KiB (5.25" single-sided) to 2.88 MiB (3.5" ED),
+# including the common over-formatted ones (DMF 1.68 MiB, 1.72 MiB). Only these
+# sizes: a 1 MiB hard disk is not a floppy.
+FLOPPY_SIZES_BYTES = frozenset(size * KIB for size in (160, 180, 320, 360, 720, 1200, 1440, 1680,
+                                                         1722, 1743, 2880))
 
 # What a file name claims. The curator's explicit claim wins over the name.
 EXTENSION_FORMATS = {
@@ -362,7 +364,7 @@ def image_probe(path: Path, *, qemu_format: str, limits: ImportLimits) -> dict[s
 def media_for(*, source_format: str, virtual_bytes: int) -> str:
     if source_format == "iso":
         return "cdrom"
-    if FLOPPY_MIN_BYTES <= virtual_bytes <= FLOPPY_MAX_BYTES:
+    if virtual_bytes in FLOPPY_SIZES_BYTES:
         return "floppy"
     return "disk"
 
