@@ -62,7 +62,7 @@ class DiskImageAdmin(admin.ModelAdmin):
     @admin.display(description="Fixity", ordering="fixity")
     def fixity_flag(self, image: DiskImage) -> str:
         if image.fixity == DiskImage.Fixity.FAILED:
-            return format_html('<strong style="color:#ba2121">&#9873; FAILED</strong>')
+            return format_html('<strong style="color:#ba2121">&#9873; {}</strong>', "FAILED")
         return image.get_fixity_display()
 
     def get_urls(self) -> list[URLPattern]:
@@ -75,11 +75,12 @@ class DiskImageAdmin(admin.ModelAdmin):
             return HttpResponse(status=403)
         form = UploadForm()
         if request.method == "POST":
+            files = request.FILES  # parsing the upload is what may stop it
             if getattr(request, "upload_too_large", False):
                 messages.error(request, "Refused: the file is larger than the limit of "
                                         f"{settings.PORTAL_IMPORT_MAX_BYTES} bytes. Nothing was kept.")
             else:
-                form = UploadForm(request.POST, request.FILES)
+                form = UploadForm(request.POST, files)
                 if form.is_valid():
                     upload = form.cleaned_data["image"]
                     try:
@@ -137,7 +138,7 @@ class ExhibitAdmin(admin.ModelAdmin):
     @admin.display(description="Master")
     def master_fixity(self, exhibit: Exhibit) -> str:
         if exhibit.image.fixity == DiskImage.Fixity.FAILED:
-            return format_html('<strong style="color:#ba2121">&#9873; fixity FAILED</strong>')
+            return format_html('<strong style="color:#ba2121">&#9873; {}</strong>', "fixity FAILED")
         return exhibit.image.get_fixity_display()
 
     @admin.display(description="Thumbnail")
@@ -151,7 +152,7 @@ class ExhibitAdmin(admin.ModelAdmin):
         if not exhibit.pk:
             return "Save the exhibit first."
         return format_html(
-            '<button type="submit" form="preview-form" class="button">Start a preview</button> '
+            '<button type="submit" form="preview-form" class="button">{}</button> {}', "Start a preview",
             "Runs this exhibit as visitors would get it (drafts too) and takes its thumbnail.")
 
     @admin.action(description="Prepare start state: boot to the desktop, save once it is still")

@@ -81,8 +81,8 @@ async def session_create(request: HttpRequest, slug: str) -> JsonResponse:
 async def session_preview(request: HttpRequest, slug: str) -> HttpResponse:
     """A curator's preview of any exhibit, drafts included; a thumbnail is taken from it.
 
-    Staff only; to anyone else a draft does not exist. A form post (the admin's
-    Preview button) is redirected to the live page.
+    Staff only; to anyone else a draft does not exist. A browser's form post (the
+    admin's Preview button, which accepts HTML) is redirected to the live page.
     """
     user = await request.auser()
     exhibit = await Exhibit.objects.select_related("image").filter(slug=slug).afirst()
@@ -93,7 +93,7 @@ async def session_preview(request: HttpRequest, slug: str) -> HttpResponse:
         broker = await get_broker()
         data = json.loads(response.content)
         thumbnail_take_soon(broker, session_id=data["id"], exhibit=exhibit)
-        if request.content_type in {"application/x-www-form-urlencoded", "multipart/form-data"}:
+        if "text/html" in request.headers.get("Accept", ""):
             return HttpResponseRedirect(data["page_url"])
     return response
 
