@@ -95,7 +95,8 @@ async def exhibit_page(request: HttpRequest, slug: str) -> HttpResponse:
     return render(
         request, "portal/exhibit_detail.html",
         {"exhibit": exhibit, "accelerator": broker.accelerator_for(exhibit),
-         "instant_start": await broker.start_state_usable(exhibit) is not None},
+         "instant_start": await broker.start_state_usable(exhibit) is not None,
+         "unavailable": await exhibit.fixity_problem()},
     )
 
 

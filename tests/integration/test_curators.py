@@ -262,3 +262,46 @@ def test_the_exhibit_admin_groups_the_fields_and_offers_a_preview(
     for heading in (b"Description", b"Provenance", b"Machine profile", b"Publication"):
         assert heading in page.content
     assert b'action="/api/exhibits/dos/preview"' in page.content
+
+
+async def test_the_admin_upload_works_through_the_asgi_handler_daphne_uses(
+    portal_dirs: Path, settings: Any, tmp_path: Path
+) -> None:
+    from django.contrib.auth.models import User
+
+    settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path)
+    user = await sync_to_async(User.objects.create_superuser)("asgi-curator", password="x")
+    client = AsyncClient()
+    await client.aforce_login(user)
+    upload = SimpleUploadedFile("FREEDOS.IMA", FREEDOS_2048.read_bytes())
+    response = await client.post("/admin/portal/diskimage/upload/", {"image": upload})
+    assert response.status_code == 302
+    image = await DiskImage.objects.aget()
+    assert image.guest_sha256 == FREEDOS_2048_SHA256
+    settings.PORTAL_IMPORT_MAX_BYTES = 512 * 1024
+    upload = SimpleUploadedFile("OTHER.IMA", FREEDOS_2048.read_bytes()[::-1])
+    response = await client.post("/admin/portal/diskimage/upload/", {"image": upload})
+    assert b"larger than the limit" in response.content
+    assert await DiskImage.objects.acount() == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_disk_image_page_shows_its_fixity_history(curator_client: Client, portal_dirs: Path) -> None:
+    call_command("import_image", str(FREEDOS_2048))
+    image = DiskImage.objects.get()
+    page = curator_client.get(f"/admin/portal/diskimage/{image.pk}/change/")
+    assert page.status_code == 200
+    assert FREEDOS_2048_SHA256.encode() in page.content
+    assert b"Fixity checks" in page.content
+
+
+async def test_the_exhibit_page_says_a_damaged_exhibit_cannot_start(
+    broker: Any, exhibit_create: ExhibitFactory
+) -> None:
+    exhibit = await exhibit_create(FREEDOS_2048, slug="damaged")
+    assert b'id="start"' in (await visitor().get("/exhibits/damaged/")).content
+    await DiskImage.objects.filter(pk=exhibit.image_id).aupdate(fixity=DiskImage.Fixity.FAILED)
+    page = await visitor().get("/exhibits/damaged/")
+    assert page.status_code == 200
+    assert b"failed an integrity check" in page.content
+    assert b'id="start"' not in page.content
