@@ -14,11 +14,12 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
 from sessions.broker import exhibit_prepare
+from sessions.machine import MachineProfile
 from sessions.prepare import PrepareError, StartCondition
 
 from .images import disk_image_import
 from .importer import FORMAT_NAMES, ImageError
-from .models import DiskImage, Exhibit, FixityCheck, StartState
+from .models import DiskImage, Exhibit, ExhibitMedia, FixityCheck, StartState
 
 PREPARE_DESKTOP = StartCondition(wait_graphics=True, still_s=2.0)
 PREPARE_DOS_PROMPT = StartCondition(wait_text=":\\>", still_s=1.0)
@@ -98,6 +99,25 @@ class DiskImageAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/portal/diskimage/upload.html", context)
 
 
+class ExtraMediaFormSet(forms.BaseInlineFormSet):
+    def clean(self) -> None:
+        super().clean()
+        kinds = [form.cleaned_data["image"].media for form in self.forms
+                 if form.cleaned_data.get("image") and not form.cleaned_data.get("DELETE")]
+        try:
+            MachineProfile(boot=self.instance.boot or "floppy", extra_media=tuple(kinds))
+        except ValueError as error:
+            raise forms.ValidationError(f"These media do not fit the PC: {error}.") from error
+
+
+class ExhibitMediaInline(admin.TabularInline):
+    model = ExhibitMedia
+    formset = ExtraMediaFormSet
+    extra = 0
+    fields = ("image", "position")
+    verbose_name = "extra medium (second floppy, CD-ROM, second hard disk)"
+
+
 def _prepare(request: HttpRequest, exhibits: QuerySet[Exhibit], condition: StartCondition) -> None:
     for exhibit in exhibits.select_related("image"):
         try:
@@ -118,6 +138,7 @@ class ExhibitAdmin(admin.ModelAdmin):
     actions = ["prepare_desktop", "prepare_dos_prompt"]
     readonly_fields = ("thumbnail_picture", "preview_button")
     change_form_template = "admin/portal/exhibit/change_form.html"
+    inlines = [ExhibitMediaInline]
     fieldsets = [
         ("Description", {"fields": ("title", "slug", "year", "publisher", "description",
                                     "thumbnail_picture")}),

@@ -5,7 +5,11 @@ it hands out is a plain value that the runtime turns into a QEMU command line.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from django.db import models
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
 
 from sessions.machine import MachineProfile
 
@@ -116,6 +120,9 @@ class Exhibit(models.Model):
     provenance_notes = models.TextField(blank=True)
     thumbnail = models.CharField(max_length=80, blank=True,
                                  help_text="File name of the thumbnail (its SHA-256), taken from a preview.")
+    # The kinds of the exhibit's extra media in order ("floppy,cdrom"), kept in step
+    # with its ExhibitMedia rows so the machine profile is known without a query.
+    extra_media_kinds = models.CharField(max_length=100, blank=True, editable=False)
     published = models.BooleanField(default=False, help_text="Drafts are invisible to visitors.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -128,16 +135,51 @@ class Exhibit(models.Model):
 
     def machine_profile(self) -> MachineProfile:
         return MachineProfile(cpu=self.cpu, memory_mb=self.memory_mb, vga=self.vga, boot=self.boot,
-                              accelerator=self.accelerator, mouse=self.mouse, sound=self.sound)
+                              accelerator=self.accelerator, mouse=self.mouse, sound=self.sound,
+                              extra_media=tuple(filter(None, self.extra_media_kinds.split(","))))
 
     async def fixity_problem(self) -> str | None:
         """Why this exhibit must not start (a master failed its fixity check), or None."""
-        failed = await DiskImage.objects.filter(pk=self.image_id, fixity=DiskImage.Fixity.FAILED).aexists()
+        images = [self.image_id, *[pk async for pk in ExhibitMedia.objects.filter(exhibit_id=self.pk)
+                                   .values_list("image_id", flat=True)]]
+        failed = await DiskImage.objects.filter(pk__in=images, fixity=DiskImage.Fixity.FAILED).aexists()
         if failed:
             return ("This exhibit cannot be started: its disk image failed an integrity check. "
                     "The curators have been told.")
         return None
 
+
+
+class ExhibitMedia(models.Model):
+    """A further medium in an exhibit's machine: a second floppy, a CD-ROM, a second hard disk.
+
+    Each is attached through its own throwaway overlay, like the boot disk; its
+    kind is the image's media.
+    """
+
+    exhibit = models.ForeignKey(Exhibit, on_delete=models.CASCADE, related_name="extra_media")
+    image = models.ForeignKey(DiskImage, on_delete=models.PROTECT, related_name="extra_in")
+    position = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["position", "pk"]
+        verbose_name = "extra medium"
+        verbose_name_plural = "extra media"
+
+    def __str__(self) -> str:
+        return f"{self.image} in {self.exhibit_id}"
+
+
+def extra_media_kinds_refresh(exhibit_id: int) -> None:
+    """Keep Exhibit.extra_media_kinds in step with the exhibit's ExhibitMedia rows."""
+    kinds = ExhibitMedia.objects.filter(exhibit_id=exhibit_id).order_by("position", "pk") \
+        .values_list("image__media", flat=True)
+    Exhibit.objects.filter(pk=exhibit_id).update(extra_media_kinds=",".join(kinds))
+
+
+@receiver([post_save, post_delete], sender=ExhibitMedia)
+def _extra_media_changed(sender: type[ExhibitMedia], instance: ExhibitMedia, **kwargs: Any) -> None:
+    extra_media_kinds_refresh(instance.exhibit_id)
 
 
 class StartState(models.Model):

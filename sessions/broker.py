@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from portal.models import Exhibit, StartState
+from portal.models import Exhibit, ExhibitMedia, StartState
 
 from .machine import (
     Machine,
@@ -38,7 +38,7 @@ from .machine import (
 )
 from .models import VisitorSession, new_session_id
 from .overlay import OVERLAY_FILE, OverlayError, overlay_create, run_dir_create, run_dir_remove
-from .prepare import StartCondition, start_state_discard, start_state_prepare
+from .prepare import PrepareError, StartCondition, start_state_discard, start_state_prepare
 from .reaper import reap_once
 
 logger = logging.getLogger(__name__)
@@ -250,8 +250,11 @@ class Broker:
             base_path=base, base_format=base_format, overlay_path=overlay_path,
             qemu_img=self.config.qemu_img_binary, timeout_s=self.config.qemu_img_timeout_s,
         )
+        profile = exhibit.machine_profile()
+        extra_paths = await self._extra_overlays(live, exhibit, count=len(profile.extra_media))
         machine = Machine(
-            exhibit.machine_profile(),
+            profile,
+            extra_paths=extra_paths,
             run_dir=live.run_dir,
             disk_path=overlay_path,
             qemu_binary=self.config.qemu_binary,
@@ -268,6 +271,25 @@ class Broker:
             overlay_path.unlink(missing_ok=True)
             raise
         return machine
+
+    async def _extra_overlays(self, live: _Live, exhibit: Exhibit, *, count: int) -> list[Path]:
+        """A throwaway overlay over each of the exhibit's extra media, in order."""
+        paths: list[Path] = []
+        if count == 0:
+            return paths
+        media = [medium async for medium in
+                 ExhibitMedia.objects.filter(exhibit_id=exhibit.pk).select_related("image")]
+        if len(media) != count:
+            raise OverlayError("The exhibit's media changed while it started; please try again.")
+        for number, medium in enumerate(media):
+            path = live.run_dir / f"extra-{number}.qcow2"
+            path.unlink(missing_ok=True)
+            await overlay_create(
+                base_path=Path(medium.image.path), base_format=medium.image.format, overlay_path=path,
+                qemu_img=self.config.qemu_img_binary, timeout_s=self.config.qemu_img_timeout_s,
+            )
+            paths.append(path)
+        return paths
 
     # --- start states ------------------------------------------------------------
 
@@ -490,6 +512,11 @@ def _start_failure(error: OverlayError | MachineError) -> str:
 
 async def exhibit_prepare(exhibit: Exhibit, condition: StartCondition) -> StartState:
     """Boot the exhibit once, freeze its start state, and record it (replacing any old one)."""
+    if exhibit.machine_profile().extra_media:
+        # The warm layer covers the boot disk only; what booting wrote to extra
+        # media would be missing under the saved state.
+        raise PrepareError("exhibits with extra media always boot cold; instant start is not "
+                           "available for them yet")
     config = BrokerConfig.from_settings()
     broker = Broker(config)
     qemu = await asyncio.to_thread(broker.qemu_version)

@@ -262,6 +262,7 @@ def test_the_exhibit_admin_groups_the_fields_and_offers_a_preview(
     for heading in (b"Description", b"Provenance", b"Machine profile", b"Publication"):
         assert heading in page.content
     assert b'action="/api/exhibits/dos/preview"' in page.content
+    assert b"extra medium" in page.content
 
 
 async def test_the_admin_upload_works_through_the_asgi_handler_daphne_uses(
@@ -305,3 +306,50 @@ async def test_the_exhibit_page_says_a_damaged_exhibit_cannot_start(
     assert page.status_code == 200
     assert b"failed an integrity check" in page.content
     assert b'id="start"' not in page.content
+
+
+async def test_extra_media_are_attached_through_their_own_overlays(
+    broker: Any, portal_dirs: Path, tmp_path: Path
+) -> None:
+    from tests.conftest import FREEDOS_GAMES
+    from tests.integration.test_importer import iso_image
+
+    iso = iso_image(tmp_path / "extras.iso")
+    await sync_to_async(call_command)(
+        "add_exhibit", str(FREEDOS_GAMES), "--slug", "games", "--title", "Games", "--accelerator", "tcg",
+        "--extra", str(FREEDOS_2048), "--extra", str(iso), "--publish")
+    exhibit = await Exhibit.objects.select_related("image").aget(slug="games")
+    assert exhibit.machine_profile().extra_media == ("floppy", "cdrom")
+    masters = {image.path: image.sha256 async for image in DiskImage.objects.all()}
+    assert len(masters) == 3
+
+    browser = visitor()
+    response = await browser.post("/api/exhibits/games/sessions")
+    assert response.status_code == 201, response.content
+    session_id = response.json()["id"]
+    try:
+        await broker.display_attach(session_id=session_id)
+        broker.display_detach(session_id=session_id)
+        machine = broker.machine(session_id)
+        assert machine is not None
+        blocks = {block["device"]: block for block in await machine.execute("query-block")}
+        run_dir = portal_dirs / "run" / session_id
+        floppy_b, cd = blocks["floppy1"]["inserted"], blocks["ide1-cd0"]["inserted"]
+        assert floppy_b["file"] == str(run_dir / "extra-0.qcow2")
+        assert floppy_b["backing_file"].endswith(".qcow2") and floppy_b["backing_file"] in masters
+        assert cd["file"] == str(run_dir / "extra-1.qcow2") and cd["ro"] is True
+        assert blocks["floppy0"]["inserted"]["file"] == str(run_dir / "disk.qcow2")
+    finally:
+        assert (await browser.delete(f"/api/sessions/{session_id}")).status_code == 204
+    for path, sha256 in masters.items():
+        assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == sha256
+
+
+def test_extra_media_must_fit_the_pc_and_cannot_be_prepared(portal_dirs: Path) -> None:
+    with pytest.raises(CommandError, match="do not fit"):
+        call_command("add_exhibit", str(FREEDOS_2048), "--slug", "two", "--title", "Two",
+                     "--extra", str(FREEDOS_2048), "--extra", str(FREEDOS_2048))
+    call_command("add_exhibit", str(FREEDOS_2048), "--slug", "one", "--title", "One",
+                 "--extra", str(FREEDOS_2048))
+    with pytest.raises(CommandError, match="extra media"):
+        call_command("prepare_exhibit", "one", "--after", "1")

@@ -17,7 +17,7 @@ from django.db import transaction
 
 from portal.images import disk_image_import
 from portal.importer import QEMU_FORMATS, ImageError
-from portal.models import DiskImage, Exhibit
+from portal.models import DiskImage, Exhibit, ExhibitMedia
 
 CHUNK_BYTES = 1024 * 1024
 
@@ -74,6 +74,9 @@ class Command(BaseCommand):
         parser.add_argument("--donor", default="")
         parser.add_argument("--acquired", help="Provenance: date acquired, YYYY-MM-DD.")
         parser.add_argument("--notes", default="", help="Provenance notes.")
+        parser.add_argument("--extra", type=Path, action="append", default=[], metavar="IMAGE",
+                            help="A further medium (second floppy, CD-ROM, second hard disk), "
+                                 "imported like the boot image; repeat for more.")
         parser.add_argument("--year", type=int)
         parser.add_argument("--publisher", default="")
         parser.add_argument("--description", default="")
@@ -89,10 +92,13 @@ class Command(BaseCommand):
         source: Path = options["image"]
         if not source.is_file():
             raise CommandError(f"{source} is not a file")
+        extras: list[DiskImage] = []
         try:
             image: DiskImage = disk_image_import(source, name=source.name, claim=options["format"])
+            for extra in options["extra"]:
+                extras.append(disk_image_import(extra, name=extra.name))
         except ImageError as error:
-            raise CommandError(f"refused {source.name}: {error}") from error
+            raise CommandError(f"refused an image: {error}") from error
         with transaction.atomic():
             exhibit, created = Exhibit.objects.update_or_create(
                 slug=options["slug"],
@@ -116,6 +122,14 @@ class Command(BaseCommand):
                     "published": options["publish"],
                 },
             )
+            ExhibitMedia.objects.filter(exhibit=exhibit).delete()
+            for position, medium in enumerate(extras):
+                ExhibitMedia.objects.create(exhibit=exhibit, image=medium, position=position)
+            exhibit.refresh_from_db()
+            try:
+                exhibit.machine_profile()
+            except ValueError as error:
+                raise CommandError(f"these media do not fit the PC: {error}") from error
         action = "Added" if created else "Updated"
         state = "published" if exhibit.published else "draft"
         self.stdout.write(f"{action} exhibit {exhibit.slug} ({state}), master sha256 {image.sha256}")
