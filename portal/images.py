@@ -27,6 +27,7 @@ def import_limits() -> ImportLimits:
         probe_address_space_bytes=settings.PORTAL_QEMU_IMG_ADDRESS_SPACE_BYTES,
         probe_timeout_s=settings.PORTAL_QEMU_IMG_TIMEOUT_S,
         convert_cpu_s=settings.PORTAL_IMAGE_CONVERT_CPU_S,
+        convert_address_space_bytes=settings.PORTAL_IMAGE_CONVERT_ADDRESS_SPACE_BYTES,
         convert_timeout_s=settings.PORTAL_IMAGE_CONVERT_TIMEOUT_S,
         qemu_img=settings.PORTAL_QEMU_IMG_BINARY,
     )

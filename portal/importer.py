@@ -86,8 +86,11 @@ class ImportLimits:
     probe_cpu_s: int = 2
     probe_address_space_bytes: int = 1024 * 1024 * 1024
     probe_timeout_s: float = 30.0
-    # Conversion and comparison read the whole image, so they get more CPU time.
+    # Checking, conversion and comparison read the whole image, so they get more CPU
+    # time, and more address space: under load qemu-img's I/O thread pool grows to 64
+    # threads, each reserving a stack.
     convert_cpu_s: int = 600
+    convert_address_space_bytes: int = 4 * 1024 * 1024 * 1024
     convert_timeout_s: float = 900.0
     qemu_img: str = "qemu-img"
 
@@ -190,9 +193,8 @@ def qcow2_header_check(path: Path) -> None:
     """Refuse a qcow2 whose header names a backing file, an external data file or encryption."""
     with path.open("rb") as handle:
         header = handle.read(4096)
-    if len(header) < 104:
-        if len(header) < 72:
-            raise ImageRejectedError("corrupt", "The qcow2 header is truncated.")
+    if len(header) < 72:  # a version 2 header's length
+        raise ImageRejectedError("corrupt", "The qcow2 header is truncated.")
     version = struct.unpack(">I", header[4:8])[0]
     backing_offset, backing_size = struct.unpack(">QI", header[8:20])
     crypt_method = struct.unpack(">I", header[32:36])[0]
@@ -297,11 +299,12 @@ def qemu_img_run(argv: Sequence[str], *, limits: ImportLimits, long: bool = Fals
     """Run qemu-img with the CPU, address-space and wall-clock limits; never a shell."""
     cpu_s = limits.convert_cpu_s if long else limits.probe_cpu_s
     timeout_s = limits.convert_timeout_s if long else limits.probe_timeout_s
+    address_space = limits.convert_address_space_bytes if long else limits.probe_address_space_bytes
     try:
         return subprocess.run(
             [limits.qemu_img, *argv], stdin=subprocess.DEVNULL, capture_output=True, text=True,
             timeout=timeout_s, check=False,
-            preexec_fn=_limits(cpu_s=cpu_s, address_space_bytes=limits.probe_address_space_bytes),
+            preexec_fn=_limits(cpu_s=cpu_s, address_space_bytes=address_space),
         )
     except subprocess.TimeoutExpired as error:
         raise ImageRejectedError(
@@ -314,7 +317,8 @@ def _failure(result: subprocess.CompletedProcess[str], what: str) -> ImageReject
     if result.returncode < 0:
         return ImageRejectedError(
             "resource_limit",
-            f"qemu-img exceeded its CPU or memory limit while {what} (CVE-2015-5162).")
+            f"qemu-img exceeded its CPU or memory limit while {what} (signal {-result.returncode}; "
+            "CVE-2015-5162).")
     message = (result.stderr.strip().splitlines() or ["no message"])[-1]
     message = message.removeprefix("qemu-img: ")
     return ImageRejectedError("corrupt", f"qemu-img could not read the image while {what}: "

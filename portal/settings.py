@@ -186,6 +186,8 @@ PORTAL_QEMU_IMG_CPU_S = int(os.environ.get("PORTAL_QEMU_IMG_CPU_S", "2"))
 PORTAL_QEMU_IMG_ADDRESS_SPACE_BYTES = int(os.environ.get("PORTAL_QEMU_IMG_ADDRESS_SPACE_BYTES",
                                                          str(1024**3)))
 PORTAL_IMAGE_CONVERT_CPU_S = int(os.environ.get("PORTAL_IMAGE_CONVERT_CPU_S", "600"))
+PORTAL_IMAGE_CONVERT_ADDRESS_SPACE_BYTES = int(os.environ.get("PORTAL_IMAGE_CONVERT_ADDRESS_SPACE_BYTES",
+                                                              str(4 * 1024**3)))
 PORTAL_IMAGE_CONVERT_TIMEOUT_S = _env_float("PORTAL_IMAGE_CONVERT_TIMEOUT_S", 900.0)
 # Thumbnails taken from curators' previews, served under /thumbnails/<sha256>.png.
 PORTAL_THUMBNAIL_DIR = Path(os.environ.get("PORTAL_THUMBNAIL_DIR",

@@ -276,6 +276,20 @@ def test_it_refuses_a_hostile_image_without_opening_what_it_names(
     assert store_contents(store) == before, "the refused import left something behind"
 
 
+def test_a_sparse_vmdk_whose_own_extent_line_names_the_bait_is_stored_without_opening_it(
+    tmp_path: Path, bait: Path
+) -> None:
+    """With a non-zero capacity QEMU reads a sparse VMDK's data from the file itself and
+    ignores the file name on its extent line; so may the portal, and the bait stays closed."""
+    image = _sparse_vmdk(tmp_path, "named.vmdk")
+    _descriptor_replace(image, f'RW 2048 SPARSE "{bait}"')
+    store = tmp_path / "images"
+    with opens_watched(bait) as watch:
+        stored = image_import(image, name="disk.vmdk", store=store, limits=LIMITS)
+        assert not watch.events(), "the bait was opened"
+    assert stored.guest_sha256 == sha256_of(tmp_path / "named.vmdk.raw")
+
+
 def test_the_bait_watch_sees_qemu_img_follow_a_backing_file(tmp_path: Path, bait: Path) -> None:
     """The control: without the portal's checks, qemu-img does read the named host file."""
     case = backing_file(tmp_path, bait)
