@@ -8,7 +8,7 @@ from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
@@ -92,8 +92,12 @@ class DiskImageAdmin(admin.ModelAdmin):
                     else:
                         messages.success(request, f"Imported {upload.name} as a "
                                                   f"{image.get_media_display().lower()} master.")
-                        return HttpResponseRedirect(
-                            reverse("admin:portal_diskimage_change", args=[image.pk]))
+                        location = reverse("admin:portal_diskimage_change", args=[image.pk])
+                        if request.headers.get("X-Requested-With") == "XMLHttpRequest":
+                            # The page's script goes there itself; a redirect would be
+                            # followed by the XHR and use up the message on the way.
+                            return JsonResponse({"location": location})
+                        return HttpResponseRedirect(location)
         context = {**self.admin_site.each_context(request), "form": form, "title": "Upload a disk image",
                    "opts": self.model._meta, "max_bytes": settings.PORTAL_IMPORT_MAX_BYTES}
         return TemplateResponse(request, "admin/portal/diskimage/upload.html", context)

@@ -1,6 +1,7 @@
 // The admin's image upload with a progress bar: the same form, sent with XHR so
 // that upload.onprogress can report how much has gone; the server's answer
-// (the new image's page or the form with the reason it was refused) replaces the page.
+// (where the new image's page is, or the form with the reason it was refused)
+// replaces the page.
 "use strict";
 (function () {
   const form = document.getElementById("upload-form");
@@ -17,6 +18,7 @@
     }
     const request = new XMLHttpRequest();
     request.open("POST", form.action || window.location.href);
+    request.setRequestHeader("X-Requested-With", "XMLHttpRequest");
     bar.hidden = false;
     request.upload.onprogress = function (progress) {
       if (progress.lengthComputable) {
@@ -26,8 +28,9 @@
     };
     request.upload.onload = function () { status.textContent = "Sent; checking the image…"; };
     request.onload = function () {
-      if (request.responseURL && request.responseURL !== window.location.href) {
-        window.location.assign(request.responseURL);
+      const type = request.getResponseHeader("Content-Type") || "";
+      if (type.startsWith("application/json")) {
+        window.location.assign(JSON.parse(request.responseText).location);
       } else {
         document.open();
         document.write(request.responseText);

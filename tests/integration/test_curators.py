@@ -225,6 +225,11 @@ def test_the_admin_upload_streams_to_disk_and_imports(curator_client: Client, se
     assert b"FREEDOS.IMA" in listing.content
     DiskImage.objects.update(fixity=DiskImage.Fixity.FAILED)
     assert b"FAILED" in curator_client.get("/admin/portal/diskimage/").content
+    # The page's script uploads with XHR and is told where to go instead of being redirected.
+    upload = SimpleUploadedFile("FREEDOS.IMA", FREEDOS_2048.read_bytes())
+    response = curator_client.post("/admin/portal/diskimage/upload/", {"image": upload},
+                                   headers={"x-requested-with": "XMLHttpRequest"})
+    assert response.json() == {"location": f"/admin/portal/diskimage/{image.pk}/change/"}
 
 
 def test_the_admin_upload_refuses_a_file_over_the_limit_and_keeps_nothing(
