@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-BENCHMARKS = ["bench.first_frame", "bench.idle_cpu", "bench.soak"]
+BENCHMARKS = ["bench.first_frame", "bench.idle_cpu", "bench.import_image", "bench.soak"]
 
 
 def main() -> int:

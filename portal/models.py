@@ -5,23 +5,67 @@ it hands out is a plain value that the runtime turns into a QEMU command line.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from django.db import models
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
 
 from sessions.machine import MachineProfile
 
 
 class DiskImage(models.Model):
-    """A preservation master: stored read-only under its SHA-256, never written."""
+    """A preservation master: stored read-only under its SHA-256, never written.
+
+    `sha256` is the stored file's digest and its content address (what fixity
+    re-checks); `source_sha256` is the file as the curator brought it and
+    `guest_sha256` the disk as the guest sees it.
+    """
+
+    class Media(models.TextChoices):
+        FLOPPY = "floppy", "Floppy disk"
+        DISK = "disk", "Hard disk"
+        CDROM = "cdrom", "CD-ROM"
+
+    class Fixity(models.TextChoices):
+        UNCHECKED = "unchecked", "Not checked yet"
+        OK = "ok", "Intact"
+        FAILED = "failed", "FAILED"
 
     sha256 = models.CharField(max_length=64, unique=True)
     path = models.CharField(max_length=1024, help_text="Absolute path of the stored master.")
-    format = models.CharField(max_length=16, default="raw")
-    size_bytes = models.BigIntegerField()
+    format = models.CharField(max_length=16, default="raw", help_text="Format of the stored master.")
+    size_bytes = models.BigIntegerField(help_text="Size of the stored master file.")
     original_name = models.CharField(max_length=255, blank=True)
+    source_format = models.CharField(max_length=16, blank=True,
+                                     help_text="Format of the file the curator brought.")
+    source_sha256 = models.CharField(max_length=64, blank=True)
+    source_size_bytes = models.BigIntegerField(null=True, blank=True)
+    guest_sha256 = models.CharField(max_length=64, blank=True,
+                                    help_text="SHA-256 of the disk's contents as the guest sees them.")
+    virtual_size_bytes = models.BigIntegerField(null=True, blank=True)
+    media = models.CharField(max_length=8, choices=Media.choices, default=Media.DISK)
+    fixity = models.CharField(max_length=9, choices=Fixity.choices, default=Fixity.UNCHECKED)
+    fixity_checked_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
         return f"{self.original_name or 'image'} ({self.sha256[:12]})"
+
+
+class FixityCheck(models.Model):
+    """One re-hash of a master: when, and whether it still matched."""
+
+    image = models.ForeignKey(DiskImage, on_delete=models.CASCADE, related_name="fixity_checks")
+    checked_at = models.DateTimeField(auto_now_add=True)
+    ok = models.BooleanField()
+    detail = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-checked_at"]
+
+    def __str__(self) -> str:
+        return f"{self.image_id} {'ok' if self.ok else 'FAILED'} at {self.checked_at:%Y-%m-%d %H:%M}"
 
 
 class Exhibit(models.Model):
@@ -46,6 +90,12 @@ class Exhibit(models.Model):
         STD = "std", "Standard VGA"
         CIRRUS = "cirrus", "Cirrus Logic GD5446"
 
+    class Sound(models.TextChoices):
+        NONE = "none", "None"
+        SB16 = "sb16", "Sound Blaster 16"
+        ADLIB = "adlib", "AdLib (Yamaha OPL2)"
+        PCSPK = "pcspk", "PC speaker"
+
     slug = models.SlugField(unique=True)
     title = models.CharField(max_length=200)
     year = models.PositiveSmallIntegerField(null=True, blank=True)
@@ -57,12 +107,23 @@ class Exhibit(models.Model):
     memory_mb = models.PositiveSmallIntegerField(default=16)
     vga = models.CharField(max_length=8, choices=Vga.choices, default=Vga.STD)
     mouse = models.CharField(max_length=8, choices=Mouse.choices, default=Mouse.VMPORT)
+    sound = models.CharField(max_length=8, choices=Sound.choices, default=Sound.NONE)
     accelerator = models.CharField(
         max_length=8, choices=Accelerator.choices, default=Accelerator.AUTO,
         help_text="Software emulation suits guests that need exact legacy timing "
                   "(floppy boot fails under KVM on nested-virtualisation hosts).",
     )
-    published = models.BooleanField(default=False)
+    provenance_source = models.CharField(max_length=300, blank=True,
+                                         help_text="Where the image comes from (archive, collection).")
+    provenance_donor = models.CharField(max_length=200, blank=True)
+    provenance_acquired = models.DateField(null=True, blank=True, verbose_name="date acquired")
+    provenance_notes = models.TextField(blank=True)
+    thumbnail = models.CharField(max_length=80, blank=True,
+                                 help_text="File name of the thumbnail (its SHA-256), taken from a preview.")
+    # The kinds of the exhibit's extra media in order ("floppy,cdrom"), kept in step
+    # with its ExhibitMedia rows so the machine profile is known without a query.
+    extra_media_kinds = models.CharField(max_length=100, blank=True, editable=False)
+    published = models.BooleanField(default=False, help_text="Drafts are invisible to visitors.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -74,7 +135,51 @@ class Exhibit(models.Model):
 
     def machine_profile(self) -> MachineProfile:
         return MachineProfile(cpu=self.cpu, memory_mb=self.memory_mb, vga=self.vga, boot=self.boot,
-                              accelerator=self.accelerator, mouse=self.mouse)
+                              accelerator=self.accelerator, mouse=self.mouse, sound=self.sound,
+                              extra_media=tuple(filter(None, self.extra_media_kinds.split(","))))
+
+    async def fixity_problem(self) -> str | None:
+        """Why this exhibit must not start (a master failed its fixity check), or None."""
+        images = [self.image_id, *[pk async for pk in ExhibitMedia.objects.filter(exhibit_id=self.pk)
+                                   .values_list("image_id", flat=True)]]
+        failed = await DiskImage.objects.filter(pk__in=images, fixity=DiskImage.Fixity.FAILED).aexists()
+        if failed:
+            return ("This exhibit cannot be started: its disk image failed an integrity check. "
+                    "The curators have been told.")
+        return None
+
+
+
+class ExhibitMedia(models.Model):
+    """A further medium in an exhibit's machine: a second floppy, a CD-ROM, a second hard disk.
+
+    Each is attached through its own throwaway overlay, like the boot disk; its
+    kind is the image's media.
+    """
+
+    exhibit = models.ForeignKey(Exhibit, on_delete=models.CASCADE, related_name="extra_media")
+    image = models.ForeignKey(DiskImage, on_delete=models.PROTECT, related_name="extra_in")
+    position = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["position", "pk"]
+        verbose_name = "extra medium"
+        verbose_name_plural = "extra media"
+
+    def __str__(self) -> str:
+        return f"{self.image} in {self.exhibit_id}"
+
+
+def extra_media_kinds_refresh(exhibit_id: int) -> None:
+    """Keep Exhibit.extra_media_kinds in step with the exhibit's ExhibitMedia rows."""
+    kinds = ExhibitMedia.objects.filter(exhibit_id=exhibit_id).order_by("position", "pk") \
+        .values_list("image__media", flat=True)
+    Exhibit.objects.filter(pk=exhibit_id).update(extra_media_kinds=",".join(kinds))
+
+
+@receiver([post_save, post_delete], sender=ExhibitMedia)
+def _extra_media_changed(sender: type[ExhibitMedia], instance: ExhibitMedia, **kwargs: Any) -> None:
+    extra_media_kinds_refresh(instance.exhibit_id)
 
 
 class StartState(models.Model):

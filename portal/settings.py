@@ -198,3 +198,28 @@ PORTAL_ALLOWED_ORIGINS = [
 ]
 
 CSRF_FAILURE_VIEW = "portal.views.csrf_failure"
+
+# --- Importing images ---------------------------------------------------------
+# Largest file a curator may import or upload; an upload past it is stopped
+# while it streams in, and nothing of it is kept.
+PORTAL_IMPORT_MAX_BYTES = int(os.environ.get("PORTAL_IMPORT_MAX_BYTES", str(8 * 1024**3)))
+# Largest disk (as the guest sees it) an image may describe.
+PORTAL_IMAGE_MAX_VIRTUAL_BYTES = int(os.environ.get("PORTAL_IMAGE_MAX_VIRTUAL_BYTES", str(8 * 1024**3)))
+# Every qemu-img run on an untrusted image is capped like OpenStack's: CPU
+# seconds and address space for probing; conversion gets more CPU and time.
+PORTAL_QEMU_IMG_CPU_S = int(os.environ.get("PORTAL_QEMU_IMG_CPU_S", "2"))
+PORTAL_QEMU_IMG_ADDRESS_SPACE_BYTES = int(os.environ.get("PORTAL_QEMU_IMG_ADDRESS_SPACE_BYTES",
+                                                         str(1024**3)))
+PORTAL_IMAGE_CONVERT_CPU_S = int(os.environ.get("PORTAL_IMAGE_CONVERT_CPU_S", "600"))
+PORTAL_IMAGE_CONVERT_ADDRESS_SPACE_BYTES = int(os.environ.get("PORTAL_IMAGE_CONVERT_ADDRESS_SPACE_BYTES",
+                                                              str(4 * 1024**3)))
+PORTAL_IMAGE_CONVERT_TIMEOUT_S = _env_float("PORTAL_IMAGE_CONVERT_TIMEOUT_S", 900.0)
+# Thumbnails taken from curators' previews, served under /thumbnails/<sha256>.png.
+PORTAL_THUMBNAIL_DIR = Path(os.environ.get("PORTAL_THUMBNAIL_DIR",
+                                           PORTAL_DATA_DIR / "thumbnails")).resolve()
+# Uploads stream to a temporary file; only this much is ever held in memory.
+FILE_UPLOAD_MAX_MEMORY_SIZE = 256 * 1024
+FILE_UPLOAD_HANDLERS = [
+    "portal.uploads.LimitedUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]

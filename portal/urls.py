@@ -16,6 +16,8 @@ urlpatterns = [
     path("api/exhibits", views.api_exhibit_list),
     path("api/exhibits/<slug:slug>", views.api_exhibit_detail),
     path("api/exhibits/<slug:slug>/sessions", session_api.session_create),
+    path("api/exhibits/<slug:slug>/preview", session_api.session_preview),
+    path("thumbnails/<str:name>", views.thumbnail),
     path("api/sessions/<str:session_id>", session_api.session_detail),
     path("api/sessions/<str:session_id>/reset", session_api.session_reset),
     path("admin/", admin.site.urls),

@@ -4,9 +4,11 @@ Thin: validate, one call, respond.
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.conf import settings
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET
@@ -98,8 +100,26 @@ async def exhibit_page(request: HttpRequest, slug: str) -> HttpResponse:
     return render(
         request, "portal/exhibit_detail.html",
         {"exhibit": exhibit, "accelerator": broker.accelerator_for(exhibit),
-         "instant_start": await broker.start_state_usable(exhibit) is not None},
+         "instant_start": await broker.start_state_usable(exhibit) is not None,
+         "unavailable": await exhibit.fixity_problem()},
     )
+
+
+THUMBNAIL_NAME = re.compile(r"[0-9a-f]{64}\.png")
+
+
+@require_GET
+def thumbnail(request: HttpRequest, name: str) -> FileResponse:
+    """A thumbnail by its content address: it never changes, so caches may keep it."""
+    if not THUMBNAIL_NAME.fullmatch(name):
+        raise Http404("There is no such picture.")
+    try:
+        handle = (settings.PORTAL_THUMBNAIL_DIR / name).open("rb")
+    except FileNotFoundError:
+        raise Http404("There is no such picture.") from None
+    response = FileResponse(handle, content_type="image/png")
+    response["Cache-Control"] = "public, max-age=31536000, immutable"
+    return response
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

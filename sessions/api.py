@@ -6,7 +6,9 @@ not found, exactly like one that never existed.
 """
 from __future__ import annotations
 
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+import json
+
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -17,6 +19,7 @@ from portal.visitor import visitor_id
 
 from .broker import (
     CapacityError,
+    ExhibitUnavailableError,
     RateLimitedError,
     SessionBusyError,
     SessionEndedError,
@@ -26,6 +29,7 @@ from .broker import (
 from .ids import session_id_valid
 from .models import VisitorSession
 from .representation import session_json
+from .thumbnail import thumbnail_take_soon
 
 
 async def owned_session(request: HttpRequest, session_id: str) -> VisitorSession | None:
@@ -51,6 +55,31 @@ async def session_create(request: HttpRequest, slug: str) -> JsonResponse:
     ).afirst()
     if exhibit is None:
         return json_error(404, "not_found", "There is no such exhibit.")
+    return await _session_start(request, exhibit)
+
+
+@require_POST
+async def session_preview(request: HttpRequest, slug: str) -> HttpResponse:
+    """A curator's preview of any exhibit, drafts included; a thumbnail is taken from it.
+
+    Staff only; to anyone else a draft does not exist. A browser's form post (the
+    admin's Preview button, which accepts HTML) is redirected to the live page.
+    """
+    user = await request.auser()
+    exhibit = await Exhibit.objects.select_related("image").filter(slug=slug).afirst()
+    if exhibit is None or not (user.is_active and user.is_staff):
+        return json_error(404, "not_found", "There is no such exhibit.")
+    response = await _session_start(request, exhibit)
+    if response.status_code == 201:
+        broker = await get_broker()
+        data = json.loads(response.content)
+        thumbnail_take_soon(broker, session_id=data["id"], exhibit=exhibit)
+        if "text/html" in request.headers.get("Accept", ""):
+            return HttpResponseRedirect(data["page_url"])
+    return response
+
+
+async def _session_start(request: HttpRequest, exhibit: Exhibit) -> JsonResponse:
     owner = await visitor_id(request.session, create=True)
     assert owner is not None
     broker = await get_broker()
@@ -68,6 +97,9 @@ async def session_create(request: HttpRequest, slug: str) -> JsonResponse:
         response = json_error(429, "rate_limited", str(error))
         response["Retry-After"] = str(error.retry_after_s)
         return response
+    except ExhibitUnavailableError as error:
+        # 409: the exhibit's state (a damaged master) forbids starting it until a curator acts.
+        return json_error(409, "exhibit_unavailable", str(error))
     session.exhibit = exhibit
     return JsonResponse(session_json(session, broker), status=201)
 

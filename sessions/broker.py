@@ -25,7 +25,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
@@ -33,7 +33,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from portal.models import Exhibit, StartState
+from portal.models import Exhibit, ExhibitMedia, StartState
 
 from .confine import (
     Confinement,
@@ -53,10 +53,11 @@ from .machine import (
 )
 from .models import VisitorSession, new_session_id
 from .overlay import OVERLAY_FILE, OverlayError, overlay_create, run_dir_create, run_dir_remove
-from .prepare import StartCondition, start_state_discard, start_state_prepare
+from .prepare import PrepareError, StartCondition, start_state_discard, start_state_prepare
 from .reaper import reap_once
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 State = VisitorSession.State
 Reason = VisitorSession.EndedReason
@@ -96,6 +97,10 @@ class RateLimitedError(SessionError):
 
 class DisplayUnavailableError(SessionError):
     pass
+
+
+class ExhibitUnavailableError(SessionError):
+    """The exhibit cannot start: a master it needs failed its fixity check."""
 
 
 @dataclass(frozen=True)
@@ -233,6 +238,7 @@ class Broker:
         self._visit_s = min(config.session_max_s, 5 * 60.0)
         self._events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._background: list[asyncio.Task[None]] = []
+        self._helpers: set[asyncio.Task[Any]] = set()
 
     # --- queries ---------------------------------------------------------------
 
@@ -306,6 +312,9 @@ class Broker:
 
     async def session_create(self, *, exhibit: Exhibit, owner: str, address: str = "") -> VisitorSession:
         """Record a new session; start its machine now, or line it up for the next free one."""
+        problem = await exhibit.fixity_problem()
+        if problem is not None:
+            raise ExhibitUnavailableError(problem)
         async with self._create_lock:
             existing = await VisitorSession.objects.filter(
                 owner=owner, state__in=VisitorSession.LIVE_STATES
@@ -435,8 +444,10 @@ class Broker:
             qemu_img=self.config.qemu_img_binary, timeout_s=self.config.qemu_img_timeout_s,
         )
         profile = exhibit.machine_profile()
+        extra_paths = await self._extra_overlays(live, exhibit, count=len(profile.extra_media))
         machine = Machine(
             profile,
+            extra_paths=extra_paths,
             run_dir=live.run_dir,
             disk_path=overlay_path,
             qemu_binary=self.config.qemu_binary,
@@ -455,6 +466,25 @@ class Broker:
             overlay_path.unlink(missing_ok=True)
             raise
         return machine
+
+    async def _extra_overlays(self, live: _Live, exhibit: Exhibit, *, count: int) -> list[Path]:
+        """A throwaway overlay over each of the exhibit's extra media, in order."""
+        paths: list[Path] = []
+        if count == 0:
+            return paths
+        media = [medium async for medium in
+                 ExhibitMedia.objects.filter(exhibit_id=exhibit.pk).select_related("image")]
+        if len(media) != count:
+            raise OverlayError("The exhibit's media changed while it started; please try again.")
+        for number, medium in enumerate(media):
+            path = live.run_dir / f"extra-{number}.qcow2"
+            path.unlink(missing_ok=True)
+            await overlay_create(
+                base_path=Path(medium.image.path), base_format=medium.image.format, overlay_path=path,
+                qemu_img=self.config.qemu_img_binary, timeout_s=self.config.qemu_img_timeout_s,
+            )
+            paths.append(path)
+        return paths
 
     # --- start states ------------------------------------------------------------
 
@@ -736,10 +766,19 @@ class Broker:
               for live in lives),
             return_exceptions=True,
         )
-        tasks, self._background = self._background, []
+        tasks: list[asyncio.Task[Any]] = [*self._background, *self._helpers]
+        self._background = []
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    def task_start(self, coroutine: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
+        """Run a helper (such as taking a thumbnail) that the broker owns: it is
+        cancelled and awaited when the broker shuts down."""
+        task = _task(coroutine, name=name)
+        self._helpers.add(task)
+        task.add_done_callback(self._helpers.discard)
+        return task
 
     # --- events for the pages --------------------------------------------------
 
@@ -801,7 +840,7 @@ class Broker:
         return count
 
 
-def _task(coroutine: Coroutine[Any, Any, None], *, name: str) -> asyncio.Task[None]:
+def _task(coroutine: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
     """A broker task, run outside the context of the request that started it.
 
     A request's context carries its own thread for database calls, which ends
@@ -872,6 +911,11 @@ def _start_failure(error: OverlayError | MachineError) -> str:
 
 async def exhibit_prepare(exhibit: Exhibit, condition: StartCondition) -> StartState:
     """Boot the exhibit once, freeze its start state, and record it (replacing any old one)."""
+    if exhibit.machine_profile().extra_media:
+        # The warm layer covers the boot disk only; what booting wrote to extra
+        # media would be missing under the saved state.
+        raise PrepareError("exhibits with extra media always boot cold; instant start is not "
+                           "available for them yet")
     config = BrokerConfig.from_settings()
     broker = Broker(config)
     qemu = await asyncio.to_thread(broker.qemu_version)

@@ -47,6 +47,12 @@ VGA_MODELS = {"std", "cirrus"}
 # (the demo; VBMOUSE or vmwmouse under Windows 3.1) the visitor's exact pointer
 # position; the PS/2 mouse stays as the fallback. "ps2": the PS/2 mouse alone.
 MOUSE_MODELS = {"vmport", "ps2"}
+# Sound cards QEMU 7.2 emulates on the ISA bus, and the PC speaker. No audio is
+# streamed to browsers yet: the devices exist (software that probes for them
+# finds them) and play into QEMU's "none" audio backend.
+SOUND_MODELS = {"none", "sb16", "adlib", "pcspk"}
+MEDIA_KINDS = {"floppy", "disk", "cdrom"}
+AUDIODEV_ID = "audio0"
 
 
 class MachineError(Exception):
@@ -79,8 +85,20 @@ class MachineProfile:
     boot: str = "floppy"
     accelerator: str = "auto"
     mouse: str = "vmport"
+    sound: str = "none"
+    # The kinds of the exhibit's further media, in order ("floppy", "disk", "cdrom").
+    extra_media: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.sound not in SOUND_MODELS:
+            raise ValueError(f"unknown sound device {self.sound!r}")
+        for kind in self.extra_media:
+            if kind not in MEDIA_KINDS:
+                raise ValueError(f"unknown media kind {kind!r}")
+        floppies = (self.boot == "floppy") + self.extra_media.count("floppy")
+        ide = (self.boot != "floppy") + len(self.extra_media) - self.extra_media.count("floppy")
+        if floppies > 2 or ide > 4:
+            raise ValueError("a PC has two floppy drives and four IDE devices")
         if self.mouse not in MOUSE_MODELS:
             raise ValueError(f"unknown mouse {self.mouse!r}")
         if self.accelerator not in ACCELERATOR_PREFERENCES:
@@ -104,34 +122,55 @@ def build_argv(
     run_dir: Path,
     qmp_fd: int,
     incoming: bool = False,
+    extra_paths: Sequence[Path] = (),
     run_as: tuple[int, int] | None = None,
 ) -> list[str]:
     """QEMU's command line for one session. Pure: no I/O, same input, same output.
 
-    With `incoming`, QEMU waits for a saved machine state instead of booting.
-    With `run_as` (uid, gid), QEMU drops to that user once it has opened its
-    devices, disks and sockets (so KVM keeps working).
+    `extra_paths` are the qcow2 overlays of the profile's `extra_media`, in
+    the same order. With `incoming`, QEMU waits for a saved machine state
+    instead of booting. With `run_as` (uid, gid), QEMU drops to that user once
+    it has opened its devices, disks and sockets (so KVM keeps working).
     """
     if accelerator not in {"kvm", "tcg"}:
         raise ValueError(f"unknown accelerator {accelerator!r}")
-    # auto-read-only=off: QEMU keeps the descriptors it opened at start (before it
-    # dropped privileges) instead of reopening the files by path when it saves or
-    # resumes a machine.
-    drive = f"file={disk_path},format=qcow2,auto-read-only=off"
-    if profile.boot == "floppy":
-        drive += ",if=floppy,index=0"
-        boot_order = "a"
-    elif profile.boot == "hdd":
-        drive += ",if=ide,index=0,media=disk"
-        boot_order = "c"
-    else:
-        drive += ",if=ide,index=2,media=cdrom,readonly=on"
-        boot_order = "d"
+    if len(extra_paths) != len(profile.extra_media):
+        raise ValueError("one path is needed for each extra medium")
+    boot_kind = {"floppy": "floppy", "hdd": "disk", "cdrom": "cdrom"}[profile.boot]
+    # Slots in the order a PC's BIOS expects: the boot disk is the primary master,
+    # the boot CD the secondary master; further media take the free slots after.
+    floppy_slots = [0, 1]
+    ide_slots = {"disk": [0, 1, 3, 2], "cdrom": [2, 3, 1, 0]}
+    used: set[tuple[str, int]] = set()
+    drives: list[str] = []
+    for kind, path in [(boot_kind, disk_path), *zip(profile.extra_media, extra_paths, strict=True)]:
+        bus = "floppy" if kind == "floppy" else "ide"
+        slots = floppy_slots if kind == "floppy" else ide_slots[kind]
+        index = next(slot for slot in slots if (bus, slot) not in used)
+        used.add((bus, index))
+        # auto-read-only=off: QEMU keeps the descriptors it opened at start (before
+        # it dropped privileges) instead of reopening the files by path when it
+        # saves or resumes a machine.
+        drive = f"file={path},format=qcow2,auto-read-only=off,if={bus},index={index}"
+        if kind == "disk":
+            drive += ",media=disk"
+        elif kind == "cdrom":
+            drive += ",media=cdrom,readonly=on"
+        drives += ["-drive", drive]
+    boot_order = {"floppy": "a", "hdd": "c", "cdrom": "d"}[profile.boot]
+    machine = f"pc,vmport={'on' if profile.mouse == 'vmport' else 'off'}"
+    sound: list[str] = []
+    if profile.sound != "none":
+        sound = ["-audiodev", f"none,id={AUDIODEV_ID}"]
+        if profile.sound == "pcspk":
+            machine += f",pcspk-audiodev={AUDIODEV_ID}"
+        else:
+            sound += ["-device", f"{profile.sound},audiodev={AUDIODEV_ID}"]
     return [
         qemu_binary,
         "-nodefaults",
         "-no-user-config",
-        "-machine", f"pc,vmport={'on' if profile.mouse == 'vmport' else 'off'}",
+        "-machine", machine,
         "-accel", accelerator,
         "-cpu", CPU_MODELS[profile.cpu],
         "-m", str(profile.memory_mb),
@@ -146,7 +185,8 @@ def build_argv(
         # descriptor, so connecting never races QEMU's start-up.
         "-chardev", f"socket,id=qmp,fd={qmp_fd},server=on,wait=off",
         "-mon", "chardev=qmp,mode=control",
-        "-drive", drive,
+        *drives,
+        *sound,
         "-boot", f"order={boot_order}",
         # elevateprivileges stays allowed: -runas needs setuid, and QEMU 7.2 dies
         # at start ("Bad system call") when both are given.
@@ -164,7 +204,8 @@ def state_key(profile: MachineProfile, *, accelerator: str, qemu: str, master_sh
     changes the key too.
     """
     argv = build_argv(profile, qemu_binary="qemu", accelerator=accelerator,
-                      disk_path=Path("/disk"), run_dir=Path("/run"), qmp_fd=3, incoming=True)
+                      disk_path=Path("/disk"), run_dir=Path("/run"), qmp_fd=3, incoming=True,
+                      extra_paths=[Path(f"/extra{n}") for n in range(len(profile.extra_media))])
     argv_digest = hashlib.sha256("\0".join(argv).encode()).hexdigest()[:16]
     return (
         f"qemu={qemu};accel={accelerator};cpu={profile.cpu};memory={profile.memory_mb};"
@@ -233,10 +274,12 @@ class Machine:
         stop_timeout_s: float,
         incoming_state: Path | None = None,
         confinement: Confinement | None = None,
+        extra_paths: Sequence[Path] = (),
     ) -> None:
         self.profile = profile
         self.confinement = confinement or Confinement()
         self.cgroup: Path | None = None
+        self.extra_paths = list(extra_paths)
         self.incoming_state = incoming_state
         self.run_dir = run_dir
         self.disk_path = disk_path
@@ -298,6 +341,7 @@ class Machine:
                 qmp_fd=listener.fileno(),
                 incoming=state_fd is not None,
                 run_as=self.confinement.run_as,
+                extra_paths=self.extra_paths,
             )
             with self.log_path.open("ab") as log:
                 self._process = await asyncio.create_subprocess_exec(

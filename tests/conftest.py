@@ -87,20 +87,14 @@ ExhibitFactory = Callable[..., Awaitable[Any]]
 
 @pytest.fixture
 def exhibit_create(portal_dirs: Path) -> ExhibitFactory:
-    """Store an image as a master and publish an exhibit on it (awaitable)."""
-    from django.conf import settings
-
-    from portal.management.commands.add_exhibit import master_store
-    from portal.models import DiskImage, Exhibit
+    """Import an image as a master (the curators' checked path) and publish an exhibit on it
+    (awaitable)."""
+    from portal.images import disk_image_import
+    from portal.models import Exhibit
 
     def create(image: Path, *, slug: str, boot: str = "floppy", published: bool = True,
                title: str | None = None, accelerator: str = "auto") -> Exhibit:
-        path, digest, size = master_store(image, store=Path(settings.PORTAL_IMAGE_DIR))
-        disk, _ = DiskImage.objects.get_or_create(
-            sha256=digest,
-            defaults={"path": str(path), "format": "raw", "size_bytes": size,
-                      "original_name": image.name},
-        )
+        disk = disk_image_import(image, name=image.name)
         return Exhibit.objects.create(
             slug=slug, title=title or slug, image=disk, boot=boot, published=published,
             year=1994, publisher="Test", accelerator=accelerator,

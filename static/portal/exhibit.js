@@ -13,7 +13,8 @@ function say(html) {
 // starts streaming without first loading it.
 window.addEventListener("load", () => { import("/static/novnc/core/rfb.js").catch(() => {}); });
 
-button.addEventListener("click", async () => {
+// No button: the exhibit cannot be started now, and the page says why.
+button?.addEventListener("click", async () => {
   button.disabled = true;
   button.textContent = "Starting…";
   const { status, data } = await api("POST", `/api/exhibits/${article.dataset.slug}/sessions`);
@@ -23,7 +24,10 @@ button.addEventListener("click", async () => {
   }
   button.disabled = false;
   button.textContent = "Start";
-  if (status === 409) {
+  if (status === 409 && data && data.error === "exhibit_unavailable") {
+    say(data.detail);
+    button.disabled = true;
+  } else if (status === 409) {
     say(`You already have a machine running. <a href="${data.page_url}">Go back to it</a>, or end it there to start this one.`);
   } else if (status === 503 || status === 429) {
     say((data && data.detail) || "The server is busy. Please try again in a moment.");

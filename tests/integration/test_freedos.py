@@ -108,7 +108,8 @@ async def test_it_keeps_a_visitors_writes_in_that_visitors_overlay_only(
             await visit.rfb.close()
             await visit.browser.delete(f"/api/sessions/{visit.session_id}")
 
-    # The preservation master is exactly what it was.
-    assert sha256_file(master) == FREEDOS_2048_SHA256
+    # The preservation master (a qcow2 holding exactly the floppy) is exactly what it was.
+    assert exhibit.image.guest_sha256 == FREEDOS_2048_SHA256
+    assert sha256_file(master) == exhibit.image.sha256
     assert sha256_file(FREEDOS_2048) == FREEDOS_2048_SHA256
     assert not Path(row.run_dir).exists() and not Path(second_row.run_dir).exists()

@@ -237,7 +237,7 @@ async def test_the_reaper_ends_what_no_broker_owns_every_interval(
         run_dir=str(broker.config.run_root / orphan_id),
     )
     run_dir = run_dir_create(root=broker.config.run_root, name=orphan.id)
-    await overlay_create(base_path=Path(freedos.image.path), base_format="raw",
+    await overlay_create(base_path=Path(freedos.image.path), base_format=freedos.image.format,
                          overlay_path=run_dir / "disk.qcow2", qemu_img="qemu-img", timeout_s=30)
     machine = Machine(MachineProfile(), run_dir=run_dir, disk_path=run_dir / "disk.qcow2",
                       qemu_binary="qemu-system-i386", accelerator="tcg", start_timeout_s=20,

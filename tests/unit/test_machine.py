@@ -64,7 +64,7 @@ def test_it_attaches_the_overlay_as_the_boot_device(boot: str, interface: str, o
 
 @pytest.mark.parametrize("bad", [
     {"cpu": "z80"}, {"boot": "tape"}, {"mouse": "trackball"}, {"accelerator": "hax"},
-    {"vga": "3dfx"}, {"memory_mb": 0}, {"memory_mb": 4096},
+    {"vga": "3dfx"}, {"memory_mb": 0}, {"memory_mb": 4096}, {"sound": "gus"},
 ])
 def test_it_refuses_a_profile_it_cannot_build(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
@@ -76,7 +76,8 @@ def test_it_ties_a_saved_state_to_everything_it_depends_on() -> None:
     key = state_key(MachineProfile(), **base)
     assert key == state_key(MachineProfile(), **base)
     for profile in (MachineProfile(memory_mb=32), MachineProfile(mouse="ps2"),
-                    MachineProfile(boot="hdd"), MachineProfile(cpu="pentium")):
+                    MachineProfile(boot="hdd"), MachineProfile(cpu="pentium"),
+                    MachineProfile(sound="sb16"), MachineProfile(vga="cirrus")):
         assert state_key(profile, **base) != key
     for change in ({"accelerator": "tcg"}, {"qemu": "8.0.0"}, {"master_sha256": "cd" * 32}):
         assert state_key(MachineProfile(), **{**base, **change}) != key
@@ -85,3 +86,58 @@ def test_it_ties_a_saved_state_to_everything_it_depends_on() -> None:
 def test_it_refuses_an_unknown_accelerator() -> None:
     with pytest.raises(ValueError):
         argv_for(MachineProfile(), "hax")
+
+
+@pytest.mark.parametrize(("cpu", "model"), [("486", "486"), ("pentium", "pentium")])
+def test_it_gives_the_guest_the_cpu_of_its_profile(cpu: str, model: str) -> None:
+    assert option(argv_for(MachineProfile(cpu=cpu)), "-cpu") == [model]
+
+
+@pytest.mark.parametrize("vga", ["std", "cirrus"])
+def test_it_gives_the_guest_the_vga_of_its_profile(vga: str) -> None:
+    assert option(argv_for(MachineProfile(vga=vga)), "-vga") == [vga]
+
+
+@pytest.mark.parametrize(("sound", "devices", "machine"), [
+    ("none", [], "pc,vmport=on"),
+    ("sb16", ["sb16,audiodev=audio0"], "pc,vmport=on"),
+    ("adlib", ["adlib,audiodev=audio0"], "pc,vmport=on"),
+    ("pcspk", [], "pc,vmport=on,pcspk-audiodev=audio0"),
+])
+def test_it_gives_the_guest_the_sound_of_its_profile(sound: str, devices: list[str], machine: str) -> None:
+    argv = argv_for(MachineProfile(sound=sound))
+    assert option(argv, "-device") == devices
+    assert option(argv, "-machine") == [machine]
+    # No audio reaches browsers yet: the devices play into QEMU's silent backend.
+    assert option(argv, "-audiodev") == ([] if sound == "none" else ["none,id=audio0"])
+
+
+def test_it_attaches_extra_media_in_free_slots_with_cds_read_only() -> None:
+    profile = MachineProfile(boot="floppy", extra_media=("floppy", "cdrom", "disk"))
+    argv = build_argv(profile, qemu_binary="qemu", accelerator="tcg", disk_path=Path("/r/disk.qcow2"),
+                      run_dir=Path("/r"), qmp_fd=3,
+                      extra_paths=[Path("/r/extra-0.qcow2"), Path("/r/extra-1.qcow2"),
+                                   Path("/r/extra-2.qcow2")])
+    assert option(argv, "-drive") == [
+        "file=/r/disk.qcow2,format=qcow2,auto-read-only=off,if=floppy,index=0",
+        "file=/r/extra-0.qcow2,format=qcow2,auto-read-only=off,if=floppy,index=1",
+        "file=/r/extra-1.qcow2,format=qcow2,auto-read-only=off,if=ide,index=2,media=cdrom,readonly=on",
+        "file=/r/extra-2.qcow2,format=qcow2,auto-read-only=off,if=ide,index=0,media=disk",
+    ]
+    assert option(argv, "-boot") == ["order=a"]
+
+
+def test_it_refuses_more_media_than_a_pc_has_drives() -> None:
+    with pytest.raises(ValueError):
+        MachineProfile(boot="floppy", extra_media=("floppy", "floppy"))
+    with pytest.raises(ValueError):
+        MachineProfile(extra_media=("tape",))
+
+
+def test_it_builds_the_same_argv_for_the_same_full_profile() -> None:
+    def full() -> MachineProfile:
+        return MachineProfile(cpu="pentium", memory_mb=32, vga="cirrus", boot="cdrom", mouse="ps2",
+                              sound="sb16", accelerator="tcg")
+    assert argv_for(full()) == argv_for(full())
+    assert state_key(full(), accelerator="tcg", qemu="7.2", master_sha256="ab" * 32) == \
+        state_key(full(), accelerator="tcg", qemu="7.2", master_sha256="ab" * 32)

@@ -1,8 +1,8 @@
-"""Add (or update) an exhibit from a raw disk image on this server.
+"""Add (or update) an exhibit from a disk image on this server.
 
-The image is copied, never moved, into the master store under its SHA-256
-(read-only, 0444), hashed as it streams. Running it again with the same slug
-updates the exhibit; the same bytes are stored once.
+The image goes through the same checked import as `import_image` (copied,
+never moved; stored as a read-only qcow2 under its SHA-256). Running it again
+with the same slug updates the exhibit; the same bytes are stored once.
 """
 from __future__ import annotations
 
@@ -12,17 +12,25 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 
-from portal.models import DiskImage, Exhibit
+from portal.images import disk_image_import
+from portal.importer import QEMU_FORMATS, ImageError
+from portal.models import DiskImage, Exhibit, ExhibitMedia
 
 CHUNK_BYTES = 1024 * 1024
 
 
+BOOT_FOR_MEDIA = {"floppy": "floppy", "disk": "hdd", "cdrom": "cdrom"}
+
+
 def master_store(source: Path, *, store: Path) -> tuple[Path, str, int]:
-    """Copy source into the store as <sha256>.raw, read-only. Returns path, digest, size."""
+    """Copy a trusted raw image into the store as <sha256>.raw, read-only, unchecked.
+
+    Only for tests and fixtures built by this project; curators' images go
+    through `portal.images.disk_image_import`.
+    """
     store.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     size = 0
@@ -49,13 +57,26 @@ def master_store(source: Path, *, store: Path) -> tuple[Path, str, int]:
 
 
 class Command(BaseCommand):
-    help = "Add or update an exhibit from a raw disk image (floppy or hard disk)."
+    help = "Add or update an exhibit from a disk image (raw, qcow2, VMDK, VDI, VHD, VHDX, ISO)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("image", type=Path, help="Path of a raw disk image on this server.")
+        parser.add_argument("image", type=Path, help="Path of a disk image on this server.")
+        parser.add_argument("--format", choices=sorted(QEMU_FORMATS),
+                            help="The image's format; default: from its name.")
         parser.add_argument("--slug", required=True)
         parser.add_argument("--title", required=True)
-        parser.add_argument("--boot", choices=[c.value for c in Exhibit.Boot], default="floppy")
+        parser.add_argument("--boot", choices=[c.value for c in Exhibit.Boot],
+                            help="Default: floppy for floppy-sized images, cdrom for ISOs, else hdd.")
+        parser.add_argument("--vga", choices=[c.value for c in Exhibit.Vga], default="std")
+        parser.add_argument("--mouse", choices=[c.value for c in Exhibit.Mouse], default="vmport")
+        parser.add_argument("--sound", choices=[c.value for c in Exhibit.Sound], default="none")
+        parser.add_argument("--source", default="", help="Provenance: where the image comes from.")
+        parser.add_argument("--donor", default="")
+        parser.add_argument("--acquired", help="Provenance: date acquired, YYYY-MM-DD.")
+        parser.add_argument("--notes", default="", help="Provenance notes.")
+        parser.add_argument("--extra", type=Path, action="append", default=[], metavar="IMAGE",
+                            help="A further medium (second floppy, CD-ROM, second hard disk), "
+                                 "imported like the boot image; repeat for more.")
         parser.add_argument("--year", type=int)
         parser.add_argument("--publisher", default="")
         parser.add_argument("--description", default="")
@@ -71,15 +92,14 @@ class Command(BaseCommand):
         source: Path = options["image"]
         if not source.is_file():
             raise CommandError(f"{source} is not a file")
-        if source.stat().st_size == 0 or source.stat().st_size % 512:
-            raise CommandError(f"{source} is not a raw disk image (size is not whole sectors)")
-        path, digest, size = master_store(source, store=Path(settings.PORTAL_IMAGE_DIR))
+        extras: list[DiskImage] = []
+        try:
+            image: DiskImage = disk_image_import(source, name=source.name, claim=options["format"])
+            for extra in options["extra"]:
+                extras.append(disk_image_import(extra, name=extra.name))
+        except ImageError as error:
+            raise CommandError(f"refused an image: {error}") from error
         with transaction.atomic():
-            image, _ = DiskImage.objects.get_or_create(
-                sha256=digest,
-                defaults={"path": os.fspath(path), "format": "raw", "size_bytes": size,
-                          "original_name": source.name},
-            )
             exhibit, created = Exhibit.objects.update_or_create(
                 slug=options["slug"],
                 defaults={
@@ -88,13 +108,28 @@ class Command(BaseCommand):
                     "publisher": options["publisher"],
                     "description": options["description"],
                     "image": image,
-                    "boot": options["boot"],
+                    "boot": options["boot"] or BOOT_FOR_MEDIA[image.media],
                     "cpu": options["cpu"],
                     "memory_mb": options["memory_mb"],
+                    "vga": options["vga"],
+                    "mouse": options["mouse"],
+                    "sound": options["sound"],
                     "accelerator": options["accelerator"],
+                    "provenance_source": options["source"],
+                    "provenance_donor": options["donor"],
+                    "provenance_acquired": options["acquired"],
+                    "provenance_notes": options["notes"],
                     "published": options["publish"],
                 },
             )
+            ExhibitMedia.objects.filter(exhibit=exhibit).delete()
+            for position, medium in enumerate(extras):
+                ExhibitMedia.objects.create(exhibit=exhibit, image=medium, position=position)
+            exhibit.refresh_from_db()
+            try:
+                exhibit.machine_profile()
+            except ValueError as error:
+                raise CommandError(f"these media do not fit the PC: {error}") from error
         action = "Added" if created else "Updated"
         state = "published" if exhibit.published else "draft"
-        self.stdout.write(f"{action} exhibit {exhibit.slug} ({state}), master sha256 {digest}")
+        self.stdout.write(f"{action} exhibit {exhibit.slug} ({state}), master sha256 {image.sha256}")

@@ -1,0 +1,527 @@
+"""Untrusted disk images in, read-only qcow2 preservation masters out.
+
+Owns: recognising an image's real format from its bytes, checking it against
+what its name or the curator claims, probing it with `qemu-img` as QEMU's
+security documentation advises (explicit format, CPU-time and address-space
+limits, a timeout), refusing anything that could make QEMU open another file
+or exhaust the host, converting what is accepted to qcow2 and proving that the
+guest sees exactly the original's bytes, and re-hashing stored masters
+(fixity).
+
+Must not: import Django, let `qemu-img` guess a format, let any QEMU tool touch
+a file before its header was checked by hand, or leave anything behind when an
+image is refused. It takes paths, limits and timeouts as arguments.
+
+The hand checks come first because `qemu-img info` itself opens a qcow2's
+external data file and a VMDK descriptor's extents (CVE-2024-32498,
+CVE-2022-47951); `qemu-img info` then checks again what QEMU itself sees.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import resource
+import struct
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+CHUNK_BYTES = 1024 * 1024
+SECTOR_BYTES = 512
+KIB = 1024
+# Disks of a PC floppy's size, 160 KiB (5.25" single-sided) to 2.88 MiB (3.5" ED),
+# including the common over-formatted ones (DMF 1.68 MiB, 1.72 MiB). Only these
+# sizes: a 1 MiB hard disk is not a floppy.
+FLOPPY_SIZES_BYTES = frozenset(size * KIB for size in (160, 180, 320, 360, 720, 1200, 1440, 1680,
+                                                         1722, 1743, 2880))
+
+# What a file name claims. The curator's explicit claim wins over the name.
+EXTENSION_FORMATS = {
+    ".img": "raw", ".ima": "raw", ".vfd": "raw", ".flp": "raw", ".dsk": "raw",
+    ".raw": "raw", ".bin": "raw", ".hdd": "raw", ".hda": "raw",
+    ".qcow2": "qcow2", ".qcow": "qcow2",
+    ".vmdk": "vmdk",
+    ".vdi": "vdi",
+    ".vhd": "vpc", ".vpc": "vpc",
+    ".vhdx": "vhdx",
+    ".iso": "iso",
+}
+# Formats a curator may name, and the name qemu-img knows each by.
+QEMU_FORMATS = {"raw": "raw", "iso": "raw", "qcow2": "qcow2", "vmdk": "vmdk", "vdi": "vdi",
+                "vpc": "vpc", "vhdx": "vhdx"}
+FORMAT_NAMES = {"raw": "a raw disk image", "iso": "an ISO 9660 CD-ROM image", "qcow2": "qcow2",
+                "vmdk": "VMDK", "vdi": "VDI", "vpc": "VHD", "vhdx": "VHDX"}
+# Formats whose `qemu-img check` finds a corrupt image before conversion does.
+CHECKABLE_FORMATS = {"qcow2", "vmdk", "vdi", "vhdx"}
+QCOW2_INCOMPATIBLE_DIRTY = 1 << 0
+QCOW2_INCOMPATIBLE_CORRUPT = 1 << 1
+QCOW2_INCOMPATIBLE_DATA_FILE = 1 << 2
+QCOW2_EXTENSION_DATA_FILE = 0x44415441
+
+
+class ImageError(Exception):
+    """Base of every error this module raises."""
+
+
+class ImageRejectedError(ImageError):
+    """The image was refused; `reason` is a short code, the message says why for a curator."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ImportLimits:
+    """How much an untrusted image may cost the host."""
+
+    max_file_bytes: int
+    max_virtual_bytes: int
+    # Applied to every qemu-img run: CPU seconds and address space (OpenStack's caps by default).
+    probe_cpu_s: int = 2
+    probe_address_space_bytes: int = 1024 * 1024 * 1024
+    probe_timeout_s: float = 30.0
+    # Checking, conversion and comparison read the whole image, so they get more CPU
+    # time, and more address space: under load qemu-img's I/O thread pool grows to 64
+    # threads, each reserving a stack.
+    convert_cpu_s: int = 600
+    convert_address_space_bytes: int = 4 * 1024 * 1024 * 1024
+    convert_timeout_s: float = 900.0
+    qemu_img: str = "qemu-img"
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """A master in the store and what is known about it."""
+
+    path: Path
+    sha256: str  # of the stored qcow2 file: its content address, what fixity re-checks
+    source_sha256: str  # of the file as the curator brought it
+    guest_sha256: str  # of the disk as the guest sees it
+    source_format: str
+    media: str  # "floppy", "disk" or "cdrom"
+    virtual_bytes: int
+    stored_bytes: int
+    source_bytes: int
+
+
+# --- recognising formats -------------------------------------------------------
+
+
+def format_claimed(name: str, *, claim: str | None = None) -> str:
+    """The format the curator claims, or the one the file's name claims."""
+    if claim:
+        if claim not in QEMU_FORMATS:
+            raise ImageRejectedError("unknown_format", f"{claim!r} is not a supported format.")
+        return claim
+    suffix = Path(name).suffix.lower()
+    if suffix not in EXTENSION_FORMATS:
+        raise ImageRejectedError(
+            "unknown_format",
+            f"The name {name!r} does not say what format the image is; name the format.",
+        )
+    return EXTENSION_FORMATS[suffix]
+
+
+def format_sniff(path: Path) -> str:
+    """The format an image really is, from its magic bytes; "raw" when none matches.
+
+    Also names formats the portal refuses ("vmdk-descriptor", "qcow1", "qed",
+    ...), so that a raw image that is really one of them is refused too.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(0x8006 + 1)
+        tail = b""
+        if size >= SECTOR_BYTES:
+            handle.seek(size - SECTOR_BYTES)
+            tail = handle.read(SECTOR_BYTES)
+    if head.startswith(b"QFI\xfb"):
+        version = struct.unpack(">I", head[4:8])[0] if len(head) >= 8 else 0
+        return "qcow2" if version in {2, 3} else "qcow1"
+    if head.startswith(b"KDMV"):
+        return "vmdk"
+    if head.startswith((b"COWD", b"# Disk DescriptorFile")) or b"createType=" in head[:2048]:
+        return "vmdk-descriptor"
+    if head.startswith(b"vhdxfile"):
+        return "vhdx"
+    if head.startswith(b"conectix") or tail.startswith(b"conectix"):
+        return "vpc"
+    if head[64:68] == b"\x7f\x10\xda\xbe":
+        return "vdi"
+    if head.startswith(b"QED\x00"):
+        return "qed"
+    if head.startswith(b"WithoutFreeSpace") or head.startswith(b"WithouFreSpacExt"):
+        return "parallels"
+    if head.startswith(b"Bochs Virtual HD Image"):
+        return "bochs"
+    if head.startswith(b"#!/bin/sh\n#V2.0 Format"):
+        return "cloop"
+    if tail.startswith(b"koly"):
+        return "dmg"
+    if head[0x8001:0x8006] == b"CD001":
+        return "iso"
+    return "raw"
+
+
+def format_match(*, claimed: str, sniffed: str) -> None:
+    """Refuse an image whose contents are not the format claimed."""
+    if claimed == sniffed:
+        return
+    if sniffed == "vmdk-descriptor":
+        raise ImageRejectedError(
+            "vmdk_descriptor",
+            "This is a VMDK descriptor that names its data in other files; only single-file "
+            "VMDKs (monolithicSparse or streamOptimized) are accepted.",
+        )
+    what = FORMAT_NAMES.get(sniffed, f"a {sniffed} image")
+    raise ImageRejectedError(
+        "format_mismatch",
+        f"The image is claimed to be {FORMAT_NAMES[claimed]} but its contents are {what}.",
+    )
+
+
+# --- hand checks before any QEMU tool opens the file ------------------------------
+
+
+def qcow2_header_check(path: Path) -> None:
+    """Refuse a qcow2 whose header names a backing file, an external data file or encryption."""
+    with path.open("rb") as handle:
+        header = handle.read(4096)
+    if len(header) < 72:  # a version 2 header's length
+        raise ImageRejectedError("corrupt", "The qcow2 header is truncated.")
+    version = struct.unpack(">I", header[4:8])[0]
+    backing_offset, backing_size = struct.unpack(">QI", header[8:20])
+    crypt_method = struct.unpack(">I", header[32:36])[0]
+    if backing_offset or backing_size:
+        raise ImageRejectedError(
+            "backing_file",
+            "The qcow2 image names a backing file; QEMU would read that file from this server "
+            "(CVE-2015-1851, CVE-2015-5163).",
+        )
+    if crypt_method:
+        raise ImageRejectedError("encrypted", "The qcow2 image is encrypted.")
+    if version < 3:
+        return
+    if len(header) < 104:
+        raise ImageRejectedError("corrupt", "The qcow2 header is truncated.")
+    incompatible = struct.unpack(">Q", header[72:80])[0]
+    header_length = struct.unpack(">I", header[100:104])[0]
+    if incompatible & QCOW2_INCOMPATIBLE_DATA_FILE:
+        raise ImageRejectedError(
+            "data_file",
+            "The qcow2 image keeps its data in an external file; QEMU would read that file "
+            "from this server (CVE-2024-32498).",
+        )
+    if incompatible & QCOW2_INCOMPATIBLE_CORRUPT:
+        raise ImageRejectedError("corrupt", "The qcow2 image is marked corrupt.")
+    # Header extensions follow the header; a data-file name here without the
+    # feature bit is still an attempt to point at a host file.
+    offset = header_length
+    while offset + 8 <= len(header):
+        kind, length = struct.unpack(">II", header[offset:offset + 8])
+        if kind == 0:
+            break
+        if kind == QCOW2_EXTENSION_DATA_FILE:
+            raise ImageRejectedError(
+                "data_file",
+                "The qcow2 image names an external data file (CVE-2024-32498).",
+            )
+        offset += 8 + (length + 7) // 8 * 8
+
+
+def vmdk_header_check(path: Path) -> None:
+    """Accept only a single-file sparse VMDK whose embedded descriptor names no other file.
+
+    QEMU follows the embedded descriptor's extents when the header's capacity
+    is zero, so such a file is refused like a descriptor file (CVE-2022-47951).
+    """
+    with path.open("rb") as handle:
+        header = handle.read(512)
+        if len(header) < 77:
+            raise ImageRejectedError("corrupt", "The VMDK header is truncated.")
+        capacity, _grain, descriptor_sector, descriptor_sectors = struct.unpack(
+            "<QQQQ", header[12:44])
+        if capacity == 0:
+            raise ImageRejectedError(
+                "vmdk_extent",
+                "The VMDK has no data of its own and defers to extents in other files "
+                "(CVE-2022-47951).",
+            )
+        descriptor = b""
+        if descriptor_sector and descriptor_sectors:
+            if descriptor_sectors > 2048:
+                raise ImageRejectedError("corrupt", "The VMDK's descriptor is implausibly large.")
+            handle.seek(descriptor_sector * SECTOR_BYTES)
+            descriptor = handle.read(descriptor_sectors * SECTOR_BYTES)
+    text = descriptor.split(b"\0", 1)[0].decode("latin-1")
+    extents = []
+    for line in text.splitlines():
+        line = line.strip()
+        key = line.split("=", 1)[0].strip().lower()
+        if key == "createtype" and line.split("=", 1)[1].strip().strip('"') not in {
+                "monolithicSparse", "streamOptimized"}:
+            raise ImageRejectedError("vmdk_extent", "Only single-file VMDKs (monolithicSparse or "
+                                     "streamOptimized) are accepted.")
+        if key in {"parentfilenamehint"}:
+            raise ImageRejectedError("backing_file", "The VMDK names a parent image in another file.")
+        if line.split(" ", 1)[0] in {"RW", "RDONLY", "NOACCESS"}:
+            extents.append(line)
+    if len(extents) > 1:
+        raise ImageRejectedError("vmdk_extent", "The VMDK's descriptor names more than one extent "
+                                 "(CVE-2022-47951).")
+    for extent in extents:
+        parts = extent.split()
+        if len(parts) >= 3 and parts[2] not in {"SPARSE"}:
+            raise ImageRejectedError("vmdk_extent", f"The VMDK's extent is of type {parts[2]}, "
+                                     "which reads another file (CVE-2022-47951).")
+
+
+# --- qemu-img under limits --------------------------------------------------------
+
+
+def _limits(*, cpu_s: int, address_space_bytes: int) -> Callable[[], None]:
+    def apply() -> None:
+        # Runs in the child between fork and exec.
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s))
+        resource.setrlimit(resource.RLIMIT_AS, (address_space_bytes, address_space_bytes))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    return apply
+
+
+def qemu_img_run(argv: Sequence[str], *, limits: ImportLimits, long: bool = False
+                 ) -> subprocess.CompletedProcess[str]:
+    """Run qemu-img with the CPU, address-space and wall-clock limits; never a shell."""
+    cpu_s = limits.convert_cpu_s if long else limits.probe_cpu_s
+    timeout_s = limits.convert_timeout_s if long else limits.probe_timeout_s
+    address_space = limits.convert_address_space_bytes if long else limits.probe_address_space_bytes
+    try:
+        return subprocess.run(
+            [limits.qemu_img, *argv], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=timeout_s, check=False,
+            preexec_fn=_limits(cpu_s=cpu_s, address_space_bytes=address_space),
+        )
+    except subprocess.TimeoutExpired as error:
+        raise ImageRejectedError(
+            "resource_limit", f"qemu-img took longer than {timeout_s:g} s on this image.") from error
+    except FileNotFoundError as error:
+        raise ImageError(f"qemu-img is not installed ({limits.qemu_img} not found)") from error
+
+
+def _failure(result: subprocess.CompletedProcess[str], what: str) -> ImageRejectedError:
+    if result.returncode < 0:
+        return ImageRejectedError(
+            "resource_limit",
+            f"qemu-img exceeded its CPU or memory limit while {what} (signal {-result.returncode}; "
+            "CVE-2015-5162).")
+    message = (result.stderr.strip().splitlines() or ["no message"])[-1]
+    message = message.removeprefix("qemu-img: ")
+    return ImageRejectedError("corrupt", f"qemu-img could not read the image while {what}: "
+                                         f"{message}")
+
+
+def image_probe(path: Path, *, qemu_format: str, limits: ImportLimits) -> dict[str, Any]:
+    """`qemu-img info` of the image, checked: no backing, data file, encryption or foreign extent."""
+    result = qemu_img_run(["info", "-U", "--output=json", "-f", qemu_format, os.fspath(path)],
+                          limits=limits)
+    if result.returncode != 0:
+        raise _failure(result, "probing it")
+    try:
+        info = json.loads(result.stdout)
+    except json.JSONDecodeError as error:
+        raise ImageRejectedError("corrupt", "qemu-img's description of the image is unreadable.") \
+            from error
+    if not isinstance(info, dict):
+        raise ImageRejectedError("corrupt", "qemu-img's description of the image is unreadable.")
+    specific = info.get("format-specific") or {}
+    data = specific.get("data") or {}
+    if info.get("backing-filename") or info.get("full-backing-filename"):
+        raise ImageRejectedError("backing_file", "The image names a backing file "
+                                 "(CVE-2015-1851, CVE-2015-5163).")
+    if data.get("data-file"):
+        raise ImageRejectedError("data_file", "The image names an external data file "
+                                 "(CVE-2024-32498).")
+    if info.get("encrypted") or data.get("encrypt"):
+        raise ImageRejectedError("encrypted", "The image is encrypted.")
+    if data.get("corrupt"):
+        raise ImageRejectedError("corrupt", "The image is marked corrupt.")
+    if info.get("format") != qemu_format:
+        raise ImageRejectedError("format_mismatch", "qemu-img read the image as another format.")
+    for extent in data.get("extents") or []:
+        if os.path.basename(str(extent.get("filename", ""))) != path.name:
+            raise ImageRejectedError("vmdk_extent", "The VMDK has an extent in another file "
+                                     "(CVE-2022-47951).")
+    virtual = info.get("virtual-size")
+    if not isinstance(virtual, int) or virtual <= 0:
+        raise ImageRejectedError("corrupt", "The image has no usable virtual size.")
+    if virtual > limits.max_virtual_bytes:
+        raise ImageRejectedError(
+            "too_large", f"The disk is {virtual} bytes; the limit is {limits.max_virtual_bytes}.")
+    return info
+
+
+def media_for(*, source_format: str, virtual_bytes: int) -> str:
+    if source_format == "iso":
+        return "cdrom"
+    if virtual_bytes in FLOPPY_SIZES_BYTES:
+        return "floppy"
+    return "disk"
+
+
+# --- hashing ---------------------------------------------------------------------
+
+
+def sha256_stream(reader: BinaryIO, *, writer: BinaryIO | None = None, limit: int | None = None
+                  ) -> tuple[str, int]:
+    """SHA-256 and length of a stream, copied to writer on the way; refuses past limit."""
+    digest = hashlib.sha256()
+    size = 0
+    while chunk := reader.read(CHUNK_BYTES):
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise ImageRejectedError("too_large", f"The file is larger than {limit} bytes.")
+        digest.update(chunk)
+        if writer is not None:
+            writer.write(chunk)
+    return digest.hexdigest(), size
+
+
+def sha256_path(path: Path) -> str:
+    """SHA-256 of a file, read through a read-only descriptor (fixity never writes)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as reader:
+        return sha256_stream(reader)[0]
+
+
+# --- import ----------------------------------------------------------------------
+
+
+def image_import(source: Path | BinaryIO, *, name: str, store: Path, limits: ImportLimits,
+                 claim: str | None = None) -> StoredImage:
+    """Check an untrusted image and store it as a read-only qcow2 master.
+
+    `source` is a path on this server or an open binary stream (an upload);
+    either way it is copied into a private work directory inside the store
+    first, so QEMU's tools only ever see that copy. On refusal or any failure
+    the work directory is removed and the store holds nothing new.
+    """
+    claimed = format_claimed(name, claim=claim)
+    store.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".import-", dir=store))
+    try:
+        return _import(source, claimed=claimed, work=work, store=store, limits=limits)
+    finally:
+        for child in work.iterdir():
+            with contextlib.suppress(OSError):
+                os.chmod(child, 0o600)
+        for child in work.iterdir():
+            child.unlink()
+        work.rmdir()
+
+
+def _import(source: Path | BinaryIO, *, claimed: str, work: Path, store: Path,
+            limits: ImportLimits) -> StoredImage:
+    # A neutral name: the extension is not trusted and QEMU never sees the curator's.
+    copy = work / "source"
+    with copy.open("xb") as writer:
+        if isinstance(source, Path):
+            with source.open("rb") as reader:
+                source_sha256, source_bytes = sha256_stream(reader, writer=writer,
+                                                            limit=limits.max_file_bytes)
+        else:
+            source_sha256, source_bytes = sha256_stream(source, writer=writer,
+                                                        limit=limits.max_file_bytes)
+    os.chmod(copy, 0o400)
+    if source_bytes == 0:
+        raise ImageRejectedError("empty", "The file is empty.")
+    format_match(claimed=claimed, sniffed=format_sniff(copy))
+    if claimed == "qcow2":
+        qcow2_header_check(copy)
+    elif claimed == "vmdk":
+        vmdk_header_check(copy)
+    elif claimed in {"raw", "iso"}:
+        if source_bytes % SECTOR_BYTES:
+            raise ImageRejectedError("corrupt", "A raw disk image is whole 512-byte sectors; "
+                                     "this one is not.")
+        if source_bytes > limits.max_virtual_bytes:
+            raise ImageRejectedError("too_large", f"The disk is {source_bytes} bytes; the limit "
+                                     f"is {limits.max_virtual_bytes}.")
+    qemu_format = QEMU_FORMATS[claimed]
+    info = image_probe(copy, qemu_format=qemu_format, limits=limits)
+    if qemu_format in CHECKABLE_FORMATS:
+        checked = qemu_img_run(["check", "-U", "-f", qemu_format, os.fspath(copy)],
+                               limits=limits, long=True)
+        if checked.returncode not in {0, 3}:  # 3: leaked clusters only, no damage to data
+            raise _failure(checked, "checking it")
+    converted = work / "master.qcow2"
+    result = qemu_img_run(["convert", "-f", qemu_format, "-O", "qcow2", "-o", "compat=1.1",
+                           os.fspath(copy), os.fspath(converted)], limits=limits, long=True)
+    if result.returncode != 0:
+        raise _failure(result, "converting it")
+    compared = qemu_img_run(["compare", "-f", qemu_format, "-F", "qcow2", os.fspath(copy),
+                             os.fspath(converted)], limits=limits, long=True)
+    if compared.returncode != 0:
+        raise ImageRejectedError("conversion_mismatch", "The converted master does not hold "
+                                 "exactly the original's contents.")
+    converted_info = image_probe(converted, qemu_format="qcow2", limits=limits)
+    if converted_info.get("virtual-size") != info["virtual-size"]:
+        raise ImageRejectedError("conversion_mismatch", "The converted master's size differs.")
+    guest_sha256 = (source_sha256 if qemu_format == "raw"
+                    else _guest_sha256(converted, work=work, limits=limits))
+    os.chmod(converted, 0o444)
+    sha256 = sha256_path(converted)
+    final = store / f"{sha256}.qcow2"
+    stored_bytes = converted.stat().st_size
+    if final.exists():
+        converted.unlink()
+    else:
+        os.replace(converted, final)
+    return StoredImage(
+        path=final, sha256=sha256, source_sha256=source_sha256, guest_sha256=guest_sha256,
+        source_format=claimed, media=media_for(source_format=claimed, virtual_bytes=info["virtual-size"]),
+        virtual_bytes=info["virtual-size"], stored_bytes=stored_bytes, source_bytes=source_bytes,
+    )
+
+
+def _guest_sha256(master: Path, *, work: Path, limits: ImportLimits) -> str:
+    """SHA-256 of what the guest sees: the master converted to a sparse raw file and read.
+
+    Holes in the sparse file read as zeros without disk I/O, so this costs the
+    image's data, not its virtual size, in disk space.
+    """
+    raw = work / "guest.raw"
+    result = qemu_img_run(["convert", "-f", "qcow2", "-O", "raw", os.fspath(master),
+                           os.fspath(raw)], limits=limits, long=True)
+    if result.returncode != 0:
+        raise _failure(result, "reading the converted master")
+    try:
+        return sha256_path(raw)
+    finally:
+        raw.unlink()
+
+
+# --- fixity ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FixityResult:
+    ok: bool
+    detail: str
+
+
+def master_verify(path: Path, *, sha256: str) -> FixityResult:
+    """Re-hash a stored master and compare; opens it read-only and never writes it."""
+    try:
+        actual = sha256_path(path)
+    except FileNotFoundError:
+        return FixityResult(ok=False, detail="The master file is missing.")
+    except OSError as error:
+        return FixityResult(ok=False, detail=f"The master file cannot be read: {error.strerror}.")
+    if actual != sha256:
+        return FixityResult(ok=False, detail=f"SHA-256 is {actual}, expected {sha256}.")
+    return FixityResult(ok=True, detail="SHA-256 matches.")

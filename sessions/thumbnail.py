@@ -1,0 +1,125 @@
+"""Thumbnails of exhibits, taken from a curator's running preview.
+
+Owns: waiting until a preview's machine runs and its screen has settled,
+asking QEMU for a PNG screendump (into a file the portal opens in the
+session's run directory and hands to QEMU), and
+copying it into the thumbnail store under its SHA-256.
+
+Must not: keep a machine alive or end one; it only reads the screen while the
+broker says the machine runs, and gives up quietly when it stops.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+
+from portal.models import Exhibit
+
+from .machine import MachineError
+
+if TYPE_CHECKING:
+    from .broker import Broker
+
+logger = logging.getLogger(__name__)
+
+SCREENDUMP_FILE = "thumbnail.png"
+POLL_S = 1.0
+# Screens compared before settling for one that keeps changing (a blinking cursor).
+MAX_SCREENS = 20
+
+# Thumbnail tasks in flight, kept so they are not collected and can be awaited.
+_tasks: dict[str, asyncio.Task[str | None]] = {}
+
+
+def thumbnail_take_soon(broker: Broker, *, session_id: str, exhibit: Exhibit) -> None:
+    """Take the exhibit's thumbnail from this session in the background."""
+    task = broker.task_start(thumbnail_take(broker, session_id=session_id, exhibit=exhibit),
+                             name=f"thumbnail-{session_id}")
+    _tasks[session_id] = task
+    task.add_done_callback(lambda done: _tasks.pop(session_id, None) if _tasks.get(session_id) is done
+                           else None)
+
+
+async def thumbnail_wait(session_id: str) -> str | None:
+    """The thumbnail's file name once the session's thumbnail task is done (None if it took none)."""
+    task = _tasks.get(session_id)
+    return await task if task is not None else None
+
+
+def png_has_content(png: bytes) -> bool:
+    """True when the picture is not one flat colour (the guest has drawn something)."""
+    offset, data = 8, b""
+    while offset + 8 <= len(png):
+        length, kind = struct.unpack(">I4s", png[offset:offset + 8])
+        if kind == b"IDAT":
+            data += png[offset + 8:offset + 8 + length]
+        offset += 12 + length
+    try:
+        pixels = zlib.decompress(data)
+    except zlib.error:
+        return False
+    # Row filter bytes and one colour give at most a handful of distinct bytes.
+    return len(set(pixels[:1 << 20])) > 6
+
+
+async def thumbnail_take(broker: Broker, *, session_id: str, exhibit: Exhibit) -> str | None:
+    """Wait for the running machine and a settled, non-blank screen; store and record it."""
+    try:
+        png = await _settled_screen(broker, session_id=session_id)
+    except (MachineError, OSError) as error:
+        logger.warning("thumbnail of %s from session %s failed: %s", exhibit.slug, session_id, error)
+        return None
+    if png is None:
+        return None
+    name = await asyncio.to_thread(thumbnail_store, png, store=Path(settings.PORTAL_THUMBNAIL_DIR))
+    await Exhibit.objects.filter(pk=exhibit.pk).aupdate(thumbnail=name)
+    return name
+
+
+async def _settled_screen(broker: Broker, *, session_id: str) -> bytes | None:
+    deadline = broker.config.start_timeout_s + broker.config.qemu_img_timeout_s
+    async with asyncio.timeout(deadline):
+        while (machine := broker.machine(session_id)) is None:
+            if broker.session_generation(session_id) is None:
+                return None  # ended before it ran
+            await asyncio.sleep(POLL_S / 4)
+    previous: bytes | None = None
+    latest: bytes | None = None
+    for _ in range(MAX_SCREENS):
+        machine = broker.machine(session_id)
+        if machine is None:
+            break
+        target = machine.run_dir / SCREENDUMP_FILE
+        await machine.screendump(target, image_format="png")
+        screen = await asyncio.to_thread(target.read_bytes)
+        with contextlib.suppress(OSError):
+            target.unlink()
+        if png_has_content(screen):
+            latest = screen
+            if screen == previous:
+                return screen
+        previous = screen
+        await asyncio.sleep(POLL_S)
+    return latest
+
+
+def thumbnail_store(png: bytes, *, store: Path) -> str:
+    """Write the PNG as <sha256>.png (read-only) and return that name."""
+    store.mkdir(parents=True, exist_ok=True)
+    name = f"{hashlib.sha256(png).hexdigest()}.png"
+    final = store / name
+    if not final.exists():
+        temporary = store / f".{name}.incoming"
+        temporary.write_bytes(png)
+        os.chmod(temporary, 0o444)
+        os.replace(temporary, final)
+    return name

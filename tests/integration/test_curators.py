@@ -1,0 +1,360 @@
+"""The curators' side through Django: import and fixity commands, the admin upload,
+drafts, staff previews and their thumbnails."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import CommandError, call_command
+from django.test import AsyncClient, Client
+
+from portal.models import DiskImage, Exhibit, FixityCheck
+from sessions.models import VisitorSession
+from sessions.thumbnail import thumbnail_wait
+from tests.conftest import FREEDOS_2048, FREEDOS_2048_SHA256, ExhibitFactory, visitor
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def store_contents(portal_dirs: Path) -> list[str]:
+    images = portal_dirs / "images"
+    return sorted(p.name for p in images.rglob("*")) if images.exists() else []
+
+
+def hostile_backing(tmp_path: Path) -> Path:
+    bait = tmp_path / "bait"
+    bait.write_bytes(b"secret")
+    image = tmp_path / "game.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-u", "-F", "raw", "-b", str(bait),
+                    str(image), "1M"], check=True, timeout=30)
+    return image
+
+
+# --- commands ------------------------------------------------------------------------
+
+
+def test_import_image_stores_a_checked_qcow2_master(portal_dirs: Path) -> None:
+    call_command("import_image", str(FREEDOS_2048))
+    image = DiskImage.objects.get()
+    assert image.format == "qcow2"
+    assert image.source_format == "raw"
+    assert image.media == DiskImage.Media.FLOPPY
+    assert image.source_sha256 == FREEDOS_2048_SHA256
+    assert image.guest_sha256 == FREEDOS_2048_SHA256
+    assert image.path == str(portal_dirs / "images" / f"{image.sha256}.qcow2")
+    assert Path(image.path).stat().st_mode & 0o777 == 0o444
+    assert image.fixity == DiskImage.Fixity.OK
+    assert FixityCheck.objects.filter(image=image, ok=True).count() == 1
+
+
+def test_import_image_refuses_a_hostile_image_and_keeps_nothing(portal_dirs: Path, tmp_path: Path) -> None:
+    with pytest.raises(CommandError, match="backing file"):
+        call_command("import_image", str(hostile_backing(tmp_path)))
+    assert not DiskImage.objects.exists()
+    assert store_contents(portal_dirs) == []
+
+
+def test_add_exhibit_goes_through_the_checked_import(portal_dirs: Path, demo_image: Path) -> None:
+    call_command("add_exhibit", str(demo_image), "--slug", "demo", "--title", "Demo", "--boot", "hdd",
+                 "--sound", "sb16", "--source", "This repository", "--publish")
+    exhibit = Exhibit.objects.select_related("image").get(slug="demo")
+    assert exhibit.image.format == "qcow2"
+    assert exhibit.image.media == DiskImage.Media.DISK
+    assert exhibit.image.guest_sha256 == hashlib.sha256(demo_image.read_bytes()).hexdigest()
+    assert exhibit.machine_profile().sound == "sb16"
+    assert exhibit.provenance_source == "This repository"
+    # The same image again: the same master, the exhibit updated.
+    call_command("add_exhibit", str(demo_image), "--slug", "demo", "--title", "Demo 2", "--boot", "hdd")
+    assert DiskImage.objects.count() == 1
+    assert Exhibit.objects.get(slug="demo").title == "Demo 2"
+
+
+def test_fixity_records_every_check_and_flags_a_flipped_byte(portal_dirs: Path, tmp_path: Path) -> None:
+    call_command("import_image", str(FREEDOS_2048))
+    image = DiskImage.objects.get()
+    master = Path(image.path)
+    master_bytes, master_mtime = master.read_bytes(), master.stat().st_mtime_ns
+    call_command("fixity")
+    assert DiskImage.objects.get().fixity == DiskImage.Fixity.OK
+
+    # A writable copy stands in for the master; the real one is never touched.
+    copy = tmp_path / "copy.qcow2"
+    shutil.copyfile(master, copy)
+    with copy.open("r+b") as handle:
+        handle.seek(4096)
+        byte = handle.read(1)
+        handle.seek(4096)
+        handle.write(bytes([byte[0] ^ 0x80]))
+    DiskImage.objects.filter(pk=image.pk).update(path=str(copy))
+    with pytest.raises(CommandError, match="1 masters failed"):
+        call_command("fixity")
+
+    image.refresh_from_db()
+    assert image.fixity == DiskImage.Fixity.FAILED
+    assert image.fixity_checked_at is not None
+    results = list(FixityCheck.objects.filter(image=image).values_list("ok", flat=True))
+    assert results == [False, True, True]  # newest first: the failure, the check, the import
+    assert master.read_bytes() == master_bytes and master.stat().st_mtime_ns == master_mtime
+
+
+async def test_a_visitor_gets_a_clear_error_for_an_exhibit_whose_master_failed(
+    broker: Any, exhibit_create: ExhibitFactory
+) -> None:
+    exhibit = await exhibit_create(FREEDOS_2048, slug="damaged")
+    await DiskImage.objects.filter(pk=exhibit.image_id).aupdate(fixity=DiskImage.Fixity.FAILED)
+    response = await visitor().post("/api/exhibits/damaged/sessions")
+    assert response.status_code == 409
+    assert response.json()["error"] == "exhibit_unavailable"
+    assert "integrity check" in response.json()["detail"]
+    assert not await VisitorSession.objects.aexists()
+
+
+# --- drafts and previews ----------------------------------------------------------
+
+
+async def staff_browser(*, staff: bool = True) -> AsyncClient:
+    from django.contrib.auth.models import User
+
+    user = await sync_to_async(User.objects.create_user)(
+        username=f"curator-{staff}", password="x", is_staff=staff)
+    client = AsyncClient()
+    await client.aforce_login(user)
+    return client
+
+
+@pytest.mark.parametrize("path", ["/exhibits/draft/", "/api/exhibits/draft"])
+async def test_visitors_never_see_drafts(broker: Any, exhibit_create: ExhibitFactory, path: str) -> None:
+    await exhibit_create(FREEDOS_2048, slug="draft", published=False)
+    assert (await visitor().get(path)).status_code == 404
+    assert (await visitor().get("/api/exhibits")).json()["exhibits"] == []
+    assert b"draft" not in (await visitor().get("/")).content
+
+
+@pytest.mark.parametrize("who", ["anonymous", "not staff"])
+async def test_only_staff_may_preview(broker: Any, exhibit_create: ExhibitFactory, who: str) -> None:
+    await exhibit_create(FREEDOS_2048, slug="draft", published=False)
+    client = visitor() if who == "anonymous" else await staff_browser(staff=False)
+    response = await client.post("/api/exhibits/draft/preview")
+    assert response.status_code == 404
+    assert not await VisitorSession.objects.aexists()
+
+
+async def test_a_staff_preview_of_a_draft_runs_and_takes_the_thumbnail(
+    broker: Any, exhibit_create: ExhibitFactory, demo_image: Path, portal_dirs: Path, settings: Any
+) -> None:
+    settings.PORTAL_THUMBNAIL_DIR = portal_dirs / "thumbnails"
+    await exhibit_create(demo_image, slug="demo", boot="hdd", published=False)
+    curator = await staff_browser()
+    response = await curator.post("/api/exhibits/demo/preview")
+    assert response.status_code == 201, response.content
+    session = response.json()
+    try:
+        name = await thumbnail_wait(session["id"])
+        assert name is not None
+        exhibit = await Exhibit.objects.aget(slug="demo")
+        assert exhibit.thumbnail == name
+        picture = (portal_dirs / "thumbnails" / name).read_bytes()
+        assert picture.startswith(b"\x89PNG")
+        assert name == f"{hashlib.sha256(picture).hexdigest()}.png"
+
+        await Exhibit.objects.filter(slug="demo").aupdate(published=True)
+        served = await visitor().get(f"/thumbnails/{name}")
+        assert served.status_code == 200
+        assert served["Content-Type"] == "image/png"
+        assert "immutable" in served["Cache-Control"]
+        assert b"".join(served.streaming_content) == picture  # type: ignore[attr-defined]
+        assert f"/thumbnails/{name}".encode() in (await visitor().get("/exhibits/demo/")).content
+        # The run directory keeps nothing of the screendump.
+        assert not list(Path(portal_dirs / "run" / session["id"]).glob("*.png"))
+    finally:
+        assert (await curator.delete(f"/api/sessions/{session['id']}")).status_code == 204
+    assert (await visitor().get("/thumbnails/../secret_key")).status_code == 404
+
+
+async def test_the_admins_preview_button_leads_to_the_live_page(
+    broker: Any, exhibit_create: ExhibitFactory, portal_dirs: Path, settings: Any
+) -> None:
+    settings.PORTAL_THUMBNAIL_DIR = portal_dirs / "thumbnails"
+    await exhibit_create(FREEDOS_2048, slug="draft", published=False, accelerator="tcg")
+    curator = await staff_browser()
+    response = await curator.post("/api/exhibits/draft/preview", {"go": "1"},
+                                  headers={"accept": "text/html,application/xhtml+xml"})
+    assert response.status_code == 302
+    session_id = response["Location"].strip("/").split("/")[-1]
+    try:
+        assert (await curator.get(response["Location"])).status_code == 200
+    finally:
+        await curator.delete(f"/api/sessions/{session_id}")
+        await thumbnail_wait(session_id)
+
+
+# --- the admin ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def curator_client(portal_dirs: Path, settings: Any, tmp_path: Path) -> Client:
+    from django.contrib.auth.models import User
+
+    settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path / "uploads")
+    (tmp_path / "uploads").mkdir()
+    client = Client()
+    client.force_login(User.objects.create_superuser("curator", password="x"))
+    return client
+
+
+def test_the_admin_upload_streams_to_disk_and_imports(curator_client: Client, settings: Any,
+                                                      tmp_path: Path, portal_dirs: Path) -> None:
+    assert settings.FILE_UPLOAD_HANDLERS[-1].endswith("TemporaryFileUploadHandler")
+    assert settings.FILE_UPLOAD_MAX_MEMORY_SIZE < FREEDOS_2048.stat().st_size
+    page = curator_client.get("/admin/portal/diskimage/upload/")
+    assert page.status_code == 200 and b"portal/upload.js" in page.content
+    upload = SimpleUploadedFile("FREEDOS.IMA", FREEDOS_2048.read_bytes())
+    response = curator_client.post("/admin/portal/diskimage/upload/", {"image": upload, "format": ""})
+    image = DiskImage.objects.get()
+    assert response.status_code == 302
+    assert response["Location"] == f"/admin/portal/diskimage/{image.pk}/change/"
+    assert image.guest_sha256 == FREEDOS_2048_SHA256 and image.media == DiskImage.Media.FLOPPY
+    assert list((tmp_path / "uploads").iterdir()) == []
+    listing = curator_client.get("/admin/portal/diskimage/")
+    assert b"FREEDOS.IMA" in listing.content
+    DiskImage.objects.update(fixity=DiskImage.Fixity.FAILED)
+    assert b"FAILED" in curator_client.get("/admin/portal/diskimage/").content
+    # The page's script uploads with XHR and is told where to go instead of being redirected.
+    upload = SimpleUploadedFile("FREEDOS.IMA", FREEDOS_2048.read_bytes())
+    response = curator_client.post("/admin/portal/diskimage/upload/", {"image": upload},
+                                   headers={"x-requested-with": "XMLHttpRequest"})
+    assert response.json() == {"location": f"/admin/portal/diskimage/{image.pk}/change/"}
+
+
+def test_the_admin_upload_refuses_a_file_over_the_limit_and_keeps_nothing(
+    curator_client: Client, settings: Any, tmp_path: Path, portal_dirs: Path
+) -> None:
+    settings.PORTAL_IMPORT_MAX_BYTES = 512 * 1024
+    upload = SimpleUploadedFile("FREEDOS.IMA", FREEDOS_2048.read_bytes())
+    response = curator_client.post("/admin/portal/diskimage/upload/", {"image": upload}, follow=True)
+    assert response.status_code == 200
+    assert b"larger than the limit" in response.content
+    assert not DiskImage.objects.exists()
+    assert store_contents(portal_dirs) == []
+    assert list((tmp_path / "uploads").iterdir()) == []
+
+
+def test_the_admin_upload_shows_why_a_hostile_image_was_refused(
+    curator_client: Client, tmp_path: Path, portal_dirs: Path
+) -> None:
+    hostile = hostile_backing(tmp_path)
+    upload = SimpleUploadedFile("game.img", hostile.read_bytes())
+    response = curator_client.post("/admin/portal/diskimage/upload/", {"image": upload, "format": "raw"})
+    assert response.status_code == 200
+    assert b"claimed to be a raw disk image but its contents are qcow2" in response.content
+    assert not DiskImage.objects.exists()
+    assert store_contents(portal_dirs) == []
+
+
+def test_the_exhibit_admin_groups_the_fields_and_offers_a_preview(
+    curator_client: Client, portal_dirs: Path
+) -> None:
+    call_command("add_exhibit", str(FREEDOS_2048), "--slug", "dos", "--title", "DOS")
+    exhibit = Exhibit.objects.get()
+    page = curator_client.get(f"/admin/portal/exhibit/{exhibit.pk}/change/")
+    assert page.status_code == 200
+    for heading in (b"Description", b"Provenance", b"Machine profile", b"Publication"):
+        assert heading in page.content
+    assert b'action="/api/exhibits/dos/preview"' in page.content
+    assert b"extra medi" in page.content.lower()
+
+
+async def test_the_admin_upload_works_through_the_asgi_handler_daphne_uses(
+    portal_dirs: Path, settings: Any, tmp_path: Path
+) -> None:
+    from django.contrib.auth.models import User
+
+    settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path)
+    user = await sync_to_async(User.objects.create_superuser)("asgi-curator", password="x")
+    client = AsyncClient()
+    await client.aforce_login(user)
+    upload = SimpleUploadedFile("FREEDOS.IMA", FREEDOS_2048.read_bytes())
+    response = await client.post("/admin/portal/diskimage/upload/", {"image": upload})
+    assert response.status_code == 302
+    image = await DiskImage.objects.aget()
+    assert image.guest_sha256 == FREEDOS_2048_SHA256
+    settings.PORTAL_IMPORT_MAX_BYTES = 512 * 1024
+    upload = SimpleUploadedFile("OTHER.IMA", FREEDOS_2048.read_bytes()[::-1])
+    response = await client.post("/admin/portal/diskimage/upload/", {"image": upload})
+    assert b"larger than the limit" in response.content
+    assert await DiskImage.objects.acount() == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_disk_image_page_shows_its_fixity_history(curator_client: Client, portal_dirs: Path) -> None:
+    call_command("import_image", str(FREEDOS_2048))
+    image = DiskImage.objects.get()
+    page = curator_client.get(f"/admin/portal/diskimage/{image.pk}/change/")
+    assert page.status_code == 200
+    assert FREEDOS_2048_SHA256.encode() in page.content
+    assert b"Fixity checks" in page.content
+
+
+async def test_the_exhibit_page_says_a_damaged_exhibit_cannot_start(
+    broker: Any, exhibit_create: ExhibitFactory
+) -> None:
+    exhibit = await exhibit_create(FREEDOS_2048, slug="damaged")
+    assert b'id="start"' in (await visitor().get("/exhibits/damaged/")).content
+    await DiskImage.objects.filter(pk=exhibit.image_id).aupdate(fixity=DiskImage.Fixity.FAILED)
+    page = await visitor().get("/exhibits/damaged/")
+    assert page.status_code == 200
+    assert b"failed an integrity check" in page.content
+    assert b'id="start"' not in page.content
+
+
+async def test_extra_media_are_attached_through_their_own_overlays(
+    broker: Any, portal_dirs: Path, tmp_path: Path
+) -> None:
+    from tests.conftest import FREEDOS_GAMES
+    from tests.integration.test_importer import iso_image
+
+    iso = iso_image(tmp_path / "extras.iso")
+    await sync_to_async(call_command)(
+        "add_exhibit", str(FREEDOS_GAMES), "--slug", "games", "--title", "Games", "--accelerator", "tcg",
+        "--extra", str(FREEDOS_2048), "--extra", str(iso), "--publish")
+    exhibit = await Exhibit.objects.select_related("image").aget(slug="games")
+    assert exhibit.machine_profile().extra_media == ("floppy", "cdrom")
+    masters = {image.path: image.sha256 async for image in DiskImage.objects.all()}
+    assert len(masters) == 3
+
+    browser = visitor()
+    response = await browser.post("/api/exhibits/games/sessions")
+    assert response.status_code == 201, response.content
+    session_id = response.json()["id"]
+    try:
+        await broker.display_attach(session_id=session_id)
+        broker.display_detach(session_id=session_id)
+        machine = broker.machine(session_id)
+        assert machine is not None
+        blocks = {block["device"]: block for block in await machine.execute("query-block")}
+        run_dir = portal_dirs / "run" / session_id
+        floppy_b, cd = blocks["floppy1"]["inserted"], blocks["ide1-cd0"]["inserted"]
+        assert floppy_b["file"] == str(run_dir / "extra-0.qcow2")
+        assert floppy_b["backing_file"].endswith(".qcow2") and floppy_b["backing_file"] in masters
+        assert cd["file"] == str(run_dir / "extra-1.qcow2") and cd["ro"] is True
+        assert blocks["floppy0"]["inserted"]["file"] == str(run_dir / "disk.qcow2")
+    finally:
+        assert (await browser.delete(f"/api/sessions/{session_id}")).status_code == 204
+    for path, sha256 in masters.items():
+        assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == sha256
+
+
+def test_extra_media_must_fit_the_pc_and_cannot_be_prepared(portal_dirs: Path) -> None:
+    with pytest.raises(CommandError, match="do not fit"):
+        call_command("add_exhibit", str(FREEDOS_2048), "--slug", "two", "--title", "Two",
+                     "--extra", str(FREEDOS_2048), "--extra", str(FREEDOS_2048))
+    call_command("add_exhibit", str(FREEDOS_2048), "--slug", "one", "--title", "One",
+                 "--extra", str(FREEDOS_2048))
+    with pytest.raises(CommandError, match="extra media"):
+        call_command("prepare_exhibit", "one", "--after", "1")
