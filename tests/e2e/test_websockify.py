@@ -41,7 +41,7 @@ async def refused(url: str) -> bool:
 def test_it_proxies_a_running_session_and_refuses_other_tokens(portal: Portal) -> None:
     visitor = PortalVisitor(portal.url)
     session = visitor.session_start("demo")
-    with websockify_running(portal.env, portal.root / "websockify.log") as proxy:
+    with websockify_running(portal.env, portal.root / "websockify.log") as (proxy, _):
         async def visit() -> None:
             rfb = await first_update_through(f"{proxy}/?token={session['id']}")
             assert (rfb.width, rfb.height) == (640, 480)

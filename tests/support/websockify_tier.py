@@ -34,8 +34,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def websockify_running(env: dict[str, str], log_path: Path) -> Iterator[str]:
-    """Run the proxy tier against the portal that env describes; yields ws://host:port."""
+def websockify_running(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, int]]:
+    """Run the proxy tier against the portal that env describes; yields (ws://host:port, pid)."""
     port = free_port()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -53,7 +53,7 @@ def websockify_running(env: dict[str, str], log_path: Path) -> Iterator[str]:
                 if time.monotonic() > deadline:
                     raise RuntimeError("websockify did not listen in time")
                 time.sleep(0.05)
-            yield f"ws://127.0.0.1:{port}"
+            yield f"ws://127.0.0.1:{port}", process.pid
         finally:
             # Each connection has a handler process forked from this one: end those too.
             handlers = _children(process.pid)
