@@ -203,7 +203,8 @@ def _manage(env: dict[str, str], *args: str) -> None:
 
 
 @contextlib.contextmanager
-def served_portal(*, prepare: bool = True, accelerator: str = "auto") -> Iterator[ServedPortal]:
+def served_portal(*, prepare: bool = True, accelerator: str = "auto",
+                  environment: dict[str, str] | None = None) -> Iterator[ServedPortal]:
     """The portal as `make run` serves it (Daphne, prepared demo), in a throwaway data
     directory. On the way out: Daphne stopped, and no QEMU or file of it left."""
     root = Path(tempfile.mkdtemp(prefix="pb-", dir="/tmp"))
@@ -211,7 +212,8 @@ def served_portal(*, prepare: bool = True, accelerator: str = "auto") -> Iterato
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
     env = {**os.environ, "PORTAL_DATA_DIR": str(root), "PORTAL_ACCELERATOR": accelerator,
-           "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost", "PYTHONUNBUFFERED": "1"}
+           "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost", "PYTHONUNBUFFERED": "1",
+           **(environment or {})}
     env.pop("DJANGO_SETTINGS_MODULE", None)
     process: subprocess.Popen[bytes] | None = None
     try:

@@ -254,7 +254,9 @@ def report(measured: dict[str, Any], *, server: str) -> list[Table]:
 
 
 def main() -> None:
-    with served_portal() as portal:
+    # The broker counts viewers on its own WebSocket only: without a long grace
+    # period the machine would end while the direct and websockify paths use it.
+    with served_portal(environment={"PORTAL_GRACE_S": "3600"}) as portal:
         visitor = PortalVisitor(portal.url)
         session = visitor.session_start("demo")
         vnc_socket = Path(portal.run_dir) / session["id"] / "vnc.sock"
