@@ -1,20 +1,38 @@
-"""What every benchmark shares: a throwaway portal, machine facts, tables, results."""
+"""What every benchmark shares: a throwaway portal (in this process or served by
+Daphne), machine facts, tables with ratios and target verdicts, and one results writer.
+
+Must not: measure anything itself; a benchmark script owns its measurements.
+`BENCH_QUICK=1` asks every script for fewer runs and shorter windows (for
+trying the scripts out; figures from a quick run are not the ones to quote).
+"""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
 import platform
 import shutil
+import socket
+import statistics
+import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
+QUICK = os.environ.get("BENCH_QUICK", "") not in {"", "0"}
+
+
+def runs(full: int, quick: int) -> int:
+    """How many runs (or seconds, or machines) a measurement takes in this mode."""
+    return quick if QUICK else full
 
 
 @contextlib.contextmanager
@@ -54,13 +72,55 @@ def machine_facts() -> dict[str, Any]:
             if line.startswith("MemTotal:"):
                 memory_kib = int(line.split()[1])
     return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "cores": os.cpu_count(),
         "memory_mib": memory_kib // 1024,
         "kvm": kvm_usable(),
         "qemu": qemu_version("qemu-system-i386"),
         "python": platform.python_version(),
         "kernel": platform.release(),
+        "load_average": os.getloadavg(),
+        "quick": QUICK,
     }
+
+
+def _git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def p95(values: Sequence[float]) -> float:
+    """The 95th percentile by nearest rank (with 10 to 19 runs, that is the largest)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, -(-95 * len(ordered) // 100) - 1))]
+
+
+def ratio(value: float | None, reference: float | None) -> str:
+    if value is None or not reference:
+        return "-"
+    return f"{value / reference:.2f}"
+
+
+def verdict(met: bool) -> str:
+    """A target column's cell: the issue's targets are either met or MISSED, loudly."""
+    return "met" if met else "MISSED"
+
+
+def ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
+def us(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e6:.0f} µs"
 
 
 class Table:
@@ -72,18 +132,127 @@ class Table:
         self.rows.append([str(cell) for cell in cells])
 
     def print(self) -> None:
+        """As a markdown table, so that it can be pasted into the README as it is."""
         widths = [max(len(c), *(len(r[i]) for r in self.rows)) for i, c in enumerate(self.columns)]
-        print(f"\n{self.title}")
-        print("  ".join(c.ljust(w) for c, w in zip(self.columns, widths, strict=True)))
-        print("  ".join("-" * w for w in widths))
+
+        def line(cells: list[str]) -> str:
+            return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+        print(f"\n{self.title}\n")
+        print(line(self.columns))
+        print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
         for row in self.rows:
-            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+            print(line(row))
+        sys.stdout.flush()
 
 
-def write_results(name: str, results: dict[str, Any]) -> Path:
+    def as_json(self) -> dict[str, Any]:
+        return {"title": self.title, "columns": self.columns, "rows": self.rows}
+
+
+def write_results(name: str, results: dict[str, Any], *, tables: Sequence[Table] = ()) -> Path:
+    """The one results writer: bench/results/<name>-<UTC stamp>.json with the machine's facts."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     path = RESULTS / f"{name}-{stamp}.json"
-    path.write_text(json.dumps({"machine": machine_facts(), **results}, indent=2))
+    document = {"benchmark": name, "machine": machine_facts(),
+                "tables": [table.as_json() for table in tables], **results}
+    path.write_text(json.dumps(document, indent=2, default=_jsonable))
     print(f"\nresults written to {path.relative_to(REPO)}")
     return path
+
+
+def _jsonable(value: object) -> object:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, Path):
+        return os.fspath(value)
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def processes_naming(path: Path) -> list[int]:
+    """Pids of processes whose command line mentions path (how the reaper finds them)."""
+    needle = os.fsencode(path)
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    if needle in handle.read():
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+@dataclasses.dataclass
+class ServedPortal:
+    url: str
+    root: Path
+    env: dict[str, str]
+    pid: int
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+
+def _manage(env: dict[str, str], *args: str) -> None:
+    subprocess.run([sys.executable, str(REPO / "manage.py"), *args], env=env, check=True,
+                   capture_output=True, cwd=REPO)
+
+
+@contextlib.contextmanager
+def served_portal(*, prepare: bool = True, accelerator: str = "auto",
+                  environment: dict[str, str] | None = None) -> Iterator[ServedPortal]:
+    """The portal as `make run` serves it (Daphne, prepared demo), in a throwaway data
+    directory. On the way out: Daphne stopped, and no QEMU or file of it left."""
+    root = Path(tempfile.mkdtemp(prefix="pb-", dir="/tmp"))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    env = {**os.environ, "PORTAL_DATA_DIR": str(root), "PORTAL_ACCELERATOR": accelerator,
+           "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost", "PYTHONUNBUFFERED": "1",
+           **(environment or {})}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        _manage(env, "migrate", "--no-input", "-v", "0")
+        _manage(env, "add_exhibit", str(REPO / "build" / "demo.img"), "--slug", "demo",
+                "--title", "Demo", "--boot", "hdd", "--publish")
+        if prepare:
+            _manage(env, "prepare_exhibit", "demo", "--wait-graphics", "--still", "1")
+        with (root / "daphne.log").open("wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                 "portal.asgi:application"],
+                cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"Daphne exited with code {process.returncode}")
+            try:
+                with urllib.request.urlopen(url + "/healthz", timeout=2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("Daphne did not serve in time") from None
+                time.sleep(0.1)
+        yield ServedPortal(url=url, root=root, env=env, pid=process.pid)
+    finally:
+        if process is not None:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        leftovers = processes_naming(root)
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        shutil.rmtree(root, ignore_errors=True)
+        if leftovers:
+            print(f"WARNING: processes outlived the served portal and were killed: {leftovers}")

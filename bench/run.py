@@ -1,20 +1,35 @@
-"""`make bench`: run every benchmark in bench/ and print its tables."""
+"""`make bench`: run every benchmark in bench/ and print its tables.
+
+Each script writes its own JSON (with the machine's facts) to bench/results/.
+`BENCH_QUICK=1 make bench` tries every script with few runs (minutes, not a
+quarter of an hour); its figures are not the ones to quote.
+"""
 from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-BENCHMARKS = ["bench.first_frame", "bench.idle_cpu", "bench.import_image", "bench.soak"]
+BENCHMARKS = [
+    "bench.first_frame", "bench.display_path", "bench.density", "bench.overlay_cost", "bench.idle_cpu",
+    "bench.import_image", "bench.soak",
+]
 
 
 def main() -> int:
-    failed = 0
+    failed = []
+    began = time.monotonic()
     for module in BENCHMARKS:
-        print(f"=== {module}", flush=True)
-        failed |= subprocess.run([sys.executable, "-m", module], cwd=REPO).returncode
-    return failed
+        print(f"\n=== {module}", flush=True)
+        started = time.monotonic()
+        if subprocess.run([sys.executable, "-m", module], cwd=REPO).returncode:
+            failed.append(module)
+        print(f"=== {module}: {time.monotonic() - started:.0f} s", flush=True)
+    print(f"\nall benchmarks: {time.monotonic() - began:.0f} s"
+          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ after the browser leaves, so nothing here may be needed for cleanup).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -48,10 +49,84 @@ CLOSE_TRY_LATER = 1013
 # The largest message the page may send on the events WebSocket.
 EVENTS_MAX_MESSAGE_BYTES = 4096
 
-# One read from the VNC socket becomes one WebSocket message: large enough
-# that a full-screen update is a few messages, small enough to start flowing
-# before QEMU has finished writing it.
-READ_CHUNK_BYTES = 256 * 1024
+# How much of the display's output may wait for the browser before the pipe
+# stops reading the VNC socket (and so QEMU stops writing). Four full-screen
+# 640x480x32 updates.
+DISPLAY_BUFFER_BYTES = 4 * 1024 * 1024
+
+
+class VncPipe(asyncio.Protocol):
+    """The VNC socket's end of the pipe: what QEMU sends waits here for the browser.
+
+    Reads are taken as asyncio hands them over (up to 256 KiB each) and kept
+    as they are, never copied into one buffer; the socket is read as soon as it
+    is readable, so QEMU never waits on the WebSocket side's turn. Past
+    DISPLAY_BUFFER_BYTES the socket is no longer read until the browser side
+    has caught up.
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.buffered = 0
+        self.ended = False
+        self.error: Exception | None = None
+        self._arrived = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.buffered += len(data)
+        if self.buffered > DISPLAY_BUFFER_BYTES and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._arrived.set()
+
+    def eof_received(self) -> bool:
+        self.ended = True
+        self._arrived.set()
+        return False
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.ended, self.error = True, error
+        self._arrived.set()
+        self._writable.set()
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    async def taken(self) -> list[bytes]:
+        """Everything that has arrived since the last call; [] once the socket has ended."""
+        while not self.chunks:
+            if self.ended:
+                return []
+            self._arrived.clear()
+            await self._arrived.wait()
+        taken = list(self.chunks)
+        self.chunks.clear()
+        self.buffered = 0
+        if self._paused and self.transport is not None:
+            self._paused = False
+            self.transport.resume_reading()
+        return taken
+
+    async def write(self, data: bytes) -> None:
+        """Send to QEMU; waits while QEMU is not reading (its pace is the back-pressure)."""
+        if self.transport is None or self.ended:
+            raise ConnectionError("the VNC socket is closed")
+        self.transport.write(data)
+        await self._writable.wait()
+        if self.ended:
+            raise ConnectionError("the VNC socket is closed")
 
 
 def _header(scope: dict[str, Any], name: bytes) -> str | None:
@@ -105,7 +180,7 @@ class VncConsumer(AsyncWebsocketConsumer):
     generation: int | None = None
     _attached = False
     _reader_task: asyncio.Task[None] | None = None
-    _writer: asyncio.StreamWriter | None = None
+    _pipe: VncPipe | None = None
     _input: ClientStream
 
     async def connect(self) -> None:
@@ -135,24 +210,22 @@ class VncConsumer(AsyncWebsocketConsumer):
         self._attached = True
         self.generation = broker.session_generation(self.session_id)
         try:
-            reader, self._writer = await asyncio.open_unix_connection(
-                vnc_path, limit=READ_CHUNK_BYTES
+            _, self._pipe = await asyncio.get_running_loop().create_unix_connection(
+                VncPipe, str(vnc_path)
             )
         except OSError as error:
             logger.warning("session %s: VNC socket unreachable: %s", self.session_id, error)
             await self._close_after_display_end()
             return
-        self._reader_task = asyncio.create_task(self._pump_to_browser(reader))
+        self._reader_task = asyncio.create_task(self._pump_to_browser(self._pipe))
 
-    async def _pump_to_browser(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                chunk = await reader.read(READ_CHUNK_BYTES)
-                if not chunk:
-                    break
+    async def _pump_to_browser(self, pipe: VncPipe) -> None:
+        # One read from the socket becomes one WebSocket message, as it arrived.
+        while chunks := await pipe.taken():
+            for chunk in chunks:
                 await self.send(bytes_data=chunk)
-        except (ConnectionError, OSError) as error:
-            logger.info("session %s: VNC read ended: %s", self.session_id, error)
+        if pipe.error is not None:
+            logger.info("session %s: VNC read ended: %s", self.session_id, pipe.error)
         await self._close_after_display_end()
 
     async def _close_after_display_end(self) -> None:
@@ -167,8 +240,17 @@ class VncConsumer(AsyncWebsocketConsumer):
         )
         await self.close(CLOSE_ENDED if ended else CLOSE_UNREACHABLE)
 
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels runs close_old_connections() in a worker thread before every
+        # message; the pipe touches no database per message, and that thread hop
+        # was most of the latency a keystroke or an update request spent here.
+        if message["type"] == "websocket.receive":
+            await self.websocket_receive(message)
+            return
+        await super().dispatch(message)
+
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if self._writer is None:
+        if self._pipe is None:
             return
         if bytes_data is None:
             # RFB is binary; a text message is a client speaking something else.
@@ -182,8 +264,7 @@ class VncConsumer(AsyncWebsocketConsumer):
         if self._input.feed(bytes_data):
             (await get_broker()).session_input(session_id=self.session_id)
         try:
-            self._writer.write(bytes_data)
-            await self._writer.drain()
+            await self._pipe.write(bytes_data)
         except (ConnectionError, OSError):
             await self._close_after_display_end()
 
@@ -193,11 +274,9 @@ class VncConsumer(AsyncWebsocketConsumer):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
+        pipe, self._pipe = self._pipe, None
+        if pipe is not None and pipe.transport is not None:
+            pipe.transport.close()
         if self._attached:
             self._attached = False
             broker = await get_broker()

@@ -1,0 +1,63 @@
+"""A browser's view of a served portal's JSON API, over real HTTP.
+
+Keeps one cookie jar (so one visitor), fetches the CSRF cookie and sends it
+back on unsafe methods, and gives the cookie header a WebSocket needs. Used by
+the end-to-end tests and the benchmarks that talk to a Daphne subprocess.
+"""
+from __future__ import annotations
+
+import http.cookiejar
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+
+class PortalVisitor:
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.cookies = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies))
+
+    def cookie(self, name: str) -> str | None:
+        return next((c.value for c in self.cookies if c.name == name), None)
+
+    def cookie_header(self) -> str:
+        return "; ".join(f"{c.name}={c.value}" for c in self.cookies)
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        if method != "GET" and self.cookie("csrftoken") is None:
+            self.request("GET", "/api/csrf")
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.base_url + path, data=data, method=method)
+        request.add_header("Content-Type", "application/json")
+        token = self.cookie("csrftoken")
+        if token:
+            request.add_header("X-CSRFToken", token)
+        try:
+            with self.opener.open(request, timeout=60) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as error:
+            status, raw = error.code, error.read()
+        try:
+            return status, json.loads(raw) if raw else None
+        except ValueError:
+            return status, raw
+
+    def session_start(self, slug: str, *, timeout_s: float = 60) -> dict[str, Any]:
+        """POST a new session and wait until its machine runs; returns the Session JSON."""
+        status, session = self.request("POST", f"/api/exhibits/{slug}/sessions")
+        if status != 201:
+            raise AssertionError(f"session create answered {status}: {session}")
+        deadline = time.monotonic() + timeout_s
+        while session["state"] != "running":
+            if session["state"] == "ended" or time.monotonic() > deadline:
+                raise AssertionError(f"session did not run: {session}")
+            time.sleep(0.05)
+            _, session = self.request("GET", f"/api/sessions/{session['id']}")
+        return dict(session)
+
+    def session_end(self, session_id: str) -> int:
+        status, _ = self.request("DELETE", f"/api/sessions/{session_id}")
+        return status
