@@ -91,7 +91,7 @@ class Server:
         log = (self.root / "daphne.log").open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-             "--websocket-max-message-size", "65536", "portal.asgi:application"],
+             "portal.asgi:application"],
             cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 60

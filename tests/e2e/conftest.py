@@ -94,8 +94,7 @@ def _wait_until_serving(url: str, process: subprocess.Popen[bytes], timeout_s: f
 
 def daphne_argv(port: int) -> list[str]:
     """Daphne as `make run` starts it."""
-    return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
-            "--websocket-max-message-size", "65536", "portal.asgi:application"]
+    return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"]
 
 
 @pytest.fixture

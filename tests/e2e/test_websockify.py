@@ -61,3 +61,29 @@ def test_it_proxies_a_running_session_and_refuses_other_tokens(portal: Portal) -
 def test_it_resolves_only_running_sessions_with_a_socket() -> None:
     assert session_vnc_socket("not an id") is None
     assert session_vnc_socket("A" * 32) is None
+
+
+def test_a_raw_full_screen_update_crosses_daphne_to_a_plain_rfb_client(portal: Portal) -> None:
+    """Any standard RFB client works over the portal's own WebSocket, even one that
+    asks for uncompressed full-screen updates (1.2 MB, sent in 256 KiB messages)."""
+    visitor = PortalVisitor(portal.url)
+    session = visitor.session_start("demo")
+
+    async def visit() -> None:
+        transport = await WebSocketTransport.open(
+            portal.url.replace("http://", "ws://") + session["vnc_path"],
+            headers={"Cookie": visitor.cookie_header(), "Origin": portal.url},
+            subprotocols=["binary"],
+        )
+        rfb = RfbClient(transport)
+        async with asyncio.timeout(30):
+            await rfb.handshake()
+            await rfb.first_update()
+            await rfb.request_update(incremental=False)
+            await rfb.read_message()
+        assert (rfb.width, rfb.height) == (640, 480)
+        assert rfb.lit_pixels() > 10000, "the demo's desktop, not a black screen"
+        await rfb.close()
+
+    asyncio.run(visit())
+    assert visitor.session_end(session["id"]) == 204
