@@ -560,10 +560,28 @@ class Broker:
         return live.generation if live else None
 
     async def _watch(self, live: _Live) -> None:
-        assert live.machine is not None
-        code = await live.machine.wait()
+        """End the session when its QEMU exits by itself or cannot use its disk."""
+        machine = live.machine
+        assert machine is not None
+        exited = asyncio.ensure_future(machine.wait())
+        failed_io = asyncio.ensure_future(machine.paused_by_io_error())
+        try:
+            await asyncio.wait({exited, failed_io}, return_when=asyncio.FIRST_COMPLETED)
+            code = exited.result() if exited.done() else None
+            io_error = failed_io.result() if failed_io.done() and not failed_io.exception() else None
+        finally:
+            for task in (exited, failed_io):
+                task.cancel()
+            await asyncio.gather(exited, failed_io, return_exceptions=True)
         if live.finish_task is not None:
             return  # the broker stopped it
+        if io_error is not None and code is None:
+            logger.error("session %s: disk error, the guest is paused: %s", live.session_id, io_error)
+            full = bool(io_error.get("nospace"))
+            detail = ("The server ran out of disk space, so this visit had to end."
+                      if full else "The machine's disk failed on the server, so this visit had to end.")
+            self._finish_soon(live, reason=Reason.SERVER, detail=detail)
+            return
         logger.warning("session %s: QEMU exited by itself with code %s", live.session_id, code)
         if code == 0:
             reason, detail = Reason.VISITOR, "The machine was switched off."

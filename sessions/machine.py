@@ -526,6 +526,26 @@ class Machine:
         chars = "".join(chr(c & 0xFF) if 32 <= c & 0xFF < 127 else " " for c in cells)
         return "\n".join(chars[r * columns:(r + 1) * columns].rstrip() for r in range(rows))
 
+    async def paused_by_io_error(self) -> dict[str, Any]:
+        """Wait until QEMU pauses the guest over a failed disk access (QMP
+        BLOCK_IO_ERROR with action "stop"); returns the event's data.
+
+        On a full host disk QEMU pauses a hard disk's guest rather than lose the
+        write (`werror=enospc`), so a visitor would otherwise look at a frozen
+        machine. (A floppy reports the error to the guest instead, and DOS says
+        so.) Waits for ever on a machine without QMP.
+        """
+        if self._qmp is None:
+            await asyncio.Future()
+        assert self._qmp is not None
+        listener = EventListener("BLOCK_IO_ERROR")
+        with self._qmp.listen(listener):
+            while True:
+                event = await listener.get()
+                data = event["data"]
+                if isinstance(data, dict) and data.get("action") == "stop":
+                    return dict(data)
+
     async def wait(self) -> int:
         """Wait until the QEMU process has exited; returns its exit code."""
         if self._process is None:

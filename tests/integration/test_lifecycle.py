@@ -270,10 +270,10 @@ async def test_the_reaper_ends_what_no_broker_owns_every_interval(
 
 
 @contextlib.contextmanager
-def small_filesystem(*options: str) -> Any:
+def small_filesystem(*options: str, size: str = "512k") -> Any:
     """A tmpfs of its own: the real kernel says 'No space left' or 'Read-only'."""
     mount_point = Path(tempfile.mkdtemp(prefix="pf-", dir="/tmp"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join(("size=512k", *options)), "tmpfs",
+    subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join((f"size={size}", *options)), "tmpfs",
                     str(mount_point)], check=True)
     try:
         yield mount_point
@@ -312,6 +312,55 @@ async def test_it_tells_the_visitor_when_the_disk_is_full_and_leaves_nothing(
         broker.display_detach(session_id=second["id"])
         await other.delete(f"/api/sessions/{second['id']}")
         assert list(run_root.iterdir()) == []
+
+
+def fill(filesystem: Path) -> Path:
+    """Use up every free byte of filesystem; returns the file that holds them."""
+    filler = filesystem / "filler"
+    with filler.open("wb", buffering=0) as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(bytes(65536))
+    with filler.open("ab", buffering=0) as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(bytes(512))
+    return filler
+
+
+async def test_it_ends_a_running_visit_whose_disk_fills_up_and_says_why(
+    make_broker: BrokerFactory, exhibit_create: ExhibitFactory, demo_image: Path
+) -> None:
+    from tests.integration.test_demo import KEYSYM_F2, open_demo
+
+    await exhibit_create(demo_image, slug="demo", boot="hdd", accelerator="tcg")
+    with small_filesystem(size="4m") as mount_point:
+        run_root = mount_point / "run"
+        run_root.mkdir()
+        broker = await make_broker(PORTAL_RUN_DIR=run_root)
+        try:
+            visit = await open_demo(broker)
+            await visit.desktop()
+            page = await events(visit.browser, visit.session["id"])
+            await next_event(page, "state", state="running")
+            filler = fill(mount_point)
+            # Notepad's Save writes to the hard disk: its overlay needs room the
+            # host's disk no longer has, and QEMU pauses the guest.
+            await visit.rfb.type_text("lost")
+            await visit.rfb.press(KEYSYM_F2)
+            ended = await next_event(page, "ended", timeout_s=60)
+            assert ended["reason"] == "server"
+            assert "ran out of disk space" in ended["detail"]
+            assert list(run_root.iterdir()) == []
+            await visit.rfb.stop()
+            await page.disconnect()
+            # With room again, the next visitor gets a machine as usual.
+            filler.unlink()
+            neighbour = visitor()
+            second = (await neighbour.post("/api/exhibits/demo/sessions")).json()
+            await broker.display_attach(session_id=second["id"])
+            broker.display_detach(session_id=second["id"])
+            await neighbour.delete(f"/api/sessions/{second['id']}")
+        finally:
+            await broker.shutdown()  # nothing may hold the filesystem when it is unmounted
 
 
 async def test_it_tells_the_visitor_when_the_run_directory_is_read_only(
