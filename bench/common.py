@@ -190,16 +190,33 @@ class ServedPortal:
     url: str
     root: Path
     env: dict[str, str]
-    pid: int
+    process: subprocess.Popen[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
     @property
     def run_dir(self) -> Path:
         return self.root / "run"
 
+    def manage(self, *args: str) -> str:
+        return _manage(self.env, *args)
 
-def _manage(env: dict[str, str], *args: str) -> None:
-    subprocess.run([sys.executable, str(REPO / "manage.py"), *args], env=env, check=True,
-                   capture_output=True, cwd=REPO)
+    def stop(self) -> None:
+        """Stop Daphne as a service manager does (SIGTERM); safe to call twice."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _manage(env: dict[str, str], *args: str) -> str:
+    return subprocess.run([sys.executable, str(REPO / "manage.py"), *args], env=env, check=True,
+                          capture_output=True, cwd=REPO, text=True).stdout
 
 
 @contextlib.contextmanager
@@ -215,7 +232,7 @@ def served_portal(*, prepare: bool = True, accelerator: str = "auto",
            "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost", "PYTHONUNBUFFERED": "1",
            **(environment or {})}
     env.pop("DJANGO_SETTINGS_MODULE", None)
-    process: subprocess.Popen[bytes] | None = None
+    served: ServedPortal | None = None
     try:
         _manage(env, "migrate", "--no-input", "-v", "0")
         _manage(env, "add_exhibit", str(REPO / "build" / "demo.img"), "--slug", "demo",
@@ -229,6 +246,7 @@ def served_portal(*, prepare: bool = True, accelerator: str = "auto",
                 cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )
         url = f"http://127.0.0.1:{port}"
+        served = ServedPortal(url=url, root=root, env=env, process=process)
         deadline = time.monotonic() + 30
         while True:
             if process.poll() is not None:
@@ -240,15 +258,10 @@ def served_portal(*, prepare: bool = True, accelerator: str = "auto",
                 if time.monotonic() > deadline:
                     raise RuntimeError("Daphne did not serve in time") from None
                 time.sleep(0.1)
-        yield ServedPortal(url=url, root=root, env=env, pid=process.pid)
+        yield served
     finally:
-        if process is not None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        if served is not None:
+            served.stop()
         leftovers = processes_naming(root)
         for pid in leftovers:
             with contextlib.suppress(ProcessLookupError):

@@ -16,25 +16,30 @@ against it shows whether anything degrades with use.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import requests
 from websockify.websocket import WebSocket
 
-from bench.common import REPO, Table, runs, verdict, write_results
+from bench.common import (
+    REPO,
+    ServedPortal,
+    Table,
+    processes_naming,
+    runs,
+    served_portal,
+    verdict,
+    write_results,
+)
+from sessions.prepare import sha256_file
 
 TARGET_DETECTION_S = 2.0
 
@@ -54,71 +59,15 @@ class CookieWebSocket(WebSocket):
         super().end_headers()
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+def descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-class Server:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "PORTAL_DATA_DIR": str(root),
-            "DJANGO_ALLOWED_HOSTS": "127.0.0.1",
-            # One address starts every machine here; the limits are for the internet.
-            "PORTAL_STARTS_PER_BROWSER": "1000000",
-            "PORTAL_STARTS_PER_ADDRESS": "1000000",
-        }
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def manage(self, *args: str) -> str:
-        return subprocess.run([sys.executable, str(REPO / "manage.py"), *args], env=self.env,
-                              check=True, capture_output=True, text=True, cwd=REPO).stdout
-
-    def start(self) -> None:
-        log = (self.root / "daphne.log").open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.port),
-             "portal.asgi:application"],
-            cwd=REPO, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=2):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("Daphne did not start")
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(timeout=60)
-            self.process = None
-
-    def descriptors(self) -> int:
-        assert self.process is not None
-        return len(os.listdir(f"/proc/{self.process.pid}/fd"))
-
-    def rss_kib(self) -> int:
-        assert self.process is not None
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-        return 0
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
 
 
 class Client:
@@ -223,7 +172,7 @@ def kill_detection(url: str, run_dir: Path, kills: int) -> list[float]:
     for _ in range(kills):
         session = client.start()
         client.until_state(session["id"], {"running"})
-        pid = client_pid(run_dir / session["id"])
+        (pid,) = processes_naming(run_dir / session["id"])
         killed = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         ended = client.until_state(session["id"], {"ended"}, timeout_s=30)
@@ -233,40 +182,19 @@ def kill_detection(url: str, run_dir: Path, kills: int) -> list[float]:
     return detected
 
 
-def client_pid(run_dir: Path) -> int:
-    """The QEMU whose command line names this run directory."""
-    needle = os.fsencode(run_dir) + b"/"
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if needle in Path(f"/proc/{entry}/cmdline").read_bytes():
-                    return int(entry)
-            except OSError:
-                continue
-    raise RuntimeError(f"no QEMU for {run_dir}")
-
-
 def leaks(root: Path) -> dict[str, int]:
     run = root / "run"
-    needle = os.fsencode(run) + b"/"
-    processes = 0
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                processes += needle in Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
     sockets = sum(1 for line in Path("/proc/net/unix").read_text().splitlines()
                   if str(run) + "/" in line)
     files = sum(1 for _ in run.rglob("*")) if run.exists() else 0
     from sessions.confine import memory_cgroups_find
 
     cgroups = memory_cgroups_find()
-    return {"qemu_processes": processes, "run_files": files, "sockets": sockets,
+    return {"qemu_processes": len(processes_naming(run)), "run_files": files, "sockets": sockets,
             "cgroups": len(cgroups.names()) if cgroups else 0}
 
 
-def live_rows(server: Server) -> int:
+def live_rows(server: ServedPortal) -> int:
     output = server.manage("shell", "-c", "from sessions.models import VisitorSession as V; "
                            "print(V.objects.filter(state__in=V.LIVE_STATES).count())")
     return int(output.strip().splitlines()[-1])
@@ -279,35 +207,28 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=runs(10, 3))
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    root = Path(tempfile.mkdtemp(prefix="ps-", dir="/tmp"))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
-    server = Server(root)
-    server.manage("migrate", "--no-input", "-v", "0")
-    server.manage("add_exhibit", str(REPO / "build" / "demo.img"), "--slug", "demo", "--title",
-                  "Demo", "--boot", "hdd", "--publish")
-    server.manage("prepare_exhibit", "demo", "--wait-graphics", "--still", "1")
-    master = Path(json.loads(server.manage(
-        "shell", "-c", "import json; from portal.models import Exhibit; "
-        "print(json.dumps(Exhibit.objects.get(slug='demo').image.path))").strip().splitlines()[-1]))
-    master_before = sha256_file(master)
-    server.start()
-    try:
+    # One address starts every machine here; the rate limits are for the internet.
+    unlimited = {"PORTAL_STARTS_PER_BROWSER": "1000000", "PORTAL_STARTS_PER_ADDRESS": "1000000"}
+    with served_portal(environment=unlimited) as server:
+        master = Path(json.loads(server.manage(
+            "shell", "-c", "import json; from portal.models import Exhibit; "
+            "print(json.dumps(Exhibit.objects.get(slug='demo').image.path))").strip().splitlines()[-1]))
+        master_before = sha256_file(master)
         # Warm up (the server's first requests import and cache), then count descriptors.
         cycles_run(server.url, 10, 2)
-        descriptors_before, rss_before = server.descriptors(), server.rss_kib()
+        descriptors_before, rss_before = descriptors(server.pid), rss_kib(server.pid)
         began = time.monotonic()
         timings, failures = cycles_run(server.url, args.cycles, args.clients)
         if not timings:
             raise RuntimeError(f"every cycle failed, for example: {failures[:3]}")
         elapsed = time.monotonic() - began
-        detection = kill_detection(server.url, root / "run", args.kills)
-        descriptors_after, rss_after = server.descriptors(), server.rss_kib()
-        leaked = leaks(root)
+        detection = kill_detection(server.url, server.run_dir, args.kills)
+        descriptors_after, rss_after = descriptors(server.pid), rss_kib(server.pid)
+        leaked = leaks(server.root)
         rows = live_rows(server)
-    finally:
         server.stop()
-    leaked_after_stop = leaks(root)
-    master_after = sha256_file(master)
+        leaked_after_stop = leaks(server.root)
+        master_after = sha256_file(master)
 
     tenth = max(1, len(timings) // 10)
     first, last = timings[:tenth], timings[-tenth:]
@@ -360,9 +281,6 @@ def main() -> None:
         "descriptors": [descriptors_before, descriptors_after], "rss_kib": [rss_before, rss_after],
         "master_sha256": [master_before, master_after],
     }, tables=(table, kill_table, leak_table))
-    import shutil
-
-    shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -282,6 +282,18 @@ def small_filesystem(*options: str, size: str = "512k") -> Any:
         mount_point.rmdir()
 
 
+def fill(filesystem: Path) -> Path:
+    """Use up every free byte of filesystem; returns the file that holds them."""
+    filler = filesystem / "filler"
+    with filler.open("wb", buffering=0) as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(bytes(65536))
+    with filler.open("ab", buffering=0) as handle, contextlib.suppress(OSError):
+        while True:
+            handle.write(bytes(512))
+    return filler
+
+
 async def ended_session(browser: AsyncClient, session_id: str, broker: Broker) -> dict[str, Any]:
     assert await broker.session_wait_ended(session_id=session_id, timeout_s=30)
     return (await browser.get(f"/api/sessions/{session_id}")).json()  # type: ignore[no-any-return]
@@ -293,10 +305,7 @@ async def test_it_tells_the_visitor_when_the_disk_is_full_and_leaves_nothing(
     with small_filesystem() as mount_point:
         run_root = mount_point / "run"
         run_root.mkdir()
-        filler = mount_point / "filler"
-        with filler.open("wb", buffering=0) as handle, contextlib.suppress(OSError):
-            while True:
-                handle.write(bytes(65536))
+        filler = fill(mount_point)
         broker = await make_broker(PORTAL_RUN_DIR=run_root)
         browser = visitor()
         session = await start(browser)
@@ -312,18 +321,6 @@ async def test_it_tells_the_visitor_when_the_disk_is_full_and_leaves_nothing(
         broker.display_detach(session_id=second["id"])
         await other.delete(f"/api/sessions/{second['id']}")
         assert list(run_root.iterdir()) == []
-
-
-def fill(filesystem: Path) -> Path:
-    """Use up every free byte of filesystem; returns the file that holds them."""
-    filler = filesystem / "filler"
-    with filler.open("wb", buffering=0) as handle, contextlib.suppress(OSError):
-        while True:
-            handle.write(bytes(65536))
-    with filler.open("ab", buffering=0) as handle, contextlib.suppress(OSError):
-        while True:
-            handle.write(bytes(512))
-    return filler
 
 
 async def test_it_ends_a_running_visit_whose_disk_fills_up_and_says_why(
