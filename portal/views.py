@@ -80,7 +80,7 @@ async def healthz(request: HttpRequest) -> JsonResponse:
         "queue_max": broker.config.queue_max,
         # How machines are held: their own uid (or the portal's) and the memory limit.
         "qemu_runs_as": "per-machine uid" if broker.config.uid_base is not None else "portal user",
-        "memory_limit": broker.confinement_for(memory_mb=0, run_as=None).memory_method,
+        "memory_limit": broker.memory_limit_method,
     })
 
 

@@ -373,6 +373,11 @@ class Broker:
         uid = self.config.uid_base + live.slot
         return uid, uid
 
+    @property
+    def memory_limit_method(self) -> str:
+        """How a machine's memory is limited here: cgroup-v2, cgroup-v1 or rlimit-as."""
+        return Confinement(memory_bytes=1, cgroups=self.config.cgroups).memory_method
+
     def confinement_for(self, *, memory_mb: int, run_as: tuple[int, int] | None) -> Confinement:
         return Confinement(
             run_as=run_as,
