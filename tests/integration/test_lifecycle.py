@@ -435,6 +435,10 @@ async def test_machines_run_as_their_own_unprivileged_users_with_a_memory_limit(
         else:
             assert f"{limits.memory_bytes}" in Path(f"/proc/{pid}/limits").read_text().replace(" ", "")
     assert len(uids) == 2, "two machines never share a user"
+    health = (await browsers[0].get("/healthz")).json()
+    assert health["qemu_runs_as"] == "per-machine uid"
+    expected = f"cgroup-v{broker.config.cgroups.version}" if broker.config.cgroups else "rlimit-as"
+    assert health["memory_limit"] == expected
     for browser, session in zip(browsers, sessions, strict=True):
         await browser.delete(f"/api/sessions/{session['id']}")
     if broker.config.cgroups is not None:
