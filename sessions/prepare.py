@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import secrets
 import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from portal.importer import sha256_path as sha256_file
 
 from .confine import Confinement
 from .machine import Machine, MachineError, MachineProfile, state_key
@@ -69,14 +70,6 @@ class PreparedState:
     state_sha256: str
     key: str
     seconds: float
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 async def _screen(machine: Machine, path: Path) -> tuple[tuple[int, int], bytes]:

@@ -6,9 +6,6 @@ with the same slug updates the exhibit; the same bytes are stored once.
 """
 from __future__ import annotations
 
-import hashlib
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,41 +16,7 @@ from portal.images import disk_image_import
 from portal.importer import QEMU_FORMATS, ImageError
 from portal.models import DiskImage, Exhibit, ExhibitMedia
 
-CHUNK_BYTES = 1024 * 1024
-
-
 BOOT_FOR_MEDIA = {"floppy": "floppy", "disk": "hdd", "cdrom": "cdrom"}
-
-
-def master_store(source: Path, *, store: Path) -> tuple[Path, str, int]:
-    """Copy a trusted raw image into the store as <sha256>.raw, read-only, unchecked.
-
-    Only for tests and fixtures built by this project; curators' images go
-    through `portal.images.disk_image_import`.
-    """
-    store.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    size = 0
-    handle, temporary_name = tempfile.mkstemp(dir=store, prefix=".incoming-")
-    temporary = Path(temporary_name)
-    try:
-        with source.open("rb") as reader, os.fdopen(handle, "wb") as writer:
-            while chunk := reader.read(CHUNK_BYTES):
-                digest.update(chunk)
-                writer.write(chunk)
-                size += len(chunk)
-            writer.flush()
-            os.fsync(writer.fileno())
-        final = store / f"{digest.hexdigest()}.raw"
-        if final.exists():
-            temporary.unlink()
-        else:
-            os.chmod(temporary, 0o444)
-            os.replace(temporary, final)
-        return final, digest.hexdigest(), size
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 class Command(BaseCommand):
