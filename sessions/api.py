@@ -6,8 +6,6 @@ not found, exactly like one that never existed.
 """
 from __future__ import annotations
 
-import json
-
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
@@ -18,6 +16,7 @@ from portal.models import Exhibit
 from portal.visitor import visitor_id
 
 from .broker import (
+    Broker,
     CapacityError,
     ExhibitUnavailableError,
     RateLimitedError,
@@ -55,7 +54,11 @@ async def session_create(request: HttpRequest, slug: str) -> JsonResponse:
     ).afirst()
     if exhibit is None:
         return json_error(404, "not_found", "There is no such exhibit.")
-    return await _session_start(request, exhibit)
+    started = await _session_start(request, exhibit)
+    if isinstance(started, JsonResponse):
+        return started
+    session, broker = started
+    return JsonResponse(session_json(session, broker), status=201)
 
 
 @require_POST
@@ -69,17 +72,21 @@ async def session_preview(request: HttpRequest, slug: str) -> HttpResponse:
     exhibit = await Exhibit.objects.select_related("image").filter(slug=slug).afirst()
     if exhibit is None or not (user.is_active and user.is_staff):
         return json_error(404, "not_found", "There is no such exhibit.")
-    response = await _session_start(request, exhibit)
-    if response.status_code == 201:
-        broker = await get_broker()
-        data = json.loads(response.content)
-        thumbnail_take_soon(broker, session_id=data["id"], exhibit=exhibit)
-        if "text/html" in request.headers.get("Accept", ""):
-            return HttpResponseRedirect(data["page_url"])
-    return response
+    started = await _session_start(request, exhibit)
+    if isinstance(started, JsonResponse):
+        return started
+    session, broker = started
+    thumbnail_take_soon(broker, session_id=session.id, exhibit=exhibit)
+    data = session_json(session, broker)
+    if "text/html" in request.headers.get("Accept", ""):
+        return HttpResponseRedirect(data["page_url"])
+    return JsonResponse(data, status=201)
 
 
-async def _session_start(request: HttpRequest, exhibit: Exhibit) -> JsonResponse:
+async def _session_start(
+    request: HttpRequest, exhibit: Exhibit
+) -> tuple[VisitorSession, Broker] | JsonResponse:
+    """The new session (and the broker that owns it), or the error response."""
     owner = await visitor_id(request.session, create=True)
     assert owner is not None
     broker = await get_broker()
@@ -101,7 +108,7 @@ async def _session_start(request: HttpRequest, exhibit: Exhibit) -> JsonResponse
         # 409: the exhibit's state (a damaged master) forbids starting it until a curator acts.
         return json_error(409, "exhibit_unavailable", str(error))
     session.exhibit = exhibit
-    return JsonResponse(session_json(session, broker), status=201)
+    return session, broker
 
 
 @require_http_methods(["GET", "DELETE"])

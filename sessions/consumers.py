@@ -307,10 +307,12 @@ class EventsConsumer(AsyncWebsocketConsumer):
             self._group = session_group(self.session_id)
             await self.channel_layer.group_add(self._group, self.channel_name)
             self._attached = broker.watch_attach(session_id=self.session_id)
-        await self._send_state()
+        await self._send_state(session)
 
-    async def _send_state(self) -> None:
-        session = await VisitorSession.objects.select_related("exhibit").aget(id=self.session_id)
+    async def _send_state(self, session: VisitorSession | None = None) -> None:
+        """The session as it is now (a fresh read unless the caller just made one)."""
+        if session is None:
+            session = await VisitorSession.objects.select_related("exhibit").aget(id=self.session_id)
         broker = await get_broker()
         await self._send({"type": "state", **session_json(session, broker)})
         if not session.is_live:
