@@ -356,9 +356,10 @@ class Broker:
                 self._launch_begin(live)
         return session
 
-    def _launch_begin(self, live: _Live) -> None:
+    def _launch_begin(self, live: _Live, *, from_queue: bool = False) -> None:
         live.slot = self._slot_take()
-        live.launch_task = _task(self._launch(live), name=f"launch-{live.session_id}")
+        live.launch_task = _task(self._launch(live, from_queue=from_queue),
+                                 name=f"launch-{live.session_id}")
 
     def _slot_take(self) -> int:
         slot = 1
@@ -385,9 +386,9 @@ class Broker:
             cgroups=self.config.cgroups,
         )
 
-    async def _launch(self, live: _Live) -> None:
+    async def _launch(self, live: _Live, *, from_queue: bool) -> None:
         try:
-            if live.generation == 0:
+            if from_queue:
                 await VisitorSession.objects.filter(
                     id=live.session_id, state=State.QUEUED
                 ).aupdate(state=State.STARTING)
@@ -774,7 +775,7 @@ class Broker:
             live = self._queue.popleft()
             live.queued = False
             self._grace_cancel(live)
-            self._launch_begin(live)
+            self._launch_begin(live, from_queue=True)
         for live in self._queue:
             self._notify_changed(live.session_id)
 
