@@ -41,7 +41,7 @@ run: setup
 	  --description "$(DEMO_DESCRIPTION)"
 	$(PY) manage.py prepare_exhibit demo --wait-graphics --still 2 --if-needed
 	@echo "Serving the portal on http://127.0.0.1:$(PORT)/"
-	$(VENV)/bin/daphne -b 127.0.0.1 -p $(PORT) portal.asgi:application
+	$(PY) -m portal.server -b 127.0.0.1 -p $(PORT) portal.asgi:application
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -241,7 +241,7 @@ def served_portal(*, prepare: bool = True, accelerator: str = "auto",
             _manage(env, "prepare_exhibit", "demo", "--wait-graphics", "--still", "1")
         with (root / "daphne.log").open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port),
+                [sys.executable, "-m", "portal.server", "-b", "127.0.0.1", "-p", str(port),
                  "portal.asgi:application"],
                 cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )

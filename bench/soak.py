@@ -208,7 +208,8 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     # One address starts every machine here; the rate limits are for the internet.
-    unlimited = {"PORTAL_STARTS_PER_BROWSER": "1000000", "PORTAL_STARTS_PER_ADDRESS": "1000000"}
+    unlimited = {"PORTAL_STARTS_PER_BROWSER": "1000000", "PORTAL_STARTS_PER_ADDRESS": "1000000",
+                 "PORTAL_LIVE_PER_ADDRESS": "1000000"}
     with served_portal(environment=unlimited) as server:
         master = Path(json.loads(server.manage(
             "shell", "-c", "import json; from portal.models import Exhibit; "

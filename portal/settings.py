@@ -189,6 +189,21 @@ PORTAL_QEMU_MEMORY_OVERHEAD_MB = int(os.environ.get("PORTAL_QEMU_MEMORY_OVERHEAD
 # The largest WebSocket message a browser may send (RFB input is a few bytes;
 # a clipboard paste is the largest); Daphne is started with the same limit.
 PORTAL_WS_MAX_MESSAGE_BYTES = int(os.environ.get("PORTAL_WS_MAX_MESSAGE_BYTES", str(64 * 1024)))
+# Display sockets one session may have open at once (tabs, windows, a
+# projector); one more is closed with 4429 and a sentence.
+PORTAL_DISPLAYS_PER_SESSION = int(os.environ.get("PORTAL_DISPLAYS_PER_SESSION", "4"))
+# A viewer whose browser has not read what waits for it (a few hundred KiB at
+# most; past that the display is no longer read for it) for this long is
+# closed with 4408, and may connect again.
+PORTAL_VIEWER_STUCK_S = _env_float("PORTAL_VIEWER_STUCK_S", 30.0)
+# Live visits (waiting, starting or running) one network address may hold at
+# once; 0 derives it: half the capacity, so one address never takes every
+# machine and a school class behind one address still fits.
+PORTAL_LIVE_PER_ADDRESS = int(os.environ.get("PORTAL_LIVE_PER_ADDRESS", "0"))
+# The largest request body the server reads (refused with 413 by its declared
+# length, before it is read), except for curators' image uploads below.
+PORTAL_REQUEST_MAX_BYTES = int(os.environ.get("PORTAL_REQUEST_MAX_BYTES", str(1024 * 1024)))
+PORTAL_UPLOAD_PATH_PREFIX = "/admin/portal/diskimage/upload/"
 # Origins (scheme://host[:port]) besides the portal's own that may open the
 # machine's WebSocket, for sites that embed exhibits.
 PORTAL_ALLOWED_ORIGINS = [

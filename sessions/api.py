@@ -16,6 +16,7 @@ from portal.models import Exhibit
 from portal.visitor import visitor_id
 
 from .broker import (
+    AddressLimitError,
     Broker,
     CapacityError,
     ExhibitUnavailableError,
@@ -98,6 +99,10 @@ async def _session_start(
                           page_url=f"/sessions/{error.session_id}/")
     except CapacityError as error:
         response = json_error(503, "capacity", str(error))
+        response["Retry-After"] = str(error.retry_after_s)
+        return response
+    except AddressLimitError as error:
+        response = json_error(429, "address_limit", str(error))
         response["Retry-After"] = str(error.retry_after_s)
         return response
     except RateLimitedError as error:

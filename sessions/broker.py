@@ -99,6 +99,20 @@ class DisplayUnavailableError(SessionError):
     pass
 
 
+class ViewerLimitError(SessionError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"This machine is already shown in {limit} places, the most it may be. "
+                         "Close one of them and try again.")
+
+
+class AddressLimitError(RateLimitedError):
+    def __init__(self, limit: int, retry_after_s: int) -> None:
+        SessionError.__init__(
+            self, f"Your network already has {limit} machines running or waiting, the most one "
+                  "network may have at once. Please end one of them first.")
+        self.retry_after_s = retry_after_s
+
+
 class ExhibitUnavailableError(SessionError):
     """The exhibit cannot start: a master it needs failed its fixity check."""
 
@@ -123,6 +137,9 @@ class BrokerConfig:
     starts_per_browser: int = 10
     starts_per_address: int = 120
     start_window_s: float = 60.0
+    # Live visits (waiting, starting, running) one network address may hold.
+    live_per_address: int = 50
+    displays_per_session: int = 4
     # The first uid of the range machines run as; None keeps the portal's user.
     uid_base: int | None = None
     memory_overhead_mb: int = 192
@@ -151,6 +168,8 @@ class BrokerConfig:
             starts_per_browser=settings.PORTAL_STARTS_PER_BROWSER,
             starts_per_address=settings.PORTAL_STARTS_PER_ADDRESS,
             start_window_s=settings.PORTAL_START_WINDOW_S,
+            live_per_address=settings.PORTAL_LIVE_PER_ADDRESS or max(1, capacity // 2),
+            displays_per_session=settings.PORTAL_DISPLAYS_PER_SESSION,
             uid_base=uid_base,
             memory_overhead_mb=settings.PORTAL_QEMU_MEMORY_OVERHEAD_MB,
             cgroups=memory_cgroups(),
@@ -207,7 +226,11 @@ class _Live:
     machine: Machine | None = None
     running: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    # Network address the visit was started from ("" when unknown).
+    address: str = ""
+    # Everyone watching (display and events sockets), and the display sockets alone.
     viewers: int = 0
+    displays: int = 0
     launch_task: asyncio.Task[None] | None = None
     watch_task: asyncio.Task[None] | None = None
     grace_task: asyncio.Task[None] | None = None
@@ -325,6 +348,8 @@ class Broker:
             if queued and len(self._queue) >= self.config.queue_max:
                 wait = self.queue_wait_s(len(self._queue) + 1)
                 raise CapacityError(retry_after_s=int(min(3600, max(5, wait))))
+            if address and self._live_from(address) >= self.config.live_per_address:
+                raise AddressLimitError(self.config.live_per_address, retry_after_s=60)
             retry = self._starts.take({
                 f"browser:{owner}": self.config.starts_per_browser,
                 f"address:{address}": self.config.starts_per_address,
@@ -333,7 +358,7 @@ class Broker:
                 raise RateLimitedError(retry_after_s=max(1, int(retry + 0.999)))
             session_id = new_session_id()
             live = _Live(session_id=session_id, run_dir=self.config.run_root / session_id,
-                         exhibit=exhibit, queued=queued)
+                         exhibit=exhibit, queued=queued, address=address)
             # Owned before its row exists, so the reaper never takes it for an orphan.
             self._live[session_id] = live
             try:
@@ -355,6 +380,9 @@ class Broker:
             else:
                 self._launch_begin(live)
         return session
+
+    def _live_from(self, address: str) -> int:
+        return sum(1 for live in self._live.values() if live.address == address)
 
     def _launch_begin(self, live: _Live, *, from_queue: bool = False) -> None:
         live.slot = self._slot_take()
@@ -641,6 +669,9 @@ class Broker:
             raise SessionEndedError("This machine has ended.")
         if live.queued:
             raise SessionBusyError("This visit is still waiting for a machine.")
+        if live.displays >= self.config.displays_per_session:
+            raise ViewerLimitError(self.config.displays_per_session)
+        live.displays += 1
         self.watch_attach(session_id=session_id)
         try:
             waiters = [
@@ -677,13 +708,17 @@ class Broker:
 
     def display_detach(self, *, session_id: str) -> None:
         live = self._live.get(session_id)
+        if live is not None:
+            live.displays = max(0, live.displays - 1)
+        self.watch_detach(session_id=session_id)
+
+    def watch_detach(self, *, session_id: str) -> None:
+        live = self._live.get(session_id)
         if live is None:
             return
         live.viewers = max(0, live.viewers - 1)
         if live.viewers == 0 and (live.running.is_set() or live.queued):
             self._grace_start(live)
-
-    watch_detach = display_detach
 
     async def session_wait_ended(self, *, session_id: str, timeout_s: float) -> bool:
         """True once the session has ended (or is not live), False on timeout."""

@@ -26,6 +26,7 @@ from .broker import (
     DisplayUnavailableError,
     SessionBusyError,
     SessionEndedError,
+    ViewerLimitError,
     get_broker,
     session_group,
 )
@@ -36,23 +37,47 @@ from .rfb import ClientStream
 
 logger = logging.getLogger(__name__)
 
+# The API's close codes (shared/API.md). autobahn, under Daphne, lets an
+# application send only 1000 and 3000-4999; 1011 reaches the browser through
+# the portal's server (portal.server), which sends what the application asks.
 CLOSE_FORBIDDEN = 4403
 CLOSE_UNKNOWN = 4404
 CLOSE_ENDED = 4410
 CLOSE_UNREACHABLE = 1011
 # The machine was replaced (reset): the client should connect again at once.
-CLOSE_RESTARTED = 1012
-CLOSE_UNSUPPORTED_DATA = 1003
-CLOSE_TOO_BIG = 1009
+CLOSE_RESTARTED = 4412
+# A message the socket does not take (text on the binary display stream).
+CLOSE_UNSUPPORTED_DATA = 4400
+CLOSE_TOO_BIG = 4413
 # The visit is still waiting in line: the display is not there yet.
-CLOSE_TRY_LATER = 1013
+CLOSE_TRY_LATER = 4409
+CLOSE_TOO_MANY_VIEWERS = 4429
+# The browser did not read the display for PORTAL_VIEWER_STUCK_S.
+CLOSE_TOO_SLOW = 4408
+
+# The sentence sent with each code, for a person reading a client's log; the
+# page has its own words for each code.
+CLOSE_REASONS = {
+    CLOSE_FORBIDDEN: "This machine belongs to another browser, or this page may not open it.",
+    CLOSE_UNKNOWN: "There is no such session.",
+    CLOSE_ENDED: "This machine has ended.",
+    CLOSE_UNREACHABLE: "The machine's display cannot be reached.",
+    CLOSE_RESTARTED: "The machine was replaced; connect again.",
+    CLOSE_UNSUPPORTED_DATA: "This socket takes binary RFB messages only.",
+    CLOSE_TOO_BIG: "A message was over the size limit.",
+    CLOSE_TRY_LATER: "This visit is still waiting in line for a machine.",
+    CLOSE_TOO_MANY_VIEWERS: "This machine is open in too many places; close one and try again.",
+    CLOSE_TOO_SLOW: "The browser did not keep up with the display; connect again.",
+}
 # The largest message the page may send on the events WebSocket.
 EVENTS_MAX_MESSAGE_BYTES = 4096
+# What portal.server puts in each WebSocket's scope: its write side's flow.
+SEND_FLOW_EXTENSION = "portal.send_flow"
 
-# How much of the display's output may wait for the browser before the pipe
-# stops reading the VNC socket (and so QEMU stops writing). Four full-screen
-# 640x480x32 updates.
-DISPLAY_BUFFER_BYTES = 4 * 1024 * 1024
+# How much of the display's output may wait here before the pipe stops reading
+# the VNC socket (and so QEMU stops writing); the server's own buffer for the
+# browser is bounded separately (SEND_FLOW_EXTENSION).
+DISPLAY_BUFFER_BYTES = 2 * 1024 * 1024
 
 
 class VncPipe(asyncio.Protocol):
@@ -62,7 +87,7 @@ class VncPipe(asyncio.Protocol):
     as they are, never copied into one buffer; the socket is read as soon as it
     is readable, so QEMU never waits on the WebSocket side's turn. Past
     DISPLAY_BUFFER_BYTES the socket is no longer read until the browser side
-    has caught up.
+    has taken what waits.
     """
 
     def __init__(self) -> None:
@@ -173,7 +198,14 @@ async def session_authorize(
     return None, session
 
 
-class VncConsumer(AsyncWebsocketConsumer):
+class PortalSocket(AsyncWebsocketConsumer):
+    """A portal WebSocket: closes with the API's codes and their sentences."""
+
+    async def close_with(self, code: int, reason: str | None = None) -> None:
+        await self.close(code, reason=reason or CLOSE_REASONS.get(code, ""))
+
+
+class VncConsumer(PortalSocket):
     """`/ws/sessions/<id>/vnc`: RFB bytes in binary messages."""
 
     session_id: str = ""
@@ -193,19 +225,22 @@ class VncConsumer(AsyncWebsocketConsumer):
         if code is None and session is not None and not session.is_live:
             code = CLOSE_ENDED
         if code is not None:
-            await self.close(code)
+            await self.close_with(code)
             return
         broker = await get_broker()
         try:
             vnc_path = await broker.display_attach(session_id=self.session_id)
         except SessionEndedError:
-            await self.close(CLOSE_ENDED)
+            await self.close_with(CLOSE_ENDED)
             return
         except SessionBusyError:
-            await self.close(CLOSE_TRY_LATER)
+            await self.close_with(CLOSE_TRY_LATER)
+            return
+        except ViewerLimitError as error:
+            await self.close_with(CLOSE_TOO_MANY_VIEWERS, str(error))
             return
         except DisplayUnavailableError:
-            await self.close(CLOSE_UNREACHABLE)
+            await self.close_with(CLOSE_UNREACHABLE)
             return
         self._attached = True
         self.generation = broker.session_generation(self.session_id)
@@ -217,13 +252,33 @@ class VncConsumer(AsyncWebsocketConsumer):
             logger.warning("session %s: VNC socket unreachable: %s", self.session_id, error)
             await self._close_after_display_end()
             return
-        self._reader_task = asyncio.create_task(self._pump_to_browser(self._pipe))
+        self._reader_task = asyncio.create_task(self._pump_guarded(self._pipe))
+
+    async def _pump_guarded(self, pipe: VncPipe) -> None:
+        # The pump is a task of its own: an error in it would otherwise go
+        # unnoticed and leave the browser in front of a display that never moves.
+        try:
+            await self._pump_to_browser(pipe)
+        except Exception:
+            logger.exception("session %s: the display pipe failed", self.session_id)
+            await self.close_with(CLOSE_UNREACHABLE)
 
     async def _pump_to_browser(self, pipe: VncPipe) -> None:
         # One read from the socket becomes one WebSocket message, as it arrived.
+        # Past the server's buffer for this browser, nothing more is handed over
+        # (and, past DISPLAY_BUFFER_BYTES here, the VNC socket is not read) until
+        # the browser has read it; a browser that reads nothing for
+        # PORTAL_VIEWER_STUCK_S is closed.
+        flow = self.scope.get("extensions", {}).get(SEND_FLOW_EXTENSION)
+        stuck_s = settings.PORTAL_VIEWER_STUCK_S
         while chunks := await pipe.taken():
             for chunk in chunks:
                 await self.send(bytes_data=chunk)
+                if flow is not None and flow.paused and not await flow.resumed(timeout_s=stuck_s):
+                    logger.warning("session %s: a viewer read nothing for %g s; closing it (%d)",
+                                   self.session_id, stuck_s, CLOSE_TOO_SLOW)
+                    await self.close_with(CLOSE_TOO_SLOW)
+                    return
         if pipe.error is not None:
             logger.info("session %s: VNC read ended: %s", self.session_id, pipe.error)
         await self._close_after_display_end()
@@ -233,12 +288,15 @@ class VncConsumer(AsyncWebsocketConsumer):
         broker = await get_broker()
         current = broker.session_generation(self.session_id)
         if current is not None and current != self.generation:
-            await self.close(CLOSE_RESTARTED)
+            await self.close_with(CLOSE_RESTARTED)
             return
         ended = await broker.session_wait_ended(
             session_id=self.session_id, timeout_s=broker.config.stop_timeout_s
         )
-        await self.close(CLOSE_ENDED if ended else CLOSE_UNREACHABLE)
+        if not ended and broker.session_generation(self.session_id) not in {None, self.generation}:
+            await self.close_with(CLOSE_RESTARTED)  # a reset began while it was waiting
+            return
+        await self.close_with(CLOSE_ENDED if ended else CLOSE_UNREACHABLE)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels runs close_old_connections() in a worker thread before every
@@ -254,12 +312,14 @@ class VncConsumer(AsyncWebsocketConsumer):
             return
         if bytes_data is None:
             # RFB is binary; a text message is a client speaking something else.
-            await self.close(CLOSE_UNSUPPORTED_DATA)
+            await self.close_with(CLOSE_UNSUPPORTED_DATA)
             return
         if len(bytes_data) > settings.PORTAL_WS_MAX_MESSAGE_BYTES:
             # Dropping part of an RFB stream would garble it: the connection ends,
             # the machine does not (the page reconnects).
-            await self.close(CLOSE_TOO_BIG)
+            limit = settings.PORTAL_WS_MAX_MESSAGE_BYTES
+            await self.close_with(CLOSE_TOO_BIG, f"A message of {len(bytes_data)} bytes is over "
+                                                 f"the limit of {limit} bytes.")
             return
         if self._input.feed(bytes_data):
             (await get_broker()).session_input(session_id=self.session_id)
@@ -283,7 +343,7 @@ class VncConsumer(AsyncWebsocketConsumer):
             broker.display_detach(session_id=self.session_id)
 
 
-class EventsConsumer(AsyncWebsocketConsumer):
+class EventsConsumer(PortalSocket):
     """`/ws/sessions/<id>/events`: the session's state, warnings and end, as JSON.
 
     The page may send `{"type": "active"}` (the visitor answered an idle
@@ -299,7 +359,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
         await self.accept()
         code, session = await session_authorize(self.scope, self.session_id)
         if code is not None or session is None:
-            await self.close(code or CLOSE_UNKNOWN)
+            await self.close_with(code or CLOSE_UNKNOWN)
             return
         broker = await get_broker()
         if session.is_live:
@@ -318,7 +378,7 @@ class EventsConsumer(AsyncWebsocketConsumer):
         if not session.is_live:
             await self._send({"type": "ended", "reason": session.ended_reason,
                               "detail": session.detail})
-            await self.close(CLOSE_ENDED)
+            await self.close_with(CLOSE_ENDED)
 
     async def session_event(self, message: dict[str, Any]) -> None:
         """A broker event for this session (delivered through the channel layer)."""
@@ -352,9 +412,9 @@ class EventsConsumer(AsyncWebsocketConsumer):
             (await get_broker()).watch_detach(session_id=self.session_id)
 
 
-class UnknownPathConsumer(AsyncWebsocketConsumer):
+class UnknownPathConsumer(PortalSocket):
     """Any other WebSocket path: accepted only to say 4404, never an error page."""
 
     async def connect(self) -> None:
         await self.accept()
-        await self.close(CLOSE_UNKNOWN)
+        await self.close_with(CLOSE_UNKNOWN)

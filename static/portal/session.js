@@ -183,12 +183,38 @@ async function refresh() {
   return data;
 }
 
+// What the display socket's close code (shared/API.md) means for this page.
+const CLOSE = {
+  TOO_SLOW: 4408, QUEUED: 4409, ENDED: 4410, REPLACED: 4412, TOO_MANY: 4429,
+  FORBIDDEN: 4403, UNKNOWN: 4404, UNSUPPORTED: 4400, TOO_BIG: 4413,
+};
+const CLOSE_WORDS = {
+  [CLOSE.TOO_SLOW]: "Your connection could not keep up with the screen. Reconnecting…",
+  [CLOSE.TOO_MANY]: "This machine is already open in too many tabs or windows. " +
+    "Close one of them, then press Reconnect.",
+  [CLOSE.FORBIDDEN]: "This machine belongs to another browser, or this page may not show it.",
+  [CLOSE.UNKNOWN]: "This machine no longer exists.",
+  [CLOSE.UNSUPPORTED]: "The screen's connection was refused by the server. Reconnecting…",
+  [CLOSE.TOO_BIG]: "Something sent to the machine was too large and was refused. Reconnecting…",
+};
+let lastClose = null;
+
+function showReconnectOffer(words) {
+  showNotice(`<p>${escapeHtml(words)}</p><p><button id="reconnect" class="primary">Reconnect</button></p>`);
+  document.getElementById("reconnect").addEventListener("click", () => {
+    notice.hidden = true;
+    if (!rfb && !ended) connect();
+  });
+}
+
 function connect() {
   const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
-  rfb = new RFB(screen, scheme + window.location.host + session.vnc_path, {
-    wsProtocols: ["binary"],
-    shared: true,
-  });
+  // The socket is made here, not by noVNC, so the page can read its close code.
+  const socket = new WebSocket(scheme + window.location.host + session.vnc_path, ["binary"]);
+  socket.binaryType = "arraybuffer";
+  lastClose = null;
+  socket.addEventListener("close", (event) => { lastClose = { code: event.code, reason: event.reason }; });
+  rfb = new RFB(screen, socket, { shared: true });
   rfb.scaleViewport = true;
   rfb.resizeSession = false;
   rfb.focusOnClick = true;
@@ -201,12 +227,34 @@ function connect() {
   });
   rfb.addEventListener("disconnect", async () => {
     rfb = null;
+    const code = lastClose ? lastClose.code : null;
     if (ended || resetting) return;
+    if (code === CLOSE.REPLACED) {
+      // Reset (here or in another tab): the new machine is there; connect at once.
+      connect();
+      return;
+    }
+    if (code === CLOSE.TOO_MANY) {
+      showState("running", "not shown here");
+      showReconnectOffer(CLOSE_WORDS[code]);
+      return;
+    }
     const data = await refresh();
     if (ended || !data) return;
-    // The network dropped but the machine lives: reconnect within the grace period.
+    if (code === CLOSE.QUEUED || data.state === "queued") {
+      // Still waiting in line: the events socket says when the machine is there.
+      if (data.state === "queued") showQueued(data);
+      return;
+    }
+    if (code === CLOSE.FORBIDDEN || code === CLOSE.UNKNOWN) {
+      showEnded({ ended_reason: "server", detail: CLOSE_WORDS[code], exhibit: session.exhibit });
+      return;
+    }
+    if (CLOSE_WORDS[code]) showNotice(`<p>${escapeHtml(CLOSE_WORDS[code])}</p>`);
+    // The network dropped, or the display broke, but the machine lives: reconnect
+    // within the grace period.
     showState(data.state, "reconnecting…");
-    setTimeout(() => { if (!ended) connect(); }, reconnectDelayMs);
+    setTimeout(() => { if (!ended && !rfb) connect(); }, reconnectDelayMs);
     reconnectDelayMs = Math.min(reconnectDelayMs * 2, 8000);
   });
 }

@@ -94,7 +94,8 @@ def _wait_until_serving(url: str, process: subprocess.Popen[bytes], timeout_s: f
 
 def daphne_argv(port: int) -> list[str]:
     """Daphne as `make run` starts it."""
-    return [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "portal.asgi:application"]
+    return [sys.executable, "-m", "portal.server", "-b", "127.0.0.1", "-p", str(port),
+            "portal.asgi:application"]
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from tests.e2e.conftest import Portal
 
 @pytest.fixture
 def portal_settings() -> dict[str, str]:
-    return {"PORTAL_MAX_SESSIONS": "1"}
+    return {"PORTAL_MAX_SESSIONS": "1", "PORTAL_LIVE_PER_ADDRESS": "10"}
 
 
 def test_the_second_visitor_waits_in_line_and_gets_the_machine_when_it_is_free(

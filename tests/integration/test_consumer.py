@@ -105,7 +105,7 @@ async def test_it_closes_on_a_text_message_and_the_machine_keeps_running(
     await communicator.send_to(text_data='{"not": "rfb"}')
     while (message := await communicator.receive_output(timeout=10))["type"] != "websocket.close":
         pass
-    assert message["code"] == 1003
+    assert message["code"] == 4400
     session = await VisitorSession.objects.aget(id=session_id)
     assert session.state == "running"
     # The visitor reconnects to the same machine.

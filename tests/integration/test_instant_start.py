@@ -145,7 +145,7 @@ async def test_it_resets_to_the_start_state_on_a_fresh_overlay(broker: Any, game
         with pytest.raises(ConnectionError):
             async with asyncio.timeout(TIMEOUT_S):
                 await first.rfb.wait_closed()
-        assert first.rfb.transport.close_code == 1012  # type: ignore[attr-defined]
+        assert first.rfb.transport.close_code == 4412  # type: ignore[attr-defined]
         await first.rfb.transport.close()
         first.rfb = await display_watch(first.browser, first.session["vnc_path"])
         assert first.machine.pid != old_pid

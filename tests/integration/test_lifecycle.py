@@ -85,7 +85,7 @@ async def next_event(communicator: WebsocketCommunicator, kind: str, *, timeout_
 async def test_it_lines_up_visitors_past_capacity_and_tells_them_their_place(
     make_broker: BrokerFactory, freedos: Any
 ) -> None:
-    broker = await make_broker(PORTAL_MAX_SESSIONS=1, PORTAL_QUEUE_MAX=2)
+    broker = await make_broker(PORTAL_MAX_SESSIONS=1, PORTAL_QUEUE_MAX=2, PORTAL_LIVE_PER_ADDRESS=10)
     first_visitor, second_visitor, third_visitor, fourth_visitor = (visitor() for _ in range(4))
     first = await start(first_visitor)
     assert first["state"] == "starting" and first["queue_position"] is None
@@ -107,7 +107,7 @@ async def test_it_lines_up_visitors_past_capacity_and_tells_them_their_place(
     # A waiting visitor has no display yet.
     waiting_display = ws_communicator(second_visitor, second["vnc_path"])
     assert (await waiting_display.connect(timeout=30))[0]
-    assert (await waiting_display.receive_output(timeout=30))["code"] == 1013
+    assert (await waiting_display.receive_output(timeout=30))["code"] == 4409
 
     await first_visitor.delete(f"/api/sessions/{first['id']}")
     await next_event(second_page, "state", state="running")
@@ -386,7 +386,7 @@ async def test_it_closes_an_oversized_display_message_and_the_machine_lives_on(
     await display.send_to(bytes_data=bytes(settings.PORTAL_WS_MAX_MESSAGE_BYTES + 1))
     while (message := await display.receive_output(timeout=10))["type"] != "websocket.close":
         pass
-    assert message["code"] == 1009
+    assert message["code"] == 4413
     for browser_, session_ in ((browser, session), (neighbour, other)):
         record = (await browser_.get(f"/api/sessions/{session_['id']}")).json()
         assert record["state"] in {"starting", "running"}

@@ -45,6 +45,7 @@ class WebSocketTransport:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.close_code: int | None = None
+        self.close_reason = ""
         self.subprotocol: str | None = None
 
     @classmethod
@@ -86,6 +87,17 @@ class WebSocketTransport:
         self.writer.write(self._frame(OPCODE_BINARY, data))
         await self.writer.drain()
 
+    async def send_text(self, text: str) -> None:
+        self.writer.write(self._frame(OPCODE_TEXT, text.encode()))
+        await self.writer.drain()
+
+    async def closed(self) -> int | None:
+        """Read (and drop) messages until the server closes; returns its close code."""
+        with contextlib.suppress(ConnectionError):
+            while True:
+                await self.receive()
+        return self.close_code
+
     def _frame(self, opcode: int, payload: bytes) -> bytes:
         length = len(payload)
         if length < 126:
@@ -113,6 +125,7 @@ class WebSocketTransport:
             payload = await self._read_exact(length) if length else b""
             if opcode == OPCODE_CLOSE:
                 self.close_code = struct.unpack(">H", payload[:2])[0] if len(payload) >= 2 else 1005
+                self.close_reason = payload[2:].decode("utf-8", "replace")
                 with contextlib.suppress(ConnectionError, OSError):
                     self.writer.write(self._frame(OPCODE_CLOSE, payload[:2]))
                     await self.writer.drain()
