@@ -73,7 +73,8 @@ def _tighten(path: Path) -> bool:
     """Take away the group's and others' permissions; True when there were some."""
     try:
         status = path.stat()
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError):
+        # Missing, or already out of this process's sight (another user's, private).
         return False
     mode = stat.S_IMODE(status.st_mode)
     if not mode & 0o077:
