@@ -411,7 +411,9 @@ def image_import(source: Path | BinaryIO, *, name: str, store: Path, limits: Imp
     the work directory is removed and the store holds nothing new.
     """
     claimed = format_claimed(name, claim=claim)
-    store.mkdir(parents=True, exist_ok=True)
+    # Private: a machine reads its master through the descriptor QEMU opened
+    # before it dropped to its own uid, never by path, and no other user needs it.
+    store.mkdir(mode=0o700, parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".import-", dir=store))
     try:
         return _import(source, claimed=claimed, work=work, store=store, limits=limits)

@@ -44,7 +44,8 @@ def _secret_key() -> str:
     try:
         return key_file.read_text().strip()
     except FileNotFoundError:
-        PORTAL_DATA_DIR.mkdir(parents=True, exist_ok=True)
+        # Private: the database, masters and this key are no other user's business.
+        PORTAL_DATA_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
         key = secrets.token_urlsafe(50)
         fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:

@@ -105,8 +105,14 @@ def portal_settings() -> dict[str, str]:
 
 
 @pytest.fixture
-def portal(demo_image: Path, portal_settings: dict[str, str]) -> Iterator[Portal]:
-    root = Path(tempfile.mkdtemp(prefix="pe-", dir="/tmp"))
+def portal_data_dir() -> Path:
+    """The served portal's PORTAL_DATA_DIR (removed afterwards); tests override it."""
+    return Path(tempfile.mkdtemp(prefix="pe-", dir="/tmp"))
+
+
+@pytest.fixture
+def portal(demo_image: Path, portal_settings: dict[str, str], portal_data_dir: Path) -> Iterator[Portal]:
+    root = portal_data_dir
     port = _free_port()
     env = {
         **os.environ,
