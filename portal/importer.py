@@ -4,13 +4,15 @@ Owns: recognising an image's real format from its bytes, checking it against
 what its name or the curator claims, probing it with `qemu-img` as QEMU's
 security documentation advises (explicit format, CPU-time and address-space
 limits, a timeout), refusing anything that could make QEMU open another file
-or exhaust the host, converting what is accepted to qcow2 and proving that the
-guest sees exactly the original's bytes, and re-hashing stored masters
-(fixity).
+or exhaust the host, converting what is accepted to compressed qcow2 and
+proving that the guest sees exactly the original's bytes, the disk space an
+import takes (free space checked before every step that writes, at most a
+private copy and the master at once), and re-hashing stored masters (fixity).
 
 Must not: import Django, let `qemu-img` guess a format, let any QEMU tool touch
-a file before its header was checked by hand, or leave anything behind when an
-image is refused. It takes paths, limits and timeouts as arguments.
+a file before its header was checked by hand, fill the store's disk, write out
+a sparse image's holes, or leave anything behind when an image is refused. It
+takes paths, limits and timeouts as arguments.
 
 The hand checks come first because `qemu-img info` itself opens a qcow2's
 external data file and a VMDK descriptor's extents (CVE-2024-32498,
@@ -602,13 +604,13 @@ def _import(source: Path | BinaryIO, *, claimed: str, work: Path, store: Path,
     elif isinstance(hint := getattr(source, "size", None), int):  # Django's UploadedFile
         declared = needed = hint
 
-    def too_large() -> ImageRejectedError:
+    def too_large(size: int | None = None) -> ImageRejectedError:
         if disk_bound:
-            return _too_large_disk(declared, limits)
+            return _too_large_disk(size, limits)
         return _too_large_file(limits.max_file_bytes)
 
     if declared is not None and declared > max_bytes:
-        raise too_large()
+        raise too_large(declared)
     if needed is not None:
         space_check(work, needed_bytes=needed, limits=limits, doing="copy the image")
     # A neutral name: the extension is not trusted and QEMU never sees the curator's.
