@@ -18,7 +18,7 @@ from sessions.machine import MachineProfile
 from sessions.prepare import PrepareError, StartCondition
 
 from .images import disk_image_import
-from .importer import FORMAT_NAMES, ImageError
+from .importer import FORMAT_NAMES, ImageError, size_text
 from .models import DiskImage, Exhibit, ExhibitMedia, FixityCheck, StartState
 
 PREPARE_DESKTOP = StartCondition(wait_graphics=True, still_s=2.0)
@@ -79,7 +79,8 @@ class DiskImageAdmin(admin.ModelAdmin):
             files = request.FILES  # parsing the upload is what may stop it
             if getattr(request, "upload_too_large", False):
                 messages.error(request, "Refused: the file is larger than the limit of "
-                                        f"{settings.PORTAL_IMPORT_MAX_BYTES} bytes. Nothing was kept.")
+                                        f"{size_text(settings.PORTAL_IMPORT_MAX_BYTES)} "
+                                        "(PORTAL_IMPORT_MAX_BYTES). Nothing was kept.")
             else:
                 form = UploadForm(request.POST, files)
                 if form.is_valid():

@@ -23,6 +23,7 @@ def import_limits() -> ImportLimits:
     return ImportLimits(
         max_file_bytes=settings.PORTAL_IMPORT_MAX_BYTES,
         max_virtual_bytes=settings.PORTAL_IMAGE_MAX_VIRTUAL_BYTES,
+        free_margin_bytes=settings.PORTAL_IMAGE_FREE_MARGIN_BYTES,
         probe_cpu_s=settings.PORTAL_QEMU_IMG_CPU_S,
         probe_address_space_bytes=settings.PORTAL_QEMU_IMG_ADDRESS_SPACE_BYTES,
         probe_timeout_s=settings.PORTAL_QEMU_IMG_TIMEOUT_S,

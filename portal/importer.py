@@ -4,13 +4,15 @@ Owns: recognising an image's real format from its bytes, checking it against
 what its name or the curator claims, probing it with `qemu-img` as QEMU's
 security documentation advises (explicit format, CPU-time and address-space
 limits, a timeout), refusing anything that could make QEMU open another file
-or exhaust the host, converting what is accepted to qcow2 and proving that the
-guest sees exactly the original's bytes, and re-hashing stored masters
-(fixity).
+or exhaust the host, converting what is accepted to compressed qcow2 and
+proving that the guest sees exactly the original's bytes, the disk space an
+import takes (free space checked before every step that writes, at most a
+private copy and the master at once), and re-hashing stored masters (fixity).
 
 Must not: import Django, let `qemu-img` guess a format, let any QEMU tool touch
-a file before its header was checked by hand, or leave anything behind when an
-image is refused. It takes paths, limits and timeouts as arguments.
+a file before its header was checked by hand, fill the store's disk, write out
+a sparse image's holes, or leave anything behind when an image is refused. It
+takes paths, limits and timeouts as arguments.
 
 The hand checks come first because `qemu-img info` itself opens a qcow2's
 external data file and a VMDK descriptor's extents (CVE-2024-32498,
@@ -26,14 +28,26 @@ import resource
 import struct
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-CHUNK_BYTES = 1024 * 1024
-SECTOR_BYTES = 512
 KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+CHUNK_BYTES = MIB
+# Zero blocks this small become holes in the private copy (ext4's and XFS's block is 4 KiB).
+HOLE_BYTES = 4 * KIB
+ZEROS = bytes(CHUNK_BYTES)
+SECTOR_BYTES = 512
+# The guest's view is hashed a slice at a time; a slice is the most it costs on disk.
+GUEST_SLICE_BYTES = 64 * MIB
+# What a conversion may write beyond `qemu-img measure`'s answer (file-system rounding).
+MEASURE_SLACK_BYTES = MIB
+# How often a running conversion's output and free space are looked at.
+WATCH_INTERVAL_S = 0.02
 # Disks of a PC floppy's size, 160 KiB (5.25" single-sided) to 2.88 MiB (3.5" ED),
 # including the common over-formatted ones (DMF 1.68 MiB, 1.72 MiB). Only these
 # sizes: a 1 MiB hard disk is not a floppy.
@@ -82,6 +96,8 @@ class ImportLimits:
 
     max_file_bytes: int
     max_virtual_bytes: int
+    # What must stay free on the store's filesystem whatever an import writes.
+    free_margin_bytes: int = 512 * MIB
     # Applied to every qemu-img run: CPU seconds and address space (OpenStack's caps by default).
     probe_cpu_s: int = 2
     probe_address_space_bytes: int = 1024 * 1024 * 1024
@@ -360,8 +376,7 @@ def image_probe(path: Path, *, qemu_format: str, limits: ImportLimits) -> dict[s
     if not isinstance(virtual, int) or virtual <= 0:
         raise ImageRejectedError("corrupt", "The image has no usable virtual size.")
     if virtual > limits.max_virtual_bytes:
-        raise ImageRejectedError(
-            "too_large", f"The disk is {virtual} bytes; the limit is {limits.max_virtual_bytes}.")
+        raise _too_large_disk(virtual, limits)
     return info
 
 
@@ -376,18 +391,13 @@ def media_for(*, source_format: str, virtual_bytes: int) -> str:
 # --- hashing ---------------------------------------------------------------------
 
 
-def sha256_stream(reader: BinaryIO, *, writer: BinaryIO | None = None, limit: int | None = None
-                  ) -> tuple[str, int]:
-    """SHA-256 and length of a stream, copied to writer on the way; refuses past limit."""
+def sha256_stream(reader: BinaryIO) -> tuple[str, int]:
+    """SHA-256 and length of a stream."""
     digest = hashlib.sha256()
     size = 0
     while chunk := reader.read(CHUNK_BYTES):
         size += len(chunk)
-        if limit is not None and size > limit:
-            raise ImageRejectedError("too_large", f"The file is larger than {limit} bytes.")
         digest.update(chunk)
-        if writer is not None:
-            writer.write(chunk)
     return digest.hexdigest(), size
 
 
@@ -398,17 +408,171 @@ def sha256_path(path: Path) -> str:
         return sha256_stream(reader)[0]
 
 
+# --- disk space ------------------------------------------------------------------
+
+
+def size_text(size: int) -> str:
+    """A size as a person reads it: "2 GiB", "1.4 MiB", "512 bytes"."""
+    for unit, factor in (("GiB", GIB), ("MiB", MIB), ("KiB", KIB)):
+        if size >= factor:
+            return f"{size / factor:.1f}".removesuffix(".0") + f" {unit}"
+    return f"{size} bytes"
+
+
+def space_free(directory: Path) -> int:
+    """Bytes an unprivileged writer may still use on directory's filesystem."""
+    status = os.statvfs(directory)
+    return status.f_bavail * status.f_frsize
+
+
+def space_check(directory: Path, *, needed_bytes: int, limits: ImportLimits, doing: str) -> None:
+    """Refuse before a step that may write needed_bytes if the margin would not stay free."""
+    free = space_free(directory)
+    if needed_bytes + limits.free_margin_bytes > free:
+        raise ImageRejectedError(
+            "no_space",
+            f"There is not enough free disk space to {doing}: it may need {size_text(needed_bytes)}, "
+            f"the image store has {size_text(free)} free, and {size_text(limits.free_margin_bytes)} "
+            "must stay free (PORTAL_IMAGE_FREE_MARGIN_BYTES).")
+
+
+def allocated_bytes(path: Path) -> int:
+    """Bytes a file really occupies on disk (holes cost nothing); 0 if it does not exist yet."""
+    try:
+        return os.stat(path).st_blocks * 512
+    except FileNotFoundError:
+        return 0
+
+
+def _too_large_file(limit: int) -> ImageRejectedError:
+    return ImageRejectedError("too_large", f"The file is larger than the import limit of "
+                                           f"{size_text(limit)} (PORTAL_IMPORT_MAX_BYTES).")
+
+
+def _too_large_disk(size: int | None, limits: ImportLimits) -> ImageRejectedError:
+    limit = f"{size_text(limits.max_virtual_bytes)} (PORTAL_IMAGE_MAX_VIRTUAL_BYTES)"
+    if size is None:
+        return ImageRejectedError("too_large", f"The disk is larger than the limit of {limit}.")
+    return ImageRejectedError("too_large", f"The disk is {size_text(size)} as the guest sees it; "
+                                           f"the limit is {limit}.")
+
+
+def private_copy(reader: BinaryIO, destination: Path, *, max_bytes: int,
+                 too_large: Callable[[], ImageRejectedError], limits: ImportLimits
+                 ) -> tuple[str, int]:
+    """Copy a stream to a new file, hashing it on the way; returns its SHA-256 and length.
+
+    The copy is sparse: blocks of zeros become holes, so a sparse raw disk
+    costs its data, not its size. Refuses as soon as the stream passes
+    max_bytes, and before a write would leave less than the margin free.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    with destination.open("xb") as writer:
+        while chunk := reader.read(CHUNK_BYTES):
+            size += len(chunk)
+            if size > max_bytes:
+                raise too_large()
+            digest.update(chunk)
+            if chunk == ZEROS[:len(chunk)]:
+                writer.seek(len(chunk), os.SEEK_CUR)
+                continue
+            space_check(destination.parent, needed_bytes=len(chunk), limits=limits,
+                        doing="copy the image")
+            _sparse_write(writer, chunk)
+        writer.truncate(size)  # a trailing hole is still part of the disk
+    return digest.hexdigest(), size
+
+
+def _sparse_write(writer: BinaryIO, chunk: bytes) -> None:
+    """Write chunk at the writer's position, leaving its zero blocks as holes."""
+    view = memoryview(chunk)
+    run_start: int | None = None  # where the current run of data blocks began
+    for offset in range(0, len(chunk), HOLE_BYTES):
+        zero = chunk[offset:offset + HOLE_BYTES] == ZEROS[:min(HOLE_BYTES, len(chunk) - offset)]
+        if zero and run_start is not None:
+            writer.write(view[run_start:offset])
+            run_start = None
+        if zero:
+            writer.seek(min(HOLE_BYTES, len(chunk) - offset), os.SEEK_CUR)
+        elif run_start is None:
+            run_start = offset
+    if run_start is not None:
+        writer.write(view[run_start:])
+
+
+def qemu_img_convert(argv: Sequence[str], *, output: Path, max_written_bytes: int,
+                     limits: ImportLimits) -> subprocess.CompletedProcess[str]:
+    """`qemu-img convert` under the long limits, watched: its output may not pass max_written_bytes.
+
+    The output's allocated size and the filesystem's free space are looked at
+    every WATCH_INTERVAL_S while it runs; the conversion is killed the moment
+    it writes more than its bound or eats into half the free-space margin.
+    """
+    try:
+        process = subprocess.Popen(
+            [limits.qemu_img, "convert", *argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+            preexec_fn=_limits(cpu_s=limits.convert_cpu_s,
+                               address_space_bytes=limits.convert_address_space_bytes),
+        )
+    except FileNotFoundError as error:
+        raise ImageError(f"qemu-img is not installed ({limits.qemu_img} not found)") from error
+    deadline = time.monotonic() + limits.convert_timeout_s
+    refusal: ImageRejectedError | None = None
+    try:
+        while True:
+            try:
+                stdout, stderr = process.communicate(timeout=WATCH_INTERVAL_S)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            refusal = _conversion_overrun(output, max_written_bytes=max_written_bytes, limits=limits)
+            if refusal is None and time.monotonic() > deadline:
+                refusal = ImageRejectedError("resource_limit", "qemu-img took longer than "
+                                             f"{limits.convert_timeout_s:g} s on this image.")
+            if refusal is not None:
+                raise refusal
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    refusal = _conversion_overrun(output, max_written_bytes=max_written_bytes, limits=limits)
+    if refusal is not None:
+        raise refusal
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def _conversion_overrun(output: Path, *, max_written_bytes: int, limits: ImportLimits
+                        ) -> ImageRejectedError | None:
+    written = allocated_bytes(output)
+    if written > max_written_bytes:
+        return ImageRejectedError(
+            "too_large", f"The conversion wrote more than the {size_text(max_written_bytes)} the "
+                         "image's data allows; it was stopped.")
+    if space_free(output.parent) < limits.free_margin_bytes // 2:
+        return ImageRejectedError(
+            "no_space", "The disk filled up while the image was converted; the conversion was "
+                        f"stopped before less than {size_text(limits.free_margin_bytes // 2)} "
+                        "was left (PORTAL_IMAGE_FREE_MARGIN_BYTES).")
+    return None
+
+
 # --- import ----------------------------------------------------------------------
 
 
 def image_import(source: Path | BinaryIO, *, name: str, store: Path, limits: ImportLimits,
                  claim: str | None = None) -> StoredImage:
-    """Check an untrusted image and store it as a read-only qcow2 master.
+    """Check an untrusted image and store it as a read-only, compressed qcow2 master.
 
     `source` is a path on this server or an open binary stream (an upload);
-    either way it is copied into a private work directory inside the store
-    first, so QEMU's tools only ever see that copy. On refusal or any failure
-    the work directory is removed and the store holds nothing new.
+    either way it is copied once into a private work directory inside the
+    store, hashed on the way, so the file cannot change under the checks and
+    QEMU's tools only ever see that copy. (A hard link would not do: it is
+    the same file, still writable through the curator's name.) At most the
+    private copy and the master exist at once; every step that writes first
+    checks the free space, and the conversion is watched. On refusal or any
+    failure the work directory is removed and the store holds nothing new.
     """
     claimed = format_claimed(name, claim=claim)
     # Private: a machine reads its master through the descriptor QEMU opened
@@ -428,16 +592,38 @@ def image_import(source: Path | BinaryIO, *, name: str, store: Path, limits: Imp
 
 def _import(source: Path | BinaryIO, *, claimed: str, work: Path, store: Path,
             limits: ImportLimits) -> StoredImage:
+    # A raw disk's file is its disk, so the disk limit bounds the file too.
+    is_raw = claimed in {"raw", "iso"}
+    disk_bound = is_raw and limits.max_virtual_bytes < limits.max_file_bytes
+    max_bytes = limits.max_virtual_bytes if disk_bound else limits.max_file_bytes
+    # What the source says of its size only lets it be refused early; the copy
+    # enforces the limit on what it really reads.
+    declared: int | None = None
+    needed: int | None = None
+    if isinstance(source, Path):
+        status = source.stat()
+        declared, needed = status.st_size, min(status.st_size, status.st_blocks * 512)
+    elif isinstance(hint := getattr(source, "size", None), int):  # Django's UploadedFile
+        declared = needed = hint
+
+    def too_large(size: int | None = None) -> ImageRejectedError:
+        if disk_bound:
+            return _too_large_disk(size, limits)
+        return _too_large_file(limits.max_file_bytes)
+
+    if declared is not None and declared > max_bytes:
+        raise too_large(declared)
+    if needed is not None:
+        space_check(work, needed_bytes=needed, limits=limits, doing="copy the image")
     # A neutral name: the extension is not trusted and QEMU never sees the curator's.
     copy = work / "source"
-    with copy.open("xb") as writer:
-        if isinstance(source, Path):
-            with source.open("rb") as reader:
-                source_sha256, source_bytes = sha256_stream(reader, writer=writer,
-                                                            limit=limits.max_file_bytes)
-        else:
-            source_sha256, source_bytes = sha256_stream(source, writer=writer,
-                                                        limit=limits.max_file_bytes)
+    if isinstance(source, Path):
+        with source.open("rb") as reader:
+            source_sha256, source_bytes = private_copy(reader, copy, max_bytes=max_bytes,
+                                                       too_large=too_large, limits=limits)
+    else:
+        source_sha256, source_bytes = private_copy(source, copy, max_bytes=max_bytes,
+                                                   too_large=too_large, limits=limits)
     os.chmod(copy, 0o400)
     if source_bytes == 0:
         raise ImageRejectedError("empty", "The file is empty.")
@@ -446,13 +632,9 @@ def _import(source: Path | BinaryIO, *, claimed: str, work: Path, store: Path,
         qcow2_header_check(copy)
     elif claimed == "vmdk":
         vmdk_header_check(copy)
-    elif claimed in {"raw", "iso"}:
-        if source_bytes % SECTOR_BYTES:
-            raise ImageRejectedError("corrupt", "A raw disk image is whole 512-byte sectors; "
-                                     "this one is not.")
-        if source_bytes > limits.max_virtual_bytes:
-            raise ImageRejectedError("too_large", f"The disk is {source_bytes} bytes; the limit "
-                                     f"is {limits.max_virtual_bytes}.")
+    elif is_raw and source_bytes % SECTOR_BYTES:
+        raise ImageRejectedError("corrupt", "A raw disk image is whole 512-byte sectors; "
+                                 "this one is not.")
     qemu_format = QEMU_FORMATS[claimed]
     info = image_probe(copy, qemu_format=qemu_format, limits=limits)
     if qemu_format in CHECKABLE_FORMATS:
@@ -460,9 +642,17 @@ def _import(source: Path | BinaryIO, *, claimed: str, work: Path, store: Path,
                                limits=limits, long=True)
         if checked.returncode not in {0, 3}:  # 3: leaked clusters only, no damage to data
             raise _failure(checked, "checking it")
+    # The master is compressed: a compressed source is not expanded, and a DOS
+    # disk's files shrink. zstd, because zlib takes four to seven times as long
+    # both ways; QEMU reads it since 5.1 when built with zstd, as Debian's is.
+    # `measure` bounds the master from above (it ignores -c).
+    bound = _measure(copy, qemu_format=qemu_format, limits=limits)
+    space_check(work, needed_bytes=bound, limits=limits, doing="convert the image")
     converted = work / "master.qcow2"
-    result = qemu_img_run(["convert", "-f", qemu_format, "-O", "qcow2", "-o", "compat=1.1",
-                           os.fspath(copy), os.fspath(converted)], limits=limits, long=True)
+    result = qemu_img_convert(["-c", "-f", qemu_format, "-O", "qcow2",
+                               "-o", "compat=1.1,compression_type=zstd",
+                               os.fspath(copy), os.fspath(converted)],
+                              output=converted, max_written_bytes=bound, limits=limits)
     if result.returncode != 0:
         raise _failure(result, "converting it")
     compared = qemu_img_run(["compare", "-f", qemu_format, "-F", "qcow2", os.fspath(copy),
@@ -470,11 +660,14 @@ def _import(source: Path | BinaryIO, *, claimed: str, work: Path, store: Path,
     if compared.returncode != 0:
         raise ImageRejectedError("conversion_mismatch", "The converted master does not hold "
                                  "exactly the original's contents.")
+    # The master now holds everything the copy did, proven; the copy has done its work.
+    copy.unlink()
     converted_info = image_probe(converted, qemu_format="qcow2", limits=limits)
     if converted_info.get("virtual-size") != info["virtual-size"]:
         raise ImageRejectedError("conversion_mismatch", "The converted master's size differs.")
     guest_sha256 = (source_sha256 if qemu_format == "raw"
-                    else _guest_sha256(converted, work=work, limits=limits))
+                    else _guest_sha256(converted, virtual_bytes=info["virtual-size"], work=work,
+                                       limits=limits))
     os.chmod(converted, 0o444)
     sha256 = sha256_path(converted)
     final = store / f"{sha256}.qcow2"
@@ -490,21 +683,51 @@ def _import(source: Path | BinaryIO, *, claimed: str, work: Path, store: Path,
     )
 
 
-def _guest_sha256(master: Path, *, work: Path, limits: ImportLimits) -> str:
-    """SHA-256 of what the guest sees: the master converted to a sparse raw file and read.
-
-    Holes in the sparse file read as zeros without disk I/O, so this costs the
-    image's data, not its virtual size, in disk space.
-    """
-    raw = work / "guest.raw"
-    result = qemu_img_run(["convert", "-f", "qcow2", "-O", "raw", os.fspath(master),
-                           os.fspath(raw)], limits=limits, long=True)
+def _measure(copy: Path, *, qemu_format: str, limits: ImportLimits) -> int:
+    """Bytes an uncompressed qcow2 of the image needs: its allocated data and metadata."""
+    result = qemu_img_run(["measure", "--output=json", "-f", qemu_format, "-O", "qcow2",
+                           os.fspath(copy)], limits=limits)
     if result.returncode != 0:
-        raise _failure(result, "reading the converted master")
+        raise _failure(result, "measuring it")
     try:
-        return sha256_path(raw)
-    finally:
-        raw.unlink()
+        required = json.loads(result.stdout)["required"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ImageRejectedError("corrupt", "qemu-img's measure of the image is unreadable.") \
+            from error
+    if not isinstance(required, int) or required < 0:
+        raise ImageRejectedError("corrupt", "qemu-img's measure of the image is unreadable.")
+    return required + MEASURE_SLACK_BYTES
+
+
+def _guest_sha256(master: Path, *, virtual_bytes: int, work: Path, limits: ImportLimits) -> str:
+    """SHA-256 of what the guest sees, read through QEMU a slice at a time.
+
+    Each slice of the master is converted to a sparse raw file, hashed and
+    deleted, so this costs at most one slice of disk space whatever the
+    disk's size, and it reads what QEMU itself presents rather than trusting
+    our own reading of a container format.
+    """
+    digest = hashlib.sha256()
+    piece = work / "guest.raw"
+    # In QEMU's option syntax a comma is written twice.
+    master_option = os.fspath(master).replace(",", ",,")
+    for offset in range(0, virtual_bytes, GUEST_SLICE_BYTES):
+        length = min(GUEST_SLICE_BYTES, virtual_bytes - offset)
+        space_check(work, needed_bytes=length, limits=limits, doing="read the converted master")
+        result = qemu_img_convert(
+            ["--image-opts", f"driver=raw,offset={offset},size={length},file.driver=qcow2,"
+             f"file.file.driver=file,file.file.filename={master_option}",
+             "-O", "raw", os.fspath(piece)],
+            output=piece, max_written_bytes=length + MEASURE_SLACK_BYTES, limits=limits)
+        if result.returncode != 0:
+            raise _failure(result, "reading the converted master")
+        try:
+            with piece.open("rb") as reader:
+                while chunk := reader.read(CHUNK_BYTES):
+                    digest.update(chunk)
+        finally:
+            piece.unlink()
+    return digest.hexdigest()
 
 
 # --- fixity ----------------------------------------------------------------------

@@ -217,10 +217,15 @@ CSRF_FAILURE_VIEW = "portal.views.csrf_failure"
 
 # --- Importing images ---------------------------------------------------------
 # Largest file a curator may import or upload; an upload past it is stopped
-# while it streams in, and nothing of it is kept.
-PORTAL_IMPORT_MAX_BYTES = int(os.environ.get("PORTAL_IMPORT_MAX_BYTES", str(8 * 1024**3)))
+# while it streams in, and nothing of it is kept. DOS and Windows 3.1 disks are
+# rarely above 2 GiB (FAT16's largest partition), hence the defaults.
+PORTAL_IMPORT_MAX_BYTES = int(os.environ.get("PORTAL_IMPORT_MAX_BYTES", str(2 * 1024**3)))
 # Largest disk (as the guest sees it) an image may describe.
-PORTAL_IMAGE_MAX_VIRTUAL_BYTES = int(os.environ.get("PORTAL_IMAGE_MAX_VIRTUAL_BYTES", str(8 * 1024**3)))
+PORTAL_IMAGE_MAX_VIRTUAL_BYTES = int(os.environ.get("PORTAL_IMAGE_MAX_VIRTUAL_BYTES", str(2 * 1024**3)))
+# Free space an import must leave on the image store's filesystem: a step that
+# could eat into it is refused before it starts.
+PORTAL_IMAGE_FREE_MARGIN_BYTES = int(os.environ.get("PORTAL_IMAGE_FREE_MARGIN_BYTES",
+                                                    str(512 * 1024**2)))
 # Every qemu-img run on an untrusted image is capped like OpenStack's: CPU
 # seconds and address space for probing; conversion gets more CPU and time.
 PORTAL_QEMU_IMG_CPU_S = int(os.environ.get("PORTAL_QEMU_IMG_CPU_S", "2"))

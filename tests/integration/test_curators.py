@@ -60,6 +60,42 @@ def test_import_image_refuses_a_hostile_image_and_keeps_nothing(portal_dirs: Pat
     assert store_contents(portal_dirs) == []
 
 
+def test_import_image_refuses_a_compressed_qcow2_holding_more_than_the_limit_before_converting(
+    portal_dirs: Path, settings: Any, tmp_path: Path
+) -> None:
+    mib = 1024 * 1024
+    settings.PORTAL_IMAGE_MAX_VIRTUAL_BYTES = 64 * mib
+    raw = tmp_path / "contents.raw"
+    with raw.open("wb") as handle:
+        for _ in range(96):
+            handle.write((b"\xeb\x3c\x90MUSEUM DOS DISK " * 60000)[:mib])
+    image = tmp_path / "small.qcow2"
+    subprocess.run(["qemu-img", "convert", "-c", "-f", "raw", "-O", "qcow2", str(raw), str(image)],
+                   check=True, timeout=60)
+    assert image.stat().st_size < 4 * mib  # 96 MiB of data in a small file
+    runs = tmp_path / "runs.log"
+    recording = tmp_path / "qemu-img-recording"
+    recording.write_text(f'#!/bin/sh\necho "$1" >> {runs}\nexec qemu-img "$@"\n')
+    recording.chmod(0o755)
+    settings.PORTAL_QEMU_IMG_BINARY = str(recording)
+
+    with pytest.raises(CommandError) as caught:
+        call_command("import_image", str(image))
+
+    message = str(caught.value)
+    assert "96 MiB" in message and "64 MiB" in message and "PORTAL_IMAGE_MAX_VIRTUAL_BYTES" in message
+    assert "convert" not in runs.read_text().split()  # refused before anything was expanded
+    assert not DiskImage.objects.exists()
+    assert store_contents(portal_dirs) == []
+
+
+def test_the_size_limits_default_to_what_a_dos_or_windows_3_1_disk_needs() -> None:
+    from portal import settings as defaults
+
+    assert defaults.PORTAL_IMAGE_MAX_VIRTUAL_BYTES == 2 * 1024**3
+    assert defaults.PORTAL_IMPORT_MAX_BYTES == 2 * 1024**3
+
+
 def test_add_exhibit_goes_through_the_checked_import(portal_dirs: Path, demo_image: Path) -> None:
     call_command("add_exhibit", str(demo_image), "--slug", "demo", "--title", "Demo", "--boot", "hdd",
                  "--sound", "sb16", "--source", "This repository", "--publish")
@@ -239,7 +275,7 @@ def test_the_admin_upload_refuses_a_file_over_the_limit_and_keeps_nothing(
     upload = SimpleUploadedFile("FREEDOS.IMA", FREEDOS_2048.read_bytes())
     response = curator_client.post("/admin/portal/diskimage/upload/", {"image": upload}, follow=True)
     assert response.status_code == 200
-    assert b"larger than the limit" in response.content
+    assert b"larger than the limit of 512 KiB (PORTAL_IMPORT_MAX_BYTES)" in response.content
     assert not DiskImage.objects.exists()
     assert store_contents(portal_dirs) == []
     assert list((tmp_path / "uploads").iterdir()) == []

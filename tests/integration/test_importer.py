@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import shlex
 import shutil
 import struct
 import subprocess
@@ -19,13 +20,16 @@ from pathlib import Path
 import pytest
 
 from portal.importer import (
+    GUEST_SLICE_BYTES,
     ImageRejectedError,
     ImportLimits,
     StoredImage,
     image_import,
     master_verify,
+    qemu_img_convert,
     qemu_img_run,
 )
+from tests.support.filesystem import small_filesystem
 from tests.support.inotify import IN_ACCESS, IN_OPEN, opens_watched
 
 MIB = 1024 * 1024
@@ -419,3 +423,161 @@ def test_fixity_fails_after_one_byte_of_a_master_copy_flips(tmp_path: Path) -> N
     assert not result.ok
     assert stored.sha256 in result.detail
     assert not master_verify(tmp_path / "gone.qcow2", sha256=stored.sha256).ok
+
+
+# --- disk space: limits, free space, peak use ---------------------------------------
+
+
+def random_disk(path: Path, size: int, *, data_bytes: int, seed: int = 9) -> Path:
+    """A sparse raw disk of size bytes whose first data_bytes are random (nothing compresses)."""
+    rng = random.Random(seed)
+    with path.open("wb") as handle:
+        handle.write(b"\xeb\x3c\x90" + rng.randbytes(data_bytes - 3))
+        handle.truncate(size)
+    return path
+
+
+def pattern_disk(path: Path, size: int) -> Path:
+    """A raw disk full of a repeating non-zero pattern, which compresses to almost nothing."""
+    block = (b"\xeb\x3c\x90MUSEUM DOS DISK " * 60000)[:MIB]
+    with path.open("wb") as handle:
+        for _ in range(size // MIB):
+            handle.write(block)
+    return path
+
+
+def allocated(path: Path) -> int:
+    return path.stat().st_blocks * 512
+
+
+def allocated_total(directory: Path) -> int:
+    return sum(allocated(path) for path in directory.rglob("*") if path.is_file())
+
+
+def recording_qemu_img(tmp_path: Path, store: Path) -> tuple[Path, Path]:
+    """A qemu-img that notes the store's allocated bytes before and after each run.
+
+    Between runs the importer only copies, hashes, renames and deletes, so the
+    largest figure noted is the import's peak disk use, step by step.
+    """
+    log = tmp_path / "steps.log"
+    script = tmp_path / "qemu-img-recording"
+    usage = f"$(du -s -B1 {shlex.quote(str(store))} | cut -f1)"
+    script.write_text(f'#!/bin/sh\necho "before $1 {usage}" >> {shlex.quote(str(log))}\n'
+                      f'qemu-img "$@"\nrc=$?\n'
+                      f'echo "after $1 {usage}" >> {shlex.quote(str(log))}\nexit $rc\n')
+    script.chmod(0o755)
+    return script, log
+
+
+def steps(log: Path) -> list[tuple[str, str, int]]:
+    return [(when, command, int(used)) for when, command, used in
+            (line.split() for line in log.read_text().splitlines())]
+
+
+def test_its_peak_disk_use_is_the_source_and_one_copy_of_the_data(tmp_path: Path) -> None:
+    data = 32 * MIB
+    raw = random_disk(tmp_path / "contents.raw", 64 * MIB, data_bytes=data)
+    source = convert_to(tmp_path, raw, "disk.qcow2", "qcow2")
+    store = tmp_path / "images"
+    store.mkdir()
+    script, log = recording_qemu_img(tmp_path, store)
+    limits = ImportLimits(max_file_bytes=LIMITS.max_file_bytes,
+                          max_virtual_bytes=LIMITS.max_virtual_bytes, qemu_img=str(script))
+
+    stored = image_import(source, name="disk.qcow2", store=store, limits=limits)
+
+    assert stored.guest_sha256 == sha256_of(raw)
+    recorded = steps(log)
+    assert any(command == "convert" for _, command, _ in recorded)
+    peak = max(used for _, _, used in recorded)
+    # The private copy of the source, one copy of its data, and metadata.
+    assert peak <= allocated(source) + data + 2 * MIB, recorded
+    assert store_contents(store) == [stored.path.name]
+
+
+def test_it_keeps_the_master_of_a_compressed_qcow2_compressed(tmp_path: Path) -> None:
+    raw = pattern_disk(tmp_path / "contents.raw", 48 * MIB)
+    source = convert_to(tmp_path, raw, "disk.qcow2", "qcow2", "-c")
+    store = tmp_path / "images"
+    store.mkdir()
+    script, log = recording_qemu_img(tmp_path, store)
+    limits = ImportLimits(max_file_bytes=LIMITS.max_file_bytes,
+                          max_virtual_bytes=LIMITS.max_virtual_bytes, qemu_img=str(script))
+
+    stored = image_import(source, name="disk.qcow2", store=store, limits=limits)
+
+    assert stored.guest_sha256 == sha256_of(raw)
+    assert stored.stored_bytes < 4 * MIB
+    # Hashing the guest's view costs a slice of it at a time, never the whole disk.
+    assert max(used for _, _, used in steps(log)) <= allocated(source) + 4 * MIB + GUEST_SLICE_BYTES
+    assert subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "qcow2", str(raw),
+                           str(stored.path)], capture_output=True, timeout=60).returncode == 0
+
+
+@pytest.mark.parametrize("given", ["path", "stream"])
+def test_it_refuses_a_sparse_raw_over_the_limit_without_writing_its_holes(
+    tmp_path: Path, given: str
+) -> None:
+    source = random_disk(tmp_path / "big.img", 256 * MIB, data_bytes=MIB)
+    limits = ImportLimits(max_file_bytes=2048 * MIB, max_virtual_bytes=64 * MIB,
+                          free_margin_bytes=MIB)
+    # Too small for the disk's holes: writing them out would fill it.
+    with small_filesystem(size="16m") as filesystem:
+        store = filesystem / "images"
+        with pytest.raises(ImageRejectedError) as caught:
+            if given == "path":
+                image_import(source, name="big.img", store=store, limits=limits)
+            else:
+                with source.open("rb") as stream:
+                    image_import(stream, name="big.img", store=store, limits=limits)
+        assert store_contents(store) == []
+    assert caught.value.reason == "too_large"
+    assert "64 MiB" in str(caught.value) and "PORTAL_IMAGE_MAX_VIRTUAL_BYTES" in str(caught.value)
+
+
+def test_it_copies_a_sparse_raw_without_writing_its_holes(tmp_path: Path) -> None:
+    source = random_disk(tmp_path / "disk.img", 48 * MIB, data_bytes=MIB)
+    with small_filesystem(size="16m") as filesystem:
+        store = filesystem / "images"
+        with source.open("rb") as stream:
+            stored = image_import(stream, name="disk.img", store=store,
+                                  limits=ImportLimits(max_file_bytes=64 * MIB,
+                                                      max_virtual_bytes=64 * MIB,
+                                                      free_margin_bytes=MIB))
+        assert store_contents(store) == [stored.path.name]
+        assert allocated(stored.path) < 4 * MIB
+    assert stored.guest_sha256 == sha256_of(source)
+    assert stored.virtual_bytes == 48 * MIB
+
+
+@pytest.mark.parametrize("step", ["copy from a path", "copy from a stream", "conversion"])
+def test_it_refuses_an_import_that_would_not_fit_and_leaves_nothing(tmp_path: Path, step: str) -> None:
+    data = 48 * MIB if step.startswith("copy") else 24 * MIB
+    raw = random_disk(tmp_path / "contents.raw", 64 * MIB, data_bytes=data)
+    source = convert_to(tmp_path, raw, "disk.vdi", "vdi")
+    limits = ImportLimits(max_file_bytes=LIMITS.max_file_bytes,
+                          max_virtual_bytes=LIMITS.max_virtual_bytes, free_margin_bytes=MIB)
+    with small_filesystem(size="40m") as filesystem:
+        store = filesystem / "images"
+        with pytest.raises(ImageRejectedError) as caught:
+            if step == "copy from a stream":
+                with source.open("rb") as stream:
+                    image_import(stream, name="disk.vdi", store=store, limits=limits)
+            else:
+                image_import(source, name="disk.vdi", store=store, limits=limits)
+        assert store_contents(store) == []
+        assert allocated_total(filesystem) == 0
+    assert caught.value.reason == "no_space", str(caught.value)
+    assert "not enough free disk space" in str(caught.value)
+    assert "PORTAL_IMAGE_FREE_MARGIN_BYTES" in str(caught.value)
+
+
+def test_it_stops_a_conversion_whose_output_passes_its_bound(tmp_path: Path) -> None:
+    raw = random_disk(tmp_path / "contents.raw", 32 * MIB, data_bytes=32 * MIB)
+    output = tmp_path / "out.qcow2"
+    with pytest.raises(ImageRejectedError) as caught:
+        qemu_img_convert(["-f", "raw", "-O", "qcow2", str(raw), str(output)], output=output,
+                         max_written_bytes=4 * MIB, limits=LIMITS)
+    assert caught.value.reason == "too_large"
+    assert "4 MiB" in str(caught.value)

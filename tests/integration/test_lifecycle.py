@@ -6,12 +6,9 @@ a full or read-only filesystem, a machine no broker owns.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
-import subprocess
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +22,7 @@ from sessions.machine import Machine, MachineProfile, process_alive
 from sessions.models import VisitorSession
 from sessions.overlay import overlay_create, run_dir_create
 from tests.conftest import FREEDOS_2048, ExhibitFactory, needs_kvm, visitor, ws_communicator
+from tests.support.filesystem import fill, small_filesystem
 from tests.support.rfb import CommunicatorTransport, RfbClient
 from tests.support.wait import eventually
 
@@ -267,31 +265,6 @@ async def test_the_reaper_ends_what_no_broker_owns_every_interval(
     finally:
         await machine.stop()
         await page.disconnect()
-
-
-@contextlib.contextmanager
-def small_filesystem(*options: str, size: str = "512k") -> Any:
-    """A tmpfs of its own: the real kernel says 'No space left' or 'Read-only'."""
-    mount_point = Path(tempfile.mkdtemp(prefix="pf-", dir="/tmp"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join((f"size={size}", *options)), "tmpfs",
-                    str(mount_point)], check=True)
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
-        mount_point.rmdir()
-
-
-def fill(filesystem: Path) -> Path:
-    """Use up every free byte of filesystem; returns the file that holds them."""
-    filler = filesystem / "filler"
-    with filler.open("wb", buffering=0) as handle, contextlib.suppress(OSError):
-        while True:
-            handle.write(bytes(65536))
-    with filler.open("ab", buffering=0) as handle, contextlib.suppress(OSError):
-        while True:
-            handle.write(bytes(512))
-    return filler
 
 
 async def ended_session(browser: AsyncClient, session_id: str, broker: Broker) -> dict[str, Any]:

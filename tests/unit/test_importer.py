@@ -13,6 +13,7 @@ from portal.importer import (
     format_sniff,
     media_for,
     qcow2_header_check,
+    size_text,
     vmdk_header_check,
 )
 from sessions.thumbnail import png_has_content
@@ -154,6 +155,14 @@ def test_it_passes_a_single_file_sparse_vmdk(tmp_path: Path) -> None:
 ])
 def test_it_attaches_floppy_sized_disks_as_floppies(source_format: str, size: int, media: str) -> None:
     assert media_for(source_format=source_format, virtual_bytes=size) == media
+
+
+@pytest.mark.parametrize(("size", "text"), [
+    (2 * 1024**3, "2 GiB"), (64 * 1024**2, "64 MiB"), (1440 * 1024, "1.4 MiB"), (512 * 1024, "512 KiB"),
+    (9 * 1024**3 + 1, "9 GiB"), (512, "512 bytes"),
+])
+def test_it_names_sizes_as_a_person_reads_them(size: int, text: str) -> None:
+    assert size_text(size) == text
 
 
 def png(pixels: bytes, width: int, height: int) -> bytes:
