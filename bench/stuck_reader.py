@@ -1,0 +1,166 @@
+"""Stuck readers: what a browser that stops reading its display costs the server.
+
+The portal is served as `make run` serves it (portal.server, the demo
+prepared). N visitors each open their machine's display, ask for raw
+full-screen updates and pointer moves all along, and never read the socket;
+the server's RSS is sampled for the window. Reference (same run, same
+visitors): the same demand from browsers that read everything. Then each
+stuck visitor connects again and must see its screen.
+
+The per-viewer bound is what the portal itself may hold for one viewer:
+Twisted's send buffer before it pauses the pipe (64 KiB), one display
+message (up to 256 KiB) and the pipe's own read-ahead (consumers.DISPLAY_BUFFER_BYTES);
+the kernel's socket buffers come on top and are the kernel's.
+
+    python -m bench.stuck_reader [--window 30] [--viewers 1 10]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import REPO, ServedPortal, Table, runs, served_portal, verdict, write_results
+
+MIB = 1024 * 1024
+TARGET_GROWTH_BYTES = 64 * MIB
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+async def _viewer(server: ServedPortal, visitor: Any, session: dict[str, Any]) -> Any:
+    from tests.support.rfb import RfbClient
+    from tests.support.websocket import WebSocketTransport
+
+    transport = await WebSocketTransport.open(
+        server.url.replace("http://", "ws://") + session["vnc_path"],
+        headers={"Cookie": visitor.cookie_header(), "Origin": server.url}, subprotocols=["binary"])
+    rfb = RfbClient(transport)
+    async with asyncio.timeout(60):
+        await rfb.handshake()
+        await rfb.first_update()
+    return rfb
+
+
+async def _demand(rfb: Any) -> None:
+    """Raw full-screen updates and pointer moves, asked for as long as the server reads."""
+    update = struct.pack(">BBHHHH", 3, 0, 0, 0, rfb.width, rfb.height)
+    pointer = b"".join(struct.pack(">BBHH", 5, 0, x, 200) for x in range(0, 640, 8))
+    frame = rfb.transport._frame(2, update * 50 + pointer)
+    while True:
+        rfb.transport.writer.write(frame)
+        await asyncio.sleep(0.02)
+
+
+async def _drain(rfb: Any) -> None:
+    """A browser that reads everything it is sent."""
+    while True:
+        await rfb.transport.receive()
+
+
+async def window(server: ServedPortal, viewers: list[Any], *, reading: bool,
+                 seconds: float) -> dict[str, float]:
+    """Demand from every viewer for `seconds`; the server's RSS growth over the window."""
+    before = peak = rss_bytes(server.pid)
+    tasks = [asyncio.create_task(_demand(rfb)) for rfb in viewers]
+    if reading:
+        tasks += [asyncio.create_task(_drain(rfb)) for rfb in viewers]
+    began = time.monotonic()
+    try:
+        while time.monotonic() - began < seconds:
+            peak = max(peak, rss_bytes(server.pid))
+            await asyncio.sleep(0.25)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return {"before": before, "peak": peak, "growth": peak - before}
+
+
+async def measure(server: ServedPortal, count: int, seconds: float) -> dict[str, Any]:
+    from tests.support.portal_http import PortalVisitor
+
+    visitors = [PortalVisitor(server.url) for _ in range(count)]
+    sessions = [await asyncio.to_thread(visitor.session_start, "demo") for visitor in visitors]
+    try:
+        readers = [await _viewer(server, v, s) for v, s in zip(visitors, sessions, strict=True)]
+        reference = await window(server, readers, reading=True, seconds=seconds)
+        for rfb in readers:
+            await rfb.transport._abort()
+        stuck = [await _viewer(server, v, s) for v, s in zip(visitors, sessions, strict=True)]
+        measured = await window(server, stuck, reading=False, seconds=seconds)
+        for rfb in stuck:
+            await rfb.transport._abort()
+        # Each visitor comes back and sees its screen.
+        back = 0
+        for visitor, session in zip(visitors, sessions, strict=True):
+            again = await _viewer(server, visitor, session)
+            back += again.lit_pixels() > 10000
+            await again.close()
+        after = rss_bytes(server.pid)
+    finally:
+        for visitor, session in zip(visitors, sessions, strict=True):
+            await asyncio.to_thread(visitor.session_end, session["id"])
+    return {"viewers": count, "reference": reference, "stuck": measured, "back": back,
+            "rss_after": after}
+
+
+def _display_buffer_bytes() -> int:
+    """The pipe's read-ahead, as the portal defines it (its module needs Django set up)."""
+    with tempfile.TemporaryDirectory(prefix="pb-") as scratch:
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+        os.environ.setdefault("PORTAL_DATA_DIR", scratch)
+        import django
+
+        django.setup()
+        from sessions.consumers import DISPLAY_BUFFER_BYTES
+    return DISPLAY_BUFFER_BYTES
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--window", type=float, default=runs(30, 10))
+    parser.add_argument("--viewers", type=int, nargs="+", default=[1, 10])
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    bound = 64 * 1024 + 256 * 1024 + _display_buffer_bytes()
+    environment = {
+        # The whole window stuck: the viewer is closed (4408) only after it.
+        "PORTAL_VIEWER_STUCK_S": str(args.window + 30), "PORTAL_GRACE_S": "3600",
+        "PORTAL_LIVE_PER_ADDRESS": "1000", "PORTAL_STARTS_PER_ADDRESS": "1000",
+    }
+    results = []
+    with served_portal(environment=environment) as server:
+        for count in args.viewers:
+            results.append(asyncio.run(measure(server, count, args.window)))
+    table = Table(
+        f"Stuck readers: server RSS growth over {args.window:.0f} s of raw full-screen updates "
+        "asked for and never read; reference: the same demand read by the browser",
+        ["viewers", "growth, reading (reference)", "growth, stuck", "ratio", "stuck, per viewer",
+         "portal-side bound per viewer", "came back and saw the screen", "target <= 64 MiB"],
+    )
+    for result in results:
+        reference, stuck = result["reference"]["growth"], result["stuck"]["growth"]
+        table.row(result["viewers"], f"{reference / MIB:.1f} MiB", f"{stuck / MIB:.1f} MiB",
+                  f"{stuck / reference:.2f}" if reference > 0 else "-",
+                  f"{stuck / result['viewers'] / MIB:.2f} MiB", f"{bound / MIB:.2f} MiB",
+                  f"{result['back']} of {result['viewers']}",
+                  verdict(stuck <= TARGET_GROWTH_BYTES) if result["viewers"] == 1 else "")
+    table.print()
+    write_results("stuck_reader", {"window_s": args.window, "bound_bytes": bound,
+                                   "runs": results}, tables=(table,))
+
+
+if __name__ == "__main__":
+    main()
