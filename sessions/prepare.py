@@ -134,11 +134,19 @@ async def start_state_prepare(
     condition: StartCondition,
     timeouts: tuple[float, float, float],
     confinement: Confinement | None = None,
+    name: str | None = None,
 ) -> PreparedState:
-    """Boot, reach the condition, save; returns the frozen files in store."""
+    """Boot, reach the condition, save; returns the frozen files in store.
+
+    The machine works in run_root/name (default `prepare-<random>`); whoever
+    calls holds that name's machine lease (sessions/host.py) for the whole call.
+    """
     start_timeout_s, qmp_timeout_s, stop_timeout_s = timeouts
     began = time.monotonic()
-    work = run_dir_create(root=run_root, name=f"prepare-{secrets.token_hex(8)}")
+    try:
+        work = run_dir_create(root=run_root, name=name or f"prepare-{secrets.token_hex(8)}")
+    except OverlayError as error:
+        raise PrepareError(f"the exhibit could not be booted: {error.log_detail}") from error
     try:
         warm = work / WARM_FILE
         await overlay_create(base_path=master_path, base_format=master_format,
