@@ -50,6 +50,7 @@ from .host import (
     memory_cgroups,
     runas_choose,
     uid_lease_take,
+    uid_leases_tidy,
 )
 from .machine import (
     Machine,
@@ -795,6 +796,8 @@ class Broker:
         if self.config.cgroups is not None:
             # Left if another process of the install still runs machines there.
             await asyncio.to_thread(self.config.cgroups.parent_remove)
+        if self.config.uid_base is not None:
+            await asyncio.to_thread(uid_leases_tidy, self.config.uid_lease_dir)
 
     def task_start(self, coroutine: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
         """Run a helper (such as taking a thumbnail) that the broker owns: it is
@@ -1037,5 +1040,7 @@ def _sweep_on_start(config: BrokerConfig) -> None:
         # Nothing is live in this new broker; leases keep what other processes own.
         count = reap_once(run_root=config.run_root, is_live=lambda name: False,
                           cgroups=config.cgroups, lease_dir=config.leases)
+    if config.uid_base is not None:
+        uid_leases_tidy(config.uid_lease_dir)
     if count:
         logger.warning("cleaned up %d sessions left by an earlier run", count)

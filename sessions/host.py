@@ -254,3 +254,15 @@ def uid_lease_take(*, base: int, count: int, directory: Path | None = None) -> U
         if lease is not None:
             return UidLease(path=lease.path, fd=lease.fd)
     raise UidsExhaustedError(f"all {count} uids from {base + 1} are in use on this host")
+
+
+def uid_leases_tidy(directory: Path | None = None) -> None:
+    """Remove the files of uid leases nobody holds (their QEMU died with no owner to
+    let go): taking a free lease and releasing it removes its file."""
+    folder = directory or Path(settings.PORTAL_UID_LEASE_DIR)
+    with contextlib.suppress(FileNotFoundError):
+        for entry in folder.iterdir():
+            if entry.name.endswith(LEASE_SUFFIX) and entry.name[:-len(LEASE_SUFFIX)].isdigit():
+                lease = lease_try(entry)
+                if lease is not None:
+                    lease.release()
