@@ -1,8 +1,10 @@
 """The broker: the only owner of running machines.
 
 Owns: starting a visitor's machine (run directory, overlay, QEMU), knowing
-which sessions are live, the grace period after the browser leaves, noticing a
-machine that dies, and ending sessions: machine stopped, run directory and
+which sessions are live (each holds its machine lease from before its row
+exists until after its end is recorded, and its machines' uid lease), the
+grace period after the browser leaves, noticing a machine that dies, and
+ending sessions: machine stopped, run directory and
 overlay deleted, the row marked ended with its reason. Every background task
 it starts is kept, cancelled and awaited by it.
 

@@ -140,5 +140,5 @@ def test_a_prepare_beside_the_serving_portal_outlives_its_reaper(
             prepare.kill()
             prepare.wait()
     assert "Prepared demo" in log.read_text()
-    _, health = PortalVisitor(site.url).request("GET", "/api/exhibits/demo")
-    assert health["instant_start"] is True
+    _, exhibit = PortalVisitor(site.url).request("GET", "/api/exhibits/demo")
+    assert exhibit["instant_start"] is True
