@@ -121,11 +121,18 @@ def test_a_prepare_beside_the_serving_portal_outlives_its_reaper(
         )
     try:
         def prepare_qemu() -> list[int]:
-            return [pid for pid in processes_naming(site.root)
-                    if b"/prepare-" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+            """The prepare's QEMU (its -vnc names its socket; qemu-img's argv does not)."""
+            found = []
+            for pid in processes_naming(site.root):
+                with contextlib.suppress(OSError):
+                    argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                    if any(b"/prepare-" in arg and b"/vnc.sock" in arg for arg in argv):
+                        found.append(pid)
+            return found
 
         wait_until(lambda: prepare_qemu() or prepare.poll() is not None, timeout_s=60,
                    what="the prepare's QEMU")
+        assert prepare.poll() is None, log.read_text()
         (qemu,) = prepare_qemu()
         # Held still while the portal's reaper runs several times: the prepare spans them all.
         os.kill(prepare.pid, signal.SIGSTOP)
