@@ -188,10 +188,14 @@ def leaks(root: Path) -> dict[str, int]:
                   if str(run) + "/" in line)
     files = sum(1 for _ in run.rglob("*")) if run.exists() else 0
     from sessions.confine import memory_cgroups_find
+    from sessions.host import cgroup_parent_name, install_id_derive, machine_lease_names
 
-    cgroups = memory_cgroups_find()
+    # The served portal's install, by the identity it derives from its data directory.
+    install = os.environ.get("PORTAL_INSTALL_ID") or install_id_derive(root)
+    cgroups = memory_cgroups_find(parent_name=cgroup_parent_name(install))
     return {"qemu_processes": len(processes_naming(run)), "run_files": files, "sockets": sockets,
-            "cgroups": len(cgroups.names()) if cgroups else 0}
+            "cgroups": len(cgroups.names()) if cgroups else 0,
+            "leases": len(machine_lease_names(root / "leases"))}
 
 
 def live_rows(server: ServedPortal) -> int:

@@ -181,10 +181,20 @@ PORTAL_STARTS_PER_ADDRESS = int(os.environ.get("PORTAL_STARTS_PER_ADDRESS", "120
 PORTAL_START_WINDOW_S = _env_float("PORTAL_START_WINDOW_S", 60.0)
 # How often the reaper looks for machines and files that no broker owns.
 PORTAL_REAPER_INTERVAL_S = _env_float("PORTAL_REAPER_INTERVAL_S", 30.0)
+# This install's name on the host (letters, digits, "-" and "_", at most 40): it
+# names everything the install makes outside its data directory (its memory
+# cgroups), so two installs on one host never touch each other's machines. Empty
+# derives it from the data directory's real path. In a portal of several nodes
+# it is the node's name.
+PORTAL_INSTALL_ID = os.environ.get("PORTAL_INSTALL_ID", "")
 # Running as root, each QEMU drops to its own uid from this dedicated range
-# (base + slot); "off" keeps QEMU as the portal's user.
+# (base + 1 .. base + count), leased host-wide with a lock file per uid in
+# PORTAL_UID_LEASE_DIR, so installs on one host never share one; "off" keeps
+# QEMU as the portal's user.
 PORTAL_QEMU_RUNAS = os.environ.get("PORTAL_QEMU_RUNAS", "auto")
 PORTAL_QEMU_UID_BASE = int(os.environ.get("PORTAL_QEMU_UID_BASE", "1800000000"))
+PORTAL_QEMU_UID_COUNT = int(os.environ.get("PORTAL_QEMU_UID_COUNT", "10000"))
+PORTAL_UID_LEASE_DIR = Path(os.environ.get("PORTAL_UID_LEASE_DIR", "/run/portal-uids"))
 # A machine may use its guest memory plus this much for QEMU itself.
 PORTAL_QEMU_MEMORY_OVERHEAD_MB = int(os.environ.get("PORTAL_QEMU_MEMORY_OVERHEAD_MB", "192"))
 # The largest WebSocket message a browser may send (RFB input is a few bytes;

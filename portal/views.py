@@ -81,6 +81,8 @@ async def healthz(request: HttpRequest) -> JsonResponse:
         # How machines are held: their own uid (or the portal's) and the memory limit.
         "qemu_runs_as": "per-machine uid" if broker.config.uid_base is not None else "portal user",
         "memory_limit": broker.memory_limit_method,
+        # Which install on this host (the node, in a portal of several) answered.
+        "install": broker.config.install,
     })
 
 

@@ -1,8 +1,10 @@
 """The broker: the only owner of running machines.
 
 Owns: starting a visitor's machine (run directory, overlay, QEMU), knowing
-which sessions are live, the grace period after the browser leaves, noticing a
-machine that dies, and ending sessions: machine stopped, run directory and
+which sessions are live (each holds its machine lease from before its row
+exists until after its end is recorded, and its machines' uid lease), the
+grace period after the browser leaves, noticing a machine that dies, and
+ending sessions: machine stopped, run directory and
 overlay deleted, the row marked ended with its reason. Every background task
 it starts is kept, cancelled and awaited by it.
 
@@ -18,6 +20,7 @@ import contextvars
 import logging
 import math
 import os
+import secrets
 import sys
 import time
 from collections import deque
@@ -35,18 +38,27 @@ from django.utils import timezone
 
 from portal.models import Exhibit, ExhibitMedia, StartState
 
-from .confine import (
-    Confinement,
-    MemoryCgroups,
-    memory_cgroups_find,
-    uid_range_valid,
+from .confine import Confinement, MemoryCgroups
+from .host import (
+    HostError,
+    Lease,
+    UidLease,
+    accelerator_choose,
+    capacity_default,
+    install_id,
+    lease_dir,
+    machine_lease,
+    machine_lease_take,
+    memory_cgroups,
+    runas_choose,
+    uid_lease_take,
+    uid_leases_tidy,
 )
 from .machine import (
     Machine,
     MachineError,
     MachineStartError,
     accelerator_resolve,
-    kvm_usable,
     log_tail,
     qemu_version,
     state_key,
@@ -140,16 +152,26 @@ class BrokerConfig:
     # Live visits (waiting, starting, running) one network address may hold.
     live_per_address: int = 50
     displays_per_session: int = 4
-    # The first uid of the range machines run as; None keeps the portal's user.
+    # Machines run as uids leased from base+1 .. base+count; a None base keeps
+    # the portal's user.
     uid_base: int | None = None
+    uid_count: int = 0
+    uid_lease_dir: Path = Path("/run/portal-uids")
     memory_overhead_mb: int = 192
     cgroups: MemoryCgroups | None = None
+    # This install's name on the host, and where its processes lease machines.
+    install: str = "default"
+    lease_dir: Path | None = None
 
     @classmethod
     def from_settings(cls) -> BrokerConfig:
         capacity = settings.PORTAL_MAX_SESSIONS or capacity_default()
-        uid_base = runas_choose(settings.PORTAL_QEMU_RUNAS, settings.PORTAL_QEMU_UID_BASE, capacity)
+        uid_count = settings.PORTAL_QEMU_UID_COUNT
+        uid_base = runas_choose(settings.PORTAL_QEMU_RUNAS, settings.PORTAL_QEMU_UID_BASE, uid_count)
+        install = install_id()
         return cls(
+            install=install,
+            lease_dir=lease_dir(),
             run_root=Path(settings.PORTAL_RUN_DIR),
             qemu_binary=settings.PORTAL_QEMU_BINARY,
             qemu_img_binary=settings.PORTAL_QEMU_IMG_BINARY,
@@ -171,48 +193,15 @@ class BrokerConfig:
             live_per_address=settings.PORTAL_LIVE_PER_ADDRESS or max(1, capacity // 2),
             displays_per_session=settings.PORTAL_DISPLAYS_PER_SESSION,
             uid_base=uid_base,
+            uid_count=uid_count,
+            uid_lease_dir=Path(settings.PORTAL_UID_LEASE_DIR),
             memory_overhead_mb=settings.PORTAL_QEMU_MEMORY_OVERHEAD_MB,
-            cgroups=memory_cgroups(),
+            cgroups=memory_cgroups(install),
         )
 
-
-def accelerator_choose(setting: str) -> str:
-    if setting == "auto":
-        return "kvm" if kvm_usable() else "tcg"
-    if setting not in {"kvm", "tcg"}:
-        raise ValueError(f"PORTAL_ACCELERATOR must be auto, kvm or tcg, not {setting!r}")
-    return setting
-
-
-def runas_choose(setting: str, uid_base: int, capacity: int) -> int | None:
-    """The uid range machines run in: only a root portal can switch users."""
-    if setting not in {"auto", "on", "off"}:
-        raise ValueError(f"PORTAL_QEMU_RUNAS must be auto, on or off, not {setting!r}")
-    if setting == "off" or (setting == "auto" and os.geteuid() != 0):
-        return None
-    if os.geteuid() != 0:
-        raise ValueError("PORTAL_QEMU_RUNAS=on needs the portal to run as root")
-    if not uid_range_valid(uid_base, capacity + 1):
-        raise ValueError(f"PORTAL_QEMU_UID_BASE {uid_base} leaves no room for {capacity} machines")
-    return uid_base
-
-
-_memory_cgroups: list[MemoryCgroups | None] = []
-
-
-def memory_cgroups() -> MemoryCgroups | None:
-    """The host's memory cgroups for machines, looked up once per process."""
-    if not _memory_cgroups:
-        _memory_cgroups.append(memory_cgroups_find())
-    return _memory_cgroups[0]
-
-
-def capacity_default() -> int:
-    """Machines this host can carry: 64 MiB of RAM each past a 1 GiB reserve, 50 a core."""
-    memory_mib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (1024 * 1024)
-    by_memory = max(1, (memory_mib - 1024) // 64)
-    by_cores = 50 * (os.cpu_count() or 1)
-    return int(min(by_memory, by_cores))
+    @property
+    def leases(self) -> Path:
+        return self.lease_dir if self.lease_dir is not None else self.run_root.parent / "leases"
 
 
 @dataclass(eq=False)
@@ -237,8 +226,11 @@ class _Live:
     finish_task: asyncio.Task[None] | None = None
     generation: int = 0
     resetting: bool = False
-    # Which uid of the machines' range it runs as (0 is for preparing exhibits).
-    slot: int | None = None
+    # Held from before the row exists until after every trace is gone: what tells
+    # every reaper of the install that this session is owned.
+    lease: Lease | None = None
+    # The uid its machines run as, leased host-wide, kept across resets.
+    uid_lease: UidLease | None = None
     # Event-loop clock: when the first machine ran, the latest visitor input,
     # and the end of the longest visit.
     started: float | None = None
@@ -255,7 +247,6 @@ class Broker:
         self._queue: deque[_Live] = deque()
         self._create_lock = asyncio.Lock()
         self._qemu_version: str | None = None
-        self._slots: set[int] = set()
         self._starts = StartLimiter(window_s=config.start_window_s)
         # A visit's expected length, learned from finished visits, for wait estimates.
         self._visit_s = min(config.session_max_s, 5 * 60.0)
@@ -357,9 +348,11 @@ class Broker:
             if retry is not None:
                 raise RateLimitedError(retry_after_s=max(1, int(retry + 0.999)))
             session_id = new_session_id()
+            # Owned before its row exists, so no reaper of the install (in this
+            # process or another) ever takes it for an orphan.
+            lease = machine_lease_take(name=session_id, directory=self.config.leases)
             live = _Live(session_id=session_id, run_dir=self.config.run_root / session_id,
-                         exhibit=exhibit, queued=queued, address=address)
-            # Owned before its row exists, so the reaper never takes it for an orphan.
+                         exhibit=exhibit, queued=queued, address=address, lease=lease)
             self._live[session_id] = live
             try:
                 session = await VisitorSession.objects.acreate(
@@ -372,6 +365,7 @@ class Broker:
                 )
             except BaseException:
                 self._live.pop(session_id, None)
+                lease.release()
                 raise
             if queued:
                 self._queue.append(live)
@@ -385,31 +379,33 @@ class Broker:
         return sum(1 for live in self._live.values() if live.address == address)
 
     def _launch_begin(self, live: _Live, *, from_queue: bool = False) -> None:
-        live.slot = self._slot_take()
         live.launch_task = _task(self._launch(live, from_queue=from_queue),
                                  name=f"launch-{live.session_id}")
 
-    def _slot_take(self) -> int:
-        slot = 1
-        while slot in self._slots:
-            slot += 1
-        self._slots.add(slot)
-        return slot
-
-    def _run_as(self, live: _Live) -> tuple[int, int] | None:
-        if self.config.uid_base is None or live.slot is None:
+    def uid_lease(self) -> UidLease | None:
+        """A uid for one machine, leased host-wide; None where machines keep the portal's user."""
+        if self.config.uid_base is None:
             return None
-        uid = self.config.uid_base + live.slot
-        return uid, uid
+        try:
+            return uid_lease_take(base=self.config.uid_base, count=self.config.uid_count,
+                                  directory=self.config.uid_lease_dir)
+        except (HostError, OSError) as error:
+            raise MachineStartError(f"no uid for QEMU: {error}", argv=[], returncode=None,
+                                    log_tail="") from error
 
     @property
     def memory_limit_method(self) -> str:
         """How a machine's memory is limited here: cgroup-v2, cgroup-v1 or rlimit-as."""
         return Confinement(memory_bytes=1, cgroups=self.config.cgroups).memory_method
 
-    def confinement_for(self, *, memory_mb: int, run_as: tuple[int, int] | None) -> Confinement:
+    def confinement_for(self, *, memory_mb: int, run_as: tuple[int, int] | None,
+                        uid_lease: UidLease | None = None) -> Confinement:
+        """How a machine is held; with `uid_lease`, it runs as the leased uid and keeps the lease."""
+        if uid_lease is not None:
+            run_as = (uid_lease.uid, uid_lease.uid)
         return Confinement(
             run_as=run_as,
+            lease_fds=(uid_lease.fd,) if uid_lease is not None else (),
             memory_bytes=(memory_mb + self.config.memory_overhead_mb) * 1024 * 1024,
             cgroups=self.config.cgroups,
         )
@@ -479,6 +475,8 @@ class Broker:
         )
         profile = exhibit.machine_profile()
         extra_paths = await self._extra_overlays(live, exhibit, count=len(profile.extra_media))
+        if live.uid_lease is None:
+            live.uid_lease = self.uid_lease()
         machine = Machine(
             profile,
             extra_paths=extra_paths,
@@ -490,8 +488,8 @@ class Broker:
             qmp_timeout_s=self.config.qmp_timeout_s,
             stop_timeout_s=self.config.stop_timeout_s,
             incoming_state=incoming_state,
-            confinement=self.confinement_for(memory_mb=profile.memory_mb,
-                                             run_as=self._run_as(live)),
+            confinement=self.confinement_for(memory_mb=profile.memory_mb, run_as=None,
+                                             uid_lease=live.uid_lease),
         )
         live.machine = machine
         try:
@@ -795,8 +793,10 @@ class Broker:
                 )
             finally:
                 self._live.pop(live.session_id, None)
-                if live.slot is not None:
-                    self._slots.discard(live.slot)
+                # Every trace is gone (its QEMU, which held the uid's lease too, has exited).
+                for lease in (live.uid_lease, live.lease):
+                    if lease is not None:
+                        lease.release()
                 if live.started is not None:
                     visit = asyncio.get_running_loop().time() - live.started
                     self._visit_s = 0.8 * self._visit_s + 0.2 * visit
@@ -830,6 +830,11 @@ class Broker:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.config.cgroups is not None:
+            # Left if another process of the install still runs machines there.
+            await asyncio.to_thread(self.config.cgroups.parent_remove)
+        if self.config.uid_base is not None:
+            await asyncio.to_thread(uid_leases_tidy, self.config.uid_lease_dir)
 
     def task_start(self, coroutine: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
         """Run a helper (such as taking a thumbnail) that the broker owns: it is
@@ -889,6 +894,7 @@ class Broker:
         try:
             count = await sync_to_async(reap_once)(
                 run_root=self.config.run_root, is_live=self.is_live, cgroups=self.config.cgroups,
+                lease_dir=self.config.leases,
             )
         except Exception:
             logger.exception("the reaper failed; it tries again in %g s",
@@ -978,27 +984,39 @@ async def exhibit_prepare(exhibit: Exhibit, condition: StartCondition) -> StartS
     config = BrokerConfig.from_settings()
     broker = Broker(config)
     qemu = await asyncio.to_thread(broker.qemu_version)
-    prepared = await start_state_prepare(
-        profile=exhibit.machine_profile(),
-        master_path=Path(exhibit.image.path),
-        master_format=exhibit.image.format,
-        master_sha256=exhibit.image.sha256,
-        store=Path(settings.PORTAL_IMAGE_DIR) / "start",
-        # Beside, not inside, the run root: a portal starting meanwhile would take a
-        # preparing machine there for one left behind and end it.
-        run_root=config.run_root.parent / f"{config.run_root.name}-prepare",
-        qemu_binary=config.qemu_binary,
-        qemu_img=config.qemu_img_binary,
-        qemu_version=qemu,
-        accelerator=broker.accelerator_for(exhibit),
-        condition=condition,
-        timeouts=(config.start_timeout_s, config.qmp_timeout_s, config.stop_timeout_s),
-        # Uid 0 of the machines' range is the one for preparing exhibits.
-        confinement=broker.confinement_for(
-            memory_mb=exhibit.memory_mb,
-            run_as=(config.uid_base, config.uid_base) if config.uid_base is not None else None,
-        ),
-    )
+    # In the run root like a visitor's machine, and owned the same way: a reaper of
+    # the install (a serving portal's) leaves it alone while this process lives,
+    # and ends what is left of it if this process dies.
+    name = f"prepare-{secrets.token_hex(8)}"
+    try:
+        with machine_lease(name=name, directory=config.leases):
+            uid_lease = broker.uid_lease()
+            try:
+                prepared = await start_state_prepare(
+                    name=name,
+                    profile=exhibit.machine_profile(),
+                    master_path=Path(exhibit.image.path),
+                    master_format=exhibit.image.format,
+                    master_sha256=exhibit.image.sha256,
+                    store=Path(settings.PORTAL_IMAGE_DIR) / "start",
+                    run_root=config.run_root,
+                    qemu_binary=config.qemu_binary,
+                    qemu_img=config.qemu_img_binary,
+                    qemu_version=qemu,
+                    accelerator=broker.accelerator_for(exhibit),
+                    condition=condition,
+                    timeouts=(config.start_timeout_s, config.qmp_timeout_s, config.stop_timeout_s),
+                    confinement=broker.confinement_for(memory_mb=exhibit.memory_mb, run_as=None,
+                                                       uid_lease=uid_lease),
+                )
+            finally:
+                if uid_lease is not None:
+                    uid_lease.release()
+    except MachineError as error:
+        raise PrepareError(f"the exhibit could not be booted: {error}") from error
+    finally:
+        if config.cgroups is not None:
+            await asyncio.to_thread(config.cgroups.parent_remove)
     old = await StartState.objects.filter(exhibit=exhibit).afirst()
     start, _ = await StartState.objects.aupdate_or_create(
         exhibit=exhibit,
@@ -1056,7 +1074,10 @@ def _stop_with_server(broker: Broker) -> None:
 
 def _sweep_on_start(config: BrokerConfig) -> None:
     with transaction.atomic():
+        # Nothing is live in this new broker; leases keep what other processes own.
         count = reap_once(run_root=config.run_root, is_live=lambda name: False,
-                          cgroups=config.cgroups)
+                          cgroups=config.cgroups, lease_dir=config.leases)
+    if config.uid_base is not None:
+        uid_leases_tidy(config.uid_lease_dir)
     if count:
         logger.warning("cleaned up %d sessions left by an earlier run", count)

@@ -1,13 +1,14 @@
 """What a QEMU process may do and use: its user and its memory.
 
-Owns: choosing the unprivileged user a machine runs as (one uid per machine,
-from a dedicated range, so two machines can neither signal nor trace each
-other nor open each other's files), the per-machine memory cgroup (v2 or v1,
-whichever this host delegates), and the step that runs in the child between
-fork and exec to join that cgroup and arm the parent-death signal.
+Owns: the user a machine runs as (one uid per machine, so two machines can
+neither signal nor trace each other nor open each other's files), the
+per-machine memory cgroup (v2 or v1, whichever this host delegates) under a
+parent cgroup named for the install, and the step that runs in the child
+between fork and exec to join that cgroup and arm the parent-death signal.
 
-Must not: import Django or decide when a machine starts or ends. The caller
-gives the uid and the byte limit; this module only applies them.
+Must not: import Django, choose or lease a uid, name the install, or decide
+when a machine starts or ends. The caller (sessions/host.py) gives the uid,
+the parent's name and the byte limit; this module only applies them.
 """
 from __future__ import annotations
 
@@ -26,8 +27,6 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 CGROUP_MOUNT = Path("/sys/fs/cgroup")
-# The directory, under the portal's own cgroup, that holds one cgroup per machine.
-CGROUP_PARENT = "portal-machines"
 
 
 class ConfineError(Exception):
@@ -53,7 +52,15 @@ class MemoryCgroups:
     def create(self, name: str, *, limit_bytes: int) -> Path:
         path = self.path_for(name)
         try:
-            path.mkdir(exist_ok=True)
+            # Another process of the install may have removed the empty parent.
+            for attempt in range(3):
+                self._parent_ensure()
+                try:
+                    path.mkdir(exist_ok=True)
+                    break
+                except FileNotFoundError:
+                    if attempt == 2:
+                        raise
             (path / self.limit_file).write_text(str(limit_bytes))
             if self.version == 2:
                 # No swapping a visitor's machine out to make room: the limit is the limit.
@@ -64,6 +71,23 @@ class MemoryCgroups:
                 path.rmdir()
             raise ConfineError(f"could not create memory cgroup {path}: {error}") from error
         return path
+
+    def _parent_ensure(self) -> None:
+        if self.parent.is_dir():
+            return
+        with contextlib.suppress(FileExistsError):
+            self.parent.mkdir()
+        if self.version == 2:
+            # Enable the memory controller for the machines' cgroups below the parent.
+            (self.parent / "cgroup.subtree_control").write_text("+memory")
+
+    def parent_remove(self) -> None:
+        """Remove the parent if no machine's cgroup is left in it (else leave it)."""
+        try:
+            self.parent.rmdir()
+        except OSError as error:
+            if error.errno not in {errno.ENOENT, errno.EBUSY, errno.ENOTEMPTY}:
+                logger.warning("could not remove cgroup %s: %s", self.parent, error)
 
     def limit_of(self, name: str) -> int | None:
         try:
@@ -94,14 +118,16 @@ def cgroup_remove(path: Path, *, timeout_s: float = 2.0) -> None:
         time.sleep(0.02)
 
 
-def memory_cgroups_find(*, proc_cgroup: Path = Path("/proc/self/cgroup"),
+def memory_cgroups_find(*, parent_name: str, proc_cgroup: Path = Path("/proc/self/cgroup"),
                         mount: Path = CGROUP_MOUNT) -> MemoryCgroups | None:
-    """The portal's own memory cgroup's child `portal-machines`, made if needed.
+    """The portal's own memory cgroup's child `parent_name`, made if needed.
 
     cgroup v2 is preferred where its memory controller can be enabled below the
     portal's cgroup; otherwise cgroup v1's memory hierarchy. None when neither
     is writable (an unprivileged portal, or a container without delegation).
     """
+    if not parent_name or "/" in parent_name or parent_name in {".", ".."}:
+        raise ConfineError(f"invalid cgroup name {parent_name!r}")
     try:
         lines = proc_cgroup.read_text().splitlines()
     except OSError:
@@ -122,14 +148,17 @@ def memory_cgroups_find(*, proc_cgroup: Path = Path("/proc/self/cgroup"),
     if v1_path is not None:
         candidates.append((mount / "memory" / v1_path.lstrip("/"), 1))
     for own, version in candidates:
-        found = _parent_prepare(own, version)
+        found = _parent_prepare(own / parent_name, version)
         if found is not None:
             return found
     return None
 
 
-def _parent_prepare(own: Path, version: int) -> MemoryCgroups | None:
-    parent = own / CGROUP_PARENT
+def _parent_prepare(parent: Path, version: int) -> MemoryCgroups | None:
+    """The parent's cgroups if this process can make them; a parent made only to
+    find that out is removed again (machines' cgroups make it anew)."""
+    own = parent.parent
+    existed = parent.is_dir()
     try:
         if version == 2:
             if "memory" not in (own / "cgroup.controllers").read_text().split():
@@ -140,15 +169,24 @@ def _parent_prepare(own: Path, version: int) -> MemoryCgroups | None:
         else:
             parent.mkdir(exist_ok=True)
     except OSError:
+        if not existed:
+            with contextlib.suppress(OSError):
+                parent.rmdir()
         return None
-    return MemoryCgroups(parent=parent, version=version)
+    found = MemoryCgroups(parent=parent, version=version)
+    if not existed:
+        found.parent_remove()
+    return found
 
 
 @dataclass(frozen=True)
 class Confinement:
     """How one QEMU process is held: its user and its memory.
 
-    `run_as` is (uid, gid), or None to stay the portal's own user. `memory_bytes`
+    `run_as` is (uid, gid), or None to stay the portal's own user; `lease_fds`
+    are descriptors QEMU inherits and keeps for its whole life (the lease on
+    its uid, so the uid stays taken while it runs, even past the portal's
+    death). `memory_bytes`
     is the most memory the process may use: enforced by its own cgroup under
     `cgroups` where the host delegates one, else by an address-space limit
     (`RLIMIT_AS`) of that size plus `address_space_slack_bytes`, since QEMU
@@ -156,6 +194,7 @@ class Confinement:
     """
 
     run_as: tuple[int, int] | None = None
+    lease_fds: tuple[int, ...] = ()
     memory_bytes: int | None = None
     cgroups: MemoryCgroups | None = None
     address_space_slack_bytes: int = 2 * 1024**3

@@ -349,7 +349,8 @@ class Machine:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    pass_fds=(listener.fileno(), *([state_fd] if state_fd is not None else [])),
+                    pass_fds=(listener.fileno(), *([state_fd] if state_fd is not None else []),
+                              *self.confinement.lease_fds),
                     start_new_session=True,
                     preexec_fn=self.confinement.child_setup(self.cgroup),
                 )

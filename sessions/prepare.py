@@ -6,6 +6,7 @@ script of waiting for text and pressing keys), saving the machine state, and
 freezing the overlay (what booting wrote) as the read-only warm layer.
 
 Must not: touch the master, or leave anything behind when preparing fails.
+Its caller owns the machine (holds its lease, sessions/host.py) meanwhile.
 """
 from __future__ import annotations
 
@@ -134,11 +135,19 @@ async def start_state_prepare(
     condition: StartCondition,
     timeouts: tuple[float, float, float],
     confinement: Confinement | None = None,
+    name: str | None = None,
 ) -> PreparedState:
-    """Boot, reach the condition, save; returns the frozen files in store."""
+    """Boot, reach the condition, save; returns the frozen files in store.
+
+    The machine works in run_root/name (default `prepare-<random>`); whoever
+    calls holds that name's machine lease (sessions/host.py) for the whole call.
+    """
     start_timeout_s, qmp_timeout_s, stop_timeout_s = timeouts
     began = time.monotonic()
-    work = run_dir_create(root=run_root, name=f"prepare-{secrets.token_hex(8)}")
+    try:
+        work = run_dir_create(root=run_root, name=name or f"prepare-{secrets.token_hex(8)}")
+    except OverlayError as error:
+        raise PrepareError(f"the exhibit could not be booted: {error.log_detail}") from error
     try:
         warm = work / WARM_FILE
         await overlay_create(base_path=master_path, base_format=master_format,

@@ -52,17 +52,27 @@ def processes_naming(path: Path) -> list[int]:
 def portal_dirs(settings: Any) -> Iterator[Path]:
     # Short, so socket paths stay under the unix limit.
     root = Path(tempfile.mkdtemp(prefix="pt-", dir="/tmp"))
+    # An install of its own (its own identity, leases and cgroups), not the checkout's var/.
+    settings.PORTAL_DATA_DIR = root
     settings.PORTAL_RUN_DIR = root / "run"
     settings.PORTAL_IMAGE_DIR = root / "images"
+    settings.PORTAL_THUMBNAIL_DIR = root / "thumbnails"
     yield root
+    from sessions.host import install_id, lease_dir, machine_lease_names, memory_cgroups
+
     run = root / "run"
     leftovers = sorted(p.name for p in run.iterdir()) if run.exists() else []
+    leases = machine_lease_names(lease_dir())
+    cgroups = memory_cgroups(install_id())
+    cgroup_left = cgroups is not None and cgroups.parent.exists()
     pids = processes_naming(run)
     for pid in pids:
         os.kill(pid, 9)
     shutil.rmtree(root, ignore_errors=True)
     assert not pids, f"QEMU processes left running: {pids}"
     assert not leftovers, f"run directories left behind: {leftovers}"
+    assert not leases, f"machine leases left behind: {leases}"
+    assert not cgroup_left, f"the install's cgroup parent was left behind: {cgroups}"
 
 
 @pytest.fixture

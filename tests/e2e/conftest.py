@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,41 +104,84 @@ def portal_settings() -> dict[str, str]:
     return {}
 
 
-@pytest.fixture
-def portal_data_dir() -> Path:
-    """The served portal's PORTAL_DATA_DIR (removed afterwards); tests override it."""
-    return Path(tempfile.mkdtemp(prefix="pe-", dir="/tmp"))
+PortalFactory = Callable[..., Portal]
 
 
 @pytest.fixture
-def portal(demo_image: Path, portal_settings: dict[str, str], portal_data_dir: Path) -> Iterator[Portal]:
-    root = portal_data_dir
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PORTAL_DATA_DIR": str(root),
-        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "PYTHONUNBUFFERED": "1",
-        **portal_settings,
-    }
-    site = Portal(url=f"http://127.0.0.1:{port}", root=root, env=env, port=port)
-    site.manage("migrate", "--no-input", "-v", "0")
-    site.manage("add_exhibit", str(demo_image), "--slug", "demo", "--title", "Portal demo",
-                "--boot", "hdd", "--year", "1992", "--publish")
-    # As `make run` does: visitors resume the booted desktop.
-    site.manage("prepare_exhibit", "demo", "--wait-graphics", "--still", "1")
-    try:
+def portal_make(demo_image: Path) -> Iterator[PortalFactory]:
+    """Make served portals, each an install of its own (its own data directory);
+    afterwards each is stopped and must have left nothing behind."""
+    made: list[Portal] = []
+
+    def make(settings: dict[str, str] | None = None, *, prepare: bool = True,
+             data_dir: Path | None = None) -> Portal:
+        root = data_dir or Path(tempfile.mkdtemp(prefix="pe-", dir="/tmp"))
+        port = _free_port()
+        env = {
+            **os.environ,
+            "PORTAL_DATA_DIR": str(root),
+            "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "PYTHONUNBUFFERED": "1",
+            **(settings or {}),
+        }
+        site = Portal(url=f"http://127.0.0.1:{port}", root=root, env=env, port=port)
+        made.append(site)
+        site.manage("migrate", "--no-input", "-v", "0")
+        site.manage("add_exhibit", str(demo_image), "--slug", "demo", "--title", "Portal demo",
+                    "--boot", "hdd", "--year", "1992", "--publish")
+        if prepare:
+            # As `make run` does: visitors resume the booted desktop.
+            site.manage("prepare_exhibit", "demo", "--wait-graphics", "--still", "1")
         site.serve()
-        yield site
+        return site
+
+    try:
+        yield make
     finally:
-        site.stop()
-        leftovers = processes_naming(site.run_dir)
-        for pid in leftovers:
-            os.kill(pid, 9)
-        run_left = sorted(p.name for p in site.run_dir.iterdir()) if site.run_dir.exists() else []
-        shutil.rmtree(root, ignore_errors=True)
-        assert not leftovers, f"QEMU processes outlived the portal: {leftovers}"
-        assert not run_left, f"run directories outlived the portal: {run_left}"
+        for site in made:
+            site.stop()
+        problems = [problem for site in made for problem in _leftovers(site)]
+        assert not problems, "; ".join(problems)
+
+
+def _leftovers(site: Portal) -> list[str]:
+    """What a stopped portal left behind (removed here, and reported)."""
+    from sessions.confine import cgroup_remove, memory_cgroups_find
+    from sessions.host import cgroup_parent_name, install_id_derive, machine_lease_names
+
+    problems = []
+    leftovers = processes_naming(site.run_dir)
+    for pid in leftovers:
+        os.kill(pid, 9)
+    if leftovers:
+        problems.append(f"QEMU processes outlived the portal: {leftovers}")
+    run_left = sorted(p.name for p in site.run_dir.iterdir()) if site.run_dir.exists() else []
+    if run_left:
+        problems.append(f"run directories outlived the portal: {run_left}")
+    leases = machine_lease_names(site.root / "leases")
+    if leases:
+        problems.append(f"machine leases outlived the portal: {leases}")
+    install = site.env.get("PORTAL_INSTALL_ID") or install_id_derive(site.root)
+    cgroups = memory_cgroups_find(parent_name=cgroup_parent_name(install))
+    if cgroups is not None and cgroups.parent.exists():
+        problems.append(f"the install's cgroup outlived the portal: {cgroups.parent}")
+        for name in cgroups.names():
+            cgroup_remove(cgroups.path_for(name))
+        cgroups.parent_remove()
+    shutil.rmtree(site.root, ignore_errors=True)
+    return problems
+
+
+@pytest.fixture
+def portal_data_dir() -> Path | None:
+    """Where the served portal keeps its data (None: a fresh directory); tests override it."""
+    return None
+
+
+@pytest.fixture
+def portal(portal_make: PortalFactory, portal_settings: dict[str, str],
+           portal_data_dir: Path | None) -> Portal:
+    return portal_make(portal_settings, data_dir=portal_data_dir)
 
 
 @pytest.fixture

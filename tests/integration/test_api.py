@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from django.test import AsyncClient
 
+from sessions.host import install_id
 from sessions.machine import process_alive
 from sessions.models import VisitorSession
 from tests.conftest import FREEDOS_2048, ExhibitFactory, visitor
@@ -87,6 +88,7 @@ async def test_it_runs_a_session_and_discards_everything_at_delete(
     assert health["kvm"] is (broker.config.accelerator == "kvm")
     assert health["qemu"].startswith("7.")
     assert health["capacity"] >= 1
+    assert health["install"] == install_id(), "which install answered"
 
     response = await browser.delete(f"/api/sessions/{session['id']}")
     assert response.status_code == 204
