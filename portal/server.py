@@ -157,7 +157,9 @@ class PortalWebRequest(WebRequest):
     _body_limit: int | None = None
 
     def gotLength(self, length: int | None) -> None:
-        path = self.channel._path if self.channel is not None else b"/"  # request line, parsed
+        # The request line is parsed by now; Twisted gives the request its path only
+        # once the body has arrived, so it is read from the channel.
+        path = getattr(self.channel, "_path", b"/")
         self._body_limit = body_limit(path.split(b"?", 1)[0])
         if length is not None and length > self._body_limit:
             self._refuse(length)
@@ -181,6 +183,8 @@ class PortalWebRequest(WebRequest):
     def _refuse(self, length: int) -> None:
         """Answer 413 at once and hang up, reading nothing more of the body."""
         self._refused = True
+        # Twisted would answer "Expect: 100-continue" right after this hook.
+        self.requestHeaders.removeHeader(b"expect")
         limit = self._body_limit or 0
         body = json.dumps({
             "error": "body_too_large",

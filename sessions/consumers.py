@@ -254,6 +254,17 @@ class VncConsumer(PortalSocket):
             return
         self._reader_task = asyncio.create_task(self._pump_guarded(self._pipe))
 
+    async def close_with(self, code: int, reason: str | None = None) -> None:
+        # A display the portal closes stops counting at once, not when the
+        # browser has answered: it may reconnect straight away (4412, 4408).
+        await self._detach()
+        await super().close_with(code, reason)
+
+    async def _detach(self) -> None:
+        if self._attached:
+            self._attached = False
+            (await get_broker()).display_detach(session_id=self.session_id)
+
     async def _pump_guarded(self, pipe: VncPipe) -> None:
         # The pump is a task of its own: an error in it would otherwise go
         # unnoticed and leave the browser in front of a display that never moves.
@@ -337,10 +348,7 @@ class VncConsumer(PortalSocket):
         pipe, self._pipe = self._pipe, None
         if pipe is not None and pipe.transport is not None:
             pipe.transport.close()
-        if self._attached:
-            self._attached = False
-            broker = await get_broker()
-            broker.display_detach(session_id=self.session_id)
+        await self._detach()
 
 
 class EventsConsumer(PortalSocket):

@@ -79,7 +79,7 @@ def private_files(root: Path, run_dir: Path) -> list[Path]:
 
 def private_directories(root: Path, run_dir: Path) -> list[Path]:
     directories = [root, root / "images", root / "images" / "start", root / "run",
-                   root / "run-prepare", run_dir]
+                   root / "leases", run_dir]
     for path in directories:
         assert path.is_dir(), f"{path} is missing: the test no longer looks at what the portal keeps"
     return directories
