@@ -149,6 +149,24 @@ class Broker:
         """Which machine of the session is current: it changes at every reset."""
         return self.keeper.generation(session_id)
 
+    def health(self) -> dict[str, Any]:
+        """`/healthz`: this install, its QEMU, its capacity and how machines are held."""
+        return {
+            "ok": True,
+            "qemu": self.qemu_version(),
+            "kvm": self.config.accelerator == "kvm",
+            "sessions": self.running_count,
+            "capacity": self.config.capacity,
+            "accelerator": self.config.accelerator,
+            "queued": self.queue_length,
+            "queue_max": self.config.queue_max,
+            # How machines are held: their own uid (or the portal's) and the memory limit.
+            "qemu_runs_as": "per-machine uid" if self.config.uid_base is not None else "portal user",
+            "memory_limit": self.memory_limit_method,
+            # Which install on this host (the node, in a portal of several) answered.
+            "install": self.config.install,
+        }
+
     # --- start -------------------------------------------------------------------
 
     async def session_create(self, *, exhibit: Exhibit, owner: str, address: str = "") -> VisitorSession:
