@@ -209,11 +209,12 @@ class Broker:
 
     def _promote(self, session_ids: list[str]) -> None:
         """Start the visits the scheduler gave machines; tell the rest their place."""
-        for session_id in session_ids:
+        pending = list(session_ids)
+        while pending:
+            session_id = pending.pop(0)
             if not self.keeper.promote(session_id):
                 # It is ending already: its place goes to the next in line.
-                self._promote(self.scheduler.release(session_id))
-                return
+                pending.extend(self.scheduler.release(session_id))
         for session_id in self.scheduler.waiting:
             self._notify_changed(session_id)
 
