@@ -1,28 +1,24 @@
-"""The curators' side: masters with their fixity, uploads, exhibits, previews, start states."""
+"""The curators' side: masters with their fixity, uploads, exhibits, previews, start states.
+
+Preparing a start state boots a machine, so that action is the runtime's: see
+`sessions.admin`, which extends `ExhibitAdmin` with it.
+"""
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
-from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html
 
-from sessions.broker import exhibit_prepare
-from sessions.machine import MachineProfile
-from sessions.prepare import PrepareError, StartCondition
-
 from .images import disk_image_import
 from .importer import FORMAT_NAMES, ImageError, size_text
 from .models import DiskImage, Exhibit, ExhibitMedia, FixityCheck, StartState
-
-PREPARE_DESKTOP = StartCondition(wait_graphics=True, still_s=2.0)
-PREPARE_DOS_PROMPT = StartCondition(wait_text=":\\>", still_s=1.0)
+from .profile import MachineProfile
 
 
 class FixityCheckInline(admin.TabularInline):
@@ -123,24 +119,12 @@ class ExhibitMediaInline(admin.TabularInline):
     verbose_name = "extra medium (second floppy, CD-ROM, second hard disk)"
 
 
-def _prepare(request: HttpRequest, exhibits: QuerySet[Exhibit], condition: StartCondition) -> None:
-    for exhibit in exhibits.select_related("image"):
-        try:
-            start = asyncio.run(exhibit_prepare(exhibit, condition))
-        except PrepareError as error:
-            messages.error(request, f"{exhibit.slug}: {error}")
-            continue
-        messages.success(request, f"{exhibit.slug}: start state prepared in "
-                                  f"{start.prepare_seconds:.1f} s ({start.method}).")
-
-
 @admin.register(Exhibit)
 class ExhibitAdmin(admin.ModelAdmin):
     list_display = ("title", "slug", "year", "boot", "accelerator", "instant_start", "master_fixity",
                     "published")
     list_filter = ("published", "boot")
     prepopulated_fields = {"slug": ("title",)}
-    actions = ["prepare_desktop", "prepare_dos_prompt"]
     readonly_fields = ("thumbnail_picture", "preview_button")
     change_form_template = "admin/portal/exhibit/change_form.html"
     inlines = [ExhibitMediaInline]
@@ -180,14 +164,6 @@ class ExhibitAdmin(admin.ModelAdmin):
         return format_html(
             '<button type="submit" form="preview-form" class="button">{}</button> {}', "Start a preview",
             "Runs this exhibit as visitors would get it (drafts too) and takes its thumbnail.")
-
-    @admin.action(description="Prepare start state: boot to the desktop, save once it is still")
-    def prepare_desktop(self, request: HttpRequest, queryset: QuerySet[Exhibit]) -> None:
-        _prepare(request, queryset, PREPARE_DESKTOP)
-
-    @admin.action(description="Prepare start state: boot to the DOS prompt, save once it is still")
-    def prepare_dos_prompt(self, request: HttpRequest, queryset: QuerySet[Exhibit]) -> None:
-        _prepare(request, queryset, PREPARE_DOS_PROMPT)
 
 
 @admin.register(StartState)

@@ -11,7 +11,7 @@ from django.db import models
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from sessions.machine import MachineProfile
+from .profile import MachineProfile
 
 
 class DiskImage(models.Model):

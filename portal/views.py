@@ -13,13 +13,12 @@ from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET
 
-from sessions.broker import Broker, get_broker
-
 from .errors import json_error, wants_json
 from .models import Exhibit
+from .runtime import Runtime, runtime
 
 
-async def exhibit_json(exhibit: Exhibit, request: HttpRequest, *, broker: Broker) -> dict[str, Any]:
+async def exhibit_json(exhibit: Exhibit, request: HttpRequest, *, here: Runtime) -> dict[str, Any]:
     return {
         "slug": exhibit.slug,
         "title": exhibit.title,
@@ -30,10 +29,10 @@ async def exhibit_json(exhibit: Exhibit, request: HttpRequest, *, broker: Broker
         "machine": {
             "cpu": exhibit.cpu,
             "memory_mb": exhibit.memory_mb,
-            "accelerator": broker.accelerator_for(exhibit),
+            "accelerator": here.accelerator_for(exhibit),
             "boot": exhibit.boot,
         },
-        "instant_start": await broker.start_state_usable(exhibit) is not None,
+        "instant_start": await here.start_state_usable(exhibit) is not None,
     }
 
 
@@ -43,9 +42,9 @@ async def _published(slug: str) -> Exhibit | None:
 
 @require_GET
 async def api_exhibit_list(request: HttpRequest) -> JsonResponse:
-    broker = await get_broker()
+    here = await runtime()
     exhibits = [
-        await exhibit_json(exhibit, request, broker=broker)
+        await exhibit_json(exhibit, request, here=here)
         async for exhibit in Exhibit.objects.select_related("image").filter(published=True)
     ]
     return JsonResponse({"exhibits": exhibits})
@@ -56,8 +55,8 @@ async def api_exhibit_detail(request: HttpRequest, slug: str) -> JsonResponse:
     exhibit = await _published(slug)
     if exhibit is None:
         return json_error(404, "not_found", "There is no such exhibit.")
-    broker = await get_broker()
-    return JsonResponse(await exhibit_json(exhibit, request, broker=broker))
+    here = await runtime()
+    return JsonResponse(await exhibit_json(exhibit, request, here=here))
 
 
 @require_GET
@@ -68,22 +67,7 @@ async def api_csrf(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 async def healthz(request: HttpRequest) -> JsonResponse:
-    broker = await get_broker()
-    return JsonResponse({
-        "ok": True,
-        "qemu": broker.qemu_version(),
-        "kvm": broker.config.accelerator == "kvm",
-        "sessions": broker.running_count,
-        "capacity": broker.config.capacity,
-        "accelerator": broker.config.accelerator,
-        "queued": broker.queue_length,
-        "queue_max": broker.config.queue_max,
-        # How machines are held: their own uid (or the portal's) and the memory limit.
-        "qemu_runs_as": "per-machine uid" if broker.config.uid_base is not None else "portal user",
-        "memory_limit": broker.memory_limit_method,
-        # Which install on this host (the node, in a portal of several) answered.
-        "install": broker.config.install,
-    })
+    return JsonResponse((await runtime()).health())
 
 
 @require_GET
@@ -98,11 +82,11 @@ async def exhibit_page(request: HttpRequest, slug: str) -> HttpResponse:
     exhibit = await _published(slug)
     if exhibit is None:
         raise Http404("There is no such exhibit.")
-    broker = await get_broker()
+    here = await runtime()
     return render(
         request, "portal/exhibit_detail.html",
-        {"exhibit": exhibit, "accelerator": broker.accelerator_for(exhibit),
-         "instant_start": await broker.start_state_usable(exhibit) is not None,
+        {"exhibit": exhibit, "accelerator": here.accelerator_for(exhibit),
+         "instant_start": await here.start_state_usable(exhibit) is not None,
          "unavailable": await exhibit.fixity_problem()},
     )
 

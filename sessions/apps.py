@@ -8,3 +8,13 @@ class VisitorSessionsConfig(AppConfig):
     name = "sessions"
     label = "visits"
     verbose_name = "Visitor sessions"
+
+    def ready(self) -> None:
+        # The catalogue's pages reach the runtime through this slot, so `portal`
+        # never imports `sessions`. Nothing starts here: the broker is made on
+        # first use, inside the running event loop.
+        from portal.runtime import runtime_register
+
+        from .broker import get_broker
+
+        runtime_register(get_broker)

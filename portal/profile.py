@@ -1,0 +1,66 @@
+"""The machine profile: what kind of PC an exhibit is, as a plain value.
+
+Owns: `MachineProfile` and the kinds it may name (CPU, boot device, VGA,
+mouse, sound, media). It lies below both the catalogue (`portal.models`
+hands one out for each exhibit) and the runtime (`sessions.machine` turns
+one into a QEMU command line), so neither imports the other for it.
+
+Must not: import Django or anything of `portal` or `sessions`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CPU_MODELS = {"486": "486", "pentium": "pentium"}
+BOOT_DEVICES = {"floppy", "hdd", "cdrom"}
+# "auto": KVM where the host has it, software emulation (TCG) otherwise.
+# "tcg": always software emulation, for guests that misbehave under KVM.
+ACCELERATOR_PREFERENCES = {"auto", "tcg"}
+VGA_MODELS = {"std", "cirrus"}
+# "vmport": QEMU's VMware mouse interface gives guests with a driver for it
+# (the demo; VBMOUSE or vmwmouse under Windows 3.1) the visitor's exact pointer
+# position; the PS/2 mouse stays as the fallback. "ps2": the PS/2 mouse alone.
+MOUSE_MODELS = {"vmport", "ps2"}
+# Sound cards QEMU 7.2 emulates on the ISA bus, and the PC speaker. No audio is
+# streamed to browsers yet: the devices exist (software that probes for them
+# finds them) and play into QEMU's "none" audio backend.
+SOUND_MODELS = {"none", "sb16", "adlib", "pcspk"}
+MEDIA_KINDS = {"floppy", "disk", "cdrom"}
+
+
+@dataclass(frozen=True)
+class MachineProfile:
+    """What kind of PC an exhibit is. The same profile always gives the same argv."""
+
+    cpu: str = "486"
+    memory_mb: int = 16
+    vga: str = "std"
+    boot: str = "floppy"
+    accelerator: str = "auto"
+    mouse: str = "vmport"
+    sound: str = "none"
+    # The kinds of the exhibit's further media, in order ("floppy", "disk", "cdrom").
+    extra_media: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.sound not in SOUND_MODELS:
+            raise ValueError(f"unknown sound device {self.sound!r}")
+        for kind in self.extra_media:
+            if kind not in MEDIA_KINDS:
+                raise ValueError(f"unknown media kind {kind!r}")
+        floppies = (self.boot == "floppy") + self.extra_media.count("floppy")
+        ide = (self.boot != "floppy") + len(self.extra_media) - self.extra_media.count("floppy")
+        if floppies > 2 or ide > 4:
+            raise ValueError("a PC has two floppy drives and four IDE devices")
+        if self.mouse not in MOUSE_MODELS:
+            raise ValueError(f"unknown mouse {self.mouse!r}")
+        if self.accelerator not in ACCELERATOR_PREFERENCES:
+            raise ValueError(f"unknown accelerator preference {self.accelerator!r}")
+        if self.cpu not in CPU_MODELS:
+            raise ValueError(f"unknown CPU model {self.cpu!r}")
+        if self.boot not in BOOT_DEVICES:
+            raise ValueError(f"unknown boot device {self.boot!r}")
+        if self.vga not in VGA_MODELS:
+            raise ValueError(f"unknown VGA model {self.vga!r}")
+        if not 1 <= self.memory_mb <= 256:
+            raise ValueError(f"memory {self.memory_mb} MiB is outside 1..256")

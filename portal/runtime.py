@@ -1,0 +1,42 @@
+"""What the catalogue's pages ask of the runtime, without importing it.
+
+Owns: the `Runtime` interface (how an exhibit runs here, whether it starts
+instantly, the server's health) and the one slot the runtime registers itself
+in when Django starts (`sessions.apps`). Imports point one way: `sessions`
+imports `portal`, never the reverse.
+
+Must not: import `sessions`, or start anything.
+"""
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .models import Exhibit
+
+
+class Runtime(Protocol):
+    def accelerator_for(self, exhibit: Exhibit) -> str:
+        """The accelerator the exhibit's machines get here: "kvm" or "tcg"."""
+
+    async def start_state_usable(self, exhibit: Exhibit) -> object | None:
+        """The exhibit's start state if machines here may resume it (instant start)."""
+
+    def health(self) -> dict[str, Any]:
+        """`/healthz`'s answer."""
+
+
+_runtime_get: Callable[[], Awaitable[Runtime]] | None = None
+
+
+def runtime_register(get: Callable[[], Awaitable[Runtime]]) -> None:
+    """Called once by the runtime's app when Django starts: how to reach it."""
+    global _runtime_get
+    _runtime_get = get
+
+
+async def runtime() -> Runtime:
+    if _runtime_get is None:
+        raise LookupError("no runtime is registered (is the sessions app installed?)")
+    return await _runtime_get()

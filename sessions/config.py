@@ -1,0 +1,114 @@
+"""The runtime's settings on this node, read once from Django's settings.
+
+Owns: `BrokerConfig` and how it is made from settings (capacity and uid
+range defaults, the accelerator, this install's identity and cgroups). The
+scheduler and keeper get the parts they need as configs of their own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+
+from .confine import MemoryCgroups
+from .host import (
+    accelerator_choose,
+    capacity_default,
+    install_id,
+    lease_dir,
+    memory_cgroups,
+    runas_choose,
+)
+from .keeper import KeeperConfig
+from .scheduler import SchedulerConfig
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    run_root: Path
+    qemu_binary: str
+    qemu_img_binary: str
+    accelerator: str
+    grace_s: float
+    start_timeout_s: float
+    qmp_timeout_s: float
+    stop_timeout_s: float
+    qemu_img_timeout_s: float
+    capacity: int
+    queue_max: int = 0
+    session_max_s: float = 30 * 60.0
+    idle_s: float = 10 * 60.0
+    warning_s: float = 60.0
+    reaper_interval_s: float = 30.0
+    starts_per_browser: int = 10
+    starts_per_address: int = 120
+    start_window_s: float = 60.0
+    # Live visits (waiting, starting, running) one network address may hold.
+    live_per_address: int = 50
+    displays_per_session: int = 4
+    # Machines run as uids leased from base+1 .. base+count; a None base keeps
+    # the portal's user.
+    uid_base: int | None = None
+    uid_count: int = 0
+    uid_lease_dir: Path = Path("/run/portal-uids")
+    memory_overhead_mb: int = 192
+    cgroups: MemoryCgroups | None = None
+    # This install's name on the host, and where its processes lease machines.
+    install: str = "default"
+    lease_dir: Path | None = None
+
+    @classmethod
+    def from_settings(cls) -> BrokerConfig:
+        capacity = settings.PORTAL_MAX_SESSIONS or capacity_default()
+        uid_count = settings.PORTAL_QEMU_UID_COUNT
+        uid_base = runas_choose(settings.PORTAL_QEMU_RUNAS, settings.PORTAL_QEMU_UID_BASE, uid_count)
+        install = install_id()
+        return cls(
+            install=install,
+            lease_dir=lease_dir(),
+            run_root=Path(settings.PORTAL_RUN_DIR),
+            qemu_binary=settings.PORTAL_QEMU_BINARY,
+            qemu_img_binary=settings.PORTAL_QEMU_IMG_BINARY,
+            accelerator=accelerator_choose(settings.PORTAL_ACCELERATOR),
+            grace_s=settings.PORTAL_GRACE_S,
+            start_timeout_s=settings.PORTAL_START_TIMEOUT_S,
+            qmp_timeout_s=settings.PORTAL_QMP_TIMEOUT_S,
+            stop_timeout_s=settings.PORTAL_STOP_TIMEOUT_S,
+            qemu_img_timeout_s=settings.PORTAL_QEMU_IMG_TIMEOUT_S,
+            capacity=capacity,
+            queue_max=settings.PORTAL_QUEUE_MAX or 2 * capacity,
+            session_max_s=settings.PORTAL_SESSION_MAX_S,
+            idle_s=settings.PORTAL_IDLE_S,
+            warning_s=settings.PORTAL_WARNING_S,
+            reaper_interval_s=settings.PORTAL_REAPER_INTERVAL_S,
+            starts_per_browser=settings.PORTAL_STARTS_PER_BROWSER,
+            starts_per_address=settings.PORTAL_STARTS_PER_ADDRESS,
+            start_window_s=settings.PORTAL_START_WINDOW_S,
+            live_per_address=settings.PORTAL_LIVE_PER_ADDRESS or max(1, capacity // 2),
+            displays_per_session=settings.PORTAL_DISPLAYS_PER_SESSION,
+            uid_base=uid_base,
+            uid_count=uid_count,
+            uid_lease_dir=Path(settings.PORTAL_UID_LEASE_DIR),
+            memory_overhead_mb=settings.PORTAL_QEMU_MEMORY_OVERHEAD_MB,
+            cgroups=memory_cgroups(install),
+        )
+
+    @property
+    def leases(self) -> Path:
+        return self.lease_dir if self.lease_dir is not None else self.run_root.parent / "leases"
+
+    def scheduler_config(self) -> SchedulerConfig:
+        return SchedulerConfig(
+            capacity=self.capacity, queue_max=self.queue_max, session_max_s=self.session_max_s,
+            starts_per_browser=self.starts_per_browser, starts_per_address=self.starts_per_address,
+            start_window_s=self.start_window_s, live_per_address=self.live_per_address,
+        )
+
+    def keeper_config(self) -> KeeperConfig:
+        return KeeperConfig(
+            run_root=self.run_root, grace_s=self.grace_s,
+            display_wait_s=self.start_timeout_s + self.qemu_img_timeout_s,
+            session_max_s=self.session_max_s, idle_s=self.idle_s, warning_s=self.warning_s,
+            displays_per_session=self.displays_per_session,
+        )

@@ -1,0 +1,510 @@
+"""The keeper: this node's live visits and their machines.
+
+Owns: the node's `Visit`s and every change of their phase; starting a visit's
+machine (through the machine factory it is given) and ending it (machine
+stopped, run directory deleted, leases let go once the end is recorded); the
+viewers and displays of each visit and the grace period after the last one
+leaves; the idle and time limits with their warnings; reset (the old machine
+killed before the new one starts); the watch for a QEMU that exits by itself
+or pauses on a disk error. Every task it starts is kept, cancelled and
+awaited by it.
+
+Must not: touch the database, the waiting line or the catalogue. What the rest
+of the portal learns (rows, the scheduler, the pages' events) goes out through
+the `Recorder` it is given; machines come from its `MachineFactory`, so tests
+can hand it a fake.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import math
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from .errors import (
+    DisplayUnavailableError,
+    SessionBusyError,
+    SessionEndedError,
+    ViewerLimitError,
+)
+from .host import Lease
+from .machine import MachineError, MachineStartError, log_tail
+from .overlay import OverlayError, run_dir_create, run_dir_remove
+from .visit import EndReason, Phase, Visit
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class KeptMachine(Protocol):
+    """What the keeper uses of a machine (`sessions.machine.Machine` is one)."""
+
+    @property
+    def pid(self) -> int | None: ...
+    @property
+    def vnc_path(self) -> Path: ...
+    @property
+    def log_path(self) -> Path: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def kill_now(self) -> None: ...
+    async def wait(self) -> int: ...
+    async def paused_by_io_error(self) -> dict[str, Any]: ...
+
+
+class MachineFactory(Protocol):
+    async def __call__(self, visit: Visit, *, warm: bool) -> KeptMachine | None:
+        """A new, unstarted machine for the visit, its disks made. With `warm`, one that
+        resumes the exhibit's start state, or None when it has no usable one."""
+
+
+class Recorder(Protocol):
+    """What the rest of the portal learns from the keeper (rows, the scheduler, pages)."""
+
+    async def visit_starting(self, visit: Visit) -> None:
+        """It left the line; its machine is being made."""
+
+    async def visit_running(self, visit: Visit) -> None:
+        """Its first machine runs (`started` and `expires` are set)."""
+
+    async def visit_replaced(self, visit: Visit) -> None:
+        """A reset gave it a new machine."""
+
+    async def visit_ended(self, visit: Visit, *, reason: str, detail: str) -> None:
+        """Its end, recorded before its leases go."""
+
+    def visit_gone(self, visit: Visit) -> None:
+        """Every trace of it is gone: its machine place is free."""
+
+    def notify(self, session_id: str, event: dict[str, Any]) -> None:
+        """An event for the pages watching the session."""
+
+
+@dataclass(frozen=True)
+class KeeperConfig:
+    run_root: Path
+    grace_s: float
+    # How long a display waits for a starting machine.
+    display_wait_s: float
+    session_max_s: float = 30 * 60.0
+    idle_s: float = 10 * 60.0
+    warning_s: float = 60.0
+    displays_per_session: int = 4
+
+
+class Keeper:
+    def __init__(self, config: KeeperConfig, *, machine_factory: MachineFactory, recorder: Recorder,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self._factory = machine_factory
+        self._recorder = recorder
+        self._clock = clock
+        self._visits: dict[str, Visit] = {}
+
+    # --- queries -----------------------------------------------------------------
+
+    def now(self) -> float:
+        return self._clock()
+
+    @property
+    def running_count(self) -> int:
+        return sum(1 for visit in self._visits.values() if visit.phase is Phase.RUNNING)
+
+    def visit(self, session_id: str) -> Visit | None:
+        return self._visits.get(session_id)
+
+    def visits(self) -> list[Visit]:
+        return list(self._visits.values())
+
+    def is_live(self, session_id: str) -> bool:
+        return session_id in self._visits
+
+    def machine(self, session_id: str) -> KeptMachine | None:
+        """The running machine of a live visit."""
+        visit = self._visits.get(session_id)
+        return visit.machine if visit is not None and visit.phase is Phase.RUNNING else None
+
+    def generation(self, session_id: str) -> int | None:
+        """Which machine of the visit is current: it changes at every reset."""
+        visit = self._visits.get(session_id)
+        return visit.generation if visit is not None else None
+
+    def time_left_s(self, session_id: str) -> float | None:
+        visit = self._visits.get(session_id)
+        if visit is None or visit.expires is None:
+            return None
+        return max(0.0, visit.expires - self._clock())
+
+    # --- a visit's beginning -----------------------------------------------------
+
+    def visit_open(self, *, session_id: str, exhibit: Any, queued: bool, lease: Lease | None) -> Visit:
+        """Take a new visit in (its machine lease already held); `visit_begin` sets it going."""
+        visit = Visit(session_id=session_id, run_dir=self.config.run_root / session_id,
+                      exhibit=exhibit, first=Phase.QUEUED if queued else Phase.STARTING, lease=lease)
+        self._visits[session_id] = visit
+        return visit
+
+    def visit_drop(self, visit: Visit) -> None:
+        """Let go of a visit that never began (its row could not be written)."""
+        self._visits.pop(visit.session_id, None)
+        if visit.lease is not None:
+            visit.lease.release()
+
+    def visit_begin(self, visit: Visit) -> None:
+        """Start its machine, or, in line, keep its place only while someone watches."""
+        if visit.phase is Phase.QUEUED:
+            self._grace_start(visit)
+        else:
+            self._launch_begin(visit, from_queue=False)
+
+    def promote(self, session_id: str) -> bool:
+        """A machine is free for a visit in line: start it. False if it is no longer waiting."""
+        visit = self._visits.get(session_id)
+        if visit is None or visit.phase is not Phase.QUEUED:
+            return False
+        visit.move(Phase.STARTING)
+        self._grace_cancel(visit)
+        self._launch_begin(visit, from_queue=True)
+        return True
+
+    def _launch_begin(self, visit: Visit, *, from_queue: bool) -> None:
+        visit.launch_task = task_new(self._launch(visit, from_queue=from_queue),
+                                     name=f"launch-{visit.session_id}")
+
+    async def _launch(self, visit: Visit, *, from_queue: bool) -> None:
+        try:
+            if from_queue:
+                await self._recorder.visit_starting(visit)
+            run_dir_create(root=self.config.run_root, name=visit.session_id)
+            await self._machine_start(visit)
+        except (OverlayError, MachineError) as error:
+            self._start_failed(visit, error)
+            return
+        if visit.phase is not Phase.STARTING:
+            return  # ended meanwhile: the end stops the machine
+        visit.started = visit.last_input = self._clock()
+        visit.expires = visit.started + self.config.session_max_s
+        # Viewers may connect now; the record follows.
+        self._running(visit)
+        await self._recorder.visit_running(visit)
+
+    async def _machine_start(self, visit: Visit) -> KeptMachine:
+        """A running machine: resumed from the exhibit's start state when it has a
+        usable one, booted cold otherwise or if resuming fails."""
+        try:
+            warm = await self._factory(visit, warm=True)
+            if warm is not None:
+                return await self._machine_run(visit, warm)
+        except (OverlayError, MachineError) as error:
+            logger.error("session %s: resuming the start state failed, booting cold: %s",
+                         visit.session_id, error)
+        cold = await self._factory(visit, warm=False)
+        if cold is None:
+            raise MachineError("the machine factory made no machine")
+        return await self._machine_run(visit, cold)
+
+    async def _machine_run(self, visit: Visit, machine: KeptMachine) -> KeptMachine:
+        # Known before it starts, so an end meanwhile stops it.
+        visit.machine = machine
+        await machine.start()
+        return machine
+
+    def _start_failed(self, visit: Visit, error: OverlayError | MachineError) -> None:
+        """Log what went wrong for the operator and end the visit with a reason."""
+        logged = error.log_detail if isinstance(error, OverlayError) else str(error)
+        logger.error("session %s could not start: %s", visit.session_id, logged)
+        # A run directory or disk the server could not make is the server's fault.
+        reason = EndReason.SERVER if isinstance(error, OverlayError) else EndReason.CRASHED
+        self._finish_soon(visit, reason=reason, detail=start_failure(error))
+
+    def _running(self, visit: Visit) -> None:
+        visit.move(Phase.RUNNING)
+        visit.watch_task = task_new(self._watch(visit), name=f"watch-{visit.session_id}")
+        if visit.viewers == 0:
+            self._grace_start(visit)
+
+    async def _watch(self, visit: Visit) -> None:
+        """End the visit when its QEMU exits by itself or cannot use its disk."""
+        machine = visit.machine
+        assert machine is not None
+        exited = asyncio.ensure_future(machine.wait())
+        failed_io = asyncio.ensure_future(machine.paused_by_io_error())
+        try:
+            await asyncio.wait({exited, failed_io}, return_when=asyncio.FIRST_COMPLETED)
+            code = exited.result() if exited.done() else None
+            io_error = failed_io.result() if failed_io.done() and not failed_io.exception() else None
+        finally:
+            for waiter in (exited, failed_io):
+                waiter.cancel()
+            await asyncio.gather(exited, failed_io, return_exceptions=True)
+        if visit.phase is not Phase.RUNNING:
+            return  # the keeper stopped it
+        if io_error is not None and code is None:
+            logger.error("session %s: disk error, the guest is paused: %s", visit.session_id, io_error)
+            full = bool(io_error.get("nospace"))
+            detail = ("The server ran out of disk space, so this visit had to end."
+                      if full else "The machine's disk failed on the server, so this visit had to end.")
+            self._finish_soon(visit, reason=EndReason.SERVER, detail=detail)
+            return
+        logger.warning("session %s: QEMU exited by itself with code %s", visit.session_id, code)
+        if code == 0:
+            reason, detail = EndReason.VISITOR, "The machine was switched off."
+        else:
+            reason, detail = EndReason.CRASHED, "The machine stopped unexpectedly."
+        self._finish_soon(visit, reason=reason, detail=detail)
+
+    # --- reset -------------------------------------------------------------------
+
+    async def reset(self, *, session_id: str, exhibit: Any = None) -> None:
+        """Replace the visit's machine with a fresh one at the exhibit's start state.
+
+        The old machine is killed before the new one starts; the generation
+        changes, so displays of the old machine know to reconnect.
+        """
+        visit = self._visits.get(session_id)
+        if visit is None or visit.phase in {Phase.ENDING, Phase.ENDED}:
+            raise SessionEndedError("This machine has ended.")
+        if visit.phase is not Phase.RUNNING:
+            raise SessionBusyError("The machine is still starting.")
+        if exhibit is not None:
+            visit.exhibit = exhibit
+        visit.move(Phase.RESETTING)
+        visit.generation += 1
+        try:
+            await self._replace(visit)
+        except BaseException:
+            if visit.phase is Phase.RESETTING:
+                # Neither machine runs: the visit cannot go on.
+                self._finish_soon(visit, reason=EndReason.SERVER,
+                                  detail="The machine could not be reset.")
+            raise
+
+    async def _replace(self, visit: Visit) -> None:
+        old = visit.machine
+        if visit.watch_task is not None:
+            visit.watch_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await visit.watch_task
+        # Its overlay is discarded, so it need not shut down in order, and the new
+        # machine need not wait for the kernel to tear the old one down: a dying
+        # process keeps its own open files while the paths are made anew.
+        if old is not None:
+            await old.kill_now()
+        started, stopped = await asyncio.gather(
+            self._machine_start(visit),
+            old.stop() if old is not None else asyncio.sleep(0),
+            return_exceptions=True,
+        )
+        if isinstance(stopped, BaseException):
+            logger.error("session %s: the replaced machine did not stop cleanly: %s",
+                         visit.session_id, stopped)
+        if isinstance(started, asyncio.CancelledError):
+            raise started
+        if isinstance(started, (OverlayError, MachineError)):
+            self._start_failed(visit, started)
+            raise SessionEndedError(start_failure(started)) from started
+        if isinstance(started, BaseException):
+            raise started
+        if visit.phase is not Phase.RESETTING:
+            await started.stop()  # ended meanwhile
+            raise SessionEndedError("This machine has ended.")
+        # A reset is input: the visitor is there. The visit's time limit stays.
+        visit.last_input = self._clock()
+        self._warning_clear(visit, "idle")
+        self._grace_cancel(visit)
+        self._running(visit)
+        await self._recorder.visit_replaced(visit)
+
+    # --- visitor input and time limits -------------------------------------------
+
+    def session_input(self, *, session_id: str) -> None:
+        """The visitor used the keyboard or mouse (or answered an idle warning)."""
+        visit = self._visits.get(session_id)
+        if visit is None:
+            return
+        visit.last_input = self._clock()
+        self._warning_clear(visit, "idle")
+
+    def _warning_clear(self, visit: Visit, reason: str) -> None:
+        if visit.warning == reason:
+            visit.warning = None
+            self._recorder.notify(visit.session_id, {"type": "warning_cleared", "reason": reason})
+
+    def clock_tick(self) -> None:
+        """Warn ahead of the idle and time limits, and end visits that reach one."""
+        now = self._clock()
+        for visit in list(self._visits.values()):
+            if visit.expires is None or visit.phase is not Phase.RUNNING:
+                continue
+            idle_end = visit.last_input + self.config.idle_s
+            reason, deadline = ((EndReason.TIMEOUT, visit.expires) if visit.expires <= idle_end
+                                else (EndReason.IDLE, idle_end))
+            left = deadline - now
+            if left <= 0:
+                detail = (f"The visit reached its time limit of {minutes(self.config.session_max_s)}."
+                          if reason == EndReason.TIMEOUT else
+                          f"Nobody used the machine for {minutes(self.config.idle_s)}.")
+                self._finish_soon(visit, reason=reason, detail=detail)
+            elif left <= self.config.warning_s and visit.warning != reason:
+                visit.warning = reason
+                self._recorder.notify(visit.session_id, {"type": "warning", "reason": str(reason),
+                                                         "seconds_left": max(1, math.ceil(left))})
+
+    # --- viewers and the grace period --------------------------------------------
+
+    async def display_attach(self, *, session_id: str) -> Path:
+        """Count a viewer in and return the VNC socket once the machine runs."""
+        visit = self._visits.get(session_id)
+        if visit is None:
+            raise SessionEndedError("This machine has ended.")
+        if visit.phase is Phase.QUEUED:
+            raise SessionBusyError("This visit is still waiting for a machine.")
+        if visit.displays >= self.config.displays_per_session:
+            raise ViewerLimitError(self.config.displays_per_session)
+        visit.displays += 1
+        self.watch_attach(session_id=session_id)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.display_wait_s):
+                    await visit.until(Phase.RUNNING, Phase.ENDING, Phase.ENDED)
+            if visit.phase in {Phase.ENDING, Phase.ENDED}:
+                raise SessionEndedError("This machine has ended.")
+            if visit.phase is not Phase.RUNNING or visit.machine is None:
+                raise DisplayUnavailableError("The machine did not start in time.")
+            return visit.machine.vnc_path
+        except BaseException:
+            self.display_detach(session_id=session_id)
+            raise
+
+    def display_detach(self, *, session_id: str) -> None:
+        visit = self._visits.get(session_id)
+        if visit is not None:
+            visit.displays = max(0, visit.displays - 1)
+        self.watch_detach(session_id=session_id)
+
+    def watch_attach(self, *, session_id: str) -> bool:
+        """Count someone watching the visit (its display or its events) in."""
+        visit = self._visits.get(session_id)
+        if visit is None:
+            return False
+        visit.viewers += 1
+        self._grace_cancel(visit)
+        return True
+
+    def watch_detach(self, *, session_id: str) -> None:
+        visit = self._visits.get(session_id)
+        if visit is None:
+            return
+        visit.viewers = max(0, visit.viewers - 1)
+        if visit.viewers == 0 and visit.phase in {Phase.RUNNING, Phase.QUEUED}:
+            self._grace_start(visit)
+
+    def _grace_start(self, visit: Visit) -> None:
+        if visit.grace_task is None and visit.phase not in {Phase.ENDING, Phase.ENDED}:
+            visit.grace_task = task_new(self._grace(visit), name=f"grace-{visit.session_id}")
+
+    def _grace_cancel(self, visit: Visit) -> None:
+        grace, visit.grace_task = visit.grace_task, None
+        if grace is not None:
+            grace.cancel()
+
+    async def _grace(self, visit: Visit) -> None:
+        await asyncio.sleep(self.config.grace_s)
+        visit.grace_task = None
+        self._finish_soon(visit, reason=EndReason.VISITOR,
+                          detail=f"The page was closed for more than {self.config.grace_s:g} s.")
+
+    # --- the end -----------------------------------------------------------------
+
+    async def end(self, *, session_id: str, reason: str, detail: str = "") -> None:
+        """End a visit; returns once its machine is stopped and its files are gone."""
+        visit = self._visits.get(session_id)
+        if visit is None:
+            return
+        await asyncio.shield(self._finish_soon(visit, reason=reason, detail=detail))
+
+    async def wait_ended(self, *, session_id: str, timeout_s: float) -> bool:
+        """True once the visit has ended (or is not live), False on timeout."""
+        visit = self._visits.get(session_id)
+        if visit is None:
+            return True
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await visit.until(Phase.ENDED)
+        return visit.phase is Phase.ENDED
+
+    async def end_all(self, *, reason: str, detail: str) -> None:
+        """End every visit on the node and wait for all of it."""
+        visits = list(self._visits.values())
+        await asyncio.gather(*(self._finish_soon(visit, reason=reason, detail=detail)
+                               for visit in visits), return_exceptions=True)
+
+    def _finish_soon(self, visit: Visit, *, reason: str, detail: str) -> asyncio.Task[None]:
+        if visit.finish_task is None:
+            visit.move(Phase.ENDING)
+            visit.finish_task = task_new(self._finish(visit, reason=reason, detail=detail),
+                                         name=f"finish-{visit.session_id}")
+        return visit.finish_task
+
+    async def _finish(self, visit: Visit, *, reason: str, detail: str) -> None:
+        current = asyncio.current_task()
+        self._grace_cancel(visit)
+        try:
+            for other in (visit.launch_task, visit.watch_task):
+                if other is not None and other is not current and not other.done():
+                    other.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await other
+            if visit.machine is not None:
+                await visit.machine.stop()
+                tail = log_tail(visit.machine.log_path, 500).strip().replace("\n", " | ")
+                if tail:
+                    logger.info("session %s ended (%s); QEMU said: %s", visit.session_id, reason, tail)
+            await asyncio.to_thread(run_dir_remove, visit.run_dir)
+        finally:
+            try:
+                # Recorded before the keeper lets go, so the reaper never sees a live
+                # row that nobody owns.
+                await self._recorder.visit_ended(visit, reason=reason, detail=detail)
+            finally:
+                self._visits.pop(visit.session_id, None)
+                # Every trace is gone (its QEMU, which held the uid's lease too, has exited).
+                for lease in (visit.uid_lease, visit.lease):
+                    if lease is not None:
+                        lease.release()
+                visit.move(Phase.ENDED)
+                self._recorder.notify(visit.session_id, {"type": "changed"})
+                self._recorder.visit_gone(visit)
+
+
+def task_new(coroutine: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
+    """A runtime task, run outside the context of the request that started it.
+
+    A request's context carries its own thread for database calls, which ends
+    with the request; a task that outlives the request and used that context
+    would make a new thread and database connection for every later call and
+    never close them.
+    """
+    return asyncio.create_task(coroutine, name=name, context=contextvars.Context())
+
+
+def minutes(seconds: float) -> str:
+    if seconds >= 60 and seconds % 60 == 0:
+        count = int(seconds // 60)
+        return f"{count} minute{'s' if count != 1 else ''}"
+    return f"{seconds:g} s"
+
+
+def start_failure(error: OverlayError | MachineError) -> str:
+    """A sentence for the visitor: what failed, never a host path or a command line."""
+    if isinstance(error, OverlayError):
+        return f"The machine could not start: {error.args[0]}"
+    if isinstance(error, MachineStartError) and "not installed" in str(error.args[0]):
+        return "The machine could not start: the emulator is not installed on this server."
+    return "The machine could not start. The error has been logged; please try again later."

@@ -1,0 +1,14 @@
+"""The runtime's HTTP routes, included by the site's URLs (`portal.urls`) by name."""
+from __future__ import annotations
+
+from django.urls import path
+
+from . import api
+
+urlpatterns = [
+    path("sessions/<str:session_id>/", api.session_page, name="session"),
+    path("api/exhibits/<slug:slug>/sessions", api.session_create),
+    path("api/exhibits/<slug:slug>/preview", api.session_preview),
+    path("api/sessions/<str:session_id>", api.session_detail),
+    path("api/sessions/<str:session_id>/reset", api.session_reset),
+]

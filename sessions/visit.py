@@ -1,0 +1,149 @@
+"""A visit's life: its phase, and the one function that changes it.
+
+Owns: `Phase` (where a visit is in its life), the table of moves allowed
+between phases, and `Visit`, the node's record of one live visit (its
+machine, viewers, tasks, leases and clocks). Every change of phase goes
+through `Visit.move()`, which refuses a move the table does not allow; code
+elsewhere asks `visit.phase`, never a flag.
+
+    QUEUED ──▶ STARTING ──▶ RUNNING ⇄ RESETTING
+       │           │           │          │
+       └───────────┴───────────┴──────────┴──▶ ENDING ──▶ ENDED
+
+Must not: start tasks, touch processes or the database, or decide when a visit
+moves; the keeper does (in the style of `qemu.qmp`'s `Runstate`).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import InitVar, dataclass, field
+from enum import Enum, StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import SessionError
+
+if TYPE_CHECKING:
+    from .host import Lease, UidLease
+    from .keeper import KeptMachine
+
+logger = logging.getLogger(__name__)
+
+
+class Phase(Enum):
+    """Where a visit is in its life."""
+
+    #: Waiting in line for a free machine; no machine, no run directory.
+    QUEUED = "queued"
+    #: Its machine is being made and started.
+    STARTING = "starting"
+    #: Its machine runs; viewers see it.
+    RUNNING = "running"
+    #: Its machine is being replaced by a fresh one at the start state.
+    RESETTING = "resetting"
+    #: Being ended: machine stopped, files deleted, the end recorded.
+    ENDING = "ending"
+    #: Over; nothing of it is left on the node.
+    ENDED = "ended"
+
+
+class EndReason(StrEnum):
+    """Why a visit ended (the API's `ended_reason`)."""
+
+    VISITOR = "visitor"
+    TIMEOUT = "timeout"
+    IDLE = "idle"
+    CRASHED = "crashed"
+    SERVER = "server"
+
+
+#: Every move a visit may make. A visit may end from every phase before ENDING.
+MOVES: dict[Phase, frozenset[Phase]] = {
+    Phase.QUEUED: frozenset({Phase.STARTING, Phase.ENDING}),
+    Phase.STARTING: frozenset({Phase.RUNNING, Phase.ENDING}),
+    Phase.RUNNING: frozenset({Phase.RESETTING, Phase.ENDING}),
+    Phase.RESETTING: frozenset({Phase.RUNNING, Phase.ENDING}),
+    Phase.ENDING: frozenset({Phase.ENDED}),
+    Phase.ENDED: frozenset(),
+}
+
+#: The phases a visit may begin in: in line, or straight to a machine.
+FIRST_PHASES = frozenset({Phase.QUEUED, Phase.STARTING})
+
+#: Phases in which a visit is alive and may still be ended.
+LIVE_PHASES = frozenset({Phase.QUEUED, Phase.STARTING, Phase.RUNNING, Phase.RESETTING})
+
+
+class VisitStateError(SessionError):
+    """A move the table of moves does not allow: a bug, never a visitor's doing."""
+
+    def __init__(self, session_id: str, current: Phase | None, wanted: Phase) -> None:
+        if current is None:
+            super().__init__(f"visit {session_id} cannot begin {wanted.value}")
+        else:
+            super().__init__(f"visit {session_id} cannot move from {current.value} to {wanted.value}")
+        self.session_id = session_id
+        self.current = current
+        self.wanted = wanted
+
+
+@dataclass(eq=False)
+class Visit:
+    """One live visit on this node: waiting in line, starting, running or ending."""
+
+    session_id: str
+    run_dir: Path
+    # The catalogue's record (an Exhibit); the keeper hands it to its machine factory.
+    exhibit: Any = None
+    # QUEUED (in line) or STARTING (a machine is free): the only phases a visit begins in.
+    first: InitVar[Phase] = Phase.QUEUED
+    machine: KeptMachine | None = None
+    # Everyone watching (display and events sockets), and the display sockets alone.
+    viewers: int = 0
+    displays: int = 0
+    launch_task: asyncio.Task[None] | None = None
+    watch_task: asyncio.Task[None] | None = None
+    grace_task: asyncio.Task[None] | None = None
+    finish_task: asyncio.Task[None] | None = None
+    # Which machine is current: bumped at every reset.
+    generation: int = 0
+    # Held from before the row exists until after every trace is gone: what tells
+    # every reaper of the install that this session is owned.
+    lease: Lease | None = None
+    # The uid its machines run as, leased host-wide, kept across resets.
+    uid_lease: UidLease | None = None
+    # Keeper's clock: when the first machine ran, the latest visitor input,
+    # and the end of the longest visit.
+    started: float | None = None
+    last_input: float = 0.0
+    expires: float | None = None
+    # The warning the page shows now: "idle", "timeout" or None.
+    warning: str | None = None
+    _phase: Phase = field(init=False)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+
+    def __post_init__(self, first: Phase) -> None:
+        if first not in FIRST_PHASES:
+            raise VisitStateError(self.session_id, None, first)
+        self._phase = first
+
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
+    def move(self, to: Phase) -> None:
+        """The one place a visit's phase changes; refuses a move the table does not allow."""
+        if to not in MOVES[self._phase]:
+            raise VisitStateError(self.session_id, self._phase, to)
+        logger.debug("visit %s: %s → %s", self.session_id, self._phase.value, to.value)
+        self._phase = to
+        # Wake everyone waiting for a change, then arm a fresh event for the next one.
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def until(self, *phases: Phase) -> Phase:
+        """Wait until the visit is in one of `phases`; returns that phase."""
+        while self._phase not in phases:
+            await self._changed.wait()
+        return self._phase
