@@ -179,6 +179,10 @@ PORTAL_WARNING_S = _env_float("PORTAL_WARNING_S", 60.0)
 PORTAL_STARTS_PER_BROWSER = int(os.environ.get("PORTAL_STARTS_PER_BROWSER", "10"))
 PORTAL_STARTS_PER_ADDRESS = int(os.environ.get("PORTAL_STARTS_PER_ADDRESS", "120"))
 PORTAL_START_WINDOW_S = _env_float("PORTAL_START_WINDOW_S", 60.0)
+# How often a node writes its heartbeat (sessions.nodes), and how long a node
+# may go without one before another node ends its visits (reason server).
+PORTAL_NODE_HEARTBEAT_S = _env_float("PORTAL_NODE_HEARTBEAT_S", 3.0)
+PORTAL_NODE_DEAD_S = _env_float("PORTAL_NODE_DEAD_S", 10.0)
 # How often the reaper looks for machines and files that no broker owns.
 PORTAL_REAPER_INTERVAL_S = _env_float("PORTAL_REAPER_INTERVAL_S", 30.0)
 # This install's name on the host (letters, digits, "-" and "_", at most 40): it

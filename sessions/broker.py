@@ -49,6 +49,14 @@ from .keeper import Keeper, MachineFactory, task_new
 from .launcher import Launcher, exhibit_prepare
 from .machine import Machine
 from .models import VisitorSession, new_session_id
+from .nodes import (
+    DEAD_NODE_DETAIL,
+    node_heartbeat,
+    node_leave,
+    nodes_dead_end,
+    nodes_list,
+    sessions_ended_elsewhere,
+)
 from .reaper import reap_once
 from .scheduler import Scheduler, StartLimiter
 from .visit import Visit
@@ -76,6 +84,8 @@ class Broker:
         self._create_lock = asyncio.Lock()
         self._events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._background: list[asyncio.Task[None]] = []
+        # The nodes the database knew at this node's last heartbeat (for /healthz).
+        self._nodes: list[dict[str, Any]] = []
         self._helpers: set[asyncio.Task[Any]] = set()
 
     @property
@@ -165,6 +175,9 @@ class Broker:
             "memory_limit": self.memory_limit_method,
             # Which install on this host (the node, in a portal of several) answered.
             "install": self.config.install,
+            "node": self.config.install,
+            # Every node the database knows, as of this node's last heartbeat.
+            "nodes": list(self._nodes),
         }
 
     # --- start -------------------------------------------------------------------
@@ -199,6 +212,7 @@ class Broker:
                     state=State.QUEUED if queued else State.STARTING,
                     accelerator=self.accelerator_for(exhibit),
                     run_dir=os.fspath(visit.run_dir),
+                    node=self.config.install,
                 )
             except BaseException:
                 self.keeper.visit_drop(visit)
@@ -299,6 +313,10 @@ class Broker:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await sync_to_async(node_leave)(name=self.config.install)
+        except Exception:
+            logger.exception("node %s: could not take its row out", self.config.install)
         if self.config.cgroups is not None:
             # Left if another process of the install still runs machines there.
             await asyncio.to_thread(self.config.cgroups.parent_remove)
@@ -338,6 +356,7 @@ class Broker:
             task_new(self._deliver_events(), name="broker-events"),
             task_new(self._clock(), name="broker-clock"),
             task_new(self._reaper(), name="broker-reaper"),
+            task_new(self._heartbeat(), name="broker-heartbeat"),
         ]
 
     async def _clock(self) -> None:
@@ -346,6 +365,51 @@ class Broker:
             await asyncio.sleep(tick_s)
             self.keeper.clock_tick()
             self.scheduler.forget_old()
+
+    async def _heartbeat(self) -> None:
+        """Say this node lives; end the visits of nodes that stopped saying so.
+
+        A node judges others only after writing its own heartbeats for a whole
+        `node_dead_s`: after the database was away, every node's heartbeat is
+        old, and nobody's visits should end for that.
+        """
+        healthy_since: float | None = None
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await self.heartbeat(judge=healthy_since is not None
+                                     and loop.time() - healthy_since >= self.config.node_dead_s)
+                if healthy_since is None:
+                    healthy_since = loop.time()
+            except Exception as error:
+                if healthy_since is not None:
+                    logger.warning("node %s: heartbeat failed (%s); trying again",
+                                   self.config.install, error)
+                healthy_since = None
+            await asyncio.sleep(self.config.node_heartbeat_s)
+
+    async def heartbeat(self, *, judge: bool) -> None:
+        """One heartbeat; with judge, also end the visits of dead nodes."""
+        config = self.config
+        known = await sync_to_async(node_heartbeat)(
+            name=config.install, capacity=config.capacity, sessions=self.running_count,
+            accelerator=config.accelerator)
+        mine = [visit.session_id for visit in self.keeper.visits()]
+        for session_id in await sync_to_async(sessions_ended_elsewhere)(mine):
+            # Another node took this one for dead and ended the visit: end the machine too.
+            logger.warning("session %s was ended by another node; ending its machine", session_id)
+            self.keeper_end_soon(session_id)
+        if not known and self._nodes:
+            logger.warning("node %s: its heartbeat row was gone; written again", config.install)
+        if judge:
+            for session_id in await sync_to_async(nodes_dead_end)(
+                    own=config.install, dead_after_s=config.node_dead_s):
+                self._notify_changed(session_id)
+        self._nodes = await sync_to_async(nodes_list)(dead_after_s=config.node_dead_s)
+
+    def keeper_end_soon(self, session_id: str) -> None:
+        self.task_start(self.keeper.end(session_id=session_id, reason=VisitorSession.EndedReason.SERVER,
+                                        detail=DEAD_NODE_DETAIL), name=f"end-{session_id}")
 
     async def _reaper(self) -> None:
         while True:
@@ -357,7 +421,7 @@ class Broker:
         try:
             count = await sync_to_async(reap_once)(
                 run_root=self.config.run_root, is_live=self.is_live, cgroups=self.config.cgroups,
-                lease_dir=self.config.leases,
+                lease_dir=self.config.leases, node=self.config.install,
             )
         except Exception:
             logger.exception("the reaper failed; it tries again in %g s",
@@ -417,7 +481,7 @@ def _sweep_on_start(config: BrokerConfig) -> None:
     with transaction.atomic():
         # Nothing is live in this new broker; leases keep what other processes own.
         count = reap_once(run_root=config.run_root, is_live=lambda name: False,
-                          cgroups=config.cgroups, lease_dir=config.leases)
+                          cgroups=config.cgroups, lease_dir=config.leases, node=config.install)
     if config.uid_base is not None:
         uid_leases_tidy(config.uid_lease_dir)
     if count:

@@ -41,6 +41,10 @@ class BrokerConfig:
     idle_s: float = 10 * 60.0
     warning_s: float = 60.0
     reaper_interval_s: float = 30.0
+    # How often this node writes its heartbeat, and after how long without one a
+    # node counts as dead (its visits are then ended by whichever node sees it).
+    node_heartbeat_s: float = 3.0
+    node_dead_s: float = 10.0
     starts_per_browser: int = 10
     starts_per_address: int = 120
     start_window_s: float = 60.0
@@ -82,6 +86,8 @@ class BrokerConfig:
             idle_s=settings.PORTAL_IDLE_S,
             warning_s=settings.PORTAL_WARNING_S,
             reaper_interval_s=settings.PORTAL_REAPER_INTERVAL_S,
+            node_heartbeat_s=settings.PORTAL_NODE_HEARTBEAT_S,
+            node_dead_s=settings.PORTAL_NODE_DEAD_S,
             starts_per_browser=settings.PORTAL_STARTS_PER_BROWSER,
             starts_per_address=settings.PORTAL_STARTS_PER_ADDRESS,
             start_window_s=settings.PORTAL_START_WINDOW_S,

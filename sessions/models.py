@@ -42,6 +42,9 @@ class VisitorSession(models.Model):
     accelerator = models.CharField(max_length=8, blank=True)
     run_dir = models.CharField(max_length=512, blank=True)
     pid = models.IntegerField(null=True, blank=True)
+    # The node (install identity, sessions.host) whose machine this is; only that
+    # node's reaper, or the sweep after that node died, ends the row.
+    node = models.CharField(max_length=40, blank=True, default="", db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
@@ -56,3 +59,22 @@ class VisitorSession(models.Model):
     @property
     def is_live(self) -> bool:
         return self.state in self.LIVE_STATES
+
+
+class Node(models.Model):
+    """A portal node as the others see it: its last heartbeat and what it holds.
+
+    A node writes its own row every PORTAL_NODE_HEARTBEAT_S; a row not written for
+    PORTAL_NODE_DEAD_S is a dead node, whose visits any live node ends (reason
+    `server`) without touching its machines, which only that node may end.
+    """
+
+    name = models.CharField(primary_key=True, max_length=40)
+    capacity = models.IntegerField(default=0)
+    sessions = models.IntegerField(default=0)
+    accelerator = models.CharField(max_length=8, blank=True)
+    started_at = models.DateTimeField()
+    heartbeat_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return self.name

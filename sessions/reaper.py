@@ -57,7 +57,7 @@ def _qemu_pids_under(run_root: Path) -> dict[str, int]:
 
 
 def reap_once(*, run_root: Path, is_live: Callable[[str], bool], lease_dir: Path,
-              cgroups: MemoryCgroups | None = None) -> int:
+              node: str, cgroups: MemoryCgroups | None = None) -> int:
     """End orphaned machines and files; returns how many machines were cleaned.
 
     A machine is an orphan when nobody holds its lease in `lease_dir`: every
@@ -65,7 +65,10 @@ def reap_once(*, run_root: Path, is_live: Callable[[str], bool], lease_dir: Path
     machine exists and lets go only once all of it is gone, and the kernel
     lets go for an owner that dies. The reaper holds the orphan's lease while
     it cleans, so nobody else can own it meanwhile. `is_live(name)` (the
-    broker in this process) only saves asking.
+    broker in this process) only saves asking. Of the database's live rows it
+    looks only at `node`'s own (and rows from before nodes were recorded):
+    another node's visits are that node's, or, once it is dead, the node
+    sweep's (sessions.nodes).
     """
     cleaned: set[str] = set()
     pids = _qemu_pids_under(run_root)
@@ -73,7 +76,8 @@ def reap_once(*, run_root: Path, is_live: Callable[[str], bool], lease_dir: Path
     with contextlib.suppress(FileNotFoundError):
         names |= {entry.name for entry in run_root.iterdir() if entry.is_dir()}
     stale_rows = set(
-        VisitorSession.objects.filter(state__in=VisitorSession.LIVE_STATES).values_list("id", flat=True)
+        VisitorSession.objects.filter(state__in=VisitorSession.LIVE_STATES, node__in=[node, ""])
+        .values_list("id", flat=True)
     )
     names |= stale_rows
     names |= set(machine_lease_names(lease_dir))

@@ -32,4 +32,6 @@ def session_json(session: VisitorSession, broker: Broker | None = None) -> dict[
         "ended_reason": session.ended_reason,
         "detail": session.detail,
         "accelerator": session.accelerator,
+        # The node that runs (or ran) the machine: an extension for portals of several nodes.
+        "node": session.node or None,
     }

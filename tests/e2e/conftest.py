@@ -114,7 +114,7 @@ def portal_make(demo_image: Path) -> Iterator[PortalFactory]:
     made: list[Portal] = []
 
     def make(settings: dict[str, str] | None = None, *, prepare: bool = True,
-             data_dir: Path | None = None) -> Portal:
+             data_dir: Path | None = None, demo: bool = True) -> Portal:
         root = data_dir or Path(tempfile.mkdtemp(prefix="pe-", dir="/tmp"))
         port = _free_port()
         env = {
@@ -127,6 +127,10 @@ def portal_make(demo_image: Path) -> Iterator[PortalFactory]:
         site = Portal(url=f"http://127.0.0.1:{port}", root=root, env=env, port=port)
         made.append(site)
         site.manage("migrate", "--no-input", "-v", "0")
+        if not demo:
+            # Another node of the same portal: the database already has the demo.
+            site.serve()
+            return site
         site.manage("add_exhibit", str(demo_image), "--slug", "demo", "--title", "Portal demo",
                     "--boot", "hdd", "--year", "1992", "--publish")
         if prepare:

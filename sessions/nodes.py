@@ -1,0 +1,78 @@
+"""Nodes as the portal sees them: heartbeats, and the end of a dead node's visits.
+
+Owns: the `Node` rows (one per portal node, written by that node every
+PORTAL_NODE_HEARTBEAT_S with the database's own clock, so hosts whose clocks
+differ still agree), telling a live node from a dead one, and ending the
+visits of a node that stopped writing (reason `server`) so their pages say so
+at once and their places count nowhere. One node's sweep and another's never
+both end the same node: its row is taken with the database's row lock
+(`FOR UPDATE SKIP LOCKED`; SQLite, with one writer at a time, needs none).
+
+Must not: touch a machine, a process or a file. A dead node's machines are
+its own: it ends them itself, through its reaper, when it comes back.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from django.db import transaction
+from django.db.models.functions import Now
+
+from .models import Node, VisitorSession
+
+DEAD_NODE_DETAIL = "The server running this machine stopped, so this visit had to end."
+
+
+def node_heartbeat(*, name: str, capacity: int, sessions: int, accelerator: str) -> bool:
+    """Write this node's heartbeat; False if its row was gone (it had been taken for dead)."""
+    updated = Node.objects.filter(name=name).update(
+        capacity=capacity, sessions=sessions, accelerator=accelerator, heartbeat_at=Now())
+    if updated:
+        return True
+    Node.objects.update_or_create(name=name, defaults={
+        "capacity": capacity, "sessions": sessions, "accelerator": accelerator,
+        "started_at": Now(), "heartbeat_at": Now()})
+    return False
+
+
+def node_leave(*, name: str) -> None:
+    """A node that stops cleanly says so (its visits have ended already)."""
+    Node.objects.filter(name=name).delete()
+
+
+def nodes_dead_end(*, own: str, dead_after_s: float) -> list[str]:
+    """End the live visits of every other node silent for dead_after_s; their ids."""
+    ended: list[str] = []
+    with transaction.atomic():
+        dead = list(
+            Node.objects.select_for_update(skip_locked=True)
+            .filter(heartbeat_at__lt=Now() - timedelta(seconds=dead_after_s))
+            .exclude(name=own)
+        )
+        for node in dead:
+            ids = list(VisitorSession.objects.filter(
+                node=node.name, state__in=VisitorSession.LIVE_STATES).values_list("id", flat=True))
+            VisitorSession.objects.filter(id__in=ids, state__in=VisitorSession.LIVE_STATES).update(
+                state=VisitorSession.State.ENDED, ended_reason=VisitorSession.EndedReason.SERVER,
+                detail=DEAD_NODE_DETAIL, ended_at=Now(), pid=None)
+            node.delete()
+            ended += ids
+    return ended
+
+
+def sessions_ended_elsewhere(session_ids: list[str]) -> list[str]:
+    """Which of this node's live visits the database already calls ended (another
+    node took this one for dead): the node ends them too."""
+    if not session_ids:
+        return []
+    return list(VisitorSession.objects.filter(id__in=session_ids)
+                .exclude(state__in=VisitorSession.LIVE_STATES).values_list("id", flat=True))
+
+
+def nodes_list(*, dead_after_s: float) -> list[dict[str, Any]]:
+    """Every node with a row, for /healthz: name, alive, sessions, capacity."""
+    alive = set(Node.objects.filter(heartbeat_at__gte=Now() - timedelta(seconds=dead_after_s))
+                .values_list("name", flat=True))
+    return [{"name": node.name, "alive": node.name in alive, "sessions": node.sessions,
+             "capacity": node.capacity} for node in Node.objects.order_by("name")]
