@@ -132,13 +132,14 @@ class Service:
         return self.process.pid if self.process is not None else None
 
     def _spawn(self, argv: Sequence[str], *, account: _Account | None = None,
-               cwd: Path | None = None, stdin_text: str | None = None) -> None:
+               cwd: Path | None = None, stdin_text: str | None = None,
+               env: dict[str, str] | None = None) -> None:
         """Start argv with its output to the log (opened here, so the service needs
         no right to its own log's path) and wait for nothing."""
         as_other = account is not None and not account.is_caller()
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                list(argv), cwd=cwd or self.directory, stdout=log, stderr=subprocess.STDOUT,
+                list(argv), cwd=cwd or self.directory, env=env, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL,
                 # Its own session: a Ctrl-C in the terminal reaches the runner, which
                 # stops every service in order, not each service at once.
