@@ -204,6 +204,10 @@ def test_a_visit_outlives_a_redis_and_a_postgresql_restart(
         # PostgreSQL away: the node keeps the machine; the display goes on.
         await asyncio.to_thread(postgresql.stop)
         await display_answers(rfb)
+        # A request while it is away fails in the API's words, and ends nothing.
+        status, answer = await asyncio.to_thread(visitor.request, "GET", f"/api/sessions/{session['id']}")
+        assert status == 500 and answer["error"] == "server_error", answer
+        await display_answers(rfb)
         await asyncio.to_thread(postgresql.start)
         # The next request after the restart works.
         status, now = await asyncio.to_thread(visitor.request, "GET", f"/api/sessions/{session['id']}")
