@@ -152,11 +152,12 @@ else:
 # process serves its socket. Pub/sub because a notice is worth nothing late (the
 # page reads the state again), the portal has no worker channels that must queue,
 # and its subscriber reconnects and subscribes again by itself after Redis
-# restarts, so open event sockets survive one.
+# restarts, so open event sockets survive one. (portal/channel_layer.py: that
+# layer, with sends a cancel always stops.)
 PORTAL_REDIS_URL = os.environ.get("PORTAL_REDIS_URL", "")
 if PORTAL_REDIS_URL:
     CHANNEL_LAYERS = {"default": {
-        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        "BACKEND": "portal.channel_layer.PubSubChannelLayer",
         "CONFIG": {"hosts": [PORTAL_REDIS_URL], "prefix": "portal"},
     }}
 else:

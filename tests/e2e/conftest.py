@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.conftest import REPO, processes_naming
+from tests.conftest import REPO, processes_naming, service_stopped
 
 if TYPE_CHECKING:
-    from deploy.services import Nginx, PostgreSQL, Redis, Service
+    from deploy.services import Nginx
 
 CHROMIUM = os.environ.get("PORTAL_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -206,54 +206,6 @@ def browser() -> Iterator[object]:
 # --- The services of a node (deploy/services.py): PostgreSQL, Redis, nginx -------
 
 
-@pytest.fixture
-def services_root() -> Iterator[Path]:
-    """A private directory for one test's services. Others may pass through it (not
-    list it): PostgreSQL and Redis run as their packages' users when the tests are root,
-    each in a 0700 directory of its own inside."""
-    root = Path(tempfile.mkdtemp(prefix="ps-", dir="/tmp"))
-    os.chmod(root, 0o711)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
-
-
-def _service_stopped(service: Service) -> None:
-    pid = service.pid
-    service.stop()
-    left = processes_naming(service.directory)
-    for stray in left:
-        os.kill(stray, 9)
-    assert not left, f"{service.name} left processes: {left}"
-    if pid is not None:
-        assert not Path(f"/proc/{pid}").exists(), f"{service.name} (pid {pid}) outlived its stop"
-
-
-@pytest.fixture
-def postgresql(services_root: Path) -> Iterator[PostgreSQL]:
-    """A private PostgreSQL on a free loopback port, stopped (by its pid) afterwards."""
-    from deploy.services import PostgreSQL, port_free
-
-    service = PostgreSQL(name="postgresql", directory=services_root / "postgresql", port=port_free())
-    service.start()
-    try:
-        yield service
-    finally:
-        _service_stopped(service)
-
-
-@pytest.fixture
-def redis(services_root: Path) -> Iterator[Redis]:
-    """A private Redis on a free loopback port, stopped (by its pid) afterwards."""
-    from deploy.services import Redis, port_free
-
-    service = Redis(name="redis", directory=services_root / "redis", port=port_free())
-    service.start()
-    try:
-        yield service
-    finally:
-        _service_stopped(service)
-
-
 NginxFactory = Callable[[Portal], "Nginx"]
 
 
@@ -282,4 +234,4 @@ def nginx_make(services_root: Path) -> Iterator[NginxFactory]:
         yield make
     finally:
         for service in made:
-            _service_stopped(service)
+            service_stopped(service)
