@@ -45,6 +45,10 @@ class Stopping(Exception):
     """SIGINT or SIGTERM arrived: stop everything that was started."""
 
 
+class Died(Exception):
+    """One of the started processes ended by itself: stop the rest."""
+
+
 @dataclass
 class Node(Service):
     """One portal node: the portal's Daphne, trusting nginx's X-Forwarded-For."""
@@ -125,20 +129,27 @@ def cluster_run(*, port: int, nodes: int, directory: Path, demo_image: Path,
                 if running.process is None or running.process.poll() is not None:
                     print(f"{running.name} stopped by itself; stopping the rest. Its log: "
                           f"{running.log}", file=sys.stderr)
-                    return 1
+                    raise Died(running.name)
             time.sleep(1)  # how often it looks, not a wait for a condition
     except Stopping:
-        return 0
+        code = 0
     except (ServiceError, subprocess.CalledProcessError) as error:
         print(f"make cluster could not start: {error}", file=sys.stderr)
-        return 1
+        code = 1
+    except Died:
+        code = 1
     finally:
         # A second Ctrl-C must not cut the stop short.
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, signal.SIG_IGN)
-        for each in reversed(started):
-            each.stop(timeout_s=NODE_STOP_TIMEOUT_S)
+        killed = [each.name for each in reversed(started)
+                  if not each.stop(timeout_s=NODE_STOP_TIMEOUT_S)]
         print("Stopped nginx, the nodes, Redis and PostgreSQL.", file=sys.stderr)
+    if killed:
+        print(f"Killed after {NODE_STOP_TIMEOUT_S:.0f} s without stopping: {', '.join(killed)}.",
+              file=sys.stderr)
+        return 1
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:

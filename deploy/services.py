@@ -167,17 +167,20 @@ class Service:
                                    f"{_log_tail(self.log)}")
             time.sleep(0.05)
 
-    def stop(self, *, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        """Stop the process this object started (its pid only); safe to call twice."""
+    def stop(self, *, timeout_s: float = STOP_TIMEOUT_S) -> bool:
+        """Stop the process this object started (its pid only); safe to call twice.
+        False when it had to be killed: it did not stop on its signal within timeout_s."""
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
-            return
+            return True
         process.send_signal(self.stop_signal)
         try:
             process.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+            return False
+        return True
 
     def kill(self) -> None:
         """End the process at once (SIGKILL), as a crash would."""

@@ -166,7 +166,7 @@ def services_root() -> Iterator[Path]:
 def service_stopped(service: Service) -> None:
     """Stop a service by its pid; it must leave no process behind."""
     pid = service.pid
-    service.stop()
+    assert service.stop(), f"{service.name} did not stop on its signal and was killed"
     left = processes_naming(service.directory)
     for stray in left:
         os.kill(stray, 9)

@@ -105,7 +105,12 @@ def test_it_serves_one_node_behind_nginx_and_stops_it_all(cluster_dir: Path) -> 
             session = visitor.session_start("demo")
             assert session["state"] == "running"
             process.send_signal(how)
-            assert process.wait(timeout=120) == 0, f"run {run}"
+            assert process.stdout is not None
+            said = process.stdout.read()  # to its end: the cluster has closed it
+            assert process.wait(timeout=120) == 0, f"run {run}: {said}"
+            # Each stopped on its signal: none had to be killed.
+            assert "Stopped nginx, the nodes, Redis and PostgreSQL." in said
+            assert "Killed" not in said, said
         finally:
             watchdog.cancel()
             if process.poll() is None:
