@@ -412,3 +412,40 @@ def nginx_site_render(template: str, *, listen: str, nodes: Sequence[str], reque
         raise ServiceError(f"{NGINX_TEMPLATE.name}: marks missing: {sorted(missing)}")
     return "\n".join(out) + "\n"
 
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m deploy.services COMMAND…`: run COMMAND with a private PostgreSQL and
+    Redis (PORTAL_DATABASE_URL and PORTAL_REDIS_URL in its environment), then stop them.
+    The in-process test suites run on the production services this way."""
+    import sys
+    import tempfile
+
+    command = list(sys.argv[1:] if argv is None else argv)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    if not command:
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    root = Path(tempfile.mkdtemp(prefix="ps-", dir="/tmp"))
+    os.chmod(root, 0o711)  # passable (not listable) for the services' own users
+    postgresql = PostgreSQL(name="postgresql", directory=root / "postgresql", port=port_free())
+    redis = Redis(name="redis", directory=root / "redis", port=port_free())
+
+    def stopping(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stopping)
+    try:
+        postgresql.start()
+        redis.start()
+        return subprocess.call(command, env={**os.environ, "PORTAL_DATABASE_URL": postgresql.url,
+                                             "PORTAL_REDIS_URL": redis.url})
+    finally:
+        redis.stop()
+        postgresql.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
