@@ -5,10 +5,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_IMAGE := build/demo.img
-APT_PACKAGES := qemu-system-x86 qemu-utils nasm mtools chromium
+NODES ?= 2
+CLUSTER_DIR ?= var-cluster
+# postgresql, redis-server and nginx: what a node runs on in production (make cluster, their tests).
+APT_PACKAGES := qemu-system-x86 qemu-utils nasm mtools chromium postgresql redis-server nginx
 DEMO_DESCRIPTION := A free stand-in for a Windows 3.1 desktop, written for this portal and built from its source. It boots from its hard disk like an installed Windows 3.1 PC. Click the icons, type in Notepad and save: your text stays on this visit's own disk, and the next visitor starts fresh.
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run cluster test lint bench clean
 
 setup: apt $(VENV)/.installed node_modules/.package-lock.json $(DEMO_IMAGE)
 
@@ -42,6 +45,12 @@ run: setup
 	$(PY) manage.py prepare_exhibit demo --wait-graphics --still 2 --if-needed
 	@echo "Serving the portal on http://127.0.0.1:$(PORT)/"
 	$(PY) -m portal.server -b 127.0.0.1 -p $(PORT) portal.asgi:application
+
+# PostgreSQL, Redis, the nodes and nginx, privately under $(CLUSTER_DIR), on 127.0.0.1:$(PORT);
+# Ctrl-C or SIGTERM stops them all. One node until the multi-node scheduler lands.
+cluster: setup
+	$(PY) -m deploy.cluster --port $(PORT) --nodes $(NODES) --dir $(CLUSTER_DIR) \
+	  --demo-image $(DEMO_IMAGE) --demo-description "$(DEMO_DESCRIPTION)"
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -221,9 +221,11 @@ def _manage(env: dict[str, str], *args: str) -> str:
 
 @contextlib.contextmanager
 def served_portal(*, prepare: bool = True, accelerator: str = "auto",
-                  environment: dict[str, str] | None = None) -> Iterator[ServedPortal]:
+                  environment: dict[str, str] | None = None,
+                  proxy_headers: bool = False) -> Iterator[ServedPortal]:
     """The portal as `make run` serves it (Daphne, prepared demo), in a throwaway data
-    directory. On the way out: Daphne stopped, and no QEMU or file of it left."""
+    directory (proxy_headers: as a node behind nginx). On the way out: Daphne stopped,
+    and no QEMU or file of it left."""
     root = Path(tempfile.mkdtemp(prefix="pb-", dir="/tmp"))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -242,7 +244,7 @@ def served_portal(*, prepare: bool = True, accelerator: str = "auto",
         with (root / "daphne.log").open("wb") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "portal.server", "-b", "127.0.0.1", "-p", str(port),
-                 "portal.asgi:application"],
+                 *(["--proxy-headers"] if proxy_headers else []), "portal.asgi:application"],
                 cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )
         url = f"http://127.0.0.1:{port}"

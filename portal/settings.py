@@ -2,13 +2,15 @@
 
 Everything a deployment changes comes from the environment, so that `make run`
 works with no configuration at all: SQLite and the in-memory channel layer by
-default, data under ./var. Portal settings start with PORTAL_ and carry their unit.
+default, data under ./var; PostgreSQL and Redis when PORTAL_DATABASE_URL and
+PORTAL_REDIS_URL say where. Portal settings start with PORTAL_ and carry their unit.
 """
 from __future__ import annotations
 
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -107,17 +109,59 @@ TEMPLATES = [
     },
 ]
 
-DATABASES = {
-    "default": {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": os.environ.get("PORTAL_DATABASE_PATH", str(PORTAL_DATA_DIR / "portal.sqlite3")),
-        # Visitors' machines start and end concurrently; wait for the write
-        # lock instead of failing with "database is locked".
-        "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
-    }
-}
+# PostgreSQL (or any database Django takes) from one URL, the form every host,
+# secret store and systemd env file already speaks:
+# postgres://USER:PASSWORD@HOST:PORT/NAME. Unset: SQLite in the data directory.
+PORTAL_DATABASE_URL = os.environ.get("PORTAL_DATABASE_URL", "")
+# A running machine must not end because the database was away for a moment: a
+# request that finds it away fails (500) within this many seconds, not later.
+PORTAL_DATABASE_CONNECT_TIMEOUT_S = int(os.environ.get("PORTAL_DATABASE_CONNECT_TIMEOUT_S", "5"))
+_DATABASE_ENGINES = {"django.db.backends.postgresql", "django.db.backends.sqlite3"}
 
-CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+if PORTAL_DATABASE_URL:
+    import dj_database_url
+    from django.core.exceptions import ImproperlyConfigured
+
+    _database: dict[str, Any] = dict(dj_database_url.parse(
+        PORTAL_DATABASE_URL,
+        # One connection per request (Django's default under ASGI), checked
+        # before reuse, so a restarted server costs at most one failed request.
+        conn_max_age=0, conn_health_checks=True,
+    ))
+    if _database.get("ENGINE") not in _DATABASE_ENGINES:
+        raise ImproperlyConfigured("PORTAL_DATABASE_URL: the portal runs on PostgreSQL "
+                                   "(postgres://…) or SQLite (sqlite:///…) only.")
+    if _database["ENGINE"] == "django.db.backends.postgresql":
+        _database.setdefault("OPTIONS", {}).setdefault(
+            "connect_timeout", PORTAL_DATABASE_CONNECT_TIMEOUT_S)
+    DATABASES = {"default": _database}
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": os.environ.get("PORTAL_DATABASE_PATH", str(PORTAL_DATA_DIR / "portal.sqlite3")),
+            # Visitors' machines start and end concurrently; wait for the write
+            # lock instead of failing with "database is locked" (SQLite only).
+            "OPTIONS": {"timeout": 20, "transaction_mode": "IMMEDIATE"},
+        }
+    }
+
+# The channel layer carries the broker's "this session changed" notices to the
+# pages' event sockets. Unset: in memory (one process). Set (redis://[:PASSWORD@]
+# HOST:PORT/DB): Redis publish/subscribe, so a notice reaches a page whichever
+# process serves its socket. Pub/sub because a notice is worth nothing late (the
+# page reads the state again), the portal has no worker channels that must queue,
+# and its subscriber reconnects and subscribes again by itself after Redis
+# restarts, so open event sockets survive one. (portal/channel_layer.py: that
+# layer, with sends a cancel always stops.)
+PORTAL_REDIS_URL = os.environ.get("PORTAL_REDIS_URL", "")
+if PORTAL_REDIS_URL:
+    CHANNEL_LAYERS = {"default": {
+        "BACKEND": "portal.channel_layer.PubSubChannelLayer",
+        "CONFIG": {"hosts": [PORTAL_REDIS_URL], "prefix": "portal"},
+    }}
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 # Visitors are anonymous; their session only holds a random visitor id, so a
 # signed cookie is enough and a burst of visitors writes no session rows.

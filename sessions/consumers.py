@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import DEFAULT_CHANNEL_LAYER
 from django.conf import settings
 
 from portal.visitor import visitor_id
@@ -198,8 +199,16 @@ async def session_authorize(
     return None, session
 
 
+# A channel layer alias that names none: a socket that hears nothing from other
+# processes opens no channel (with Redis, no subscription), so a display keeps
+# working while Redis is away.
+NO_CHANNEL_LAYER = "none"
+
+
 class PortalSocket(AsyncWebsocketConsumer):
     """A portal WebSocket: closes with the API's codes and their sentences."""
+
+    channel_layer_alias = NO_CHANNEL_LAYER
 
     async def close_with(self, code: int, reason: str | None = None) -> None:
         await self.close(code, reason=reason or CLOSE_REASONS.get(code, ""))
@@ -358,6 +367,7 @@ class EventsConsumer(PortalSocket):
     warning). Anything else gets an `error` message back; nothing is lost.
     """
 
+    channel_layer_alias = DEFAULT_CHANNEL_LAYER
     session_id: str = ""
     _group: str | None = None
     _attached = False

@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from asgiref.sync import sync_to_async
@@ -21,6 +21,9 @@ from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient
 
 from sessions.machine import kvm_usable
+
+if TYPE_CHECKING:
+    from deploy.services import PostgreSQL, Redis, Service
 
 REPO = Path(__file__).resolve().parent.parent
 GUESTS = Path(os.environ.get("PORTAL_GUESTS_DIR", REPO.parent / "shared" / "guests"))
@@ -144,3 +147,55 @@ async def display_watch(client: AsyncClient, vnc_path: str, *, timeout_s: float 
         await rfb.first_update()
     rfb.start()
     return rfb
+
+
+# --- The services of a node (deploy/services.py): PostgreSQL and Redis ------------
+
+
+@pytest.fixture
+def services_root() -> Iterator[Path]:
+    """A private directory for one test's services. Others may pass through it (not
+    list it): PostgreSQL and Redis run as their packages' users when the tests are root,
+    each in a 0700 directory of its own inside."""
+    root = Path(tempfile.mkdtemp(prefix="ps-", dir="/tmp"))
+    os.chmod(root, 0o711)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def service_stopped(service: Service) -> None:
+    """Stop a service by its pid; it must leave no process behind."""
+    pid = service.pid
+    assert service.stop(), f"{service.name} did not stop on its signal and was killed"
+    left = processes_naming(service.directory)
+    for stray in left:
+        os.kill(stray, 9)
+    assert not left, f"{service.name} left processes: {left}"
+    if pid is not None:
+        assert not Path(f"/proc/{pid}").exists(), f"{service.name} (pid {pid}) outlived its stop"
+
+
+@pytest.fixture
+def postgresql(services_root: Path) -> Iterator[PostgreSQL]:
+    """A private PostgreSQL on a free loopback port, stopped (by its pid) afterwards."""
+    from deploy.services import PostgreSQL, port_free
+
+    service = PostgreSQL(name="postgresql", directory=services_root / "postgresql", port=port_free())
+    service.start()
+    try:
+        yield service
+    finally:
+        service_stopped(service)
+
+
+@pytest.fixture
+def redis(services_root: Path) -> Iterator[Redis]:
+    """A private Redis on a free loopback port, stopped (by its pid) afterwards."""
+    from deploy.services import Redis, port_free
+
+    service = Redis(name="redis", directory=services_root / "redis", port=port_free())
+    service.start()
+    try:
+        yield service
+    finally:
+        service_stopped(service)

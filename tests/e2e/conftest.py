@@ -12,10 +12,14 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.conftest import REPO, processes_naming
+from tests.conftest import REPO, processes_naming, service_stopped
+
+if TYPE_CHECKING:
+    from deploy.services import Nginx
 
 CHROMIUM = os.environ.get("PORTAL_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -31,6 +35,8 @@ class Portal:
     env: dict[str, str]
     port: int
     process: subprocess.Popen[bytes] | None = None
+    # Behind a proxy (nginx): the visitor's address from X-Forwarded-For.
+    proxy_headers: bool = False
 
     @property
     def run_dir(self) -> Path:
@@ -46,8 +52,8 @@ class Portal:
         """Start Daphne as `make run` does, and wait until it answers."""
         with (self.root / "daphne.log").open("ab") as log:
             self.process = subprocess.Popen(
-                daphne_argv(self.port), cwd=REPO, env=self.env, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT,
+                daphne_argv(self.port, proxy_headers=self.proxy_headers), cwd=REPO, env=self.env,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             )
         _wait_until_serving(self.url, self.process, timeout_s=30)
 
@@ -92,10 +98,10 @@ def _wait_until_serving(url: str, process: subprocess.Popen[bytes], timeout_s: f
     raise RuntimeError("Daphne did not start serving in time")
 
 
-def daphne_argv(port: int) -> list[str]:
-    """Daphne as `make run` starts it."""
+def daphne_argv(port: int, *, proxy_headers: bool = False) -> list[str]:
+    """Daphne as `make run` starts it (and a node behind nginx, with proxy_headers)."""
     return [sys.executable, "-m", "portal.server", "-b", "127.0.0.1", "-p", str(port),
-            "portal.asgi:application"]
+            *(["--proxy-headers"] if proxy_headers else []), "portal.asgi:application"]
 
 
 @pytest.fixture
@@ -114,7 +120,8 @@ def portal_make(demo_image: Path) -> Iterator[PortalFactory]:
     made: list[Portal] = []
 
     def make(settings: dict[str, str] | None = None, *, prepare: bool = True,
-             data_dir: Path | None = None, demo: bool = True) -> Portal:
+             data_dir: Path | None = None, proxy_headers: bool = False,
+             demo: bool = True) -> Portal:
         root = data_dir or Path(tempfile.mkdtemp(prefix="pe-", dir="/tmp"))
         port = _free_port()
         env = {
@@ -124,7 +131,8 @@ def portal_make(demo_image: Path) -> Iterator[PortalFactory]:
             "PYTHONUNBUFFERED": "1",
             **(settings or {}),
         }
-        site = Portal(url=f"http://127.0.0.1:{port}", root=root, env=env, port=port)
+        site = Portal(url=f"http://127.0.0.1:{port}", root=root, env=env, port=port,
+                      proxy_headers=proxy_headers)
         made.append(site)
         site.manage("migrate", "--no-input", "-v", "0")
         if not demo:
@@ -198,3 +206,37 @@ def browser() -> Iterator[object]:
             yield instance
         finally:
             instance.close()
+
+
+# --- The services of a node (deploy/services.py): PostgreSQL, Redis, nginx -------
+
+
+NginxFactory = Callable[[Portal], "Nginx"]
+
+
+@pytest.fixture
+def nginx_make(services_root: Path) -> Iterator[NginxFactory]:
+    """Put a private nginx (deploy/nginx/portal.conf) in front of a served portal,
+    with the portal's own body limits; stopped afterwards."""
+    from deploy.services import Nginx, port_free
+
+    made: list[Nginx] = []
+
+    def make(site: Portal) -> Nginx:
+        from django.conf import settings
+
+        request_max = int(site.env.get("PORTAL_REQUEST_MAX_BYTES", settings.PORTAL_REQUEST_MAX_BYTES))
+        import_max = int(site.env.get("PORTAL_IMPORT_MAX_BYTES", settings.PORTAL_IMPORT_MAX_BYTES))
+        service = Nginx(name="nginx", directory=services_root / f"nginx-{len(made)}", port=port_free(),
+                        nodes=[f"127.0.0.1:{site.port}"], request_max_bytes=request_max,
+                        upload_max_bytes=import_max + 1024 * 1024,
+                        upload_path_prefix=settings.PORTAL_UPLOAD_PATH_PREFIX)
+        made.append(service)
+        service.start()
+        return service
+
+    try:
+        yield make
+    finally:
+        for service in made:
+            service_stopped(service)

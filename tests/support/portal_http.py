@@ -6,6 +6,7 @@ the end-to-end tests and the benchmarks that talk to a Daphne subprocess.
 """
 from __future__ import annotations
 
+import http.client
 import http.cookiejar
 import json
 import time
@@ -14,11 +15,30 @@ import urllib.request
 from typing import Any
 
 
+class _FromAddress(urllib.request.HTTPHandler):
+    """Connects from one loopback address (127.0.0.2, …), so a proxy sees a client of its own."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__()
+        self.address = address
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        def connection(host: str, **kwargs: Any) -> http.client.HTTPConnection:
+            return http.client.HTTPConnection(host, source_address=(self.address, 0), **kwargs)
+        return self.do_open(connection, req)  # type: ignore[arg-type]
+
+
 class PortalVisitor:
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, *, local_address: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self.local_address = local_address
         self.cookies = http.cookiejar.CookieJar()
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.cookies))
+        handlers: list[urllib.request.BaseHandler] = [urllib.request.HTTPCookieProcessor(self.cookies)]
+        if local_address:
+            handlers.append(_FromAddress(local_address))
+        self.opener = urllib.request.build_opener(*handlers)
+        # Headers sent with every request (a forged X-Forwarded-For, …).
+        self.headers: dict[str, str] = {}
 
     def cookie(self, name: str) -> str | None:
         return next((c.value for c in self.cookies if c.name == name), None)
@@ -32,6 +52,8 @@ class PortalVisitor:
         data = json.dumps(body).encode() if body is not None else None
         request = urllib.request.Request(self.base_url + path, data=data, method=method)
         request.add_header("Content-Type", "application/json")
+        for name, value in self.headers.items():
+            request.add_header(name, value)
         token = self.cookie("csrftoken")
         if token:
             request.add_header("X-CSRFToken", token)

@@ -50,13 +50,17 @@ class WebSocketTransport:
 
     @classmethod
     async def open(cls, url: str, *, headers: dict[str, str] | None = None,
-                   subprotocols: list[str] | None = None) -> WebSocketTransport:
+                   subprotocols: list[str] | None = None,
+                   local_address: str | None = None) -> WebSocketTransport:
+        """local_address: the loopback address to connect from (127.0.0.2, …), so a
+        proxy in front of the server sees a client of its own."""
         parts = urlsplit(url)
         host, port = parts.hostname or "127.0.0.1", parts.port or 80
         target = parts.path or "/"
         if parts.query:
             target += "?" + parts.query
-        reader, writer = await asyncio.open_connection(host, port, limit=4 << 20)
+        reader, writer = await asyncio.open_connection(
+            host, port, limit=4 << 20, local_addr=(local_address, 0) if local_address else None)
         key = base64.b64encode(os.urandom(16)).decode()
         lines = [
             f"GET {target} HTTP/1.1", f"Host: {host}:{port}", "Upgrade: websocket",
@@ -111,6 +115,13 @@ class WebSocketTransport:
 
     async def receive(self) -> bytes:
         """The next binary message; raises ConnectionError when the server closes."""
+        return await self._receive(OPCODE_BINARY)
+
+    async def receive_text(self) -> str:
+        """The next text message (the events socket's JSON); binary ones are refused."""
+        return (await self._receive(OPCODE_TEXT)).decode()
+
+    async def _receive(self, expected: int) -> bytes:
         parts: list[bytes] = []
         while True:
             first, second = await self._read_exact(2)
@@ -136,8 +147,9 @@ class WebSocketTransport:
                 continue
             if opcode == OPCODE_PONG:
                 continue
-            if opcode == OPCODE_TEXT:
-                raise ConnectionError("expected binary messages, got text")
+            if opcode in {OPCODE_TEXT, OPCODE_BINARY} and opcode != expected:
+                kinds = {OPCODE_TEXT: "text", OPCODE_BINARY: "binary"}
+                raise ConnectionError(f"expected {kinds[expected]} messages, got {kinds[opcode]}")
             parts.append(payload)
             if final:
                 return parts[0] if len(parts) == 1 else b"".join(parts)

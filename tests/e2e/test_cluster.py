@@ -1,0 +1,124 @@
+"""`make cluster` (deploy/cluster.py): one node on PostgreSQL and Redis behind nginx,
+started and stopped as a whole; several nodes refused until the scheduler lands.
+
+The tests run what the Makefile runs (`python -m deploy.cluster`), on a free port
+and in a private directory, not `make` itself: `make cluster` first sets up what
+is missing, which `make test` has already done.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from deploy.services import port_free
+from tests.conftest import DEMO_IMAGE, REPO, processes_naming
+from tests.support.portal_http import PortalVisitor
+
+
+@pytest.fixture
+def cluster_dir(demo_image: Path) -> Iterator[Path]:
+    root = Path(tempfile.mkdtemp(prefix="pc-", dir="/tmp"))
+    yield root
+    left = processes_naming(root)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    shutil.rmtree(root, ignore_errors=True)
+    assert not left, f"processes outlived the cluster: {left}"
+
+
+def _children(pid: int) -> set[int]:
+    """Every living process below pid."""
+    below: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            below.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in below.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has ended; only its parent's wait is missing
+
+
+def cluster_argv(port: int, directory: Path, nodes: int) -> list[str]:
+    return [sys.executable, "-m", "deploy.cluster", "--port", str(port), "--nodes", str(nodes),
+            "--dir", str(directory), "--demo-image", str(DEMO_IMAGE)]
+
+
+def _serve_until(process: subprocess.Popen[str], marker: str) -> list[str]:
+    """Read the cluster's output until marker (or its end); returns the lines."""
+    lines = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.append(line)
+        if marker in line:
+            return lines
+    raise AssertionError("the cluster ended before it served:\n" + "".join(lines[-30:]))
+
+
+def test_it_refuses_several_nodes_until_the_scheduler_lands(cluster_dir: Path) -> None:
+    inside = cluster_dir / "cluster"
+    result = subprocess.run(cluster_argv(port_free(), inside, 2), cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert "NODES=1" in result.stderr and "scheduler" in result.stderr
+    assert not inside.exists(), "nothing is started or made for a refused run"
+
+
+def test_it_serves_one_node_behind_nginx_and_stops_it_all(cluster_dir: Path) -> None:
+    """Twice on one directory: stopped by SIGTERM (a service manager), then by SIGINT (Ctrl-C)."""
+    port = port_free()
+    for run, how in enumerate((signal.SIGTERM, signal.SIGINT)):
+        process = subprocess.Popen(cluster_argv(port, cluster_dir, 1), cwd=REPO, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL)
+        watchdog = threading.Timer(180, process.kill)  # a hung start fails, not hangs
+        watchdog.start()
+        try:
+            _serve_until(process, "Serving the portal on")
+            started = _children(process.pid)
+            visitor = PortalVisitor(f"http://127.0.0.1:{port}")
+            status, health = visitor.request("GET", "/healthz")
+            assert status == 200 and health["ok"], health
+            # The second run finds the first run's database: the exhibit is still published.
+            session = visitor.session_start("demo")
+            assert session["state"] == "running"
+            process.send_signal(how)
+            assert process.stdout is not None
+            said = process.stdout.read()  # to its end: the cluster has closed it
+            assert process.wait(timeout=120) == 0, f"run {run}: {said}"
+            # Each stopped on its signal: none had to be killed.
+            assert "Stopped nginx, the nodes, Redis and PostgreSQL." in said
+            assert "Killed" not in said, said
+        finally:
+            watchdog.cancel()
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            assert process.stdout is not None
+            process.stdout.close()
+        still = [pid for pid in started if _alive(pid)]
+        assert not still, f"run {run}: outlived the cluster: {still}"
+        assert not processes_naming(cluster_dir), "a machine outlived its node"
+        assert not any((cluster_dir / "node-1" / "run").iterdir())
