@@ -87,6 +87,18 @@ async def broker(portal_dirs: Path) -> AsyncIterator[Any]:
     await instance.shutdown()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def database_connections_closed(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
+    """Close the connection that async tests' ORM calls opened in asgiref's worker
+    thread, before the test database is dropped (PostgreSQL refuses to drop a
+    database someone is still connected to)."""
+    yield
+    from django.db import connections
+
+    with django_db_blocker.unblock():
+        asyncio.run(sync_to_async(connections.close_all)())
+
+
 @pytest.fixture(scope="session")
 def demo_image() -> Path:
     """The demo guest, built from this repository's source if it is not built yet."""
