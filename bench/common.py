@@ -132,7 +132,7 @@ class Table:
         self.rows.append([str(cell) for cell in cells])
 
     def print(self) -> None:
-        """As a markdown table, so that it can be pasted into the README as it is."""
+        """As a markdown table, so that it can be pasted into docs/developers.md as it is."""
         widths = [max(len(c), *(len(r[i]) for r in self.rows)) for i, c in enumerate(self.columns)]
 
         def line(cells: list[str]) -> str:
@@ -168,6 +168,14 @@ def _jsonable(value: object) -> object:
     if isinstance(value, Path):
         return os.fspath(value)
     raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident memory now, in KiB (0 once it is gone)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
 
 
 def processes_naming(path: Path) -> list[int]:

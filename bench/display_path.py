@@ -3,7 +3,7 @@
 One prepared demo machine, served by the portal under Daphne as `make run`
 does, is reached three ways with the same RFB client code (only the transport
 differs): directly on its VNC unix socket (the reference), through websockify
-running the portal's token plugin (the README's command line), and through the
+running the portal's token plugin (the command line in docs/operators.md), and through the
 portal's own Channels consumer (the session's cookie and the page's Origin).
 
 Each is measured twice: against QEMU's own VNC server (what a visitor gets,

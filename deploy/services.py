@@ -4,7 +4,7 @@ Owns: starting each from Debian's packages (`postgresql`, `redis-server`,
 `nginx`) in a directory of its own, on a free loopback port, with nothing read
 from or written to the system's configuration, data or log directories; and
 stopping each by the pid it started. `make cluster` and the tests use it; real
-hosts run the same programs under systemd (README: "Production services").
+hosts run the same programs under systemd (docs/operators.md: "Production services").
 
 As root, PostgreSQL and Redis run as the users Debian's packages made for
 them (PostgreSQL refuses root); their directories are handed to those users.

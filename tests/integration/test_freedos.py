@@ -79,7 +79,7 @@ async def open_visit(broker: Any, browser: AsyncClient) -> Visit:
 async def test_it_keeps_a_visitors_writes_in_that_visitors_overlay_only(
     broker: Any, exhibit_create: ExhibitFactory
 ) -> None:
-    # Floppy boot under KVM fails on nested-virtualisation hosts (see the README),
+    # Floppy boot under KVM fails on nested-virtualisation hosts (see docs/curators.md),
     # so this floppy exhibit runs in software emulation, as its curator would set it.
     exhibit = await exhibit_create(FREEDOS_2048, slug="freedos", title="FreeDOS 2048",
                                    accelerator="tcg")

@@ -1,4 +1,4 @@
-"""websockify as the README runs it: a separate proxy process with the portal's token plugin.
+"""websockify as docs/operators.md runs it: a separate proxy process with the portal's token plugin.
 
 Started and ended by pid, never by name; its log goes to a file, never to an
 unread pipe.
@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent.parent
 
 
 def websockify_argv(port: int) -> list[str]:
-    """The README's command line, listening on 127.0.0.1:port."""
+    """The command line in docs/operators.md, listening on 127.0.0.1:port."""
     return [
         sys.executable, "-m", "websockify",
         "--token-plugin", "sessions.websockify_tokens.SessionTokens",
