@@ -34,6 +34,7 @@ from bench.common import (
     ServedPortal,
     Table,
     processes_naming,
+    rss_kib,
     runs,
     served_portal,
     verdict,
@@ -61,13 +62,6 @@ class CookieWebSocket(WebSocket):
 
 def descriptors(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 class Client:

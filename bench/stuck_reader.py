@@ -19,62 +19,46 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import struct
-import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, ServedPortal, Table, runs, served_portal, verdict, write_results
+from bench.common import (
+    ServedPortal,
+    Table,
+    portal_environment,
+    rss_kib,
+    runs,
+    served_portal,
+    verdict,
+    write_results,
+)
+from tests.support.rfb import RfbClient
+from tests.support.websocket import WebSocketTransport
 
 MIB = 1024 * 1024
 TARGET_GROWTH_BYTES = 64 * MIB
 
 
 def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+    return rss_kib(pid) * 1024
 
 
-async def _viewer(server: ServedPortal, visitor: Any, session: dict[str, Any]) -> Any:
-    from tests.support.rfb import RfbClient
-    from tests.support.websocket import WebSocketTransport
-
-    transport = await WebSocketTransport.open(
-        server.url.replace("http://", "ws://") + session["vnc_path"],
-        headers={"Cookie": visitor.cookie_header(), "Origin": server.url}, subprotocols=["binary"])
-    rfb = RfbClient(transport)
-    async with asyncio.timeout(60):
-        await rfb.handshake()
-        await rfb.first_update()
-    return rfb
+def _websocket(rfb: RfbClient) -> WebSocketTransport:
+    assert isinstance(rfb.transport, WebSocketTransport)
+    return rfb.transport
 
 
-async def _demand(rfb: Any) -> None:
-    """Raw full-screen updates and pointer moves, asked for as long as the server reads."""
-    update = struct.pack(">BBHHHH", 3, 0, 0, 0, rfb.width, rfb.height)
-    pointer = b"".join(struct.pack(">BBHH", 5, 0, x, 200) for x in range(0, 640, 8))
-    frame = rfb.transport._frame(2, update * 50 + pointer)
-    while True:
-        rfb.transport.writer.write(frame)
-        await asyncio.sleep(0.02)
-
-
-async def _drain(rfb: Any) -> None:
+async def _drain(rfb: RfbClient) -> None:
     """A browser that reads everything it is sent."""
     while True:
         await rfb.transport.receive()
 
 
-async def window(server: ServedPortal, viewers: list[Any], *, reading: bool,
+async def window(server: ServedPortal, viewers: list[RfbClient], *, reading: bool,
                  seconds: float) -> dict[str, float]:
     """Demand from every viewer for `seconds`; the server's RSS growth over the window."""
     before = peak = rss_bytes(server.pid)
-    tasks = [asyncio.create_task(_demand(rfb)) for rfb in viewers]
+    tasks = [asyncio.create_task(rfb.demand_unread(_websocket(rfb).send_nowait)) for rfb in viewers]
     if reading:
         tasks += [asyncio.create_task(_drain(rfb)) for rfb in viewers]
     began = time.monotonic()
@@ -97,13 +81,14 @@ async def measure(server: ServedPortal, count: int, seconds: float, *, reading: 
     visitors = [PortalVisitor(server.url) for _ in range(count)]
     sessions = [await asyncio.to_thread(visitor.session_start, "demo") for visitor in visitors]
     try:
-        viewers = [await _viewer(server, v, s) for v, s in zip(visitors, sessions, strict=True)]
+        viewers = [await visitor.display(session["vnc_path"], timeout_s=60)
+                   for visitor, session in zip(visitors, sessions, strict=True)]
         measured = await window(server, viewers, reading=reading, seconds=seconds)
         for rfb in viewers:
-            await rfb.transport._abort()
+            await _websocket(rfb).abort()
         back = 0
         for visitor, session in zip(visitors, sessions, strict=True):
-            again = await _viewer(server, visitor, session)
+            again = await visitor.display(session["vnc_path"], timeout_s=60)
             back += again.lit_pixels() > 10000
             await again.close()
     finally:
@@ -112,25 +97,14 @@ async def measure(server: ServedPortal, count: int, seconds: float, *, reading: 
     return {"viewers": count, "reading": reading, **measured, "back": back}
 
 
-def _display_buffer_bytes() -> int:
-    """The pipe's read-ahead, as the portal defines it (its module needs Django set up)."""
-    with tempfile.TemporaryDirectory(prefix="pb-") as scratch:
-        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
-        os.environ.setdefault("PORTAL_DATA_DIR", scratch)
-        import django
-
-        django.setup()
-        from sessions.consumers import DISPLAY_BUFFER_BYTES
-    return DISPLAY_BUFFER_BYTES
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--window", type=float, default=runs(30, 10))
     parser.add_argument("--viewers", type=int, nargs="+", default=[1, 10])
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
-    bound = 64 * 1024 + 256 * 1024 + _display_buffer_bytes()
+    with portal_environment(exhibits=False):
+        from sessions.consumers import DISPLAY_BUFFER_BYTES
+    bound = 64 * 1024 + 256 * 1024 + DISPLAY_BUFFER_BYTES
     environment = {
         # The whole window stuck: the viewer is closed (4408) only after it.
         "PORTAL_VIEWER_STUCK_S": str(args.window + 30), "PORTAL_GRACE_S": "3600",

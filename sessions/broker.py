@@ -398,7 +398,7 @@ class Broker:
         for session_id in await sync_to_async(sessions_ended_elsewhere)(mine):
             # Another node took this one for dead and ended the visit: end the machine too.
             logger.warning("session %s was ended by another node; ending its machine", session_id)
-            self.keeper_end_soon(session_id)
+            self._end_soon(session_id)
         if not known and self._nodes:
             logger.warning("node %s: its heartbeat row was gone; written again", config.install)
         if judge:
@@ -407,7 +407,7 @@ class Broker:
                 self._notify_changed(session_id)
         self._nodes = await sync_to_async(nodes_list)(dead_after_s=config.node_dead_s)
 
-    def keeper_end_soon(self, session_id: str) -> None:
+    def _end_soon(self, session_id: str) -> None:
         self.task_start(self.keeper.end(session_id=session_id, reason=VisitorSession.EndedReason.SERVER,
                                         detail=DEAD_NODE_DETAIL), name=f"end-{session_id}")
 

@@ -21,6 +21,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import DEFAULT_CHANNEL_LAYER
 from django.conf import settings
 
+from portal.server import SEND_FLOW_EXTENSION
 from portal.visitor import visitor_id
 
 from .broker import (
@@ -72,8 +73,6 @@ CLOSE_REASONS = {
 }
 # The largest message the page may send on the events WebSocket.
 EVENTS_MAX_MESSAGE_BYTES = 4096
-# What portal.server puts in each WebSocket's scope: its write side's flow.
-SEND_FLOW_EXTENSION = "portal.send_flow"
 
 # How much of the display's output may wait here before the pipe stops reading
 # the VNC socket (and so QEMU stops writing); the server's own buffer for the

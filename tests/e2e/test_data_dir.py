@@ -20,8 +20,6 @@ import pytest
 from tests.conftest import processes_naming
 from tests.e2e.conftest import Portal
 from tests.support.portal_http import PortalVisitor
-from tests.support.rfb import RfbClient
-from tests.support.websocket import WebSocketTransport
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0,
@@ -91,16 +89,8 @@ def assert_modes_private(root: Path) -> None:
         assert mode & 0o077 == 0, f"{path} is {mode:04o}"
 
 
-async def display_shows_the_desktop(portal: Portal, visitor: PortalVisitor, vnc_path: str) -> None:
-    transport = await WebSocketTransport.open(
-        portal.url.replace("http://", "ws://") + vnc_path,
-        headers={"Cookie": visitor.cookie_header(), "Origin": portal.url},
-        subprotocols=["binary"],
-    )
-    rfb = RfbClient(transport)
-    async with asyncio.timeout(30):
-        await rfb.handshake()
-        await rfb.first_update()
+async def display_shows_the_desktop(visitor: PortalVisitor, vnc_path: str) -> None:
+    rfb = await visitor.display(vnc_path)
     assert (rfb.width, rfb.height) == (640, 480)
     assert rfb.lit_pixels() > 10000, "the demo's desktop, not a black screen"
     await rfb.close()
@@ -113,7 +103,7 @@ def test_it_keeps_the_data_directory_from_a_running_machines_uid(
     session = visitor.session_start("demo")
     # The machine booted from its master (through the start state's warm layer)
     # and shows its desktop, although its uid can reach none of those files.
-    asyncio.run(display_shows_the_desktop(portal, visitor, session["vnc_path"]))
+    asyncio.run(display_shows_the_desktop(visitor, session["vnc_path"]))
     (pid,) = processes_naming(portal.run_dir)
     uid = machine_uid(pid)
     assert uid != 0
@@ -127,7 +117,7 @@ def test_it_keeps_the_data_directory_from_a_running_machines_uid(
         assert_denied(uid, "ls", os.fspath(path))
     assert_modes_private(portal.root)
 
-    asyncio.run(display_shows_the_desktop(portal, visitor, session["vnc_path"]))
+    asyncio.run(display_shows_the_desktop(visitor, session["vnc_path"]))
     assert visitor.session_end(session["id"]) == 204
 
 
@@ -150,5 +140,5 @@ def test_it_makes_an_older_installs_data_directory_private_when_it_starts(
     assert_denied(uid, "ls", os.fspath(portal.root / "images"))
     visitor = PortalVisitor(portal.url)
     session = visitor.session_start("demo")
-    asyncio.run(display_shows_the_desktop(portal, visitor, session["vnc_path"]))
+    asyncio.run(display_shows_the_desktop(visitor, session["vnc_path"]))
     assert visitor.session_end(session["id"]) == 204

@@ -9,19 +9,18 @@ from __future__ import annotations
 import asyncio
 import re
 import socket
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from tests.e2e.conftest import Portal
 from tests.support.portal_http import PortalVisitor
-from tests.support.rfb import RfbClient
 from tests.support.websocket import WebSocketTransport
 
+T = TypeVar("T")
 MIB = 1024 * 1024
 # The demo's desktop is on noVNC's canvas (not a black or empty one).
 SCREEN_LIT = """() => {
@@ -47,47 +46,21 @@ def log_says(portal: Portal, text: str) -> Callable[[], Awaitable[bool]]:
     return check
 
 
-async def display_open(portal: Portal, visitor: PortalVisitor, path: str, *,
-                       origin: str | None = None) -> WebSocketTransport:
-    return await WebSocketTransport.open(
-        portal.url.replace("http://", "ws://") + path,
-        headers={"Cookie": visitor.cookie_header(), "Origin": origin or portal.url},
-        subprotocols=["binary"],
-    )
-
-
 async def close_code_of(transport: WebSocketTransport) -> tuple[int | None, str]:
     async with asyncio.timeout(30):
         code = await transport.closed()
     return code, transport.close_reason
 
 
-async def rfb_screen(portal: Portal, visitor: PortalVisitor, path: str) -> RfbClient:
-    rfb = RfbClient(await display_open(portal, visitor, path))
-    async with asyncio.timeout(30):
-        await rfb.handshake()
-        await rfb.first_update()
-    return rfb
-
-
-async def display_when_free(portal: Portal, visitor: PortalVisitor, path: str, *,
-                            greeting_only: bool = False) -> RfbClient | WebSocketTransport:
-    """A display as soon as the server has let go of one just closed (4429 until then:
-    a socket is the server's until it has seen it go, which is a moment after the client)."""
+async def when_free(opening: Callable[[], Awaitable[T]]) -> T:
+    """Open as soon as the server has let go of a display just closed (4429 until then:
+    a socket is the server's until it has seen it go, a moment after the client)."""
     deadline = time.monotonic() + 10
     while True:
-        transport = await display_open(portal, visitor, path)
         try:
-            if greeting_only:
-                await transport.receive()
-                return transport
-            rfb = RfbClient(transport)
-            async with asyncio.timeout(30):
-                await rfb.handshake()
-                await rfb.first_update()
-            return rfb
-        except ConnectionError:
-            if transport.close_code != 4429 or time.monotonic() > deadline:
+            return await opening()
+        except ConnectionError as error:
+            if "code 4429" not in str(error) or time.monotonic() > deadline:
                 raise
         await asyncio.sleep(0.05)
 
@@ -103,21 +76,12 @@ def test_it_bounds_what_a_browser_that_stops_reading_costs_and_lets_it_back(port
     pid = portal.process.pid
 
     async def visit() -> None:
-        watching = await rfb_screen(portal, neighbour, other["vnc_path"])
-        rfb = await rfb_screen(portal, visitor, session["vnc_path"])
+        watching = await neighbour.display(other["vnc_path"])
+        rfb = await visitor.display(session["vnc_path"])
         before = rss_bytes(pid)
-        update = struct.pack(">BBHHHH", 3, 0, 0, 0, rfb.width, rfb.height)
-        pointer = b"".join(struct.pack(">BBHH", 5, 0, x, 200) for x in range(0, 640, 8))
-        writer = rfb.transport.writer  # type: ignore[attr-defined]
-
-        async def demand() -> None:
-            # Raw full-screen updates and pointer moves, asked for all along (as
-            # long as the server reads them) and never read.
-            while True:
-                writer.write(rfb.transport._frame(2, update * 50 + pointer))  # type: ignore[attr-defined]
-                await asyncio.sleep(0.02)
-
-        asking = asyncio.create_task(demand())
+        transport = rfb.transport
+        assert isinstance(transport, WebSocketTransport)
+        asking = asyncio.create_task(rfb.demand_unread(transport.send_nowait))
         began, peak = time.monotonic(), before
         closed = log_says(portal, "read nothing for 30 s")
         try:
@@ -137,10 +101,10 @@ def test_it_bounds_what_a_browser_that_stops_reading_costs_and_lets_it_back(port
         assert watching.lit_pixels() > 10000
         await watching.close()
         # The stuck browser reads again: what waited for it, then the reason it was closed.
-        code, reason = await close_code_of(rfb.transport)  # type: ignore[arg-type]
+        code, reason = await close_code_of(transport)
         assert code == 4408, reason
         assert "keep up" in reason
-        again = await rfb_screen(portal, visitor, session["vnc_path"])
+        again = await visitor.display(session["vnc_path"])
         assert again.lit_pixels() > 10000, "the demo's desktop, not a black screen"
         await again.close()
 
@@ -160,34 +124,37 @@ def test_it_closes_with_the_apis_codes_and_a_sentence(portal: Portal) -> None:
     async def visit() -> None:
         codes: dict[str, tuple[int | None, str]] = {}
 
-        text = await display_open(portal, owner, path)
+        text = await owner.websocket(path)
         await text.send_text("hello")
         codes["text"] = await close_code_of(text)
 
-        big = await display_open(portal, owner, path)
+        big = await owner.websocket(path)
         await big.send(b"\x00" * (100 * 1024))
         codes["big"] = await close_code_of(big)
 
-        huge = await display_open(portal, owner, path)
+        huge = await owner.websocket(path)
         await huge.send(b"\x00" * (2 * MIB))  # over autobahn's own limit too
         codes["huge"] = await close_code_of(huge)
 
-        codes["stranger"] = await close_code_of(await display_open(portal, stranger, path))
+        codes["stranger"] = await close_code_of(await stranger.websocket(path))
         codes["origin"] = await close_code_of(
-            await display_open(portal, owner, path, origin="https://elsewhere.example"))
+            await owner.websocket(path, origin="https://elsewhere.example"))
         forged = path.replace(session["id"], session["id"][:-1] + ("A" if session["id"][-1] != "A" else "B"))
-        codes["forged"] = await close_code_of(await display_open(portal, owner, forged))
-        codes["nowhere"] = await close_code_of(await display_open(portal, owner, "/ws/nowhere"))
+        codes["forged"] = await close_code_of(await owner.websocket(forged))
+        codes["nowhere"] = await close_code_of(await owner.websocket("/ws/nowhere"))
 
-        first = await display_when_free(portal, owner, path)
-        second = await display_when_free(portal, owner, path)
-        assert isinstance(first, RfbClient) and isinstance(second, RfbClient)
-        codes["third"] = await close_code_of(await display_open(portal, owner, path))
+        first = await when_free(lambda: owner.display(path))
+        second = await when_free(lambda: owner.display(path))
+        codes["third"] = await close_code_of(await owner.websocket(path))
         await second.close()
 
+        async def greeting_only() -> WebSocketTransport:
+            transport = await owner.websocket(path)
+            await transport.receive()
+            return transport
+
         # A client that read only the greeting learns of a reset at once.
-        greeted = await display_when_free(portal, owner, path, greeting_only=True)
-        assert isinstance(greeted, WebSocketTransport)
+        greeted = await when_free(greeting_only)
         status, _ = await asyncio.to_thread(owner.request, "POST", f"/api/sessions/{session['id']}/reset")
         assert status == 200
         codes["reset"] = await close_code_of(greeted)
@@ -195,7 +162,7 @@ def test_it_closes_with_the_apis_codes_and_a_sentence(portal: Portal) -> None:
         codes["reset, watching"] = await close_code_of(first.transport)
 
         assert await asyncio.to_thread(owner.session_end, session["id"]) == 204
-        codes["ended"] = await close_code_of(await display_open(portal, owner, path))
+        codes["ended"] = await close_code_of(await owner.websocket(path))
 
         assert {name: code for name, (code, _) in codes.items()} == {
             "text": 4400, "big": 4413, "huge": 4413, "stranger": 4403, "origin": 4403,
@@ -219,7 +186,7 @@ def test_a_queued_visits_display_says_wait(portal: Portal) -> None:
     assert status == 201 and queued["state"] == "queued"
 
     async def visit() -> tuple[int | None, str]:
-        return await close_code_of(await display_open(portal, second, queued["vnc_path"]))
+        return await close_code_of(await second.websocket(queued["vnc_path"]))
 
     code, reason = asyncio.run(visit())
     assert code == 4409 and "waiting" in reason

@@ -39,26 +39,6 @@ def node_make(postgresql: PostgreSQL, redis: Redis, portal_make: PortalFactory) 
     return make
 
 
-def socket_url(edge: Nginx, path: str) -> str:
-    return edge.url.replace("http://", "ws://") + path
-
-
-async def socket_open(edge: Nginx, visitor: PortalVisitor, path: str) -> WebSocketTransport:
-    """A WebSocket through nginx, as the visitor's browser opens it."""
-    return await WebSocketTransport.open(
-        socket_url(edge, path), headers={"Cookie": visitor.cookie_header(), "Origin": edge.url},
-        subprotocols=["binary"] if path.endswith("/vnc") else None,
-        local_address=visitor.local_address)
-
-
-async def display_open(edge: Nginx, visitor: PortalVisitor, path: str) -> RfbClient:
-    rfb = RfbClient(await socket_open(edge, visitor, path))
-    async with asyncio.timeout(30):
-        await rfb.handshake()
-        await rfb.first_update()
-    return rfb
-
-
 async def display_answers(rfb: RfbClient) -> None:
     """The machine's whole screen, asked for and received again."""
     async with asyncio.timeout(30):
@@ -93,10 +73,10 @@ def test_a_visit_runs_through_nginx_on_postgresql_and_redis(
     session = visitor.session_start("demo")
 
     async def visit() -> None:
-        events = await socket_open(edge, visitor, session["events_path"])
+        events = await visitor.websocket(session["events_path"])
         state = await event_next(events)
         assert (state["type"], state["state"]) == ("state", "running")
-        rfb = await display_open(edge, visitor, session["vnc_path"])
+        rfb = await visitor.display(session["vnc_path"])
         assert rfb.lit_pixels() > 10000, "the demo's desktop, through nginx"
 
         # The node counts the visitor's own address (X-Forwarded-For), not nginx's:
@@ -188,15 +168,15 @@ def test_a_visit_outlives_a_redis_and_a_postgresql_restart(
             await client.aclose()
 
     async def visit() -> None:
-        events = await socket_open(edge, visitor, session["events_path"])
+        events = await visitor.websocket(session["events_path"])
         assert (await event_next(events))["state"] == "running"
-        rfb = await display_open(edge, visitor, session["vnc_path"])
+        rfb = await visitor.display(session["vnc_path"])
         await subscribed()
 
         # Redis away: the display is not in Redis at all, so it goes on, and opens.
         await asyncio.to_thread(redis.stop)
         await display_answers(rfb)
-        second = await display_open(edge, visitor, session["vnc_path"])
+        second = await visitor.display(session["vnc_path"])
         await second.close()
         await asyncio.to_thread(redis.start)
         await subscribed()

@@ -70,15 +70,8 @@ def test_a_raw_full_screen_update_crosses_daphne_to_a_plain_rfb_client(portal: P
     session = visitor.session_start("demo")
 
     async def visit() -> None:
-        transport = await WebSocketTransport.open(
-            portal.url.replace("http://", "ws://") + session["vnc_path"],
-            headers={"Cookie": visitor.cookie_header(), "Origin": portal.url},
-            subprotocols=["binary"],
-        )
-        rfb = RfbClient(transport)
+        rfb = await visitor.display(session["vnc_path"])
         async with asyncio.timeout(30):
-            await rfb.handshake()
-            await rfb.first_update()
             await rfb.request_update(incremental=False)
             await rfb.read_message()
         assert (rfb.width, rfb.height) == (640, 480)

@@ -1,11 +1,12 @@
 """A browser's view of a served portal's JSON API, over real HTTP.
 
 Keeps one cookie jar (so one visitor), fetches the CSRF cookie and sends it
-back on unsafe methods, and gives the cookie header a WebSocket needs. Used by
+back on unsafe methods, and opens WebSockets and displays as its page would. Used by
 the end-to-end tests and the benchmarks that talk to a Daphne subprocess.
 """
 from __future__ import annotations
 
+import asyncio
 import http.client
 import http.cookiejar
 import json
@@ -13,6 +14,9 @@ import time
 import urllib.error
 import urllib.request
 from typing import Any
+
+from tests.support.rfb import RfbClient
+from tests.support.websocket import WebSocketTransport
 
 
 class _FromAddress(urllib.request.HTTPHandler):
@@ -83,3 +87,21 @@ class PortalVisitor:
     def session_end(self, session_id: str) -> int:
         status, _ = self.request("DELETE", f"/api/sessions/{session_id}")
         return status
+
+    async def websocket(self, path: str, *, origin: str | None = None) -> WebSocketTransport:
+        """A WebSocket to path as this visitor's page opens it: its cookies, its
+        address, the site's own Origin (or origin), `binary` offered on a display."""
+        return await WebSocketTransport.open(
+            self.base_url.replace("http://", "ws://", 1) + path,
+            headers={"Cookie": self.cookie_header(), "Origin": origin or self.base_url},
+            subprotocols=["binary"] if path.endswith("/vnc") else None,
+            local_address=self.local_address,
+        )
+
+    async def display(self, path: str, *, timeout_s: float = 30) -> RfbClient:
+        """The display at path, handshaken, with its first update in."""
+        rfb = RfbClient(await self.websocket(path))
+        async with asyncio.timeout(timeout_s):
+            await rfb.handshake()
+            await rfb.first_update()
+        return rfb

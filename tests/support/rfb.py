@@ -253,6 +253,15 @@ class RfbClient:
     async def pointer(self, x: int, y: int, *, buttons: int = 0) -> None:
         await self.transport.send(struct.pack(">BBHH", 5, buttons, x, y))
 
+    async def demand_unread(self, send_nowait: Callable[[bytes], None]) -> None:
+        """A hostile client, until cancelled: raw full-screen updates and pointer moves
+        asked for every 20 ms (as long as the server reads them), none of it read."""
+        update = struct.pack(">BBHHHH", 3, 0, 0, 0, self.width, self.height)
+        pointer = b"".join(struct.pack(">BBHH", 5, 0, x, 200) for x in range(0, self.width, 8))
+        while True:
+            send_nowait(update * 50 + pointer)
+            await asyncio.sleep(0.02)
+
     # --- what the visitor sees ----------------------------------------------
 
     def pixel(self, x: int, y: int) -> tuple[int, int, int]:

@@ -74,7 +74,7 @@ class WebSocketTransport:
         response = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
         transport = cls(reader, writer)
         if " 101 " not in response[0] + " ":
-            await transport._abort()
+            await transport.abort()
             raise WebSocketRefusedError(response[0])
         accept = base64.b64encode(hashlib.sha1(key.encode() + _GUID).digest()).decode()
         fields = {}
@@ -82,7 +82,7 @@ class WebSocketTransport:
             name, _, value = line.partition(":")
             fields[name.strip().lower()] = value.strip()
         if fields.get("sec-websocket-accept") != accept:
-            await transport._abort()
+            await transport.abort()
             raise WebSocketRefusedError("wrong Sec-WebSocket-Accept")
         transport.subprotocol = fields.get("sec-websocket-protocol")
         return transport
@@ -90,6 +90,11 @@ class WebSocketTransport:
     async def send(self, data: bytes) -> None:
         self.writer.write(self._frame(OPCODE_BINARY, data))
         await self.writer.drain()
+
+    def send_nowait(self, data: bytes) -> None:
+        """Queue a binary message without waiting for the server to read it (a client
+        that keeps asking while it reads nothing)."""
+        self.writer.write(self._frame(OPCODE_BINARY, data))
 
     async def send_text(self, text: str) -> None:
         self.writer.write(self._frame(OPCODE_TEXT, text.encode()))
@@ -140,7 +145,7 @@ class WebSocketTransport:
                 with contextlib.suppress(ConnectionError, OSError):
                     self.writer.write(self._frame(OPCODE_CLOSE, payload[:2]))
                     await self.writer.drain()
-                await self._abort()
+                await self.abort()
                 raise ConnectionError(f"WebSocket closed with code {self.close_code}")
             if opcode == OPCODE_PING:
                 self.writer.write(self._frame(OPCODE_PONG, payload))
@@ -164,9 +169,10 @@ class WebSocketTransport:
         with contextlib.suppress(ConnectionError, OSError):
             self.writer.write(self._frame(OPCODE_CLOSE, struct.pack(">H", 1000)))
             await self.writer.drain()
-        await self._abort()
+        await self.abort()
 
-    async def _abort(self) -> None:
+    async def abort(self) -> None:
+        """Hang up without a close frame, as a browser whose tab died."""
         self.writer.close()
         with contextlib.suppress(ConnectionError, OSError):
             await self.writer.wait_closed()
