@@ -82,12 +82,21 @@ async def exhibit_page(request: HttpRequest, slug: str) -> HttpResponse:
     exhibit = await _published(slug)
     if exhibit is None:
         raise Http404("There is no such exhibit.")
+    return await exhibit_page_response(request, exhibit)
+
+
+async def exhibit_page_response(request: HttpRequest, exhibit: Exhibit, *, message: str = "",
+                                link: str = "", status: int = 200) -> HttpResponse:
+    """The exhibit's page; with `message` (and a `link` to follow) when a Start
+    posted without the page's script was refused."""
     here = await runtime()
     return render(
         request, "portal/exhibit_detail.html",
         {"exhibit": exhibit, "accelerator": here.accelerator_for(exhibit),
          "instant_start": await here.start_state_usable(exhibit) is not None,
-         "unavailable": await exhibit.fixity_problem()},
+         "unavailable": await exhibit.fixity_problem(),
+         "message": message, "message_link": link},
+        status=status,
     )
 
 

@@ -6,6 +6,8 @@ not found, exactly like one that never existed.
 """
 from __future__ import annotations
 
+import json
+
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
@@ -49,17 +51,39 @@ def _not_found() -> JsonResponse:
 
 
 @require_POST
-async def session_create(request: HttpRequest, slug: str) -> JsonResponse:
+async def session_create(request: HttpRequest, slug: str) -> HttpResponse:
+    """A new session (201 and its JSON). The exhibit page's Start button is also a
+    plain form: a post that accepts HTML (sent before the page's script ran, or
+    without it) is redirected to the machine's page, or shown the exhibit page
+    again with the refusal's sentence."""
     exhibit = await Exhibit.objects.select_related("image").filter(
         slug=slug, published=True
     ).afirst()
     if exhibit is None:
         return json_error(404, "not_found", "There is no such exhibit.")
     started = await _session_start(request, exhibit)
+    if _wants_page(request):
+        if isinstance(started, JsonResponse):
+            return await _refused_page(request, exhibit, started)
+        return HttpResponseRedirect(f"/sessions/{started[0].id}/", status=303)
     if isinstance(started, JsonResponse):
         return started
     session, broker = started
     return JsonResponse(session_json(session, broker), status=201)
+
+
+def _wants_page(request: HttpRequest) -> bool:
+    return "text/html" in request.headers.get("Accept", "")
+
+
+async def _refused_page(request: HttpRequest, exhibit: Exhibit, refused: JsonResponse) -> HttpResponse:
+    """The exhibit page again, saying why Start was refused (with the same status)."""
+    from portal.views import exhibit_page_response
+
+    data = json.loads(refused.content)
+    link = data.get("page_url", "") if data.get("error") == "session_exists" else ""
+    return await exhibit_page_response(request, exhibit, message=data["detail"], link=link,
+                                       status=refused.status_code)
 
 
 @require_POST

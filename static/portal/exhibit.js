@@ -1,6 +1,7 @@
 import { api } from "./csrf.js";
 
 const article = document.querySelector("article.exhibit");
+const form = document.getElementById("start-form");
 const button = document.getElementById("start");
 const message = document.getElementById("message");
 
@@ -13,8 +14,10 @@ function say(html) {
 // starts streaming without first loading it.
 window.addEventListener("load", () => { import("/static/novnc/core/rfb.js").catch(() => {}); });
 
-// No button: the exhibit cannot be started now, and the page says why.
-button?.addEventListener("click", async () => {
+// No button: the exhibit cannot be started now, and the page says why. The button
+// is a plain form too, so a press before this script ran still starts the machine.
+form?.addEventListener("submit", async (event) => {
+  event.preventDefault();
   button.disabled = true;
   button.textContent = "Starting…";
   const { status, data } = await api("POST", `/api/exhibits/${article.dataset.slug}/sessions`);

@@ -104,3 +104,23 @@ def test_it_lets_a_visitor_start_use_and_end_a_machine(portal: Portal, browser: 
     with contextlib.suppress(ProcessLookupError):
         os.kill(new_pid, 0)
         raise AssertionError("the reset machine outlived the visit")
+
+
+def test_start_works_before_the_page_script_runs(portal: Portal, browser: Any) -> None:
+    """Start is a plain form under the script: a press on a slow phone before the
+    script has run (here: no script at all) still starts the machine, and a refusal
+    is said on the exhibit page."""
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    page.goto(portal.url + "/exhibits/demo/")
+    page.get_by_role("button", name="Start").click()
+    page.wait_for_url(re.compile(r"/sessions/[A-Za-z0-9_-]{32}/$"))
+    machine_page = page.url
+
+    page.goto(portal.url + "/exhibits/demo/")
+    page.get_by_role("button", name="Start").click()
+    page.wait_for_url(portal.url + "/api/exhibits/demo/sessions")
+    assert "This browser already has a machine running." in page.locator("#message").inner_text()
+    page.get_by_role("link", name="Go back to it").click()
+    page.wait_for_url(machine_page)
+    context.close()
