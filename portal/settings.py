@@ -227,6 +227,10 @@ PORTAL_START_WINDOW_S = _env_float("PORTAL_START_WINDOW_S", 60.0)
 # may go without one before another node ends its visits (reason server).
 PORTAL_NODE_HEARTBEAT_S = _env_float("PORTAL_NODE_HEARTBEAT_S", 3.0)
 PORTAL_NODE_DEAD_S = _env_float("PORTAL_NODE_DEAD_S", 10.0)
+# Where the other nodes reach this node's server (host:port), to pipe to it a
+# visitor's requests for one of its visits. Empty: the address and port the
+# server was started with (python -m portal.server), which suits one host.
+PORTAL_NODE_ADDRESS = os.environ.get("PORTAL_NODE_ADDRESS", "")
 # How often the reaper looks for machines and files that no broker owns.
 PORTAL_REAPER_INTERVAL_S = _env_float("PORTAL_REAPER_INTERVAL_S", 30.0)
 # This install's name on the host (letters, digits, "-" and "_", at most 40): it

@@ -393,7 +393,7 @@ class Broker:
         config = self.config
         known = await sync_to_async(node_heartbeat)(
             name=config.install, capacity=config.capacity, sessions=self.running_count,
-            accelerator=config.accelerator)
+            accelerator=config.accelerator, address=config.node_address)
         mine = [visit.session_id for visit in self.keeper.visits()]
         for session_id in await sync_to_async(sessions_ended_elsewhere)(mine):
             # Another node took this one for dead and ended the visit: end the machine too.

@@ -61,6 +61,8 @@ class BrokerConfig:
     # This install's name on the host, and where its processes lease machines.
     install: str = "default"
     lease_dir: Path | None = None
+    # Where the other nodes reach this node's server (host:port).
+    node_address: str = ""
 
     @classmethod
     def from_settings(cls) -> BrokerConfig:
@@ -88,6 +90,7 @@ class BrokerConfig:
             reaper_interval_s=settings.PORTAL_REAPER_INTERVAL_S,
             node_heartbeat_s=settings.PORTAL_NODE_HEARTBEAT_S,
             node_dead_s=settings.PORTAL_NODE_DEAD_S,
+            node_address=settings.PORTAL_NODE_ADDRESS,
             starts_per_browser=settings.PORTAL_STARTS_PER_BROWSER,
             starts_per_address=settings.PORTAL_STARTS_PER_ADDRESS,
             start_window_s=settings.PORTAL_START_WINDOW_S,

@@ -45,6 +45,8 @@ class VisitorSession(models.Model):
     # The node (install identity, sessions.host) whose machine this is; only that
     # node's reaper, or the sweep after that node died, ends the row.
     node = models.CharField(max_length=40, blank=True, default="", db_index=True)
+    # The network address the visit was started from (its live visits are capped).
+    address = models.CharField(max_length=45, blank=True, default="", db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)
@@ -73,6 +75,9 @@ class Node(models.Model):
     capacity = models.IntegerField(default=0)
     sessions = models.IntegerField(default=0)
     accelerator = models.CharField(max_length=8, blank=True)
+    # Where the other nodes reach this one (host:port of its server), to pipe a
+    # visitor's requests for one of its visits to it.
+    address = models.CharField(max_length=255, blank=True, default="")
     started_at = models.DateTimeField()
     heartbeat_at = models.DateTimeField(db_index=True)
 

@@ -24,15 +24,17 @@ from .models import Node, VisitorSession
 DEAD_NODE_DETAIL = "The server running this machine stopped, so this visit had to end."
 
 
-def node_heartbeat(*, name: str, capacity: int, sessions: int, accelerator: str) -> bool:
+def node_heartbeat(*, name: str, capacity: int, sessions: int, accelerator: str,
+                   address: str = "") -> bool:
     """Write this node's heartbeat; False if its row was gone (it had been taken for dead)."""
     updated = Node.objects.filter(name=name).update(
-        capacity=capacity, sessions=sessions, accelerator=accelerator, heartbeat_at=Now())
+        capacity=capacity, sessions=sessions, accelerator=accelerator, address=address,
+        heartbeat_at=Now())
     if updated:
         return True
     Node.objects.update_or_create(name=name, defaults={
         "capacity": capacity, "sessions": sessions, "accelerator": accelerator,
-        "started_at": Now(), "heartbeat_at": Now()})
+        "address": address, "started_at": Now(), "heartbeat_at": Now()})
     return False
 
 
