@@ -1,22 +1,21 @@
 """`make cluster`: PostgreSQL, Redis, the portal's nodes and nginx on this machine.
 
-Owns: the order of one local run: the services (deploy/services.py), each
-node's database and demo exhibit (as `make run` prepares them), the nodes
-(the portal's Daphne with --proxy-headers, each with a data directory of its
-own), nginx in front on 127.0.0.1:PORT; and stopping all of it, in the
-reverse order, on Ctrl-C or SIGTERM, or when one of them dies.
+Owns: the order of one local run: the services (deploy/services.py), the
+database and the demo exhibit (as `make run` prepares them, once), the nodes
+(the portal's Daphne with --proxy-headers, each an install with a data
+directory of its own, all sharing the database, the image store and the
+secret key that signs visitors' cookies), nginx in front on 127.0.0.1:PORT;
+and stopping all of it, in the reverse order, on Ctrl-C or SIGTERM, or when
+one of them dies.
 
-Until the multi-node scheduler lands (a global waiting line and placement in
-the database), each node keeps its own line and limits, so two nodes on one
-database would each give out the whole capacity: NODES above 1 is refused.
-
-Run: `python -m deploy.cluster --port 8000 --nodes 1 --dir var-cluster`.
+Run: `python -m deploy.cluster --port 8000 --nodes 2 --dir var-cluster`.
 Must not: decide anything about visits; it starts and stops processes.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -37,7 +36,6 @@ from deploy.services import (
     port_free,
 )
 
-NODES_SUPPORTED = 1
 NODE_STOP_TIMEOUT_S = 30.0
 
 
@@ -78,11 +76,8 @@ def _stopping(signum: int, frame: FrameType | None) -> None:
 
 def cluster_run(*, port: int, nodes: int, directory: Path, demo_image: Path,
                 demo_description: str) -> int:
-    if nodes != NODES_SUPPORTED:
-        print(f"make cluster runs one node for now (NODES={nodes} asked): until the multi-node "
-              f"scheduler lands, each node keeps its own waiting line and limits, so several "
-              f"nodes on one database would each give out the whole capacity. Run "
-              f"`make cluster NODES=1`.", file=sys.stderr)
+    if nodes < 1:
+        print(f"make cluster needs at least one node (NODES={nodes}).", file=sys.stderr)
         return 2
     # Others may pass through (PostgreSQL and Redis run as their own users when
     # this is root), not list it; everything inside is private to its owner.
@@ -99,20 +94,30 @@ def cluster_run(*, port: int, nodes: int, directory: Path, demo_image: Path,
         started.append(redis)
         redis.start()
         node_list = []
+        shared = {
+            "PORTAL_DATABASE_URL": postgresql.url, "PORTAL_REDIS_URL": redis.url,
+            # What every node must read alike: the masters and start states, and the
+            # key that signs a visitor's cookie (any node may serve the next request).
+            "PORTAL_IMAGE_DIR": str(directory / "images"),
+            "DJANGO_SECRET_KEY": secret_key(directory / "secret_key"),
+            "DJANGO_ALLOWED_HOSTS": os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost"),
+        }
         for number in range(1, nodes + 1):
             node_dir = directory / f"node-{number}"
-            node = Node(name=f"node-{number}", directory=node_dir, port=port_free(), env={
-                **os.environ, "PORTAL_DATA_DIR": str(node_dir),
-                "PORTAL_DATABASE_URL": postgresql.url, "PORTAL_REDIS_URL": redis.url,
-                "DJANGO_ALLOWED_HOSTS": os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost"),
+            node_port = port_free()
+            node = Node(name=f"node-{number}", directory=node_dir, port=node_port, env={
+                **os.environ, **shared, "PORTAL_DATA_DIR": str(node_dir),
+                "PORTAL_NODE_ADDRESS": f"{LOOPBACK}:{node_port}",
             })
             node_dir.mkdir(mode=0o700, exist_ok=True)
-            # As `make run` does, once the database is there.
-            node.manage("migrate", "--no-input", "-v", "0")
-            node.manage("add_exhibit", str(demo_image), "--slug", "demo", "--boot", "hdd", "--publish",
-                        "--title", "Portal demo desktop", "--year", "1992",
-                        "--publisher", "This portal", "--description", demo_description)
-            node.manage("prepare_exhibit", "demo", "--wait-graphics", "--still", "2", "--if-needed")
+            if number == 1:
+                # As `make run` does, once the database is there; once for all nodes.
+                node.manage("migrate", "--no-input", "-v", "0")
+                node.manage("add_exhibit", str(demo_image), "--slug", "demo", "--boot", "hdd",
+                            "--publish", "--title", "Portal demo desktop", "--year", "1992",
+                            "--publisher", "This portal", "--description", demo_description)
+                node.manage("prepare_exhibit", "demo", "--wait-graphics", "--still", "2",
+                            "--if-needed")
             started.append(node)
             node.start()
             node_list.append(node)
@@ -152,10 +157,22 @@ def cluster_run(*, port: int, nodes: int, directory: Path, demo_image: Path,
     return code
 
 
+def secret_key(path: Path) -> str:
+    """The cluster's one secret key, made on its first run and kept (0600) beside it."""
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        key = secrets.token_urlsafe(50)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key)
+        return key
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8000, help="where nginx listens on 127.0.0.1")
-    parser.add_argument("--nodes", type=int, default=2, help="portal nodes (1 until the scheduler lands)")
+    parser.add_argument("--nodes", type=int, default=2, help="portal nodes, each an install of its own")
     parser.add_argument("--dir", type=Path, default=REPO / "var-cluster",
                         help="the cluster's own directory (databases, nodes' data, logs)")
     parser.add_argument("--demo-image", type=Path, default=REPO / "build" / "demo.img")

@@ -10,14 +10,20 @@ forever, and the server's stop with it. Here a send runs as a task of its
 own that the caller awaits through `asyncio.shield`: a cancel reaches the
 caller at once, and the publish (a fraction of a millisecond) finishes alone.
 
+And one more: a send on a connection that Redis closed (it restarted) fails
+once with ConnectionError before redis-py opens a new one; such a send is
+made once more, on the new connection, instead of losing a page's notice.
+
 Must not: change what is sent or to whom.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import redis
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
 logger = logging.getLogger(__name__)
@@ -31,10 +37,19 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
 
 class PubSubChannelLayer(RedisPubSubChannelLayer):  # type: ignore[misc]
     async def send(self, channel: str, message: dict[str, Any]) -> None:
-        await self._shielded(self._get_layer().send(channel, message))
+        await self._shielded(self._again_once(lambda: self._get_layer().send(channel, message)))
 
     async def group_send(self, group: str, message: dict[str, Any]) -> None:
-        await self._shielded(self._get_layer().group_send(group, message))
+        await self._shielded(self._again_once(lambda: self._get_layer().group_send(group, message)))
+
+    @staticmethod
+    async def _again_once(sending: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await sending()
+        except redis.ConnectionError as error:
+            logger.info("a channel-layer send found its Redis connection closed (%s); "
+                        "sending again", error)
+            await sending()
 
     @staticmethod
     async def _shielded(sending: Any) -> None:

@@ -23,7 +23,7 @@ class Runtime(Protocol):
     async def start_state_usable(self, exhibit: Exhibit) -> object | None:
         """The exhibit's start state if machines here may resume it (instant start)."""
 
-    def health(self) -> dict[str, Any]:
+    async def health(self) -> dict[str, Any]:
         """`/healthz`'s answer."""
 
 

@@ -67,7 +67,7 @@ async def api_csrf(request: HttpRequest) -> HttpResponse:
 
 @require_GET
 async def healthz(request: HttpRequest) -> JsonResponse:
-    return JsonResponse((await runtime()).health())
+    return JsonResponse(await (await runtime()).health())
 
 
 @require_GET

@@ -22,6 +22,7 @@ from .broker import (
     Broker,
     CapacityError,
     ExhibitUnavailableError,
+    NodeUnreachableError,
     RateLimitedError,
     SessionBusyError,
     SessionEndedError,
@@ -69,7 +70,7 @@ async def session_create(request: HttpRequest, slug: str) -> HttpResponse:
     if isinstance(started, JsonResponse):
         return started
     session, broker = started
-    return JsonResponse(session_json(session, broker), status=201)
+    return JsonResponse(await session_json(session, broker), status=201)
 
 
 def _wants_page(request: HttpRequest) -> bool:
@@ -102,7 +103,7 @@ async def session_preview(request: HttpRequest, slug: str) -> HttpResponse:
         return started
     session, broker = started
     thumbnail_take_soon(broker, session_id=session.id, exhibit=exhibit)
-    data = session_json(session, broker)
+    data = await session_json(session, broker)
     if "text/html" in request.headers.get("Accept", ""):
         return HttpResponseRedirect(data["page_url"])
     return JsonResponse(data, status=201)
@@ -147,10 +148,15 @@ async def session_detail(request: HttpRequest, session_id: str) -> HttpResponse:
         return _not_found()
     if request.method == "DELETE":
         broker = await get_broker()
-        await broker.session_end(session_id=session.id, reason=VisitorSession.EndedReason.VISITOR,
-                                 detail="The visitor ended the session.")
+        try:
+            await broker.session_end(session_id=session.id, reason=VisitorSession.EndedReason.VISITOR,
+                                     detail="The visitor ended the session.")
+        except NodeUnreachableError as error:
+            response = json_error(503, "node_unreachable", str(error))
+            response["Retry-After"] = "5"
+            return response
         return HttpResponse(status=204)
-    return JsonResponse(session_json(session, await get_broker()))
+    return JsonResponse(await session_json(session, await get_broker()))
 
 
 @require_POST
@@ -167,7 +173,7 @@ async def session_reset(request: HttpRequest, session_id: str) -> JsonResponse:
     except SessionBusyError as error:
         return json_error(409, "session_busy", str(error))
     session = await VisitorSession.objects.select_related("exhibit").aget(id=session.id)
-    return JsonResponse(session_json(session, broker))
+    return JsonResponse(await session_json(session, broker))
 
 
 @require_GET
@@ -179,5 +185,5 @@ async def session_page(request: HttpRequest, session_id: str) -> HttpResponse:
     return render(request, "portal/session.html", {
         "session": session,
         "exhibit": session.exhibit,
-        "session_json": session_json(session, await get_broker()),
+        "session_json": await session_json(session, await get_broker()),
     })

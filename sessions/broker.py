@@ -1,12 +1,14 @@
 """The broker: the runtime's one front door, joining the scheduler and the keeper.
 
 Owns: the visit's row (`VisitorSession`: written when a visit is created, and
-at each step the keeper reports), the rule of one live visit per browser,
-handing the scheduler's promotions to the keeper, the pages' events (through
-the channel layer), and the process's background loops (events, the clock,
-the reaper) with their start and shutdown. What is global (the waiting line,
-limits) is the scheduler's; what is this node's (machines, viewers, grace,
-clocks, reset, ends) is the keeper's; how a machine is made, the launcher's.
+at each step the keeper reports), handing the keeper the visits the scheduler
+gives this node (placed here, or taken from the line when a place frees), the
+nodes' messages to each other and the pages' events (both through the channel
+layer), and the process's background loops (events, the clock, the reaper, the
+heartbeat, the node's messages) with their start and shutdown. What is global
+(placement, the waiting line, limits) is the scheduler's; what is this node's
+(machines, viewers, grace, clocks, reset, ends) is the keeper's; how a machine
+is made, the launcher's.
 
 Must not: speak HTTP or WebSocket (views and consumers translate its errors),
 or start anything at import time: Daphne has no lifespan events, so the broker
@@ -15,6 +17,7 @@ is created lazily inside the running event loop by `get_broker()`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -37,6 +40,7 @@ from .errors import (
     CapacityError,
     DisplayUnavailableError,
     ExhibitUnavailableError,
+    NodeUnreachableError,
     RateLimitedError,
     SessionBusyError,
     SessionEndedError,
@@ -55,17 +59,28 @@ from .nodes import (
     node_leave,
     nodes_dead_end,
     nodes_list,
-    sessions_ended_elsewhere,
 )
 from .reaper import reap_once
-from .scheduler import Scheduler, StartLimiter
-from .visit import Visit
+from .scheduler import (
+    Limiter,
+    RedisStartLimiter,
+    StartLimiter,
+    line_ids,
+    line_length,
+    line_position,
+    line_take,
+    placed_pending,
+    rows_of,
+    visit_place,
+    wait_s,
+)
+from .visit import Phase, Visit
 
 __all__ = [
     "AddressLimitError", "Broker", "BrokerConfig", "CapacityError", "DisplayUnavailableError",
-    "ExhibitUnavailableError", "RateLimitedError", "SessionBusyError", "SessionEndedError",
-    "SessionError", "SessionExistsError", "StartLimiter", "ViewerLimitError", "exhibit_prepare",
-    "get_broker", "runas_choose", "session_group",
+    "ExhibitUnavailableError", "NodeUnreachableError", "RateLimitedError", "SessionBusyError",
+    "SessionEndedError", "SessionError", "SessionExistsError", "StartLimiter", "ViewerLimitError",
+    "exhibit_prepare", "get_broker", "runas_choose", "session_group",
 ]
 
 logger = logging.getLogger(__name__)
@@ -77,11 +92,17 @@ State = VisitorSession.State
 class Broker:
     def __init__(self, config: BrokerConfig, *, machine_factory: MachineFactory | None = None) -> None:
         self.launcher = Launcher(config)
-        self.scheduler = Scheduler(config.scheduler_config())
+        self.scheduler = config.scheduler_config()
+        self.limiter: Limiter = (
+            RedisStartLimiter(url=config.redis_url, window_s=config.start_window_s)
+            if config.redis_url else StartLimiter(window_s=config.start_window_s))
         self.keeper = Keeper(config.keeper_config(), machine_factory=machine_factory or self.launcher,
                              recorder=self)
         self._config = config
         self._create_lock = asyncio.Lock()
+        self._pull_lock = asyncio.Lock()
+        # Set once the broker shuts down: it takes no visit in any more.
+        self._closing = False
         self._events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._background: list[asyncio.Task[None]] = []
         # The nodes the database knew at this node's last heartbeat (for /healthz).
@@ -95,7 +116,7 @@ class Broker:
     @config.setter
     def config(self, config: BrokerConfig) -> None:
         self._config = self.launcher.config = config
-        self.scheduler.config = config.scheduler_config()
+        self.scheduler = config.scheduler_config()
         self.keeper.config = config.keeper_config()
 
     # --- queries -----------------------------------------------------------------
@@ -106,12 +127,13 @@ class Broker:
 
     @property
     def active_count(self) -> int:
-        """Machines counted against capacity: starting, running or still stopping."""
-        return self.scheduler.placed_count
+        """This node's machines: starting, running or still stopping."""
+        return sum(1 for visit in self.keeper.visits() if visit.phase is not Phase.QUEUED)
 
     @property
     def queue_length(self) -> int:
-        return self.scheduler.queue_length
+        """Visitors in line that this node holds (the line itself is all nodes')."""
+        return sum(1 for visit in self.keeper.visits() if visit.phase is Phase.QUEUED)
 
     def qemu_version(self) -> str:
         return self.launcher.qemu_version()
@@ -144,13 +166,15 @@ class Broker:
     def is_live(self, session_id: str) -> bool:
         return self.keeper.is_live(session_id)
 
-    def queue_position(self, session_id: str) -> int | None:
-        """1 for the next visitor to get a machine; None when not waiting."""
-        return self.scheduler.position(session_id)
-
-    def queue_wait_s(self, position: int) -> float:
-        """Estimated wait for a place in line (see `Scheduler.wait_s`)."""
-        return self.scheduler.wait_s(position)
+    async def line_place(self, session: VisitorSession) -> tuple[int | None, float | None]:
+        """A waiting session's place in the one line of all nodes (1 is next) and
+        its estimated wait; (None, None) when it is not waiting."""
+        if session.state != State.QUEUED:
+            return None, None
+        position = await sync_to_async(line_position)(session)
+        if position is None:
+            return None, None
+        return position, await sync_to_async(wait_s)(self.scheduler, position)
 
     def time_left_s(self, session_id: str) -> float | None:
         return self.keeper.time_left_s(session_id)
@@ -159,7 +183,7 @@ class Broker:
         """Which machine of the session is current: it changes at every reset."""
         return self.keeper.generation(session_id)
 
-    def health(self) -> dict[str, Any]:
+    async def health(self) -> dict[str, Any]:
         """`/healthz`: this install, its QEMU, its capacity and how machines are held."""
         return {
             "ok": True,
@@ -168,7 +192,8 @@ class Broker:
             "sessions": self.running_count,
             "capacity": self.config.capacity,
             "accelerator": self.config.accelerator,
-            "queued": self.queue_length,
+            # The one line of all nodes.
+            "queued": await sync_to_async(line_length)(),
             "queue_max": self.config.queue_max,
             # How machines are held: their own uid (or the portal's) and the memory limit.
             "qemu_runs_as": "per-machine uid" if self.config.uid_base is not None else "portal user",
@@ -183,66 +208,94 @@ class Broker:
     # --- start -------------------------------------------------------------------
 
     async def session_create(self, *, exhibit: Exhibit, owner: str, address: str = "") -> VisitorSession:
-        """Record a new session; start its machine now, or line it up for the next free one."""
+        """Record a new session and start its machine: here, on another node with a
+        free place, or, when every place is taken, once it is first in line."""
         problem = await exhibit.fixity_problem()
         if problem is not None:
             raise ExhibitUnavailableError(problem)
         async with self._create_lock:
-            existing = await VisitorSession.objects.filter(
-                owner=owner, state__in=VisitorSession.LIVE_STATES
-            ).afirst()
-            if existing is not None:
-                raise SessionExistsError(existing.id)
             session_id = new_session_id()
-            queued = self.scheduler.admit(session_id=session_id, owner=owner, address=address)
+            # Owned before its row exists, so no reaper of the install (in this
+            # process or another) ever takes it for an orphan.
+            lease = machine_lease_take(name=session_id, directory=self.config.leases)
             try:
-                # Owned before its row exists, so no reaper of the install (in this
-                # process or another) ever takes it for an orphan.
-                lease = machine_lease_take(name=session_id, directory=self.config.leases)
+                session = await sync_to_async(visit_place)(
+                    self.scheduler, self.limiter, session_id=session_id, exhibit_id=exhibit.pk,
+                    owner=owner, address=address, accelerator=self.accelerator_for(exhibit),
+                    run_dir=os.fspath(self.config.run_root / session_id))
             except BaseException:
-                self._promote(self.scheduler.release(session_id))
+                lease.release()
                 raise
-            visit = self.keeper.visit_open(session_id=session_id, exhibit=exhibit, queued=queued,
-                                           lease=lease)
-            try:
-                session = await VisitorSession.objects.acreate(
-                    id=session_id,
-                    exhibit=exhibit,
-                    owner=owner,
-                    state=State.QUEUED if queued else State.STARTING,
-                    accelerator=self.accelerator_for(exhibit),
-                    run_dir=os.fspath(visit.run_dir),
-                    node=self.config.install,
-                )
-            except BaseException:
-                self.keeper.visit_drop(visit)
-                self._promote(self.scheduler.release(session_id))
-                raise
-            self.keeper.visit_begin(visit)
+            if session.node != self.config.install:
+                lease.release()
+                self._node_tell(session.node, "node.adopt", session_id)
+            else:
+                visit = self.keeper.visit_open(session_id=session_id, exhibit=exhibit,
+                                               queued=session.state == State.QUEUED, lease=lease)
+                self.keeper.visit_begin(visit)
+        session.exhibit = exhibit
         return session
 
-    def _promote(self, session_ids: list[str]) -> None:
-        """Start the visits the scheduler gave machines; tell the rest their place."""
-        pending = list(session_ids)
-        while pending:
-            session_id = pending.pop(0)
-            if not self.keeper.promote(session_id):
-                # It is ending already: its place goes to the next in line.
-                pending.extend(self.scheduler.release(session_id))
-        for session_id in self.scheduler.waiting:
-            self._notify_changed(session_id)
+    # --- the visits the scheduler gives this node ------------------------------
+
+    async def line_pull(self, *, moved: bool = False) -> None:
+        """Give this node's free places to the first in line (those another node
+        held in line are taken in here); with `moved` (the line changed), or when
+        anyone was taken, tell everyone in line their new place."""
+        if self._closing:
+            return
+        async with self._pull_lock:
+            taken = await sync_to_async(line_take)(self.scheduler)
+            for session_id, holder in taken:
+                if holder == self.config.install:
+                    # False: it is ending already, and its end frees the place again.
+                    self.keeper.promote(session_id)
+                else:
+                    await self.adopt(session_id)
+                    self._node_tell(holder, "node.moved", session_id)
+            if taken or moved:
+                for session_id in await sync_to_async(line_ids)():
+                    self._notify_changed(session_id)
+
+    async def adopt(self, session_id: str) -> bool:
+        """Take in a visit placed on this node by another (or taken from another's
+        line): start its machine here. False if there is nothing to take in."""
+        if self._closing or self.keeper.is_live(session_id):
+            return False
+        row = await VisitorSession.objects.select_related("exhibit", "exhibit__image").filter(
+            id=session_id, node=self.config.install, state=State.STARTING, run_dir="").afirst()
+        if row is None or self._closing or self.keeper.is_live(session_id):
+            return False
+        lease = machine_lease_take(name=session_id, directory=self.config.leases)
+        visit = self.keeper.visit_open(session_id=session_id, exhibit=row.exhibit, queued=False,
+                                       lease=lease)
+        try:
+            await VisitorSession.objects.filter(id=session_id).aupdate(
+                run_dir=os.fspath(visit.run_dir), accelerator=self.accelerator_for(row.exhibit))
+        except BaseException:
+            self.keeper.visit_drop(visit)
+            raise
+        self.keeper.visit_begin(visit)
+        self._notify_changed(session_id)
+        return True
+
+    def moved_away(self, session_id: str) -> None:
+        """A visit this node held in line was taken by another node: let it go."""
+        visit = self.keeper.visit(session_id)
+        if visit is not None and visit.phase is Phase.QUEUED:
+            self.keeper.visit_release(visit)
 
     # --- what the keeper reports (its Recorder) ----------------------------------
 
     async def visit_starting(self, visit: Visit) -> None:
+        # The scheduler wrote the row when it took the visit from the line.
         await VisitorSession.objects.filter(
-            id=visit.session_id, state=State.QUEUED
+            id=visit.session_id, node=self.config.install, state=State.QUEUED
         ).aupdate(state=State.STARTING)
         self._notify_changed(visit.session_id)
 
     async def visit_running(self, visit: Visit) -> None:
         assert visit.started is not None and visit.expires is not None and visit.machine is not None
-        self.scheduler.visit_started(visit.session_id, started=visit.started, expires=visit.expires)
         now = timezone.now()
         await VisitorSession.objects.filter(id=visit.session_id, state=State.STARTING).aupdate(
             state=State.RUNNING, started_at=now, pid=visit.machine.pid,
@@ -255,13 +308,15 @@ class Broker:
         await VisitorSession.objects.filter(id=visit.session_id).aupdate(pid=visit.machine.pid)
 
     async def visit_ended(self, visit: Visit, *, reason: str, detail: str) -> None:
-        await VisitorSession.objects.filter(id=visit.session_id).aupdate(
+        # Only while this node holds it: a visit in line may have gone to another.
+        await VisitorSession.objects.filter(id=visit.session_id, node=self.config.install).aupdate(
             state=State.ENDED, ended_reason=reason, detail=detail,
             ended_at=timezone.now(), pid=None,
         )
 
     def visit_gone(self, visit: Visit) -> None:
-        self._promote(self.scheduler.release(visit.session_id))
+        if not self._closing:
+            self.task_start(self.line_pull(moved=True), name=f"line-{visit.session_id}")
 
     def notify(self, session_id: str, event: dict[str, Any]) -> None:
         self._events.put_nowait((session_id, event))
@@ -300,13 +355,38 @@ class Broker:
     # --- the end -----------------------------------------------------------------
 
     async def session_end(self, *, session_id: str, reason: str, detail: str = "") -> None:
-        """End a session; returns once the machine is stopped and its files are gone."""
-        await self.keeper.end(session_id=session_id, reason=reason, detail=detail)
+        """End a session; returns once the machine is stopped and its files are gone.
+
+        A visit another node holds (a request that reached this node while the
+        visit moved) is ended by that node, told through the channel layer.
+        """
+        if self.keeper.is_live(session_id):
+            await self.keeper.end(session_id=session_id, reason=reason, detail=detail)
+            return
+        rows = await sync_to_async(rows_of)([session_id])
+        state, node = rows.get(session_id, ("", ""))
+        if state in VisitorSession.LIVE_STATES and node and node != self.config.install:
+            self._node_tell(node, "node.end", session_id, reason=reason, detail=detail)
+            if not await self._until_ended_elsewhere(session_id,
+                                                     timeout_s=self.config.stop_timeout_s + 5):
+                raise NodeUnreachableError()
+
+    async def _until_ended_elsewhere(self, session_id: str, *, timeout_s: float) -> bool:
+        """Until another node records the visit's end: the database is all the nodes
+        share, so it is asked every 0.1 s."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                for _ in iter(int, 1):
+                    rows = await sync_to_async(rows_of)([session_id])
+                    if rows.get(session_id, (State.ENDED, ""))[0] not in VisitorSession.LIVE_STATES:
+                        return True
+                    await asyncio.sleep(0.1)
+        return False
 
     async def shutdown(self) -> None:
         """End every live session (reason `server`) and wait for all of it."""
-        # Nobody in line gets a machine now.
-        self.scheduler.line_clear()
+        # Nobody in line gets a machine here now.
+        self._closing = True
         await self.keeper.end_all(reason=VisitorSession.EndedReason.SERVER, detail="The server stopped.")
         tasks: list[asyncio.Task[Any]] = [*self._background, *self._helpers]
         self._background = []
@@ -357,6 +437,7 @@ class Broker:
             task_new(self._clock(), name="broker-clock"),
             task_new(self._reaper(), name="broker-reaper"),
             task_new(self._heartbeat(), name="broker-heartbeat"),
+            task_new(self._node_messages(), name="broker-node-messages"),
         ]
 
     async def _clock(self) -> None:
@@ -364,7 +445,7 @@ class Broker:
             tick_s = max(0.05, min(1.0, self.config.warning_s / 4, self.config.idle_s / 4))
             await asyncio.sleep(tick_s)
             self.keeper.clock_tick()
-            self.scheduler.forget_old()
+            self.limiter.forget_old()
 
     async def _heartbeat(self) -> None:
         """Say this node lives; end the visits of nodes that stopped saying so.
@@ -395,10 +476,17 @@ class Broker:
             name=config.install, capacity=config.capacity, sessions=self.running_count,
             accelerator=config.accelerator, address=config.node_address)
         mine = [visit.session_id for visit in self.keeper.visits()]
-        for session_id in await sync_to_async(sessions_ended_elsewhere)(mine):
-            # Another node took this one for dead and ended the visit: end the machine too.
-            logger.warning("session %s was ended by another node; ending its machine", session_id)
-            self._end_soon(session_id)
+        for session_id, (state, node) in (await sync_to_async(rows_of)(mine)).items():
+            if state not in VisitorSession.LIVE_STATES:
+                # Another node took this one for dead and ended the visit: end the machine too.
+                logger.warning("session %s was ended by another node; ending its machine", session_id)
+                self._end_soon(session_id)
+            elif node != config.install:
+                self.moved_away(session_id)
+        # What the nodes' messages may have missed: visits placed here, free places.
+        for session_id in await sync_to_async(placed_pending)(self.scheduler):
+            await self.adopt(session_id)
+        await self.line_pull()
         if not known and self._nodes:
             logger.warning("node %s: its heartbeat row was gone; written again", config.install)
         if judge:
@@ -406,6 +494,61 @@ class Broker:
                     own=config.install, dead_after_s=config.node_dead_s):
                 self._notify_changed(session_id)
         self._nodes = await sync_to_async(nodes_list)(dead_after_s=config.node_dead_s)
+
+    # --- the nodes' messages to each other -----------------------------------------
+
+    def _node_tell(self, node: str, kind: str, session_id: str, **more: str) -> None:
+        """Tell another node about one of its visits, through the channel layer.
+        Best effort: the heartbeat finds the same within node_heartbeat_s."""
+        layer = get_channel_layer()
+        if layer is None:
+            return
+
+        async def send() -> None:
+            try:
+                await layer.group_send(node_group(node),
+                                       {"type": kind, "session_id": session_id, **more})
+            except Exception as error:
+                logger.warning("node %s: could not tell %s (%s) about %s: %s",
+                               self.config.install, node, kind, session_id, error)
+
+        self.task_start(send(), name=f"tell-{node}")
+
+    async def _node_messages(self) -> None:
+        """What other nodes tell this one: a visit placed here, or one it held in
+        line that another node took."""
+        layer = get_channel_layer()
+        if layer is None:
+            return
+        channel: str | None = None
+        while True:
+            try:
+                if channel is None:
+                    channel = await layer.new_channel()
+                # Again now and then: Redis forgets a group after its expiry, or when restarted.
+                await layer.group_add(node_group(self.config.install), channel)
+                async with asyncio.timeout(60):
+                    message = await layer.receive(channel)
+            except TimeoutError:
+                continue
+            except Exception as error:
+                logger.warning("node %s: its messages are away (%s); trying again",
+                               self.config.install, error)
+                await asyncio.sleep(self.config.node_heartbeat_s)
+                continue
+            try:
+                if message.get("type") == "node.adopt":
+                    await self.adopt(str(message.get("session_id", "")))
+                elif message.get("type") == "node.moved":
+                    self.moved_away(str(message.get("session_id", "")))
+                elif message.get("type") == "node.end":
+                    reason = str(message.get("reason", ""))
+                    if reason in VisitorSession.EndedReason.values:
+                        self.task_start(self.keeper.end(
+                            session_id=str(message.get("session_id", "")), reason=reason,
+                            detail=str(message.get("detail", ""))), name="end-told")
+            except Exception:
+                logger.exception("node %s: could not act on %s", self.config.install, message)
 
     def _end_soon(self, session_id: str) -> None:
         self.task_start(self.keeper.end(session_id=session_id, reason=VisitorSession.EndedReason.SERVER,
@@ -430,6 +573,11 @@ class Broker:
         if count:
             logger.warning("reaper cleaned up %d sessions that no broker owned", count)
         return count
+
+
+def node_group(node: str) -> str:
+    """The channel-layer group of one node, for the other nodes' messages."""
+    return f"portal.node.{node}"
 
 
 def session_group(session_id: str) -> str:

@@ -63,6 +63,8 @@ class BrokerConfig:
     lease_dir: Path | None = None
     # Where the other nodes reach this node's server (host:port).
     node_address: str = ""
+    # Where the start limits of all nodes are kept (empty: in this process).
+    redis_url: str = ""
 
     @classmethod
     def from_settings(cls) -> BrokerConfig:
@@ -91,6 +93,7 @@ class BrokerConfig:
             node_heartbeat_s=settings.PORTAL_NODE_HEARTBEAT_S,
             node_dead_s=settings.PORTAL_NODE_DEAD_S,
             node_address=settings.PORTAL_NODE_ADDRESS,
+            redis_url=settings.PORTAL_REDIS_URL,
             starts_per_browser=settings.PORTAL_STARTS_PER_BROWSER,
             starts_per_address=settings.PORTAL_STARTS_PER_ADDRESS,
             start_window_s=settings.PORTAL_START_WINDOW_S,
@@ -109,9 +112,11 @@ class BrokerConfig:
 
     def scheduler_config(self) -> SchedulerConfig:
         return SchedulerConfig(
-            capacity=self.capacity, queue_max=self.queue_max, session_max_s=self.session_max_s,
+            node=self.install, capacity=self.capacity, queue_max=self.queue_max,
+            session_max_s=self.session_max_s,
             starts_per_browser=self.starts_per_browser, starts_per_address=self.starts_per_address,
             start_window_s=self.start_window_s, live_per_address=self.live_per_address,
+            node_dead_s=self.node_dead_s,
         )
 
     def keeper_config(self) -> KeeperConfig:

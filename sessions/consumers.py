@@ -391,7 +391,7 @@ class EventsConsumer(PortalSocket):
         if session is None:
             session = await VisitorSession.objects.select_related("exhibit").aget(id=self.session_id)
         broker = await get_broker()
-        await self._send({"type": "state", **session_json(session, broker)})
+        await self._send({"type": "state", **await session_json(session, broker)})
         if not session.is_live:
             await self._send({"type": "ended", "reason": session.ended_reason,
                               "detail": session.detail})

@@ -59,3 +59,10 @@ class AddressLimitError(RateLimitedError):
 
 class ExhibitUnavailableError(SessionError):
     """The exhibit cannot start: a master it needs failed its fixity check."""
+
+
+class NodeUnreachableError(SessionError):
+    """The node that holds a visit did not do what it was asked in time."""
+
+    def __init__(self) -> None:
+        super().__init__("The server running this machine did not answer. Please try again.")

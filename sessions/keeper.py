@@ -156,6 +156,17 @@ class Keeper:
         if visit.lease is not None:
             visit.lease.release()
 
+    def visit_release(self, visit: Visit) -> None:
+        """Let go of a visit in line that another node took: no machine, no record
+        (the row is that node's now), nothing to end."""
+        if visit.phase is not Phase.QUEUED:
+            return
+        self._grace_cancel(visit)
+        self._visits.pop(visit.session_id, None)
+        if visit.lease is not None:
+            visit.lease.release()
+        visit.move(Phase.ENDED)
+
     def visit_begin(self, visit: Visit) -> None:
         """Start its machine, or, in line, keep its place only while someone watches."""
         if visit.phase is Phase.QUEUED:

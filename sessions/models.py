@@ -54,6 +54,12 @@ class VisitorSession(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["state"])]
+        constraints = [
+            # One live visit per browser, whichever node recorded it.
+            models.UniqueConstraint(
+                fields=["owner"], condition=models.Q(state__in=["queued", "starting", "running"]),
+                name="one_live_visit_per_browser"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.exhibit_id}:{self.id[:8]} {self.state}"

@@ -63,15 +63,6 @@ def nodes_dead_end(*, own: str, dead_after_s: float) -> list[str]:
     return ended
 
 
-def sessions_ended_elsewhere(session_ids: list[str]) -> list[str]:
-    """Which of this node's live visits the database already calls ended (another
-    node took this one for dead): the node ends them too."""
-    if not session_ids:
-        return []
-    return list(VisitorSession.objects.filter(id__in=session_ids)
-                .exclude(state__in=VisitorSession.LIVE_STATES).values_list("id", flat=True))
-
-
 def nodes_list(*, dead_after_s: float) -> list[dict[str, Any]]:
     """Every node with a row, for /healthz: name, alive, sessions, capacity."""
     alive = set(Node.objects.filter(heartbeat_at__gte=Now() - timedelta(seconds=dead_after_s))

@@ -66,7 +66,8 @@ def reap_once(*, run_root: Path, is_live: Callable[[str], bool], lease_dir: Path
     lets go for an owner that dies. The reaper holds the orphan's lease while
     it cleans, so nobody else can own it meanwhile. `is_live(name)` (the
     broker in this process) only saves asking. Of the database's live rows it
-    looks only at `node`'s own (and rows from before nodes were recorded):
+    looks only at `node`'s own (and rows from before nodes were recorded),
+    and not at those placed on it that it has not taken in yet:
     another node's visits are that node's, or, once it is dead, the node
     sweep's (sessions.nodes).
     """
@@ -77,6 +78,9 @@ def reap_once(*, run_root: Path, is_live: Callable[[str], bool], lease_dir: Path
         names |= {entry.name for entry in run_root.iterdir() if entry.is_dir()}
     stale_rows = set(
         VisitorSession.objects.filter(state__in=VisitorSession.LIVE_STATES, node__in=[node, ""])
+        # Placed on this node by another and not taken in yet (the broker does at
+        # its next heartbeat, if not sooner): nothing of it exists to be an orphan.
+        .exclude(state=VisitorSession.State.STARTING, run_dir="")
         .values_list("id", flat=True)
     )
     names |= stale_rows

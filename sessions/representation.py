@@ -1,7 +1,7 @@
 """The API's Session object, shared by the HTTP API and the events WebSocket.
 
-Owns: turning a session row (and, for a waiting one, the broker's line) into
-the JSON of API.md. Must not: query anything or change state.
+Owns: turning a session row (and, for a waiting one, its place in the line)
+into the JSON of API.md. Must not: change state; it queries only the line.
 """
 from __future__ import annotations
 
@@ -11,19 +11,19 @@ from .broker import Broker
 from .models import VisitorSession
 
 
-def session_json(session: VisitorSession, broker: Broker | None = None) -> dict[str, Any]:
+async def session_json(session: VisitorSession, broker: Broker | None = None) -> dict[str, Any]:
     """The API's Session. With the broker, a waiting session also tells its place
     in line and the estimated wait (`queue_wait_s`, an extension)."""
     def when(value: Any) -> str | None:
         return value.isoformat() if value else None
 
-    position = broker.queue_position(session.id) if broker is not None else None
+    position, wait = await broker.line_place(session) if broker is not None else (None, None)
     return {
         "id": session.id,
         "exhibit": session.exhibit.slug,
         "state": session.state,
         "queue_position": position,
-        "queue_wait_s": round(broker.queue_wait_s(position)) if broker and position else None,
+        "queue_wait_s": round(wait) if wait is not None else None,
         "page_url": f"/sessions/{session.id}/",
         "vnc_path": f"/ws/sessions/{session.id}/vnc",
         "events_path": f"/ws/sessions/{session.id}/events",

@@ -58,9 +58,10 @@ class EndReason(StrEnum):
     SERVER = "server"
 
 
-#: Every move a visit may make. A visit may end from every phase before ENDING.
+#: Every move a visit may make. A visit may end from every phase before ENDING;
+#: one in line leaves this node at once when another node takes it from the line.
 MOVES: dict[Phase, frozenset[Phase]] = {
-    Phase.QUEUED: frozenset({Phase.STARTING, Phase.ENDING}),
+    Phase.QUEUED: frozenset({Phase.STARTING, Phase.ENDING, Phase.ENDED}),
     Phase.STARTING: frozenset({Phase.RUNNING, Phase.ENDING}),
     Phase.RUNNING: frozenset({Phase.RESETTING, Phase.ENDING}),
     Phase.RESETTING: frozenset({Phase.RUNNING, Phase.ENDING}),

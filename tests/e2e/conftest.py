@@ -211,7 +211,7 @@ def browser() -> Iterator[object]:
 # --- The services of a node (deploy/services.py): PostgreSQL, Redis, nginx -------
 
 
-NginxFactory = Callable[[Portal], "Nginx"]
+NginxFactory = Callable[..., "Nginx"]
 
 
 @pytest.fixture
@@ -222,13 +222,15 @@ def nginx_make(services_root: Path) -> Iterator[NginxFactory]:
 
     made: list[Nginx] = []
 
-    def make(site: Portal) -> Nginx:
+    def make(site: Portal, *more: Portal) -> Nginx:
+        """nginx in front of site (and of more nodes of the same portal)."""
         from django.conf import settings
 
         request_max = int(site.env.get("PORTAL_REQUEST_MAX_BYTES", settings.PORTAL_REQUEST_MAX_BYTES))
         import_max = int(site.env.get("PORTAL_IMPORT_MAX_BYTES", settings.PORTAL_IMPORT_MAX_BYTES))
         service = Nginx(name="nginx", directory=services_root / f"nginx-{len(made)}", port=port_free(),
-                        nodes=[f"127.0.0.1:{site.port}"], request_max_bytes=request_max,
+                        nodes=[f"127.0.0.1:{each.port}" for each in (site, *more)],
+                        request_max_bytes=request_max,
                         upload_max_bytes=import_max + 1024 * 1024,
                         upload_path_prefix=settings.PORTAL_UPLOAD_PATH_PREFIX)
         made.append(service)

@@ -1,5 +1,5 @@
-"""`make cluster` (deploy/cluster.py): one node on PostgreSQL and Redis behind nginx,
-started and stopped as a whole; several nodes refused until the scheduler lands.
+"""`make cluster` (deploy/cluster.py): two nodes on PostgreSQL and Redis behind nginx,
+started and stopped as a whole.
 
 The tests run what the Makefile runs (`python -m deploy.cluster`), on a free port
 and in a private directory, not `make` itself: `make cluster` first sets up what
@@ -22,6 +22,7 @@ import pytest
 from deploy.services import port_free
 from tests.conftest import DEMO_IMAGE, REPO, processes_naming
 from tests.support.portal_http import PortalVisitor
+from tests.support.wait import wait_until
 
 
 @pytest.fixture
@@ -77,20 +78,11 @@ def _serve_until(process: subprocess.Popen[str], marker: str) -> list[str]:
     raise AssertionError("the cluster ended before it served:\n" + "".join(lines[-30:]))
 
 
-def test_it_refuses_several_nodes_until_the_scheduler_lands(cluster_dir: Path) -> None:
-    inside = cluster_dir / "cluster"
-    result = subprocess.run(cluster_argv(port_free(), inside, 2), cwd=REPO, capture_output=True,
-                            text=True, timeout=60)
-    assert result.returncode == 2
-    assert "NODES=1" in result.stderr and "scheduler" in result.stderr
-    assert not inside.exists(), "nothing is started or made for a refused run"
-
-
-def test_it_serves_one_node_behind_nginx_and_stops_it_all(cluster_dir: Path) -> None:
+def test_it_serves_two_nodes_behind_nginx_and_stops_it_all(cluster_dir: Path) -> None:
     """Twice on one directory: stopped by SIGTERM (a service manager), then by SIGINT (Ctrl-C)."""
     port = port_free()
     for run, how in enumerate((signal.SIGTERM, signal.SIGINT)):
-        process = subprocess.Popen(cluster_argv(port, cluster_dir, 1), cwd=REPO, text=True,
+        process = subprocess.Popen(cluster_argv(port, cluster_dir, 2), cwd=REPO, text=True,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL)
         watchdog = threading.Timer(180, process.kill)  # a hung start fails, not hangs
@@ -101,9 +93,16 @@ def test_it_serves_one_node_behind_nginx_and_stops_it_all(cluster_dir: Path) -> 
             visitor = PortalVisitor(f"http://127.0.0.1:{port}")
             status, health = visitor.request("GET", "/healthz")
             assert status == 200 and health["ok"], health
+            def alive(front: PortalVisitor = visitor) -> int:
+                return sum(node["alive"] for node in front.request("GET", "/healthz")[1]["nodes"])
+
+            wait_until(lambda: alive() == 2, timeout_s=30, what="both nodes in the database")
             # The second run finds the first run's database: the exhibit is still published.
+            # Two visitors get machines on the two nodes.
             session = visitor.session_start("demo")
-            assert session["state"] == "running"
+            other = PortalVisitor(f"http://127.0.0.1:{port}").session_start("demo")
+            assert session["state"] == other["state"] == "running"
+            assert session["node"] != other["node"], (session, other)
             process.send_signal(how)
             assert process.stdout is not None
             said = process.stdout.read()  # to its end: the cluster has closed it
@@ -121,4 +120,5 @@ def test_it_serves_one_node_behind_nginx_and_stops_it_all(cluster_dir: Path) -> 
         still = [pid for pid in started if _alive(pid)]
         assert not still, f"run {run}: outlived the cluster: {still}"
         assert not processes_naming(cluster_dir), "a machine outlived its node"
-        assert not any((cluster_dir / "node-1" / "run").iterdir())
+        for node in ("node-1", "node-2"):
+            assert not any((cluster_dir / node / "run").iterdir())

@@ -13,7 +13,6 @@ import secrets
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,19 +21,11 @@ from sessions.machine import process_alive
 from tests.conftest import REPO, processes_naming
 from tests.e2e.conftest import Portal, PortalFactory
 from tests.support.portal_http import PortalVisitor
+from tests.support.wait import wait_until
 
 # A reaper tick every 0.2 s; a visit lasts although no page watches it.
 SETTINGS = {"PORTAL_REAPER_INTERVAL_S": "0.2", "PORTAL_GRACE_S": "600"}
 ROUNDS = 3
-
-
-def wait_until(condition: Callable[[], object], *, timeout_s: float, what: str) -> None:
-    """Poll a condition on processes and files (nothing here can be awaited)."""
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @contextlib.contextmanager

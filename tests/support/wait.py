@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 
@@ -13,3 +14,13 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, timeout_s: float,
             if await check():
                 return
             await asyncio.sleep(interval_s)
+
+
+def wait_until(condition: Callable[[], object], *, timeout_s: float, what: str) -> None:
+    """Poll a condition on processes, files or another process's answers (nothing
+    here can be awaited); AssertionError naming `what` after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
