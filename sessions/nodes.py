@@ -98,9 +98,10 @@ def node_holding_address(*, session_id: str, own: str, dead_after_s: float) -> s
         return None
     holder = (VisitorSession.objects.filter(id=session_id, state__in=VisitorSession.LIVE_STATES)
               .exclude(node__in=[own, ""]).values("node")[:1])
-    return (Node.objects.filter(name=Subquery(holder),
-                                heartbeat_at__gte=Now() - timedelta(seconds=dead_after_s))
-            .exclude(address="").values_list("address", flat=True).first())
+    found = list(Node.objects.filter(name=Subquery(holder),
+                                     heartbeat_at__gte=Now() - timedelta(seconds=dead_after_s))
+                 .exclude(address="").values_list("address", flat=True)[:1])
+    return found[0] if found else None
 
 
 def _holder_address_here(session_id: str) -> str | None:
