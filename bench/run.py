@@ -14,7 +14,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = [
     "bench.first_frame", "bench.display_path", "bench.density", "bench.overlay_cost", "bench.idle_cpu",
-    "bench.import_image", "bench.soak", "bench.stuck_reader", "bench.services",
+    "bench.import_image", "bench.soak", "bench.stuck_reader", "bench.services", "bench.relay",
 ]
 
 

@@ -1,4 +1,6 @@
-"""The ASGI application Daphne serves: HTTP (with static files) and WebSockets.
+"""The ASGI application Daphne serves: HTTP (with static files) and WebSockets,
+inside the relay that pipes a request for a visit held by another node to that
+node (`portal.relay`).
 
 Origins are checked by the consumers themselves, because the API promises close
 code 4403 for a wrong origin, which a handshake refusal cannot carry.
@@ -17,6 +19,9 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.sessions import SessionMiddlewareStack  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
+from portal.relay import Relay  # noqa: E402
+from sessions.host import install_id  # noqa: E402
+from sessions.nodes import visit_holder_address  # noqa: E402
 from sessions.routing import websocket_urlpatterns  # noqa: E402
 
 # Static files change only with a release (noVNC is pinned by package-lock.json),
@@ -32,9 +37,13 @@ class CachedStaticFiles(ASGIStaticFilesHandler):
         return response
 
 
-application = ProtocolTypeRouter({
-    # Static files (the portal's own and noVNC's) are served by the portal
-    # itself, so one process is the whole site.
-    "http": CachedStaticFiles(django_application),
-    "websocket": SessionMiddlewareStack(URLRouter(websocket_urlpatterns)),
-})
+application = Relay(
+    ProtocolTypeRouter({
+        # Static files (the portal's own and noVNC's) are served by the portal
+        # itself, so one process is the whole site.
+        "http": CachedStaticFiles(django_application),
+        "websocket": SessionMiddlewareStack(URLRouter(websocket_urlpatterns)),
+    }),
+    # Any node takes any request; one for a visit another node holds goes there.
+    holder_find=visit_holder_address, node_name=install_id,
+)

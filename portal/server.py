@@ -18,6 +18,10 @@ through ASGI, added by subclassing Daphne's own classes:
   before they are read: Daphne hands a whole body to the application at once,
   so a large body to any URL would otherwise sit in memory.
 
+It also tells the application where the other nodes reach this one: with
+`PORTAL_NODE_ADDRESS` unset, the address and port it listens on go into the
+environment before the application (and so the settings) is imported.
+
 Must not: know about sessions or machines. Run it as Daphne's command line is
 run: `python -m portal.server -b 127.0.0.1 -p 8000 portal.asgi:application`.
 """
@@ -26,10 +30,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+from collections.abc import Sequence
 from typing import Any
 
 from autobahn.util import encode_truncate
-from daphne.cli import CommandLineInterface
+from daphne.cli import DEFAULT_HOST, DEFAULT_PORT, CommandLineInterface
 from daphne.http_protocol import HTTPFactory, WebRequest
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
@@ -260,8 +266,32 @@ class PortalServer(Server):
         return super().create_application(protocol, scope)
 
 
+def node_address(host: str | None, port: int | None) -> str:
+    """Where other nodes on this host reach a server bound to host and port (with
+    Daphne's defaults for what is not given).
+
+    A wildcard bind is reached on the loopback address: the host's own name is not
+    guessed; nodes on several hosts set PORTAL_NODE_ADDRESS themselves.
+    """
+    host, port = (host or DEFAULT_HOST).strip("[]"), DEFAULT_PORT if port is None else port
+    if host == "0.0.0.0":
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class PortalCommandLine(CommandLineInterface):
     server_class = PortalServer
+
+    def run(self, args: Sequence[str]) -> None:
+        # Settings read the environment when they are imported, which Daphne does
+        # when it loads the application, right after parsing these same arguments.
+        if not os.environ.get("PORTAL_NODE_ADDRESS"):
+            parsed = self.parser.parse_args(args)
+            if not (parsed.unix_socket or parsed.file_descriptor is not None or parsed.socket_strings):
+                os.environ["PORTAL_NODE_ADDRESS"] = node_address(parsed.host, parsed.port)
+        super().run(args)
 
 
 def main() -> None:

@@ -231,6 +231,12 @@ PORTAL_NODE_DEAD_S = _env_float("PORTAL_NODE_DEAD_S", 10.0)
 # visitor's requests for one of its visits. Empty: the address and port the
 # server was started with (python -m portal.server), which suits one host.
 PORTAL_NODE_ADDRESS = os.environ.get("PORTAL_NODE_ADDRESS", "")
+# A visitor's request for a visit another node holds is piped to that node
+# (portal.relay): how long connecting to it may take (with a WebSocket's opening
+# and closing handshakes), and how long it may be silent while it answers (a
+# reset answers once the new machine runs).
+PORTAL_RELAY_CONNECT_TIMEOUT_S = _env_float("PORTAL_RELAY_CONNECT_TIMEOUT_S", 5.0)
+PORTAL_RELAY_READ_TIMEOUT_S = _env_float("PORTAL_RELAY_READ_TIMEOUT_S", 120.0)
 # How often the reaper looks for machines and files that no broker owns.
 PORTAL_REAPER_INTERVAL_S = _env_float("PORTAL_REAPER_INTERVAL_S", 30.0)
 # This install's name on the host (letters, digits, "-" and "_", at most 40): it

@@ -7,6 +7,8 @@ visits of a node that stopped writing (reason `server`) so their pages say so
 at once and their places count nowhere. One node's sweep and another's never
 both end the same node: its row is taken with the database's row lock
 (`FOR UPDATE SKIP LOCKED`; SQLite, with one writer at a time, needs none).
+Also where a visit held by another live node is reached (`visit_holder_address`),
+for the relay that pipes a visitor's requests there (`portal.relay`).
 
 Must not: touch a machine, a process or a file. A dead node's machines are
 its own: it ends them itself, through its reaper, when it comes back.
@@ -16,9 +18,14 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from django.db import transaction
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import DatabaseError, connection, transaction
+from django.db.models import Subquery
 from django.db.models.functions import Now
 
+from .host import install_id
+from .ids import session_id_valid
 from .models import Node, VisitorSession
 
 DEAD_NODE_DETAIL = "The server running this machine stopped, so this visit had to end."
@@ -69,3 +76,36 @@ def nodes_list(*, dead_after_s: float) -> list[dict[str, Any]]:
                 .values_list("name", flat=True))
     return [{"name": node.name, "alive": node.name in alive, "sessions": node.sessions,
              "capacity": node.capacity} for node in Node.objects.order_by("name")]
+
+
+def node_holding_address(*, session_id: str, own: str, dead_after_s: float) -> str | None:
+    """The address of the live node other than own that holds this live visit; None
+    when it is served here: malformed (no query), unknown, ended, held here, or held
+    by a node that is dead, gone or has no address.
+
+    One query: the visit's row by its key, and its node's row by its key.
+    """
+    if not session_id_valid(session_id):
+        return None
+    holder = (VisitorSession.objects.filter(id=session_id, state__in=VisitorSession.LIVE_STATES)
+              .exclude(node__in=[own, ""]).values("node")[:1])
+    found = list(Node.objects.filter(name=Subquery(holder),
+                                     heartbeat_at__gte=Now() - timedelta(seconds=dead_after_s))
+                 .exclude(address="").values_list("address", flat=True)[:1])
+    return found[0] if found else None
+
+
+def _holder_address_here(session_id: str) -> str | None:
+    try:
+        return node_holding_address(session_id=session_id, own=install_id(),
+                                    dead_after_s=settings.PORTAL_NODE_DEAD_S)
+    except DatabaseError:
+        # This thread keeps its connection between look-ups (no request closes it):
+        # one that a database restart broke is dropped, and the next connects anew.
+        connection.close()
+        raise
+
+
+async def visit_holder_address(session_id: str) -> str | None:
+    """`node_holding_address` for this node, with the settings of now (the relay's look-up)."""
+    return await sync_to_async(_holder_address_here, thread_sensitive=True)(session_id)

@@ -33,10 +33,12 @@ class _FromAddress(urllib.request.HTTPHandler):
 
 
 class PortalVisitor:
-    def __init__(self, base_url: str, *, local_address: str | None = None) -> None:
+    def __init__(self, base_url: str, *, local_address: str | None = None,
+                 cookies: http.cookiejar.CookieJar | None = None) -> None:
+        """cookies: another visitor's jar, to be the same browser at another address."""
         self.base_url = base_url.rstrip("/")
         self.local_address = local_address
-        self.cookies = http.cookiejar.CookieJar()
+        self.cookies = cookies if cookies is not None else http.cookiejar.CookieJar()
         handlers: list[urllib.request.BaseHandler] = [urllib.request.HTTPCookieProcessor(self.cookies)]
         if local_address:
             handlers.append(_FromAddress(local_address))
