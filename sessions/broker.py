@@ -385,18 +385,24 @@ class Broker:
 
     async def shutdown(self) -> None:
         """End every live session (reason `server`) and wait for all of it."""
-        # Nobody in line gets a machine here now.
+        # Nobody in line gets a machine here now, and no visit is placed here: the
+        # heartbeat stops (it would write the node's row again) and the row goes.
         self._closing = True
+        leaving = [task for task in self._background
+                   if task.get_name() in {"broker-heartbeat", "broker-node-messages"}]
+        for task in leaving:
+            task.cancel()
+        await asyncio.gather(*leaving, return_exceptions=True)
+        try:
+            await sync_to_async(node_leave)(name=self.config.install)
+        except Exception:
+            logger.exception("node %s: could not take its row out", self.config.install)
         await self.keeper.end_all(reason=VisitorSession.EndedReason.SERVER, detail="The server stopped.")
         tasks: list[asyncio.Task[Any]] = [*self._background, *self._helpers]
         self._background = []
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        try:
-            await sync_to_async(node_leave)(name=self.config.install)
-        except Exception:
-            logger.exception("node %s: could not take its row out", self.config.install)
         if self.config.cgroups is not None:
             # Left if another process of the install still runs machines there.
             await asyncio.to_thread(self.config.cgroups.parent_remove)

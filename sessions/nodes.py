@@ -46,8 +46,13 @@ def node_heartbeat(*, name: str, capacity: int, sessions: int, accelerator: str,
 
 
 def node_leave(*, name: str) -> None:
-    """A node that stops cleanly says so (its visits have ended already)."""
-    Node.objects.filter(name=name).delete()
+    """A node that stops says so before it ends its visits: nothing more is placed
+    on it, and what was placed on it but not taken in yet ends (reason `server`)."""
+    with transaction.atomic():
+        Node.objects.filter(name=name).delete()
+        VisitorSession.objects.filter(node=name, state=VisitorSession.State.STARTING, run_dir="").update(
+            state=VisitorSession.State.ENDED, ended_reason=VisitorSession.EndedReason.SERVER,
+            detail="The server stopped before this machine could start.", ended_at=Now(), pid=None)
 
 
 def nodes_dead_end(*, own: str, dead_after_s: float) -> list[str]:

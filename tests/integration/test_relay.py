@@ -9,6 +9,7 @@ here. Piping to a holder that cannot be reached is said as the API says errors
 from __future__ import annotations
 
 import json
+import secrets
 import socket
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
@@ -50,7 +51,9 @@ def session_make(exhibit_create: ExhibitFactory, portal_dirs: Path) -> SessionFa
     exhibit = async_to_sync(exhibit_create)(FREEDOS_2048, slug="freedos")
 
     def make(*, node: str, state: str = VisitorSession.State.RUNNING) -> VisitorSession:
-        return VisitorSession.objects.create(exhibit=exhibit, owner="someone", node=node, state=state)
+        # Each its own browser's (the database allows one live visit per browser).
+        return VisitorSession.objects.create(exhibit=exhibit, owner=secrets.token_hex(8), node=node,
+                                             state=state)
 
     return make
 
