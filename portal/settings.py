@@ -281,6 +281,31 @@ PORTAL_ALLOWED_ORIGINS = [
     if origin.strip()
 ]
 
+# Who may read /metrics: addresses or networks, comma-separated (the address is
+# the client's as the server sees it: behind nginx, with --proxy-headers, the
+# visitor's). Default: this host's loopback addresses only.
+PORTAL_METRICS_ALLOWED = [
+    entry.strip()
+    for entry in os.environ.get("PORTAL_METRICS_ALLOWED", "127.0.0.0/8,::1").split(",")
+    if entry.strip()
+]
+
+
+def _networks_check(name: str, entries: list[str]) -> None:
+    import ipaddress
+
+    from django.core.exceptions import ImproperlyConfigured
+
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError as error:
+            raise ImproperlyConfigured(f"{name}: {entry!r} is not an address or network ({error}).") \
+                from None
+
+
+_networks_check("PORTAL_METRICS_ALLOWED", PORTAL_METRICS_ALLOWED)
+
 CSRF_FAILURE_VIEW = "portal.views.csrf_failure"
 
 # --- Importing images ---------------------------------------------------------

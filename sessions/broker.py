@@ -22,16 +22,18 @@ import logging
 import os
 import sys
 from collections.abc import Coroutine
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
-from django.db import transaction
+from django.db import models, transaction
+from django.db.models.functions import Now
 from django.utils import timezone
 
-from portal.models import Exhibit, StartState
+from portal.models import DiskImage, Exhibit, FixityCheck, StartState
 
 from .config import BrokerConfig
 from .confine import Confinement
@@ -52,7 +54,8 @@ from .host import UidLease, machine_lease_take, runas_choose, uid_leases_tidy
 from .keeper import Keeper, MachineFactory, task_new
 from .launcher import Launcher, exhibit_prepare
 from .machine import Machine
-from .models import VisitorSession, new_session_id
+from .metrics import FIRST_FRAME, REAPER_CLEANED, REAPER_RUNS, REFUSALS, RESETS, STARTS, NodeSnapshot
+from .models import Node, VisitorSession, new_session_id
 from .nodes import (
     DEAD_NODE_DETAIL,
     node_heartbeat,
@@ -87,6 +90,20 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 State = VisitorSession.State
+
+
+@dataclass(frozen=True)
+class LiveVisit:
+    """A live visit as the staff's page shows it."""
+
+    id: str
+    exhibit: str
+    slug: str
+    node: str
+    state: str
+    age_s: float
+    # Seconds since the visitor's last input; None before the machine runs.
+    idle_s: float | None
 
 
 class Broker:
@@ -210,6 +227,18 @@ class Broker:
     async def session_create(self, *, exhibit: Exhibit, owner: str, address: str = "") -> VisitorSession:
         """Record a new session and start its machine: here, on another node with a
         free place, or, when every place is taken, once it is first in line."""
+        try:
+            session = await self._session_place(exhibit=exhibit, owner=owner, address=address)
+        except (SessionExistsError, CapacityError, AddressLimitError, RateLimitedError,
+                ExhibitUnavailableError) as error:
+            REFUSALS.labels(REFUSAL_CODES[type(error)]).inc()
+            raise
+        placed = ("line" if session.state == State.QUEUED
+                  else "here" if session.node == self.config.install else "other_node")
+        STARTS.labels(placed).inc()
+        return session
+
+    async def _session_place(self, *, exhibit: Exhibit, owner: str, address: str) -> VisitorSession:
         problem = await exhibit.fixity_problem()
         if problem is not None:
             raise ExhibitUnavailableError(problem)
@@ -328,7 +357,54 @@ class Broker:
 
     async def session_reset(self, *, session_id: str, exhibit: Exhibit) -> None:
         """Put the session back at the exhibit's start state on a fresh overlay."""
+        began = self.keeper.now()
         await self.keeper.reset(session_id=session_id, exhibit=exhibit)
+        RESETS.observe(self.keeper.now() - began)
+
+    def display_first_frame(self, *, session_id: str) -> None:
+        """A display of the visit showed its first screen update: once per visit, the
+        time since its machine began to start goes into the start-to-first-frame figures."""
+        seconds = self.keeper.first_frame(session_id=session_id)
+        if seconds is not None:
+            FIRST_FRAME.observe(seconds)
+
+    async def visits_live(self) -> list[LiveVisit]:
+        """Every node's live visits for the staff's page, oldest first: idle times from
+        this node's keeper, or from the holder's latest heartbeat."""
+        rows = [row async for row in VisitorSession.objects.select_related("exhibit")
+                .filter(state__in=VisitorSession.LIVE_STATES).order_by("created_at")]
+        nodes = {node.name: node async for node in Node.objects.annotate(now=Now())}
+        now = timezone.now()
+        live = []
+        for row in rows:
+            idle: float | None = None
+            if row.node == self.config.install:
+                idle = self.keeper.idle_s(row.id)
+            elif (node := nodes.get(row.node)) is not None and row.id in node.idle_s:
+                idle = float(node.idle_s[row.id]) + max(0.0, (node.now - node.heartbeat_at)
+                                                        .total_seconds())
+            live.append(LiveVisit(id=row.id, exhibit=row.exhibit.title, slug=row.exhibit.slug,
+                                  node=row.node, state=row.state,
+                                  age_s=max(0.0, (now - row.created_at).total_seconds()), idle_s=idle))
+        return live
+
+    async def metrics_snapshot(self) -> NodeSnapshot:
+        """What this node's gauges say now (`/metrics`)."""
+        phases: dict[str, int] = {}
+        pids = []
+        for visit in self.keeper.visits():
+            phases[visit.phase.value] = phases.get(visit.phase.value, 0) + 1
+            if visit.machine is not None and visit.machine.pid is not None:
+                pids.append(visit.machine.pid)
+        line = await sync_to_async(line_length)()
+        masters = {row["fixity"]: row["count"] async for row in
+                   DiskImage.objects.values("fixity").annotate(count=models.Count("pk"))}
+        failures = await FixityCheck.objects.filter(ok=False).acount()
+        return NodeSnapshot(
+            node=self.config.install, accelerator=self.config.accelerator,
+            qemu=await asyncio.to_thread(self.qemu_version), capacity=self.config.capacity,
+            queue_max=self.config.queue_max, phases=phases, line_length=line, machine_pids=pids,
+            masters=masters, fixity_failures=failures)
 
     def session_input(self, *, session_id: str) -> None:
         """The visitor used the keyboard or mouse (or answered an idle warning)."""
@@ -478,9 +554,11 @@ class Broker:
     async def heartbeat(self, *, judge: bool) -> None:
         """One heartbeat; with judge, also end the visits of dead nodes."""
         config = self.config
+        idle = {visit.session_id: idle for visit in self.keeper.visits()
+                if (idle := self.keeper.idle_s(visit.session_id)) is not None}
         known = await sync_to_async(node_heartbeat)(
             name=config.install, capacity=config.capacity, sessions=self.running_count,
-            accelerator=config.accelerator, address=config.node_address)
+            accelerator=config.accelerator, address=config.node_address, idle_s=idle)
         mine = [visit.session_id for visit in self.keeper.visits()]
         for session_id, (state, node) in (await sync_to_async(rows_of)(mine)).items():
             if state not in VisitorSession.LIVE_STATES:
@@ -567,6 +645,7 @@ class Broker:
 
     async def reap(self) -> int:
         """One reaper pass: end what no broker owns. Returns how many it cleaned."""
+        REAPER_RUNS.inc()
         try:
             count = await sync_to_async(reap_once)(
                 run_root=self.config.run_root, is_live=self.is_live, cgroups=self.config.cgroups,
@@ -576,9 +655,17 @@ class Broker:
             logger.exception("the reaper failed; it tries again in %g s",
                              self.config.reaper_interval_s)
             return 0
+        REAPER_CLEANED.inc(count)
         if count:
             logger.warning("reaper cleaned up %d sessions that no broker owned", count)
         return count
+
+
+# The API's error code of each refused start (shared/API.md), as /metrics counts them.
+REFUSAL_CODES: dict[type[SessionError], str] = {
+    SessionExistsError: "session_exists", CapacityError: "capacity", AddressLimitError: "address_limit",
+    RateLimitedError: "rate_limited", ExhibitUnavailableError: "exhibit_unavailable",
+}
 
 
 def node_group(node: str) -> str:
@@ -636,6 +723,8 @@ def _sweep_on_start(config: BrokerConfig) -> None:
         # Nothing is live in this new broker; leases keep what other processes own.
         count = reap_once(run_root=config.run_root, is_live=lambda name: False,
                           cgroups=config.cgroups, lease_dir=config.leases, node=config.install)
+    REAPER_RUNS.inc()
+    REAPER_CLEANED.inc(count)
     if config.uid_base is not None:
         uid_leases_tidy(config.uid_lease_dir)
     if count:

@@ -33,6 +33,7 @@ from .broker import (
     session_group,
 )
 from .ids import session_id_valid
+from .metrics import DISPLAY_FROM_BROWSER, DISPLAY_TO_BROWSER
 from .models import VisitorSession
 from .representation import session_json
 from .rfb import ClientStream
@@ -222,6 +223,8 @@ class VncConsumer(PortalSocket):
     _reader_task: asyncio.Task[None] | None = None
     _pipe: VncPipe | None = None
     _input: ClientStream
+    # Until the first screen update after the viewer's first request is handed on.
+    _frame_awaited = True
 
     async def connect(self) -> None:
         self.session_id = self.scope["url_route"]["kwargs"]["session_id"]
@@ -291,7 +294,12 @@ class VncConsumer(PortalSocket):
         flow = self.scope.get("extensions", {}).get(SEND_FLOW_EXTENSION)
         stuck_s = settings.PORTAL_VIEWER_STUCK_S
         while chunks := await pipe.taken():
+            if self._frame_awaited and self._input.update_requested:
+                # The viewer asked for the screen: this is QEMU's first update to it.
+                self._frame_awaited = False
+                (await get_broker()).display_first_frame(session_id=self.session_id)
             for chunk in chunks:
+                DISPLAY_TO_BROWSER.inc(len(chunk))
                 await self.send(bytes_data=chunk)
                 if flow is not None and flow.paused and not await flow.resumed(timeout_s=stuck_s):
                     logger.warning("session %s: a viewer read nothing for %g s; closing it (%d)",
@@ -340,6 +348,7 @@ class VncConsumer(PortalSocket):
             await self.close_with(CLOSE_TOO_BIG, f"A message of {len(bytes_data)} bytes is over "
                                                  f"the limit of {limit} bytes.")
             return
+        DISPLAY_FROM_BROWSER.inc(len(bytes_data))
         if self._input.feed(bytes_data):
             (await get_broker()).session_input(session_id=self.session_id)
         try:

@@ -35,6 +35,7 @@ from .errors import (
 )
 from .host import Lease
 from .machine import MachineError, MachineStartError, log_tail
+from .metrics import MACHINE_STARTS
 from .overlay import OverlayError, run_dir_create, run_dir_remove
 from .visit import EndReason, Phase, Visit
 
@@ -141,6 +142,22 @@ class Keeper:
             return None
         return max(0.0, visit.expires - self._clock())
 
+    def idle_s(self, session_id: str) -> float | None:
+        """Seconds since the visitor's last input, for a visit whose machine runs."""
+        visit = self._visits.get(session_id)
+        if visit is None or visit.phase not in {Phase.RUNNING, Phase.RESETTING}:
+            return None
+        return max(0.0, self._clock() - visit.last_input)
+
+    def first_frame(self, *, session_id: str) -> float | None:
+        """A display of the visit showed its first screen update: the seconds since its
+        machine began to start, the first time only (None after, or for no visit)."""
+        visit = self._visits.get(session_id)
+        if visit is None or visit.first_frame_shown or visit.launch_began is None:
+            return None
+        visit.first_frame_shown = True
+        return self._clock() - visit.launch_began
+
     # --- a visit's beginning -----------------------------------------------------
 
     def visit_open(self, *, session_id: str, exhibit: Any, queued: bool, lease: Lease | None) -> Visit:
@@ -185,6 +202,7 @@ class Keeper:
         return True
 
     def _launch_begin(self, visit: Visit, *, from_queue: bool) -> None:
+        visit.launch_began = self._clock()
         visit.launch_task = task_new(self._launch(visit, from_queue=from_queue),
                                      name=f"launch-{visit.session_id}")
 
@@ -211,14 +229,22 @@ class Keeper:
         try:
             warm = await self._factory(visit, warm=True)
             if warm is not None:
-                return await self._machine_run(visit, warm)
+                machine = await self._machine_run(visit, warm)
+                MACHINE_STARTS.labels("instant").inc()
+                return machine
         except (OverlayError, MachineError) as error:
             logger.error("session %s: resuming the start state failed, booting cold: %s",
                          visit.session_id, error)
-        cold = await self._factory(visit, warm=False)
-        if cold is None:
-            raise MachineError("the machine factory made no machine")
-        return await self._machine_run(visit, cold)
+        try:
+            cold = await self._factory(visit, warm=False)
+            if cold is None:
+                raise MachineError("the machine factory made no machine")
+            machine = await self._machine_run(visit, cold)
+        except (OverlayError, MachineError):
+            MACHINE_STARTS.labels("failed").inc()
+            raise
+        MACHINE_STARTS.labels("cold").inc()
+        return machine
 
     async def _machine_run(self, visit: Visit, machine: KeptMachine) -> KeptMachine:
         # Known before it starts, so an end meanwhile stops it.

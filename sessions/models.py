@@ -84,6 +84,9 @@ class Node(models.Model):
     # Where the other nodes reach this one (host:port of its server), to pipe a
     # visitor's requests for one of its visits to it.
     address = models.CharField(max_length=255, blank=True, default="")
+    # Seconds since the visitor's last input, by session id, for this node's running
+    # visits as of heartbeat_at (the staff's page of live visits shows them).
+    idle_s = models.JSONField(default=dict, blank=True)
     started_at = models.DateTimeField()
     heartbeat_at = models.DateTimeField(db_index=True)
 

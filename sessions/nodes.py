@@ -32,16 +32,17 @@ DEAD_NODE_DETAIL = "The server running this machine stopped, so this visit had t
 
 
 def node_heartbeat(*, name: str, capacity: int, sessions: int, accelerator: str,
-                   address: str = "") -> bool:
+                   address: str = "", idle_s: dict[str, float] | None = None) -> bool:
     """Write this node's heartbeat; False if its row was gone (it had been taken for dead)."""
+    idle = {key: round(value, 1) for key, value in (idle_s or {}).items()}
     updated = Node.objects.filter(name=name).update(
         capacity=capacity, sessions=sessions, accelerator=accelerator, address=address,
-        heartbeat_at=Now())
+        idle_s=idle, heartbeat_at=Now())
     if updated:
         return True
     Node.objects.update_or_create(name=name, defaults={
         "capacity": capacity, "sessions": sessions, "accelerator": accelerator,
-        "address": address, "started_at": Now(), "heartbeat_at": Now()})
+        "address": address, "idle_s": idle, "started_at": Now(), "heartbeat_at": Now()})
     return False
 
 

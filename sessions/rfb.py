@@ -36,6 +36,8 @@ class ClientStream:
     _handshake_left: int | None = None
     _skip: int = 0
     lost: bool = False
+    # Whether the viewer has asked for a screen update yet: what QEMU sends next is one.
+    update_requested: bool = False
 
     def feed(self, data: bytes) -> bool:
         if self.lost:
@@ -76,6 +78,8 @@ class ClientStream:
                 self._buffer.clear()
                 return saw_input
             message_type = self._buffer[0]
+            if message_type == 3:
+                self.update_requested = True
             if message_type in _INPUT_TYPES or (
                 message_type == _QEMU and self._buffer[1] == _QEMU_EXTENDED_KEY_EVENT
             ):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import api
+from . import api, operators
 
 urlpatterns = [
     path("sessions/<str:session_id>/", api.session_page, name="session"),
@@ -11,4 +11,5 @@ urlpatterns = [
     path("api/exhibits/<slug:slug>/preview", api.session_preview),
     path("api/sessions/<str:session_id>", api.session_detail),
     path("api/sessions/<str:session_id>/reset", api.session_reset),
+    path("metrics", operators.metrics),
 ]

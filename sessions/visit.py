@@ -121,6 +121,10 @@ class Visit:
     expires: float | None = None
     # The warning the page shows now: "idle", "timeout" or None.
     warning: str | None = None
+    # Keeper's clock when its machine began to start (its Start, or its turn in
+    # line), and whether a display has shown its first screen since.
+    launch_began: float | None = None
+    first_frame_shown: bool = False
     _phase: Phase = field(init=False)
     _changed: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
 
