@@ -10,26 +10,61 @@ from typing import Any
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
-from .images import disk_image_import
+from .images import disk_image_delete, disk_image_import, exhibit_delete
 from .importer import FORMAT_NAMES, ImageError, size_text
-from .models import DiskImage, Exhibit, ExhibitMedia, FixityCheck, StartState
+from .models import DiskImage, Exhibit, ExhibitMedia, PreservationEvent, StartState
 from .profile import MachineProfile
+from .record import agent_staff, exhibit_record
 
 
-class FixityCheckInline(admin.TabularInline):
-    model = FixityCheck
+class PreservationEventInline(admin.TabularInline):
+    """A master's record: ingestion, fixity checks, derivation, export, deletion."""
+
+    model = PreservationEvent
+    fk_name = "image"
     extra = 0
     can_delete = False
-    readonly_fields = ("checked_at", "ok", "detail")
-    ordering = ("-checked_at",)
+    fields = readonly_fields = ("at", "event_type", "outcome_flag", "agent", "algorithm", "digest", "detail")
+    ordering = ("-at", "-pk")
+    verbose_name = "event in the record"
+    verbose_name_plural = "fixity and provenance record"
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="Outcome")
+    def outcome_flag(self, event: PreservationEvent) -> str:
+        return outcome_html(event)
+
+
+def outcome_html(event: PreservationEvent) -> str:
+    if event.outcome == PreservationEvent.Outcome.FAILURE:
+        return format_html('<strong style="color:#ba2121">&#9873; {}</strong>', "FAILURE")
+    return event.get_outcome_display()
+
+
+def record_html(events: list[PreservationEvent]) -> str:
+    """An exhibit's record as a table, newest first."""
+    if not events:
+        return "Nothing recorded yet."
+    rows = format_html_join(
+        "", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td>"
+            "<td>{}</td></tr>",
+        ((event.at.strftime("%Y-%m-%d %H:%M:%S"), event.event_type, outcome_html(event),
+          event.agent, event.image_sha256[:12], f"{event.algorithm} {event.digest}".strip(), event.detail)
+         for event in events))
+    return format_html('<table class="preservation-record"><thead><tr><th>When</th><th>Event</th>'
+                       "<th>Outcome</th><th>Agent</th><th>Master</th><th>Digest</th><th>Detail</th></tr>"
+                       "</thead><tbody>{}</tbody></table>", rows)
 
 
 class UploadForm(forms.Form):
@@ -50,11 +85,18 @@ class DiskImageAdmin(admin.ModelAdmin):
     readonly_fields = ("sha256", "path", "format", "size_bytes", "original_name", "source_format",
                        "source_sha256", "source_size_bytes", "guest_sha256", "virtual_size_bytes",
                        "media", "fixity", "fixity_checked_at", "created_at")
-    inlines = [FixityCheckInline]
+    inlines = [PreservationEventInline]
     change_list_template = "admin/portal/diskimage/change_list.html"
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # images come in through the checked upload, never a bare form
+
+    def delete_model(self, request: HttpRequest, obj: DiskImage) -> None:
+        disk_image_delete(obj, agent=agent_staff(request.user.get_username()))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[DiskImage]) -> None:
+        for image in queryset:
+            self.delete_model(request, image)
 
     @admin.display(description="Fixity", ordering="fixity")
     def fixity_flag(self, image: DiskImage) -> str:
@@ -83,7 +125,8 @@ class DiskImageAdmin(admin.ModelAdmin):
                     upload = form.cleaned_data["image"]
                     try:
                         image = disk_image_import(upload, name=upload.name,
-                                                  claim=form.cleaned_data["format"] or None)
+                                                  claim=form.cleaned_data["format"] or None,
+                                                  agent=agent_staff(request.user.get_username()))
                     except ImageError as error:
                         messages.error(request, f"Refused {upload.name}: {error} Nothing was kept.")
                     else:
@@ -125,7 +168,7 @@ class ExhibitAdmin(admin.ModelAdmin):
                     "published")
     list_filter = ("published", "boot")
     prepopulated_fields = {"slug": ("title",)}
-    readonly_fields = ("thumbnail_picture", "preview_button")
+    readonly_fields = ("thumbnail_picture", "preview_button", "record")
     change_form_template = "admin/portal/exhibit/change_form.html"
     inlines = [ExhibitMediaInline]
     fieldsets = [
@@ -136,7 +179,22 @@ class ExhibitAdmin(admin.ModelAdmin):
         ("Machine profile", {"fields": ("image", "boot", "cpu", "memory_mb", "vga", "sound", "mouse",
                                         "accelerator")}),
         ("Publication", {"fields": ("published", "preview_button")}),
+        ("Fixity and provenance record", {"fields": ("record",), "classes": ("collapse",)}),
     ]
+
+    @admin.display(description="Record")
+    def record(self, exhibit: Exhibit) -> str:
+        if not exhibit.pk:
+            return "Nothing recorded yet."
+        images = [exhibit.image, *[medium.image for medium in exhibit.extra_media.select_related("image")]]
+        return record_html(list(exhibit_record(exhibit, images=images)[:500]))
+
+    def delete_model(self, request: HttpRequest, obj: Exhibit) -> None:
+        exhibit_delete(obj, agent=agent_staff(request.user.get_username()))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Exhibit]) -> None:
+        for exhibit in queryset:
+            self.delete_model(request, exhibit)
 
     @admin.display(description="Instant start")
     def instant_start(self, exhibit: Exhibit) -> str:

@@ -2,7 +2,8 @@
 
 Owns: turning an accepted image (see `portal.importer`, which does the
 untrusted-input work without Django) into a DiskImage row, and recording
-fixity checks. Must not: start machines or write a stored master.
+fixity checks (in the record, `portal.record`). Must not: start machines or
+write a stored master.
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from .importer import ImportLimits, image_import, master_verify
-from .models import DiskImage, FixityCheck
+from .importer import ImageError, ImportLimits, image_import, master_verify
+from .models import DiskImage, Exhibit
+from .record import SHA256, EventType, Outcome, event_record
 
 
 def import_limits() -> ImportLimits:
@@ -34,8 +36,10 @@ def import_limits() -> ImportLimits:
     )
 
 
-def disk_image_import(source: Path | BinaryIO, *, name: str, claim: str | None = None) -> DiskImage:
-    """Check an untrusted image, store it as a qcow2 master and record it (or find its twin).
+def disk_image_import(source: Path | BinaryIO, *, name: str, agent: str, claim: str | None = None,
+                      detail: str = "") -> DiskImage:
+    """Check an untrusted image, store it as a qcow2 master and record it (or find its twin);
+    its ingestion goes into the record, by `agent`.
 
     Raises `portal.importer.ImageRejectedError` with the reason when refused;
     nothing is left in the store then.
@@ -55,9 +59,41 @@ def disk_image_import(source: Path | BinaryIO, *, name: str, claim: str | None =
             },
         )
         if created:
-            FixityCheck.objects.create(image=image, ok=True,
-                                       detail="Stored; the guest sees exactly the original's bytes.")
+            said = (f"{Path(name).name} ({stored.source_format}, source SHA-256 {stored.source_sha256}, "
+                    f"guest SHA-256 {stored.guest_sha256}) checked and stored; the guest sees exactly "
+                    "the original's bytes.")
+            event_record(event_type=EventType.INGESTION, agent=agent, image=image, algorithm=SHA256,
+                         digest=image.sha256, detail=" ".join(filter(None, [said, detail])))
     return image
+
+
+class ImageInUseError(ImageError):
+    """A master that something still needs: it is not deleted."""
+
+
+def disk_image_delete(image: DiskImage, *, agent: str) -> None:
+    """Delete a master that nothing uses: its row and its file; the record keeps a
+    deletion row. Raises ImageInUseError, naming what needs it, otherwise."""
+    users = [f"exhibit {slug}" for slug in image.exhibits.values_list("slug", flat=True)]
+    users += [f"exhibit {slug} (extra medium)"
+              for slug in image.extra_in.values_list("exhibit__slug", flat=True)]
+    if users:
+        raise ImageInUseError(f"{image} cannot be deleted: {', '.join(users)} use it.")
+    path = Path(image.path)
+    with transaction.atomic():
+        event_record(event_type=EventType.DELETION, agent=agent, image=image, algorithm=SHA256,
+                     digest=image.sha256, detail=f"{image.original_name or 'The master'} and its file "
+                                                 "were deleted.")
+        image.delete()
+    path.unlink(missing_ok=True)
+
+
+def exhibit_delete(exhibit: Exhibit, *, agent: str) -> None:
+    """Delete an exhibit (its masters stay); the record keeps a deletion row."""
+    with transaction.atomic():
+        event_record(event_type=EventType.DELETION, agent=agent, exhibit=exhibit,
+                     detail=f"The exhibit {exhibit.slug} ({exhibit.title}) was deleted; its masters stay.")
+        exhibit.delete()
 
 
 @dataclass(frozen=True)
@@ -66,7 +102,7 @@ class FixitySummary:
     failed: list[DiskImage]
 
 
-def fixity_check_all() -> FixitySummary:
+def fixity_check_all(*, agent: str) -> FixitySummary:
     """Re-hash every master and record each result. Never writes a master."""
     failed = []
     images = list(DiskImage.objects.order_by("pk"))
@@ -74,7 +110,9 @@ def fixity_check_all() -> FixitySummary:
         result = master_verify(Path(image.path), sha256=image.sha256)
         now = timezone.now()
         with transaction.atomic():
-            FixityCheck.objects.create(image=image, ok=result.ok, detail=result.detail)
+            event_record(event_type=EventType.FIXITY_CHECK, agent=agent, image=image, algorithm=SHA256,
+                         digest=result.digest, detail=result.detail,
+                         outcome=Outcome.SUCCESS if result.ok else Outcome.FAILURE)
             DiskImage.objects.filter(pk=image.pk).update(
                 fixity=DiskImage.Fixity.OK if result.ok else DiskImage.Fixity.FAILED,
                 fixity_checked_at=now,

@@ -737,6 +737,8 @@ def _guest_sha256(master: Path, *, virtual_bytes: int, work: Path, limits: Impor
 class FixityResult:
     ok: bool
     detail: str
+    # The SHA-256 found now (empty when the file could not be read).
+    digest: str = ""
 
 
 def master_verify(path: Path, *, sha256: str) -> FixityResult:
@@ -748,5 +750,5 @@ def master_verify(path: Path, *, sha256: str) -> FixityResult:
     except OSError as error:
         return FixityResult(ok=False, detail=f"The master file cannot be read: {error.strerror}.")
     if actual != sha256:
-        return FixityResult(ok=False, detail=f"SHA-256 is {actual}, expected {sha256}.")
-    return FixityResult(ok=True, detail="SHA-256 matches.")
+        return FixityResult(ok=False, detail=f"SHA-256 is {actual}, expected {sha256}.", digest=actual)
+    return FixityResult(ok=True, detail="SHA-256 matches.", digest=actual)

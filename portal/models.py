@@ -10,6 +10,7 @@ from typing import Any
 from django.db import models
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
+from django.utils import timezone
 
 from .profile import MachineProfile
 
@@ -53,19 +54,54 @@ class DiskImage(models.Model):
         return f"{self.original_name or 'image'} ({self.sha256[:12]})"
 
 
-class FixityCheck(models.Model):
-    """One re-hash of a master: when, and whether it still matched."""
+class PreservationEvent(models.Model):
+    """One row of the fixity and provenance record: something that happened to a
+    master or an exhibit that matters to its integrity.
 
-    image = models.ForeignKey(DiskImage, on_delete=models.CASCADE, related_name="fixity_checks")
-    checked_at = models.DateTimeField(auto_now_add=True)
-    ok = models.BooleanField()
+    Event types are the PREMIS vocabulary's names (id.loc.gov/vocabulary/preservation/
+    eventType). The row outlives what it is about: a deleted master or exhibit keeps its
+    record (the foreign key is emptied, the SHA-256 and slug stay).
+    """
+
+    class Type(models.TextChoices):
+        INGESTION = "ingestion", "ingestion"
+        FIXITY_CHECK = "fixity check", "fixity check"
+        # A derivative master made from a visit's disk over its parent.
+        CREATION = "creation", "creation (derivation)"
+        # An exported bag: bit-identical copies of the masters and the record.
+        REPLICATION = "replication", "replication (export)"
+        # A bag's manifests checked before its contents are imported.
+        VALIDATION = "validation", "validation"
+        DELETION = "deletion", "deletion"
+
+    class Outcome(models.TextChoices):
+        SUCCESS = "success", "success"
+        FAILURE = "failure", "FAILURE"
+
+    event_type = models.CharField(max_length=32, choices=Type.choices)
+    at = models.DateTimeField(default=timezone.now, db_index=True)
+    # Who did it: "command import_image", "staff user alice", "portal".
+    agent = models.CharField(max_length=200)
+    outcome = models.CharField(max_length=8, choices=Outcome.choices, default=Outcome.SUCCESS)
+    algorithm = models.CharField(max_length=16, blank=True, help_text="Digest algorithm, e.g. SHA-256.")
+    digest = models.CharField(max_length=128, blank=True)
     detail = models.TextField(blank=True)
+    image = models.ForeignKey(DiskImage, null=True, blank=True, on_delete=models.SET_NULL,
+                              related_name="events")
+    image_sha256 = models.CharField(max_length=64, blank=True, db_index=True,
+                                    help_text="The master's content address (kept after it is deleted).")
+    exhibit = models.ForeignKey("Exhibit", null=True, blank=True, on_delete=models.SET_NULL,
+                                related_name="events")
+    exhibit_slug = models.CharField(max_length=50, blank=True)
+    # Another master the event names: a derivative's parent.
+    related_sha256 = models.CharField(max_length=64, blank=True)
 
     class Meta:
-        ordering = ["-checked_at"]
+        ordering = ["-at", "-pk"]
 
     def __str__(self) -> str:
-        return f"{self.image_id} {'ok' if self.ok else 'FAILED'} at {self.checked_at:%Y-%m-%d %H:%M}"
+        about = self.image_sha256[:12] or self.exhibit_slug
+        return f"{self.event_type} {self.outcome} {about} at {self.at:%Y-%m-%d %H:%M}"
 
 
 class Exhibit(models.Model):

@@ -33,7 +33,7 @@ from django.db import models, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from portal.models import DiskImage, Exhibit, FixityCheck, StartState
+from portal.models import DiskImage, Exhibit, PreservationEvent, StartState
 
 from .config import BrokerConfig
 from .confine import Confinement
@@ -399,7 +399,9 @@ class Broker:
         line = await sync_to_async(line_length)()
         masters = {row["fixity"]: row["count"] async for row in
                    DiskImage.objects.values("fixity").annotate(count=models.Count("pk"))}
-        failures = await FixityCheck.objects.filter(ok=False).acount()
+        failures = await PreservationEvent.objects.filter(
+            event_type=PreservationEvent.Type.FIXITY_CHECK,
+            outcome=PreservationEvent.Outcome.FAILURE).acount()
         return NodeSnapshot(
             node=self.config.install, accelerator=self.config.accelerator,
             qemu=await asyncio.to_thread(self.qemu_version), capacity=self.config.capacity,

@@ -119,7 +119,7 @@ def exhibit_create(portal_dirs: Path) -> ExhibitFactory:
 
     def create(image: Path, *, slug: str, boot: str = "floppy", published: bool = True,
                title: str | None = None, accelerator: str = "auto") -> Exhibit:
-        disk = disk_image_import(image, name=image.name)
+        disk = disk_image_import(image, name=image.name, agent="tests")
         return Exhibit.objects.create(
             slug=slug, title=title or slug, image=disk, boot=boot, published=published,
             year=1994, publisher="Test", accelerator=accelerator,

@@ -14,7 +14,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
 from django.test import AsyncClient, Client
 
-from portal.models import DiskImage, Exhibit, FixityCheck
+from portal.models import DiskImage, Exhibit, PreservationEvent
 from sessions.models import VisitorSession
 from sessions.thumbnail import thumbnail_wait
 from tests.conftest import FREEDOS_2048, FREEDOS_2048_SHA256, ExhibitFactory, visitor
@@ -25,6 +25,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def store_contents(portal_dirs: Path) -> list[str]:
     images = portal_dirs / "images"
     return sorted(p.name for p in images.rglob("*")) if images.exists() else []
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def hostile_backing(tmp_path: Path) -> Path:
@@ -50,7 +54,12 @@ def test_import_image_stores_a_checked_qcow2_master(portal_dirs: Path) -> None:
     assert image.path == str(portal_dirs / "images" / f"{image.sha256}.qcow2")
     assert Path(image.path).stat().st_mode & 0o777 == 0o444
     assert image.fixity == DiskImage.Fixity.OK
-    assert FixityCheck.objects.filter(image=image, ok=True).count() == 1
+    ingestion = PreservationEvent.objects.get(image=image)
+    assert (ingestion.event_type, ingestion.outcome, ingestion.agent) == \
+        ("ingestion", "success", "command import_image")
+    assert (ingestion.algorithm, ingestion.digest, ingestion.image_sha256) == \
+        ("SHA-256", image.sha256, image.sha256)
+    assert FREEDOS_2048_SHA256 in ingestion.detail
 
 
 def test_import_image_refuses_a_hostile_image_and_keeps_nothing(portal_dirs: Path, tmp_path: Path) -> None:
@@ -134,8 +143,13 @@ def test_fixity_records_every_check_and_flags_a_flipped_byte(portal_dirs: Path, 
     image.refresh_from_db()
     assert image.fixity == DiskImage.Fixity.FAILED
     assert image.fixity_checked_at is not None
-    results = list(FixityCheck.objects.filter(image=image).values_list("ok", flat=True))
-    assert results == [False, True, True]  # newest first: the failure, the check, the import
+    record = list(PreservationEvent.objects.filter(image=image).values_list(
+        "event_type", "outcome", "agent", "digest"))
+    found = sha256_of(copy)
+    # Newest first: the failure (with the digest it found), the check, the import.
+    assert record == [("fixity check", "failure", "command fixity", found),
+                      ("fixity check", "success", "command fixity", image.sha256),
+                      ("ingestion", "success", "command import_image", image.sha256)]
     assert master.read_bytes() == master_bytes and master.stat().st_mtime_ns == master_mtime
 
 
@@ -328,13 +342,21 @@ async def test_the_admin_upload_works_through_the_asgi_handler_daphne_uses(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_the_disk_image_page_shows_its_fixity_history(curator_client: Client, portal_dirs: Path) -> None:
-    call_command("import_image", str(FREEDOS_2048))
+def test_the_admin_shows_the_fixity_and_provenance_record(curator_client: Client, portal_dirs: Path) -> None:
+    call_command("add_exhibit", str(FREEDOS_2048), "--slug", "dos", "--title", "DOS")
+    call_command("fixity")
     image = DiskImage.objects.get()
     page = curator_client.get(f"/admin/portal/diskimage/{image.pk}/change/")
     assert page.status_code == 200
     assert FREEDOS_2048_SHA256.encode() in page.content
-    assert b"Fixity checks" in page.content
+    assert b"Fixity and provenance record" in page.content
+    assert b"command add_exhibit" in page.content and b"command fixity" in page.content
+    exhibit = Exhibit.objects.get()
+    page = curator_client.get(f"/admin/portal/exhibit/{exhibit.pk}/change/")
+    text = page.content.decode()
+    record = text[text.index('class="preservation-record"'):]
+    assert record.index("fixity check") < record.index("ingestion")  # newest first
+    assert image.sha256 in record and "command add_exhibit" in record
 
 
 async def test_the_exhibit_page_says_a_damaged_exhibit_cannot_start(

@@ -15,6 +15,7 @@ from django.db import transaction
 from portal.images import disk_image_import
 from portal.importer import QEMU_FORMATS, ImageError
 from portal.models import DiskImage, Exhibit, ExhibitMedia
+from portal.record import agent_command
 
 BOOT_FOR_MEDIA = {"floppy": "floppy", "disk": "hdd", "cdrom": "cdrom"}
 
@@ -57,9 +58,11 @@ class Command(BaseCommand):
             raise CommandError(f"{source} is not a file")
         extras: list[DiskImage] = []
         try:
-            image: DiskImage = disk_image_import(source, name=source.name, claim=options["format"])
+            agent = agent_command("add_exhibit")
+            image: DiskImage = disk_image_import(source, name=source.name, claim=options["format"],
+                                                 agent=agent)
             for extra in options["extra"]:
-                extras.append(disk_image_import(extra, name=extra.name))
+                extras.append(disk_image_import(extra, name=extra.name, agent=agent))
         except ImageError as error:
             raise CommandError(f"refused an image: {error}") from error
         with transaction.atomic():

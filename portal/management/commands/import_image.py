@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from portal.images import disk_image_import
 from portal.importer import QEMU_FORMATS, ImageError
+from portal.record import agent_command
 
 
 class Command(BaseCommand):
@@ -30,7 +31,8 @@ class Command(BaseCommand):
         if not source.is_file():
             raise CommandError(f"{source} is not a file")
         try:
-            image = disk_image_import(source, name=source.name, claim=options["format"])
+            image = disk_image_import(source, name=source.name, claim=options["format"],
+                                      agent=agent_command("import_image"))
         except ImageError as error:
             raise CommandError(f"refused {source.name}: {error}") from error
         self.stdout.write(
