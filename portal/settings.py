@@ -328,6 +328,11 @@ PORTAL_IMAGE_CONVERT_CPU_S = int(os.environ.get("PORTAL_IMAGE_CONVERT_CPU_S", "6
 PORTAL_IMAGE_CONVERT_ADDRESS_SPACE_BYTES = int(os.environ.get("PORTAL_IMAGE_CONVERT_ADDRESS_SPACE_BYTES",
                                                               str(4 * 1024**3)))
 PORTAL_IMAGE_CONVERT_TIMEOUT_S = _env_float("PORTAL_IMAGE_CONVERT_TIMEOUT_S", 900.0)
+# BagIt bags: where the admin's export action writes them and its import action
+# reads them (manage.py export_bag and import_bag take any directory), and the
+# Source-Organization their bag-info.txt names.
+PORTAL_BAG_DIR = Path(os.environ.get("PORTAL_BAG_DIR", PORTAL_DATA_DIR / "bags")).resolve()
+PORTAL_BAG_ORGANIZATION = os.environ.get("PORTAL_BAG_ORGANIZATION", "Preserved software portal")
 # Thumbnails taken from curators' previews, served under /thumbnails/<sha256>.png.
 PORTAL_THUMBNAIL_DIR = Path(os.environ.get("PORTAL_THUMBNAIL_DIR",
                                            PORTAL_DATA_DIR / "thumbnails")).resolve()
