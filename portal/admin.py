@@ -5,6 +5,7 @@ Preparing a start state boots a machine, so that action is the runtime's: see
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from django import forms
@@ -14,8 +15,10 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
+from .bags import BagError, bag_export, bag_import
 from .images import disk_image_delete, disk_image_import, exhibit_delete
 from .importer import FORMAT_NAMES, ImageError, size_text
 from .models import DiskImage, Exhibit, ExhibitMedia, PreservationEvent, StartState
@@ -171,6 +174,8 @@ class ExhibitAdmin(admin.ModelAdmin):
     readonly_fields = ("thumbnail_picture", "preview_button", "record")
     change_form_template = "admin/portal/exhibit/change_form.html"
     inlines = [ExhibitMediaInline]
+    actions = ["export_bags"]
+    change_list_template = "admin/portal/exhibit/change_list.html"
     fieldsets = [
         ("Description", {"fields": ("title", "slug", "year", "publisher", "description",
                                     "thumbnail_picture")}),
@@ -188,6 +193,49 @@ class ExhibitAdmin(admin.ModelAdmin):
             return "Nothing recorded yet."
         images = [exhibit.image, *[medium.image for medium in exhibit.extra_media.select_related("image")]]
         return record_html(list(exhibit_record(exhibit, images=images)[:500]))
+
+    def get_urls(self) -> list[URLPattern]:
+        return [path("import-bag/", self.admin_site.admin_view(self.import_bag_view),
+                     name="portal_exhibit_import_bag"), *super().get_urls()]
+
+    @admin.action(description="Export as BagIt bags (into PORTAL_BAG_DIR)")
+    def export_bags(self, request: HttpRequest, queryset: QuerySet[Exhibit]) -> None:
+        agent = agent_staff(request.user.get_username())
+        stamp = timezone.now().strftime("%Y%m%dT%H%M%SZ")
+        for exhibit in queryset.select_related("image"):
+            directory = Path(settings.PORTAL_BAG_DIR) / f"{exhibit.slug}-{stamp}"
+            try:
+                bag_export(exhibit, directory, agent=agent)
+            except BagError as error:
+                messages.error(request, f"{exhibit.slug}: {error}")
+                continue
+            messages.success(request, f"{exhibit.slug}: exported as the bag {directory}.")
+
+    def import_bag_view(self, request: HttpRequest) -> HttpResponse:
+        """Import a bag that lies in PORTAL_BAG_DIR, as untrusted input (a draft exhibit)."""
+        if not self.has_add_permission(request):
+            return HttpResponse(status=403)
+        root = Path(settings.PORTAL_BAG_DIR)
+        bags = sorted(entry.name for entry in root.iterdir() if (entry / "bagit.txt").is_file()) \
+            if root.is_dir() else []
+        if request.method == "POST":
+            name = request.POST.get("bag", "")
+            if name not in bags:
+                messages.error(request, "There is no such bag in PORTAL_BAG_DIR.")
+            else:
+                try:
+                    imported = bag_import(root / name, agent=agent_staff(request.user.get_username()),
+                                          slug=request.POST.get("slug") or None)
+                except BagError as error:
+                    messages.error(request, f"Refused the bag {name}: {error} Nothing was kept.")
+                else:
+                    messages.success(request, f"Imported {imported.exhibit.slug} from the bag {name} "
+                                              "as a draft.")
+                    return HttpResponseRedirect(reverse("admin:portal_exhibit_change",
+                                                        args=[imported.exhibit.pk]))
+        context = {**self.admin_site.each_context(request), "title": "Import an exhibit from a BagIt bag",
+                   "opts": self.model._meta, "bags": bags, "bag_dir": root}
+        return TemplateResponse(request, "admin/portal/exhibit/import_bag.html", context)
 
     def delete_model(self, request: HttpRequest, obj: Exhibit) -> None:
         exhibit_delete(obj, agent=agent_staff(request.user.get_username()))

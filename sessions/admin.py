@@ -123,7 +123,7 @@ def _prepare(request: HttpRequest, exhibits: QuerySet[Exhibit], condition: Start
 
 
 class ExhibitStartStateAdmin(ExhibitAdmin):
-    actions = ["prepare_desktop", "prepare_dos_prompt"]
+    actions = [*ExhibitAdmin.actions, "prepare_desktop", "prepare_dos_prompt"]
 
     @admin.action(description="Prepare start state: boot to the desktop, save once it is still")
     def prepare_desktop(self, request: HttpRequest, queryset: QuerySet[Exhibit]) -> None:

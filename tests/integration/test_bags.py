@@ -174,3 +174,32 @@ def test_malformed_bags_are_refused_with_a_sentence(exhibit: Exhibit, tmp_path: 
     described.write_text("{not json")
     bagit.Bag(str(bag_dir)).save(manifests=True)
     refused(bag_dir, "not JSON")
+
+
+def test_the_admin_exports_and_imports_bags(exhibit: Exhibit, portal_dirs: Path, settings: Any) -> None:
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    settings.PORTAL_BAG_DIR = portal_dirs / "bags"
+    client = Client()
+    client.force_login(User.objects.create_superuser("curator", password="x"))
+    page = client.post("/admin/portal/exhibit/", {"action": "export_bags", "_selected_action": [exhibit.pk]},
+                       follow=True)
+    assert "exported as the bag" in page.content.decode()
+    (bag_dir,) = (portal_dirs / "bags").iterdir()
+    assert bagit.Bag(str(bag_dir)).is_valid()
+    assert PreservationEvent.objects.filter(event_type="replication", agent="staff user curator").exists()
+
+    form = client.get("/admin/portal/exhibit/import-bag/")
+    assert bag_dir.name in form.content.decode()
+    answer = client.post("/admin/portal/exhibit/import-bag/", {"bag": bag_dir.name}, follow=True)
+    assert "exists already" in answer.content.decode() and "Nothing was kept" in answer.content.decode()
+    answer = client.post("/admin/portal/exhibit/import-bag/", {"bag": "../bags"}, follow=True)
+    assert "There is no such bag" in answer.content.decode()
+    answer = client.post("/admin/portal/exhibit/import-bag/", {"bag": bag_dir.name, "slug": "copy"},
+                         follow=True)
+    assert "as a draft" in answer.content.decode()
+    copy = Exhibit.objects.get(slug="copy")
+    assert copy.image_id == exhibit.image_id and not copy.published
+    assert PreservationEvent.objects.filter(event_type="validation", exhibit=copy,
+                                            agent="staff user curator").exists()
