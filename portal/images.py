@@ -8,6 +8,9 @@ write a stored master.
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -16,8 +19,9 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from .derivation import master_derive
 from .importer import ImageError, ImportLimits, image_import, master_verify
-from .models import DiskImage, Exhibit
+from .models import DiskImage, Exhibit, ExhibitMedia
 from .record import SHA256, EventType, Outcome, event_record
 
 
@@ -67,6 +71,81 @@ def disk_image_import(source: Path | BinaryIO, *, name: str, agent: str, claim: 
     return image
 
 
+@dataclass(frozen=True)
+class Derivation:
+    """What to make of a visit's disk: the new exhibit's name, and a layer or a whole disk."""
+
+    slug: str
+    title: str
+    flatten: bool = False
+
+
+def derivation_work_dir() -> Path:
+    """A private work directory inside the image store, for a visit's copy."""
+    store = Path(settings.PORTAL_IMAGE_DIR)
+    store.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=".derive-", dir=store))
+
+
+def derivation_check(derivation: Derivation) -> None:
+    """Refuse, before any work, a name the new exhibit cannot have (DerivationError)."""
+    if not re.fullmatch(r"[-a-zA-Z0-9_]{1,50}", derivation.slug):
+        raise DerivationError("The slug may hold letters, digits, hyphens and underscores only "
+                              "(at most 50).")
+    if Exhibit.objects.filter(slug=derivation.slug).exists():
+        raise DerivationError(f"An exhibit with the slug {derivation.slug!r} exists already.")
+    if not derivation.title.strip() or len(derivation.title) > 200:
+        raise DerivationError("The title may not be empty or longer than 200 characters.")
+
+
+def exhibit_derive(exhibit: Exhibit, *, visit_copy: Path, derivation: Derivation, agent: str,
+                   detail: str = "") -> Exhibit:
+    """A new master from a visit's disk (`visit_copy`, a private copy of its overlay in
+    a `derivation_work_dir`, consumed) over the exhibit's master, and a new draft
+    exhibit on it with its parent recorded. Raises DerivationError or ImageError."""
+    try:
+        derivation_check(derivation)
+    except DerivationError:
+        shutil.rmtree(visit_copy.parent, ignore_errors=True)
+        raise
+    parent = exhibit.image
+    made = master_derive(visit_copy=visit_copy, parent=Path(parent.path),
+                         store=Path(settings.PORTAL_IMAGE_DIR), flatten=derivation.flatten,
+                         limits=import_limits())
+    how = ("a whole disk (flattened)" if derivation.flatten
+           else f"a layer over {parent.sha256} ({parent.original_name})")
+    said = (f"Saved from a visit of {exhibit.slug} as {how}; the guest sees SHA-256 {made.guest_sha256}. "
+            + detail).strip()
+    with transaction.atomic():
+        image, created = DiskImage.objects.get_or_create(sha256=made.sha256, defaults={
+            "path": os.fspath(made.path), "format": "qcow2", "size_bytes": made.stored_bytes,
+            "original_name": f"{exhibit.slug} derivative", "source_format": "qcow2",
+            "guest_sha256": made.guest_sha256, "virtual_size_bytes": made.virtual_bytes,
+            "media": parent.media, "fixity": DiskImage.Fixity.OK, "fixity_checked_at": timezone.now(),
+            "parent": None if derivation.flatten else parent,
+            "chain": "" if derivation.flatten else "+".join([*parent.layers(), made.sha256]),
+        })
+        derived = Exhibit.objects.create(
+            **{field: getattr(exhibit, field) for field in DERIVED_FIELDS},
+            slug=derivation.slug, title=derivation.title, image=image, published=False, parent=exhibit)
+        for medium in ExhibitMedia.objects.filter(exhibit=exhibit).order_by("position", "pk"):
+            ExhibitMedia.objects.create(exhibit=derived, image_id=medium.image_id, position=medium.position)
+        event_record(event_type=EventType.CREATION, agent=agent, image=image, exhibit=derived,
+                     algorithm=SHA256, digest=image.sha256, related_sha256=parent.sha256,
+                     detail=said if created else f"{said} The same master was stored already.")
+    return derived
+
+
+# The fields a derivative exhibit takes from the exhibit it was saved from.
+DERIVED_FIELDS = ("year", "publisher", "description", "boot", "cpu", "memory_mb", "vga", "mouse", "sound",
+                  "accelerator", "provenance_source", "provenance_donor", "provenance_acquired",
+                  "provenance_notes", "thumbnail")
+
+
+class DerivationError(ImageError):
+    """A derivative that cannot be made as asked; the message is a sentence for a person."""
+
+
 class ImageInUseError(ImageError):
     """A master that something still needs: it is not deleted."""
 
@@ -74,11 +153,15 @@ class ImageInUseError(ImageError):
 def disk_image_delete(image: DiskImage, *, agent: str) -> None:
     """Delete a master that nothing uses: its row and its file; the record keeps a
     deletion row. Raises ImageInUseError, naming what needs it, otherwise."""
-    users = [f"exhibit {slug}" for slug in image.exhibits.values_list("slug", flat=True)]
+    users = []
+    for child in image.children.all():
+        slugs = ", ".join(child.exhibits.values_list("slug", flat=True)) or "none"
+        users.append(f"the derivative master {child} (exhibits: {slugs})")
+    users += [f"exhibit {slug}" for slug in image.exhibits.values_list("slug", flat=True)]
     users += [f"exhibit {slug} (extra medium)"
               for slug in image.extra_in.values_list("exhibit__slug", flat=True)]
     if users:
-        raise ImageInUseError(f"{image} cannot be deleted: {', '.join(users)} use it.")
+        raise ImageInUseError(f"{image} cannot be deleted: {'; '.join(users)} build on it or use it.")
     path = Path(image.path)
     with transaction.atomic():
         event_record(event_type=EventType.DELETION, agent=agent, image=image, algorithm=SHA256,

@@ -666,7 +666,7 @@ def _import(source: Path | BinaryIO, *, claimed: str, work: Path, store: Path,
     if converted_info.get("virtual-size") != info["virtual-size"]:
         raise ImageRejectedError("conversion_mismatch", "The converted master's size differs.")
     guest_sha256 = (source_sha256 if qemu_format == "raw"
-                    else _guest_sha256(converted, virtual_bytes=info["virtual-size"], work=work,
+                    else guest_sha256_read(converted, virtual_bytes=info["virtual-size"], work=work,
                                        limits=limits))
     os.chmod(converted, 0o444)
     sha256 = sha256_path(converted)
@@ -699,7 +699,7 @@ def _measure(copy: Path, *, qemu_format: str, limits: ImportLimits) -> int:
     return required + MEASURE_SLACK_BYTES
 
 
-def _guest_sha256(master: Path, *, virtual_bytes: int, work: Path, limits: ImportLimits) -> str:
+def guest_sha256_read(master: Path, *, virtual_bytes: int, work: Path, limits: ImportLimits) -> str:
     """SHA-256 of what the guest sees, read through QEMU a slice at a time.
 
     Each slice of the master is converted to a sparse raw file, hashed and

@@ -48,10 +48,22 @@ class DiskImage(models.Model):
     media = models.CharField(max_length=8, choices=Media.choices, default=Media.DISK)
     fixity = models.CharField(max_length=9, choices=Fixity.choices, default=Fixity.UNCHECKED)
     fixity_checked_at = models.DateTimeField(null=True, blank=True)
+    # A derivative's backing layer (its file names the parent's by content address,
+    # "<sha256>.qcow2", in the same store): the guest sees the parent's disk with
+    # this layer's clusters on top. Protected: a master others build on stays.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT,
+                               related_name="children")
+    # Every layer's SHA-256 from the base up to this one, joined by "+" (empty for
+    # a master with no parent): what fixity, start states and bags go by.
+    chain = models.TextField(blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
         return f"{self.original_name or 'image'} ({self.sha256[:12]})"
+
+    def layers(self) -> list[str]:
+        """The content addresses of the disk's layers, base first, this one last."""
+        return self.chain.split("+") if self.chain else [self.sha256]
 
 
 class PreservationEvent(models.Model):
@@ -160,6 +172,9 @@ class Exhibit(models.Model):
     # with its ExhibitMedia rows so the machine profile is known without a query.
     extra_media_kinds = models.CharField(max_length=100, blank=True, editable=False)
     published = models.BooleanField(default=False, help_text="Drafts are invisible to visitors.")
+    # The exhibit this one was derived from (saved from a preview of it).
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL,
+                               related_name="derivatives", help_text="The exhibit this one was derived from.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -178,7 +193,12 @@ class Exhibit(models.Model):
         """Why this exhibit must not start (a master failed its fixity check), or None."""
         images = [self.image_id, *[pk async for pk in ExhibitMedia.objects.filter(exhibit_id=self.pk)
                                    .values_list("image_id", flat=True)]]
-        failed = await DiskImage.objects.filter(pk__in=images, fixity=DiskImage.Fixity.FAILED).aexists()
+        # Every layer under each disk counts: a failed layer fails what is built on it.
+        layers = [sha for chain in [value async for value in DiskImage.objects.filter(pk__in=images)
+                                    .values_list("chain", flat=True)] if chain
+                  for sha in chain.split("+")]
+        failed = await DiskImage.objects.filter(
+            models.Q(pk__in=images) | models.Q(sha256__in=layers), fixity=DiskImage.Fixity.FAILED).aexists()
         if failed:
             return ("This exhibit cannot be started: its disk image failed an integrity check. "
                     "The curators have been told.")

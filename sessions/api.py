@@ -7,6 +7,7 @@ not found, exactly like one that never existed.
 from __future__ import annotations
 
 import json
+import logging
 
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
@@ -14,7 +15,10 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from portal.errors import json_error
+from portal.images import Derivation, DerivationError
+from portal.importer import ImageError
 from portal.models import Exhibit
+from portal.record import agent_staff
 from portal.visitor import visitor_id
 
 from .broker import (
@@ -45,6 +49,9 @@ async def owned_session(request: HttpRequest, session_id: str) -> VisitorSession
     return await VisitorSession.objects.select_related("exhibit").filter(
         id=session_id, owner=owner
     ).afirst()
+
+
+logger = logging.getLogger(__name__)
 
 
 def _not_found() -> JsonResponse:
@@ -176,13 +183,65 @@ async def session_reset(request: HttpRequest, session_id: str) -> JsonResponse:
     return JsonResponse(await session_json(session, broker))
 
 
+@require_POST
+async def session_save_master(request: HttpRequest, session_id: str) -> HttpResponse:
+    """Staff only: the visit's disk becomes a new master over its exhibit's (a layer, or
+    flattened) with a new draft exhibit on it. JSON in and out, or the session page's
+    form (then a redirect to the new exhibit in the admin)."""
+    user = await request.auser()
+    session = await owned_session(request, session_id)
+    if session is None or not (user.is_active and user.is_staff):
+        return _not_found()
+    fields = _form_or_json(request)
+    if fields is None:
+        return json_error(400, "bad_request", "Send a JSON object or a form.")
+    slug, title = str(fields.get("slug") or ""), str(fields.get("title") or "")
+    flatten = fields.get("flatten") in {True, "true", "on", "1"}
+    exhibit = await Exhibit.objects.select_related("image").aget(pk=session.exhibit_id)
+    derivation = Derivation(slug=slug or f"{exhibit.slug}-{session.id[:6].lower()}",
+                            title=title or f"{exhibit.title} (derivative)", flatten=flatten)
+    broker = await get_broker()
+    try:
+        derived = await broker.session_save_master(
+            session_id=session.id, exhibit=exhibit, derivation=derivation,
+            agent=agent_staff(user.get_username()))
+    except SessionBusyError as error:
+        return json_error(409, "session_busy", str(error))
+    except DerivationError as error:
+        return json_error(400, "bad_derivation", str(error))
+    except ImageError as error:
+        logger.error("session %s: saving a master failed: %s", session.id, error)
+        return json_error(500, "derivation_failed", f"The new master could not be made: {error}")
+    admin_url = f"/admin/portal/exhibit/{derived.pk}/change/"
+    if _wants_page(request):
+        return HttpResponseRedirect(admin_url, status=303)
+    image = derived.image
+    return JsonResponse({"exhibit": {"slug": derived.slug, "title": derived.title, "parent": exhibit.slug},
+                         "master": {"sha256": image.sha256, "guest_sha256": image.guest_sha256,
+                                    "parent": image.parent_id and exhibit.image.sha256,
+                                    "layers": image.layers(), "bytes": image.size_bytes},
+                         "admin_url": admin_url}, status=201)
+
+
+def _form_or_json(request: HttpRequest) -> dict[str, object] | None:
+    if request.content_type == "application/json":
+        try:
+            data = json.loads(request.body or b"{}")
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+    return dict(request.POST.items())
+
+
 @require_GET
 @ensure_csrf_cookie
 async def session_page(request: HttpRequest, session_id: str) -> HttpResponse:
     session = await owned_session(request, session_id)
     if session is None:
         raise Http404("There is no such session.")
+    user = await request.auser()
     return render(request, "portal/session.html", {
+        "staff": user.is_active and user.is_staff,
         "session": session,
         "exhibit": session.exhibit,
         "session_json": await session_json(session, await get_broker()),

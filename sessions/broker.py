@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from django.db import models, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
+from portal.images import Derivation, derivation_check, derivation_work_dir, exhibit_derive
 from portal.models import DiskImage, Exhibit, PreservationEvent, StartState
 
 from .config import BrokerConfig
@@ -63,6 +65,7 @@ from .nodes import (
     nodes_dead_end,
     nodes_list,
 )
+from .overlay import OVERLAY_FILE
 from .reaper import reap_once
 from .scheduler import (
     Limiter,
@@ -360,6 +363,31 @@ class Broker:
         began = self.keeper.now()
         await self.keeper.reset(session_id=session_id, exhibit=exhibit)
         RESETS.observe(self.keeper.now() - began)
+
+    async def session_save_master(self, *, session_id: str, exhibit: Exhibit, derivation: Derivation,
+                                  agent: str) -> Exhibit:
+        """Save a running visit's disk as a new master over the exhibit's, with a new
+        draft exhibit on it. The machine is paused only while its overlay is copied
+        (QEMU flushes every write when it pauses); the rest runs on the copy."""
+        await sync_to_async(derivation_check)(derivation)
+        visit = self.keeper.visit(session_id)
+        machine = self.machine(session_id)
+        if visit is None or machine is None:
+            raise SessionBusyError("The machine is not running, so there is no disk to save.")
+        work = await asyncio.to_thread(derivation_work_dir)
+        copy = work / "visit.qcow2"
+        try:
+            await machine.execute("stop")
+            try:
+                await asyncio.to_thread(shutil.copyfile, visit.run_dir / OVERLAY_FILE, copy)
+            finally:
+                await machine.execute("cont")
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, work, True)
+            raise
+        return await sync_to_async(exhibit_derive)(
+            exhibit, visit_copy=copy, derivation=derivation, agent=agent,
+            detail=f"The visit was {session_id[:8]}….")
 
     def display_first_frame(self, *, session_id: str) -> None:
         """A display of the visit showed its first screen update: once per visit, the

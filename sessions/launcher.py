@@ -138,8 +138,9 @@ class Launcher:
     # --- start states ------------------------------------------------------------
 
     def start_state_key(self, exhibit: Exhibit) -> str:
+        # Every layer of a derivative's disk: a state saved over one chain is no good over another.
         return state_key(exhibit.machine_profile(), accelerator=self.accelerator_for(exhibit),
-                         qemu=self.qemu_version(), master_sha256=exhibit.image.sha256)
+                         qemu=self.qemu_version(), master_sha256="+".join(exhibit.image.layers()))
 
     async def start_state_usable(self, exhibit: Exhibit) -> StartState | None:
         """The exhibit's start state if it matches this portal exactly; a state that
@@ -179,7 +180,7 @@ async def exhibit_prepare(exhibit: Exhibit, condition: StartCondition) -> StartS
                     profile=exhibit.machine_profile(),
                     master_path=Path(exhibit.image.path),
                     master_format=exhibit.image.format,
-                    master_sha256=exhibit.image.sha256,
+                    master_sha256="+".join(exhibit.image.layers()),
                     store=Path(settings.PORTAL_IMAGE_DIR) / "start",
                     run_root=config.run_root,
                     qemu_binary=config.qemu_binary,

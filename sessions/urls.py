@@ -11,5 +11,6 @@ urlpatterns = [
     path("api/exhibits/<slug:slug>/preview", api.session_preview),
     path("api/sessions/<str:session_id>", api.session_detail),
     path("api/sessions/<str:session_id>/reset", api.session_reset),
+    path("api/sessions/<str:session_id>/save-master", api.session_save_master),
     path("metrics", operators.metrics),
 ]

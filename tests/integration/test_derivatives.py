@@ -1,0 +1,135 @@
+"""Derivative exhibits with real QEMU and qemu-img: a file written in a staff preview
+of FreeDOS is there in a new visit of the derivative, whose master is a layer over
+the untouched base (or, flattened, a whole disk); fixity and deletion see the chain."""
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.test import AsyncClient
+
+from portal.images import ImageInUseError, disk_image_delete
+from portal.models import DiskImage, Exhibit, PreservationEvent
+from sessions.models import VisitorSession
+from tests.conftest import FREEDOS_2048, FREEDOS_2048_SHA256, ExhibitFactory, display_watch, visitor
+from tests.integration.test_freedos import BOOT_TIMEOUT_S, Visit
+from tests.support.guest import disk_file, sha256_file
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+async def staff(db: Any) -> AsyncIterator[AsyncClient]:
+    from django.contrib.auth.models import User
+
+    user = await sync_to_async(User.objects.create_user)(username="curator", password="x",
+                                                          is_staff=True, is_superuser=True)
+    client = AsyncClient()
+    await client.aforce_login(user)
+    yield client
+
+
+async def visit_open(broker: Any, client: AsyncClient, path: str) -> Visit:
+    response = await client.post(path)
+    assert response.status_code == 201, response.content
+    rfb = await display_watch(client, response.json()["vnc_path"], timeout_s=BOOT_TIMEOUT_S)
+    return Visit(broker, client, response.json()["id"], rfb)
+
+
+async def visit_close(visit: Visit) -> None:
+    await visit.rfb.close()
+    assert (await visit.browser.delete(f"/api/sessions/{visit.session_id}")).status_code == 204
+
+
+async def save(client: AsyncClient, session_id: str, **fields: Any) -> Any:
+    return await client.post(f"/api/sessions/{session_id}/save-master", json.dumps(fields),
+                             content_type="application/json")
+
+
+def backing_chain(path: str) -> list[dict[str, Any]]:
+    result = subprocess.run(["qemu-img", "info", "-U", "--backing-chain", "--output=json", path],
+                            capture_output=True, text=True, check=True, timeout=30)
+    return list(json.loads(result.stdout))
+
+
+async def test_a_file_written_in_a_preview_is_in_the_derivative_over_an_untouched_base(
+    broker: Any, exhibit_create: ExhibitFactory, staff: AsyncClient
+) -> None:
+    exhibit = await exhibit_create(FREEDOS_2048, slug="freedos", title="FreeDOS 2048", accelerator="tcg",
+                                   published=False)
+    base = exhibit.image
+    preview = await visit_open(broker, staff, "/api/exhibits/freedos/preview")
+    try:
+        await preview.at_prompt()
+        await preview.command("echo installed > hi.txt", expect="A:\\>echo installed > hi.txt")
+        await preview.command("type hi.txt", expect="A:\\>type hi.txt\ninstalled")
+
+        # Nobody else may save it: a visitor's browser, or another staff member's.
+        assert (await save(visitor(), preview.session_id)).status_code == 404
+        bad = await save(staff, preview.session_id, slug="no spaces")
+        assert bad.status_code == 400 and "letters, digits" in bad.json()["detail"]
+        layered = await save(staff, preview.session_id, slug="freedos-hi", title="FreeDOS with HI.TXT")
+        assert layered.status_code == 201, layered.content
+        flat = await save(staff, preview.session_id, slug="freedos-flat", title="FreeDOS, flat",
+                          flatten=True)
+        assert flat.status_code == 201, flat.content
+        taken = await save(staff, preview.session_id, slug="freedos-hi")
+        assert taken.status_code == 400 and "exists already" in taken.json()["detail"]
+        # The preview ran on through all of it.
+        await preview.command("dir hi.txt", expect="HI       TXT")
+    finally:
+        await visit_close(preview)
+
+    master = layered.json()["master"]
+    assert master["layers"] == [base.sha256, master["sha256"]] and master["parent"] == base.sha256
+    derived = await DiskImage.objects.select_related("parent").aget(sha256=master["sha256"])
+    assert derived.parent_id == base.pk and derived.chain == f"{base.sha256}+{derived.sha256}"
+    # The base is exactly what it was, and was never copied: the layer holds what changed.
+    assert sha256_file(Path(base.path)) == base.sha256
+    assert base.guest_sha256 == FREEDOS_2048_SHA256
+    assert sha256_file(Path(derived.path)) == derived.sha256
+    assert derived.size_bytes < base.size_bytes / 2
+    chain = backing_chain(derived.path)
+    assert [Path(layer["filename"]).name for layer in chain] == [f"{derived.sha256}.qcow2",
+                                                                  f"{base.sha256}.qcow2"]
+    assert chain[0]["backing-filename"] == f"{base.sha256}.qcow2"  # by content address
+    assert derived.guest_sha256 != base.guest_sha256
+
+    flattened = await DiskImage.objects.aget(sha256=flat.json()["master"]["sha256"])
+    assert flattened.parent_id is None and flattened.chain == ""
+    assert "backing-filename" not in backing_chain(flattened.path)[0]
+    assert flattened.guest_sha256 == derived.guest_sha256
+
+    child = await Exhibit.objects.select_related("image", "parent").aget(slug="freedos-hi")
+    assert child.parent_id == exhibit.pk and not child.published and child.accelerator == "tcg"
+    creation = await PreservationEvent.objects.aget(event_type="creation", image=derived)
+    assert (creation.agent, creation.related_sha256, creation.digest, creation.exhibit_id) == \
+        ("staff user curator", base.sha256, derived.sha256, child.pk)
+    # Instant start goes by the whole chain.
+    assert f"master={base.sha256}+{derived.sha256}" in broker.start_state_key(child)
+
+    # A new visit of the derivative boots with the file there.
+    await Exhibit.objects.filter(slug="freedos-hi").aupdate(published=True)
+    again = await visit_open(broker, visitor(), "/api/exhibits/freedos-hi/sessions")
+    try:
+        await again.at_prompt()
+        await again.command("type hi.txt", expect="installed")
+        row = await VisitorSession.objects.aget(id=again.session_id)
+        content = await disk_file(again.machine, Path(row.run_dir) / "disk.qcow2", "HI.TXT")
+        assert (content or b"").startswith(b"installed")
+    finally:
+        await visit_close(again)
+    assert sha256_file(Path(base.path)) == base.sha256
+
+    # A failed layer blocks what is built on it; a master others build on stays.
+    await DiskImage.objects.filter(pk=base.pk).aupdate(fixity=DiskImage.Fixity.FAILED)
+    blocked = await visitor().post("/api/exhibits/freedos-hi/sessions")
+    assert blocked.status_code == 409 and blocked.json()["error"] == "exhibit_unavailable"
+    with pytest.raises(ImageInUseError, match=r"the derivative master .* \(exhibits: freedos-hi\)"):
+        await sync_to_async(disk_image_delete)(base, agent="tests")
+    assert Path(base.path).exists()
