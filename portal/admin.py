@@ -5,6 +5,7 @@ Preparing a start state boots a machine, so that action is the runtime's: see
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,21 @@ class DiskImageAdmin(admin.ModelAdmin):
     inlines = [PreservationEventInline]
     change_list_template = "admin/portal/diskimage/change_list.html"
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [*self.readonly_fields, "parent", "family_tree", "disk_use"]
+
+    @admin.display(description="Family tree")
+    def family_tree(self, image: DiskImage) -> str:
+        """The layers under this master, then everything built on it, with their exhibits."""
+        return family_html(image)
+
+    @admin.display(description="Disk use")
+    def disk_use(self, image: DiskImage) -> str:
+        use = image_disk_use(image)
+        return (f"{size_text(use.own_bytes)} of its own; {size_text(use.shared_bytes)} shared with the "
+                f"{len(image.layers()) - 1} layer(s) under it; {size_text(use.built_on_bytes)} in "
+                f"{use.built_on} master(s) built on it.")
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # images come in through the checked upload, never a bare form
 
@@ -146,6 +162,59 @@ class DiskImageAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/portal/diskimage/upload.html", context)
 
 
+@dataclass(frozen=True)
+class DiskUse:
+    own_bytes: int
+    # The layers under it, which other masters share.
+    shared_bytes: int
+    built_on: int
+    built_on_bytes: int
+
+
+def image_disk_use(image: DiskImage) -> DiskUse:
+    layers = image.layers()[:-1]
+    shared = sum(DiskImage.objects.filter(sha256__in=layers).values_list("size_bytes", flat=True))
+    descendants = image_descendants(image)
+    return DiskUse(own_bytes=image.size_bytes, shared_bytes=shared, built_on=len(descendants),
+                   built_on_bytes=sum(child.size_bytes for child, _ in descendants))
+
+
+def image_descendants(image: DiskImage) -> list[tuple[DiskImage, int]]:
+    """Every master built on this one, depth first, with its depth below it."""
+    found: list[tuple[DiskImage, int]] = []
+
+    def walk(parent: DiskImage, depth: int) -> None:
+        for child in DiskImage.objects.filter(parent=parent).order_by("created_at"):
+            found.append((child, depth))
+            walk(child, depth + 1)
+
+    walk(image, 1)
+    return found
+
+
+def _image_line(image: DiskImage, *, this: bool = False) -> str:
+    exhibits = ", ".join(image.exhibits.values_list("slug", flat=True)) or "no exhibit"
+    link = reverse("admin:portal_diskimage_change", args=[image.pk])
+    flag = (format_html(' <strong style="color:#ba2121">&#9873; {}</strong>', "fixity FAILED")
+            if image.fixity == DiskImage.Fixity.FAILED else "")
+    return format_html('<a href="{}">{}</a>{} ({}; {}){}', link, str(image), " (this master)" if this else "",
+                       size_text(image.size_bytes), exhibits, flag)
+
+
+def family_html(image: DiskImage) -> str:
+    by_sha = {row.sha256: row for row in DiskImage.objects.filter(sha256__in=image.layers())}
+    lines = [(depth, by_sha[sha]) for depth, sha in enumerate(image.layers()[:-1]) if sha in by_sha]
+    here = len(lines)
+    items = [format_html('<li style="margin-left:{}em">{}</li>', 1.5 * depth, _image_line(layer))
+             for depth, layer in lines]
+    items.append(format_html('<li style="margin-left:{}em"><strong>{}</strong></li>', 1.5 * here,
+                             _image_line(image, this=True)))
+    items += [format_html('<li style="margin-left:{}em">{}</li>', 1.5 * (here + depth), _image_line(child))
+              for child, depth in image_descendants(image)]
+    return format_html('<ul class="family-tree">{}</ul>',
+                       format_html_join("", "{}", ((item,) for item in items)))
+
+
 class ExtraMediaFormSet(forms.BaseInlineFormSet):
     def clean(self) -> None:
         super().clean()
@@ -171,7 +240,7 @@ class ExhibitAdmin(admin.ModelAdmin):
                     "published")
     list_filter = ("published", "boot")
     prepopulated_fields = {"slug": ("title",)}
-    readonly_fields = ("thumbnail_picture", "preview_button", "record")
+    readonly_fields = ("thumbnail_picture", "preview_button", "record", "family")
     change_form_template = "admin/portal/exhibit/change_form.html"
     inlines = [ExhibitMediaInline]
     actions = ["export_bags"]
@@ -183,9 +252,22 @@ class ExhibitAdmin(admin.ModelAdmin):
                                    "provenance_notes")}),
         ("Machine profile", {"fields": ("image", "boot", "cpu", "memory_mb", "vga", "sound", "mouse",
                                         "accelerator")}),
-        ("Publication", {"fields": ("published", "preview_button")}),
+        ("Publication", {"fields": ("published", "preview_button", "family")}),
         ("Fixity and provenance record", {"fields": ("record",), "classes": ("collapse",)}),
     ]
+
+    @admin.display(description="Derived from and into")
+    def family(self, exhibit: Exhibit) -> str:
+        if not exhibit.pk:
+            return "Save the exhibit first."
+        parent = (format_html('<a href="{}">{}</a>', reverse("admin:portal_exhibit_change",
+                                                              args=[exhibit.parent_id]), exhibit.parent)
+                  if exhibit.parent_id else "no other exhibit")
+        children = format_html_join(", ", '<a href="{}">{}</a>', (
+            (reverse("admin:portal_exhibit_change", args=[child.pk]), child.title)
+            for child in exhibit.derivatives.all())) or "none yet"
+        return format_html("Derived from {}; derivatives: {}. Save one from a preview's page "
+                           "(Save as new master).", parent, children)
 
     @admin.display(description="Record")
     def record(self, exhibit: Exhibit) -> str:

@@ -133,3 +133,30 @@ async def test_a_file_written_in_a_preview_is_in_the_derivative_over_an_untouche
     with pytest.raises(ImageInUseError, match=r"the derivative master .* \(exhibits: freedos-hi\)"):
         await sync_to_async(disk_image_delete)(base, agent="tests")
     assert Path(base.path).exists()
+
+
+async def test_the_admin_shows_a_masters_family_and_disk_use(
+    broker: Any, exhibit_create: ExhibitFactory, staff: AsyncClient
+) -> None:
+    exhibit = await exhibit_create(FREEDOS_2048, slug="freedos", title="FreeDOS 2048", accelerator="tcg")
+    preview = await visit_open(broker, staff, "/api/exhibits/freedos/preview")
+    try:
+        await preview.at_prompt()
+        await preview.command("echo one > one.txt", expect="A:\\>echo one > one.txt")
+        saved = await save(staff, preview.session_id, slug="freedos-one", title="FreeDOS one")
+        assert saved.status_code == 201, saved.content
+    finally:
+        await visit_close(preview)
+    base = exhibit.image
+    derived = await DiskImage.objects.aget(sha256=saved.json()["master"]["sha256"])
+    page = (await staff.get(f"/admin/portal/diskimage/{base.pk}/change/")).content.decode()
+    tree = page[page.index('class="family-tree"'):]
+    assert tree.index(base.sha256[:12]) < tree.index(derived.sha256[:12]) and "freedos-one" in tree
+    assert "in 1 master(s) built on it" in page
+    page = (await staff.get(f"/admin/portal/diskimage/{derived.pk}/change/")).content.decode()
+    assert "shared with the 1 layer(s) under it" in page
+    page = (await staff.get(f"/admin/portal/exhibit/{exhibit.pk}/change/")).content.decode()
+    assert "Derived from no other exhibit; derivatives: " in page and "FreeDOS one</a>" in page
+    # Deleting the base through the admin is refused, naming what is built on it.
+    confirm = (await staff.get(f"/admin/portal/diskimage/{base.pk}/delete/")).content.decode()
+    assert "protected" in confirm and derived.sha256[:12] in confirm
