@@ -16,7 +16,14 @@ from django.test import AsyncClient
 from portal.images import ImageInUseError, disk_image_delete
 from portal.models import DiskImage, Exhibit, PreservationEvent
 from sessions.models import VisitorSession
-from tests.conftest import FREEDOS_2048, FREEDOS_2048_SHA256, ExhibitFactory, display_watch, visitor
+from tests.conftest import (
+    FREEDOS_2048,
+    FREEDOS_2048_SHA256,
+    FREEDOS_GAMES,
+    ExhibitFactory,
+    display_watch,
+    visitor,
+)
 from tests.integration.test_freedos import BOOT_TIMEOUT_S, Visit
 from tests.support.guest import disk_file, sha256_file
 
@@ -160,3 +167,41 @@ async def test_the_admin_shows_a_masters_family_and_disk_use(
     # Deleting the base through the admin is refused, naming what is built on it.
     confirm = (await staff.get(f"/admin/portal/diskimage/{base.pk}/delete/")).content.decode()
     assert "protected" in confirm and derived.sha256[:12] in confirm
+
+
+async def test_a_derivative_of_a_prepared_exhibit_starts_instantly_from_its_own_state(
+    broker: Any, exhibit_create: ExhibitFactory, staff: AsyncClient
+) -> None:
+    from sessions.broker import exhibit_prepare
+    from sessions.prepare import StartCondition
+
+    at_prompt = StartCondition(wait_text="A:\\>", still_s=1.0)
+    games = await exhibit_create(FREEDOS_GAMES, slug="games", accelerator="tcg")
+    await exhibit_prepare(games, at_prompt)
+    # The preview resumes the prepared state: its disk sits on the warm layer, which
+    # the new master must take in (what booting wrote) to stand on the master alone.
+    preview = await visit_open(broker, staff, "/api/exhibits/games/preview")
+    try:
+        assert "A:\\>" in await preview.machine.text_screen()
+        await preview.command("echo mine > mine.txt", expect="A:\\>echo mine > mine.txt")
+        saved = await save(staff, preview.session_id, slug="games-mine", title="Games, mine")
+        assert saved.status_code == 201, saved.content
+    finally:
+        await visit_close(preview)
+    child = await Exhibit.objects.select_related("image").aget(slug="games-mine")
+    assert child.image.layers() == [games.image.sha256, child.image.sha256]
+    state = await exhibit_prepare(child, at_prompt)
+    assert state.key == broker.start_state_key(child)
+    assert f"master={games.image.sha256}+{child.image.sha256}" in state.key
+    await Exhibit.objects.filter(pk=child.pk).aupdate(published=True)
+    assert (await visitor().get("/api/exhibits/games-mine")).json()["instant_start"] is True
+
+    again = await visit_open(broker, visitor(), "/api/exhibits/games-mine/sessions")
+    try:
+        # Resumed at the prompt, nothing booted, and the file is there.
+        assert "A:\\>" in await again.machine.text_screen()
+        await again.command("type mine.txt", expect="\nmine")
+    finally:
+        await visit_close(again)
+    for image in (games.image, child.image):
+        assert sha256_file(Path(image.path)) == image.sha256
