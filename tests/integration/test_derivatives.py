@@ -26,6 +26,7 @@ from tests.conftest import (
 )
 from tests.integration.test_freedos import BOOT_TIMEOUT_S, Visit
 from tests.support.guest import disk_file, sha256_file
+from tests.support.wait import eventually
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -184,6 +185,13 @@ async def test_a_derivative_of_a_prepared_exhibit_starts_instantly_from_its_own_
     try:
         assert "A:\\>" in await preview.machine.text_screen()
         await preview.command("echo mine > mine.txt", expect="A:\\>echo mine > mine.txt")
+        # This FreeDOS keeps disk buffers (HIMEM): the file reaches the disk a moment later.
+        row = await VisitorSession.objects.aget(id=preview.session_id)
+
+        async def written() -> bool:
+            return await disk_file(preview.machine, Path(row.run_dir) / "disk.qcow2", "MINE.TXT") is not None
+
+        await eventually(written, timeout_s=30, interval_s=0.5)
         saved = await save(staff, preview.session_id, slug="games-mine", title="Games, mine")
         assert saved.status_code == 201, saved.content
     finally:
