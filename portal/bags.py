@@ -8,7 +8,8 @@ image (`portal.images.disk_image_import`), the exhibit's fields checked like
 a form's, and the bag's record kept as the start of the exhibit's record.
 
     <bag>/bagit.txt, bag-info.txt, manifest-sha256.txt, manifest-sha512.txt, tagmanifest-….txt
-    <bag>/data/masters/<sha256>.qcow2     the exhibit's master and its extra media, as stored
+    <bag>/data/masters/<sha256>.qcow2     the exhibit's master and its extra media, as stored,
+                                         with every layer under each (a derivative's chain)
     <bag>/data/metadata/exhibit.json     the exhibit: description, provenance, machine, masters
     <bag>/data/metadata/record.json      its fixity and provenance record, oldest first
     <bag>/data/thumbnail/<sha256>.png    its thumbnail, if it has one
@@ -16,6 +17,8 @@ a form's, and the bag's record kept as the start of the exhibit's record.
 A master's stored form is what the importer makes of its contents (a zstd-
 compressed qcow2), and the importer makes the same file of it again, so an
 imported master has the exported one's SHA-256: the round trip is bit-exact.
+A derivative's layer names its parent by content address and is imported over
+it, after it, by the same importer (which then allows exactly that backing file).
 
 Must not: start machines, or trust anything in a bag before its manifests and
 the importer have said yes.
@@ -66,18 +69,34 @@ class Imported:
     masters: list[DiskImage]
 
 
-def _master_json(image: DiskImage, role: str) -> dict[str, Any]:
-    return {"role": role, "file": f"masters/{image.sha256}.qcow2",
+def _master_json(image: DiskImage, role: str, parent: str | None) -> dict[str, Any]:
+    return {"role": role, "file": f"masters/{image.sha256}.qcow2", "parent": parent,
             **{name: getattr(image, name) for name in MASTER_FIELDS}}
 
 
-def _exhibit_json(exhibit: Exhibit, media: list[DiskImage]) -> dict[str, Any]:
+def bag_files(exhibit: Exhibit, media: list[DiskImage]) -> list[tuple[DiskImage, str, str | None]]:
+    """Every master file the bag holds, in the order an import takes them (each layer
+    after the one it is built on), with its role (boot, extra or layer) and parent."""
+    files: list[tuple[DiskImage, str, str | None]] = []
+    seen: set[str] = set()
+    for top, role in [(exhibit.image, "boot"), *[(image, "extra") for image in media]]:
+        layers = {row.sha256: row for row in DiskImage.objects.filter(sha256__in=top.layers())}
+        chain = [layers[sha] for sha in top.layers()]
+        for depth, image in enumerate(chain):
+            is_top = depth == len(chain) - 1
+            if image.sha256 in seen and not is_top:
+                continue
+            seen.add(image.sha256)
+            files.append((image, role if is_top else "layer", chain[depth - 1].sha256 if depth else None))
+    return files
+
+
+def _exhibit_json(exhibit: Exhibit, files: list[tuple[DiskImage, str, str | None]]) -> dict[str, Any]:
     fields: dict[str, Any] = {name: getattr(exhibit, name) for name in EXHIBIT_FIELDS}
     if isinstance(fields["provenance_acquired"], date):
         fields["provenance_acquired"] = fields["provenance_acquired"].isoformat()
     return {"format": BAG_FORMAT, "exhibit": fields,
-            "masters": [_master_json(exhibit.image, "boot"),
-                        *[_master_json(image, "extra") for image in media]],
+            "masters": [_master_json(image, role, parent) for image, role, parent in files],
             "thumbnail": f"thumbnail/{exhibit.thumbnail}" if exhibit.thumbnail else None}
 
 
@@ -87,7 +106,8 @@ def bag_export(exhibit: Exhibit, directory: Path, *, agent: str) -> bagit.Bag:
         raise BagError(f"{directory} exists and is not an empty directory; name a new one.")
     media = [medium.image for medium in ExhibitMedia.objects.filter(exhibit=exhibit)
              .select_related("image").order_by("position", "pk")]
-    masters = [exhibit.image, *media]
+    files = bag_files(exhibit, media)
+    masters = [image for image, _, _ in files]
     directory.mkdir(parents=True, exist_ok=True)
     try:
         (directory / "masters").mkdir()
@@ -101,7 +121,7 @@ def bag_export(exhibit: Exhibit, directory: Path, *, agent: str) -> bagit.Bag:
             shutil.copyfile(settings.PORTAL_THUMBNAIL_DIR / exhibit.thumbnail,
                             directory / "thumbnail" / exhibit.thumbnail)
         (directory / "metadata" / "exhibit.json").write_text(
-            json.dumps(_exhibit_json(exhibit, media), indent=2, ensure_ascii=False) + "\n")
+            json.dumps(_exhibit_json(exhibit, files), indent=2, ensure_ascii=False) + "\n")
         record = record_json(exhibit_record(exhibit, images=masters))
         (directory / "metadata" / "record.json").write_text(
             json.dumps(record, indent=2, ensure_ascii=False) + "\n")
@@ -144,19 +164,30 @@ def bag_import(directory: Path, *, agent: str, slug: str | None = None) -> Impor
     described = _metadata(data)
     fields = _exhibit_fields(described.get("exhibit"), slug=slug)
     listed = described.get("masters")
-    if not isinstance(listed, list) or not listed or listed[0].get("role") != "boot":
-        raise BagError("The bag's exhibit.json lists no boot master.")
-    masters: list[DiskImage] = []
+    if not isinstance(listed, list) or not all(isinstance(entry, dict) for entry in listed) \
+            or [entry.get("role") for entry in listed].count("boot") != 1:
+        raise BagError("The bag's exhibit.json does not list one boot master.")
+    imported: dict[str, DiskImage] = {}
+    tops: list[DiskImage] = []
     created: list[DiskImage] = []
     try:
         for entry in listed:
-            image, new = _master_import(data, entry, agent=agent)
-            masters.append(image)
+            parent_sha = entry.get("parent")
+            if parent_sha is not None and parent_sha not in imported:
+                raise BagError("The bag's exhibit.json lists a layer before the master it is built on.")
+            image, new = _master_import(data, entry, agent=agent,
+                                        parent=imported[parent_sha] if parent_sha is not None else None)
+            imported[image.sha256] = image
             if new:
                 created.append(image)
-        exhibit = _exhibit_make(fields, masters, data=data, described=described, agent=agent, bag=bag)
+            if entry.get("role") == "boot":
+                tops.insert(0, image)
+            elif entry.get("role") == "extra":
+                tops.append(image)
+        masters = list(imported.values())
+        exhibit = _exhibit_make(fields, tops, data=data, described=described, agent=agent, bag=bag)
     except BaseException:
-        for image in created:  # refused: the store keeps nothing new
+        for image in reversed(created):  # refused: the store keeps nothing new (layers first)
             _master_forget(image, fresh=True)
         raise
     return Imported(exhibit=exhibit, masters=masters)
@@ -164,7 +195,7 @@ def bag_import(directory: Path, *, agent: str, slug: str | None = None) -> Impor
 
 def _master_forget(image: DiskImage, *, fresh: bool) -> None:
     """Take back a master a refused bag brought in (nothing else uses it), with its record."""
-    if not fresh or image.exhibits.exists() or image.extra_in.exists():
+    if not fresh or image.exhibits.exists() or image.extra_in.exists() or image.children.exists():
         return
     path = Path(image.path)
     PreservationEvent.objects.filter(image=image).delete()
@@ -227,7 +258,8 @@ def _exhibit_fields(given: Any, *, slug: str | None) -> dict[str, Any]:
     return fields
 
 
-def _master_import(data: Path, entry: Any, *, agent: str) -> tuple[DiskImage, bool]:
+def _master_import(data: Path, entry: Any, *, agent: str,
+                   parent: DiskImage | None) -> tuple[DiskImage, bool]:
     if not isinstance(entry, dict) or not _SHA256.fullmatch(str(entry.get("sha256", ""))):
         raise BagError("The bag's exhibit.json names a master without its SHA-256.")
     sha256 = entry["sha256"]
@@ -237,7 +269,7 @@ def _master_import(data: Path, entry: Any, *, agent: str) -> tuple[DiskImage, bo
     began = timezone.now()
     try:
         image = disk_image_import(path, name=str(entry.get("original_name") or path.name), claim="qcow2",
-                                  agent=agent, detail="From a BagIt bag.")
+                                  agent=agent, detail="From a BagIt bag.", parent=parent)
     except ImageError as error:
         raise BagError(f"The bag's master {sha256} was refused: {error}") from error
     # Stored by this import (not a master the portal had already).
@@ -313,7 +345,9 @@ def _record_import(exhibit: Exhibit, masters: list[DiskImage], *, data: Path, ag
         rows = json.loads((data / "metadata" / "record.json").read_text())
     except (OSError, ValueError, UnicodeDecodeError):
         rows = []
-    by_sha = {image.sha256: image for image in masters}
+    named = {str(row.get("image_sha256", "")) for row in rows if isinstance(row, dict)} \
+        if isinstance(rows, list) else set()
+    by_sha = {image.sha256: image for image in DiskImage.objects.filter(sha256__in=named)}
     types = set(EventType.values)
     for row in rows if isinstance(rows, list) else []:
         if not isinstance(row, dict) or row.get("event_type") not in types:

@@ -41,15 +41,17 @@ def import_limits() -> ImportLimits:
 
 
 def disk_image_import(source: Path | BinaryIO, *, name: str, agent: str, claim: str | None = None,
-                      detail: str = "") -> DiskImage:
+                      detail: str = "", parent: DiskImage | None = None) -> DiskImage:
     """Check an untrusted image, store it as a qcow2 master and record it (or find its twin);
-    its ingestion goes into the record, by `agent`.
+    its ingestion goes into the record, by `agent`. With `parent`, the image is a layer
+    over that master (a derivative's, from a bag).
 
     Raises `portal.importer.ImageRejectedError` with the reason when refused;
     nothing is left in the store then.
     """
     stored = image_import(source, name=name, store=Path(settings.PORTAL_IMAGE_DIR),
-                          limits=import_limits(), claim=claim)
+                          limits=import_limits(), claim=claim,
+                          parent=Path(parent.path) if parent is not None else None)
     with transaction.atomic():
         image, created = DiskImage.objects.get_or_create(
             sha256=stored.sha256,
@@ -58,8 +60,9 @@ def disk_image_import(source: Path | BinaryIO, *, name: str, agent: str, claim: 
                 "original_name": Path(name).name, "source_format": stored.source_format,
                 "source_sha256": stored.source_sha256, "source_size_bytes": stored.source_bytes,
                 "guest_sha256": stored.guest_sha256, "virtual_size_bytes": stored.virtual_bytes,
-                "media": stored.media, "fixity": DiskImage.Fixity.OK,
-                "fixity_checked_at": timezone.now(),
+                "media": parent.media if parent is not None else stored.media,
+                "fixity": DiskImage.Fixity.OK, "fixity_checked_at": timezone.now(), "parent": parent,
+                "chain": "+".join([*parent.layers(), stored.sha256]) if parent is not None else "",
             },
         )
         if created:

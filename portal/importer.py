@@ -205,16 +205,28 @@ def format_match(*, claimed: str, sniffed: str) -> None:
 # --- hand checks before any QEMU tool opens the file ------------------------------
 
 
-def qcow2_header_check(path: Path) -> None:
-    """Refuse a qcow2 whose header names a backing file, an external data file or encryption."""
+def qcow2_header_check(path: Path, *, backing: str | None = None) -> None:
+    """Refuse a qcow2 whose header names a backing file, an external data file or encryption.
+
+    With `backing` (a layer over a stored master), the header must name exactly that
+    file name as its backing file, nothing else and no path.
+    """
     with path.open("rb") as handle:
         header = handle.read(4096)
+        backing_offset, backing_size = (struct.unpack(">QI", header[8:20]) if len(header) >= 20
+                                        else (0, 0))
+        named = b""
+        if backing is not None and 0 < backing_size <= 1023:
+            handle.seek(backing_offset)
+            named = handle.read(backing_size)
     if len(header) < 72:  # a version 2 header's length
         raise ImageRejectedError("corrupt", "The qcow2 header is truncated.")
     version = struct.unpack(">I", header[4:8])[0]
-    backing_offset, backing_size = struct.unpack(">QI", header[8:20])
     crypt_method = struct.unpack(">I", header[32:36])[0]
-    if backing_offset or backing_size:
+    if backing is not None and named != backing.encode():
+        raise ImageRejectedError(
+            "backing_file", f"The layer must name {backing} as its backing file, and only that.")
+    if backing is None and (backing_offset or backing_size):
         raise ImageRejectedError(
             "backing_file",
             "The qcow2 image names a backing file; QEMU would read that file from this server "
@@ -341,8 +353,10 @@ def _failure(result: subprocess.CompletedProcess[str], what: str) -> ImageReject
                                          f"{message}")
 
 
-def image_probe(path: Path, *, qemu_format: str, limits: ImportLimits) -> dict[str, Any]:
-    """`qemu-img info` of the image, checked: no backing, data file, encryption or foreign extent."""
+def image_probe(path: Path, *, qemu_format: str, limits: ImportLimits,
+                backing: Path | None = None) -> dict[str, Any]:
+    """`qemu-img info` of the image, checked: no backing (or exactly `backing`, a stored
+    qcow2 master), data file, encryption or foreign extent."""
     result = qemu_img_run(["info", "-U", "--output=json", "-f", qemu_format, os.fspath(path)],
                           limits=limits)
     if result.returncode != 0:
@@ -356,7 +370,11 @@ def image_probe(path: Path, *, qemu_format: str, limits: ImportLimits) -> dict[s
         raise ImageRejectedError("corrupt", "qemu-img's description of the image is unreadable.")
     specific = info.get("format-specific") or {}
     data = specific.get("data") or {}
-    if info.get("backing-filename") or info.get("full-backing-filename"):
+    if backing is not None:
+        if (info.get("full-backing-filename") != os.fspath(backing)
+                or info.get("backing-filename-format") != "qcow2"):
+            raise ImageRejectedError("backing_file", "The layer's backing file is not its master.")
+    elif info.get("backing-filename") or info.get("full-backing-filename"):
         raise ImageRejectedError("backing_file", "The image names a backing file "
                                  "(CVE-2015-1851, CVE-2015-5163).")
     if data.get("data-file"):
@@ -562,7 +580,7 @@ def _conversion_overrun(output: Path, *, max_written_bytes: int, limits: ImportL
 
 
 def image_import(source: Path | BinaryIO, *, name: str, store: Path, limits: ImportLimits,
-                 claim: str | None = None) -> StoredImage:
+                 claim: str | None = None, parent: Path | None = None) -> StoredImage:
     """Check an untrusted image and store it as a read-only, compressed qcow2 master.
 
     `source` is a path on this server or an open binary stream (an upload);
@@ -573,14 +591,21 @@ def image_import(source: Path | BinaryIO, *, name: str, store: Path, limits: Imp
     private copy and the master exist at once; every step that writes first
     checks the free space, and the conversion is watched. On refusal or any
     failure the work directory is removed and the store holds nothing new.
+
+    With `parent` (a stored master), the image is a layer over it: a qcow2 whose
+    header names exactly the parent's file name as its backing file, and nothing
+    else. It is checked, converted and compared over the parent, and stored
+    naming the parent by that name again (derivative masters, from bags).
     """
     claimed = format_claimed(name, claim=claim)
+    if parent is not None and claimed != "qcow2":
+        raise ImageRejectedError("format_mismatch", "A layer over a master is a qcow2 image.")
     # Private: a machine reads its master through the descriptor QEMU opened
     # before it dropped to its own uid, never by path, and no other user needs it.
     store.mkdir(mode=0o700, parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".import-", dir=store))
     try:
-        return _import(source, claimed=claimed, work=work, store=store, limits=limits)
+        return _import(source, claimed=claimed, work=work, store=store, limits=limits, parent=parent)
     finally:
         for child in work.iterdir():
             with contextlib.suppress(OSError):
@@ -591,7 +616,7 @@ def image_import(source: Path | BinaryIO, *, name: str, store: Path, limits: Imp
 
 
 def _import(source: Path | BinaryIO, *, claimed: str, work: Path, store: Path,
-            limits: ImportLimits) -> StoredImage:
+            limits: ImportLimits, parent: Path | None = None) -> StoredImage:
     # A raw disk's file is its disk, so the disk limit bounds the file too.
     is_raw = claimed in {"raw", "iso"}
     disk_bound = is_raw and limits.max_virtual_bytes < limits.max_file_bytes
@@ -629,14 +654,26 @@ def _import(source: Path | BinaryIO, *, claimed: str, work: Path, store: Path,
         raise ImageRejectedError("empty", "The file is empty.")
     format_match(claimed=claimed, sniffed=format_sniff(copy))
     if claimed == "qcow2":
-        qcow2_header_check(copy)
+        qcow2_header_check(copy, backing=parent.name if parent is not None else None)
+        if parent is not None:
+            # The name alone, checked above; now the stored master by its whole path.
+            os.chmod(copy, 0o600)
+            pointed = qemu_img_run(["rebase", "-u", "-f", "qcow2", "-b", os.fspath(parent), "-F", "qcow2",
+                                    os.fspath(copy)], limits=limits)
+            if pointed.returncode != 0:
+                raise _failure(pointed, "putting it onto its master")
+            os.chmod(copy, 0o400)
     elif claimed == "vmdk":
         vmdk_header_check(copy)
     elif is_raw and source_bytes % SECTOR_BYTES:
         raise ImageRejectedError("corrupt", "A raw disk image is whole 512-byte sectors; "
                                  "this one is not.")
     qemu_format = QEMU_FORMATS[claimed]
-    info = image_probe(copy, qemu_format=qemu_format, limits=limits)
+    info = image_probe(copy, qemu_format=qemu_format, limits=limits, backing=parent)
+    if parent is not None:
+        under = image_probe(parent, qemu_format="qcow2", limits=limits)
+        if under.get("virtual-size") != info.get("virtual-size"):
+            raise ImageRejectedError("corrupt", "The layer's disk is not the size of its master's.")
     if qemu_format in CHECKABLE_FORMATS:
         checked = qemu_img_run(["check", "-U", "-f", qemu_format, os.fspath(copy)],
                                limits=limits, long=True)
@@ -649,8 +686,9 @@ def _import(source: Path | BinaryIO, *, claimed: str, work: Path, store: Path,
     bound = _measure(copy, qemu_format=qemu_format, limits=limits)
     space_check(work, needed_bytes=bound, limits=limits, doing="convert the image")
     converted = work / "master.qcow2"
+    over = ["-B", os.fspath(parent), "-F", "qcow2"] if parent is not None else []
     result = qemu_img_convert(["-c", "-f", qemu_format, "-O", "qcow2",
-                               "-o", "compat=1.1,compression_type=zstd",
+                               "-o", "compat=1.1,compression_type=zstd", *over,
                                os.fspath(copy), os.fspath(converted)],
                               output=converted, max_written_bytes=bound, limits=limits)
     if result.returncode != 0:
@@ -662,12 +700,18 @@ def _import(source: Path | BinaryIO, *, claimed: str, work: Path, store: Path,
                                  "exactly the original's contents.")
     # The master now holds everything the copy did, proven; the copy has done its work.
     copy.unlink()
-    converted_info = image_probe(converted, qemu_format="qcow2", limits=limits)
+    converted_info = image_probe(converted, qemu_format="qcow2", limits=limits, backing=parent)
     if converted_info.get("virtual-size") != info["virtual-size"]:
         raise ImageRejectedError("conversion_mismatch", "The converted master's size differs.")
     guest_sha256 = (source_sha256 if qemu_format == "raw"
                     else guest_sha256_read(converted, virtual_bytes=info["virtual-size"], work=work,
                                        limits=limits))
+    if parent is not None:
+        # By its content address, as every layer names its master (portal.derivation).
+        named = qemu_img_run(["rebase", "-u", "-f", "qcow2", "-b", parent.name, "-F", "qcow2",
+                              os.fspath(converted)], limits=limits)
+        if named.returncode != 0:
+            raise _failure(named, "naming its master")
     os.chmod(converted, 0o444)
     sha256 = sha256_path(converted)
     final = store / f"{sha256}.qcow2"

@@ -14,7 +14,7 @@ import pytest
 from django.conf import settings
 from django.core.management import CommandError, call_command
 
-from portal.images import disk_image_delete, disk_image_import, exhibit_delete
+from portal.images import ImageInUseError, disk_image_delete, disk_image_import, exhibit_delete
 from portal.models import DiskImage, Exhibit, PreservationEvent
 from tests.conftest import FREEDOS_2048, FREEDOS_2048_SHA256
 
@@ -203,3 +203,67 @@ def test_the_admin_exports_and_imports_bags(exhibit: Exhibit, portal_dirs: Path,
     assert copy.image_id == exhibit.image_id and not copy.published
     assert PreservationEvent.objects.filter(event_type="validation", exhibit=copy,
                                             agent="staff user curator").exists()
+
+
+def derivative_make(exhibit: Exhibit, *, slug: str) -> Exhibit:
+    """A derivative as Save as new master makes one, from a disk written by qemu-io
+    instead of a guest (the guest's side is tests/integration/test_derivatives.py)."""
+    from portal.images import Derivation, derivation_work_dir, exhibit_derive
+
+    work = derivation_work_dir()
+    disk = work / "visit.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", exhibit.image.path,
+                    str(disk)], check=True, timeout=30)
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x55 65536 65536", str(disk)],
+                   check=True, capture_output=True, timeout=30)
+    return exhibit_derive(exhibit, visit_copy=disk, derivation=Derivation(slug=slug, title=slug),
+                          agent="staff user curator")
+
+
+def test_a_derivatives_chain_goes_into_a_bag_and_comes_back_bit_exact(
+    exhibit: Exhibit, tmp_path: Path, portal_dirs: Path
+) -> None:
+    child = derivative_make(exhibit, slug="dos-plus")
+    base, layer = exhibit.image, child.image
+    assert layer.layers() == [base.sha256, layer.sha256]
+    bag_dir = tmp_path / "bag"
+    call_command("export_bag", "dos-plus", str(bag_dir))
+    described = json.loads((bag_dir / "data" / "metadata" / "exhibit.json").read_text())
+    assert [(m["sha256"], m["role"], m["parent"]) for m in described["masters"]] == \
+        [(base.sha256, "layer", None), (layer.sha256, "boot", base.sha256)]
+    with pytest.raises(ImageInUseError, match="derivative master"):
+        disk_image_delete(base, agent="tests")
+
+    for gone in (child, exhibit):
+        exhibit_delete(gone, agent="tests")
+    for image in (layer, base):
+        disk_image_delete(image, agent="tests")
+    assert store(portal_dirs) == []
+    call_command("import_bag", str(bag_dir))
+    back = Exhibit.objects.select_related("image__parent").get(slug="dos-plus")
+    assert back.image.sha256 == layer.sha256 and back.image.parent.sha256 == base.sha256  # type: ignore[union-attr]
+    assert back.image.chain == layer.chain and back.image.guest_sha256 == layer.guest_sha256
+    for image in (back.image, back.image.parent):
+        assert hashlib.sha256(Path(image.path).read_bytes()).hexdigest() == image.sha256  # type: ignore[union-attr]
+    compare = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2",
+                              str(bag_dir / "data" / "masters" / f"{layer.sha256}.qcow2"), back.image.path],
+                             capture_output=True, text=True, timeout=60, cwd=bag_dir / "data" / "masters")
+    assert compare.returncode == 0 and "identical" in compare.stdout
+
+
+def test_a_layer_that_names_another_backing_file_is_refused(
+    exhibit: Exhibit, tmp_path: Path, portal_dirs: Path
+) -> None:
+    child = derivative_make(exhibit, slug="dos-plus")
+    bag_dir = tmp_path / "bag"
+    call_command("export_bag", "dos-plus", str(bag_dir))
+    exhibit_delete(child, agent="tests")
+    disk_image_delete(child.image, agent="tests")
+    before = store(portal_dirs)
+    layer = bag_dir / "data" / "masters" / f"{child.image.sha256}.qcow2"
+    layer.chmod(0o644)
+    subprocess.run(["qemu-img", "rebase", "-u", "-f", "qcow2", "-b", "/etc/hostname", "-F", "raw",
+                    str(layer)], check=True, timeout=30)
+    bagit.Bag(str(bag_dir)).save(manifests=True)
+    refused(bag_dir, "must name", f"{exhibit.image.sha256}.qcow2 as its backing file")
+    assert store(portal_dirs) == before

@@ -45,7 +45,7 @@ def test_the_migration_keeps_every_fixity_check_as_a_row_of_the_record() -> None
 def test_deleting_records_it_and_a_master_in_use_is_refused_naming_its_users(portal_dirs: Path) -> None:
     image = disk_image_import(FREEDOS_2048, name=FREEDOS_2048.name, agent="command import_image")
     exhibit = Exhibit.objects.create(slug="dos", title="DOS", image=image)
-    with pytest.raises(ImageInUseError, match="exhibit dos use it"):
+    with pytest.raises(ImageInUseError, match="exhibit dos build on it or use it"):
         disk_image_delete(image, agent="staff user curator")
     exhibit_delete(exhibit, agent="staff user curator")
     disk_image_delete(image, agent="staff user curator")
