@@ -243,8 +243,9 @@ def test_a_derivatives_chain_goes_into_a_bag_and_comes_back_bit_exact(
     back = Exhibit.objects.select_related("image__parent").get(slug="dos-plus")
     assert back.image.sha256 == layer.sha256 and back.image.parent.sha256 == base.sha256  # type: ignore[union-attr]
     assert back.image.chain == layer.chain and back.image.guest_sha256 == layer.guest_sha256
-    for image in (back.image, back.image.parent):
-        assert hashlib.sha256(Path(image.path).read_bytes()).hexdigest() == image.sha256  # type: ignore[union-attr]
+    for stored in (back.image, back.image.parent):
+        assert stored is not None
+        assert hashlib.sha256(Path(stored.path).read_bytes()).hexdigest() == stored.sha256
     compare = subprocess.run(["qemu-img", "compare", "-f", "qcow2", "-F", "qcow2",
                               str(bag_dir / "data" / "masters" / f"{layer.sha256}.qcow2"), back.image.path],
                              capture_output=True, text=True, timeout=60, cwd=bag_dir / "data" / "masters")
