@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import NginxFactory, PortalFactory
 from tests.e2e.test_curator import log_in
+from tests.e2e.test_multinode import cluster_make, node_name, state_of  # noqa: F401 (a fixture)
 from tests.support.portal_http import PortalVisitor
 
 
@@ -88,3 +89,27 @@ def test_metrics_are_for_operators_and_staff_end_a_real_visit(
     status, after = get(node.url + "/metrics")
     assert samples(after)[("portal_visits", (("state", "running"),))] == 0
     assert samples(after)[("portal_machines", ())] == 0
+
+
+def test_each_node_serves_its_own_metrics_and_staff_end_a_visit_another_node_holds(
+    cluster_make: Any, browser: Any  # noqa: F811 (the fixture imported above)
+) -> None:
+    first, second, _ = cluster_make({})
+    visitor = PortalVisitor(first.url)
+    session = visitor.session_start("demo")
+    assert session["node"] == node_name(first)
+
+    running = ("portal_visits", (("state", "running"),))
+    assert samples(get(first.url + "/metrics")[1])[running] == 1
+    assert samples(get(second.url + "/metrics")[1])[running] == 0
+
+    page = log_in(second, browser)
+    page.goto(second.url + "/admin/visits/visitorsession/live/")
+    row = page.locator(f'tr[data-session="{session["id"]}"]')
+    assert node_name(first) in row.inner_text()
+    row.get_by_role("button", name="End").click()
+    page.get_by_text("its visitor was told").wait_for(timeout=30_000)
+    answer = state_of(visitor, session)
+    assert (answer["state"], answer["ended_reason"]) == ("ended", "server")
+    assert "staff" in answer["detail"]
+    assert samples(get(first.url + "/metrics")[1])[running] == 0
