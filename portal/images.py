@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from .derivation import master_derive
+from .derivation import DerivedImage, master_derive
 from .importer import ImageError, ImportLimits, image_import, master_verify
 from .models import DiskImage, Exhibit, ExhibitMedia
 from .record import SHA256, EventType, Outcome, event_record
@@ -101,20 +101,34 @@ def derivation_check(derivation: Derivation) -> None:
         raise DerivationError("The title may not be empty or longer than 200 characters.")
 
 
+def master_from_visit(exhibit: Exhibit, *, visit_copy: Path, flatten: bool) -> DerivedImage:
+    """The qemu-img half of a derivation: no database, so it may run in any thread (it
+    takes seconds to minutes, and must not hold the one the runtime's queries use).
+    `visit_copy` is a private copy of the visit's overlay in a `derivation_work_dir`,
+    consumed."""
+    return master_derive(visit_copy=visit_copy, parent=Path(exhibit.image.path),
+                         store=Path(settings.PORTAL_IMAGE_DIR), flatten=flatten, limits=import_limits())
+
+
 def exhibit_derive(exhibit: Exhibit, *, visit_copy: Path, derivation: Derivation, agent: str,
                    detail: str = "") -> Exhibit:
-    """A new master from a visit's disk (`visit_copy`, a private copy of its overlay in
-    a `derivation_work_dir`, consumed) over the exhibit's master, and a new draft
+    """A new master from a visit's disk over the exhibit's master, and a new draft
     exhibit on it with its parent recorded. Raises DerivationError or ImageError."""
     try:
         derivation_check(derivation)
     except DerivationError:
         shutil.rmtree(visit_copy.parent, ignore_errors=True)
         raise
+    made = master_from_visit(exhibit, visit_copy=visit_copy, flatten=derivation.flatten)
+    return derived_record(exhibit, made=made, derivation=derivation, agent=agent, detail=detail)
+
+
+def derived_record(exhibit: Exhibit, *, made: DerivedImage, derivation: Derivation, agent: str,
+                   detail: str = "") -> Exhibit:
+    """The database half: the new master's row (or its twin's), the draft exhibit on it,
+    and the record's creation row."""
+    derivation_check(derivation)
     parent = exhibit.image
-    made = master_derive(visit_copy=visit_copy, parent=Path(parent.path),
-                         store=Path(settings.PORTAL_IMAGE_DIR), flatten=derivation.flatten,
-                         limits=import_limits())
     how = ("a whole disk (flattened)" if derivation.flatten
            else f"a layer over {parent.sha256} ({parent.original_name})")
     said = (f"Saved from a visit of {exhibit.slug} as {how}; the guest sees SHA-256 {made.guest_sha256}. "

@@ -34,7 +34,14 @@ from django.db import models, transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from portal.images import Derivation, derivation_check, derivation_work_dir, exhibit_derive
+from portal.images import (
+    Derivation,
+    DerivationError,
+    derivation_check,
+    derivation_work_dir,
+    derived_record,
+    master_from_visit,
+)
 from portal.models import DiskImage, Exhibit, PreservationEvent, StartState
 
 from .config import BrokerConfig
@@ -385,9 +392,18 @@ class Broker:
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, work, True)
             raise
-        return await sync_to_async(exhibit_derive)(
-            exhibit, visit_copy=copy, derivation=derivation, agent=agent,
-            detail=f"The visit was {session_id[:8]}….")
+        # qemu-img's part in a thread of its own: the shared database thread stays free.
+        made = await asyncio.to_thread(master_from_visit, exhibit, visit_copy=copy,
+                                       flatten=derivation.flatten)
+        try:
+            return await sync_to_async(derived_record)(
+                exhibit, made=made, derivation=derivation, agent=agent,
+                detail=f"The visit was {session_id[:8]}….")
+        except DerivationError:
+            # The slug was taken meanwhile: a master nothing records does not stay.
+            if not await DiskImage.objects.filter(sha256=made.sha256).aexists():
+                made.path.unlink(missing_ok=True)
+            raise
 
     def display_first_frame(self, *, session_id: str) -> None:
         """A display of the visit showed its first screen update: once per visit, the
