@@ -273,7 +273,10 @@ class ExhibitAdmin(admin.ModelAdmin):
     def record(self, exhibit: Exhibit) -> str:
         if not exhibit.pk:
             return "Nothing recorded yet."
-        images = [exhibit.image, *[medium.image for medium in exhibit.extra_media.select_related("image")]]
+        tops = [exhibit.image, *[medium.image for medium in exhibit.extra_media.select_related("image")]]
+        # Every layer under each disk: a derivative's record begins with its base's.
+        layers = {sha for top in tops for sha in top.layers()}
+        images = list(DiskImage.objects.filter(sha256__in=layers))
         return record_html(list(exhibit_record(exhibit, images=images)[:500]))
 
     def get_urls(self) -> list[URLPattern]:

@@ -88,6 +88,14 @@ async def test_a_file_written_in_a_preview_is_in_the_derivative_over_an_untouche
         assert flat.status_code == 201, flat.content
         taken = await save(staff, preview.session_id, slug="freedos-hi")
         assert taken.status_code == 400 and "exists already" in taken.json()["detail"]
+        # The machine's page offers it to staff only, as a form that leads to the new exhibit.
+        page = (await staff.get(f"/sessions/{preview.session_id}/")).content.decode()
+        assert "Save as new master" in page
+        form = await staff.post(f"/api/sessions/{preview.session_id}/save-master",
+                                {"slug": "freedos-form", "title": "From the form"},
+                                headers={"Accept": "text/html"})
+        formed = await Exhibit.objects.aget(slug="freedos-form")
+        assert form.status_code == 303 and form["Location"] == f"/admin/portal/exhibit/{formed.pk}/change/"
         # The preview ran on through all of it.
         await preview.command("dir hi.txt", expect="HI       TXT")
     finally:
@@ -115,7 +123,8 @@ async def test_a_file_written_in_a_preview_is_in_the_derivative_over_an_untouche
 
     child = await Exhibit.objects.select_related("image", "parent").aget(slug="freedos-hi")
     assert child.parent_id == exhibit.pk and not child.published and child.accelerator == "tcg"
-    creation = await PreservationEvent.objects.aget(event_type="creation", image=derived)
+    creation = await PreservationEvent.objects.aget(event_type="creation", image=derived,
+                                                    exhibit_slug="freedos-hi")
     assert (creation.agent, creation.related_sha256, creation.digest, creation.exhibit_id) == \
         ("staff user curator", base.sha256, derived.sha256, child.pk)
     # Instant start goes by the whole chain.
@@ -125,6 +134,8 @@ async def test_a_file_written_in_a_preview_is_in_the_derivative_over_an_untouche
     await Exhibit.objects.filter(slug="freedos-hi").aupdate(published=True)
     again = await visit_open(broker, visitor(), "/api/exhibits/freedos-hi/sessions")
     try:
+        own_page = (await again.browser.get(f"/sessions/{again.session_id}/")).content.decode()
+        assert "Save as new master" not in own_page
         await again.at_prompt()
         await again.command("type hi.txt", expect="installed")
         row = await VisitorSession.objects.aget(id=again.session_id)
@@ -138,7 +149,8 @@ async def test_a_file_written_in_a_preview_is_in_the_derivative_over_an_untouche
     await DiskImage.objects.filter(pk=base.pk).aupdate(fixity=DiskImage.Fixity.FAILED)
     blocked = await visitor().post("/api/exhibits/freedos-hi/sessions")
     assert blocked.status_code == 409 and blocked.json()["error"] == "exhibit_unavailable"
-    with pytest.raises(ImageInUseError, match=r"the derivative master .* \(exhibits: freedos-hi\)"):
+    with pytest.raises(ImageInUseError,
+                       match=r"the derivative master .* \(exhibits: freedos-hi, freedos-form\)"):
         await sync_to_async(disk_image_delete)(base, agent="tests")
     assert Path(base.path).exists()
 
@@ -165,6 +177,11 @@ async def test_the_admin_shows_a_masters_family_and_disk_use(
     assert "shared with the 1 layer(s) under it" in page
     page = (await staff.get(f"/admin/portal/exhibit/{exhibit.pk}/change/")).content.decode()
     assert "Derived from no other exhibit; derivatives: " in page and "FreeDOS one</a>" in page
+    child = await Exhibit.objects.aget(slug="freedos-one")
+    page = (await staff.get(f"/admin/portal/exhibit/{child.pk}/change/")).content.decode()
+    record = page[page.index('class="preservation-record"'):]
+    # The derivative's record holds its base's too, newest first.
+    assert record.index("creation") < record.index("ingestion")
     # Deleting the base through the admin is refused, naming what is built on it.
     confirm = (await staff.get(f"/admin/portal/diskimage/{base.pk}/delete/")).content.decode()
     assert "protected" in confirm and derived.sha256[:12] in confirm
