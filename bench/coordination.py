@@ -97,8 +97,9 @@ def statistics_connect(postgresql: PostgreSQL) -> Any:
 
 def counters(statistics: Any, redis_client: Any, database: str, postgresql_pid: int
              ) -> dict[str, Any]:
-    """Everything counted so far: statements by text, commits, rollbacks, connections,
-    WAL flushes, Redis commands by name, and each server's CPU seconds."""
+    """Everything counted so far: statements by text, commits, rollbacks, connections
+    opened, WAL flushes, Redis commands by name, and each server's CPU seconds; and
+    the connections open to the portal's database now."""
     statements: dict[str, int] = {}
     for query, calls in statistics.execute(
             "SELECT s.query, s.calls FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid "
@@ -108,6 +109,8 @@ def counters(statistics: Any, redis_client: Any, database: str, postgresql_pid: 
         "SELECT xact_commit, xact_rollback, sessions FROM pg_stat_database WHERE datname = %s",
         [database]).fetchone()
     (wal_flushes,) = statistics.execute("SELECT wal_sync FROM pg_stat_wal").fetchone()
+    (held,) = statistics.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s",
+                                 [database]).fetchone()
     commands = {name.removeprefix("cmdstat_"): int(stats["calls"])
                 for name, stats in redis_client.info("commandstats").items()
                 if name.removeprefix("cmdstat_") not in OWN_REDIS_COMMANDS}
@@ -115,6 +118,7 @@ def counters(statistics: Any, redis_client: Any, database: str, postgresql_pid: 
     return {"at": time.monotonic(), "statements": statements, "commits": int(commits),
             "rollbacks": int(rollbacks), "connections": int(sessions),
             "wal_flushes": int(wal_flushes), "postgresql_cpu_s": server_cpu_s(postgresql_pid),
+            "connections_held": int(held),
             "redis": commands,
             "redis_cpu_s": float(redis_cpu["used_cpu_user"]) + float(redis_cpu["used_cpu_sys"])}
 
@@ -429,7 +433,9 @@ def measure() -> dict[str, Any]:
             time.sleep(START_S)
             before = now()
             time.sleep(IDLE_S)
-            idle = counted(before, now())
+            after = now()
+            idle = counted(before, after)
+            idle_held = after["connections_held"]
             before = now()
             visits = [visit_alternating(cluster, index) for index in range(VISITS)]
             time.sleep(SETTLE_S)
@@ -441,11 +447,14 @@ def measure() -> dict[str, Any]:
             statistics.close()
             redis_client.close()
     return {"idle": idle, "visits_window": window, "visits": visits, "placement": placed,
+            "connections_held_per_idle_node": idle_held / 2,
             "ceilings": ceilings, "per_visit": per_unit(window, idle, units=VISITS),
             "per_idle_node_s": idle_per_node_second(idle, nodes=2)}
 
 
 def count(value: float) -> str:
+    if abs(value) < 0.005:
+        return "0"
     return f"{value:.1f}" if abs(value) >= 0.95 else f"{value:.2f}"
 
 
@@ -485,6 +494,9 @@ def report(measured: dict[str, Any]) -> list[Table]:
               f"{pg['connect_each']['per_s']:,.0f}/s (pgbench -S -C)",
               at(pg["connect_each"]["per_s"], visit["connections"]),
               at(pg["connect_each"]["per_s"], node["connections"]))
+    costs.row("PostgreSQL connections held open (idle node, not per second)", "",
+              count(measured["connections_held_per_idle_node"]), "100 (max_connections, the default)",
+              "", at(100, measured["connections_held_per_idle_node"]))
     costs.row("PostgreSQL CPU (all its processes)", ms3(visit["postgresql_cpu_s"]),
               f"{ms3(node['postgresql_cpu_s'])} (its own background work included)", "1 core",
               at(1.0, visit["postgresql_cpu_s"]), at(1.0, node["postgresql_cpu_s"]))
