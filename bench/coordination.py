@@ -25,8 +25,9 @@ connection to another database and leaves its own INFO calls out.
   connects it to Redis and loads the limiter's script, once in its life.
 - Placement: `scheduler.visit_place` called in this process against the same
   PostgreSQL and Redis (as a third node with room, so every start is placed on it,
-  the two nodes live), PLACEMENTS times: the whole transaction, and the Redis start
-  limiter inside it; and a new database connection (a request opens one).
+  the two nodes live), PLACEMENTS times: the whole transaction, the Redis start
+  limiter inside it, and PostgreSQL's CPU for it; and CONNECTIONS new database
+  connections with their first query (a request opens one), with PostgreSQL's CPU.
 - Ceilings, the reference: pgbench on the same PostgreSQL (a database of its own):
   read-only statements (select-only), write transactions (simple-update: BEGIN,
   UPDATE, SELECT, INSERT, END) and new connections (select-only with a connection
