@@ -549,7 +549,7 @@ def report(measured: dict[str, Any]) -> list[Table]:
               ms3(median(placed["place_server_cpu_s"])), f"{1 / median(place):,.0f}")
     times.row("… of which the Redis start limiter (EVALSHA)", ms3(median(placed["limiter_s"])),
               ms3(p95(placed["limiter_s"])), "", "")
-    times.row("a new PostgreSQL connection and its first query (each request opens one)",
+    times.row("a request's PostgreSQL connection and its first query (from the node's pool)",
               ms3(median(placed["connect_s"])), ms3(p95(placed["connect_s"])),
               f"{ms3(placed['connect_server_cpu_s'][0])} (mean)", "")
     created = [each["create_s"] for each in measured["visits"]]
