@@ -210,6 +210,9 @@ class PostgreSQL(Service):
     user: str = "portal"
     password: str = ""
     account: _Account | None = None
+    # More server settings (`-c name=value`), e.g. a benchmark's statistics
+    # (`shared_preload_libraries=pg_stat_statements`).
+    settings: dict[str, str] = field(default_factory=dict)
     # Fast shutdown: SIGTERM would wait for every client to disconnect.
     stop_signal: signal.Signals = signal.SIGINT
 
@@ -252,6 +255,7 @@ class PostgreSQL(Service):
             # No socket in the system's /var/run/postgresql: TCP on loopback only.
             "-c", "unix_socket_directories=",
             "-c", "logging_collector=off",
+            *(option for name, value in self.settings.items() for option in ("-c", f"{name}={value}")),
         ], account=account)
         self._wait_ready(self._ready)
         self._database_create()
@@ -369,7 +373,10 @@ events {{
     worker_connections 1024;
 }}
 http {{
-    access_log {prefix}/access.log;
+    # Which node (upstream) took each request, and how long it took.
+    log_format portal '$remote_addr [$time_local] "$request" $status $body_bytes_sent '
+                      '$request_time upstream=$upstream_addr';
+    access_log {prefix}/access.log portal;
 {temp}
     include {prefix}/portal.conf;
 }}

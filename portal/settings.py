@@ -116,24 +116,32 @@ PORTAL_DATABASE_URL = os.environ.get("PORTAL_DATABASE_URL", "")
 # A running machine must not end because the database was away for a moment: a
 # request that finds it away fails (500) within this many seconds, not later.
 PORTAL_DATABASE_CONNECT_TIMEOUT_S = int(os.environ.get("PORTAL_DATABASE_CONNECT_TIMEOUT_S", "5"))
+# The most PostgreSQL connections one node keeps open (its pool). Requests queue
+# for a connection beyond it; PostgreSQL's max_connections must cover every node's.
+PORTAL_DATABASE_POOL_MAX = int(os.environ.get("PORTAL_DATABASE_POOL_MAX", "4"))
 _DATABASE_ENGINES = {"django.db.backends.postgresql", "django.db.backends.sqlite3"}
 
 if PORTAL_DATABASE_URL:
     import dj_database_url
     from django.core.exceptions import ImproperlyConfigured
 
-    _database: dict[str, Any] = dict(dj_database_url.parse(
-        PORTAL_DATABASE_URL,
-        # One connection per request (Django's default under ASGI), checked
-        # before reuse, so a restarted server costs at most one failed request.
-        conn_max_age=0, conn_health_checks=True,
-    ))
+    _database: dict[str, Any] = dict(dj_database_url.parse(PORTAL_DATABASE_URL, conn_max_age=0))
     if _database.get("ENGINE") not in _DATABASE_ENGINES:
         raise ImproperlyConfigured("PORTAL_DATABASE_URL: the portal runs on PostgreSQL "
                                    "(postgres://…) or SQLite (sqlite:///…) only.")
     if _database["ENGINE"] == "django.db.backends.postgresql":
-        _database.setdefault("OPTIONS", {}).setdefault(
-            "connect_timeout", PORTAL_DATABASE_CONNECT_TIMEOUT_S)
+        options = _database.setdefault("OPTIONS", {})
+        options.setdefault("connect_timeout", PORTAL_DATABASE_CONNECT_TIMEOUT_S)
+        # Connections kept open between requests in psycopg's own pool (Django's
+        # way under ASGI): opening one costs PostgreSQL more CPU than all of a
+        # visit's statements (bench/coordination.py). Django has the pool check
+        # each connection as it is taken, so a restarted server costs at most the
+        # requests made while it was away; a request waits at most the connect
+        # timeout for one.
+        options.setdefault("pool", {
+            "min_size": 1, "max_size": PORTAL_DATABASE_POOL_MAX,
+            "timeout": PORTAL_DATABASE_CONNECT_TIMEOUT_S,
+        })
     DATABASES = {"default": _database}
 else:
     DATABASES = {
