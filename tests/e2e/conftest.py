@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -113,10 +113,29 @@ def portal_settings() -> dict[str, str]:
 PortalFactory = Callable[..., Portal]
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the test, so its fixtures know whether it failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+def _log_told(site: Portal, lines: int = 60) -> None:
+    """The end of a served portal's log, for a failed test's report (CI keeps no files)."""
+    log = site.root / "daphne.log"
+    if log.exists():
+        said = [line for line in log.read_text(errors="replace").splitlines()
+                if not line.startswith((" ", "\t"))]
+        print(f"--- the last {lines} lines of {site.url}'s log (tracebacks' frames left out) ---")
+        print("\n".join(said[-lines:]))
+
+
 @pytest.fixture
-def portal_make(demo_image: Path) -> Iterator[PortalFactory]:
+def portal_make(demo_image: Path, request: pytest.FixtureRequest) -> Iterator[PortalFactory]:
     """Make served portals, each an install of its own (its own data directory);
-    afterwards each is stopped and must have left nothing behind."""
+    afterwards each is stopped and must have left nothing behind. A failed test's
+    report ends with each portal's log."""
     made: list[Portal] = []
 
     def make(settings: dict[str, str] | None = None, *, prepare: bool = True,
@@ -152,6 +171,10 @@ def portal_make(demo_image: Path) -> Iterator[PortalFactory]:
     finally:
         for site in made:
             site.stop()
+        report = getattr(request.node, "report_call", None)
+        if report is None or report.failed:
+            for site in made:
+                _log_told(site)
         problems = [problem for site in made for problem in _leftovers(site)]
         assert not problems, "; ".join(problems)
 
