@@ -135,7 +135,15 @@ class PortalWebSocketProtocol(WebSocketProtocol):
     send_flow: SendFlow | None = None
 
     def handle_reply(self, message: dict[str, Any]) -> None:
-        if message.get("type") == "websocket.close" and self.state == self.STATE_OPEN:
+        kind = message.get("type")
+        if kind in {"websocket.send", "websocket.close"} and self.state in {
+                self.STATE_CLOSING, self.STATE_CLOSED}:
+            # The browser went (or the close is under way) while the application was
+            # sending: there is nobody to send to, and the application hears of it
+            # as websocket.disconnect. autobahn would raise instead, into the
+            # application's send.
+            return
+        if kind == "websocket.close" and self.state == self.STATE_OPEN:
             self.close_with(message.get("code") or 1000, message.get("reason") or "")
             return
         super().handle_reply(message)

@@ -22,3 +22,27 @@ from portal.server import node_address
 def test_it_names_the_address_other_nodes_reach_it_at(host: str | None, port: int | None,
                                                        address: str) -> None:
     assert node_address(host, port) == address
+
+
+@pytest.mark.parametrize(("message", "daphne_raises"), [
+    ({"type": "websocket.send", "bytes": b"\x00"}, "Attempt to send on a closed protocol"),
+    ({"type": "websocket.send", "text": "hello"}, "Attempt to send on a closed protocol"),
+    ({"type": "websocket.close", "code": 1011}, "invalid close code 1011"),
+])
+def test_a_send_or_close_after_the_browser_went_is_dropped_not_raised(
+    message: dict[str, object], daphne_raises: str
+) -> None:
+    """Daphne raises autobahn's errors into the application's send once the browser
+    has gone; the portal's server drops them (the application hears websocket.disconnect)."""
+    from daphne.ws_protocol import WebSocketProtocol
+
+    from portal.server import PortalWebSocketProtocol
+
+    for state in ("STATE_CLOSING", "STATE_CLOSED"):
+        daphne_own = WebSocketProtocol()
+        daphne_own.state, daphne_own.client_addr = getattr(daphne_own, state), ["127.0.0.1", 1]
+        with pytest.raises(Exception, match=daphne_raises):
+            daphne_own.handle_reply(dict(message))
+        portal_own = PortalWebSocketProtocol()
+        portal_own.state, portal_own.client_addr = getattr(portal_own, state), ["127.0.0.1", 1]
+        portal_own.handle_reply(dict(message))
