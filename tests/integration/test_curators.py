@@ -103,7 +103,7 @@ def test_add_exhibit_goes_through_the_checked_import(portal_dirs: Path, demo_ima
     assert exhibit.image.format == "qcow2"
     assert exhibit.image.media == DiskImage.Media.DISK
     assert exhibit.image.guest_sha256 == hashlib.sha256(demo_image.read_bytes()).hexdigest()
-    assert exhibit.machine_profile().sound == "sb16"
+    assert exhibit.machine_profile().sound == ("pcspk", "sb16")
     assert exhibit.provenance_source == "This repository"
     # The same image again: the same master, the exhibit updated.
     call_command("add_exhibit", str(demo_image), "--slug", "demo", "--title", "Demo 2", "--boot", "hdd")
