@@ -27,7 +27,14 @@ from django.conf import settings
 from portal.server import SEND_FLOW_EXTENSION
 from portal.visitor import visitor_id
 
-from .audio import AudioConnection, AudioError, SilenceGate, audio_format_for, audio_open
+from .audio import (
+    SILENCE_READ_INTERVAL_S,
+    AudioConnection,
+    AudioError,
+    SilenceGate,
+    audio_format_for,
+    audio_open,
+)
 from .broker import (
     DisplayUnavailableError,
     SessionBusyError,
@@ -440,6 +447,7 @@ class AudioConsumer(MachineSocket):
         async for chunk in connection.chunks():
             pcm = gate.admit(chunk)
             if not pcm:
+                await connection.rest(SILENCE_READ_INTERVAL_S)
                 continue
             if flow is not None and flow.paused:
                 now = loop.time()
