@@ -29,6 +29,7 @@ from portal.visitor import visitor_id
 
 from .audio import (
     SILENCE_READ_INTERVAL_S,
+    SOUND_READ_INTERVAL_S,
     AudioConnection,
     AudioError,
     SilenceGate,
@@ -460,6 +461,7 @@ class AudioConsumer(MachineSocket):
                 continue
             stuck_since = None
             await self.send(bytes_data=pcm)
+            await connection.rest(SOUND_READ_INTERVAL_S)
         await self._close_after_machine_end()
 
     async def dispatch(self, message: dict[str, Any]) -> None:
