@@ -44,8 +44,7 @@ READ_BYTES = 64 * 1024
 # Blaster's mixer run at (the PC speaker at 32 kHz), so nothing is thrown away
 # that a card made; one channel unless a card can play two (the Sound Blaster 16).
 AUDIO_RATE_HZ = 44100
-# Peaks at or below this (of 32767) count as silence: -72 dBFS, below what a
-# period card's converter resolves.
+# Peaks at or below this (of 32767) count as silence: -72 dBFS, inaudible.
 SILENCE_PEAK = 8
 # Silence after sound is still sent for this long, so that rests inside music
 # keep their length; after it, nothing is sent until there is sound again.
@@ -225,6 +224,8 @@ class AudioConnection:
         self.stream = ServerStream()
         # Whether a sound device plays now (QEMU's begin and end).
         self.playing = False
+        # Why the socket ended, when it did not end cleanly (a QEMU killed by a reset).
+        self.error: OSError | None = None
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The PCM of each read, as it arrives (several of QEMU's messages that
@@ -233,7 +234,8 @@ class AudioConnection:
             try:
                 data = await self.reader.read(READ_BYTES)
             except OSError as error:
-                raise AudioError(f"the VNC socket failed: {error}") from error
+                self.error = error
+                return
             if not data:
                 return
             pcm = []

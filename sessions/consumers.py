@@ -462,6 +462,8 @@ class AudioConsumer(MachineSocket):
             stuck_since = None
             await self.send(bytes_data=pcm)
             await connection.rest(SOUND_READ_INTERVAL_S)
+        if connection.error is not None:
+            logger.info("session %s: VNC read for sound ended: %s", self.session_id, connection.error)
         await self._close_after_machine_end()
 
     async def dispatch(self, message: dict[str, Any]) -> None:

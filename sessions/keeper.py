@@ -3,7 +3,7 @@
 Owns: the node's `Visit`s and every change of their phase; starting a visit's
 machine (through the machine factory it is given) and ending it (machine
 stopped, run directory deleted, leases let go once the end is recorded); the
-viewers and displays of each visit and the grace period after the last one
+viewers, displays and listeners of each visit and the grace period after the last one
 leaves; the idle and time limits with their warnings; reset (the old machine
 killed before the new one starts); the watch for a QEMU that exits by itself
 or pauses on a disk error. Every task it starts is kept, cancelled and
