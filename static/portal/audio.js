@@ -160,6 +160,8 @@ export class Speaker {
   // The visit ended: no more sound.
   stop() {
     this.stopped = true;
+    window.removeEventListener("pointerdown", this.onGesture, { capture: true });
+    window.removeEventListener("keydown", this.onGesture, { capture: true });
     this.disconnect();
     if (this.context) this.context.close();
     this.context = null;

@@ -27,8 +27,7 @@ const REASONS = {
 let rfb = null;
 let ended = false;
 // The machine's sound; exposed for whoever looks at the page (and its tests).
-const speaker = session.state === "ended" ? null
-  : new Speaker(session.audio_path, document.getElementById("sound"));
+const speaker = new Speaker(session.audio_path, document.getElementById("sound"));
 window.portalSound = speaker;
 let reconnectDelayMs = 500;
 let resetting = false;
@@ -75,7 +74,7 @@ function showEnded(data) {
   endButton.disabled = true;
   ctrlAltDelButton.disabled = true;
   resetButton.disabled = true;
-  if (speaker) speaker.stop();
+  speaker.stop();
   if (rfb) {
     const old = rfb;
     rfb = null;
