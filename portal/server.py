@@ -138,6 +138,12 @@ class PortalWebSocketProtocol(WebSocketProtocol):
         if message.get("type") == "websocket.close" and self.state == self.STATE_OPEN:
             self.close_with(message.get("code") or 1000, message.get("reason") or "")
             return
+        if message.get("type") == "websocket.send" and self.state in {self.STATE_CLOSING,
+                                                                        self.STATE_CLOSED}:
+            # The browser's close frame has come (or the connection is gone): the
+            # application hears websocket.disconnect next, and a stream's message sent
+            # meanwhile has nowhere to go. autobahn would raise instead.
+            return
         super().handle_reply(message)
 
     def close_with(self, code: int, reason: str) -> None:

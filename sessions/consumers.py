@@ -235,6 +235,9 @@ class MachineSocket(PortalSocket):
     # Which of the broker's counts this socket is in: displays or listeners.
     sound = False
     _attached = False
+    # Set once the portal has closed the socket: the pump, a task of its own, may be
+    # about to send, and autobahn refuses a message after the close frame.
+    _closing = False
 
     async def machine_attach(self) -> tuple[VisitorSession, Path] | None:
         """Accept, check who asks, and wait for the machine; None once closed with a code."""
@@ -273,8 +276,16 @@ class MachineSocket(PortalSocket):
     async def close_with(self, code: int, reason: str | None = None) -> None:
         # A socket the portal closes stops counting at once, not when the
         # browser has answered: it may reconnect straight away (4412, 4408).
+        self._closing = True
         await self._detach()
         await super().close_with(code, reason)
+
+    async def send_bytes(self, data: bytes) -> bool:
+        """Send a binary message; False (and nothing sent) once the socket is closing."""
+        if self._closing:
+            return False
+        await self.send(bytes_data=data)
+        return True
 
     async def _detach(self) -> None:
         if self._attached:
@@ -344,7 +355,8 @@ class VncConsumer(MachineSocket):
         stuck_s = settings.PORTAL_VIEWER_STUCK_S
         while chunks := await pipe.taken():
             for chunk in chunks:
-                await self.send(bytes_data=chunk)
+                if not await self.send_bytes(chunk):
+                    return
                 if flow is not None and flow.paused and not await flow.resumed(timeout_s=stuck_s):
                     logger.warning("session %s: a viewer read nothing for %g s; closing it (%d)",
                                    self.session_id, stuck_s, CLOSE_TOO_SLOW)
@@ -460,7 +472,8 @@ class AudioConsumer(MachineSocket):
                     return
                 continue
             stuck_since = None
-            await self.send(bytes_data=pcm)
+            if not await self.send_bytes(pcm):
+                return
             await connection.rest(SOUND_READ_INTERVAL_S)
         if connection.error is not None:
             logger.info("session %s: VNC read for sound ended: %s", self.session_id, connection.error)

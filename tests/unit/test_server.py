@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from portal.server import node_address
+from portal.server import PortalWebSocketProtocol, node_address
 
 
 @pytest.mark.parametrize(("host", "port", "address"), [
@@ -22,3 +22,13 @@ from portal.server import node_address
 def test_it_names_the_address_other_nodes_reach_it_at(host: str | None, port: int | None,
                                                        address: str) -> None:
     assert node_address(host, port) == address
+
+
+@pytest.mark.parametrize("state", ["STATE_CLOSING", "STATE_CLOSED"])
+def test_it_drops_what_an_application_sends_after_the_browser_closed(state: str) -> None:
+    protocol = PortalWebSocketProtocol.__new__(PortalWebSocketProtocol)
+    protocol.state = getattr(PortalWebSocketProtocol, state)
+    sent: list[bytes] = []
+    protocol.sendMessage = lambda payload, binary=False: sent.append(payload)  # type: ignore[method-assign]
+    protocol.handle_reply({"type": "websocket.send", "bytes": b"late"})
+    assert sent == []
