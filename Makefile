@@ -39,7 +39,7 @@ $(DEMO_IMAGE): demo/build.sh $(wildcard demo/*.asm)
 
 run: setup
 	$(PY) manage.py migrate --no-input -v 0
-	$(PY) manage.py add_exhibit $(DEMO_IMAGE) --slug demo --boot hdd --publish \
+	$(PY) manage.py add_exhibit $(DEMO_IMAGE) --slug demo --boot hdd --sound adlib --publish \
 	  --title "Portal demo desktop" --year 1992 --publisher "This portal" \
 	  --description "$(DEMO_DESCRIPTION)"
 	$(PY) manage.py prepare_exhibit demo --wait-graphics --still 2 --if-needed

@@ -230,11 +230,13 @@ def _manage(env: dict[str, str], *args: str) -> str:
 @contextlib.contextmanager
 def served_portal(*, prepare: bool = True, accelerator: str = "auto",
                   environment: dict[str, str] | None = None,
-                  proxy_headers: bool = False, demo: bool = True) -> Iterator[ServedPortal]:
+                  proxy_headers: bool = False, demo: bool = True,
+                  demo_sound: str = "none") -> Iterator[ServedPortal]:
     """The portal as `make run` serves it (Daphne, prepared demo), in a throwaway data
     directory (proxy_headers: as a node behind nginx; demo=False: another node of a
-    portal whose shared database has the demo already). On the way out: Daphne
-    stopped, and no QEMU or file of it left."""
+    portal whose shared database has the demo already; demo_sound: the demo's sound
+    cards, as add_exhibit --sound takes them). On the way out: Daphne stopped, and
+    no QEMU or file of it left."""
     root = Path(tempfile.mkdtemp(prefix="pb-", dir="/tmp"))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -248,7 +250,7 @@ def served_portal(*, prepare: bool = True, accelerator: str = "auto",
         _manage(env, "migrate", "--no-input", "-v", "0")
         if demo:
             _manage(env, "add_exhibit", str(REPO / "build" / "demo.img"), "--slug", "demo",
-                    "--title", "Demo", "--boot", "hdd", "--publish")
+                    "--title", "Demo", "--boot", "hdd", "--sound", demo_sound, "--publish")
         if demo and prepare:
             _manage(env, "prepare_exhibit", "demo", "--wait-graphics", "--still", "1")
         with (root / "daphne.log").open("wb") as log:

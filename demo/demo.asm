@@ -224,6 +224,7 @@ main_loop:
 .tick:
     sti
     call on_tick
+    call sound_tick
 .done:
     call cursor_show
     jmp main_loop
@@ -255,10 +256,12 @@ timer_isr:
     pop ax
     iret
 
-; handle_key: AX = BIOS key (AH scan code, AL ASCII). All typing goes to
-; Notepad, which is reopened if the visitor had closed it.
+; handle_key: AX = BIOS key (AH scan code, AL ASCII). F5 and F6 play a tune;
+; all typing goes to Notepad, which is reopened if the visitor had closed it.
 handle_key:
     pusha
+    call sound_key                     ; F5, F6: a tune
+    jc .done
     cmp ax, 0x3C00                     ; F2
     je .save
     cmp al, 0x13                       ; Ctrl-S
@@ -299,6 +302,7 @@ handle_key:
 %include "notepad.asm"
 %include "mouse.asm"
 %include "clock.asm"
+%include "sound.asm"
 
 prog_end:
 PROG_SECTORS equ (prog_end - prog_start + 511) / 512

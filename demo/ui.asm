@@ -386,6 +386,7 @@ progman_draw:
     WTEXT 132, ICON_Y + 36, str_clock_lbl, C_BLACK
     WTEXT 228, ICON_Y + 36, str_about_lbl, C_BLACK
     WTEXT  16, 160, str_pm_hint, C_DGRAY
+    WTEXT  16, 176, str_pm_sound, C_DGRAY
     ret
 .icon_pos:                             ; [ix] = x offset -> screen position
     mov ax, [wx]
@@ -512,6 +513,7 @@ menu_clock:      db "Settings", 0
                  db "_", 0
 str_portal_demo: db "Portal demo - type something", 0
 str_pm_hint:     db "Click an icon to open it.", 0
+str_pm_sound:    db "F5: PC speaker tune  F6: AdLib tune", 0
 str_notepad_lbl: db "Notepad", 0
 str_clock_lbl:   db "Clock", 0
 str_about_lbl:   db "About", 0

@@ -250,8 +250,11 @@ class ExhibitAdmin(admin.ModelAdmin):
                                     "thumbnail_picture")}),
         ("Provenance", {"fields": ("provenance_source", "provenance_donor", "provenance_acquired",
                                    "provenance_notes")}),
-        ("Machine profile", {"fields": ("image", "boot", "cpu", "memory_mb", "vga", "sound", "mouse",
+        ("Machine profile", {"fields": ("image", "boot", "cpu", "memory_mb", "vga", "mouse",
                                         "accelerator")}),
+        ("Sound", {"fields": ("sound_adlib", "sound_sb16"),
+                   "description": "Every exhibit has a PC speaker. Add the cards its software "
+                                  "plays music and sound on; visitors hear them in the browser."}),
         ("Publication", {"fields": ("published", "preview_button", "family")}),
         ("Fixity and provenance record", {"fields": ("record",), "classes": ("collapse",)}),
     ]

@@ -12,7 +12,10 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from django.utils import timezone
 
-from .profile import MachineProfile
+from .profile import MachineProfile, sound_devices
+
+# What the exhibit page calls each piece of sound hardware.
+SOUND_NAMES = {"pcspk": "PC speaker", "adlib": "AdLib", "sb16": "Sound Blaster 16"}
 
 
 class DiskImage(models.Model):
@@ -138,12 +141,6 @@ class Exhibit(models.Model):
         STD = "std", "Standard VGA"
         CIRRUS = "cirrus", "Cirrus Logic GD5446"
 
-    class Sound(models.TextChoices):
-        NONE = "none", "None"
-        SB16 = "sb16", "Sound Blaster 16"
-        ADLIB = "adlib", "AdLib (Yamaha OPL2)"
-        PCSPK = "pcspk", "PC speaker"
-
     slug = models.SlugField(unique=True)
     title = models.CharField(max_length=200)
     year = models.PositiveSmallIntegerField(null=True, blank=True)
@@ -155,7 +152,15 @@ class Exhibit(models.Model):
     memory_mb = models.PositiveSmallIntegerField(default=16)
     vga = models.CharField(max_length=8, choices=Vga.choices, default=Vga.STD)
     mouse = models.CharField(max_length=8, choices=Mouse.choices, default=Mouse.VMPORT)
-    sound = models.CharField(max_length=8, choices=Sound.choices, default=Sound.NONE)
+    # Every exhibit has a PC speaker; these cards are the curator's choice.
+    sound_adlib = models.BooleanField(
+        "AdLib", default=False,
+        help_text="An AdLib card (Yamaha OPL2 FM synthesis, port 388h): the music of "
+                  "most DOS games from 1988 on.")
+    sound_sb16 = models.BooleanField(
+        "Sound Blaster 16", default=False,
+        help_text="A Sound Blaster 16 (port 220h, IRQ 5, DMA 1 and 5): digitised sound "
+                  "and speech. The PC speaker is always there.")
     accelerator = models.CharField(
         max_length=8, choices=Accelerator.choices, default=Accelerator.AUTO,
         help_text="Software emulation suits guests that need exact legacy timing "
@@ -186,8 +191,18 @@ class Exhibit(models.Model):
 
     def machine_profile(self) -> MachineProfile:
         return MachineProfile(cpu=self.cpu, memory_mb=self.memory_mb, vga=self.vga, boot=self.boot,
-                              accelerator=self.accelerator, mouse=self.mouse, sound=self.sound,
+                              accelerator=self.accelerator, mouse=self.mouse,
+                              sound=sound_devices(self.sound_cards()),
                               extra_media=tuple(filter(None, self.extra_media_kinds.split(","))))
+
+    def sound_cards(self) -> list[str]:
+        """The sound cards the curator chose ("adlib", "sb16"); the PC speaker is implied."""
+        return [card for card, chosen in (("adlib", self.sound_adlib), ("sb16", self.sound_sb16))
+                if chosen]
+
+    def sound_names(self) -> list[str]:
+        """The exhibit's sound hardware as a visitor reads it."""
+        return [SOUND_NAMES[device] for device in self.machine_profile().sound]
 
     async def fixity_problem(self) -> str | None:
         """Why this exhibit must not start (a master failed its fixity check), or None."""

@@ -9,6 +9,7 @@ Must not: import Django or anything of `portal` or `sessions`.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 CPU_MODELS = {"486": "486", "pentium": "pentium"}
@@ -21,10 +22,11 @@ VGA_MODELS = {"std", "cirrus"}
 # (the demo; VBMOUSE or vmwmouse under Windows 3.1) the visitor's exact pointer
 # position; the PS/2 mouse stays as the fallback. "ps2": the PS/2 mouse alone.
 MOUSE_MODELS = {"vmport", "ps2"}
-# Sound cards QEMU 7.2 emulates on the ISA bus, and the PC speaker. No audio is
-# streamed to browsers yet: the devices exist (software that probes for them
-# finds them) and play into QEMU's "none" audio backend.
-SOUND_MODELS = {"none", "sb16", "adlib", "pcspk"}
+# The sound hardware of a PC, in the order the profile lists it: the PC speaker
+# (every PC has one), and the ISA cards QEMU 7.2 emulates that an exhibit may add:
+# an AdLib (Yamaha OPL2 FM synthesis) and a Sound Blaster 16.
+SOUND_DEVICES = ("pcspk", "adlib", "sb16")
+SOUND_CARDS = frozenset(SOUND_DEVICES) - {"pcspk"}
 MEDIA_KINDS = {"floppy", "disk", "cdrom"}
 
 
@@ -38,13 +40,15 @@ class MachineProfile:
     boot: str = "floppy"
     accelerator: str = "auto"
     mouse: str = "vmport"
-    sound: str = "none"
+    # The PC speaker and the cards of SOUND_CARDS the exhibit has, in SOUND_DEVICES
+    # order (`sound_devices` makes one from any choice of cards).
+    sound: tuple[str, ...] = ("pcspk",)
     # The kinds of the exhibit's further media, in order ("floppy", "disk", "cdrom").
     extra_media: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.sound not in SOUND_MODELS:
-            raise ValueError(f"unknown sound device {self.sound!r}")
+        if self.sound != sound_devices(self.sound):
+            raise ValueError(f"sound must be the PC speaker and known cards in order, not {self.sound!r}")
         for kind in self.extra_media:
             if kind not in MEDIA_KINDS:
                 raise ValueError(f"unknown media kind {kind!r}")
@@ -64,3 +68,13 @@ class MachineProfile:
             raise ValueError(f"unknown VGA model {self.vga!r}")
         if not 1 <= self.memory_mb <= 256:
             raise ValueError(f"memory {self.memory_mb} MiB is outside 1..256")
+
+
+def sound_devices(cards: Iterable[str]) -> tuple[str, ...]:
+    """The sound hardware of a PC with these cards: the PC speaker first, then each
+    card once, in SOUND_DEVICES order. Unknown names raise ValueError."""
+    wanted = set(cards) - {"pcspk"}
+    unknown = wanted - SOUND_CARDS
+    if unknown:
+        raise ValueError(f"unknown sound device {sorted(unknown)[0]!r}")
+    return tuple(device for device in SOUND_DEVICES if device == "pcspk" or device in wanted)

@@ -12,8 +12,9 @@ through ASGI, added by subclassing Daphne's own classes:
   Twisted and asyncio share).
 - Close frames as the application asks for them: its code (including 1011,
   which RFC 6455 allows a server and autobahn's public API does not) and its
-  reason sentence; and a message over autobahn's size limit answered with the
-  portal's close code instead of a dropped TCP connection.
+  reason sentence; a message over autobahn's size limit answered with the
+  portal's close code instead of a dropped TCP connection; and a message the
+  application sends after the browser's close frame dropped, not raised.
 - Request bodies refused by their declared (or, when chunked, received) size
   before they are read: Daphne hands a whole body to the application at once,
   so a large body to any URL would otherwise sit in memory.

@@ -31,6 +31,7 @@ async def exhibit_json(exhibit: Exhibit, request: HttpRequest, *, here: Runtime)
             "memory_mb": exhibit.memory_mb,
             "accelerator": here.accelerator_for(exhibit),
             "boot": exhibit.boot,
+            "sound": list(exhibit.machine_profile().sound),
         },
         "instant_start": await here.start_state_usable(exhibit) is not None,
     }

@@ -463,6 +463,14 @@ class Broker:
     def display_detach(self, *, session_id: str) -> None:
         self.keeper.display_detach(session_id=session_id)
 
+    async def sound_attach(self, *, session_id: str) -> Path:
+        """Count a listener in and return the VNC socket (which carries the sound too)
+        once the machine runs."""
+        return await self.keeper.sound_attach(session_id=session_id)
+
+    def sound_detach(self, *, session_id: str) -> None:
+        self.keeper.sound_detach(session_id=session_id)
+
     def watch_attach(self, *, session_id: str) -> bool:
         """Count someone watching the session (its display or its events) in."""
         return self.keeper.watch_attach(session_id=session_id)

@@ -1,7 +1,9 @@
-"""The display WebSocket: a byte pipe between the browser and the machine's VNC socket.
+"""The visit's WebSockets: the display (a byte pipe between the browser and the
+machine's VNC socket), the sound (the PCM QEMU plays, from an RFB connection of
+the portal's own), and the events.
 
-Owns: checking who may connect (origin, ownership), then copying bytes both
-ways until either side ends, and closing with the API's close codes.
+Owns: checking who may connect (origin, ownership), then copying bytes
+until either side ends, and closing with the API's close codes.
 
 Must not: decide anything about a machine's life. It tells the broker that a
 viewer came or went; the broker owns the end (Daphne cancels a consumer 10 s
@@ -14,6 +16,7 @@ import collections
 import contextlib
 import json
 import logging
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +27,15 @@ from django.conf import settings
 from portal.server import SEND_FLOW_EXTENSION
 from portal.visitor import visitor_id
 
+from .audio import (
+    SILENCE_READ_INTERVAL_S,
+    SOUND_READ_INTERVAL_S,
+    AudioConnection,
+    AudioError,
+    SilenceGate,
+    audio_format_for,
+    audio_open,
+)
 from .broker import (
     DisplayUnavailableError,
     SessionBusyError,
@@ -214,67 +226,121 @@ class PortalSocket(AsyncWebsocketConsumer):
         await self.close(code, reason=reason or CLOSE_REASONS.get(code, ""))
 
 
-class VncConsumer(PortalSocket):
-    """`/ws/sessions/<id>/vnc`: RFB bytes in binary messages."""
+class MachineSocket(PortalSocket):
+    """A socket onto a running machine, its display or its sound: checked, counted by
+    the broker while it is open, and closed with the API's codes when the machine
+    goes (4412 when it was replaced, 4410 when the visit ended, 1011 otherwise)."""
 
     session_id: str = ""
     generation: int | None = None
+    # Which of the broker's counts this socket is in: displays or listeners.
+    sound = False
     _attached = False
     _reader_task: asyncio.Task[None] | None = None
     _pipe: VncPipe | None = None
     _input: ClientStream
     # Until the first screen update after the viewer's first request is handed on.
     _frame_awaited = True
+    # Set once the portal has closed the socket: the pump, a task of its own, may be
+    # about to send, and autobahn refuses a message after the close frame.
+    _closing = False
 
-    async def connect(self) -> None:
+    async def machine_attach(self) -> tuple[VisitorSession, Path] | None:
+        """Accept, check who asks, and wait for the machine; None once closed with a code."""
         self.session_id = self.scope["url_route"]["kwargs"]["session_id"]
-        self._input = ClientStream()
         subprotocols = self.scope.get("subprotocols") or []
         # A close code only reaches the browser after the handshake, so accept first.
         await self.accept("binary" if "binary" in subprotocols else None)
         code, session = await session_authorize(self.scope, self.session_id)
         if code is None and session is not None and not session.is_live:
             code = CLOSE_ENDED
-        if code is not None:
-            await self.close_with(code)
-            return
+        if code is not None or session is None:
+            await self.close_with(code or CLOSE_UNKNOWN)
+            return None
         broker = await get_broker()
         try:
-            vnc_path = await broker.display_attach(session_id=self.session_id)
+            if self.sound:
+                vnc_path = await broker.sound_attach(session_id=self.session_id)
+            else:
+                vnc_path = await broker.display_attach(session_id=self.session_id)
         except SessionEndedError:
             await self.close_with(CLOSE_ENDED)
-            return
+            return None
         except SessionBusyError:
             await self.close_with(CLOSE_TRY_LATER)
-            return
+            return None
         except ViewerLimitError as error:
             await self.close_with(CLOSE_TOO_MANY_VIEWERS, str(error))
-            return
+            return None
         except DisplayUnavailableError:
             await self.close_with(CLOSE_UNREACHABLE)
-            return
+            return None
         self._attached = True
         self.generation = broker.session_generation(self.session_id)
+        return session, vnc_path
+
+    async def close_with(self, code: int, reason: str | None = None) -> None:
+        # A socket the portal closes stops counting at once, not when the
+        # browser has answered: it may reconnect straight away (4412, 4408).
+        self._closing = True
+        await self._detach()
+        await super().close_with(code, reason)
+
+    async def send_bytes(self, data: bytes) -> bool:
+        """Send a binary message; False (and nothing sent) once the socket is closing."""
+        if self._closing:
+            return False
+        await self.send(bytes_data=data)
+        return True
+
+    async def _detach(self) -> None:
+        if self._attached:
+            self._attached = False
+            broker = await get_broker()
+            if self.sound:
+                broker.sound_detach(session_id=self.session_id)
+            else:
+                broker.display_detach(session_id=self.session_id)
+
+    async def _close_after_machine_end(self) -> None:
+        """The machine's socket went away: say whether the session ended, the machine
+        was replaced, or the display broke."""
+        broker = await get_broker()
+        current = broker.session_generation(self.session_id)
+        if current is not None and current != self.generation:
+            await self.close_with(CLOSE_RESTARTED)
+            return
+        ended = await broker.session_wait_ended(
+            session_id=self.session_id, timeout_s=broker.config.stop_timeout_s
+        )
+        if not ended and broker.session_generation(self.session_id) not in {None, self.generation}:
+            await self.close_with(CLOSE_RESTARTED)  # a reset began while it was waiting
+            return
+        await self.close_with(CLOSE_ENDED if ended else CLOSE_UNREACHABLE)
+
+
+class VncConsumer(MachineSocket):
+    """`/ws/sessions/<id>/vnc`: RFB bytes in binary messages."""
+
+    _reader_task: asyncio.Task[None] | None = None
+    _pipe: VncPipe | None = None
+    _input: ClientStream
+
+    async def connect(self) -> None:
+        self._input = ClientStream()
+        attached = await self.machine_attach()
+        if attached is None:
+            return
+        _, vnc_path = attached
         try:
             _, self._pipe = await asyncio.get_running_loop().create_unix_connection(
                 VncPipe, str(vnc_path)
             )
         except OSError as error:
             logger.warning("session %s: VNC socket unreachable: %s", self.session_id, error)
-            await self._close_after_display_end()
+            await self._close_after_machine_end()
             return
         self._reader_task = asyncio.create_task(self._pump_guarded(self._pipe))
-
-    async def close_with(self, code: int, reason: str | None = None) -> None:
-        # A display the portal closes stops counting at once, not when the
-        # browser has answered: it may reconnect straight away (4412, 4408).
-        await self._detach()
-        await super().close_with(code, reason)
-
-    async def _detach(self) -> None:
-        if self._attached:
-            self._attached = False
-            (await get_broker()).display_detach(session_id=self.session_id)
 
     async def _pump_guarded(self, pipe: VncPipe) -> None:
         # The pump is a task of its own: an error in it would otherwise go
@@ -300,7 +366,8 @@ class VncConsumer(PortalSocket):
                 (await get_broker()).display_first_frame(session_id=self.session_id)
             for chunk in chunks:
                 DISPLAY_TO_BROWSER.inc(len(chunk))
-                await self.send(bytes_data=chunk)
+                if not await self.send_bytes(chunk):
+                    return
                 if flow is not None and flow.paused and not await flow.resumed(timeout_s=stuck_s):
                     logger.warning("session %s: a viewer read nothing for %g s; closing it (%d)",
                                    self.session_id, stuck_s, CLOSE_TOO_SLOW)
@@ -308,22 +375,7 @@ class VncConsumer(PortalSocket):
                     return
         if pipe.error is not None:
             logger.info("session %s: VNC read ended: %s", self.session_id, pipe.error)
-        await self._close_after_display_end()
-
-    async def _close_after_display_end(self) -> None:
-        """The display went away: say whether the session ended or the display broke."""
-        broker = await get_broker()
-        current = broker.session_generation(self.session_id)
-        if current is not None and current != self.generation:
-            await self.close_with(CLOSE_RESTARTED)
-            return
-        ended = await broker.session_wait_ended(
-            session_id=self.session_id, timeout_s=broker.config.stop_timeout_s
-        )
-        if not ended and broker.session_generation(self.session_id) not in {None, self.generation}:
-            await self.close_with(CLOSE_RESTARTED)  # a reset began while it was waiting
-            return
-        await self.close_with(CLOSE_ENDED if ended else CLOSE_UNREACHABLE)
+        await self._close_after_machine_end()
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels runs close_old_connections() in a worker thread before every
@@ -354,7 +406,7 @@ class VncConsumer(PortalSocket):
         try:
             await self._pipe.write(bytes_data)
         except (ConnectionError, OSError):
-            await self._close_after_display_end()
+            await self._close_after_machine_end()
 
     async def disconnect(self, code: int) -> None:
         task, self._reader_task = self._reader_task, None
@@ -365,6 +417,100 @@ class VncConsumer(PortalSocket):
         pipe, self._pipe = self._pipe, None
         if pipe is not None and pipe.transport is not None:
             pipe.transport.close()
+        await self._detach()
+
+
+class AudioConsumer(MachineSocket):
+    """`/ws/sessions/<id>/audio`: the machine's sound. First a text message with the
+    format, then binary messages of PCM in it, as the guest plays.
+
+    Its own RFB connection to the machine asks QEMU for sound and no pictures
+    (sessions.audio), so the sound never waits behind the display, nor the
+    display behind the sound. Silence is not sent (after a short hold that keeps
+    the rests inside music). Sound the browser cannot take now is dropped, not
+    queued: it would only be late later; a browser that takes nothing for
+    PORTAL_VIEWER_STUCK_S while there is sound is closed with 4408.
+    """
+
+    sound = True
+    _reader_task: asyncio.Task[None] | None = None
+    _connection: AudioConnection | None = None
+
+    async def connect(self) -> None:
+        attached = await self.machine_attach()
+        if attached is None:
+            return
+        session, vnc_path = attached
+        audio_format = audio_format_for(session.exhibit.machine_profile().sound)
+        broker = await get_broker()
+        try:
+            self._connection = await audio_open(vnc_path, audio_format,
+                                                timeout_s=broker.config.qmp_timeout_s)
+        except AudioError as error:
+            logger.warning("session %s: no sound from the VNC socket: %s", self.session_id, error)
+            await self._close_after_machine_end()
+            return
+        await self.send(text_data=json.dumps(audio_format.message()))
+        self._reader_task = asyncio.create_task(self._pump_guarded(self._connection))
+
+    async def _pump_guarded(self, connection: AudioConnection) -> None:
+        try:
+            await self._pump_to_browser(connection)
+        except AudioError as error:
+            logger.warning("session %s: the sound pipe failed: %s", self.session_id, error)
+            await self.close_with(CLOSE_UNREACHABLE)
+        except Exception:
+            logger.exception("session %s: the sound pipe failed", self.session_id)
+            await self.close_with(CLOSE_UNREACHABLE)
+
+    async def _pump_to_browser(self, connection: AudioConnection) -> None:
+        flow = self.scope.get("extensions", {}).get(SEND_FLOW_EXTENSION)
+        stuck_s = settings.PORTAL_VIEWER_STUCK_S
+        gate = SilenceGate(connection.format)
+        loop = asyncio.get_running_loop()
+        stuck_since: float | None = None
+        async for chunk in connection.chunks():
+            pcm = gate.admit(chunk)
+            if not pcm:
+                await connection.rest(SILENCE_READ_INTERVAL_S)
+                continue
+            if flow is not None and flow.paused:
+                now = loop.time()
+                stuck_since = now if stuck_since is None else stuck_since
+                if now - stuck_since >= stuck_s:
+                    logger.warning("session %s: a listener read nothing for %g s; closing it (%d)",
+                                   self.session_id, stuck_s, CLOSE_TOO_SLOW)
+                    await self.close_with(CLOSE_TOO_SLOW)
+                    return
+                continue
+            stuck_since = None
+            if not await self.send_bytes(pcm):
+                return
+            await connection.rest(SOUND_READ_INTERVAL_S)
+        if connection.error is not None:
+            logger.info("session %s: VNC read for sound ended: %s", self.session_id, connection.error)
+        await self._close_after_machine_end()
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # As the display: no database, so no thread hop, for a message.
+        if message["type"] == "websocket.receive":
+            await self.websocket_receive(message)
+            return
+        await super().dispatch(message)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self._attached:
+            await self.close_with(CLOSE_UNSUPPORTED_DATA, "This socket sends sound; it takes no messages.")
+
+    async def disconnect(self, code: int) -> None:
+        task, self._reader_task = self._reader_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
         await self._detach()
 
 

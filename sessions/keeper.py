@@ -3,7 +3,7 @@
 Owns: the node's `Visit`s and every change of their phase; starting a visit's
 machine (through the machine factory it is given) and ending it (machine
 stopped, run directory deleted, leases let go once the end is recorded); the
-viewers and displays of each visit and the grace period after the last one
+viewers, displays and listeners of each visit and the grace period after the last one
 leaves; the idle and time limits with their warnings; reset (the old machine
 killed before the new one starts); the watch for a QEMU that exits by itself
 or pauses on a disk error. Every task it starts is kept, cancelled and
@@ -397,14 +397,32 @@ class Keeper:
 
     async def display_attach(self, *, session_id: str) -> Path:
         """Count a viewer in and return the VNC socket once the machine runs."""
+        return await self._socket_attach(session_id, sound=False)
+
+    def display_detach(self, *, session_id: str) -> None:
+        self._socket_detach(session_id, sound=False)
+
+    async def sound_attach(self, *, session_id: str) -> Path:
+        """Count a listener in and return the VNC socket (which also carries the
+        sound) once the machine runs. Listeners have a limit of their own, as
+        large as the displays'; a page has one of each."""
+        return await self._socket_attach(session_id, sound=True)
+
+    def sound_detach(self, *, session_id: str) -> None:
+        self._socket_detach(session_id, sound=True)
+
+    async def _socket_attach(self, session_id: str, *, sound: bool) -> Path:
         visit = self._visits.get(session_id)
         if visit is None:
             raise SessionEndedError("This machine has ended.")
         if visit.phase is Phase.QUEUED:
             raise SessionBusyError("This visit is still waiting for a machine.")
-        if visit.displays >= self.config.displays_per_session:
+        if (visit.listeners if sound else visit.displays) >= self.config.displays_per_session:
             raise ViewerLimitError(self.config.displays_per_session)
-        visit.displays += 1
+        if sound:
+            visit.listeners += 1
+        else:
+            visit.displays += 1
         self.watch_attach(session_id=session_id)
         try:
             with contextlib.suppress(TimeoutError):
@@ -416,12 +434,14 @@ class Keeper:
                 raise DisplayUnavailableError("The machine did not start in time.")
             return visit.machine.vnc_path
         except BaseException:
-            self.display_detach(session_id=session_id)
+            self._socket_detach(session_id, sound=sound)
             raise
 
-    def display_detach(self, *, session_id: str) -> None:
+    def _socket_detach(self, session_id: str, *, sound: bool) -> None:
         visit = self._visits.get(session_id)
-        if visit is not None:
+        if visit is not None and sound:
+            visit.listeners = max(0, visit.listeners - 1)
+        elif visit is not None:
             visit.displays = max(0, visit.displays - 1)
         self.watch_detach(session_id=session_id)
 

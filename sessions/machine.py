@@ -107,14 +107,16 @@ def build_argv(
             drive += ",media=cdrom,readonly=on"
         drives += ["-drive", drive]
     boot_order = {"floppy": "a", "hdd": "c", "cdrom": "d"}[profile.boot]
-    machine = f"pc,vmport={'on' if profile.mouse == 'vmport' else 'off'}"
-    sound: list[str] = []
-    if profile.sound != "none":
-        sound = ["-audiodev", f"none,id={AUDIODEV_ID}"]
-        if profile.sound == "pcspk":
-            machine += f",pcspk-audiodev={AUDIODEV_ID}"
-        else:
-            sound += ["-device", f"{profile.sound},audiodev={AUDIODEV_ID}"]
+    # The PC speaker and the sound cards all play into one audio backend, "none":
+    # nothing is played on the host, and QEMU's VNC server hands what the guest
+    # plays to a VNC client that asks for it (the portal's sound socket, see
+    # sessions.audio). Without a VNC client listening QEMU mixes nothing for it.
+    machine = (f"pc,vmport={'on' if profile.mouse == 'vmport' else 'off'},"
+               f"pcspk-audiodev={AUDIODEV_ID}")
+    sound = ["-audiodev", f"none,id={AUDIODEV_ID}"]
+    for card in profile.sound:
+        if card != "pcspk":
+            sound += ["-device", f"{card},audiodev={AUDIODEV_ID}"]
     return [
         qemu_binary,
         "-nodefaults",
@@ -129,7 +131,7 @@ def build_argv(
         "-display", "none",
         # Shared: a reloaded page connects beside the old connection instead
         # of fighting it for the display.
-        "-vnc", f"unix:{run_dir / VNC_SOCKET},share=force-shared",
+        "-vnc", f"unix:{run_dir / VNC_SOCKET},share=force-shared,audiodev={AUDIODEV_ID}",
         # The portal binds the QMP socket itself and hands QEMU the listening
         # descriptor, so connecting never races QEMU's start-up.
         "-chardev", f"socket,id=qmp,fd={qmp_fd},server=on,wait=off",
@@ -150,7 +152,8 @@ def state_key(profile: MachineProfile, *, accelerator: str, qemu: str, master_sh
 
     The same profile, accelerator, QEMU version, master and QEMU command line
     give the same key; a change to how the portal builds the command line
-    changes the key too.
+    changes the key too. Sound hardware is part of it: a state saved without a
+    card is never resumed on a machine with one, nor the other way round.
     """
     argv = build_argv(profile, qemu_binary="qemu", accelerator=accelerator,
                       disk_path=Path("/disk"), run_dir=Path("/run"), qmp_fd=3, incoming=True,
@@ -158,7 +161,8 @@ def state_key(profile: MachineProfile, *, accelerator: str, qemu: str, master_sh
     argv_digest = hashlib.sha256("\0".join(argv).encode()).hexdigest()[:16]
     return (
         f"qemu={qemu};accel={accelerator};cpu={profile.cpu};memory={profile.memory_mb};"
-        f"vga={profile.vga};boot={profile.boot};mouse={profile.mouse};argv={argv_digest};"
+        f"vga={profile.vga};boot={profile.boot};mouse={profile.mouse};"
+        f"sound={'+'.join(profile.sound)};argv={argv_digest};"
         f"master={master_sha256}"
     )
 

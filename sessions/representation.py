@@ -26,6 +26,7 @@ async def session_json(session: VisitorSession, broker: Broker | None = None) ->
         "queue_wait_s": round(wait) if wait is not None else None,
         "page_url": f"/sessions/{session.id}/",
         "vnc_path": f"/ws/sessions/{session.id}/vnc",
+        "audio_path": f"/ws/sessions/{session.id}/audio",
         "events_path": f"/ws/sessions/{session.id}/events",
         "started_at": when(session.started_at),
         "expires_at": when(session.expires_at),

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from django.urls import re_path
 
-from .consumers import EventsConsumer, UnknownPathConsumer, VncConsumer
+from .consumers import AudioConsumer, EventsConsumer, UnknownPathConsumer, VncConsumer
 
 websocket_urlpatterns = [
     re_path(r"^ws/sessions/(?P<session_id>[^/]+)/vnc$", VncConsumer.as_asgi()),
+    re_path(r"^ws/sessions/(?P<session_id>[^/]+)/audio$", AudioConsumer.as_asgi()),
     re_path(r"^ws/sessions/(?P<session_id>[^/]+)/events$", EventsConsumer.as_asgi()),
     re_path(r"", UnknownPathConsumer.as_asgi()),
 ]

@@ -100,9 +100,11 @@ class Visit:
     # QUEUED (in line) or STARTING (a machine is free): the only phases a visit begins in.
     first: InitVar[Phase] = Phase.QUEUED
     machine: KeptMachine | None = None
-    # Everyone watching (display and events sockets), and the display sockets alone.
+    # Everyone watching (display, sound and events sockets), the display sockets
+    # alone, and the sound sockets alone.
     viewers: int = 0
     displays: int = 0
+    listeners: int = 0
     launch_task: asyncio.Task[None] | None = None
     watch_task: asyncio.Task[None] | None = None
     grace_task: asyncio.Task[None] | None = None

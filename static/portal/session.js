@@ -1,7 +1,9 @@
 // The live machine page: noVNC on the session's display WebSocket, the
 // session's events (place in line, warnings, the end) on its events
-// WebSocket, and the visitor's controls (fullscreen, Ctrl+Alt+Del, Reset, End).
+// WebSocket, the machine's sound (audio.js, on its own socket), and the
+// visitor's controls (sound, fullscreen, Ctrl+Alt+Del, Reset, End).
 import RFB from "/static/novnc/core/rfb.js";
+import { Speaker } from "./audio.js";
 import { api } from "./csrf.js";
 
 const session = JSON.parse(document.getElementById("session-data").textContent);
@@ -24,6 +26,9 @@ const REASONS = {
 
 let rfb = null;
 let ended = false;
+// The machine's sound; exposed for whoever looks at the page (and its tests).
+const speaker = new Speaker(session.audio_path, document.getElementById("sound"));
+window.portalSound = speaker;
 let reconnectDelayMs = 500;
 let resetting = false;
 let events = null;
@@ -69,6 +74,7 @@ function showEnded(data) {
   endButton.disabled = true;
   ctrlAltDelButton.disabled = true;
   resetButton.disabled = true;
+  speaker.stop();
   if (rfb) {
     const old = rfb;
     rfb = null;

@@ -140,7 +140,8 @@ def portal_make(demo_image: Path, request: pytest.FixtureRequest) -> Iterator[Po
 
     def make(settings: dict[str, str] | None = None, *, prepare: bool = True,
              data_dir: Path | None = None, proxy_headers: bool = False,
-             demo: bool = True) -> Portal:
+             demo: bool = True, sound: str = "") -> Portal:
+        """sound: the demo's sound cards (add_exhibit --sound), besides the PC speaker."""
         root = data_dir or Path(tempfile.mkdtemp(prefix="pe-", dir="/tmp"))
         port = _free_port()
         env = {
@@ -159,7 +160,7 @@ def portal_make(demo_image: Path, request: pytest.FixtureRequest) -> Iterator[Po
             site.serve()
             return site
         site.manage("add_exhibit", str(demo_image), "--slug", "demo", "--title", "Portal demo",
-                    "--boot", "hdd", "--year", "1992", "--publish")
+                    "--boot", "hdd", "--year", "1992", "--sound", sound or "none", "--publish")
         if prepare:
             # As `make run` does: visitors resume the booted desktop.
             site.manage("prepare_exhibit", "demo", "--wait-graphics", "--still", "1")

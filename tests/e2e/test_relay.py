@@ -4,8 +4,8 @@ Two nodes of one portal on this host share one database (SQLite here), image
 store and secret key, as in test_nodes.py: the holder (node A, which prepared
 the demo, started with --proxy-headers as in a cluster) runs the visitor's
 machine; the same browser then talks to node B only, which pipes every request
-for the visit to A: the Session, the page, the display, the events, reset, End,
-and the close codes, exactly as A answers them.
+for the visit to A: the Session, the page, the display, the events, the sound,
+reset, End, and the close codes, exactly as A answers them.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ from tests.conftest import processes_naming
 from tests.e2e.conftest import Portal, PortalFactory
 from tests.e2e.test_hostile_clients import MIB, SCREEN_LIT, close_code_of, log_says, rss_bytes
 from tests.e2e.test_installs import wait_until
+from tests.e2e.test_sound import F5, peak
 from tests.support.portal_http import PortalVisitor
 from tests.support.websocket import WebSocketTransport
 
@@ -105,6 +106,15 @@ def test_a_visit_held_by_one_node_is_whole_through_another(
         async with asyncio.timeout(10):
             state = json.loads(await events.receive_text())
         assert state["type"] == "state" and state["id"] == session_id and state["state"] == "running"
+        # The sound socket: its format, then the speaker's tune when F5 reaches the machine.
+        sound = await there.websocket(session["audio_path"])
+        async with asyncio.timeout(10):
+            assert json.loads(await sound.receive_text())["type"] == "format"
+        await rfb.press(F5)
+        async with asyncio.timeout(2):
+            while peak(await sound.receive()) <= 1000:
+                pass
+        await sound.close()
         # Close codes and their sentences come back as the holder chose them.
         codes = {"stranger": await close_code_of(await stranger.websocket(session["vnc_path"])),
                  "origin": await close_code_of(

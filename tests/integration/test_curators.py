@@ -112,7 +112,7 @@ def test_add_exhibit_goes_through_the_checked_import(portal_dirs: Path, demo_ima
     assert exhibit.image.format == "qcow2"
     assert exhibit.image.media == DiskImage.Media.DISK
     assert exhibit.image.guest_sha256 == hashlib.sha256(demo_image.read_bytes()).hexdigest()
-    assert exhibit.machine_profile().sound == "sb16"
+    assert exhibit.machine_profile().sound == ("pcspk", "sb16")
     assert exhibit.provenance_source == "This repository"
     # The same image again: the same master, the exhibit updated.
     call_command("add_exhibit", str(demo_image), "--slug", "demo", "--title", "Demo 2", "--boot", "hdd")
@@ -314,10 +314,22 @@ def test_the_exhibit_admin_groups_the_fields_and_offers_a_preview(
     exhibit = Exhibit.objects.get()
     page = curator_client.get(f"/admin/portal/exhibit/{exhibit.pk}/change/")
     assert page.status_code == 200
-    for heading in (b"Description", b"Provenance", b"Machine profile", b"Publication"):
+    for heading in (b"Description", b"Provenance", b"Machine profile", b"Sound", b"Publication"):
         assert heading in page.content
     assert b'action="/api/exhibits/dos/preview"' in page.content
     assert b"extra medi" in page.content.lower()
+    assert b'name="sound_adlib"' in page.content and b'name="sound_sb16"' in page.content
+
+
+def test_add_exhibit_takes_sound_cards_besides_the_speaker(portal_dirs: Path) -> None:
+    call_command("add_exhibit", str(FREEDOS_2048), "--slug", "dos", "--title", "DOS",
+                 "--sound", "sb16,adlib")
+    assert Exhibit.objects.get().machine_profile().sound == ("pcspk", "adlib", "sb16")
+    call_command("add_exhibit", str(FREEDOS_2048), "--slug", "dos", "--title", "DOS")
+    assert Exhibit.objects.get().machine_profile().sound == ("pcspk",)
+    with pytest.raises(CommandError):
+        call_command("add_exhibit", str(FREEDOS_2048), "--slug", "dos", "--title", "DOS",
+                     "--sound", "gus")
 
 
 async def test_the_admin_upload_works_through_the_asgi_handler_daphne_uses(

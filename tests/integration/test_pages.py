@@ -35,6 +35,21 @@ async def test_it_shows_an_exhibit_with_its_start_button(
     assert "csrftoken" in response.cookies
 
 
+async def test_it_shows_the_sound_hardware_a_curator_chose(
+    broker: Any, exhibit_create: ExhibitFactory
+) -> None:
+    from portal.models import Exhibit
+
+    await exhibit_create(FREEDOS_2048, slug="freedos", title="FreeDOS 2048")
+    page = (await visitor().get("/exhibits/freedos/")).content.decode()
+    assert "Sound: PC speaker." in page
+    await Exhibit.objects.filter(slug="freedos").aupdate(sound_adlib=True, sound_sb16=True)
+    page = (await visitor().get("/exhibits/freedos/")).content.decode()
+    assert "Sound: PC speaker, AdLib, Sound Blaster 16." in page
+    exhibit = (await visitor().get("/api/exhibits/freedos")).json()
+    assert exhibit["machine"]["sound"] == ["pcspk", "adlib", "sb16"]
+
+
 @pytest.mark.parametrize(("setting", "label"), [
     pytest.param("kvm", "Hardware virtualisation (KVM)",
                  marks=pytest.mark.skipif(not KVM, reason="needs a usable /dev/kvm")),

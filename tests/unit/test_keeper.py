@@ -327,6 +327,22 @@ async def test_it_limits_the_displays_of_one_visit(tmp_path: Path) -> None:
     await soon(node.keeper.end_all(reason="server", detail=""))
 
 
+async def test_it_counts_sound_sockets_apart_from_displays_and_as_watching(tmp_path: Path) -> None:
+    node = Node(tmp_path, displays_per_session=1)
+    visit = await node.running()
+    path = await soon(node.keeper.sound_attach(session_id="v1"))
+    assert path == node.factory.machines[0].vnc_path
+    with pytest.raises(ViewerLimitError):
+        await node.keeper.sound_attach(session_id="v1")
+    await soon(node.keeper.display_attach(session_id="v1"))
+    assert (visit.listeners, visit.displays, visit.viewers) == (1, 1, 2)
+    node.keeper.display_detach(session_id="v1")
+    assert visit.grace_task is None  # the listener still counts as someone there
+    node.keeper.sound_detach(session_id="v1")
+    assert visit.listeners == 0 and visit.grace_task is not None
+    await soon(node.keeper.end_all(reason="server", detail=""))
+
+
 async def test_it_warns_before_the_idle_limit_clears_on_input_and_ends_at_the_time_limit(
     node: Node,
 ) -> None:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from portal.profile import sound_devices
 from sessions.machine import MachineProfile, build_argv, state_key
 
 
@@ -32,14 +33,15 @@ def test_it_runs_a_486_without_defaults_network_or_user_config() -> None:
     assert option(argv, "-sandbox") == ["on,obsolete=deny,spawn=deny,resourcecontrol=deny"]
 
 
-@pytest.mark.parametrize(("mouse", "machine"), [("vmport", "pc,vmport=on"), ("ps2", "pc,vmport=off")])
+@pytest.mark.parametrize(("mouse", "machine"), [("vmport", "pc,vmport=on,pcspk-audiodev=audio0"),
+                                               ("ps2", "pc,vmport=off,pcspk-audiodev=audio0")])
 def test_it_gives_the_guest_the_mouse_of_its_profile(mouse: str, machine: str) -> None:
     assert option(argv_for(MachineProfile(mouse=mouse)), "-machine") == [machine]
 
 
 def test_it_puts_both_sockets_in_the_run_directory() -> None:
     argv = argv_for(MachineProfile())
-    assert option(argv, "-vnc") == ["unix:/run/s/vnc.sock,share=force-shared"]
+    assert option(argv, "-vnc") == ["unix:/run/s/vnc.sock,share=force-shared,audiodev=audio0"]
     assert option(argv, "-chardev") == ["socket,id=qmp,fd=7,server=on,wait=off"]
     assert option(argv, "-display") == ["none"]
 
@@ -64,7 +66,9 @@ def test_it_attaches_the_overlay_as_the_boot_device(boot: str, interface: str, o
 
 @pytest.mark.parametrize("bad", [
     {"cpu": "z80"}, {"boot": "tape"}, {"mouse": "trackball"}, {"accelerator": "hax"},
-    {"vga": "3dfx"}, {"memory_mb": 0}, {"memory_mb": 4096}, {"sound": "gus"},
+    {"vga": "3dfx"}, {"memory_mb": 0}, {"memory_mb": 4096}, {"sound": ("pcspk", "gus")},
+    {"sound": ()}, {"sound": ("adlib",)}, {"sound": ("pcspk", "sb16", "adlib")},
+    {"sound": ("pcspk", "adlib", "adlib")},
 ])
 def test_it_refuses_a_profile_it_cannot_build(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):
@@ -77,7 +81,9 @@ def test_it_ties_a_saved_state_to_everything_it_depends_on() -> None:
     assert key == state_key(MachineProfile(), **base)
     for profile in (MachineProfile(memory_mb=32), MachineProfile(mouse="ps2"),
                     MachineProfile(boot="hdd"), MachineProfile(cpu="pentium"),
-                    MachineProfile(sound="sb16"), MachineProfile(vga="cirrus")):
+                    MachineProfile(sound=("pcspk", "sb16")), MachineProfile(vga="cirrus"),
+                    MachineProfile(sound=("pcspk", "adlib")),
+                    MachineProfile(sound=("pcspk", "adlib", "sb16"))):
         assert state_key(profile, **base) != key
     for change in ({"accelerator": "tcg"}, {"qemu": "8.0.0"}, {"master_sha256": "cd" * 32}):
         assert state_key(MachineProfile(), **{**base, **change}) != key
@@ -98,18 +104,27 @@ def test_it_gives_the_guest_the_vga_of_its_profile(vga: str) -> None:
     assert option(argv_for(MachineProfile(vga=vga)), "-vga") == [vga]
 
 
-@pytest.mark.parametrize(("sound", "devices", "machine"), [
-    ("none", [], "pc,vmport=on"),
-    ("sb16", ["sb16,audiodev=audio0"], "pc,vmport=on"),
-    ("adlib", ["adlib,audiodev=audio0"], "pc,vmport=on"),
-    ("pcspk", [], "pc,vmport=on,pcspk-audiodev=audio0"),
+@pytest.mark.parametrize(("cards", "devices"), [
+    ((), []),
+    (("sb16",), ["sb16,audiodev=audio0"]),
+    (("adlib",), ["adlib,audiodev=audio0"]),
+    (("sb16", "adlib"), ["adlib,audiodev=audio0", "sb16,audiodev=audio0"]),
 ])
-def test_it_gives_the_guest_the_sound_of_its_profile(sound: str, devices: list[str], machine: str) -> None:
-    argv = argv_for(MachineProfile(sound=sound))
+def test_it_gives_the_guest_the_sound_of_its_profile(cards: tuple[str, ...], devices: list[str]) -> None:
+    argv = argv_for(MachineProfile(sound=sound_devices(cards)))
     assert option(argv, "-device") == devices
-    assert option(argv, "-machine") == [machine]
-    # No audio reaches browsers yet: the devices play into QEMU's silent backend.
-    assert option(argv, "-audiodev") == ([] if sound == "none" else ["none,id=audio0"])
+    # The PC speaker is always there.
+    assert option(argv, "-machine") == ["pc,vmport=on,pcspk-audiodev=audio0"]
+    # Everything plays into the silent backend, which QEMU's VNC server captures.
+    assert option(argv, "-audiodev") == ["none,id=audio0"]
+    assert option(argv, "-vnc") == ["unix:/run/s/vnc.sock,share=force-shared,audiodev=audio0"]
+
+
+def test_it_names_the_sound_hardware_in_one_order() -> None:
+    assert sound_devices([]) == ("pcspk",)
+    assert sound_devices(["sb16", "pcspk", "adlib", "sb16"]) == ("pcspk", "adlib", "sb16")
+    with pytest.raises(ValueError):
+        sound_devices(["gus"])
 
 
 def test_it_attaches_extra_media_in_free_slots_with_cds_read_only() -> None:
@@ -137,7 +152,7 @@ def test_it_refuses_more_media_than_a_pc_has_drives() -> None:
 def test_it_builds_the_same_argv_for_the_same_full_profile() -> None:
     def full() -> MachineProfile:
         return MachineProfile(cpu="pentium", memory_mb=32, vga="cirrus", boot="cdrom", mouse="ps2",
-                              sound="sb16", accelerator="tcg")
+                              sound=("pcspk", "sb16"), accelerator="tcg")
     assert argv_for(full()) == argv_for(full())
     assert state_key(full(), accelerator="tcg", qemu="7.2", master_sha256="ab" * 32) == \
         state_key(full(), accelerator="tcg", qemu="7.2", master_sha256="ab" * 32)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from portal.server import node_address
+from portal.server import PortalWebSocketProtocol, node_address
 
 
 @pytest.mark.parametrize(("host", "port", "address"), [
@@ -36,7 +36,6 @@ def test_a_send_or_close_after_the_browser_went_is_dropped_not_raised(
     has gone; the portal's server drops them (the application hears websocket.disconnect)."""
     from daphne.ws_protocol import WebSocketProtocol
 
-    from portal.server import PortalWebSocketProtocol
 
     for state in ("STATE_CLOSING", "STATE_CLOSED"):
         daphne_own = WebSocketProtocol()

@@ -6,6 +6,7 @@ with the same slug updates the exhibit; the same bytes are stored once.
 """
 from __future__ import annotations
 
+from argparse import ArgumentTypeError
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +16,20 @@ from django.db import transaction
 from portal.images import disk_image_import
 from portal.importer import QEMU_FORMATS, ImageError
 from portal.models import DiskImage, Exhibit, ExhibitMedia
+from portal.profile import SOUND_CARDS
 from portal.record import agent_command
 
 BOOT_FOR_MEDIA = {"floppy": "floppy", "disk": "hdd", "cdrom": "cdrom"}
+
+
+def sound_cards(value: str) -> list[str]:
+    """`--sound adlib,sb16` as a list of cards; "none" and "pcspk" add none."""
+    cards = [card.strip() for card in value.split(",") if card.strip() not in {"", "none", "pcspk"}]
+    unknown = [card for card in cards if card not in SOUND_CARDS]
+    if unknown:
+        raise ArgumentTypeError(f"unknown sound card {unknown[0]!r} (choose from "
+                                f"{', '.join(sorted(SOUND_CARDS))})")
+    return cards
 
 
 class Command(BaseCommand):
@@ -33,7 +45,11 @@ class Command(BaseCommand):
                             help="Default: floppy for floppy-sized images, cdrom for ISOs, else hdd.")
         parser.add_argument("--vga", choices=[c.value for c in Exhibit.Vga], default="std")
         parser.add_argument("--mouse", choices=[c.value for c in Exhibit.Mouse], default="vmport")
-        parser.add_argument("--sound", choices=[c.value for c in Exhibit.Sound], default="none")
+        parser.add_argument(
+            "--sound", type=sound_cards, default=[], metavar="CARDS",
+            help="Sound cards besides the PC speaker (which every exhibit has), comma-separated: "
+                 "adlib, sb16 (for example adlib,sb16); none for the speaker alone.",
+        )
         parser.add_argument("--source", default="", help="Provenance: where the image comes from.")
         parser.add_argument("--donor", default="")
         parser.add_argument("--acquired", help="Provenance: date acquired, YYYY-MM-DD.")
@@ -79,7 +95,8 @@ class Command(BaseCommand):
                     "memory_mb": options["memory_mb"],
                     "vga": options["vga"],
                     "mouse": options["mouse"],
-                    "sound": options["sound"],
+                    "sound_adlib": "adlib" in options["sound"],
+                    "sound_sb16": "sb16" in options["sound"],
                     "accelerator": options["accelerator"],
                     "provenance_source": options["source"],
                     "provenance_donor": options["donor"],
