@@ -365,9 +365,9 @@ class VncConsumer(MachineSocket):
                 self._frame_awaited = False
                 (await get_broker()).display_first_frame(session_id=self.session_id)
             for chunk in chunks:
-                DISPLAY_TO_BROWSER.inc(len(chunk))
                 if not await self.send_bytes(chunk):
                     return
+                DISPLAY_TO_BROWSER.inc(len(chunk))
                 if flow is not None and flow.paused and not await flow.resumed(timeout_s=stuck_s):
                     logger.warning("session %s: a viewer read nothing for %g s; closing it (%d)",
                                    self.session_id, stuck_s, CLOSE_TOO_SLOW)

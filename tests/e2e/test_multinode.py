@@ -150,16 +150,8 @@ def test_a_killed_nodes_visits_end_and_new_machines_start_on_a_live_node(
 
     second.crash()
     killed = time.monotonic()
-
-    def lost_state() -> str:
-        status, now = lost_visitor.request("GET", f"/api/sessions/{lost['id']}")
-        if status == 502:
-            # Until the killed node is known dead, its visit's requests are piped to it.
-            assert now["error"] == "node_unreachable", now
-            return "unreachable"
-        return str(now["state"])
-
-    wait_until(lambda: lost_state() == "ended", timeout_s=15, what="the killed node's visit to end")
+    wait_until(lambda: lost_visitor.session_state(lost["id"]) == "ended", timeout_s=15,
+               what="the killed node's visit to end")
     assert time.monotonic() - killed <= 15
     ended = state_of(lost_visitor, lost)
     assert ended["ended_reason"] == "server" and "stopped" in ended["detail"]

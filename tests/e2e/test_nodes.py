@@ -63,19 +63,10 @@ def two_nodes_one_dies(portal_make: PortalFactory, shared: Path) -> None:
     killed = time.monotonic()
     there.base_url = first.url  # the same browser, now served by a live node
 
-    def lost_state() -> dict[str, Any]:
-        status, body = there.request("GET", f"/api/sessions/{lost['id']}")
-        if status == 502:
-            # Until the dead node is known dead, its visit's requests are piped to it
-            # (portal.relay) and find nobody there.
-            assert body["error"] == "node_unreachable", body
-            return {"state": "unreachable"}
-        return dict(body)
-
-    wait_until(lambda: lost_state()["state"] == "ended", timeout_s=15,
+    wait_until(lambda: there.session_state(lost["id"]) == "ended", timeout_s=15,
                what="the dead node's visit to end")
     assert time.monotonic() - killed <= 15
-    ended = lost_state()
+    ended = there.request("GET", f"/api/sessions/{lost['id']}")[1]
     assert ended["ended_reason"] == "server" and "stopped" in ended["detail"]
     assert [n["name"] for n in nodes_seen()] == [kept["node"]]
 

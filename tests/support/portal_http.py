@@ -86,6 +86,16 @@ class PortalVisitor:
             _, session = self.request("GET", f"/api/sessions/{session['id']}")
         return dict(session)
 
+    def session_state(self, session_id: str) -> str:
+        """The session's state, or "unreachable" while the node that holds it is
+        killed but not yet known dead (the relay answers 502 node_unreachable)."""
+        status, session = self.request("GET", f"/api/sessions/{session_id}")
+        if status == 502:
+            assert session["error"] == "node_unreachable", session
+            return "unreachable"
+        assert status == 200, session
+        return str(session["state"])
+
     def session_end(self, session_id: str) -> int:
         status, _ = self.request("DELETE", f"/api/sessions/{session_id}")
         return status
