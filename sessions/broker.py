@@ -80,12 +80,11 @@ from .scheduler import (
     StartLimiter,
     line_ids,
     line_length,
-    line_position,
+    line_place,
     line_take,
     placed_pending,
     rows_of,
     visit_place,
-    wait_s,
 )
 from .visit import Phase, Visit
 
@@ -198,10 +197,7 @@ class Broker:
         its estimated wait; (None, None) when it is not waiting."""
         if session.state != State.QUEUED:
             return None, None
-        position = await sync_to_async(line_position)(session)
-        if position is None:
-            return None, None
-        return position, await sync_to_async(wait_s)(self.scheduler, position)
+        return await sync_to_async(line_place)(self.scheduler, session)
 
     def time_left_s(self, session_id: str) -> float | None:
         return self.keeper.time_left_s(session_id)

@@ -186,6 +186,13 @@ def line_position(session: VisitorSession) -> int | None:
     return ahead + 1
 
 
+def line_place(config: SchedulerConfig, session: VisitorSession) -> tuple[int | None, float | None]:
+    """A session's place in line and its estimated wait, in one call; (None, None)
+    when it is not waiting."""
+    position = line_position(session)
+    return (position, wait_s(config, position)) if position is not None else (None, None)
+
+
 def placed_pending(config: SchedulerConfig) -> list[str]:
     """Visits placed on this node that it has not taken in yet (another node placed
     them, or took them from the line for this one)."""
