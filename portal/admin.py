@@ -134,7 +134,8 @@ class ExhibitAdmin(admin.ModelAdmin):
         ("Provenance", {"fields": ("provenance_source", "provenance_donor", "provenance_acquired",
                                    "provenance_notes")}),
         ("Machine profile", {"fields": ("image", "boot", "cpu", "memory_mb", "vga", "sound", "mouse",
-                                        "accelerator")}),
+                                        "accelerator", "speed")}),
+        ("Visitors' sandbox", {"fields": ("files_in",)}),
         ("Publication", {"fields": ("published", "preview_button")}),
     ]
 

@@ -31,7 +31,10 @@ async def exhibit_json(exhibit: Exhibit, request: HttpRequest, *, here: Runtime)
             "memory_mb": exhibit.memory_mb,
             "accelerator": here.accelerator_for(exhibit),
             "boot": exhibit.boot,
+            "speed": exhibit.speed,
         },
+        # The floppy drive ("a" or "b") visitors' own files go into, or null when off.
+        "files_in": None if (drive := exhibit.machine_profile().files_in) == "off" else drive,
         "instant_start": await here.start_state_usable(exhibit) is not None,
     }
 

@@ -106,6 +106,17 @@ def build_argv(
         elif kind == "cdrom":
             drive += ",media=cdrom,readonly=on"
         drives += ["-drive", drive]
+    if profile.files_in_slot_free:
+        # The drive visitors' own files go into starts empty (sessions/sandbox.py).
+        drives += ["-drive", f"if=floppy,index={'ab'.index(profile.files_in)}"]
+    speed: list[str] = []
+    if profile.icount_shift is not None:
+        if accelerator != "tcg":
+            raise ValueError("a period speed needs software emulation (tcg)")
+        # Each instruction takes 2**shift ns of guest time; sleep=on lets the guest's
+        # clock catch up with real time while it idles, and align=on holds a busy
+        # guest back to real time instead of letting its clock run ahead.
+        speed = ["-icount", f"shift={profile.icount_shift},sleep=on,align=on"]
     boot_order = {"floppy": "a", "hdd": "c", "cdrom": "d"}[profile.boot]
     machine = f"pc,vmport={'on' if profile.mouse == 'vmport' else 'off'}"
     sound: list[str] = []
@@ -121,6 +132,7 @@ def build_argv(
         "-no-user-config",
         "-machine", machine,
         "-accel", accelerator,
+        *speed,
         "-cpu", CPU_MODELS[profile.cpu],
         "-m", str(profile.memory_mb),
         "-vga", profile.vga,
@@ -158,13 +170,19 @@ def state_key(profile: MachineProfile, *, accelerator: str, qemu: str, master_sh
     argv_digest = hashlib.sha256("\0".join(argv).encode()).hexdigest()[:16]
     return (
         f"qemu={qemu};accel={accelerator};cpu={profile.cpu};memory={profile.memory_mb};"
-        f"vga={profile.vga};boot={profile.boot};mouse={profile.mouse};argv={argv_digest};"
+        f"vga={profile.vga};boot={profile.boot};mouse={profile.mouse};speed={profile.speed};"
+        f"argv={argv_digest};"
         f"master={master_sha256}"
     )
 
 
 def accelerator_resolve(profile: MachineProfile, *, host: str) -> str:
-    """The accelerator a machine of this profile gets on a host whose best is `host`."""
+    """The accelerator a machine of this profile gets on a host whose best is `host`.
+
+    A period speed counts instructions, which only software emulation can.
+    """
+    if profile.icount_shift is not None:
+        return "tcg"
     return host if profile.accelerator == "auto" else profile.accelerator
 
 
