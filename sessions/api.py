@@ -7,8 +7,23 @@ not found, exactly like one that never existed.
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from asgiref.sync import sync_to_async
+from django.core.files.uploadedfile import TemporaryUploadedFile
+from django.core.files.uploadhandler import TemporaryFileUploadHandler
+from django.http import (
+    FileResponse,
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseRedirect,
+    JsonResponse,
+)
+from django.http.response import HttpResponseBase
 from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -32,6 +47,13 @@ from .broker import (
 from .ids import session_id_valid
 from .models import VisitorSession
 from .representation import session_json
+from .sandbox import (
+    CheckpointLimitError,
+    CheckpointNotFoundError,
+    MediaRefusedError,
+    SandboxError,
+    Upload,
+)
 from .thumbnail import thumbnail_take_soon
 
 
@@ -174,6 +196,110 @@ async def session_reset(request: HttpRequest, session_id: str) -> JsonResponse:
         return json_error(409, "session_busy", str(error))
     session = await VisitorSession.objects.select_related("exhibit").aget(id=session.id)
     return JsonResponse(await session_json(session, broker))
+
+
+async def _sandbox_call(request: HttpRequest, session_id: str,
+                        act: Callable[[Broker, VisitorSession], Awaitable[HttpResponseBase]]
+                        ) -> HttpResponseBase:
+    """Run one sandbox request on this browser's live session, its errors answered as the API says."""
+    session = await owned_session(request, session_id)
+    if session is None:
+        return _not_found()
+    broker = await get_broker()
+    try:
+        return await act(broker, session)
+    except CheckpointNotFoundError as error:
+        return json_error(404, "not_found", str(error))
+    except CheckpointLimitError as error:
+        return json_error(409, "checkpoint_limit", str(error))
+    except MediaRefusedError as error:
+        return json_error(error.status, error.code, str(error))
+    except SessionEndedError as error:
+        return json_error(409, "session_ended", str(error))
+    except SessionBusyError as error:
+        return json_error(409, "session_busy", str(error))
+    except SandboxError as error:
+        response = json_error(503, "sandbox_failed", str(error))
+        response["Retry-After"] = "5"
+        return response
+
+
+@require_http_methods(["GET", "POST"])
+async def checkpoints(request: HttpRequest, session_id: str) -> HttpResponseBase:
+    """GET: the visit's checkpoints, oldest first; POST: save one (`{"label": …}` optional)."""
+    async def act(broker: Broker, session: VisitorSession) -> HttpResponse:
+        if request.method == "GET":
+            if not session.is_live:
+                return JsonResponse({"checkpoints": []})
+            return JsonResponse({"checkpoints": [checkpoint.as_json() for checkpoint
+                                                 in broker.checkpoints(session_id=session.id)]})
+        label = _json_body(request).get("label")
+        checkpoint = await broker.checkpoint_save(session_id=session.id,
+                                                  label=label if isinstance(label, str) else "")
+        return JsonResponse(checkpoint.as_json(), status=201)
+
+    return await _sandbox_call(request, session_id, act)
+
+
+@require_POST
+async def checkpoint_restore(request: HttpRequest, session_id: str, checkpoint_id: str) -> HttpResponseBase:
+    async def act(broker: Broker, session: VisitorSession) -> HttpResponse:
+        await broker.checkpoint_restore(session_id=session.id, checkpoint_id=checkpoint_id)
+        row = await VisitorSession.objects.select_related("exhibit").aget(id=session.id)
+        return JsonResponse(await session_json(row, broker))
+
+    return await _sandbox_call(request, session_id, act)
+
+
+@require_http_methods(["DELETE"])
+async def checkpoint_detail(request: HttpRequest, session_id: str, checkpoint_id: str) -> HttpResponseBase:
+    async def act(broker: Broker, session: VisitorSession) -> HttpResponse:
+        await broker.checkpoint_delete(session_id=session.id, checkpoint_id=checkpoint_id)
+        return HttpResponse(status=204)
+
+    return await _sandbox_call(request, session_id, act)
+
+
+@require_POST
+async def media(request: HttpRequest, session_id: str) -> HttpResponseBase:
+    """The visitor's files (multipart, field `files`) onto a floppy in the machine."""
+    async def act(broker: Broker, session: VisitorSession) -> HttpResponse:
+        # Every file on disk (the body is at most a floppy's worth: portal.server limits it).
+        request.upload_handlers = [TemporaryFileUploadHandler(request)]
+        files = await sync_to_async(lambda: request.FILES.getlist("files"))()
+        uploads = [Upload(name=str(upload.name or "FILE"), path=Path(upload.temporary_file_path()),
+                          size=int(upload.size or 0))
+                   for upload in files if isinstance(upload, TemporaryUploadedFile)]
+        exhibit = await Exhibit.objects.aget(pk=session.exhibit_id)
+        result = await broker.media_insert(session_id=session.id, exhibit=exhibit, uploads=uploads)
+        for upload in files:
+            upload.close()
+        return JsonResponse(result.as_json(), status=201)
+
+    return await _sandbox_call(request, session_id, act)
+
+
+@require_GET
+async def files_zip(request: HttpRequest, session_id: str) -> HttpResponseBase:
+    """The files the visit created or changed on the machine's FAT disks, as a zip."""
+    async def act(broker: Broker, session: VisitorSession) -> HttpResponseBase:
+        archive = await broker.files_out(session_id=session.id)
+        name = re.sub(r"[^A-Za-z0-9_-]", "", session.exhibit.slug) or "machine"
+        response = FileResponse(archive, content_type="application/zip", as_attachment=True,
+                                filename=f"{name}-files.zip")
+        response["Cache-Control"] = "no-store"
+        return response
+
+    return await _sandbox_call(request, session_id, act)
+
+
+def _json_body(request: HttpRequest) -> dict[str, Any]:
+    """A JSON object body, or {} for none (or anything else)."""
+    try:
+        data = json.loads(request.body or b"{}")
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 @require_GET

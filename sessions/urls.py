@@ -11,4 +11,9 @@ urlpatterns = [
     path("api/exhibits/<slug:slug>/preview", api.session_preview),
     path("api/sessions/<str:session_id>", api.session_detail),
     path("api/sessions/<str:session_id>/reset", api.session_reset),
+    path("api/sessions/<str:session_id>/checkpoints", api.checkpoints),
+    path("api/sessions/<str:session_id>/checkpoints/<str:checkpoint_id>", api.checkpoint_detail),
+    path("api/sessions/<str:session_id>/checkpoints/<str:checkpoint_id>/restore", api.checkpoint_restore),
+    path("api/sessions/<str:session_id>/media", api.media),
+    path("api/sessions/<str:session_id>/files.zip", api.files_zip),
 ]
