@@ -308,8 +308,10 @@ async def session_page(request: HttpRequest, session_id: str) -> HttpResponse:
     session = await owned_session(request, session_id)
     if session is None:
         raise Http404("There is no such session.")
+    drive = session.exhibit.machine_profile().files_in
     return render(request, "portal/session.html", {
         "session": session,
         "exhibit": session.exhibit,
+        "files_in": None if drive == "off" else drive,
         "session_json": await session_json(session, await get_broker()),
     })
