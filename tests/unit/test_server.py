@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from portal.server import node_address
+from portal.server import body_limit, node_address
 
 
 @pytest.mark.parametrize(("host", "port", "address"), [
@@ -22,3 +22,11 @@ from portal.server import node_address
 def test_it_names_the_address_other_nodes_reach_it_at(host: str | None, port: int | None,
                                                        address: str) -> None:
     assert node_address(host, port) == address
+
+
+def test_it_takes_a_floppys_worth_of_files_for_a_machine_and_no_more(settings: object) -> None:
+    floppy = 1457664 + 64 * 1024
+    assert body_limit(b"/api/sessions/AbC_-12/media") == floppy
+    assert body_limit(b"/api/sessions/AbC_-12/media/more") == 1024 * 1024
+    assert body_limit(b"/api/sessions/AbC_-12/checkpoints") == 1024 * 1024
+    assert body_limit(b"/admin/portal/diskimage/upload/") > floppy
