@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 BENCHMARKS = [
     "bench.first_frame", "bench.display_path", "bench.density", "bench.overlay_cost", "bench.idle_cpu",
     "bench.import_image", "bench.soak", "bench.stuck_reader", "bench.services", "bench.relay",
-    "bench.coordination",
+    "bench.coordination", "bench.sandbox", "bench.speed",
 ]
 
 
