@@ -446,11 +446,16 @@ def dos_names(names: Sequence[str]) -> list[str]:
 
 def _dos_parts(name: str) -> tuple[str, str]:
     # The name alone (browsers may send a path), accents taken off, only DOS's characters.
-    base = re.split(r"[\\/]", name)[-1]
-    ascii_name = unicodedata.normalize("NFKD", base).encode("ascii", "ignore").decode().upper()
-    stem, dot, extension = ascii_name.strip(". ").rpartition(".")
-    if not dot:
-        stem, extension = extension, ""
+    base = re.split(r"[\\/]", name)[-1].strip(" .") if name.strip(" .") else ""
+    original_stem, dot, original_extension = base.rpartition(".")
+    if not dot or not original_stem:
+        # No extension, or a name that is all extension (".profile"): the stem it is.
+        original_stem, original_extension = original_stem + original_extension, ""
+
+    def ascii_upper(part: str) -> str:
+        return unicodedata.normalize("NFKD", part).encode("ascii", "ignore").decode().upper()
+
+    stem, extension = ascii_upper(original_stem), ascii_upper(original_extension)
 
     def clean(part: str, length: int) -> str:
         return "".join(c if c.isalnum() or c in DOS_CHARACTERS else "_"
@@ -550,7 +555,7 @@ def fat_extract(raw: Path, target: Path, *, floppy: bool, timeout_s: float) -> d
             ["mcopy", "-s", "-m", "-n", "-Q", "-i", image, "::*", os.fspath(into) + "/"],
             env=_mtools_environment(), capture_output=True, timeout=timeout_s, preexec_fn=limits)
         if result.returncode != 0 and not any(into.iterdir()):
-            logger.info("no FAT files on %s at %d: %s", raw.name, offset,
+            logger.debug("no FAT files on %s at %d: %s", raw.name, offset,
                         result.stderr.decode("utf-8", "replace").strip()[:200])
             continue
         for directory, _, names in os.walk(into):

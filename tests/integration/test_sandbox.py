@@ -21,7 +21,6 @@ from portal.models import Exhibit
 from sessions.broker import exhibit_prepare
 from sessions.models import VisitorSession
 from sessions.prepare import StartCondition
-from sessions.sandbox import dos_names
 from tests.conftest import FREEDOS_GAMES, ExhibitFactory, display_watch, visitor
 from tests.support.guest import disk_file, sha256_file, wait_for_screen, wait_for_text
 from tests.support.rfb import RfbClient
@@ -232,13 +231,6 @@ async def test_it_gives_back_the_files_written_at_the_prompt_in_a_zip(broker: An
         assert (await stranger.get(f"/api/sessions/{one.id}/files.zip")).status_code == 404
     finally:
         await one.close()
-
-
-def test_it_makes_dos_names_from_any_names() -> None:
-    assert dos_names(["hello.txt", "Hello.TXT", "résumé final.doc", "con.txt", "archive.tar.gz",
-                      "C:\\docs\\a b.c", ".profile", "noext"]) == [
-        "HELLO.TXT", "HELLO~1.TXT", "RESUMEFI.DOC", "CON~1.TXT", "ARCHIVET.GZ", "AB.C", "PROFILE",
-        "NOEXT"]
 
 
 async def test_it_refuses_the_sandbox_for_a_session_that_has_ended(broker: Any, games: Any) -> None:
