@@ -6,15 +6,17 @@ not found, exactly like one that never existed.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.core.files.uploadedfile import TemporaryUploadedFile
-from django.core.files.uploadhandler import TemporaryFileUploadHandler
+from django.core.files.uploadedfile import TemporaryUploadedFile, UploadedFile
 from django.http import (
     FileResponse,
     Http404,
@@ -263,17 +265,15 @@ async def checkpoint_detail(request: HttpRequest, session_id: str, checkpoint_id
 @require_POST
 async def media(request: HttpRequest, session_id: str) -> HttpResponseBase:
     """The visitor's files (multipart, field `files`) onto a floppy in the machine."""
-    async def act(broker: Broker, session: VisitorSession) -> HttpResponse:
-        # Every file on disk (the body is at most a floppy's worth: portal.server limits it).
-        request.upload_handlers = [TemporaryFileUploadHandler(request)]
+    async def act(broker: Broker, session: VisitorSession) -> HttpResponseBase:
+        # The CSRF check has parsed the form already: small files are in memory, larger
+        # ones in temporary files (the body is at most a floppy's worth, portal.server).
         files = await sync_to_async(lambda: request.FILES.getlist("files"))()
-        uploads = [Upload(name=str(upload.name or "FILE"), path=Path(upload.temporary_file_path()),
-                          size=int(upload.size or 0))
-                   for upload in files if isinstance(upload, TemporaryUploadedFile)]
-        exhibit = await Exhibit.objects.aget(pk=session.exhibit_id)
-        result = await broker.media_insert(session_id=session.id, exhibit=exhibit, uploads=uploads)
-        for upload in files:
-            upload.close()
+        with contextlib.ExitStack() as held:
+            uploads = [Upload(name=str(upload.name or "FILE"), path=await _on_disk(upload, held),
+                              size=int(upload.size or 0)) for upload in files]
+            exhibit = await Exhibit.objects.aget(pk=session.exhibit_id)
+            result = await broker.media_insert(session_id=session.id, exhibit=exhibit, uploads=uploads)
         return JsonResponse(result.as_json(), status=201)
 
     return await _sandbox_call(request, session_id, act)
@@ -291,6 +291,22 @@ async def files_zip(request: HttpRequest, session_id: str) -> HttpResponseBase:
         return response
 
     return await _sandbox_call(request, session_id, act)
+
+
+async def _on_disk(upload: UploadedFile, held: contextlib.ExitStack) -> Path:
+    """Where an uploaded file's bytes are on disk (written out if they were in memory)."""
+    held.callback(upload.close)
+    if isinstance(upload, TemporaryUploadedFile):
+        return Path(upload.temporary_file_path())
+    copy = held.enter_context(tempfile.NamedTemporaryFile(prefix="portal-media-"))
+
+    def write() -> None:
+        for chunk in upload.chunks():
+            copy.write(chunk)
+        copy.flush()
+
+    await asyncio.to_thread(write)
+    return Path(copy.name)
 
 
 def _json_body(request: HttpRequest) -> dict[str, Any]:
