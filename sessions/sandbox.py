@@ -34,6 +34,7 @@ import secrets
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import unicodedata
 import zipfile
@@ -309,6 +310,10 @@ class Sandbox:
                     f"This visit has brought in {self.media_count} disks, the most it may.",
                     code="media_limit", status=409)
             await self._describe()
+            if f"floppy{'ab'.index(drive_letter)}" not in self.drives:
+                # The exhibit's drive changed since this machine started.
+                raise MediaRefusedError("This machine has no such drive; reset it to get the "
+                                        "exhibit's new one.", code="media_off", status=409)
             number = self.media_count + 1
             image = self.run_dir / f"{MEDIA_PREFIX}-{number}.img"
             overlay = self.run_dir / f"{MEDIA_PREFIX}-{number}.qcow2"
@@ -537,33 +542,86 @@ def fat_extract(raw: Path, target: Path, *, floppy: bool, timeout_s: float) -> d
     """Copy every file of the FAT disk (each FAT partition of a hard disk) into target;
     returns each file's path (from the disk's root) with its size and SHA-256.
 
-    The file system was written by the guest, so mtools runs with a time limit and
-    may write no file larger than the disk.
+    The file system was written by the guest, so it is listed first (`mdir`) and
+    refused when it cannot be a real one (a directory that holds itself, paths
+    deeper than DOS allows, more entries than fit); mtools then copies one directory
+    at a time, with a time limit and no file larger than the disk.
     """
     offsets = [0] if floppy else fat_partitions(raw)
     disk_bytes = raw.stat().st_size
+    deadline = time.monotonic() + timeout_s
     files: dict[str, tuple[int, str]] = {}
     for number, offset in enumerate(offsets):
         into = target / (f"p{number}" if len(offsets) > 1 else "")
         into.mkdir(parents=True, exist_ok=True)
         image = f"{raw}@@{offset}" if offset else os.fspath(raw)
+        directories: dict[str, list[str]] = {}
+        for listed in _fat_listing(image, deadline=deadline):
+            parent, _, name = listed.rpartition("/")
+            directories.setdefault(parent, []).append(name)
 
         def limits() -> None:
             resource.setrlimit(resource.RLIMIT_FSIZE, (disk_bytes, disk_bytes))
 
-        result = subprocess.run(
-            ["mcopy", "-s", "-m", "-n", "-Q", "-i", image, "::*", os.fspath(into) + "/"],
-            env=_mtools_environment(), capture_output=True, timeout=timeout_s, preexec_fn=limits)
-        if result.returncode != 0 and not any(into.iterdir()):
-            logger.debug("no FAT files on %s at %d: %s", raw.name, offset,
-                        result.stderr.decode("utf-8", "replace").strip()[:200])
-            continue
-        for directory, _, names in os.walk(into):
+        for directory, names in directories.items():
+            destination = into / directory
+            destination.mkdir(parents=True, exist_ok=True)
+            for batch in range(0, len(names), 256):
+                sources = [f"::/{directory}/{name}" if directory else f"::/{name}"
+                           for name in names[batch:batch + 256]]
+                result = subprocess.run(
+                    ["mcopy", "-m", "-n", "-Q", "-i", image, *sources, os.fspath(destination) + "/"],
+                    env=_mtools_environment(), capture_output=True, preexec_fn=limits,
+                    timeout=max(1.0, deadline - time.monotonic()))
+                if result.returncode != 0:
+                    logger.info("some files on %s could not be read: %s", raw.name,
+                                result.stderr.decode("utf-8", "replace").strip()[:200])
             for name in names:
-                path = Path(directory) / name
-                with path.open("rb") as handle:
+                copied = destination / name
+                if not copied.is_file() or copied.is_symlink():
+                    continue
+                with copied.open("rb") as handle:
                     digest = hashlib.file_digest(handle, "sha256").hexdigest()
-                files[path.relative_to(target).as_posix()] = (path.stat().st_size, digest)
+                files[copied.relative_to(target).as_posix()] = (copied.stat().st_size, digest)
+    return files
+
+
+# What a real FAT file system can hold: DOS paths are at most 64 characters (so
+# directories at most 32 deep), and a 2 GiB FAT16 disk a few hundred thousand entries.
+FAT_DEPTH_MAX = 32
+FAT_ENTRIES_MAX = 500_000
+
+
+def _fat_listing(image: str, *, deadline: float) -> list[str]:
+    """Every file's path on a FAT file system (no directories), read from `mdir -/ -b`
+    as it prints and stopped as soon as it cannot be a real file system."""
+    damaged = SandboxError("The machine's disk could not be read: its file system is damaged.")
+    process = subprocess.Popen(["mdir", "-/", "-b", "-a", "-i", image, "::"], env=_mtools_environment(),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert process.stdout is not None
+    timer = threading.Timer(max(0.0, deadline - time.monotonic()), process.kill)
+    timer.start()
+    seen: set[str] = set()
+    files: list[str] = []
+    try:
+        for raw_line in process.stdout:
+            line = raw_line.decode("utf-8", "replace").rstrip("\n")
+            if not line.startswith("::/"):
+                continue
+            path = line[3:]
+            if path in seen or path.count("/") > FAT_DEPTH_MAX or len(seen) >= FAT_ENTRIES_MAX:
+                raise damaged
+            seen.add(path)
+            if path and not path.endswith("/"):
+                files.append(path)
+    finally:
+        timer.cancel()
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        process.stdout.close()
+    if time.monotonic() > deadline:
+        raise damaged
     return files
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -21,6 +22,7 @@ from portal.models import Exhibit
 from sessions.broker import exhibit_prepare
 from sessions.models import VisitorSession
 from sessions.prepare import StartCondition
+from sessions.sandbox import SandboxError, fat_extract, floppy_build
 from tests.conftest import FREEDOS_GAMES, ExhibitFactory, display_watch, visitor
 from tests.support.guest import disk_file, sha256_file, wait_for_screen, wait_for_text
 from tests.support.rfb import RfbClient
@@ -239,3 +241,35 @@ async def test_it_refuses_the_sandbox_for_a_session_that_has_ended(broker: Any, 
     await asyncio.sleep(0)
     response = await one.browser.post(f"/api/sessions/{one.id}/checkpoints")
     assert response.status_code == 409 and response.json()["error"] == "session_ended"
+
+
+def test_it_reads_back_the_files_of_a_floppy_it_built(tmp_path: Path) -> None:
+    source = tmp_path / "in.txt"
+    source.write_bytes(b"in\r\n")
+    image = tmp_path / "floppy.img"
+    floppy_build(image, [(source, "HELLO.TXT"), (source, "NOTES~1.TXT")])
+    files = fat_extract(image, tmp_path / "out", floppy=True, timeout_s=30)
+    assert set(files) == {"HELLO.TXT", "NOTES~1.TXT"}
+    assert files["HELLO.TXT"][0] == 4
+
+
+def test_it_refuses_a_file_system_whose_directory_holds_itself(tmp_path: Path) -> None:
+    """A guest may write anything on its disk: a directory that is its own child would
+    have mtools copy for ever."""
+    import subprocess
+
+    image = tmp_path / "loop.img"
+    for command in (["mformat", "-i", str(image), "-C", "-f", "1440", "::"],
+                    ["mmd", "-i", str(image), "::A"], ["mmd", "-i", str(image), "::A/B"]):
+        subprocess.run(command, check=True, env={**os.environ, "MTOOLS_SKIP_CHECK": "1"})
+    data = bytearray(image.read_bytes())
+    root = 19 * 512  # 1.44 MB FAT12: boot sector, two 9-sector FATs, then the root directory
+    entry = next(root + i for i in range(0, 224 * 32, 32) if data[root + i:root + i + 11] == b"A" + b" " * 10)
+    cluster = int.from_bytes(data[entry + 26:entry + 28], "little")
+    directory = (33 + cluster - 2) * 512
+    child = next(directory + i for i in range(0, 512, 32)
+                 if data[directory + i:directory + i + 11] == b"B" + b" " * 10)
+    data[child + 26:child + 28] = cluster.to_bytes(2, "little")  # A\B is A again
+    image.write_bytes(bytes(data))
+    with pytest.raises(SandboxError, match="damaged"):
+        fat_extract(image, tmp_path / "out", floppy=True, timeout_s=30)
