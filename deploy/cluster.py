@@ -123,7 +123,9 @@ def cluster_run(*, port: int, nodes: int, directory: Path, demo_image: Path,
             node.start()
             node_list.append(node)
         nginx = Nginx(name="nginx", directory=directory / "nginx", port=port,
-                      nodes=[f"{LOOPBACK}:{node.port}" for node in node_list])
+                      nodes=[f"{LOOPBACK}:{node.port}" for node in node_list],
+                      media_max_bytes=int(os.environ.get("PORTAL_MEDIA_MAX_BYTES", "1457664"))
+                      + 64 * 1024)
         started.append(nginx)
         nginx.start()
         print(f"Serving the portal on http://{LOOPBACK}:{port}/ (nginx in front of "

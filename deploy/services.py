@@ -337,6 +337,8 @@ class Nginx(Service):
     request_max_bytes: int = 1024 * 1024
     upload_max_bytes: int = 2 * 1024**3 + 1024 * 1024
     upload_path_prefix: str = "/admin/portal/diskimage/upload/"
+    # Visitors' files for their machine: PORTAL_MEDIA_MAX_BYTES and the form around them.
+    media_max_bytes: int = 1457664 + 64 * 1024
 
     @property
     def url(self) -> str:
@@ -347,7 +349,7 @@ class Nginx(Service):
         site = nginx_site_render(
             NGINX_TEMPLATE.read_text(), listen=f"{LOOPBACK}:{self.port}", nodes=self.nodes,
             request_max_bytes=self.request_max_bytes, upload_max_bytes=self.upload_max_bytes,
-            upload_path_prefix=self.upload_path_prefix)
+            upload_path_prefix=self.upload_path_prefix, media_max_bytes=self.media_max_bytes)
         (self.directory / "portal.conf").write_text(site)
         (self.directory / "nginx.conf").write_text(nginx_main_render(self.directory))
         self._spawn([shutil.which("nginx") or "/usr/sbin/nginx", "-p", f"{self.directory}/",
@@ -387,7 +389,8 @@ _MARK = re.compile(r"^(?P<indent>\s*)(?P<directive>.*?)\s*# @(?P<name>[a-z_]+)\s
 
 
 def nginx_site_render(template: str, *, listen: str, nodes: Sequence[str], request_max_bytes: int,
-                      upload_max_bytes: int, upload_path_prefix: str) -> str:
+                      upload_max_bytes: int, upload_path_prefix: str,
+                      media_max_bytes: int = 1457664 + 64 * 1024) -> str:
     """deploy/nginx/portal.conf with the lines marked `# @name` given this run's values.
 
     The file is a working configuration as shipped (one node on 127.0.0.1:8001,
@@ -399,6 +402,7 @@ def nginx_site_render(template: str, *, listen: str, nodes: Sequence[str], reque
         "request_max_bytes": [f"client_max_body_size {request_max_bytes};"],
         "upload_location": [f"location ^~ {upload_path_prefix} {{"],
         "upload_max_bytes": [f"client_max_body_size {upload_max_bytes};"],
+        "media_max_bytes": [f"client_max_body_size {media_max_bytes};"],
     }
     out: list[str] = []
     seen: set[str] = set()

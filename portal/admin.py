@@ -251,10 +251,11 @@ class ExhibitAdmin(admin.ModelAdmin):
         ("Provenance", {"fields": ("provenance_source", "provenance_donor", "provenance_acquired",
                                    "provenance_notes")}),
         ("Machine profile", {"fields": ("image", "boot", "cpu", "memory_mb", "vga", "mouse",
-                                        "accelerator")}),
+                                        "accelerator", "speed")}),
         ("Sound", {"fields": ("sound_adlib", "sound_sb16"),
                    "description": "Every exhibit has a PC speaker. Add the cards its software "
                                   "plays music and sound on; visitors hear them in the browser."}),
+        ("Visitors' sandbox", {"fields": ("files_in",)}),
         ("Publication", {"fields": ("published", "preview_button", "family")}),
         ("Fixity and provenance record", {"fields": ("record",), "classes": ("collapse",)}),
     ]

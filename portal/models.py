@@ -141,6 +141,19 @@ class Exhibit(models.Model):
         STD = "std", "Standard VGA"
         CIRRUS = "cirrus", "Cirrus Logic GD5446"
 
+    class Speed(models.TextChoices):
+        HOST = "host", "As fast as the host runs it"
+        I386SX16 = "386sx16", "386SX-16"
+        I486DX33 = "486dx33", "486DX-33"
+        I486DX266 = "486dx2-66", "486DX2-66"
+        PENTIUM60 = "pentium60", "Pentium-60"
+
+    class FilesIn(models.TextChoices):
+        AUTO = "auto", "The first free floppy drive (A: or B:)"
+        A = "a", "Drive A: (changes the disk in it)"
+        B = "b", "Drive B: (changes the disk in it)"
+        OFF = "off", "Off: visitors cannot bring files"
+
     slug = models.SlugField(unique=True)
     title = models.CharField(max_length=200)
     year = models.PositiveSmallIntegerField(null=True, blank=True)
@@ -166,6 +179,15 @@ class Exhibit(models.Model):
         help_text="Software emulation suits guests that need exact legacy timing "
                   "(floppy boot fails under KVM on nested-virtualisation hosts).",
     )
+    speed = models.CharField(
+        max_length=10, choices=Speed.choices, default=Speed.HOST,
+        help_text="A period CPU's speed, for software that breaks on a fast PC; it always runs "
+                  "in software emulation.",
+    )
+    files_in = models.CharField(
+        max_length=4, choices=FilesIn.choices, default=FilesIn.AUTO, verbose_name="visitors' files",
+        help_text="The floppy drive a visitor's own files go into, on a disk built for them.",
+    )
     provenance_source = models.CharField(max_length=300, blank=True,
                                          help_text="Where the image comes from (archive, collection).")
     provenance_donor = models.CharField(max_length=200, blank=True)
@@ -190,10 +212,19 @@ class Exhibit(models.Model):
         return self.title
 
     def machine_profile(self) -> MachineProfile:
+        extra_media = tuple(filter(None, self.extra_media_kinds.split(",")))
         return MachineProfile(cpu=self.cpu, memory_mb=self.memory_mb, vga=self.vga, boot=self.boot,
                               accelerator=self.accelerator, mouse=self.mouse,
                               sound=sound_devices(self.sound_cards()),
-                              extra_media=tuple(filter(None, self.extra_media_kinds.split(","))))
+                              extra_media=extra_media, speed=self.speed,
+                              files_in=self._files_in_drive(extra_media))
+
+    def _files_in_drive(self, extra_media: tuple[str, ...]) -> str:
+        """The drive visitors' files go into: "auto" takes the first free floppy drive."""
+        if self.files_in != self.FilesIn.AUTO:
+            return str(self.files_in)
+        floppies = (self.boot == self.Boot.FLOPPY) + extra_media.count("floppy")
+        return "ab"[floppies] if floppies < 2 else "off"
 
     def sound_cards(self) -> list[str]:
         """The sound cards the curator chose ("adlib", "sb16"); the PC speaker is implied."""

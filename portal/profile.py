@@ -28,6 +28,19 @@ MOUSE_MODELS = {"vmport", "ps2"}
 SOUND_DEVICES = ("pcspk", "adlib", "sb16")
 SOUND_CARDS = frozenset(SOUND_DEVICES) - {"pcspk"}
 MEDIA_KINDS = {"floppy", "disk", "cdrom"}
+# How fast the guest runs: "host" as fast as the host lets it (KVM, or software
+# emulation), or a period CPU's speed: software emulation counting instructions,
+# one every 2**shift ns of guest time, and held to real time (QEMU's -icount
+# shift=N,sleep=on,align=on). The shifts are calibrated in docs/curators.md,
+# "Period-correct speed": a loop of register instructions runs within 15 % of the
+# named CPU's rate from its documented clock counts.
+SPEED_SHIFTS = {"386sx16": 7, "486dx33": 5, "486dx2-66": 4, "pentium60": 3}
+SPEED_NAMES = {"386sx16": "386SX-16", "486dx33": "486DX-33", "486dx2-66": "486DX2-66",
+               "pentium60": "Pentium-60"}
+SPEEDS = {"host", *SPEED_SHIFTS}
+# Where a visitor's own files go in (a FAT floppy built for them): drive A: or B:
+# (a drive that holds a disk at start has it changed), or "off".
+FILES_IN_DRIVES = {"a", "b", "off"}
 
 
 @dataclass(frozen=True)
@@ -45,15 +58,24 @@ class MachineProfile:
     sound: tuple[str, ...] = ("pcspk",)
     # The kinds of the exhibit's further media, in order ("floppy", "disk", "cdrom").
     extra_media: tuple[str, ...] = ()
+    speed: str = "host"
+    files_in: str = "off"
 
     def __post_init__(self) -> None:
         if self.sound != sound_devices(self.sound):
             raise ValueError(f"sound must be the PC speaker and known cards in order, not {self.sound!r}")
+        if self.speed not in SPEEDS:
+            raise ValueError(f"unknown speed {self.speed!r}")
+        if self.files_in not in FILES_IN_DRIVES:
+            raise ValueError(f"unknown drive for visitors' files {self.files_in!r}")
         for kind in self.extra_media:
             if kind not in MEDIA_KINDS:
                 raise ValueError(f"unknown media kind {kind!r}")
         floppies = (self.boot == "floppy") + self.extra_media.count("floppy")
         ide = (self.boot != "floppy") + len(self.extra_media) - self.extra_media.count("floppy")
+        # A drive for visitors' files that the PC lacks is added, empty.
+        if floppies <= 2 and self.files_in_slot_free:
+            floppies += 1
         if floppies > 2 or ide > 4:
             raise ValueError("a PC has two floppy drives and four IDE devices")
         if self.mouse not in MOUSE_MODELS:
@@ -68,6 +90,25 @@ class MachineProfile:
             raise ValueError(f"unknown VGA model {self.vga!r}")
         if not 1 <= self.memory_mb <= 256:
             raise ValueError(f"memory {self.memory_mb} MiB is outside 1..256")
+
+    @property
+    def floppy_slots(self) -> list[int]:
+        """The floppy drives (0 is A:) that hold a disk at start."""
+        slots = [0] if self.boot == "floppy" else []
+        for kind in self.extra_media:
+            if kind == "floppy":
+                slots.append(next(slot for slot in (0, 1) if slot not in slots))
+        return slots
+
+    @property
+    def files_in_slot_free(self) -> bool:
+        """Whether the drive for visitors' files is empty at start (else a disk is changed)."""
+        return self.files_in != "off" and "ab".index(self.files_in) not in self.floppy_slots
+
+    @property
+    def icount_shift(self) -> int | None:
+        """Guest time per instruction, 2**shift ns, at a period speed; None at host speed."""
+        return SPEED_SHIFTS.get(self.speed)
 
 
 def sound_devices(cards: Iterable[str]) -> tuple[str, ...]:

@@ -32,6 +32,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -219,12 +220,16 @@ class PortalWebRequest(WebRequest):
 
 
 def body_limit(path: bytes) -> int:
-    """The largest request body a path takes: curators' image uploads, or everything else."""
+    """The largest request body a path takes: curators' image uploads, visitors' files
+    for their machine, or everything else."""
     from django.conf import settings
 
     if path.startswith(settings.PORTAL_UPLOAD_PATH_PREFIX.encode()):
         # The upload itself plus its multipart envelope and form fields.
         return int(settings.PORTAL_IMPORT_MAX_BYTES) + 1024 * 1024
+    if re.fullmatch(settings.PORTAL_MEDIA_PATH_PATTERN.encode(), path):
+        return max(int(settings.PORTAL_REQUEST_MAX_BYTES),
+                   int(settings.PORTAL_MEDIA_MAX_BYTES) + int(settings.PORTAL_MEDIA_ENVELOPE_BYTES))
     return int(settings.PORTAL_REQUEST_MAX_BYTES)
 
 

@@ -281,6 +281,20 @@ PORTAL_LIVE_PER_ADDRESS = int(os.environ.get("PORTAL_LIVE_PER_ADDRESS", "0"))
 # length, before it is read), except for curators' image uploads below.
 PORTAL_REQUEST_MAX_BYTES = int(os.environ.get("PORTAL_REQUEST_MAX_BYTES", str(1024 * 1024)))
 PORTAL_UPLOAD_PATH_PREFIX = "/admin/portal/diskimage/upload/"
+# A visitor's files for the running machine (POST /api/sessions/<id>/media): at
+# most what one 1.44 MB floppy holds, in one request; the body may be that plus
+# PORTAL_MEDIA_ENVELOPE_BYTES for the multipart form around it.
+PORTAL_MEDIA_PATH_PATTERN = r"/api/sessions/[^/]+/media"
+PORTAL_MEDIA_MAX_BYTES = int(os.environ.get("PORTAL_MEDIA_MAX_BYTES", str(1457664)))
+PORTAL_MEDIA_ENVELOPE_BYTES = 64 * 1024
+# Disks one visit may bring in (each a floppy in the run directory).
+PORTAL_MEDIA_PER_VISIT = int(os.environ.get("PORTAL_MEDIA_PER_VISIT", "10"))
+# Checkpoints one visit may keep at once (each holds the guest's memory, in the
+# run directory), and how long saving, restoring or deleting one may take.
+PORTAL_CHECKPOINTS_PER_VISIT = int(os.environ.get("PORTAL_CHECKPOINTS_PER_VISIT", "5"))
+PORTAL_SANDBOX_JOB_TIMEOUT_S = _env_float("PORTAL_SANDBOX_JOB_TIMEOUT_S", 60.0)
+# How long reading the files of one disk for files.zip may take.
+PORTAL_FILES_OUT_TIMEOUT_S = _env_float("PORTAL_FILES_OUT_TIMEOUT_S", 120.0)
 # Origins (scheme://host[:port]) besides the portal's own that may open the
 # machine's WebSocket, for sites that embed exhibits.
 PORTAL_ALLOWED_ORIGINS = [

@@ -32,7 +32,10 @@ async def exhibit_json(exhibit: Exhibit, request: HttpRequest, *, here: Runtime)
             "accelerator": here.accelerator_for(exhibit),
             "boot": exhibit.boot,
             "sound": list(exhibit.machine_profile().sound),
+            "speed": exhibit.speed,
         },
+        # The floppy drive ("a" or "b") visitors' own files go into, or null when off.
+        "files_in": None if (drive := exhibit.machine_profile().files_in) == "off" else drive,
         "instant_start": await here.start_state_usable(exhibit) is not None,
     }
 

@@ -6,10 +6,27 @@ not found, exactly like one that never existed.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import re
+import tempfile
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from asgiref.sync import sync_to_async
+from django.core.files.uploadedfile import TemporaryUploadedFile, UploadedFile
+from django.http import (
+    FileResponse,
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseRedirect,
+    JsonResponse,
+)
+from django.http.response import HttpResponseBase
 from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -36,6 +53,13 @@ from .broker import (
 from .ids import session_id_valid
 from .models import VisitorSession
 from .representation import session_json
+from .sandbox import (
+    CheckpointLimitError,
+    CheckpointNotFoundError,
+    MediaRefusedError,
+    SandboxError,
+    Upload,
+)
 from .thumbnail import thumbnail_take_soon
 
 
@@ -231,6 +255,122 @@ def _form_or_json(request: HttpRequest) -> dict[str, object] | None:
             return None
         return data if isinstance(data, dict) else None
     return dict(request.POST.items())
+async def _sandbox_call(request: HttpRequest, session_id: str,
+                        act: Callable[[Broker, VisitorSession], Awaitable[HttpResponseBase]]
+                        ) -> HttpResponseBase:
+    """Run one sandbox request on this browser's live session, its errors answered as the API says."""
+    session = await owned_session(request, session_id)
+    if session is None:
+        return _not_found()
+    broker = await get_broker()
+    try:
+        return await act(broker, session)
+    except CheckpointNotFoundError as error:
+        return json_error(404, "not_found", str(error))
+    except CheckpointLimitError as error:
+        return json_error(409, "checkpoint_limit", str(error))
+    except MediaRefusedError as error:
+        return json_error(error.status, error.code, str(error))
+    except SessionEndedError as error:
+        return json_error(409, "session_ended", str(error))
+    except SessionBusyError as error:
+        return json_error(409, "session_busy", str(error))
+    except SandboxError as error:
+        response = json_error(503, "sandbox_failed", str(error))
+        response["Retry-After"] = "5"
+        return response
+
+
+@require_http_methods(["GET", "POST"])
+async def checkpoints(request: HttpRequest, session_id: str) -> HttpResponseBase:
+    """GET: the visit's checkpoints, oldest first; POST: save one (`{"label": …}` optional)."""
+    async def act(broker: Broker, session: VisitorSession) -> HttpResponse:
+        if request.method == "GET":
+            if not session.is_live:
+                return JsonResponse({"checkpoints": []})
+            return JsonResponse({"checkpoints": [checkpoint.as_json() for checkpoint
+                                                 in broker.checkpoints(session_id=session.id)]})
+        label = _json_body(request).get("label")
+        checkpoint = await broker.checkpoint_save(session_id=session.id,
+                                                  label=label if isinstance(label, str) else "")
+        return JsonResponse(checkpoint.as_json(), status=201)
+
+    return await _sandbox_call(request, session_id, act)
+
+
+@require_POST
+async def checkpoint_restore(request: HttpRequest, session_id: str, checkpoint_id: str) -> HttpResponseBase:
+    async def act(broker: Broker, session: VisitorSession) -> HttpResponse:
+        await broker.checkpoint_restore(session_id=session.id, checkpoint_id=checkpoint_id)
+        row = await VisitorSession.objects.select_related("exhibit").aget(id=session.id)
+        return JsonResponse(await session_json(row, broker))
+
+    return await _sandbox_call(request, session_id, act)
+
+
+@require_http_methods(["DELETE"])
+async def checkpoint_detail(request: HttpRequest, session_id: str, checkpoint_id: str) -> HttpResponseBase:
+    async def act(broker: Broker, session: VisitorSession) -> HttpResponse:
+        await broker.checkpoint_delete(session_id=session.id, checkpoint_id=checkpoint_id)
+        return HttpResponse(status=204)
+
+    return await _sandbox_call(request, session_id, act)
+
+
+@require_POST
+async def media(request: HttpRequest, session_id: str) -> HttpResponseBase:
+    """The visitor's files (multipart, field `files`) onto a floppy in the machine."""
+    async def act(broker: Broker, session: VisitorSession) -> HttpResponseBase:
+        # The CSRF check has parsed the form already: small files are in memory, larger
+        # ones in temporary files (the body is at most a floppy's worth, portal.server).
+        files = await sync_to_async(lambda: request.FILES.getlist("files"))()
+        with contextlib.ExitStack() as held:
+            uploads = [Upload(name=str(upload.name or "FILE"), path=await _on_disk(upload, held),
+                              size=int(upload.size or 0)) for upload in files]
+            exhibit = await Exhibit.objects.aget(pk=session.exhibit_id)
+            result = await broker.media_insert(session_id=session.id, exhibit=exhibit, uploads=uploads)
+        return JsonResponse(result.as_json(), status=201)
+
+    return await _sandbox_call(request, session_id, act)
+
+
+@require_GET
+async def files_zip(request: HttpRequest, session_id: str) -> HttpResponseBase:
+    """The files the visit created or changed on the machine's FAT disks, as a zip."""
+    async def act(broker: Broker, session: VisitorSession) -> HttpResponseBase:
+        archive = await broker.files_out(session_id=session.id)
+        name = re.sub(r"[^A-Za-z0-9_-]", "", session.exhibit.slug) or "machine"
+        response = FileResponse(archive, content_type="application/zip", as_attachment=True,
+                                filename=f"{name}-files.zip")
+        response["Cache-Control"] = "no-store"
+        return response
+
+    return await _sandbox_call(request, session_id, act)
+
+
+async def _on_disk(upload: UploadedFile, held: contextlib.ExitStack) -> Path:
+    """Where an uploaded file's bytes are on disk (written out if they were in memory)."""
+    held.callback(upload.close)
+    if isinstance(upload, TemporaryUploadedFile):
+        return Path(upload.temporary_file_path())
+    copy = held.enter_context(tempfile.NamedTemporaryFile(prefix="portal-media-"))
+
+    def write() -> None:
+        for chunk in upload.chunks():
+            copy.write(chunk)
+        copy.flush()
+
+    await asyncio.to_thread(write)
+    return Path(copy.name)
+
+
+def _json_body(request: HttpRequest) -> dict[str, Any]:
+    """A JSON object body, or {} for none (or anything else)."""
+    try:
+        data = json.loads(request.body or b"{}")
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 @require_GET
@@ -240,9 +380,11 @@ async def session_page(request: HttpRequest, session_id: str) -> HttpResponse:
     if session is None:
         raise Http404("There is no such session.")
     user = await request.auser()
+    drive = session.exhibit.machine_profile().files_in
     return render(request, "portal/session.html", {
         "staff": user.is_active and user.is_staff,
         "session": session,
         "exhibit": session.exhibit,
+        "files_in": None if drive == "off" else drive,
         "session_json": await session_json(session, await get_broker()),
     })

@@ -26,7 +26,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
@@ -74,6 +74,7 @@ from .nodes import (
 )
 from .overlay import OVERLAY_FILE
 from .reaper import reap_once
+from .sandbox import Checkpoint, MediaResult, Upload
 from .scheduler import (
     Limiter,
     RedisStartLimiter,
@@ -451,6 +452,31 @@ class Broker:
     def session_input(self, *, session_id: str) -> None:
         """The visitor used the keyboard or mouse (or answered an idle warning)."""
         self.keeper.session_input(session_id=session_id)
+
+    # --- the visitor's sandbox ---------------------------------------------------
+
+    def checkpoints(self, *, session_id: str) -> list[Checkpoint]:
+        return self.keeper.checkpoints(session_id=session_id)
+
+    async def checkpoint_save(self, *, session_id: str, label: str = "") -> Checkpoint:
+        """Save the running machine whole (memory, devices, disks); the visit goes on."""
+        return await self.keeper.checkpoint_save(session_id=session_id, label=label)
+
+    async def checkpoint_restore(self, *, session_id: str, checkpoint_id: str) -> None:
+        """Bring the machine back to exactly the moment of a checkpoint."""
+        await self.keeper.checkpoint_restore(session_id=session_id, checkpoint_id=checkpoint_id)
+
+    async def checkpoint_delete(self, *, session_id: str, checkpoint_id: str) -> None:
+        await self.keeper.checkpoint_delete(session_id=session_id, checkpoint_id=checkpoint_id)
+
+    async def media_insert(self, *, session_id: str, exhibit: Exhibit, uploads: list[Upload]) -> MediaResult:
+        """Put a floppy holding the visitor's files into the exhibit's drive for them."""
+        return await self.keeper.media_insert(session_id=session_id, uploads=uploads,
+                                              drive=exhibit.machine_profile().files_in)
+
+    async def files_out(self, *, session_id: str) -> BinaryIO:
+        """A zip of the files the visit created or changed on the machine's FAT disks."""
+        return await self.keeper.files_out(session_id=session_id)
 
     async def display_attach(self, *, session_id: str) -> Path:
         """Count a viewer in and return the VNC socket once the machine runs."""

@@ -21,6 +21,7 @@ from .host import (
     runas_choose,
 )
 from .keeper import KeeperConfig
+from .sandbox import SandboxConfig
 from .scheduler import SchedulerConfig
 
 
@@ -65,6 +66,12 @@ class BrokerConfig:
     node_address: str = ""
     # Where the start limits of all nodes are kept (empty: in this process).
     redis_url: str = ""
+    # The visitor's sandbox: checkpoints per visit, visitors' disks.
+    checkpoints_per_visit: int = 5
+    media_max_bytes: int = 1457664
+    media_per_visit: int = 10
+    sandbox_job_timeout_s: float = 60.0
+    files_out_timeout_s: float = 120.0
 
     @classmethod
     def from_settings(cls) -> BrokerConfig:
@@ -94,6 +101,11 @@ class BrokerConfig:
             node_dead_s=settings.PORTAL_NODE_DEAD_S,
             node_address=settings.PORTAL_NODE_ADDRESS,
             redis_url=settings.PORTAL_REDIS_URL,
+            checkpoints_per_visit=settings.PORTAL_CHECKPOINTS_PER_VISIT,
+            media_max_bytes=settings.PORTAL_MEDIA_MAX_BYTES,
+            media_per_visit=settings.PORTAL_MEDIA_PER_VISIT,
+            sandbox_job_timeout_s=settings.PORTAL_SANDBOX_JOB_TIMEOUT_S,
+            files_out_timeout_s=settings.PORTAL_FILES_OUT_TIMEOUT_S,
             starts_per_browser=settings.PORTAL_STARTS_PER_BROWSER,
             starts_per_address=settings.PORTAL_STARTS_PER_ADDRESS,
             start_window_s=settings.PORTAL_START_WINDOW_S,
@@ -125,4 +137,8 @@ class BrokerConfig:
             display_wait_s=self.start_timeout_s + self.qemu_img_timeout_s,
             session_max_s=self.session_max_s, idle_s=self.idle_s, warning_s=self.warning_s,
             displays_per_session=self.displays_per_session,
+            sandbox=SandboxConfig(
+                qemu_img=self.qemu_img_binary, checkpoints_max=self.checkpoints_per_visit,
+                media_max_bytes=self.media_max_bytes, media_per_visit=self.media_per_visit,
+                job_timeout_s=self.sandbox_job_timeout_s, read_timeout_s=self.files_out_timeout_s),
         )

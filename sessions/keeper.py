@@ -21,11 +21,12 @@ import contextlib
 import contextvars
 import logging
 import math
+import tempfile
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeVar, cast
 
 from .errors import (
     DisplayUnavailableError,
@@ -37,6 +38,16 @@ from .host import Lease
 from .machine import MachineError, MachineStartError, log_tail
 from .metrics import MACHINE_STARTS
 from .overlay import OverlayError, run_dir_create, run_dir_remove
+from .sandbox import (
+    Checkpoint,
+    MediaResult,
+    Sandbox,
+    SandboxConfig,
+    SandboxError,
+    SandboxMachine,
+    Upload,
+    sandbox_files_remove,
+)
 from .visit import EndReason, Phase, Visit
 
 logger = logging.getLogger(__name__)
@@ -97,6 +108,7 @@ class KeeperConfig:
     idle_s: float = 10 * 60.0
     warning_s: float = 60.0
     displays_per_session: int = 4
+    sandbox: SandboxConfig | None = None
 
 
 class Keeper:
@@ -311,9 +323,14 @@ class Keeper:
             raise SessionBusyError("The machine is still starting.")
         if exhibit is not None:
             visit.exhibit = exhibit
+        sandbox, visit.sandbox = visit.sandbox, None
         visit.move(Phase.RESETTING)
         visit.generation += 1
         try:
+            if sandbox is not None:
+                # A checkpoint or a disk going in finishes first; they die with the old machine.
+                async with sandbox.lock:
+                    pass
             await self._replace(visit)
         except BaseException:
             if visit.phase is Phase.RESETTING:
@@ -333,6 +350,7 @@ class Keeper:
         # process keeps its own open files while the paths are made anew.
         if old is not None:
             await old.kill_now()
+        await asyncio.to_thread(sandbox_files_remove, visit.run_dir)
         started, stopped = await asyncio.gather(
             self._machine_start(visit),
             old.stop() if old is not None else asyncio.sleep(0),
@@ -357,6 +375,103 @@ class Keeper:
         self._grace_cancel(visit)
         self._running(visit)
         await self._recorder.visit_replaced(visit)
+
+    # --- the sandbox: checkpoints, files in and out --------------------------------
+
+    def _sandbox(self, session_id: str, *, busy_ok: bool = False) -> tuple[Visit, Sandbox]:
+        """The running visit and its machine's sandbox (made at the first use)."""
+        visit = self._visits.get(session_id)
+        if visit is None or visit.phase in {Phase.ENDING, Phase.ENDED}:
+            raise SessionEndedError("This machine has ended.")
+        if visit.phase is not Phase.RUNNING and not (busy_ok and visit.phase is Phase.RESTORING):
+            raise SessionBusyError("The machine is busy (starting, resetting or going back to a "
+                                   "checkpoint); try again in a moment.")
+        if self.config.sandbox is None or visit.machine is None:
+            raise SandboxError("This server keeps no checkpoints or visitors' files.")
+        if visit.sandbox is None or visit.sandbox.machine is not visit.machine:
+            visit.sandbox = Sandbox(machine=cast(SandboxMachine, visit.machine), run_dir=visit.run_dir,
+                                    config=self.config.sandbox)
+        return visit, visit.sandbox
+
+    def checkpoints(self, *, session_id: str) -> list[Checkpoint]:
+        visit = self._visits.get(session_id)
+        if visit is None or visit.phase in {Phase.ENDING, Phase.ENDED}:
+            raise SessionEndedError("This machine has ended.")
+        return list(visit.sandbox.checkpoints) if visit.sandbox is not None else []
+
+    async def checkpoint_save(self, *, session_id: str, label: str = "") -> Checkpoint:
+        """Save the running machine whole; the visit goes on."""
+        _, sandbox = self._sandbox(session_id)
+        try:
+            return await sandbox.checkpoint_save(label=label)
+        except MachineError as error:
+            logger.error("session %s: saving a checkpoint failed: %s", session_id, error)
+            raise SandboxError("The checkpoint could not be saved.") from error
+
+    async def checkpoint_restore(self, *, session_id: str, checkpoint_id: str) -> None:
+        """Bring the machine back to a checkpoint, in the same QEMU: displays stay
+        connected and are sent the restored screen."""
+        visit, sandbox = self._sandbox(session_id)
+        sandbox.checkpoint(checkpoint_id)  # an unknown one is refused before anything moves
+        visit.move(Phase.RESTORING)
+        try:
+            await sandbox.checkpoint_restore(checkpoint_id)
+        except (MachineError, SandboxError) as error:
+            if visit.phase is Phase.RESTORING:
+                logger.error("session %s: going back to a checkpoint failed: %s", session_id, error)
+                # The machine is neither as it was nor at the checkpoint.
+                self._finish_soon(visit, reason=EndReason.SERVER,
+                                  detail="The machine could not go back to the checkpoint.")
+            raise SessionEndedError("The machine could not go back to the checkpoint.") from error
+        except BaseException:
+            if visit.phase is Phase.RESTORING:
+                self._finish_soon(visit, reason=EndReason.SERVER,
+                                  detail="The machine could not go back to the checkpoint.")
+            raise
+        if visit.phase is not Phase.RESTORING:
+            raise SessionEndedError("This machine has ended.")
+        visit.move(Phase.RUNNING)
+        # Going back is input: the visitor is there.
+        visit.last_input = self._clock()
+        self._warning_clear(visit, "idle")
+        self._recorder.notify(visit.session_id, {"type": "changed"})
+
+    async def checkpoint_delete(self, *, session_id: str, checkpoint_id: str) -> None:
+        _, sandbox = self._sandbox(session_id)
+        try:
+            await sandbox.checkpoint_delete(checkpoint_id)
+        except MachineError as error:
+            logger.error("session %s: deleting a checkpoint failed: %s", session_id, error)
+            raise SandboxError("The checkpoint could not be deleted.") from error
+
+    async def media_insert(self, *, session_id: str, uploads: list[Upload], drive: str) -> MediaResult:
+        """Put a floppy holding the visitor's files into the drive for them."""
+        visit, sandbox = self._sandbox(session_id)
+        try:
+            result = await sandbox.media_insert(uploads, drive_letter=drive)
+        except MachineError as error:
+            logger.error("session %s: inserting the visitor's disk failed: %s", session_id, error)
+            raise SandboxError("The disk with the files could not be put into the machine.") from error
+        visit.last_input = self._clock()
+        self._warning_clear(visit, "idle")
+        return result
+
+    async def files_out(self, *, session_id: str) -> BinaryIO:
+        """A zip of the files the visit created or changed on the machine's FAT disks: an
+        unnamed file in the run directory, gone once closed, read from its start."""
+        visit, sandbox = self._sandbox(session_id)
+        archive = tempfile.TemporaryFile(dir=visit.run_dir)
+        try:
+            await sandbox.files_out(archive)
+        except MachineError as error:
+            archive.close()
+            logger.error("session %s: reading the visitor's files failed: %s", session_id, error)
+            raise SandboxError("The machine's files could not be read; please try again.") from error
+        except BaseException:
+            archive.close()
+            raise
+        archive.seek(0)
+        return archive
 
     # --- visitor input and time limits -------------------------------------------
 

@@ -26,6 +26,7 @@ from .host import HostError, UidLease, machine_lease, uid_lease_take
 from .machine import Machine, MachineError, MachineStartError, accelerator_resolve, qemu_version, state_key
 from .overlay import OVERLAY_FILE, OverlayError, overlay_create
 from .prepare import PrepareError, StartCondition, start_state_discard, start_state_prepare
+from .sandbox import files_disk_create
 from .visit import Visit
 
 logger = logging.getLogger(__name__)
@@ -99,6 +100,9 @@ class Launcher:
         )
         profile = exhibit.machine_profile()
         extra_paths = await self._extra_overlays(visit, exhibit, count=len(profile.extra_media))
+        if profile.files_in_slot_free:
+            await files_disk_create(visit.run_dir, qemu_img_binary=self.config.qemu_img_binary,
+                                    timeout_s=self.config.qemu_img_timeout_s)
         if visit.uid_lease is None:
             visit.uid_lease = self.uid_lease()
         return Machine(

@@ -40,6 +40,9 @@ LOG_FILE = "qemu.log"
 UNIX_PATH_MAX = 107
 
 AUDIODEV_ID = "audio0"
+# The blank floppy in the drive for visitors' files, made in the run directory
+# (sessions/sandbox.py): a drive QEMU makes empty never lets the guest write.
+FILES_DISK = "visitor-disk-0.qcow2"
 
 
 class MachineError(Exception):
@@ -106,6 +109,20 @@ def build_argv(
         elif kind == "cdrom":
             drive += ",media=cdrom,readonly=on"
         drives += ["-drive", drive]
+    if profile.files_in_slot_free:
+        # The drive visitors' own files go into starts with a blank floppy: QEMU 7.2
+        # gives a floppy drive made empty no write permission, so a disk put into it
+        # later could never be written.
+        drives += ["-drive", f"file={run_dir / FILES_DISK},format=qcow2,auto-read-only=off,"
+                             f"if=floppy,index={'ab'.index(profile.files_in)}"]
+    speed: list[str] = []
+    if profile.icount_shift is not None:
+        if accelerator != "tcg":
+            raise ValueError("a period speed needs software emulation (tcg)")
+        # Each instruction takes 2**shift ns of guest time; sleep=on lets the guest's
+        # clock catch up with real time while it idles, and align=on holds a busy
+        # guest back to real time instead of letting its clock run ahead.
+        speed = ["-icount", f"shift={profile.icount_shift},sleep=on,align=on"]
     boot_order = {"floppy": "a", "hdd": "c", "cdrom": "d"}[profile.boot]
     # The PC speaker and the sound cards all play into one audio backend, "none":
     # nothing is played on the host, and QEMU's VNC server hands what the guest
@@ -123,6 +140,7 @@ def build_argv(
         "-no-user-config",
         "-machine", machine,
         "-accel", accelerator,
+        *speed,
         "-cpu", CPU_MODELS[profile.cpu],
         "-m", str(profile.memory_mb),
         "-vga", profile.vga,
@@ -161,14 +179,19 @@ def state_key(profile: MachineProfile, *, accelerator: str, qemu: str, master_sh
     argv_digest = hashlib.sha256("\0".join(argv).encode()).hexdigest()[:16]
     return (
         f"qemu={qemu};accel={accelerator};cpu={profile.cpu};memory={profile.memory_mb};"
-        f"vga={profile.vga};boot={profile.boot};mouse={profile.mouse};"
+        f"vga={profile.vga};boot={profile.boot};mouse={profile.mouse};speed={profile.speed};"
         f"sound={'+'.join(profile.sound)};argv={argv_digest};"
         f"master={master_sha256}"
     )
 
 
 def accelerator_resolve(profile: MachineProfile, *, host: str) -> str:
-    """The accelerator a machine of this profile gets on a host whose best is `host`."""
+    """The accelerator a machine of this profile gets on a host whose best is `host`.
+
+    A period speed counts instructions, which only software emulation can.
+    """
+    if profile.icount_shift is not None:
+        return "tcg"
     return host if profile.accelerator == "auto" else profile.accelerator
 
 
@@ -383,31 +406,103 @@ class Machine:
             raise MachineError(f"saving the machine state {status}: "
                                f"{log_tail(self.log_path, 500).strip() or 'QEMU said nothing'}")
 
+    async def fd_add(self, path: Path, *, flags: int, opaque: str) -> int:
+        """Hand QEMU a file the portal opened (QEMU may run as a user that cannot reach
+        it); returns the descriptor set QEMU names it by, `/dev/fdset/N`."""
+        if self._qmp is None:
+            raise MachineError("machine is not connected")
+        fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+        try:
+            self._qmp.send_fd_scm(fd)
+            added = await self.execute("add-fd", {"opaque": opaque})
+        finally:
+            os.close(fd)
+        return int(added["fdset-id"])
+
     async def screendump(self, path: Path, *, image_format: str = "ppm") -> None:
         """Write the guest's screen to path (PPM or PNG), created by the portal.
 
         QEMU may run as a user that cannot reach path, so it gets the open file
         through a descriptor set (`add-fd`) and writes to `/dev/fdset/N`.
         """
-        if self._qmp is None:
-            raise MachineError("machine is not connected")
         if image_format not in {"ppm", "png"}:
             raise ValueError(f"unknown screendump format {image_format!r}")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            self._qmp.send_fd_scm(fd)
-            added = await self.execute("add-fd", {"opaque": "screendump"})
-        finally:
-            os.close(fd)
-        fdset = int(added["fdset-id"])
+        fdset = await self.fd_add(path, flags=os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                                  opaque="screendump")
         try:
             arguments: dict[str, Any] = {"filename": f"/dev/fdset/{fdset}"}
             if image_format != "ppm":
                 arguments["format"] = image_format
             await self.execute("screendump", arguments)
         finally:
-            with contextlib.suppress(QMPError):
+            with contextlib.suppress(QMPError, MachineError):
                 await self.execute("remove-fd", {"fdset-id": fdset})
+
+    async def job_run(self, command: str, arguments: dict[str, Any], *, timeout_s: float) -> None:
+        """Run a QMP job (snapshot-save, -load, -delete) to its end; raises if it failed."""
+        if self._qmp is None:
+            raise MachineError("machine is not connected")
+        job_id = f"portal-{secrets.token_hex(4)}"
+        listener = EventListener("JOB_STATUS_CHANGE")
+        try:
+            with self._qmp.listen(listener):
+                await self.execute(command, {"job-id": job_id, **arguments})
+                async with asyncio.timeout(timeout_s):
+                    async for event in listener:
+                        data = event["data"]
+                        if isinstance(data, dict) and data.get("id") == job_id \
+                                and data.get("status") == "concluded":
+                            break
+        except TimeoutError:
+            raise MachineError(f"QMP {command} did not finish in {timeout_s:g} s") from None
+        jobs = await self.execute("query-jobs")
+        error = next((str(job.get("error")) for job in jobs
+                      if job.get("id") == job_id and job.get("error")), None)
+        with contextlib.suppress(MachineError):
+            await self.execute("job-dismiss", {"id": job_id})
+        if error is not None:
+            raise MachineError(f"QMP {command} failed: {error}")
+
+    async def block_devices(self) -> list[dict[str, Any]]:
+        """QEMU's drives (query-block): their names, guest devices and disks."""
+        return list(await self.execute("query-block"))
+
+    async def disk_snapshot(self, node: str, name: str) -> None:
+        """A disk-only internal snapshot of a qcow2 node: atomic, the guest's disk I/O
+        drained for a moment and the guest running on."""
+        await self.execute("blockdev-snapshot-internal-sync", {"device": node, "name": name})
+
+    async def disk_snapshot_delete(self, node: str, name: str) -> None:
+        await self.execute("blockdev-snapshot-delete-internal-sync", {"device": node, "name": name})
+
+    async def qcow2_add(self, node: str, path: Path, *, backing_raw: Path | None = None) -> None:
+        """Open a qcow2 file of the portal's as a block node (through descriptors, so
+        QEMU needs no access to the run directory); its backing, if any, a raw file
+        opened read-only the same way."""
+        arguments: dict[str, Any] = {
+            "driver": "qcow2", "node-name": node,
+            "file": {"driver": "file", "filename": "/dev/fdset/"
+                     f"{await self.fd_add(path, flags=os.O_RDWR, opaque=node)}"},
+        }
+        if backing_raw is not None:
+            fdset = await self.fd_add(backing_raw, flags=os.O_RDONLY, opaque=f"{node}-base")
+            arguments["backing"] = {"driver": "raw", "read-only": True,
+                                    "file": {"driver": "file", "read-only": True,
+                                             "filename": f"/dev/fdset/{fdset}"}}
+        await self.execute("blockdev-add", arguments)
+
+    async def node_keep(self, node: str, *, keeper: str) -> None:
+        """Keep a drive's disk open after it leaves its drive: a node QEMU made for a
+        -drive is closed when taken out, one the monitor added above it is not."""
+        await self.execute("blockdev-add", {"driver": "raw", "node-name": keeper, "file": node})
+
+    async def medium_change(self, device: str, node: str | None) -> None:
+        """Put node's disk into the removable drive (its QOM path or id), or leave it empty."""
+        await self.execute("blockdev-open-tray", {"id": device, "force": True})
+        await self.execute("blockdev-remove-medium", {"id": device})
+        if node is not None:
+            await self.execute("blockdev-insert-medium", {"id": device, "node-name": node})
+        await self.execute("blockdev-close-tray", {"id": device})
 
     async def _migrate(self, command: str, arguments: dict[str, Any]) -> str:
         """Run a migration command and wait for QEMU's MIGRATION event to say how it ended."""

@@ -24,6 +24,7 @@ from portal.importer import sha256_path as sha256_file
 from .confine import Confinement
 from .machine import Machine, MachineError, MachineProfile, state_key
 from .overlay import OverlayError, overlay_create, run_dir_create, run_dir_remove
+from .sandbox import files_disk_create
 
 WARM_FILE = "warm.qcow2"
 STATE_FILE = "machine.state"
@@ -152,6 +153,9 @@ async def start_state_prepare(
         warm = work / WARM_FILE
         await overlay_create(base_path=master_path, base_format=master_format,
                              overlay_path=warm, qemu_img=qemu_img, timeout_s=start_timeout_s)
+        if profile.files_in_slot_free:
+            # The same blank floppy every visitor's machine gets (sessions/sandbox.py).
+            await files_disk_create(work, qemu_img_binary=qemu_img, timeout_s=start_timeout_s)
         machine = Machine(
             profile, run_dir=work, disk_path=warm, qemu_binary=qemu_binary,
             accelerator=accelerator, start_timeout_s=start_timeout_s,

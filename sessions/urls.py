@@ -13,4 +13,9 @@ urlpatterns = [
     path("api/sessions/<str:session_id>/reset", api.session_reset),
     path("api/sessions/<str:session_id>/save-master", api.session_save_master),
     path("metrics", operators.metrics),
+    path("api/sessions/<str:session_id>/checkpoints", api.checkpoints),
+    path("api/sessions/<str:session_id>/checkpoints/<str:checkpoint_id>", api.checkpoint_detail),
+    path("api/sessions/<str:session_id>/checkpoints/<str:checkpoint_id>/restore", api.checkpoint_restore),
+    path("api/sessions/<str:session_id>/media", api.media),
+    path("api/sessions/<str:session_id>/files.zip", api.files_zip),
 ]

@@ -6,8 +6,10 @@ machine, viewers, tasks, leases and clocks). Every change of phase goes
 through `Visit.move()`, which refuses a move the table does not allow; code
 elsewhere asks `visit.phase`, never a flag.
 
+                                   RESTORING
+                                       ⇅
     QUEUED ──▶ STARTING ──▶ RUNNING ⇄ RESETTING
-       │           │           │          │
+       │           │           │          │      (and RESTORING)
        └───────────┴───────────┴──────────┴──▶ ENDING ──▶ ENDED
 
 Must not: start tasks, touch processes or the database, or decide when a visit
@@ -27,6 +29,7 @@ from .errors import SessionError
 if TYPE_CHECKING:
     from .host import Lease, UidLease
     from .keeper import KeptMachine
+    from .sandbox import Sandbox
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,8 @@ class Phase(Enum):
     RUNNING = "running"
     #: Its machine is being replaced by a fresh one at the start state.
     RESETTING = "resetting"
+    #: Its machine is being brought back to one of the visit's checkpoints (same QEMU).
+    RESTORING = "restoring"
     #: Being ended: machine stopped, files deleted, the end recorded.
     ENDING = "ending"
     #: Over; nothing of it is left on the node.
@@ -63,8 +68,9 @@ class EndReason(StrEnum):
 MOVES: dict[Phase, frozenset[Phase]] = {
     Phase.QUEUED: frozenset({Phase.STARTING, Phase.ENDING, Phase.ENDED}),
     Phase.STARTING: frozenset({Phase.RUNNING, Phase.ENDING}),
-    Phase.RUNNING: frozenset({Phase.RESETTING, Phase.ENDING}),
+    Phase.RUNNING: frozenset({Phase.RESETTING, Phase.RESTORING, Phase.ENDING}),
     Phase.RESETTING: frozenset({Phase.RUNNING, Phase.ENDING}),
+    Phase.RESTORING: frozenset({Phase.RUNNING, Phase.ENDING}),
     Phase.ENDING: frozenset({Phase.ENDED}),
     Phase.ENDED: frozenset(),
 }
@@ -73,7 +79,8 @@ MOVES: dict[Phase, frozenset[Phase]] = {
 FIRST_PHASES = frozenset({Phase.QUEUED, Phase.STARTING})
 
 #: Phases in which a visit is alive and may still be ended.
-LIVE_PHASES = frozenset({Phase.QUEUED, Phase.STARTING, Phase.RUNNING, Phase.RESETTING})
+LIVE_PHASES = frozenset({Phase.QUEUED, Phase.STARTING, Phase.RUNNING, Phase.RESETTING,
+                         Phase.RESTORING})
 
 
 class VisitStateError(SessionError):
@@ -111,6 +118,8 @@ class Visit:
     finish_task: asyncio.Task[None] | None = None
     # Which machine is current: bumped at every reset.
     generation: int = 0
+    # The current machine's sandbox (checkpoints, visitors' disks): a new one per machine.
+    sandbox: Sandbox | None = None
     # Held from before the row exists until after every trace is gone: what tells
     # every reaper of the install that this session is owned.
     lease: Lease | None = None

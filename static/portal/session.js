@@ -1,10 +1,11 @@
 // The live machine page: noVNC on the session's display WebSocket, the
 // session's events (place in line, warnings, the end) on its events
 // WebSocket, the machine's sound (audio.js, on its own socket), and the
-// visitor's controls (sound, fullscreen, Ctrl+Alt+Del, Reset, End).
+// visitor's controls (sound, fullscreen, Ctrl+Alt+Del, Reset, End,
+// checkpoints, files in through a drop zone, files out as a zip).
 import RFB from "/static/novnc/core/rfb.js";
 import { Speaker } from "./audio.js";
-import { api } from "./csrf.js";
+import { api, csrfToken } from "./csrf.js";
 
 const session = JSON.parse(document.getElementById("session-data").textContent);
 const screen = document.getElementById("screen");
@@ -15,6 +16,12 @@ const fullscreenButton = document.getElementById("fullscreen");
 const ctrlAltDelButton = document.getElementById("ctrl-alt-del");
 const resetButton = document.getElementById("reset");
 const warningBox = document.getElementById("warning");
+const saveCheckpointButton = document.getElementById("save-checkpoint");
+const sandboxToggle = document.getElementById("checkpoints-toggle");
+const sandboxPanel = document.getElementById("sandbox");
+const checkpointList = document.getElementById("checkpoint-list");
+const checkpointStatus = document.getElementById("checkpoint-status");
+const drop = document.getElementById("drop");
 
 const REASONS = {
   visitor: "You ended this visit.",
@@ -75,6 +82,8 @@ function showEnded(data) {
   ctrlAltDelButton.disabled = true;
   resetButton.disabled = true;
   speaker.stop();
+  saveCheckpointButton.disabled = true;
+  sandboxPanel.hidden = true;
   if (rfb) {
     const old = rfb;
     rfb = null;
@@ -291,6 +300,8 @@ resetButton.addEventListener("click", async () => {
   const { status, data } = await api("POST", `/api/sessions/${session.id}/reset`);
   resetting = false;
   resetButton.disabled = false;
+  // A reset discards the machine's checkpoints and disks.
+  renderCheckpoints([]);
   if (status === 200) {
     connect();
   } else {
@@ -299,6 +310,103 @@ resetButton.addEventListener("click", async () => {
     if (data && data.detail) showNotice(`<p>${escapeHtml(data.detail)}</p>`);
   }
 });
+
+// --- Checkpoints -------------------------------------------------------------
+
+function renderCheckpoints(checkpoints) {
+  checkpointList.innerHTML = "";
+  for (const checkpoint of checkpoints) {
+    const item = document.createElement("li");
+    const when = new Date(checkpoint.created_at).toLocaleTimeString();
+    item.innerHTML = `<span>${escapeHtml(checkpoint.label)}</span> <small>${escapeHtml(when)}</small>` +
+      `<button data-action="restore">Go back</button><button data-action="delete">Delete</button>`;
+    item.querySelector('[data-action="restore"]').addEventListener("click", () => restoreCheckpoint(checkpoint));
+    item.querySelector('[data-action="delete"]').addEventListener("click", () => deleteCheckpoint(checkpoint));
+    checkpointList.appendChild(item);
+  }
+  if (!checkpoints.length) checkpointList.innerHTML = "<li class=\"hint\">None yet.</li>";
+}
+
+async function loadCheckpoints() {
+  const { status, data } = await api("GET", `/api/sessions/${session.id}/checkpoints`);
+  if (status === 200) renderCheckpoints(data.checkpoints);
+}
+
+function showSandbox(open) {
+  sandboxPanel.hidden = !open;
+  sandboxToggle.setAttribute("aria-expanded", String(open));
+  if (open) loadCheckpoints();
+}
+
+async function saveCheckpoint() {
+  saveCheckpointButton.disabled = true;
+  const began = performance.now();
+  const { status, data } = await api("POST", `/api/sessions/${session.id}/checkpoints`, {});
+  saveCheckpointButton.disabled = false;
+  showSandbox(true);
+  checkpointStatus.textContent = status === 201
+    ? `Saved "${data.label}" in ${Math.round(performance.now() - began)} ms.`
+    : (data && data.detail) || "The checkpoint could not be saved.";
+  if (rfb) rfb.focus();
+}
+
+async function restoreCheckpoint(checkpoint) {
+  const began = performance.now();
+  checkpointStatus.textContent = `Going back to "${checkpoint.label}"…`;
+  const { status, data } = await api("POST", `/api/sessions/${session.id}/checkpoints/${checkpoint.id}/restore`);
+  // The machine is the same: the display stays connected and shows the screen of that moment.
+  checkpointStatus.textContent = status === 200
+    ? `Back at "${checkpoint.label}" in ${Math.round(performance.now() - began)} ms.`
+    : (data && data.detail) || "The machine could not go back.";
+  if (rfb) rfb.focus();
+}
+
+async function deleteCheckpoint(checkpoint) {
+  const { status, data } = await api("DELETE", `/api/sessions/${session.id}/checkpoints/${checkpoint.id}`);
+  if (status !== 204) checkpointStatus.textContent = (data && data.detail) || "It could not be deleted.";
+  loadCheckpoints();
+}
+
+saveCheckpointButton.addEventListener("click", saveCheckpoint);
+sandboxToggle.addEventListener("click", () => showSandbox(sandboxPanel.hidden));
+
+// --- Files in: a drop zone -----------------------------------------------------
+
+async function bringFiles(files) {
+  const result = document.getElementById("drop-result");
+  if (!files.length) return;
+  const form = new FormData();
+  for (const file of files) form.append("files", file, file.name);
+  result.textContent = "Making a floppy with your files…";
+  const response = await fetch(`/api/sessions/${session.id}/media`, {
+    method: "POST", credentials: "same-origin", headers: { "X-CSRFToken": csrfToken() }, body: form,
+  });
+  let data = null;
+  try { data = await response.json(); } catch { data = null; }
+  if (response.status !== 201) {
+    result.textContent = (data && data.detail) || "The files could not be brought in.";
+    return;
+  }
+  const rows = data.files.map((file) =>
+    `<tr><td>${escapeHtml(file.dos_name)}</td><td>${escapeHtml(file.name)}</td><td>${file.bytes}</td></tr>`).join("");
+  result.innerHTML = `<p>In drive ${data.drive.toUpperCase()}: (DOS needs a moment to notice a new disk).</p>` +
+    `<table class="drop-map"><tr><th>DOS name</th><th>your file</th><th>bytes</th></tr>${rows}</table>`;
+  if (rfb) rfb.focus();
+}
+
+if (drop) {
+  drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    drop.classList.remove("over");
+    bringFiles([...event.dataTransfer.files]);
+  });
+  document.getElementById("file-input").addEventListener("change", (event) => {
+    bringFiles([...event.target.files]);
+    event.target.value = "";
+  });
+}
 
 fullscreenButton.addEventListener("click", () => {
   const target = document.documentElement;

@@ -39,7 +39,9 @@ async def test_it_lists_published_exhibits_only(broker: Any, exhibit_create: Exh
     assert exhibit["url"] == "http://testserver/exhibits/freedos/"
     assert exhibit["machine"] == {"cpu": "486", "memory_mb": 16,
                                   "accelerator": broker.config.accelerator, "boot": "floppy",
-                                  "sound": ["pcspk"]}
+                                  "sound": ["pcspk"], "speed": "host"}
+    # A floppy exhibit takes visitors' files in its second drive.
+    assert exhibit["files_in"] == "b"
     assert exhibit["instant_start"] is False
     assert set(exhibit) >= {"slug", "title", "year", "publisher", "description", "url"}
 

@@ -187,3 +187,49 @@ async def test_other_paths_are_served_here_without_a_look_up() -> None:
     relay = Relay(here, holder_find=failing, node_name=lambda: OWN)
     response = await HttpCommunicator(relay, "GET", "/api/sessions/" + "A" * 32).get_response(timeout=10)
     assert response["status"] == 200
+
+
+async def test_it_pipes_a_floppys_worth_of_visitors_files_to_the_holder_whole() -> None:
+    """POST …/media: a multipart body as large as the media limit reaches the holder
+    byte for byte, with its own Content-Type (the boundary) and its length."""
+    from aiohttp import web
+    from django.conf import settings
+
+    received: dict[str, Any] = {}
+
+    async def media(request: web.Request) -> web.Response:
+        received.update(body=await request.read(), content_type=request.headers["Content-Type"],
+                        length=request.headers.get("Content-Length"))
+        return web.json_response({"drive": "b", "files": []}, status=201)
+
+    holder = web.Application(client_max_size=8 * 1024 * 1024)
+    holder.router.add_post("/api/sessions/{id}/media", media)
+    runner = web.AppRunner(holder)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+
+    async def holder_find(session_id: str) -> str | None:
+        return f"127.0.0.1:{port}"
+
+    async def here(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raise AssertionError("served here")
+
+    relay = Relay(here, holder_find=holder_find, node_name=lambda: OWN)
+    boundary = "portal-test-boundary"
+    payload = secrets.token_bytes(int(settings.PORTAL_MEDIA_MAX_BYTES))
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.bin\"\r\n"
+            f"Content-Type: application/octet-stream\r\n\r\n").encode() + payload + \
+        f"\r\n--{boundary}--\r\n".encode()
+    try:
+        communicator = HttpCommunicator(relay, "POST", "/api/sessions/AbCdEf123/media", body=body, headers=[
+            (b"host", b"testserver"), (b"content-type", f"multipart/form-data; boundary={boundary}".encode()),
+            (b"content-length", str(len(body)).encode())])
+        response = await communicator.get_response(timeout=30)
+    finally:
+        await relay.close()
+        await runner.cleanup()
+    assert response["status"] == 201
+    assert received["body"] == body and received["length"] == str(len(body))
+    assert received["content_type"] == f"multipart/form-data; boundary={boundary}"

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from portal.profile import sound_devices
-from sessions.machine import MachineProfile, build_argv, state_key
+from sessions.machine import MachineProfile, accelerator_resolve, build_argv, state_key
 
 
 def argv_for(profile: MachineProfile, accelerator: str = "kvm") -> list[str]:
@@ -156,3 +156,58 @@ def test_it_builds_the_same_argv_for_the_same_full_profile() -> None:
     assert argv_for(full()) == argv_for(full())
     assert state_key(full(), accelerator="tcg", qemu="7.2", master_sha256="ab" * 32) == \
         state_key(full(), accelerator="tcg", qemu="7.2", master_sha256="ab" * 32)
+
+
+@pytest.mark.parametrize(("speed", "shift"), [
+    ("386sx16", 7), ("486dx33", 5), ("486dx2-66", 4), ("pentium60", 3),
+])
+def test_it_counts_instructions_at_a_period_speed(speed: str, shift: int) -> None:
+    argv = argv_for(MachineProfile(speed=speed), "tcg")
+    assert option(argv, "-icount") == [f"shift={shift},sleep=on,align=on"]
+    assert option(argv, "-accel") == ["tcg"]
+
+
+def test_it_runs_at_host_speed_without_counting_instructions() -> None:
+    assert option(argv_for(MachineProfile()), "-icount") == []
+
+
+def test_it_refuses_a_period_speed_under_kvm() -> None:
+    with pytest.raises(ValueError):
+        argv_for(MachineProfile(speed="486dx33"), "kvm")
+
+
+def test_it_runs_a_period_speed_in_software_emulation_whatever_the_host_has() -> None:
+    assert accelerator_resolve(MachineProfile(speed="486dx33"), host="kvm") == "tcg"
+    assert accelerator_resolve(MachineProfile(), host="kvm") == "kvm"
+
+
+def test_it_never_resumes_a_state_saved_at_another_speed() -> None:
+    base = {"accelerator": "tcg", "qemu": "7.2.22", "master_sha256": "ab" * 32}
+    keys = {state_key(MachineProfile(speed=speed), **base)
+            for speed in ("host", "386sx16", "486dx33", "486dx2-66", "pentium60")}
+    assert len(keys) == 5
+
+
+@pytest.mark.parametrize(("profile", "index"), [
+    (MachineProfile(boot="hdd", files_in="a"), 0),
+    (MachineProfile(boot="floppy", files_in="b"), 1),
+])
+def test_it_adds_a_drive_holding_a_blank_floppy_for_visitors_files(profile: MachineProfile,
+                                                                    index: int) -> None:
+    # A drive QEMU makes empty never lets the guest write to a disk put in later.
+    blank = f"file=/run/s/visitor-disk-0.qcow2,format=qcow2,auto-read-only=off,if=floppy,index={index}"
+    assert blank in option(argv_for(profile), "-drive")
+
+
+def test_it_changes_the_disk_in_a_drive_that_has_one_rather_than_adding_a_drive() -> None:
+    argv = argv_for(MachineProfile(boot="floppy", files_in="a"))
+    assert len(option(argv, "-drive")) == 1
+
+
+def test_it_changes_b_when_both_floppy_drives_hold_disks() -> None:
+    profile = MachineProfile(boot="hdd", extra_media=("floppy", "floppy"), files_in="b")
+    assert profile.floppy_slots == [0, 1] and not profile.files_in_slot_free
+    argv = build_argv(profile, qemu_binary="qemu", accelerator="tcg", disk_path=Path("/r/disk.qcow2"),
+                      run_dir=Path("/r"), qmp_fd=3,
+                      extra_paths=[Path("/r/extra-0.qcow2"), Path("/r/extra-1.qcow2")])
+    assert len(option(argv, "-drive")) == 3

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from portal.server import PortalWebSocketProtocol, node_address
+from portal.server import PortalWebSocketProtocol, body_limit, node_address
 
 
 @pytest.mark.parametrize(("host", "port", "address"), [
@@ -45,3 +45,11 @@ def test_a_send_or_close_after_the_browser_went_is_dropped_not_raised(
         portal_own = PortalWebSocketProtocol()
         portal_own.state, portal_own.client_addr = getattr(portal_own, state), ["127.0.0.1", 1]
         portal_own.handle_reply(dict(message))
+
+
+def test_it_takes_a_floppys_worth_of_files_for_a_machine_and_no_more(settings: object) -> None:
+    floppy = 1457664 + 64 * 1024
+    assert body_limit(b"/api/sessions/AbC_-12/media") == floppy
+    assert body_limit(b"/api/sessions/AbC_-12/media/more") == 1024 * 1024
+    assert body_limit(b"/api/sessions/AbC_-12/checkpoints") == 1024 * 1024
+    assert body_limit(b"/admin/portal/diskimage/upload/") > floppy

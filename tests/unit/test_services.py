@@ -30,8 +30,10 @@ def test_it_ships_a_site_nginx_takes_as_it_is(tmp_path: Path) -> None:
 def test_it_fills_the_marked_lines_for_a_run(tmp_path: Path) -> None:
     site = nginx_site_render(NGINX_TEMPLATE.read_text(), listen="127.0.0.1:18080",
                              nodes=["127.0.0.1:18001", "127.0.0.1:18002"], request_max_bytes=4096,
-                             upload_max_bytes=99999, upload_path_prefix="/curators/upload/")
+                             upload_max_bytes=99999, upload_path_prefix="/curators/upload/",
+                             media_max_bytes=77777)
     nginx_accepts(tmp_path, site)
+    assert "client_max_body_size 77777;" in site
     assert "listen 127.0.0.1:18080;" in site and "listen 80;" not in site
     assert "server 127.0.0.1:18001;" in site and "server 127.0.0.1:18002;" in site
     assert "server 127.0.0.1:8001;" not in site

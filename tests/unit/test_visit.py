@@ -24,8 +24,8 @@ def test_it_begins_in_line_or_starting_only() -> None:
 
 def test_it_walks_a_whole_life_through_allowed_moves() -> None:
     life = visit()
-    for phase in (Phase.STARTING, Phase.RUNNING, Phase.RESETTING, Phase.RUNNING, Phase.ENDING,
-                  Phase.ENDED):
+    for phase in (Phase.STARTING, Phase.RUNNING, Phase.RESETTING, Phase.RUNNING, Phase.RESTORING,
+                  Phase.RUNNING, Phase.ENDING, Phase.ENDED):
         life.move(phase)
         assert life.phase is phase
 
@@ -57,3 +57,8 @@ async def test_it_wakes_whoever_waits_for_a_phase() -> None:
     async with asyncio.timeout(1):
         assert await waiter is Phase.RUNNING
     assert await life.until(Phase.RUNNING) is Phase.RUNNING  # already there: at once
+
+
+def test_it_goes_back_to_a_checkpoint_only_from_running_and_may_end_meanwhile() -> None:
+    assert {phase for phase, moves in MOVES.items() if Phase.RESTORING in moves} == {Phase.RUNNING}
+    assert MOVES[Phase.RESTORING] == {Phase.RUNNING, Phase.ENDING}

@@ -66,6 +66,14 @@ class Command(BaseCommand):
             "--accelerator", choices=[c.value for c in Exhibit.Accelerator], default="auto",
             help="auto: KVM where available; tcg: always software emulation.",
         )
+        parser.add_argument(
+            "--speed", choices=[c.value for c in Exhibit.Speed], default="host",
+            help="host: as fast as the host runs it; or a period CPU's speed (software emulation).",
+        )
+        parser.add_argument(
+            "--files-in", choices=[c.value for c in Exhibit.FilesIn], default="auto",
+            help="The floppy drive visitors' own files go into (auto: the first free one), or off.",
+        )
         parser.add_argument("--publish", action="store_true", help="Make it visible to visitors.")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -98,6 +106,8 @@ class Command(BaseCommand):
                     "sound_adlib": "adlib" in options["sound"],
                     "sound_sb16": "sb16" in options["sound"],
                     "accelerator": options["accelerator"],
+                    "speed": options["speed"],
+                    "files_in": options["files_in"],
                     "provenance_source": options["source"],
                     "provenance_donor": options["donor"],
                     "provenance_acquired": options["acquired"],
