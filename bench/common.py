@@ -53,7 +53,7 @@ def portal_environment(*, exhibits: bool) -> Iterator[Path]:
     if exhibits:
         call_command("add_exhibit", str(REPO / "build" / "demo.img"), slug="demo", title="Demo",
                      boot="hdd", publish=True, stdout=open(os.devnull, "w"))
-        guests = Path(os.environ.get("PORTAL_GUESTS_DIR", REPO.parent / "shared" / "guests"))
+        guests = Path(os.environ.get("PORTAL_GUESTS_DIR", REPO / "tests" / "guests"))
         for name in ("freedos-2048", "freedos-games"):
             call_command("add_exhibit", str(guests / f"{name}.img"), slug=name, title=name,
                          boot="floppy", publish=True, stdout=open(os.devnull, "w"))

@@ -26,10 +26,13 @@ if TYPE_CHECKING:
     from deploy.services import PostgreSQL, Redis, Service
 
 REPO = Path(__file__).resolve().parent.parent
-GUESTS = Path(os.environ.get("PORTAL_GUESTS_DIR", REPO.parent / "shared" / "guests"))
+# The FreeDOS floppies the tests boot, kept in the repository with their licence
+# and checksums (tests/guests/README.md); PORTAL_GUESTS_DIR points elsewhere.
+GUESTS = Path(os.environ.get("PORTAL_GUESTS_DIR", REPO / "tests" / "guests"))
 FREEDOS_2048 = GUESTS / "freedos-2048.img"
 FREEDOS_2048_SHA256 = "89b96984b9470916b7e8eccb445ae4d512a945d7333eaf07d7aabd2368167a20"
 FREEDOS_GAMES = GUESTS / "freedos-games.img"
+FREEDOS_GAMES_SHA256 = "3bb19897b734d638a2f8c855bc1105648a97f88df8f498a1fee7e5d304272613"
 DEMO_IMAGE = REPO / "build" / "demo.img"
 
 KVM = kvm_usable()
