@@ -200,9 +200,6 @@ class Broker:
             return None, None
         return await sync_to_async(line_place)(self.scheduler, session)
 
-    def time_left_s(self, session_id: str) -> float | None:
-        return self.keeper.time_left_s(session_id)
-
     def session_generation(self, session_id: str) -> int | None:
         """Which machine of the session is current: it changes at every reset."""
         return self.keeper.generation(session_id)

@@ -89,13 +89,6 @@ class MemoryCgroups:
             if error.errno not in {errno.ENOENT, errno.EBUSY, errno.ENOTEMPTY}:
                 logger.warning("could not remove cgroup %s: %s", self.parent, error)
 
-    def limit_of(self, name: str) -> int | None:
-        try:
-            text = (self.path_for(name) / self.limit_file).read_text().strip()
-        except OSError:
-            return None
-        return None if text == "max" else int(text)
-
     def names(self) -> list[str]:
         with contextlib.suppress(OSError):
             return sorted(entry.name for entry in self.parent.iterdir() if entry.is_dir())

@@ -148,12 +148,6 @@ class Keeper:
         visit = self._visits.get(session_id)
         return visit.generation if visit is not None else None
 
-    def time_left_s(self, session_id: str) -> float | None:
-        visit = self._visits.get(session_id)
-        if visit is None or visit.expires is None:
-            return None
-        return max(0.0, visit.expires - self._clock())
-
     def idle_s(self, session_id: str) -> float | None:
         """Seconds since the visitor's last input, for a visit whose machine runs."""
         visit = self._visits.get(session_id)
