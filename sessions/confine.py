@@ -89,6 +89,17 @@ class MemoryCgroups:
             if error.errno not in {errno.ENOENT, errno.EBUSY, errno.ENOTEMPTY}:
                 logger.warning("could not remove cgroup %s: %s", self.parent, error)
 
+    def oom_kills(self, path: Path) -> int:
+        """How many times the kernel killed a process of this machine's cgroup for
+        passing its memory limit (0 where the kernel does not say)."""
+        events = path / ("memory.events" if self.version == 2 else "memory.oom_control")
+        with contextlib.suppress(OSError, ValueError):
+            for line in events.read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+        return 0
+
     def names(self) -> list[str]:
         with contextlib.suppress(OSError):
             return sorted(entry.name for entry in self.parent.iterdir() if entry.is_dir())

@@ -68,6 +68,7 @@ class KeptMachine(Protocol):
     async def kill_now(self) -> None: ...
     async def wait(self) -> int: ...
     async def paused_by_io_error(self) -> dict[str, Any]: ...
+    def out_of_memory(self) -> bool: ...
 
 
 class MachineFactory(Protocol):
@@ -298,6 +299,10 @@ class Keeper:
         logger.warning("session %s: QEMU exited by itself with code %s", visit.session_id, code)
         if code == 0:
             reason, detail = EndReason.VISITOR, "The machine was switched off."
+        elif machine.out_of_memory():
+            logger.warning("session %s: QEMU passed its memory limit and was killed", visit.session_id)
+            reason, detail = EndReason.CRASHED, ("The machine needed more memory than it may use "
+                                                 "on this server, so it was stopped.")
         else:
             reason, detail = EndReason.CRASHED, "The machine stopped unexpectedly."
         self._finish_soon(visit, reason=reason, detail=detail)

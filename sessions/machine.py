@@ -367,6 +367,12 @@ class Machine:
             name = f"{self.run_dir.name}.{secrets.token_hex(4)}"
             self.cgroup = confinement.cgroups.create(name, limit_bytes=confinement.memory_bytes)
 
+    def out_of_memory(self) -> bool:
+        """Whether the kernel killed this QEMU for passing its memory limit (known
+        where the limit is a cgroup, until the machine is stopped)."""
+        cgroups = self.confinement.cgroups
+        return cgroups is not None and self.cgroup is not None and cgroups.oom_kills(self.cgroup) > 0
+
     async def _cgroup_remove(self) -> None:
         cgroup, self.cgroup = self.cgroup, None
         if cgroup is not None:

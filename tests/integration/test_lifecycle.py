@@ -17,11 +17,13 @@ import pytest
 from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient
 
+from portal.models import Exhibit
 from sessions.broker import Broker, get_broker
 from sessions.machine import Machine, MachineProfile, process_alive
 from sessions.models import VisitorSession
 from sessions.overlay import overlay_create, run_dir_create
 from tests.conftest import FREEDOS_2048, ExhibitFactory, needs_kvm, visitor, ws_communicator
+from tests.support.boot_floppy import GUESTS, boot_floppy_build
 from tests.support.filesystem import fill, small_filesystem
 from tests.support.rfb import CommunicatorTransport, RfbClient
 from tests.support.wait import eventually
@@ -435,3 +437,28 @@ async def test_a_machine_keeps_kvm_after_dropping_root(
     assert next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1] != "0"
     assert await machine.execute("query-kvm") == {"enabled": True, "present": True}
     await browser.delete(f"/api/sessions/{session['id']}")
+
+
+async def test_a_machine_that_passes_its_memory_limit_is_stopped_and_its_visitor_told(
+    make_broker: BrokerFactory, exhibit_create: ExhibitFactory, tmp_path: Path
+) -> None:
+    """The hog guest writes to all of its 128 MiB; with no room for QEMU's own
+    memory on top, the kernel stops it, and the page says why."""
+    broker = await make_broker(PORTAL_QEMU_MEMORY_OVERHEAD_MB=0)
+    assert broker.config.cgroups is not None, "this host limits machines' memory with cgroups"
+    exhibit = await exhibit_create(boot_floppy_build(GUESTS / "hog.asm", tmp_path), slug="hog",
+                                   accelerator="tcg")  # a floppy boot, as for FreeDOS
+    await Exhibit.objects.filter(pk=exhibit.pk).aupdate(memory_mb=128)
+    browser = visitor()
+    response = await browser.post("/api/exhibits/hog/sessions")
+    assert response.status_code == 201, response.content
+    session = response.json()
+    page = await events(browser, session["id"])
+    ended = await next_event(page, "ended", timeout_s=60)
+    assert ended["reason"] == "crashed"
+    assert ended["detail"] == ("The machine needed more memory than it may use on this server, "
+                               "so it was stopped.")
+    row = await VisitorSession.objects.aget(id=session["id"])
+    assert (row.state, row.ended_reason) == ("ended", "crashed")
+    assert broker.config.cgroups.names() == []
+    await page.disconnect()

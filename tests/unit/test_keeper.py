@@ -69,6 +69,9 @@ class FakeMachine:
     async def paused_by_io_error(self) -> dict[str, Any]:
         return await asyncio.shield(self._io_error)
 
+    def out_of_memory(self) -> bool:
+        return False
+
     def exit(self, code: int) -> None:
         if not self._exit.done():
             self._exit.set_result(code)

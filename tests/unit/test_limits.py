@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from sessions.broker import StartLimiter, runas_choose
-from sessions.confine import Confinement, uid_range_valid
+from sessions.confine import Confinement, MemoryCgroups, uid_range_valid
 from sessions.machine import MachineProfile, build_argv, state_key
 
 
@@ -54,3 +56,19 @@ def test_it_falls_back_to_an_address_space_limit_without_cgroups() -> None:
     confinement = Confinement(memory_bytes=100 << 20)
     assert confinement.memory_method == "rlimit-as"
     assert Confinement().memory_method == "none"
+
+
+@pytest.mark.parametrize(("version", "file", "text", "kills"), [
+    (2, "memory.events", "low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n", 1),
+    (2, "memory.events", "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n", 0),
+    (1, "memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n", 2),
+    (1, "memory.oom_control", "oom_kill_disable 0\nunder_oom 0\n", 0),  # an older kernel
+])
+def test_it_reads_how_often_a_machines_cgroup_was_killed_for_memory(
+    tmp_path: Path, version: int, file: str, text: str, kills: int
+) -> None:
+    cgroup = tmp_path / "machine"
+    cgroup.mkdir()
+    (cgroup / file).write_text(text)
+    assert MemoryCgroups(parent=tmp_path, version=version).oom_kills(cgroup) == kills
+    assert MemoryCgroups(parent=tmp_path, version=version).oom_kills(tmp_path / "gone") == 0
