@@ -39,9 +39,9 @@ async def test_it_pipes_rfb_between_the_owner_and_the_machine(
     assert connected and subprotocol == "binary"
     rfb = RfbClient(CommunicatorTransport(communicator))
     await rfb.handshake()
-    assert (rfb.width, rfb.height) > (0, 0)
+    assert rfb.width > 0 and rfb.height > 0
     await rfb.first_update()
-    assert rfb.updates == 1
+    assert rfb.lit_pixels() > 0, "the machine's screen, not an empty framebuffer"
     await communicator.disconnect()
 
 

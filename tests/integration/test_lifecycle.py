@@ -9,7 +9,9 @@ import asyncio
 import json
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -184,13 +186,14 @@ async def test_it_ends_a_visit_at_its_time_limit_after_a_warning(
     session = await start(browser)
     page = await events(browser, session["id"])
     running = await next_event(page, "state", state="running")
-    assert running["expires_at"] is not None
+    expires = datetime.fromisoformat(running["expires_at"]).timestamp()
     warning = await next_event(page, "warning")
     assert warning["reason"] == "timeout" and warning["seconds_left"] <= 2
-    # Input does not stretch the time limit.
+    # Input does not stretch the time limit: it ends when it said it would.
     await page.send_to(text_data=json.dumps({"type": "active"}))
     ended = await next_event(page, "ended")
     assert ended["reason"] == "timeout"
+    assert abs(time.time() - expires) < 1.0, "ended at its time limit, not later"
     response = (await browser.get(f"/api/sessions/{session['id']}")).json()
     assert (response["state"], response["ended_reason"]) == ("ended", "timeout")
     await page.disconnect()
