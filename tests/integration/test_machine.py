@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sessions.machine import Machine, MachineProfile, MachineStartError, process_alive
-from tests.conftest import FREEDOS_2048, KVM
+from tests.conftest import FREEDOS_2048, KVM, processes_naming
 
 
 @pytest.fixture
@@ -21,6 +21,9 @@ async def run_dir() -> AsyncIterator[Path]:
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
                     str(FREEDOS_2048), str(path / "disk.qcow2")], check=True)
     yield path
+    # A test that failed half-way leaves no QEMU behind either.
+    for pid in processes_naming(path):
+        os.kill(pid, signal.SIGKILL)
     shutil.rmtree(path, ignore_errors=True)
 
 
