@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psutil
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
@@ -41,17 +42,9 @@ needs_kvm = pytest.mark.skipif(not KVM, reason="needs a usable /dev/kvm; this ho
 
 def processes_naming(path: Path) -> list[int]:
     """Pids of processes whose command line mentions path (how the reaper finds them)."""
-    needle = os.fsencode(path)
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                    if needle in handle.read():
-                        found.append(int(entry))
-            except OSError:
-                continue
-    return found
+    needle = str(path)
+    return [process.pid for process in psutil.process_iter(["cmdline"])
+            if any(needle in arg for arg in process.info["cmdline"] or ())]
 
 
 @pytest.fixture
