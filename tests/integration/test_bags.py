@@ -208,7 +208,7 @@ def test_the_admin_exports_and_imports_bags(exhibit: Exhibit, portal_dirs: Path,
 def derivative_make(exhibit: Exhibit, *, slug: str) -> Exhibit:
     """A derivative as Save as new master makes one, from a disk written by qemu-io
     instead of a guest (the guest's side is tests/integration/test_derivatives.py)."""
-    from portal.images import Derivation, derivation_work_dir, exhibit_derive
+    from portal.images import Derivation, derivation_work_dir, derived_record, master_from_visit
 
     work = derivation_work_dir()
     disk = work / "visit.qcow2"
@@ -216,7 +216,8 @@ def derivative_make(exhibit: Exhibit, *, slug: str) -> Exhibit:
                     str(disk)], check=True, timeout=30)
     subprocess.run(["qemu-io", "-f", "qcow2", "-c", "write -P 0x55 65536 65536", str(disk)],
                    check=True, capture_output=True, timeout=30)
-    return exhibit_derive(exhibit, visit_copy=disk, derivation=Derivation(slug=slug, title=slug),
+    made = master_from_visit(exhibit, visit_copy=disk, flatten=False)
+    return derived_record(exhibit, made=made, derivation=Derivation(slug=slug, title=slug),
                           agent="staff user curator")
 
 
