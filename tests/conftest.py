@@ -15,13 +15,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import psutil
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient
 
 from sessions.machine import kvm_usable
+from tests.support.processes import processes_naming
 
 if TYPE_CHECKING:
     from deploy.services import PostgreSQL, Redis, Service
@@ -38,13 +38,6 @@ DEMO_IMAGE = REPO / "build" / "demo.img"
 
 KVM = kvm_usable()
 needs_kvm = pytest.mark.skipif(not KVM, reason="needs a usable /dev/kvm; this host has none")
-
-
-def processes_naming(path: Path) -> list[int]:
-    """Pids of processes whose command line mentions path (how the reaper finds them)."""
-    needle = str(path)
-    return [process.pid for process in psutil.process_iter(["cmdline"])
-            if any(needle in arg for arg in process.info["cmdline"] or ())]
 
 
 @pytest.fixture
