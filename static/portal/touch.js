@@ -95,6 +95,9 @@ export class Touchpad {
     geometry.rfb.focus({ preventScroll: true });
     if (event.type === "gesturestart") {
       this.last = { x: clientX, y: clientY };
+      // Where the pointer is, first: QEMU turns a relative mouse's positions into
+      // movements from the one before, and has none after a (re)connect.
+      this.send(geometry);
       if (type === "onetap") this.click(geometry, LEFT);
       else if (type === "twotap") this.click(geometry, RIGHT);
       else if (type === "threetap") this.click(geometry, MIDDLE);
