@@ -79,7 +79,10 @@ export class OnScreenKeyboard {
       keys.append(button);
     }
     this.panel.append(keys, this.text);
-    this.text.addEventListener("input", () => this.typed());
+    // A phone keyboard that composes (suggestions, accents) changes the field
+    // word by word: what it settles on is typed when the composition ends.
+    this.text.addEventListener("input", (event) => { if (!event.isComposing) this.typed(); });
+    this.text.addEventListener("compositionend", () => this.typed());
     this.text.addEventListener("keydown", (event) => this.keydown(event));
   }
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Portal, PortalFactory
-from tests.e2e.test_visit import CANVAS_STATS, WHOLE
+from tests.e2e.test_visit import CANVAS_STATS, NOTEPAD_TEXT, WHOLE
 from tests.support.portal_http import PortalVisitor
 
 MUSEUM = "https://museum.example"
@@ -149,6 +149,9 @@ def test_it_runs_a_machine_inside_another_sites_iframe(portal_make: PortalFactor
         # The listed site: Start inside the frame gives the machine, in the same frame.
         page.goto(allowed + "/")
         frame = page.frame_locator("iframe")
+        # The embed page: the exhibit and its Start button, without the portal's header.
+        frame.get_by_role("heading", name="Portal demo").wait_for()
+        assert frame.locator("header.site").count() == 0
         frame.get_by_role("button", name="Start").click()
         frame.locator('#state[data-state="running"]').wait_for(timeout=30_000)
         machine = next(each for each in page.frames if "/sessions/" in each.url)
@@ -158,6 +161,13 @@ def test_it_runs_a_machine_inside_another_sites_iframe(portal_make: PortalFactor
         machine.wait_for_function(
             f"() => {{ const s = ({CANVAS_STATS})({WHOLE}); return s && s.lit > 10000; }}",
             timeout=30_000)
+        # A click on the screen inside the frame gives it the keyboard: typing reaches Notepad.
+        before = machine.evaluate(CANVAS_STATS, NOTEPAD_TEXT)["hash"]
+        machine.locator("#screen canvas").click(position={"x": 5, "y": 5})
+        page.keyboard.type("Hi")
+        machine.wait_for_function(f"(before) => ({CANVAS_STATS})({NOTEPAD_TEXT}).hash !== before",
+                                  arg=before, timeout=15_000)
+        page.screenshot(path="/tmp/embed-shot-iframe.png")
         machine.get_by_role("button", name="End").click()
         machine.locator('#state[data-state="ended"]').wait_for(timeout=15_000)
         page.close()
