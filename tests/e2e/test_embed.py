@@ -171,3 +171,30 @@ def test_it_runs_a_machine_inside_another_sites_iframe(portal_make: PortalFactor
         machine.get_by_role("button", name="End").click()
         machine.locator('#state[data-state="ended"]').wait_for(timeout=15_000)
         page.close()
+
+
+def test_it_says_so_when_the_browser_keeps_cookies_from_the_frame(portal_make: PortalFactory,
+                                                                   browser: Any) -> None:
+    """A cross-site embed without cross-site cookies (here switched off): the frame
+    cannot keep a visit, so instead of a Start that would fail, the visitor reads
+    why and gets the exhibit in a tab of its own."""
+    port = _free_port()
+    portal = portal_make({"PORTAL_EMBED_ORIGINS": f"http://localhost:{port}",
+                          "PORTAL_EMBED_CROSS_SITE": "off"}, prepare=False)
+    with _site(port, _host_page(portal)) as site:
+        page = browser.new_page()
+        page.goto(site + "/")
+        frame = page.frame_locator("iframe")
+        message = frame.locator("#message")
+        message.wait_for()
+        assert "This browser does not let the exhibit run inside this page." in message.inner_text()
+        assert frame.get_by_role("button", name="Start").is_disabled()
+        link = frame.get_by_role("link", name="Open it in a new tab")
+        assert link.get_attribute("target") == "_blank"
+        with page.context.expect_page() as opened:
+            link.click()
+        tab = opened.value
+        tab.wait_for_load_state()
+        assert tab.url == f"{portal.url}/exhibits/demo/"
+        assert tab.get_by_role("button", name="Start").is_enabled()
+        page.close()
