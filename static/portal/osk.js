@@ -92,9 +92,18 @@ export class OnScreenKeyboard {
     button.className = "osk-key";
     button.textContent = label;
     if (name !== label) button.setAttribute("aria-label", name);
-    // Keeps the focus (and so the system keyboard, while it is open) where it is.
-    button.addEventListener("pointerdown", (event) => event.preventDefault());
-    button.addEventListener("click", action);
+    // Keeps the focus (and so the system keyboard, while it is open) where it
+    // is; should a browser move it to the key all the same, it goes back.
+    let typing = false;
+    button.addEventListener("pointerdown", (event) => {
+      typing = document.activeElement === this.text;
+      event.preventDefault();
+    });
+    button.addEventListener("click", () => {
+      action();
+      if (typing && document.activeElement !== this.text) this.text.focus({ preventScroll: true });
+      typing = false;
+    });
     return button;
   }
 
