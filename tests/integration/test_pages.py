@@ -1,6 +1,7 @@
 """The pages a visitor sees, and what they say about the machine."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -121,3 +122,19 @@ async def test_it_serves_the_pinned_novnc_client_itself() -> None:
         if not message.get("more_body"):
             break
     assert b"export default class RFB" in body
+
+
+def test_embed_origins_must_be_origins(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"], cwd=REPO, capture_output=True, text=True,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings", "PORTAL_DATA_DIR": str(tmp_path),
+             "PORTAL_EMBED_ORIGINS": "https://museum.example/exhibits"})
+    assert result.returncode != 0
+    assert ("PORTAL_EMBED_ORIGINS: 'https://museum.example/exhibits' is not an origin; "
+            "write scheme://host[:port]") in result.stderr
