@@ -329,7 +329,9 @@ class Broker:
         self._notify_changed(visit.session_id)
 
     async def visit_running(self, visit: Visit) -> None:
-        assert visit.started is not None and visit.expires is not None and visit.machine is not None
+        assert visit.started is not None
+        assert visit.expires is not None
+        assert visit.machine is not None
         now = timezone.now()
         await VisitorSession.objects.filter(id=visit.session_id, state=State.STARTING).aupdate(
             state=State.RUNNING, started_at=now, pid=visit.machine.pid,

@@ -76,7 +76,8 @@ def test_it_serves_two_nodes_behind_nginx_and_stops_it_all(cluster_dir: Path) ->
             started = _children(process.pid)
             visitor = PortalVisitor(f"http://127.0.0.1:{port}")
             status, health = visitor.request("GET", "/healthz")
-            assert status == 200 and health["ok"], health
+            assert status == 200, health
+            assert health["ok"], health
             def alive(front: PortalVisitor = visitor) -> int:
                 return sum(node["alive"] for node in front.request("GET", "/healthz")[1]["nodes"])
 

@@ -85,7 +85,8 @@ def test_it_lets_only_the_listed_sites_frame_the_embed_page_and_its_machine(
     _, headers, _ = _headers(PortalVisitor(cross.url), "/exhibits/demo/embed")
     cookie = headers["Set-Cookie"]
     assert cookie.startswith("csrftoken=")
-    assert "SameSite=None; Partitioned" in cookie and "Secure" in cookie
+    assert "SameSite=None; Partitioned" in cookie
+    assert "Secure" in cookie
 
 
 class _Page(http.server.BaseHTTPRequestHandler):

@@ -68,7 +68,8 @@ def test_a_place_in_line_given_up_goes_to_the_next_in_line(portal: Portal) -> No
         for name, visitor in (("leaver", leaver), ("next", next_one)):
             status, lines[name] = await asyncio.to_thread(visitor.request, "POST",
                                                           "/api/exhibits/demo/sessions")
-            assert status == 201 and lines[name]["state"] == "queued"
+            assert status == 201
+            assert lines[name]["state"] == "queued"
             sockets[name] = await visitor.websocket(lines[name]["events_path"])
         await event_where(sockets["next"], {"type": "state", "queue_position": 2})
         # The first in line closes the page and does not come back within the grace period.
@@ -99,7 +100,8 @@ def test_a_reset_keeps_the_visits_time_limit(portal: Portal) -> None:
         events = await visitor.websocket(session["events_path"])
         status, reset = await asyncio.to_thread(visitor.request, "POST",
                                                 f"/api/sessions/{session['id']}/reset")
-        assert status == 200 and reset["state"] == "running"
+        assert status == 200
+        assert reset["state"] == "running"
         assert reset["expires_at"] == session["expires_at"]
         await event_where(events, {"type": "ended", "reason": "timeout"}, timeout_s=40)
         return time.time()
@@ -122,7 +124,8 @@ def test_one_address_may_start_only_so_many_visits_a_window(portal: Portal) -> N
     status, refused = refused_browser.request("POST", "/api/exhibits/demo/sessions")
     assert status == 429, refused
     assert refused["error"] == "rate_limited"
-    assert refused["detail"].endswith(".") and "try again" in refused["detail"].lower()
+    assert refused["detail"].endswith(".")
+    assert "try again" in refused["detail"].lower()
     assert 0 < int(refused_browser.last_headers["Retry-After"]) <= 600
     # Another address is not limited by this one's starts.
     elsewhere = PortalVisitor(portal.url, local_address="127.0.0.2")
@@ -142,6 +145,8 @@ def test_the_events_socket_refuses_another_sites_page(portal: Portal) -> None:
         return code, foreign.close_reason, await next_event(own)
 
     code, reason, first = asyncio.run(visit())
-    assert code == 4403 and reason
-    assert first["type"] == "state" and first["state"] == "running"
+    assert code == 4403
+    assert reason
+    assert first["type"] == "state"
+    assert first["state"] == "running"
     assert visitor.session_end(session["id"]) == 204

@@ -63,7 +63,9 @@ def test_it_lets_a_phone_tap_type_and_turn(portal: Portal, browser: Any) -> None
     box = _fits(page)
     assert abs(box["width"] - PHONE["width"]) < 2
     toolbar = page.locator("header.bar").bounding_box()
-    assert toolbar is not None and toolbar["height"] < 80 and box["y"] >= toolbar["height"] - 1
+    assert toolbar is not None
+    assert toolbar["height"] < 80
+    assert box["y"] >= toolbar["height"] - 1
 
     # A tap is a click where the finger is: the About icon opens its window.
     scale = box["width"] / 640

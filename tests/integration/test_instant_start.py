@@ -108,7 +108,8 @@ async def test_it_boots_cold_when_the_start_state_is_stale(broker: Any, games: A
     exhibit = (await visitor().get("/api/exhibits/games")).json()
     assert exhibit["instant_start"] is False
     start = await StartState.objects.aget(exhibit=games)
-    assert start.stale and "qemu=6.2.0" in start.stale_reason
+    assert start.stale
+    assert "qemu=6.2.0" in start.stale_reason
     cold = await visit(broker)
     try:
         assert "A:\\>" not in await cold.machine.text_screen()
@@ -192,7 +193,8 @@ async def test_it_resumes_the_demo_desktop_on_kvm(
     resumed = await visit(broker, "demo")
     try:
         # The first frame is already the desktop, on KVM.
-        assert resumed.rfb.width == 640 and resumed.rfb.pixel(630, 300) == (0, 168, 168)
+        assert resumed.rfb.width == 640
+        assert resumed.rfb.pixel(630, 300) == (0, 168, 168)
         assert (await resumed.machine.execute("query-kvm"))["enabled"] is True
     finally:
         await resumed.close()

@@ -90,7 +90,8 @@ async def test_it_lines_up_visitors_past_capacity_and_tells_them_their_place(
     broker = await make_broker(PORTAL_MAX_SESSIONS=1, PORTAL_QUEUE_MAX=2, PORTAL_LIVE_PER_ADDRESS=10)
     first_visitor, second_visitor, third_visitor, fourth_visitor = (visitor() for _ in range(4))
     first = await start(first_visitor)
-    assert first["state"] == "starting" and first["queue_position"] is None
+    assert first["state"] == "starting"
+    assert first["queue_position"] is None
     second = await start(second_visitor)
     third = await start(third_visitor)
     assert (second["state"], second["queue_position"]) == ("queued", 1)
@@ -99,7 +100,8 @@ async def test_it_lines_up_visitors_past_capacity_and_tells_them_their_place(
 
     full = await fourth_visitor.post("/api/exhibits/freedos/sessions")
     assert full.status_code == 503
-    assert full.json()["error"] == "capacity" and full.json()["detail"]
+    assert full.json()["error"] == "capacity"
+    assert full.json()["detail"]
     assert int(full["Retry-After"]) > 0
 
     second_page = await events(second_visitor, second["id"])
@@ -114,7 +116,8 @@ async def test_it_lines_up_visitors_past_capacity_and_tells_them_their_place(
     await first_visitor.delete(f"/api/sessions/{first['id']}")
     await next_event(second_page, "state", state="running")
     await next_event(third_page, "state", queue_position=1)
-    assert broker.active_count == 1 and broker.queue_length == 1
+    assert broker.active_count == 1
+    assert broker.queue_length == 1
 
     await second_visitor.delete(f"/api/sessions/{second['id']}")
     assert (await next_event(second_page, "ended"))["reason"] == "visitor"
@@ -134,7 +137,8 @@ async def test_it_allows_one_live_session_per_browser_and_limits_starts(
     for _ in range(2):
         session = await start(browser)
         again = await browser.post("/api/exhibits/freedos/sessions")
-        assert again.status_code == 409 and again.json()["id"] == session["id"]
+        assert again.status_code == 409
+        assert again.json()["id"] == session["id"]
         assert (await browser.delete(f"/api/sessions/{session['id']}")).status_code == 204
     limited = await browser.post("/api/exhibits/freedos/sessions")
     assert limited.status_code == 429
@@ -160,7 +164,8 @@ async def test_it_warns_before_the_idle_end_and_input_keeps_the_machine(
     rfb.start()  # a viewer that keeps asking for updates is not a visitor's input
 
     warning = await next_event(page, "warning")
-    assert warning["reason"] == "idle" and 1 <= warning["seconds_left"] <= 2
+    assert warning["reason"] == "idle"
+    assert 1 <= warning["seconds_left"] <= 2
     await rfb.press(SHIFT)
     assert (await next_event(page, "warning_cleared"))["reason"] == "idle"
     # Answering the warning on the page counts too.
@@ -170,7 +175,8 @@ async def test_it_warns_before_the_idle_end_and_input_keeps_the_machine(
 
     await next_event(page, "warning", reason="idle")
     ended = await next_event(page, "ended")
-    assert ended["reason"] == "idle" and "Nobody used the machine" in ended["detail"]
+    assert ended["reason"] == "idle"
+    assert "Nobody used the machine" in ended["detail"]
     record = await VisitorSession.objects.aget(id=session["id"])
     assert (record.state, record.ended_reason) == ("ended", "idle")
     assert not (portal_dirs / "run" / session["id"]).exists()
@@ -188,7 +194,8 @@ async def test_it_ends_a_visit_at_its_time_limit_after_a_warning(
     running = await next_event(page, "state", state="running")
     expires = datetime.fromisoformat(running["expires_at"]).timestamp()
     warning = await next_event(page, "warning")
-    assert warning["reason"] == "timeout" and warning["seconds_left"] <= 2
+    assert warning["reason"] == "timeout"
+    assert warning["seconds_left"] <= 2
     # Input all along does not stretch the time limit: it ends when it said it would.
     async def active() -> None:
         while True:
@@ -219,7 +226,8 @@ async def test_it_notices_a_killed_qemu_and_lets_the_visitor_start_again(
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     ended = await next_event(page, "ended")
-    assert ended["reason"] == "crashed" and "stopped unexpectedly" in ended["detail"]
+    assert ended["reason"] == "crashed"
+    assert "stopped unexpectedly" in ended["detail"]
     assert not (portal_dirs / "run" / session["id"]).exists()
     assert broker.active_count == 0
     # The page's "Start a new machine" is a new session for the same exhibit.
@@ -382,7 +390,8 @@ async def test_it_closes_an_oversized_display_message_and_the_machine_lives_on(
     for bad in ("not json", json.dumps({"type": "reset-everything"}), "[1, 2]", "x" * 10000):
         await page.send_to(text_data=bad)
         error = await next_event(page, "error")
-        assert error["error"] == "bad_message" and error["detail"]
+        assert error["error"] == "bad_message"
+        assert error["detail"]
     # The socket is still open and still works.
     await page.send_to(text_data=json.dumps({"type": "active"}))
     await browser.delete(f"/api/sessions/{session['id']}")
@@ -402,7 +411,8 @@ async def test_machines_run_as_their_own_unprivileged_users_with_a_memory_limit(
         await broker.display_attach(session_id=session["id"])
         broker.display_detach(session_id=session["id"])
         pid = (await VisitorSession.objects.aget(id=session["id"])).pid
-        assert pid is not None and process_alive(pid)
+        assert pid is not None
+        assert process_alive(pid)
         status = Path(f"/proc/{pid}/status").read_text()
         uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
         real, effective, saved, filesystem = (int(value) for value in uid_line.split()[1:])
@@ -443,7 +453,8 @@ async def test_a_machine_keeps_kvm_after_dropping_root(
     await broker.display_attach(session_id=session["id"])
     broker.display_detach(session_id=session["id"])
     machine = broker.machine(session["id"])
-    assert machine is not None and machine.pid is not None
+    assert machine is not None
+    assert machine.pid is not None
     status = Path(f"/proc/{machine.pid}/status").read_text()
     assert next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1] != "0"
     assert await machine.execute("query-kvm") == {"enabled": True, "present": True}

@@ -17,7 +17,8 @@ async def test_it_lists_published_exhibits_and_hides_drafts(
     await exhibit_create(FREEDOS_2048, slug="freedos", title="FreeDOS 2048")
     await exhibit_create(FREEDOS_2048, slug="draft", title="Unfinished draft", published=False)
     page = (await visitor().get("/")).content.decode()
-    assert "FreeDOS 2048" in page and "/exhibits/freedos/" in page
+    assert "FreeDOS 2048" in page
+    assert "/exhibits/freedos/" in page
     assert "Unfinished draft" not in page
     response = await visitor().get("/exhibits/draft/")
     assert response.status_code == 404
@@ -31,7 +32,9 @@ async def test_it_shows_an_exhibit_with_its_start_button(
     response = await visitor().get("/exhibits/freedos/")
     page = response.content.decode()
     assert response.status_code == 200
-    assert "<h1>FreeDOS 2048</h1>" in page and "1994" in page and "Test" in page
+    assert "<h1>FreeDOS 2048</h1>" in page
+    assert "1994" in page
+    assert "Test" in page
     assert '<button id="start"' in page
     assert "csrftoken" in response.cookies
 

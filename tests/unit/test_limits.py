@@ -15,7 +15,8 @@ def test_it_allows_starts_up_to_each_limit_and_says_when_to_retry() -> None:
     assert limiter.take({"browser:a": 2, "address:x": 3}) is None
     assert limiter.take({"browser:a": 2, "address:x": 3}) is None
     retry = limiter.take({"browser:a": 2, "address:x": 3})
-    assert retry is not None and 0 < retry <= 60
+    assert retry is not None
+    assert 0 < retry <= 60
     # Another browser at the same address has its own allowance, up to the address's.
     assert limiter.take({"browser:b": 2, "address:x": 3}) is None
     assert limiter.take({"browser:c": 2, "address:x": 3}) is not None
@@ -39,7 +40,8 @@ def test_it_gives_qemu_its_user_without_changing_the_start_state_key() -> None:
     assert "-runas" not in build_argv(MachineProfile(), **common)  # type: ignore[arg-type]
     sandbox = argv[argv.index("-sandbox") + 1]
     # elevateprivileges=deny together with -runas kills QEMU 7.2 at start.
-    assert "elevateprivileges" not in sandbox and "spawn=deny" in sandbox
+    assert "elevateprivileges" not in sandbox
+    assert "spawn=deny" in sandbox
     # A saved state does not depend on which uid resumes it.
     key = state_key(MachineProfile(), accelerator="kvm", qemu="7.2", master_sha256="0" * 64)
     assert "1800000007" not in key

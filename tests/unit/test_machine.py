@@ -23,7 +23,8 @@ def test_it_runs_a_486_without_defaults_network_or_user_config() -> None:
     argv = argv_for(MachineProfile())
     assert option(argv, "-cpu") == ["486"]
     assert option(argv, "-m") == ["16"]
-    assert "-nodefaults" in argv and "-no-user-config" in argv
+    assert "-nodefaults" in argv
+    assert "-no-user-config" in argv
     assert option(argv, "-nic") == ["none"]
     assert not any(arg.startswith(("-netdev", "-net")) and arg != "-nic" for arg in argv)
     assert option(argv, "-sandbox") == ["on,obsolete=deny,spawn=deny,resourcecontrol=deny"]
@@ -147,12 +148,14 @@ def test_it_refuses_more_media_than_a_pc_has_drives() -> None:
 def test_every_choice_of_a_full_profile_reaches_the_argv() -> None:
     argv = argv_for(MachineProfile(cpu="pentium", memory_mb=32, vga="cirrus", boot="cdrom", mouse="ps2",
                                    sound=("pcspk", "sb16"), accelerator="tcg"))
-    assert option(argv, "-cpu") == ["pentium"] and option(argv, "-m") == ["32"]
+    assert option(argv, "-cpu") == ["pentium"]
+    assert option(argv, "-m") == ["32"]
     assert option(argv, "-vga") == ["cirrus"]
     assert option(argv, "-machine") == ["pc,vmport=off,pcspk-audiodev=audio0"]  # the PS/2 mouse alone
     assert option(argv, "-device") == ["sb16,audiodev=audio0"]
     (drive,) = option(argv, "-drive")
-    assert "media=cdrom" in drive and "readonly=on" in drive
+    assert "media=cdrom" in drive
+    assert "readonly=on" in drive
     assert option(argv, "-boot") == ["order=d"]
 
 
@@ -204,7 +207,8 @@ def test_it_changes_the_disk_in_a_drive_that_has_one_rather_than_adding_a_drive(
 
 def test_it_changes_b_when_both_floppy_drives_hold_disks() -> None:
     profile = MachineProfile(boot="hdd", extra_media=("floppy", "floppy"), files_in="b")
-    assert profile.floppy_slots == [0, 1] and not profile.files_in_slot_free
+    assert profile.floppy_slots == [0, 1]
+    assert not profile.files_in_slot_free
     argv = build_argv(profile, qemu_binary="qemu", accelerator="tcg", disk_path=Path("/r/disk.qcow2"),
                       run_dir=Path("/r"), qmp_fd=3,
                       extra_paths=[Path("/r/extra-0.qcow2"), Path("/r/extra-1.qcow2")])
