@@ -21,7 +21,7 @@ import re
 import secrets
 import socket
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +268,12 @@ class Machine:
         self._qmp: QMPClient | None = None
         self._stop_task: asyncio.Task[None] | None = None
         self.argv: list[str] = []
+        # Resumed from its saved state but held paused (a warm pool's machine):
+        # the next `start()` puts its clock right and lets it run.
+        self._held = False
+        # Called once the process is gone and its cgroup removed, by `stop()`: what
+        # the machine's owner lets go only then (a pooled machine's own leases).
+        self.after_stop: list[Callable[[], None]] = []
 
     @property
     def vnc_path(self) -> Path:
@@ -289,8 +295,24 @@ class Machine:
     def returncode(self) -> int | None:
         return self._process.returncode if self._process else None
 
-    async def start(self) -> None:
-        """Launch QEMU and connect QMP. On any failure nothing is left running."""
+    @property
+    def held(self) -> bool:
+        """Resumed from its saved state and paused, waiting for its visitor."""
+        return self._held
+
+    async def start(self, *, hold: bool = False) -> None:
+        """Launch QEMU and connect QMP. On any failure nothing is left running.
+
+        With `hold`, a machine that resumes a saved state stays paused once it is
+        loaded (a warm pool's machine); a later `start()` lets it run.
+        """
+        if self._held:
+            try:
+                await self._run()
+            except BaseException:
+                await self.stop()
+                raise
+            return
         if self._process is not None:
             raise MachineError("machine already started")
         for path in (self.qmp_path, self.vnc_path):
@@ -351,7 +373,7 @@ class Machine:
         try:
             await self._connect_qmp()
             if state_fd is not None:
-                await self._restore(state_fd)
+                await self._restore(state_fd, hold=hold)
         except BaseException:
             await self.stop()
             raise
@@ -372,8 +394,9 @@ class Machine:
         if cgroup is not None:
             await asyncio.to_thread(cgroup_remove, cgroup)
 
-    async def _restore(self, state_fd: int) -> None:
-        """Load the saved state QEMU inherited as state_fd, then let the guest run."""
+    async def _restore(self, state_fd: int, *, hold: bool) -> None:
+        """Load the saved state QEMU inherited as state_fd, then let the guest run
+        (or, with `hold`, keep it paused until the next `start()`)."""
         async with asyncio.timeout(self.start_timeout_s):
             status = await self._migrate(
                 "migrate-incoming", {"uri": f"fd:{state_fd}"}
@@ -383,6 +406,33 @@ class Machine:
                 f"restoring the saved machine state {status}", argv=self.argv,
                 returncode=self.returncode, log_tail=log_tail(self.log_path),
             )
+        await self.surface_refresh()
+        if hold:
+            self._held = True
+            return
+        await self._run()
+
+    async def surface_refresh(self) -> None:
+        """Make QEMU's display show the loaded guest's own screen before any viewer
+        connects.
+
+        After a resume QEMU's console still holds its start-up surface (720x400,
+        blank) until the display is next refreshed, which a VNC server does only
+        with a client connected: the first thing a visitor would see is that
+        surface, then a resize. A screendump refreshes the display at once.
+        """
+        dump = self.run_dir / "surface.ppm"
+        try:
+            await self.screendump(dump)
+        except MachineError as error:
+            # Only the first picture is late without it.
+            logger.warning("machine %s: the display was not refreshed: %s", self.run_dir.name, error)
+        finally:
+            dump.unlink(missing_ok=True)
+
+    async def _run(self) -> None:
+        """Let a resumed guest run: its clock put right first (see `guest_clock_set`)."""
+        self._held = False
         await self.execute("cont")
 
     async def save_state(self, path: Path, *, timeout_s: float) -> None:
@@ -619,6 +669,7 @@ class Machine:
         """QMP quit, wait, kill if it lingers, wait. Idempotent."""
         if self._process is None:
             await self._cgroup_remove()
+            self._after_stop()
             return
         if self._stop_task is None:
             self._stop_task = asyncio.ensure_future(self._stop())
@@ -656,6 +707,15 @@ class Machine:
                     process.kill()
                 await process.wait()
             await self._cgroup_remove()
+            self._after_stop()
+
+    def _after_stop(self) -> None:
+        calls, self.after_stop = self.after_stop, []
+        for call in calls:
+            try:
+                call()
+            except Exception:
+                logger.exception("machine %s: cleaning up after its stop failed", self.run_dir.name)
 
 
 def process_alive(pid: int) -> bool:
