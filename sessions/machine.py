@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import errno
 import fcntl
 import hashlib
@@ -21,6 +22,7 @@ import re
 import secrets
 import socket
 import subprocess
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,13 @@ LOG_FILE = "qemu.log"
 UNIX_PATH_MAX = 107
 
 AUDIODEV_ID = "audio0"
+# QEMU's debugger stub, attached for a moment to put a resumed guest's clock right.
+GDB_CHARDEV = "portal-clock"
+# The BIOS data area: the timer's ticks since midnight (a dword) and the count of
+# midnights passed that nobody has read yet (a byte); 0x1800B0 ticks make a day.
+BIOS_TICKS = 0x46C
+BIOS_MIDNIGHT = 0x470
+BIOS_TICKS_PER_DAY = 0x1800B0
 # The blank floppy in the drive for visitors' files, made in the run directory
 # (sessions/sandbox.py): a drive QEMU makes empty never lets the guest write.
 FILES_DISK = "visitor-disk-0.qcow2"
@@ -433,7 +442,69 @@ class Machine:
     async def _run(self) -> None:
         """Let a resumed guest run: its clock put right first (see `guest_clock_set`)."""
         self._held = False
+        try:
+            await self.guest_clock_set()
+        except (MachineError, OSError, TimeoutError) as error:
+            # A guest whose clock is behind is better than no machine.
+            logger.warning("machine %s: the guest's clock was not put right: %s",
+                           self.run_dir.name, error)
         await self.execute("cont")
+
+    async def guest_clock_set(self, *, now: float | None = None) -> None:
+        """Put a paused, resumed guest's own clock right: the time of day DOS keeps.
+
+        The CMOS clock follows the host by itself (QEMU's RTC runs on the host's
+        clock, even while the guest is paused or saved), but DOS reads it only at
+        boot and then counts the BIOS timer's ticks (0040:006C, 18.2 a second) in
+        guest time, which stood still from the moment the start state was saved.
+        QEMU offers no monitor command that writes guest memory, so the portal
+        attaches QEMU's own debugger stub for a moment, through a socket pair
+        handed over QMP (nothing listens anywhere), writes the tick count for now
+        and, for each midnight since the state was saved, the BIOS's midnight
+        count (0040:0070) that DOS adds to its date, and detaches. The guest stays
+        paused throughout.
+        """
+        if self._qmp is None:
+            raise MachineError("machine is not connected")
+        moment = time.time() if now is None else now
+        local = time.localtime(moment)
+        since_midnight = local.tm_hour * 3600 + local.tm_min * 60 + local.tm_sec + moment % 1
+        ticks = min(BIOS_TICKS_PER_DAY - 1, int(since_midnight * BIOS_TICKS_PER_DAY / 86400))
+        days = 0
+        if self.incoming_state is not None:
+            with contextlib.suppress(OSError):
+                saved = datetime.date.fromtimestamp(self.incoming_state.stat().st_mtime)
+                days = max(0, min(255, (datetime.date.fromtimestamp(moment) - saved).days))
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with theirs:
+                self._qmp.send_fd_scm(theirs.fileno())
+                await self.execute("getfd", {"fdname": GDB_CHARDEV})
+            await self.execute("chardev-add", {"id": GDB_CHARDEV, "backend": {
+                "type": "socket", "data": {"addr": {"type": "fd", "data": {"str": GDB_CHARDEV}},
+                                           "server": False}}})
+            said = await self.execute("human-monitor-command",
+                                      {"command-line": f"gdbserver chardev:{GDB_CHARDEV}"})
+            if "Waiting for gdb" not in str(said):
+                raise MachineError(f"QEMU's debugger stub did not attach: {str(said).strip()}")
+            try:
+                ours.setblocking(False)
+                reader, writer = await asyncio.open_unix_connection(sock=ours)
+                try:
+                    async with asyncio.timeout(self.qmp_timeout_s):
+                        # Physical addresses: the BIOS data area, whatever the guest's paging.
+                        await gdb_packet(reader, writer, "Qqemu.PhyMemMode:1")
+                        await gdb_packet(reader, writer,
+                                         f"M{BIOS_TICKS:x},4:{ticks.to_bytes(4, 'little').hex()}")
+                        if days:
+                            await gdb_packet(reader, writer, f"M{BIOS_MIDNIGHT:x},1:{days:02x}")
+                finally:
+                    writer.close()
+            finally:
+                # Detaching by the protocol would let the guest run; this keeps it paused.
+                await self.execute("human-monitor-command", {"command-line": "gdbserver none"})
+        finally:
+            ours.close()
 
     async def save_state(self, path: Path, *, timeout_s: float) -> None:
         """Pause the guest and write its whole state to path (the guest stays paused).
@@ -716,6 +787,20 @@ class Machine:
                 call()
             except Exception:
                 logger.exception("machine %s: cleaning up after its stop failed", self.run_dir.name)
+
+
+async def gdb_packet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: str) -> str:
+    """Send one packet of the GDB remote protocol and return the answer's payload;
+    anything but OK (or data, for a read) raises."""
+    writer.write(f"${data}#{sum(data.encode()) & 0xFF:02x}".encode())
+    await writer.drain()
+    answer = await reader.readuntil(b"#")
+    await reader.readexactly(2)
+    writer.write(b"+")
+    payload = answer[answer.index(b"$") + 1:-1].decode("ascii", "replace")
+    if payload.startswith("E") or payload == "":
+        raise MachineError(f"QEMU's debugger stub refused {data.split(':')[0]!r}: {payload!r}")
+    return payload
 
 
 def process_alive(pid: int) -> bool:
