@@ -265,5 +265,15 @@ async def test_pools_come_back_after_the_node_restarts(pool_broker: Any, games: 
         assert not after & before
         health = (await visitor().get("/healthz")).json()
         assert health["pool"] == {"size": 2, "machines": 2, "exhibits": {"games": 2}}
+        # The staff's page of live visits shows the node's pool too.
+        from django.contrib.auth.models import User
+
+        user = await User.objects.acreate_user("pool-staff", password="x", is_staff=True,
+                                               is_superuser=True)
+        staff = visitor()
+        await staff.aforce_login(user)
+        page = (await staff.get("/admin/visits/visitorsession/live/")).content.decode()
+        shown = page[page.index('id="warm-pool"'):]
+        assert "per exhibit: 2" in shown and "games: 2" in shown
     finally:
         await again.shutdown()
