@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from portal.models import Exhibit, StartState
 
 from .host import Lease, UidLease, machine_lease_take
+from .keeper import task_new
 from .machine import Machine, MachineError
 from .overlay import OVERLAY_FILE, OverlayError, run_dir_create, run_dir_remove
 
@@ -133,7 +134,13 @@ class Pool:
         (replacing what a reset's old machine left there). It keeps its own leases
         until it stops, and stays paused until the keeper starts it."""
         machine = pooled.machine
-        await asyncio.to_thread(_dir_replace, pooled.run_dir, run_dir, leases=self.launcher.config.leases)
+        try:
+            await asyncio.to_thread(_dir_replace, pooled.run_dir, run_dir,
+                                    leases=self.launcher.config.leases)
+        except BaseException:
+            # Neither the pool's nor the visit's: it goes.
+            self._discard_soon(pooled, why="its files could not be handed over")
+            raise
         machine.run_dir = run_dir
         machine.disk_path = run_dir / OVERLAY_FILE
         machine.extra_paths = [run_dir / path.name for path in machine.extra_paths]
@@ -285,7 +292,7 @@ class Pool:
     # --- discarding ----------------------------------------------------------------
 
     def _discard_soon(self, pooled: Pooled, *, why: str) -> None:
-        task = asyncio.create_task(self._discard(pooled, why=why), name=f"discard-{pooled.run_dir.name}")
+        task = task_new(self._discard(pooled, why=why), name=f"discard-{pooled.run_dir.name}")
         self._discards.add(task)
         task.add_done_callback(self._discards.discard)
 
