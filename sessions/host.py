@@ -87,12 +87,12 @@ def accelerator_choose(setting: str) -> str:
     return setting
 
 
-# What one idle visitor's machine costs, measured by bench/density.py at 500 demo
-# machines on a 2-core, 24 GiB host with KVM (docs/operators.md, "Capacity"): the
-# host memory it takes with KSM off (merging is a bonus, not a promise) and the
-# host CPU it uses while nobody types.
-MACHINE_MEMORY_MIB = 40.0
-MACHINE_IDLE_CPU_PERCENT = 0.3
+# What one idle visitor's machine costs, measured by bench/density.py with 100 to 500
+# demo machines on a 2-core, 24 GiB host with KVM (docs/operators.md, "Capacity"):
+# its proportional share of memory (PSS) with KSM off (merging is a bonus, not a
+# promise), and the host CPU it uses while nobody types.
+MACHINE_MEMORY_MIB = 20.0
+MACHINE_IDLE_CPU_PERCENT = 0.22
 # Memory kept for the host itself, the portal and page cache: a share of it, at least 1 GiB.
 MEMORY_RESERVE_SHARE = 0.15
 MEMORY_RESERVE_MIN_MIB = 1024

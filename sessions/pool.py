@@ -222,6 +222,8 @@ class Pool:
                 break
             exhibit, start = wanted[min(short)[1]]
             # A task of its own, so that a visitor needing the place can cancel it.
+            # Its place is held from now on, before its task first runs.
+            self._making += 1
             task = asyncio.create_task(self._make(exhibit, start), name=f"pool-make-{exhibit.slug}")
             self._make_task = task
             try:
@@ -232,6 +234,7 @@ class Pool:
                 raise
             finally:
                 self._make_task = None
+                self._making -= 1
             made_one = None if task.cancelled() else task.result()
             if made_one is None:
                 # A start state that cannot be resumed here is not tried again until the next pass.
@@ -261,7 +264,6 @@ class Pool:
         """One machine resumed from the start state and held paused, or None."""
         name = f"{POOL_PREFIX}{secrets.token_hex(8)}"
         config = self.launcher.config
-        self._making += 1
         lease = machine_lease_take(name=name, directory=config.leases)
         uid_lease: UidLease | None = None
         machine: Machine | None = None
@@ -283,8 +285,6 @@ class Pool:
                 logger.error("a pooled machine of %s could not be made: %s", exhibit.slug, error)
                 return None
             raise
-        finally:
-            self._making -= 1
         return Pooled(exhibit_id=exhibit.pk, slug=exhibit.slug, state_id=start.pk,
                       state_key=start.key, warm_path=start.warm_path, machine=machine,
                       lease=lease, uid_lease=uid_lease)
