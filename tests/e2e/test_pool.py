@@ -47,3 +47,22 @@ def test_a_start_gets_a_pooled_machine_whose_first_picture_is_the_desktop(
     wait_until(lambda: pooled not in processes_naming(site.run_dir), timeout_s=10,
                what="the visit's machine gone, not pooled again")
     assert health(site.url)["pool"] == {"size": 1, "machines": 1, "exhibits": {"demo": 1}}
+
+
+def test_after_a_server_crash_the_pool_is_swept_and_made_anew(portal_make: PortalFactory) -> None:
+    site = portal_make({"PORTAL_POOL_SIZE": "1"})
+    wait_until(lambda: health(site.url)["pool"]["exhibits"].get("demo") == 1, timeout_s=60,
+               what="a pooled demo machine")
+    (orphan,) = processes_naming(site.run_dir)
+    site.crash()
+    # Its QEMU outlives the portal (it runs as a user of its own); its lease died with it.
+    assert orphan in processes_naming(site.run_dir)
+    site.serve()  # answering /healthz means the reaper has swept
+    assert orphan not in processes_naming(site.run_dir)
+    wait_until(lambda: health(site.url)["pool"]["exhibits"].get("demo") == 1, timeout_s=60,
+               what="the pool made anew")
+    (fresh,) = processes_naming(site.run_dir)
+    assert fresh != orphan
+    # The orphan's run directory went with it: only the new pooled machine's is there.
+    left = [path.name for path in site.run_dir.iterdir()]
+    assert len(left) == 1 and left[0].startswith("pool-"), left
