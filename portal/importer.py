@@ -72,7 +72,6 @@ FORMAT_NAMES = {"raw": "a raw disk image", "iso": "an ISO 9660 CD-ROM image", "q
                 "vmdk": "VMDK", "vdi": "VDI", "vpc": "VHD", "vhdx": "VHDX"}
 # Formats whose `qemu-img check` finds a corrupt image before conversion does.
 CHECKABLE_FORMATS = {"qcow2", "vmdk", "vdi", "vhdx"}
-QCOW2_INCOMPATIBLE_DIRTY = 1 << 0
 QCOW2_INCOMPATIBLE_CORRUPT = 1 << 1
 QCOW2_INCOMPATIBLE_DATA_FILE = 1 << 2
 QCOW2_EXTENSION_DATA_FILE = 0x44415441
