@@ -209,10 +209,11 @@ class Pool:
             if start is None:
                 self.drop_exhibit(exhibit_id, why="its exhibit has no usable start state")
                 continue
-            keep = [pooled for pooled in self._machines[exhibit_id] if pooled.matches(start)]
+            keep = [pooled for pooled in self._machines[exhibit_id]
+                    if pooled.matches(start) and pooled.machine.returncode is None]
             for pooled in self._machines[exhibit_id]:
                 if pooled not in keep:
-                    self._discard_soon(pooled, why="its start state was replaced")
+                    self._discard_soon(pooled, why="its start state was replaced or its QEMU is gone")
             self._machines[exhibit_id] = keep
         made = 0
         while self.enabled and self._room():
