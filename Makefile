@@ -11,7 +11,7 @@ CLUSTER_DIR ?= var-cluster
 APT_PACKAGES := qemu-system-x86 qemu-utils nasm mtools chromium postgresql redis-server nginx
 DEMO_DESCRIPTION := A free stand-in for a Windows 3.1 desktop, written for this portal and built from its source. It boots from its hard disk like an installed Windows 3.1 PC. Click the icons, type in Notepad and save: your text stays on this visit's own disk, and the next visitor starts fresh.
 
-.PHONY: setup run cluster test lint bench clean
+.PHONY: setup run cluster test lint bench bench-density clean
 
 setup: apt $(VENV)/.installed node_modules/.package-lock.json $(DEMO_IMAGE)
 
@@ -61,6 +61,10 @@ test: setup lint
 
 bench: setup
 	$(PY) bench/run.py
+
+# 100, 300 and 500 idle machines, KSM off and on: it loads a two-core host fully for minutes.
+bench-density: setup
+	$(PY) -m bench.density
 
 clean:
 	rm -rf $(VENV) node_modules build

@@ -1,21 +1,28 @@
 """Density: how many idle visitors' machines this host carries, and what each costs.
 
 N idle demo machines (resumed from the prepared start state through the
-broker, as visitors get them; nobody watching) are started in steps up to the
-largest N, and at each step every QEMU's RSS and PSS (/proc/<pid>/smaps_rollup),
-its host CPU over a window (/proc/<pid>/stat), and the host's available memory
-are measured. Reference, in the same run: one machine alone (N = 1).
+broker, as visitors get them; nobody watching; no warm pool) are started in
+steps up to 500, and at each step every QEMU's RSS and PSS
+(/proc/<pid>/smaps_rollup), its host CPU over a window (/proc/<pid>/stat),
+and the host's available memory are measured: first with kernel same-page
+merging (KSM) off, then, where the kernel lets this process switch it, with
+KSM on once merging has settled; then KSM unmerges again (back to the memory
+the step had with it off) before the next step grows. Reference, in the same
+run: one machine alone (N = 1). KSM's settings are put back as they were.
 
-At the largest N the memory is measured again with kernel same-page merging
-(KSM) on, once merging has settled, where the kernel lets this process switch
-it; KSM's settings are put back as they were. Everything started is stopped
-and deleted, and the script checks that no QEMU and no run directory is left.
+The host is protected: no batch starts while less than 3 GiB of memory is
+available (the run stops growing there and says so). Everything started is
+stopped and deleted, and the script checks that no QEMU and no run directory
+is left. `make bench-density` runs it alone: at 500 machines it loads a
+two-core host fully for minutes.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +39,9 @@ from bench.common import (
     write_results,
 )
 
-STEPS = [1, 5] if QUICK else [1, 10, 50, 100]
+STEPS = [1, 5] if QUICK else [1, 100, 300, 500]
+# No batch starts while the host has less than this available.
+MEMORY_FLOOR_MIB = 3 * 1024
 WINDOW_S = runs(10, 3)
 SETTLE_S = runs(5, 2)
 BATCH = 4  # machines resumed at once
@@ -45,6 +54,9 @@ KSM_SETTLE_TIMEOUT_S = runs(90, 30)
 # must outlive the grace period; the host's default capacity may be below N.
 os.environ.setdefault("PORTAL_GRACE_S", "3600")
 os.environ.setdefault("PORTAL_MAX_SESSIONS", str(max(STEPS) + 10))
+# One process starts them all, from no address: the start limits are not measured here.
+os.environ.setdefault("PORTAL_STARTS_PER_ADDRESS", str(10 * max(STEPS)))
+os.environ.setdefault("PORTAL_POOL_SIZE", "0")
 
 
 def cpu_ticks(pid: int) -> int:
@@ -152,6 +164,15 @@ async def ksm_merged(pids: list[int], baseline: float, ksmd: int | None) -> dict
                 (KSM / name).write_text(value)
 
 
+async def ksm_unmerged() -> None:
+    """Switch KSM off and unmerge every page (as before the merge). The kernel unmerges
+    within the write of 2, so it is done once the write returns."""
+    with contextlib.suppress(OSError):
+        await asyncio.to_thread((KSM / "run").write_text, "2")
+    with contextlib.suppress(OSError):
+        (KSM / "run").write_text("0")
+
+
 async def measure(run_root: Path) -> dict[str, Any]:
     from portal.models import Exhibit
     from sessions.broker import CapacityError, exhibit_prepare, get_broker
@@ -160,14 +181,22 @@ async def measure(run_root: Path) -> dict[str, Any]:
     exhibit = await Exhibit.objects.select_related("image").aget(slug="demo")
     await exhibit_prepare(exhibit, StartCondition(wait_graphics=True, still_s=1.0))
     broker = await get_broker()
+    reason = ksm_switchable()
+    ksm_saved = (KSM / "run").read_text().strip() if reason is None else ""
+    if reason is None and ksm_saved != "0":
+        await ksm_unmerged()  # every step is measured with KSM off first
     baseline = available_mib()
     session_ids: list[str] = []
     steps: list[dict[str, Any]] = []
-    ksm: dict[str, Any] = {}
+    ksm: dict[str, Any] = {"on": [], "not_available": reason}
     capacity_note = ""
     try:
         for target in STEPS:
-            while len(session_ids) < target:
+            while len(session_ids) < target and not capacity_note:
+                if available_mib() < MEMORY_FLOOR_MIB:
+                    capacity_note = (f"stopped growing at {len(session_ids)} machines: less than "
+                                     f"{MEMORY_FLOOR_MIB} MiB of memory was available")
+                    break
                 batch: list[str] = []
                 for _ in range(min(BATCH, target - len(session_ids))):
                     try:
@@ -181,20 +210,24 @@ async def measure(run_root: Path) -> dict[str, Any]:
                     break
                 await _running(broker, batch)
                 session_ids += batch
-            if capacity_note and len(session_ids) < target:
-                break
+            if len(session_ids) < target and steps and steps[-1]["machines"] == len(session_ids):
+                break  # stopped growing: this step was measured already
             await asyncio.sleep(SETTLE_S)
             pids = [_pid(broker, session_id) for session_id in session_ids]
             steps.append(await snapshot(pids, baseline))
-            print(f"  {len(pids)} machines measured", flush=True)
-        reason = ksm_switchable()
-        if reason is None and session_ids:
-            pids = [_pid(broker, session_id) for session_id in session_ids]
-            ksm = {"on": await ksm_merged(pids, baseline, ksmd_pid())}
-        else:
-            ksm = {"not_available": reason}
+            print(f"  {len(pids)} machines measured, KSM off", flush=True)
+            if reason is None and len(pids) > 1:
+                merged = await ksm_merged(pids, baseline, ksmd_pid())
+                ksm["on"].append(merged)
+                print(f"  {len(pids)} machines measured, KSM on", flush=True)
+                await ksm_unmerged()
+            if capacity_note:
+                break
     finally:
         await broker.shutdown()
+        if reason is None:
+            with contextlib.suppress(OSError):
+                (KSM / "run").write_text(ksm_saved)
     leftovers = processes_naming(run_root)
     left_dirs = sorted(p.name for p in run_root.iterdir()) if run_root.exists() else []
     assert not leftovers, f"QEMU processes left running: {leftovers}"
@@ -220,53 +253,89 @@ def _pid(broker: Any, session_id: str) -> int:
 
 def report(results: dict[str, Any]) -> list[Table]:
     steps = results["steps"]
+    on_by_count = {step["machines"]: step for step in results["ksm"].get("on", [])}
     reference = steps[0]
-    ref_rss, ref_cpu = median(reference["rss_mib"]), median(reference["cpu_percent"])
+    ref_cpu = sum(reference["cpu_percent"]) / reference["machines"]
+    # One machine's share of the host's available memory drowns in the host's own
+    # changes: host memory is compared with the first larger N instead.
+    grown = next((step for step in steps if step["machines"] > 1), reference)
+    ref_used = grown["host_used_mib"] / grown["machines"]
     table = Table(
         f"Density: N idle prepared demo machines ({results['accelerator']}, nobody watching), "
-        f"{WINDOW_S} s CPU windows, KSM as the host had it; reference: N = 1",
-        ["N", "RSS MiB/machine (median)", "ratio", "PSS MiB/machine", "host memory used MiB/machine",
-         "CPU %/machine (mean)", "ratio", "total RSS MiB", "total CPU % of a core",
-         f"target: >= 100 machines, <= {RSS_TARGET_MIB:g} MiB, <= {CPU_TARGET_PERCENT:g} %"],
+        f"{WINDOW_S} s CPU windows, KSM off then on at each N; reference: N = 1, KSM off "
+        f"(host memory: N = {grown['machines']}, KSM off)",
+        ["N", "KSM", "RSS MiB/machine (median)", "PSS MiB/machine (median)",
+         "host memory used MiB/machine", "ratio", "CPU %/machine (mean)", "ratio",
+         "total CPU % of a core", "ksmd CPU %", "pages_sharing",
+         f"target: <= {RSS_TARGET_MIB:g} MiB RSS, <= {CPU_TARGET_PERCENT:g} % CPU"],
     )
     for step in steps:
-        count = step["machines"]
-        rss = median(step["rss_mib"])
-        cpu_mean = sum(step["cpu_percent"]) / count
-        target = ""
-        if count == max(s["machines"] for s in steps):
-            target = verdict(count >= 100 and max(step["rss_mib"]) <= RSS_TARGET_MIB
-                             and cpu_mean <= CPU_TARGET_PERCENT)
-        table.row(count, f"{rss:.1f}", ratio(rss, ref_rss), f"{median(step['pss_mib']):.1f}",
-                  f"{step['host_used_mib'] / count:.1f}", f"{cpu_mean:.2f}",
-                  ratio(cpu_mean, ref_cpu) if ref_cpu else "-",
-                  f"{sum(step['rss_mib']):.0f}", f"{sum(step['cpu_percent']):.1f}", target)
-    ksm_table = Table(
-        "Kernel same-page merging at the largest N; reference: the same machines with KSM off",
-        ["KSM", "N", "PSS MiB/machine (median)", "ratio", "host memory used MiB/machine", "ratio",
-         "CPU %/machine (mean)", "ksmd CPU %", "pages_sharing"],
-    )
-    last = steps[-1]
-    count = last["machines"]
-    off_pss, off_used = median(last["pss_mib"]), last["host_used_mib"] / count
-    ksm_table.row("off", count, f"{off_pss:.1f}", "1.00", f"{off_used:.1f}", "1.00",
-                  f"{sum(last['cpu_percent']) / count:.2f}", "-", last["ksm_pages_sharing"])
-    on = results["ksm"].get("on")
-    if on:
-        on_pss, on_used = median(on["pss_mib"]), on["host_used_mib"] / count
-        ksm_table.row("on", count, f"{on_pss:.1f}", ratio(on_pss, off_pss), f"{on_used:.1f}",
-                      ratio(on_used, off_used), f"{sum(on['cpu_percent']) / count:.2f}",
-                      f"{on['ksmd_cpu_percent']:.1f}", on["ksm_pages_sharing"])
-    else:
-        ksm_table.row("on", "not available", results["ksm"].get("not_available"), "", "", "", "", "", "")
+        for ksm, measured in (("off", step), ("on", on_by_count.get(step["machines"]))):
+            if measured is None:
+                continue
+            count = measured["machines"]
+            used = measured["host_used_mib"] / count
+            cpu_mean = sum(measured["cpu_percent"]) / count
+            table.row(count, ksm, f"{median(measured['rss_mib']):.1f}", f"{median(measured['pss_mib']):.1f}",
+                      f"{used:.1f}" if count > 1 else "-", ratio(used, ref_used) if count > 1 else "-",
+                      f"{cpu_mean:.2f}",
+                      ratio(cpu_mean, ref_cpu) if ref_cpu else "-", f"{sum(measured['cpu_percent']):.1f}",
+                      f"{measured['ksmd_cpu_percent']:.1f}" if ksm == "on" else "-",
+                      measured["ksm_pages_sharing"],
+                      verdict(median(measured["rss_mib"]) <= RSS_TARGET_MIB
+                              and cpu_mean <= CPU_TARGET_PERCENT))
     table.print()
-    ksm_table.print()
+    tables = [table]
+    grown_steps = [step for step in steps if step["machines"] > 1]
+    if grown_steps:
+        # The dearest of every N measured, KSM off (merging is a bonus, not a promise):
+        # a machine's proportional memory (PSS) or its share of the host's, and its CPU.
+        memory_mib = max(max(median(step["pss_mib"]), step["host_used_mib"] / step["machines"])
+                         for step in grown_steps)
+        cpu_percent = max(sum(step["cpu_percent"]) / step["machines"] for step in grown_steps)
+        derived = capacity_from(memory_mib=memory_mib, idle_cpu_percent=cpu_percent)
+        counts = ", ".join(str(step["machines"]) for step in grown_steps)
+        capacity_table = Table(
+            f"The default capacity this host would get from what was measured at N = {counts} "
+            "(the dearest, KSM off); reference: the capacity in force "
+            "(sessions.host: MACHINE_MEMORY_MIB, MACHINE_IDLE_CPU_PERCENT)",
+            ["memory MiB/machine", "idle CPU %/machine", "by memory", "by CPU", "derived", "in force",
+             "ratio"],
+        )
+        from sessions.host import capacity_default
+
+        in_force = capacity_default()
+        capacity_table.row(f"{memory_mib:.1f}", f"{cpu_percent:.2f}", derived["by_memory"],
+                           derived["by_cpu"], derived["capacity"], in_force,
+                           ratio(derived["capacity"], in_force))
+        capacity_table.print()
+        tables.append(capacity_table)
+        results["derived_capacity"] = derived
+    if results["ksm"].get("not_available"):
+        print(f"\nKSM: {results['ksm']['not_available']}")
     if results["capacity_note"]:
         print(f"\nnote: {results['capacity_note']}")
-    return [table, ksm_table]
+    return tables
+
+
+def capacity_from(*, memory_mib: float, idle_cpu_percent: float) -> dict[str, int]:
+    """What `sessions.host.capacity_default` computes, from measured costs per machine."""
+    from sessions.host import capacity_limits
+
+    by_memory, by_cpu = capacity_limits(memory_per_machine_mib=memory_mib,
+                                        idle_cpu_percent=idle_cpu_percent)
+    return {"by_memory": by_memory, "by_cpu": by_cpu, "capacity": min(by_memory, by_cpu)}
 
 
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--report":
+        # The tables again from a results file, as this version of the script prints them.
+        path = Path(sys.argv[2])
+        results = json.loads(path.read_text())
+        tables = report(results)
+        results["tables"] = [table.as_json() for table in tables]
+        path.write_text(json.dumps(results, indent=2))
+        return
     with portal_environment(exhibits=True):
         from django.conf import settings
 

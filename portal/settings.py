@@ -219,6 +219,10 @@ PORTAL_STOP_TIMEOUT_S = _env_float("PORTAL_STOP_TIMEOUT_S", 5.0)
 PORTAL_QEMU_IMG_TIMEOUT_S = _env_float("PORTAL_QEMU_IMG_TIMEOUT_S", 30.0)
 # Most machines the host runs at once; 0 derives it from memory and cores.
 PORTAL_MAX_SESSIONS = int(os.environ.get("PORTAL_MAX_SESSIONS", "0"))
+# The warm pool: machines per exhibit (with a start state) that each node keeps
+# resumed and paused, so a Start or a Reset only lets one run. They take free
+# places only, and give them up first when a visitor needs one. 0 turns it off.
+PORTAL_POOL_SIZE = int(os.environ.get("PORTAL_POOL_SIZE", "2"))
 # Visitors who wait, first come first served, once every machine is in use;
 # past this many, a Start is answered 503 with Retry-After. 0 derives it
 # (twice the capacity).

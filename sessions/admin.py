@@ -1,5 +1,5 @@
 """The runtime's side of the admin: visitor sessions, the staff's page of live
-visits (with a button that ends one), and the exhibit actions that boot a
+visits (with a button that ends one, and the node's warm pool), and the exhibit actions that boot a
 machine (preparing a start state).
 
 `portal.admin` registers the exhibits' admin without importing the runtime;
@@ -74,9 +74,11 @@ class VisitorSessionAdmin(admin.ModelAdmin):
         refusal = await self._staff_refusal(request, change=False)
         if refusal is not None:
             return refusal
-        visits = await (await get_broker()).visits_live()
+        broker = await get_broker()
+        visits = await broker.visits_live()
         context = {**await sync_to_async(self.admin_site.each_context)(request), "title": "Live visits",
                    "opts": self.model._meta, "visits": visits,
+                   "pool": broker.pool.describe(), "node": broker.config.install,
                    "can_end": await sync_to_async(self.has_change_permission)(request)}
         return TemplateResponse(request, "admin/visits/visitorsession/live.html", context)
 

@@ -8,7 +8,8 @@ layer), and the process's background loops (events, the clock, the reaper, the
 heartbeat, the node's messages) with their start and shutdown. What is global
 (placement, the waiting line, limits) is the scheduler's; what is this node's
 (machines, viewers, grace, clocks, reset, ends) is the keeper's; how a machine
-is made, the launcher's.
+is made, the launcher's; the machines kept resumed and paused for the next
+visitors, the warm pool's (started with the other loops, closed first at shutdown).
 
 Must not: speak HTTP or WebSocket (views and consumers translate its errors),
 or start anything at import time: Daphne has no lifespan events, so the broker
@@ -73,6 +74,7 @@ from .nodes import (
     nodes_list,
 )
 from .overlay import OVERLAY_FILE
+from .pool import Pool
 from .reaper import reap_once
 from .sandbox import Checkpoint, MediaResult, Upload
 from .scheduler import (
@@ -125,6 +127,10 @@ class Broker:
             if config.redis_url else StartLimiter(window_s=config.start_window_s))
         self.keeper = Keeper(config.keeper_config(), machine_factory=machine_factory or self.launcher,
                              recorder=self)
+        self.pool = Pool(self.launcher, size=config.pool_size, capacity=config.capacity,
+                         occupied=lambda: self.active_count, recheck_s=config.node_heartbeat_s)
+        if machine_factory is None and config.pool_size > 0:
+            self.launcher.pool = self.pool
         self._config = config
         self._create_lock = asyncio.Lock()
         self._pull_lock = asyncio.Lock()
@@ -146,6 +152,7 @@ class Broker:
         self._config = self.launcher.config = config
         self.scheduler = config.scheduler_config()
         self.keeper.config = config.keeper_config()
+        self.pool.capacity = config.capacity
 
     # --- queries -----------------------------------------------------------------
 
@@ -225,6 +232,8 @@ class Broker:
             "node": self.config.install,
             # Every node the database knows, as of this node's last heartbeat.
             "nodes": list(self._nodes),
+            # The warm pool: machines per exhibit it keeps, and those it holds now by slug.
+            "pool": self.pool.describe(),
         }
 
     # --- start -------------------------------------------------------------------
@@ -353,6 +362,8 @@ class Broker:
     def visit_gone(self, visit: Visit) -> None:
         if not self._closing:
             self.task_start(self.line_pull(moved=True), name=f"line-{visit.session_id}")
+            # The place may go back to the pool.
+            self.pool.wake()
 
     def notify(self, session_id: str, event: dict[str, Any]) -> None:
         self._events.put_nowait((session_id, event))
@@ -556,6 +567,11 @@ class Broker:
             await sync_to_async(node_leave)(name=self.config.install)
         except Exception:
             logger.exception("node %s: could not take its row out", self.config.install)
+        pool_task = [task for task in self._background if task.get_name() == "broker-pool"]
+        for task in pool_task:
+            task.cancel()
+        await asyncio.gather(*pool_task, return_exceptions=True)
+        await self.pool.close()
         await self.keeper.end_all(reason=VisitorSession.EndedReason.SERVER, detail="The server stopped.")
         tasks: list[asyncio.Task[Any]] = [*self._background, *self._helpers]
         self._background = []
@@ -604,6 +620,8 @@ class Broker:
             task_new(self._heartbeat(), name="broker-heartbeat"),
             task_new(self._node_messages(), name="broker-node-messages"),
         ]
+        if self.launcher.pool is not None:
+            self._background.append(task_new(self.pool.run(), name="broker-pool"))
 
     async def _clock(self) -> None:
         while True:

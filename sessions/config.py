@@ -72,6 +72,8 @@ class BrokerConfig:
     media_per_visit: int = 10
     sandbox_job_timeout_s: float = 60.0
     files_out_timeout_s: float = 120.0
+    # Machines kept resumed and paused per exhibit with a start state (0: no pool).
+    pool_size: int = 0
 
     @classmethod
     def from_settings(cls) -> BrokerConfig:
@@ -106,6 +108,7 @@ class BrokerConfig:
             media_per_visit=settings.PORTAL_MEDIA_PER_VISIT,
             sandbox_job_timeout_s=settings.PORTAL_SANDBOX_JOB_TIMEOUT_S,
             files_out_timeout_s=settings.PORTAL_FILES_OUT_TIMEOUT_S,
+            pool_size=max(0, settings.PORTAL_POOL_SIZE),
             starts_per_browser=settings.PORTAL_STARTS_PER_BROWSER,
             starts_per_address=settings.PORTAL_STARTS_PER_ADDRESS,
             start_window_s=settings.PORTAL_START_WINDOW_S,

@@ -45,6 +45,7 @@ from .broker import (
     session_group,
 )
 from .ids import session_id_valid
+from .machine import vnc_refresh_soon
 from .metrics import DISPLAY_FROM_BROWSER, DISPLAY_TO_BROWSER
 from .models import VisitorSession
 from .representation import session_json
@@ -325,6 +326,9 @@ class VncConsumer(MachineSocket):
     _reader_task: asyncio.Task[None] | None = None
     _pipe: VncPipe | None = None
     _input: ClientStream
+    _vnc_path: Path | None = None
+    # The viewer's first update request has not reached QEMU yet (see vnc_refresh_soon).
+    _refresh_due = True
 
     async def connect(self) -> None:
         self._input = ClientStream()
@@ -332,6 +336,7 @@ class VncConsumer(MachineSocket):
         if attached is None:
             return
         _, vnc_path = attached
+        self._vnc_path = vnc_path
         try:
             _, self._pipe = await asyncio.get_running_loop().create_unix_connection(
                 VncPipe, str(vnc_path)
@@ -407,6 +412,11 @@ class VncConsumer(MachineSocket):
             await self._pipe.write(bytes_data)
         except (ConnectionError, OSError):
             await self._close_after_machine_end()
+            return
+        if self._refresh_due and self._input.update_requested and self._vnc_path is not None:
+            # QEMU answers the request at its next refresh; that it comes at once.
+            self._refresh_due = False
+            await vnc_refresh_soon(self._vnc_path)
 
     async def disconnect(self, code: int) -> None:
         task, self._reader_task = self._reader_task, None

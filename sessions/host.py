@@ -87,12 +87,39 @@ def accelerator_choose(setting: str) -> str:
     return setting
 
 
+# What one idle visitor's machine costs, measured by bench/density.py with 100 to 500
+# demo machines on a 2-core, 24 GiB host with KVM (docs/operators.md, "Capacity"):
+# its proportional share of memory (PSS) with KSM off (merging is a bonus, not a
+# promise), and the host CPU it uses while nobody types.
+MACHINE_MEMORY_MIB = 20.0
+MACHINE_IDLE_CPU_PERCENT = 0.22
+# Memory kept for the host itself, the portal and page cache: a share of it, at least 1 GiB.
+MEMORY_RESERVE_SHARE = 0.15
+MEMORY_RESERVE_MIN_MIB = 1024
+# The share of the host's CPU idle machines may take: the rest is for the machines
+# visitors are using, which take far more.
+IDLE_CPU_SHARE = 0.5
+
+
+def capacity_limits(*, memory_per_machine_mib: float, idle_cpu_percent: float,
+                    memory_mib: int | None = None, cores: int | None = None) -> tuple[int, int]:
+    """How many machines this host carries by its memory (less a reserve) and by its
+    CPU (idle machines within `IDLE_CPU_SHARE` of it), given what one costs."""
+    if memory_mib is None:
+        memory_mib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (1024 * 1024)
+    cores = cores or os.cpu_count() or 1
+    reserve = max(MEMORY_RESERVE_MIN_MIB, memory_mib * MEMORY_RESERVE_SHARE)
+    by_memory = int(max(0.0, memory_mib - reserve) // memory_per_machine_mib)
+    by_cpu = int(cores * 100 * IDLE_CPU_SHARE // idle_cpu_percent)
+    return max(1, by_memory), max(1, by_cpu)
+
+
 def capacity_default() -> int:
-    """Machines this host can carry: 64 MiB of RAM each past a 1 GiB reserve, 50 a core."""
-    memory_mib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (1024 * 1024)
-    by_memory = max(1, (memory_mib - 1024) // 64)
-    by_cores = 50 * (os.cpu_count() or 1)
-    return int(min(by_memory, by_cores))
+    """Machines this host can carry, from what a machine was measured to cost: its
+    memory past a reserve, and its idle CPU within half the host's cores."""
+    by_memory, by_cpu = capacity_limits(memory_per_machine_mib=MACHINE_MEMORY_MIB,
+                                        idle_cpu_percent=MACHINE_IDLE_CPU_PERCENT)
+    return min(by_memory, by_cpu)
 
 
 def runas_choose(setting: str, uid_base: int, count: int) -> int | None:

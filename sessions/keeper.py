@@ -236,8 +236,10 @@ class Keeper:
         try:
             warm = await self._factory(visit, warm=True)
             if warm is not None:
+                # A warm pool's machine is resumed already: starting it lets it run.
+                pooled = bool(getattr(warm, "held", False))
                 machine = await self._machine_run(visit, warm)
-                MACHINE_STARTS.labels("instant").inc()
+                MACHINE_STARTS.labels("pooled" if pooled else "instant").inc()
                 return machine
         except (OverlayError, MachineError) as error:
             logger.error("session %s: resuming the start state failed, booting cold: %s",
@@ -256,6 +258,8 @@ class Keeper:
     async def _machine_run(self, visit: Visit, machine: KeptMachine) -> KeptMachine:
         # Known before it starts, so an end meanwhile stops it.
         visit.machine = machine
+        # A pooled machine's display is up already: its viewers may connect meanwhile.
+        visit.machine_given()
         await machine.start()
         return machine
 
@@ -541,10 +545,10 @@ class Keeper:
         try:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.display_wait_s):
-                    await visit.until(Phase.RUNNING, Phase.ENDING, Phase.ENDED)
+                    await visit.until_display()
             if visit.phase in {Phase.ENDING, Phase.ENDED}:
                 raise SessionEndedError("This machine has ended.")
-            if visit.phase is not Phase.RUNNING or visit.machine is None:
+            if not visit.display_ready() or visit.machine is None:
                 raise DisplayUnavailableError("The machine did not start in time.")
             return visit.machine.vnc_path
         except BaseException:

@@ -2,7 +2,8 @@
 
 Owns: the keeper's real machine factory (a fresh overlay over the exhibit's
 master, or over its start state to resume it, plus an overlay over each extra
-medium; the machine's uid lease and confinement), the start states' keys and
+medium; the machine's uid lease and confinement; a machine from the warm pool
+when it holds one, sessions/pool.py), the start states' keys and
 which state is usable here, and preparing a start state (`exhibit_prepare`).
 
 Must not: decide when a machine starts or ends (the keeper does), or start it:
@@ -15,6 +16,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 
@@ -29,6 +31,9 @@ from .prepare import PrepareError, StartCondition, start_state_discard, start_st
 from .sandbox import files_disk_create
 from .visit import Visit
 
+if TYPE_CHECKING:
+    from .pool import Pool
+
 logger = logging.getLogger(__name__)
 
 
@@ -36,6 +41,8 @@ class Launcher:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
         self._qemu_version: str | None = None
+        # The node's warm pool, when it keeps one (the broker sets it).
+        self.pool: Pool | None = None
 
     def qemu_version(self) -> str:
         if self._qemu_version is None:
@@ -79,36 +86,55 @@ class Launcher:
 
     async def __call__(self, visit: Visit, *, warm: bool) -> Machine | None:
         """An unstarted machine for the visit on fresh overlays; with `warm`, one that
-        resumes the exhibit's start state (None when it has no usable one)."""
+        resumes the exhibit's start state (None when it has no usable one): from the
+        warm pool when it holds one, already resumed and paused."""
         exhibit: Exhibit = visit.exhibit
+        pool = self.pool
         if not warm:
-            return await self._machine_make(visit, exhibit, base=Path(exhibit.image.path),
-                                            base_format=exhibit.image.format)
+            if pool is not None:
+                await pool.room_make()
+            return await self._visit_machine(visit, exhibit, base=Path(exhibit.image.path),
+                                             base_format=exhibit.image.format)
         start = await self.start_state_usable(exhibit)
         if start is None:
+            if pool is not None:
+                pool.drop_exhibit(exhibit.pk, why="its start state is stale or gone")
             return None
-        return await self._machine_make(visit, exhibit, base=Path(start.warm_path), base_format="qcow2",
-                                        incoming_state=Path(start.state_path))
+        if pool is not None:
+            pooled = pool.take(exhibit.pk, start)
+            if pooled is not None:
+                return await pool.hand_over(pooled, visit.run_dir)
+            await pool.room_make()
+        return await self._visit_machine(visit, exhibit, base=Path(start.warm_path), base_format="qcow2",
+                                         incoming_state=Path(start.state_path))
 
-    async def _machine_make(self, visit: Visit, exhibit: Exhibit, *, base: Path, base_format: str,
-                            incoming_state: Path | None = None) -> Machine:
-        overlay_path = visit.run_dir / OVERLAY_FILE
+    async def _visit_machine(self, visit: Visit, exhibit: Exhibit, *, base: Path, base_format: str,
+                             incoming_state: Path | None = None) -> Machine:
+        if visit.uid_lease is None:
+            visit.uid_lease = self.uid_lease()
+        return await self.machine_make(visit.run_dir, exhibit, base=base, base_format=base_format,
+                                       incoming_state=incoming_state, uid_lease=visit.uid_lease)
+
+    async def machine_make(self, run_dir: Path, exhibit: Exhibit, *, base: Path, base_format: str,
+                           incoming_state: Path | None = None,
+                           uid_lease: UidLease | None = None) -> Machine:
+        """An unstarted machine of the exhibit in `run_dir`, on a fresh overlay over
+        `base` (and over each extra medium), running as `uid_lease`'s uid."""
+        overlay_path = run_dir / OVERLAY_FILE
         overlay_path.unlink(missing_ok=True)
         await overlay_create(
             base_path=base, base_format=base_format, overlay_path=overlay_path,
             qemu_img=self.config.qemu_img_binary, timeout_s=self.config.qemu_img_timeout_s,
         )
         profile = exhibit.machine_profile()
-        extra_paths = await self._extra_overlays(visit, exhibit, count=len(profile.extra_media))
+        extra_paths = await self._extra_overlays(run_dir, exhibit, count=len(profile.extra_media))
         if profile.files_in_slot_free:
-            await files_disk_create(visit.run_dir, qemu_img_binary=self.config.qemu_img_binary,
+            await files_disk_create(run_dir, qemu_img_binary=self.config.qemu_img_binary,
                                     timeout_s=self.config.qemu_img_timeout_s)
-        if visit.uid_lease is None:
-            visit.uid_lease = self.uid_lease()
         return Machine(
             profile,
             extra_paths=extra_paths,
-            run_dir=visit.run_dir,
+            run_dir=run_dir,
             disk_path=overlay_path,
             qemu_binary=self.config.qemu_binary,
             accelerator=self.accelerator_for(exhibit),
@@ -117,10 +143,10 @@ class Launcher:
             stop_timeout_s=self.config.stop_timeout_s,
             incoming_state=incoming_state,
             confinement=self.confinement_for(memory_mb=profile.memory_mb, run_as=None,
-                                             uid_lease=visit.uid_lease),
+                                             uid_lease=uid_lease),
         )
 
-    async def _extra_overlays(self, visit: Visit, exhibit: Exhibit, *, count: int) -> list[Path]:
+    async def _extra_overlays(self, run_dir: Path, exhibit: Exhibit, *, count: int) -> list[Path]:
         """A throwaway overlay over each of the exhibit's extra media, in order."""
         paths: list[Path] = []
         if count == 0:
@@ -130,7 +156,7 @@ class Launcher:
         if len(media) != count:
             raise OverlayError("The exhibit's media changed while it started; please try again.")
         for number, medium in enumerate(media):
-            path = visit.run_dir / f"extra-{number}.qcow2"
+            path = run_dir / f"extra-{number}.qcow2"
             path.unlink(missing_ok=True)
             await overlay_create(
                 base_path=Path(medium.image.path), base_format=medium.image.format, overlay_path=path,

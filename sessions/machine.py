@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import fcntl
 import hashlib
 import logging
@@ -20,7 +21,8 @@ import re
 import secrets
 import socket
 import subprocess
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,13 @@ LOG_FILE = "qemu.log"
 UNIX_PATH_MAX = 107
 
 AUDIODEV_ID = "audio0"
+# QEMU's debugger stub, attached for a moment to put a resumed guest's clock right.
+GDB_CHARDEV = "portal-clock"
+# The BIOS data area: the timer's ticks since midnight (a dword) and the count of
+# midnights passed that nobody has read yet (a byte); 0x1800B0 ticks make a day.
+BIOS_TICKS = 0x46C
+BIOS_MIDNIGHT = 0x470
+BIOS_TICKS_PER_DAY = 0x1800B0
 # The blank floppy in the drive for visitors' files, made in the run directory
 # (sessions/sandbox.py): a drive QEMU makes empty never lets the guest write.
 FILES_DISK = "visitor-disk-0.qcow2"
@@ -268,6 +277,12 @@ class Machine:
         self._qmp: QMPClient | None = None
         self._stop_task: asyncio.Task[None] | None = None
         self.argv: list[str] = []
+        # Resumed from its saved state but held paused (a warm pool's machine):
+        # the next `start()` puts its clock right and lets it run.
+        self._held = False
+        # Called once the process is gone and its cgroup removed, by `stop()`: what
+        # the machine's owner lets go only then (a pooled machine's own leases).
+        self.after_stop: list[Callable[[], None]] = []
 
     @property
     def vnc_path(self) -> Path:
@@ -289,8 +304,24 @@ class Machine:
     def returncode(self) -> int | None:
         return self._process.returncode if self._process else None
 
-    async def start(self) -> None:
-        """Launch QEMU and connect QMP. On any failure nothing is left running."""
+    @property
+    def held(self) -> bool:
+        """Resumed from its saved state and paused, waiting for its visitor."""
+        return self._held
+
+    async def start(self, *, hold: bool = False) -> None:
+        """Launch QEMU and connect QMP. On any failure nothing is left running.
+
+        With `hold`, a machine that resumes a saved state stays paused once it is
+        loaded (a warm pool's machine); a later `start()` lets it run.
+        """
+        if self._held:
+            try:
+                await self._run()
+            except BaseException:
+                await self.stop()
+                raise
+            return
         if self._process is not None:
             raise MachineError("machine already started")
         for path in (self.qmp_path, self.vnc_path):
@@ -351,7 +382,7 @@ class Machine:
         try:
             await self._connect_qmp()
             if state_fd is not None:
-                await self._restore(state_fd)
+                await self._restore(state_fd, hold=hold)
         except BaseException:
             await self.stop()
             raise
@@ -378,8 +409,9 @@ class Machine:
         if cgroup is not None:
             await asyncio.to_thread(cgroup_remove, cgroup)
 
-    async def _restore(self, state_fd: int) -> None:
-        """Load the saved state QEMU inherited as state_fd, then let the guest run."""
+    async def _restore(self, state_fd: int, *, hold: bool) -> None:
+        """Load the saved state QEMU inherited as state_fd, then let the guest run
+        (or, with `hold`, keep it paused until the next `start()`)."""
         async with asyncio.timeout(self.start_timeout_s):
             status = await self._migrate(
                 "migrate-incoming", {"uri": f"fd:{state_fd}"}
@@ -389,7 +421,96 @@ class Machine:
                 f"restoring the saved machine state {status}", argv=self.argv,
                 returncode=self.returncode, log_tail=log_tail(self.log_path),
             )
+        await self.surface_refresh()
+        if hold:
+            self._held = True
+            return
+        await self._run()
+
+    async def surface_refresh(self) -> None:
+        """Make QEMU's display show the loaded guest's own screen before any viewer
+        connects.
+
+        After a resume QEMU's console still holds its start-up surface (720x400,
+        blank) until the display is next refreshed, which a VNC server does only
+        with a client connected: the first thing a visitor would see is that
+        surface, then a resize. A screendump refreshes the display at once.
+        """
+        dump = self.run_dir / "surface.ppm"
+        try:
+            await self.screendump(dump)
+        except MachineError as error:
+            # Only the first picture is late without it.
+            logger.warning("machine %s: the display was not refreshed: %s", self.run_dir.name, error)
+        finally:
+            dump.unlink(missing_ok=True)
+
+    async def _run(self) -> None:
+        """Let a resumed guest run: its clock put right first (see `guest_clock_set`)."""
+        self._held = False
+        try:
+            await self.guest_clock_set()
+        except (MachineError, OSError, TimeoutError) as error:
+            # A guest whose clock is behind is better than no machine.
+            logger.warning("machine %s: the guest's clock was not put right: %s",
+                           self.run_dir.name, error)
         await self.execute("cont")
+
+    async def guest_clock_set(self, *, now: float | None = None) -> None:
+        """Put a paused, resumed guest's own clock right: the time of day DOS keeps.
+
+        The CMOS clock follows the host by itself (QEMU's RTC runs on the host's
+        clock, even while the guest is paused or saved), but DOS reads it only at
+        boot and then counts the BIOS timer's ticks (0040:006C, 18.2 a second) in
+        guest time, which stood still from the moment the start state was saved.
+        QEMU offers no monitor command that writes guest memory, so the portal
+        attaches QEMU's own debugger stub for a moment, through a socket pair
+        handed over QMP (nothing listens anywhere), writes the tick count for now
+        and, for each midnight since the state was saved, the BIOS's midnight
+        count (0040:0070) that DOS adds to its date, and detaches. The guest stays
+        paused throughout.
+        """
+        if self._qmp is None:
+            raise MachineError("machine is not connected")
+        moment = time.time() if now is None else now
+        local = time.localtime(moment)
+        since_midnight = local.tm_hour * 3600 + local.tm_min * 60 + local.tm_sec + moment % 1
+        ticks = min(BIOS_TICKS_PER_DAY - 1, int(since_midnight * BIOS_TICKS_PER_DAY / 86400))
+        days = 0
+        if self.incoming_state is not None:
+            with contextlib.suppress(OSError):
+                saved = datetime.date.fromtimestamp(self.incoming_state.stat().st_mtime)
+                days = max(0, min(255, (datetime.date.fromtimestamp(moment) - saved).days))
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with theirs:
+                self._qmp.send_fd_scm(theirs.fileno())
+                await self.execute("getfd", {"fdname": GDB_CHARDEV})
+            await self.execute("chardev-add", {"id": GDB_CHARDEV, "backend": {
+                "type": "socket", "data": {"addr": {"type": "fd", "data": {"str": GDB_CHARDEV}},
+                                           "server": False}}})
+            said = await self.execute("human-monitor-command",
+                                      {"command-line": f"gdbserver chardev:{GDB_CHARDEV}"})
+            if "Waiting for gdb" not in str(said):
+                raise MachineError(f"QEMU's debugger stub did not attach: {str(said).strip()}")
+            try:
+                ours.setblocking(False)
+                reader, writer = await asyncio.open_unix_connection(sock=ours)
+                try:
+                    async with asyncio.timeout(self.qmp_timeout_s):
+                        # Physical addresses: the BIOS data area, whatever the guest's paging.
+                        await gdb_packet(reader, writer, "Qqemu.PhyMemMode:1")
+                        await gdb_packet(reader, writer,
+                                         f"M{BIOS_TICKS:x},4:{ticks.to_bytes(4, 'little').hex()}")
+                        if days:
+                            await gdb_packet(reader, writer, f"M{BIOS_MIDNIGHT:x},1:{days:02x}")
+                finally:
+                    writer.close()
+            finally:
+                # Detaching by the protocol would let the guest run; this keeps it paused.
+                await self.execute("human-monitor-command", {"command-line": "gdbserver none"})
+        finally:
+            ours.close()
 
     async def save_state(self, path: Path, *, timeout_s: float) -> None:
         """Pause the guest and write its whole state to path (the guest stays paused).
@@ -625,6 +746,7 @@ class Machine:
         """QMP quit, wait, kill if it lingers, wait. Idempotent."""
         if self._process is None:
             await self._cgroup_remove()
+            self._after_stop()
             return
         if self._stop_task is None:
             self._stop_task = asyncio.ensure_future(self._stop())
@@ -662,6 +784,43 @@ class Machine:
                     process.kill()
                 await process.wait()
             await self._cgroup_remove()
+            self._after_stop()
+
+    def _after_stop(self) -> None:
+        calls, self.after_stop = self.after_stop, []
+        for call in calls:
+            try:
+                call()
+            except Exception:
+                logger.exception("machine %s: cleaning up after its stop failed", self.run_dir.name)
+
+
+async def vnc_refresh_soon(vnc_path: Path) -> None:
+    """Have QEMU's VNC server refresh the display within its shortest interval.
+
+    QEMU sends a viewer's requested update only at its next display refresh,
+    whose interval grows by 50 ms after each refresh with nothing to send (and
+    QEMU 7.2 lets it grow to 3 s while the guest is paused, not resetting it on
+    resume). A new VNC connection sets the interval back to its shortest, 30 ms:
+    one is opened and closed at once, without a handshake.
+    """
+    with contextlib.suppress(OSError):
+        _, writer = await asyncio.open_unix_connection(os.fspath(vnc_path))
+        writer.close()
+
+
+async def gdb_packet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: str) -> str:
+    """Send one packet of the GDB remote protocol and return the answer's payload;
+    anything but OK (or data, for a read) raises."""
+    writer.write(f"${data}#{sum(data.encode()) & 0xFF:02x}".encode())
+    await writer.drain()
+    answer = await reader.readuntil(b"#")
+    await reader.readexactly(2)
+    writer.write(b"+")
+    payload = answer[answer.index(b"$") + 1:-1].decode("ascii", "replace")
+    if payload.startswith("E") or payload == "":
+        raise MachineError(f"QEMU's debugger stub refused {data.split(':')[0]!r}: {payload!r}")
+    return payload
 
 
 def process_alive(pid: int) -> bool:

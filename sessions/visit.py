@@ -163,3 +163,22 @@ class Visit:
         while self._phase not in phases:
             await self._changed.wait()
         return self._phase
+
+    def display_ready(self) -> bool:
+        """Its display can be shown: the machine runs, or, still starting, it is a
+        warm pool's machine whose screen is there already (the same picture the
+        visitor sees once it runs, a moment later)."""
+        if self._phase is Phase.RUNNING:
+            return True
+        return self._phase is Phase.STARTING and bool(getattr(self.machine, "held", False))
+
+    def machine_given(self) -> None:
+        """Its machine was chosen (no change of phase): wake those waiting for its display."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def until_display(self) -> Phase:
+        """Wait until its display can be shown (`display_ready`) or it ends; its phase."""
+        while not self.display_ready() and self._phase not in {Phase.ENDING, Phase.ENDED}:
+            await self._changed.wait()
+        return self._phase

@@ -149,6 +149,8 @@ def portal_make(demo_image: Path, request: pytest.FixtureRequest) -> Iterator[Po
             "PORTAL_DATA_DIR": str(root),
             "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
             "PYTHONUNBUFFERED": "1",
+            # No warm pool unless a test asks for one.
+            "PORTAL_POOL_SIZE": "0",
             **(settings or {}),
         }
         site = Portal(url=f"http://127.0.0.1:{port}", root=root, env=env, port=port,

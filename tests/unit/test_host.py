@@ -77,3 +77,21 @@ def test_it_leases_each_uid_once_and_the_first_free_one_again(tmp_path: Path) ->
     again.release()
     second.release()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_it_derives_capacity_from_a_machines_cost_keeping_a_reserve_and_half_the_cpu() -> None:
+    from sessions.host import capacity_limits
+
+    # 4 GiB: 1 GiB kept for the host; 40 MiB a machine.
+    by_memory, by_cpu = capacity_limits(memory_per_machine_mib=40, idle_cpu_percent=0.5,
+                                        memory_mib=4096, cores=2)
+    assert by_memory == (4096 - 1024) // 40
+    # Idle machines at 0.5 % each may take half of two cores.
+    assert by_cpu == 200
+    # A large host keeps a share of its memory, not just the minimum.
+    by_memory, _ = capacity_limits(memory_per_machine_mib=40, idle_cpu_percent=0.5,
+                                   memory_mib=65536, cores=2)
+    assert by_memory == int(65536 * 0.85 // 40)
+    # A host too small for one machine still runs one.
+    assert capacity_limits(memory_per_machine_mib=40, idle_cpu_percent=0.5,
+                           memory_mib=512, cores=1)[0] == 1

@@ -1,0 +1,344 @@
+"""The warm pool: machines already resumed from an exhibit's start state, paused,
+waiting for a visitor.
+
+Owns: this node's pooled machines (each on its own fresh overlay, uid, cgroup
+and run directory `pool-<hex>`, leased from before it exists until every
+trace of it is gone, like a visit's); filling the pool in the background, up
+to `PORTAL_POOL_SIZE` machines per published exhibit with a usable start
+state, within the node's free places; handing one to a visit (its run
+directory becomes the visit's, and the machine keeps its own leases until it
+stops); and discarding pooled machines: their start state went stale or was
+replaced, the node needs the place for a visitor, or the node shuts down.
+
+Must not: decide who gets a machine or on which node (the scheduler), touch a
+visit's row, or let a pooled machine run: the keeper starts it (QMP `cont`)
+when a visit has it. A pooled machine is never handed to a second visit: once
+taken, it leaves the pool for good.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from portal.models import Exhibit, StartState
+
+from .host import Lease, UidLease, machine_lease_take
+from .keeper import task_new
+from .machine import Machine, MachineError
+from .overlay import OVERLAY_FILE, OverlayError, run_dir_create, run_dir_remove
+
+if TYPE_CHECKING:
+    from .launcher import Launcher
+
+logger = logging.getLogger(__name__)
+
+POOL_PREFIX = "pool-"
+
+
+@dataclass(eq=False)
+class Pooled:
+    """One pooled machine: resumed from a start state, paused, seen by nobody."""
+
+    exhibit_id: int
+    slug: str
+    # The start state it was resumed from: a visit gets it only while the
+    # exhibit's usable state is still this one.
+    state_id: int
+    state_key: str
+    warm_path: str
+    machine: Machine
+    lease: Lease
+    uid_lease: UidLease | None
+    made_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.machine.run_dir
+
+    def matches(self, start: StartState) -> bool:
+        return (self.state_id, self.state_key, self.warm_path) == (start.pk, start.key, start.warm_path)
+
+
+class Pool:
+    """This node's pooled machines, per exhibit."""
+
+    def __init__(self, launcher: Launcher, *, size: int, capacity: int,
+                 occupied: Callable[[], int], recheck_s: float = 5.0) -> None:
+        self.launcher = launcher
+        # Machines per exhibit (0: no pool), and the node's places for machines.
+        self.size = size
+        self.capacity = capacity
+        # The node's machines that are not pooled: visits starting, running or ending.
+        self._occupied = occupied
+        self.recheck_s = recheck_s
+        self._machines: dict[int, list[Pooled]] = {}
+        # Pooled machines being made (they hold a place already).
+        self._making = 0
+        self._wake = asyncio.Event()
+        self._discards: set[asyncio.Task[None]] = set()
+        self._make_task: asyncio.Task[Pooled | None] | None = None
+        self._closed = False
+
+    # --- queries -----------------------------------------------------------------
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 0 and not self._closed
+
+    def count(self) -> int:
+        return sum(len(machines) for machines in self._machines.values())
+
+    def sizes(self) -> dict[str, int]:
+        """Pooled machines per exhibit slug (for /healthz and the admin)."""
+        sizes: dict[str, int] = {}
+        for machines in self._machines.values():
+            for pooled in machines:
+                sizes[pooled.slug] = sizes.get(pooled.slug, 0) + 1
+        return sizes
+
+    def _room(self) -> bool:
+        """A place is free for one more pooled machine."""
+        return self._occupied() + self.count() + self._making < self.capacity
+
+    # --- a visit takes one ---------------------------------------------------------
+
+    def take(self, exhibit_id: int, start: StartState) -> Pooled | None:
+        """A pooled machine resumed from `start` (the exhibit's usable state), or None.
+        Machines of the exhibit resumed from any other state are discarded."""
+        machines = self._machines.get(exhibit_id, [])
+        stale = [pooled for pooled in machines if not pooled.matches(start)]
+        for pooled in stale:
+            machines.remove(pooled)
+            self._discard_soon(pooled, why="its start state was replaced")
+        taken = None
+        while machines and taken is None:
+            candidate = machines.pop(0)
+            if candidate.machine.held and candidate.machine.returncode is None:
+                taken = candidate
+            else:
+                self._discard_soon(candidate, why="its QEMU is gone")
+        self.wake()
+        return taken
+
+    async def hand_over(self, pooled: Pooled, run_dir: Path) -> Machine:
+        """Make the pooled machine a visit's: its run directory becomes `run_dir`
+        (replacing what a reset's old machine left there). It keeps its own leases
+        until it stops, and stays paused until the keeper starts it."""
+        machine = pooled.machine
+        try:
+            await asyncio.to_thread(_dir_replace, pooled.run_dir, run_dir,
+                                    leases=self.launcher.config.leases)
+        except BaseException:
+            # Neither the pool's nor the visit's: it goes.
+            self._discard_soon(pooled, why="its files could not be handed over")
+            raise
+        machine.run_dir = run_dir
+        machine.disk_path = run_dir / OVERLAY_FILE
+        machine.extra_paths = [run_dir / path.name for path in machine.extra_paths]
+        machine.after_stop += [lease.release for lease in (pooled.uid_lease, pooled.lease)
+                               if lease is not None]
+        return machine
+
+    def drop_exhibit(self, exhibit_id: int, *, why: str) -> None:
+        """Discard every pooled machine of the exhibit (its start state is stale or gone)."""
+        for pooled in self._machines.pop(exhibit_id, []):
+            self._discard_soon(pooled, why=why)
+
+    async def room_make(self) -> None:
+        """A visit needs a place the pool holds: pooled machines go first, from the
+        exhibit with the most (never a visitor). Returns once their QEMU has exited
+        (killed: tens of milliseconds), so the node never runs more than its capacity;
+        their files go in the background."""
+        victims = []
+        while self._occupied() + self.count() + self._making > self.capacity and self.count():
+            exhibit_id = max(self._machines, key=lambda key: len(self._machines[key]))
+            machines = self._machines[exhibit_id]
+            victims.append(machines.pop())
+            if not machines:
+                del self._machines[exhibit_id]
+        for victim in victims:
+            await victim.machine.kill_now()
+            self._discard_soon(victim, why="the node needs the place for a visitor")
+        making = self._make_task
+        if self._occupied() + self.count() + self._making > self.capacity and making is not None:
+            # The machine being made would take the last place: it is not made.
+            making.cancel()
+            await asyncio.gather(making, return_exceptions=True)
+        await asyncio.gather(*(victim.machine.wait() for victim in victims), return_exceptions=True)
+
+    # --- filling -------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Something changed (a machine taken, a place freed): fill again soon."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Fill the pool now, then whenever woken, and at least every `recheck_s`
+        (a start state prepared or made stale by another process)."""
+        while not self._closed:
+            self._wake.clear()
+            try:
+                await self.fill()
+            except Exception:
+                logger.exception("the warm pool could not be filled; trying again in %g s",
+                                 self.recheck_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.recheck_s):
+                    await self._wake.wait()
+
+    async def fill(self) -> int:
+        """Discard what is stale, then make pooled machines, one at a time, while a
+        place is free and an exhibit has fewer than its share. Returns how many it made."""
+        if not self.enabled:
+            if self._machines:
+                for exhibit_id in list(self._machines):
+                    self.drop_exhibit(exhibit_id, why="the pool is off")
+            return 0
+        wanted = await self._wanted()
+        for exhibit_id in list(self._machines):
+            start = wanted.get(exhibit_id, (None, None))[1]
+            if start is None:
+                self.drop_exhibit(exhibit_id, why="its exhibit has no usable start state")
+                continue
+            keep = [pooled for pooled in self._machines[exhibit_id]
+                    if pooled.matches(start) and pooled.machine.returncode is None]
+            for pooled in self._machines[exhibit_id]:
+                if pooled not in keep:
+                    self._discard_soon(pooled, why="its start state was replaced or its QEMU is gone")
+            self._machines[exhibit_id] = keep
+        made = 0
+        while self.enabled and self._room():
+            short = [(len(self._machines.get(exhibit_id, [])), exhibit_id)
+                     for exhibit_id in wanted if len(self._machines.get(exhibit_id, [])) < self.size]
+            if not short:
+                break
+            exhibit, start = wanted[min(short)[1]]
+            # A task of its own, so that a visitor needing the place can cancel it.
+            # Its place is held from now on, before its task first runs.
+            self._making += 1
+            task = asyncio.create_task(self._make(exhibit, start), name=f"pool-make-{exhibit.slug}")
+            self._make_task = task
+            try:
+                await asyncio.wait({task})
+            except BaseException:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                raise
+            finally:
+                self._make_task = None
+                self._making -= 1
+            made_one = None if task.cancelled() else task.result()
+            if made_one is None:
+                # A start state that cannot be resumed here is not tried again until the next pass.
+                wanted.pop(exhibit.pk, None)
+                continue
+            if self._closed:
+                await self._discard(made_one, why="the node is shutting down")
+                break
+            self._machines.setdefault(exhibit.pk, []).append(made_one)
+            made += 1
+        return made
+
+    async def _wanted(self) -> dict[int, tuple[Exhibit, StartState]]:
+        """Published exhibits whose start state this node can resume, by id."""
+        wanted: dict[int, tuple[Exhibit, StartState]] = {}
+        exhibits = [start.exhibit async for start in StartState.objects.filter(
+            stale=False, exhibit__published=True).select_related("exhibit", "exhibit__image")]
+        for exhibit in exhibits:
+            if exhibit.machine_profile().extra_media:
+                continue
+            start = await self.launcher.start_state_usable(exhibit)
+            if start is not None:
+                wanted[exhibit.pk] = (exhibit, start)
+        return wanted
+
+    async def _make(self, exhibit: Exhibit, start: StartState) -> Pooled | None:
+        """One machine resumed from the start state and held paused, or None."""
+        name = f"{POOL_PREFIX}{secrets.token_hex(8)}"
+        config = self.launcher.config
+        lease = machine_lease_take(name=name, directory=config.leases)
+        uid_lease: UidLease | None = None
+        machine: Machine | None = None
+        try:
+            run_dir = run_dir_create(root=config.run_root, name=name)
+            uid_lease = self.launcher.uid_lease()
+            machine = await self.launcher.machine_make(
+                run_dir, exhibit, base=Path(start.warm_path), base_format="qcow2",
+                incoming_state=Path(start.state_path), uid_lease=uid_lease)
+            await machine.start(hold=True)
+        except BaseException as error:
+            if machine is not None:
+                await asyncio.shield(machine.stop())
+            await asyncio.to_thread(run_dir_remove, config.run_root / name)
+            for held in (uid_lease, lease):
+                if held is not None:
+                    held.release()
+            if isinstance(error, (OverlayError, MachineError)):
+                logger.error("a pooled machine of %s could not be made: %s", exhibit.slug, error)
+                return None
+            raise
+        return Pooled(exhibit_id=exhibit.pk, slug=exhibit.slug, state_id=start.pk,
+                      state_key=start.key, warm_path=start.warm_path, machine=machine,
+                      lease=lease, uid_lease=uid_lease)
+
+    # --- discarding ----------------------------------------------------------------
+
+    def _discard_soon(self, pooled: Pooled, *, why: str) -> None:
+        task = task_new(self._discard(pooled, why=why), name=f"discard-{pooled.run_dir.name}")
+        self._discards.add(task)
+        task.add_done_callback(self._discards.discard)
+
+    async def _discard(self, pooled: Pooled, *, why: str) -> None:
+        """Stop a pooled machine nobody had and delete all of it; its place frees at once
+        (it is killed: its overlay is thrown away anyway)."""
+        logger.info("pooled machine %s of %s discarded: %s", pooled.run_dir.name, pooled.slug, why)
+        try:
+            await pooled.machine.kill_now()
+            await pooled.machine.stop()
+            await asyncio.to_thread(run_dir_remove, pooled.run_dir)
+        finally:
+            for held in (pooled.uid_lease, pooled.lease):
+                if held is not None:
+                    held.release()
+            self.wake()
+
+    async def close(self) -> None:
+        """Discard every pooled machine and wait until all of them are gone."""
+        self._closed = True
+        for exhibit_id in list(self._machines):
+            self.drop_exhibit(exhibit_id, why="the node is shutting down")
+        while self._discards:
+            await asyncio.gather(*list(self._discards), return_exceptions=True)
+
+    def describe(self) -> dict[str, Any]:
+        """The pool as /healthz shows it."""
+        return {"size": self.size, "machines": self.count(), "exhibits": self.sizes()}
+
+
+def _dir_replace(source: Path, target: Path, *, leases: Path) -> None:
+    """Move the run directory `source` to `target`. A `target` that still holds a
+    replaced machine's files is moved aside first (under a lease of its own, so no
+    reaper takes it for an orphan meanwhile) and deleted."""
+    try:
+        os.rename(source, target)
+        return
+    except OSError as error:
+        if not target.exists() or not any(target.iterdir()):
+            raise OverlayError("The machine's files could not be moved into place.",
+                               log_detail=f"{source} -> {target}: {error}") from error
+    retired = target.parent / f"retired-{secrets.token_hex(8)}"
+    with machine_lease_take(name=retired.name, directory=leases):
+        os.rename(target, retired)
+        try:
+            os.rename(source, target)
+        finally:
+            shutil.rmtree(retired, ignore_errors=True)
