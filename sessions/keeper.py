@@ -33,8 +33,10 @@ from .errors import (
     SessionBusyError,
     SessionEndedError,
     ViewerLimitError,
+    WatcherLimitError,
 )
 from .host import Lease
+from .keys import KeyedMachine, Keystroke, TypingPace, keystrokes_send
 from .machine import MachineError, MachineStartError, log_tail
 from .metrics import MACHINE_STARTS
 from .overlay import OverlayError, run_dir_create, run_dir_remove
@@ -108,6 +110,7 @@ class KeeperConfig:
     idle_s: float = 10 * 60.0
     warning_s: float = 60.0
     displays_per_session: int = 4
+    watchers_per_session: int = 10
     sandbox: SandboxConfig | None = None
 
 
@@ -483,6 +486,32 @@ class Keeper:
         visit.last_input = self._clock()
         self._warning_clear(visit, "idle")
 
+    async def keys_send(self, *, session_id: str, strokes: list[Keystroke], pace: TypingPace) -> None:
+        """Type keystrokes for the visitor on the running machine; typing is input."""
+        visit = self._running_visit(session_id)
+        visit.last_input = self._clock()
+        self._warning_clear(visit, "idle")
+        async with visit.typing:
+            machine = self._running_visit(session_id).machine
+            try:
+                await keystrokes_send(cast(KeyedMachine, machine), strokes, pace=pace)
+            except MachineError as error:
+                self._running_visit(session_id)  # ended or replaced meanwhile: say so
+                raise SessionBusyError("The machine did not take the keys; try again.") from error
+        visit.last_input = self._clock()
+
+    def _running_visit(self, session_id: str) -> Visit:
+        """The visit if its machine runs now; else why not, as the API's errors."""
+        visit = self._visits.get(session_id)
+        if visit is None or visit.phase in {Phase.ENDING, Phase.ENDED}:
+            raise SessionEndedError("This machine has ended.")
+        if visit.phase is Phase.QUEUED:
+            raise SessionBusyError("This visit is still waiting in line for a machine.")
+        if visit.phase is not Phase.RUNNING or visit.machine is None:
+            raise SessionBusyError("The machine is busy (starting, resetting or going back to a "
+                                   "checkpoint); try again in a moment.")
+        return visit
+
     def _warning_clear(self, visit: Visit, reason: str) -> None:
         if visit.warning == reason:
             visit.warning = None
@@ -576,6 +605,62 @@ class Keeper:
         visit.viewers = max(0, visit.viewers - 1)
         if visit.viewers == 0 and visit.phase in {Phase.RUNNING, Phase.QUEUED}:
             self._grace_start(visit)
+
+    # --- watch links -----------------------------------------------------------
+
+    async def watcher_attach(self, *, session_id: str, revoke: Callable[[], None]) -> Path:
+        """Let a watch-link socket in and return the VNC socket once the machine runs.
+
+        A watcher is not a viewer: it never holds off the grace period after the
+        owner's last page left, so watchers alone never keep a machine alive.
+        `revoke` closes it when the owner revokes the links.
+        """
+        visit = self._visits.get(session_id)
+        if visit is None or visit.phase in {Phase.ENDING, Phase.ENDED}:
+            raise SessionEndedError("This machine has ended.")
+        if visit.phase is Phase.QUEUED:
+            raise SessionBusyError("This visit is still waiting for a machine.")
+        if len(visit.watchers) >= self.config.watchers_per_session:
+            raise WatcherLimitError(self.config.watchers_per_session)
+        visit.watchers.append(revoke)
+        self._watchers_changed(visit)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.display_wait_s):
+                    await visit.until(Phase.RUNNING, Phase.ENDING, Phase.ENDED)
+            if visit.phase in {Phase.ENDING, Phase.ENDED}:
+                raise SessionEndedError("This machine has ended.")
+            if visit.phase is not Phase.RUNNING or visit.machine is None:
+                raise DisplayUnavailableError("The machine did not start in time.")
+            return visit.machine.vnc_path
+        except BaseException:
+            self.watcher_detach(session_id=session_id, revoke=revoke)
+            raise
+
+    def watcher_detach(self, *, session_id: str, revoke: Callable[[], None]) -> None:
+        visit = self._visits.get(session_id)
+        if visit is not None and revoke in visit.watchers:
+            visit.watchers.remove(revoke)
+            self._watchers_changed(visit)
+
+    def watchers_revoke(self, *, session_id: str) -> int:
+        """Close every watch-link socket of the visit; returns how many there were."""
+        visit = self._visits.get(session_id)
+        if visit is None:
+            return 0
+        watchers, visit.watchers = visit.watchers, []
+        for revoke in watchers:
+            revoke()
+        if watchers:
+            self._watchers_changed(visit)
+        return len(watchers)
+
+    def watcher_count(self, session_id: str) -> int:
+        visit = self._visits.get(session_id)
+        return len(visit.watchers) if visit is not None else 0
+
+    def _watchers_changed(self, visit: Visit) -> None:
+        self._recorder.notify(visit.session_id, {"type": "watchers", "count": len(visit.watchers)})
 
     def _grace_start(self, visit: Visit) -> None:
         if visit.grace_task is None and visit.phase not in {Phase.ENDING, Phase.ENDED}:

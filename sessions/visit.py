@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import InitVar, dataclass, field
 from enum import Enum, StrEnum
 from pathlib import Path
@@ -112,6 +113,11 @@ class Visit:
     viewers: int = 0
     displays: int = 0
     listeners: int = 0
+    # The watch-link sockets (never counted among the viewers: they keep no
+    # machine alive), each by the call that closes it when the owner revokes.
+    watchers: list[Callable[[], None]] = field(default_factory=list)
+    # Held while keys are typed for the visitor, so two pastes never interleave.
+    typing: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     launch_task: asyncio.Task[None] | None = None
     watch_task: asyncio.Task[None] | None = None
     grace_task: asyncio.Task[None] | None = None
