@@ -126,7 +126,7 @@ class ClientStream:
 # SetEncodings, FramebufferUpdateRequest, EnableContinuousUpdates, ClientFence.
 _VIEWER_TYPES = {0, 2, 3, 150, 248}
 _REFUSED_WORDS = {
-    4: "a key", 5: "a mouse event", 6: "clipboard text", 250: "a power command",
+    4: "a key", 5: "a mouse event", 250: "a power command",
     251: "a screen size change", _QEMU: "a key or a sound request",
 }
 # SetEncodings longer than this is no viewer's (noVNC sends about 20).
@@ -141,18 +141,27 @@ class ViewerRefusedError(ValueError):
 class ViewerGate:
     """A watch link's RFB stream, fed in order: returns the bytes that may go on to
     QEMU (whole messages only), or raises ViewerRefusedError for the first message a
-    read-only viewer may not send (keys, the mouse, the clipboard, power, resizing,
-    QEMU's extended keys, anything unknown). The ClientInit is always "shared", so a
-    watcher can never ask for the machine to itself."""
+    read-only viewer may not send (keys, the mouse, power, resizing, QEMU's
+    extended keys and sound, anything unknown). Clipboard text is dropped instead
+    (a viewer announces its clipboard unasked). The ClientInit is always
+    "shared", so a watcher can never ask for the machine to itself."""
 
     _buffer: bytearray = field(default_factory=bytearray)
     # 0: ProtocolVersion; 1: security type (3.7, 3.8); 2: ClientInit; 3: messages.
     _stage: int = 0
+    # Bytes of a dropped message still to come (clipboard text), thrown away as they arrive.
+    _drop: int = 0
 
     def feed(self, data: bytes) -> bytes:
         self._buffer += data
         passed = bytearray()
         while True:
+            if self._drop:
+                dropped = min(self._drop, len(self._buffer))
+                del self._buffer[:dropped]
+                self._drop -= dropped
+                if self._drop:
+                    return bytes(passed)
             taken = self._next()
             if taken is None:
                 return bytes(passed)
@@ -180,6 +189,14 @@ class ViewerGate:
             self._take(1)
             return b"\x01"  # shared
         message_type = buffer[0]
+        if message_type == 6:
+            # ClientCutText: noVNC announces its clipboard (the extended clipboard's
+            # capabilities) on connecting, view-only or not. A watcher's clipboard
+            # never reaches the machine: the message is dropped, the watcher stays.
+            if len(buffer) < 8:
+                return None
+            self._drop = 8 + abs(int.from_bytes(buffer[4:8], "big", signed=True))
+            return b""
         if message_type not in _VIEWER_TYPES:
             what = _REFUSED_WORDS.get(message_type, f"an RFB message of type {message_type}")
             raise ViewerRefusedError(f"This is a watch link: it shows the machine and takes no input, "

@@ -6,6 +6,7 @@
 import RFB from "/static/novnc/core/rfb.js";
 import { Speaker } from "./audio.js";
 import { api, csrfToken } from "./csrf.js";
+import { toolsStart } from "./tools.js";
 
 const session = JSON.parse(document.getElementById("session-data").textContent);
 const screen = document.getElementById("screen");
@@ -170,6 +171,8 @@ function listen() {
   events.addEventListener("message", (message) => {
     let data;
     try { data = JSON.parse(message.data); } catch { return; }
+    // The visitor's tools (tools.js) follow the same events.
+    window.dispatchEvent(new CustomEvent("portal:event", { detail: data }));
     if (data.type === "state") onSessionState(data);
     else if (data.type === "warning") showWarning(data.reason, data.seconds_left);
     else if (data.type === "warning_cleared") hideWarning();
@@ -423,6 +426,8 @@ ctrlAltDelButton.addEventListener("click", () => {
     rfb.focus();
   }
 });
+
+toolsStart(session, () => rfb);
 
 if (session.state === "ended") {
   showEnded(session);
