@@ -500,10 +500,11 @@ class Broker:
 
     # --- the visitor's tools: typing, the screen, watch links -------------------
 
-    async def keys_send(self, *, session_id: str, strokes: list[Keystroke]) -> None:
-        """Type keystrokes on the visit's running machine, paced; typing is input."""
+    async def keys_send(self, *, session_id: str, strokes: list[Keystroke], stored: bool = True) -> None:
+        """Type keystrokes on the visit's running machine, paced; typing is input.
+        `stored`: each keystroke types a character (text, not a combination)."""
         pace = TypingPace(hold_ms=self.config.key_hold_ms, interval_s=self.config.keys_interval_s)
-        await self.keeper.keys_send(session_id=session_id, strokes=strokes, pace=pace)
+        await self.keeper.keys_send(session_id=session_id, strokes=strokes, pace=pace, stored=stored)
 
     async def screenshot(self, *, session_id: str) -> bytes:
         """The guest's screen as a PNG at its own resolution, from QEMU (not a viewer)."""

@@ -486,15 +486,17 @@ class Keeper:
         visit.last_input = self._clock()
         self._warning_clear(visit, "idle")
 
-    async def keys_send(self, *, session_id: str, strokes: list[Keystroke], pace: TypingPace) -> None:
-        """Type keystrokes for the visitor on the running machine; typing is input."""
+    async def keys_send(self, *, session_id: str, strokes: list[Keystroke], pace: TypingPace,
+                        stored: bool = True) -> None:
+        """Type keystrokes for the visitor on the running machine; typing is input.
+        `stored`: each keystroke types a character (text, not a combination)."""
         visit = self._running_visit(session_id)
         visit.last_input = self._clock()
         self._warning_clear(visit, "idle")
         async with visit.typing:
             machine = self._running_visit(session_id).machine
             try:
-                await keystrokes_send(cast(KeyedMachine, machine), strokes, pace=pace)
+                await keystrokes_send(cast(KeyedMachine, machine), strokes, pace=pace, stored=stored)
             except MachineError as error:
                 self._running_visit(session_id)  # ended or replaced meanwhile: say so
                 raise SessionBusyError("The machine did not take the keys; try again.") from error

@@ -114,45 +114,82 @@ class TypingPace:
     # BIOS buffer before typing on regardless (a program that reads the keyboard
     # its own way, as Windows does, leaves the buffer as it is).
     buffer_wait_s: float = 2.0
+    # How long to wait, at most, for the BIOS to store a key typed; a guest
+    # that stores none in that time is typed to at the plain pace from then on.
+    arrival_wait_s: float = 1.0
 
 
 # The BIOS data area's keyboard buffer: head and tail offsets (0x41A, 0x41C) into
 # 0x41E..0x43E, 2 bytes a key; it holds 15 keys. Typing waits from BUFFER_FULL on.
 _BUFFER_START, _BUFFER_END = 0x1E, 0x3E
 BUFFER_FULL = 10
+_POLL_S = 0.004
 
 
-async def bios_buffer_keys(machine: KeyedMachine) -> int | None:
-    """Keys waiting in the BIOS's keyboard buffer, or None when the memory there
-    does not look like one (a guest that never set it up)."""
+async def bios_buffer(machine: KeyedMachine) -> tuple[int, int] | None:
+    """The BIOS keyboard buffer's head and tail, or None when the memory there does
+    not look like one (a guest that never set it up)."""
     output = str(await machine.execute("human-monitor-command",
                                        {"command-line": "xp /2hx 0x41a"}))
     values = [int(value, 16) for value in re.findall(r"0x([0-9a-f]{4})\b", output)]
     if len(values) != 2:
         return None
-    head, tail = values
     if not all(_BUFFER_START <= value < _BUFFER_END and value % 2 == 0 for value in values):
         return None
+    return values[0], values[1]
+
+
+def _waiting(buffer: tuple[int, int]) -> int:
+    head, tail = buffer
     return ((tail - head) % (_BUFFER_END - _BUFFER_START)) // 2
 
 
-async def keystrokes_send(machine: KeyedMachine, strokes: list[Keystroke], *, pace: TypingPace) -> None:
-    """Press each keystroke in turn (its keys down together, then up), paced."""
+async def keystrokes_send(machine: KeyedMachine, strokes: list[Keystroke], *, pace: TypingPace,
+                          stored: bool = True) -> None:
+    """Press each keystroke in turn (its keys down together, then up), paced.
+
+    With `stored` (each keystroke types a character, as text does), the next key
+    goes only once the guest's BIOS has stored the last one (its buffer's tail
+    moved): a guest busy with interrupts off (scrolling the screen in software
+    emulation) does not read the keyboard, and the keyboard holds only a few
+    keys before it drops them. A guest whose BIOS stores nothing (Windows reads
+    the keyboard itself) is typed to at the plain pace.
+    """
+    loop = asyncio.get_running_loop()
+    watch = stored
     for stroke in strokes:
-        await _buffer_room(machine, pace)
+        before = await _buffer_room(machine, pace) if watch else None
+        sent = loop.time()
         await machine.execute("send-key", {
             "keys": [{"type": "qcode", "data": key} for key in stroke],
             "hold-time": pace.hold_ms,
         })
+        if before is not None:
+            watch = await _stored(machine, before, pace)
         # QEMU queues the key's presses and releases with the hold time between
         # them and answers at once: the pause covers that time too.
-        await asyncio.sleep(pace.interval_s + 2 * len(stroke) * pace.hold_ms / 1000)
+        done = sent + pace.interval_s + 2 * len(stroke) * pace.hold_ms / 1000
+        await asyncio.sleep(max(0.0, done - loop.time()))
 
 
-async def _buffer_room(machine: KeyedMachine, pace: TypingPace) -> None:
+async def _buffer_room(machine: KeyedMachine, pace: TypingPace) -> tuple[int, int] | None:
+    """The buffer once it has room for a key (or after waiting buffer_wait_s for it)."""
     deadline = time.monotonic() + pace.buffer_wait_s
-    while time.monotonic() < deadline:
-        waiting = await bios_buffer_keys(machine)
-        if waiting is None or waiting < BUFFER_FULL:
-            return
+    while True:
+        buffer = await bios_buffer(machine)
+        if buffer is None or _waiting(buffer) < BUFFER_FULL or time.monotonic() >= deadline:
+            return buffer
         await asyncio.sleep(pace.interval_s)
+
+
+async def _stored(machine: KeyedMachine, before: tuple[int, int], pace: TypingPace) -> bool:
+    """Wait until the BIOS has stored the key (the tail moved); False if it never did."""
+    deadline = time.monotonic() + pace.arrival_wait_s
+    while time.monotonic() < deadline:
+        buffer = await bios_buffer(machine)
+        if buffer is None:
+            return False
+        if buffer[1] != before[1]:
+            return True
+        await asyncio.sleep(_POLL_S)
+    return False

@@ -77,7 +77,7 @@ async def keys(request: HttpRequest, session_id: str) -> HttpResponse:
     if refused is not None:
         return refused
     try:
-        await broker.keys_send(session_id=session.id, strokes=strokes)
+        await broker.keys_send(session_id=session.id, strokes=strokes, stored="text" in data)
     except SessionEndedError as error:
         return json_error(409, "session_ended", str(error))
     except SessionBusyError as error:

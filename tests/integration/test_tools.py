@@ -150,6 +150,17 @@ async def test_it_types_text_with_shift_exactly_at_a_dos_prompt(broker: Any, gam
                               timeout_s=30, what="the typed line")
         assert await one.prompt_line() == PROMPT + every
 
+        # A line longer than a screen row, typed at the bottom of the screen: DOS
+        # scrolls while keys come (in software emulation, with the keyboard unread for
+        # a while), and none is lost.
+        assert (await one.keys({"combo": "ctrl-c"})).status_code == 204
+        long = "rem " + "".join(chr(ord("a") + number % 26) for number in range(116))
+        assert (await one.keys({"text": long})).status_code == 204
+        await wait_for_screen(
+            one.machine, one.rfb,
+            lambda screen: "".join(row.ljust(80) for row in screen.splitlines()).rstrip().endswith(long),
+            timeout_s=30, what="the long line")
+
         # A combination: Ctrl+C abandons the line, and DOS gives a fresh prompt.
         assert (await one.keys({"combo": "ctrl-c"})).status_code == 204
         await wait_for_screen(one.machine, one.rfb, lambda screen: screen.splitlines()[-1] == PROMPT
