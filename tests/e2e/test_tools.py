@@ -11,13 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import shutil
 import struct
+import tempfile
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Portal
+from tests.e2e.conftest import Portal, PortalFactory
+from tests.e2e.test_relay import nodes_start
 from tests.e2e.test_visit import CANVAS_STATS, NOTEPAD_TEXT, WHOLE
 from tests.support.portal_http import PortalVisitor
 from tests.support.rfb import KEYSYM_BACKSPACE, RfbClient
@@ -237,3 +242,54 @@ def test_the_page_pastes_takes_a_screenshot_and_shares_a_watch_link(portal: Port
     page.get_by_role("button", name="End").click()
     page.wait_for_selector('#state[data-state="ended"]', timeout=15_000)
     context.close()
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    """What the nodes of one portal share: the database and the image store."""
+    root = Path(tempfile.mkdtemp(prefix="pr-", dir="/tmp"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_the_tools_and_a_watch_link_work_through_a_node_that_does_not_hold_the_visit(
+    portal_make: PortalFactory, shared: Path,
+) -> None:
+    """Two nodes of one portal (as tests/e2e/test_relay.py): the visit runs on A; the
+    owner's tools and the watcher reach it through B, which finds the visit of a
+    watch link by its token and pipes the page and the socket to A."""
+    holder, other = nodes_start(portal_make, shared)
+    owner_here = PortalVisitor(holder.url)
+    session = owner_here.session_start("demo")
+    api = f"/api/sessions/{session['id']}"
+    owner = PortalVisitor(other.url, cookies=owner_here.cookies)
+
+    assert owner.request("POST", f"{api}/keys", {"combo": "alt-tab"})[0] == 204
+    status, link = owner.request("POST", f"{api}/watchers")
+    assert status == 201
+    watching_b = PortalVisitor(other.url)
+    status, page = watching_b.request("GET", link["watch_url"])
+    assert status == 200 and b"Portal demo" in page
+
+    async def through_b() -> None:
+        seeing = await watching_b.display(f"/ws/watch/{link['token']}/vnc")
+        seeing.start()
+        assert seeing.lit_pixels() > 10000
+        state = await asyncio.to_thread(watching_b.request, "GET", f"/watch/{link['token']}/state")
+        assert state == (200, {"state": "running", "ended_reason": None, "exhibit": "demo",
+                               "title": "Portal demo", "watchers": 1})
+        keyed = await PortalVisitor(other.url).display(f"/ws/watch/{link['token']}/vnc")
+        await keyed.type_text("x")
+        assert (await close_code_of(keyed.transport))[0] == 4400  # type: ignore[arg-type]
+        assert (await asyncio.to_thread(owner.request, "DELETE", f"{api}/watchers"))[0] == 204
+        assert await ended_with(seeing) == 4401
+
+    asyncio.run(through_b())
+    # The screenshot through B is A's machine's screen.
+    request = urllib.request.Request(other.url + f"{api}/screenshot.png",
+                                     headers={"Cookie": owner.cookie_header()})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        png = response.read()
+        assert response.headers["Content-Type"] == "image/png"
+    assert struct.unpack(">II", png[16:24]) == (640, 480)
+    assert owner.session_end(session["id"]) == 204
