@@ -25,7 +25,7 @@ from .api import owned_session
 from .broker import SessionBusyError, SessionEndedError, get_broker
 from .keys import KeysError, Keystroke, combo_keystroke, text_keystrokes
 from .models import VisitorSession
-from .watch import watch_session
+from .watch import WatchLinkLimitError, watch_session
 
 
 def _not_found() -> JsonResponse:
@@ -128,6 +128,8 @@ async def watchers(request: HttpRequest, session_id: str) -> HttpResponse:
         token = await broker.watch_link_create(session_id=session.id)
     except SessionEndedError as error:
         return json_error(409, "session_ended", str(error))
+    except WatchLinkLimitError as error:
+        return json_error(409, "watch_link_limit", str(error))
     return JsonResponse({"watch_url": f"/watch/{token}/", "token": token}, status=201)
 
 

@@ -31,8 +31,20 @@ def watch_token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("ascii")).hexdigest()
 
 
+# Watch links one visit may have at once (each POST makes one; revoking forgets them all).
+WATCH_LINKS_PER_VISIT = 20
+
+
+class WatchLinkLimitError(Exception):
+    def __init__(self) -> None:
+        super().__init__(f"This visit has {WATCH_LINKS_PER_VISIT} watch links already, the most it may "
+                         "have. Revoke them to make a new one.")
+
+
 async def watch_link_create(*, session_id: str) -> str:
     """A new watch link's token for the visit (the only time the token exists in the clear)."""
+    if await WatchLink.objects.filter(session_id=session_id).acount() >= WATCH_LINKS_PER_VISIT:
+        raise WatchLinkLimitError()
     token = secrets.token_urlsafe(24)
     await WatchLink.objects.acreate(token_sha256=watch_token_hash(token), session_id=session_id)
     return token

@@ -10,6 +10,8 @@ import { api } from "./csrf.js";
 const CLIPBOARD_WAIT_MS = 3000;
 
 export function toolsStart(session, currentRfb) {
+  // A page without the tools' block (a chrome-less one) has none of them.
+  if (!document.getElementById("tools")) return;
   const pasteButton = document.getElementById("paste");
   const pastePanel = document.getElementById("paste-panel");
   const pasteForm = document.getElementById("paste-form");

@@ -21,6 +21,7 @@ from sessions.broker import exhibit_prepare
 from sessions.consumers import CLOSE_REVOKED, CLOSE_TOO_MANY_VIEWERS, CLOSE_UNSUPPORTED_DATA
 from sessions.models import VisitorSession
 from sessions.prepare import StartCondition
+from sessions.watch import WATCH_LINKS_PER_VISIT
 from tests.conftest import FREEDOS_GAMES, ExhibitFactory, display_watch, visitor, ws_communicator
 from tests.support.guest import disk_file, wait_for_screen, wait_for_text
 from tests.support.rfb import CommunicatorTransport, RfbClient
@@ -300,6 +301,12 @@ async def test_a_watcher_sees_the_machine_but_no_key_of_theirs_reaches_it(broker
             await third.handshake()
         assert third_transport.close_code == CLOSE_TOO_MANY_VIEWERS
 
+        # Links are capped per visit (each POST makes one; revoking forgets them all).
+        for _ in range(WATCH_LINKS_PER_VISIT - 1):
+            assert (await one.browser.post(f"/api/sessions/{one.id}/watchers")).status_code == 201
+        over = await one.browser.post(f"/api/sessions/{one.id}/watchers")
+        assert over.status_code == 409 and over.json()["error"] == "watch_link_limit"
+
         # Revoke: every watcher is closed with 4401, and the link opens nothing any more.
         assert (await one.browser.delete(f"/api/sessions/{one.id}/watchers")).status_code == 204
         with pytest.raises(ConnectionError):
@@ -310,7 +317,8 @@ async def test_a_watcher_sees_the_machine_but_no_key_of_theirs_reaches_it(broker
         with pytest.raises(ConnectionError):
             await late.handshake()
         assert late_transport.close_code == 4404
-        # The owner's own display is untouched.
+        # The owner's own display is untouched, and may make a link again.
         assert broker.keeper.visit(one.id).displays == 1
+        assert (await one.browser.post(f"/api/sessions/{one.id}/watchers")).status_code == 201
     finally:
         await one.close()

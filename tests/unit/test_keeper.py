@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from sessions.errors import SessionBusyError, SessionEndedError, ViewerLimitError
+from sessions.errors import SessionBusyError, SessionEndedError, ViewerLimitError, WatcherLimitError
 from sessions.host import Lease, machine_lease_names, machine_lease_take
 from sessions.keeper import Keeper, KeeperConfig
 from sessions.machine import MachineStartError
@@ -424,3 +424,44 @@ async def test_a_reset_whose_new_machine_fails_ends_the_visit(node: Node) -> Non
         await soon(node.keeper.reset(session_id="v1"))
     await until(visit, Phase.ENDED)
     assert node.recorder.ended["v1"][0] == "crashed"
+
+
+# --- watch links' watchers -----------------------------------------------------
+
+
+async def test_a_watcher_is_let_in_but_never_holds_off_the_grace_period(node: Node) -> None:
+    visit = await node.running()
+    closed: list[str] = []
+    path = await soon(node.keeper.watcher_attach(session_id="v1", revoke=lambda: closed.append("w1")))
+    assert path == node.factory.machines[0].vnc_path
+    assert visit.viewers == 0 and visit.grace_task is not None  # the owner's page is not there
+    assert node.keeper.watcher_count("v1") == 1
+    assert node.recorder.events[-1] == ("v1", {"type": "watchers", "count": 1})
+
+
+async def test_watchers_are_capped_and_revoke_closes_every_one(tmp_path: Path) -> None:
+    node = Node(tmp_path, watchers_per_session=2)
+    try:
+        await node.running()
+        closed: list[str] = []
+        first, second = (lambda: closed.append("first")), (lambda: closed.append("second"))
+        await soon(node.keeper.watcher_attach(session_id="v1", revoke=first))
+        await soon(node.keeper.watcher_attach(session_id="v1", revoke=second))
+        with pytest.raises(WatcherLimitError, match="2 people"):
+            await soon(node.keeper.watcher_attach(session_id="v1", revoke=lambda: None))
+        node.keeper.watcher_detach(session_id="v1", revoke=first)
+        await soon(node.keeper.watcher_attach(session_id="v1", revoke=first))
+        assert node.keeper.watchers_revoke(session_id="v1") == 2
+        assert sorted(closed) == ["first", "second"]
+        assert node.keeper.watcher_count("v1") == 0
+        assert node.recorder.events[-1] == ("v1", {"type": "watchers", "count": 0})
+    finally:
+        await soon(node.keeper.end_all(reason="server", detail="The test ended."))
+
+
+async def test_a_watcher_of_an_ended_or_waiting_visit_is_refused(node: Node) -> None:
+    with pytest.raises(SessionEndedError):
+        await soon(node.keeper.watcher_attach(session_id="nobody", revoke=lambda: None))
+    node.open(queued=True)
+    with pytest.raises(SessionBusyError):
+        await soon(node.keeper.watcher_attach(session_id="v1", revoke=lambda: None))
