@@ -60,6 +60,7 @@ from .errors import (
     SessionExistsError,
     ViewerLimitError,
     WatcherLimitError,
+    WatcherUnknownError,
 )
 from .host import UidLease, machine_lease_take, runas_choose, uid_leases_tidy
 from .keeper import Keeper, MachineFactory, task_new
@@ -97,7 +98,7 @@ __all__ = [
     "AddressLimitError", "Broker", "BrokerConfig", "CapacityError", "DisplayUnavailableError",
     "ExhibitUnavailableError", "NodeUnreachableError", "RateLimitedError", "SessionBusyError",
     "SessionEndedError", "SessionError", "SessionExistsError", "StartLimiter", "ViewerLimitError",
-    "WatcherLimitError",
+    "WatcherLimitError", "WatcherUnknownError",
     "exhibit_prepare", "get_broker", "runas_choose", "session_group",
 ]
 
@@ -539,16 +540,30 @@ class Broker:
         self.keeper.watchers_revoke(session_id=session_id)
         return forgotten
 
-    async def watcher_attach(self, *, session_id: str, revoke: Callable[[], None]) -> Path:
+    async def watcher_attach(self, *, session_id: str, watcher_id: str, revoke: Callable[[], None]) -> Path:
         """Let a watch-link socket in (capped; never a viewer that keeps the machine)
         and return the VNC socket once the machine runs."""
-        return await self.keeper.watcher_attach(session_id=session_id, revoke=revoke)
+        return await self.keeper.watcher_attach(session_id=session_id, watcher_id=watcher_id,
+                                                revoke=revoke)
 
-    def watcher_detach(self, *, session_id: str, revoke: Callable[[], None]) -> None:
-        self.keeper.watcher_detach(session_id=session_id, revoke=revoke)
+    def watcher_detach(self, *, session_id: str, watcher_id: str) -> None:
+        self.keeper.watcher_detach(session_id=session_id, watcher_id=watcher_id)
 
     def watcher_count(self, session_id: str) -> int:
         return self.keeper.watcher_count(session_id)
+
+    def watchers(self, session_id: str) -> tuple[list[str], str | None]:
+        """The visit's watchers, oldest first, and which has the keyboard and mouse."""
+        return self.keeper.watchers(session_id)
+
+    def control_give(self, *, session_id: str, watcher_id: str) -> None:
+        self.keeper.control_give(session_id=session_id, watcher_id=watcher_id)
+
+    def control_take(self, *, session_id: str) -> None:
+        self.keeper.control_take(session_id=session_id)
+
+    def in_control(self, session_id: str, watcher_id: str) -> bool:
+        return self.keeper.in_control(session_id, watcher_id)
 
     def watch_attach(self, *, session_id: str) -> bool:
         """Count someone watching the session (its display or its events) in."""

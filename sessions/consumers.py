@@ -16,9 +16,11 @@ import collections
 import contextlib
 import json
 import logging
+import re
+import secrets
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import DEFAULT_CHANNEL_LAYER
@@ -42,6 +44,7 @@ from .broker import (
     SessionEndedError,
     ViewerLimitError,
     WatcherLimitError,
+    WatcherUnknownError,
     get_broker,
     session_group,
 )
@@ -89,6 +92,8 @@ CLOSE_REASONS = {
     CLOSE_TOO_SLOW: "The browser did not keep up with the display; connect again.",
     CLOSE_REVOKED: "The machine's owner revoked this watch link.",
 }
+# A watcher's name as its page gives it (`?watcher=…` on a watch link's socket).
+WATCHER_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 # The largest message the page may send on the events WebSocket.
 EVENTS_MAX_MESSAGE_BYTES = 4096
 
@@ -433,15 +438,23 @@ class WatchConsumer(VncConsumer):
     and a sentence. A watcher is never input (the idle limit runs on) and never a
     viewer (it keeps no machine alive); there are at most
     PORTAL_WATCHERS_PER_SESSION (then 4429), and the owner's revoke closes each
-    with 4401.
+    with 4401. The one watcher the owner hands the keyboard and mouse to has its
+    keys and pointer events passed on (and counted as input) until the owner
+    takes them back.
     """
 
     _gate: ViewerGate
     _watching = False
     _revoke_task: asyncio.Task[None] | None = None
+    watcher_id = ""
 
     async def machine_attach(self) -> tuple[VisitorSession, Path] | None:
         self._gate = ViewerGate()
+        # The page names its socket (`?watcher=…`), so it can ask whether the owner
+        # handed it the keyboard and mouse; a client that does not is named here.
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        named = (query.get("watcher") or [""])[0]
+        self.watcher_id = named if WATCHER_ID.fullmatch(named) else secrets.token_hex(8)
         subprotocols = self.scope.get("subprotocols") or []
         await self.accept("binary" if "binary" in subprotocols else None)
         if not origin_allowed(self.scope):
@@ -457,7 +470,11 @@ class WatchConsumer(VncConsumer):
             return None
         broker = await get_broker()
         try:
-            vnc_path = await broker.watcher_attach(session_id=self.session_id, revoke=self._revoked)
+            vnc_path = await broker.watcher_attach(session_id=self.session_id, watcher_id=self.watcher_id,
+                                                   revoke=self._revoked)
+        except WatcherUnknownError as error:
+            await self.close_with(CLOSE_UNSUPPORTED_DATA, str(error))
+            return None
         except SessionEndedError:
             await self.close_with(CLOSE_ENDED)
             return None
@@ -482,7 +499,7 @@ class WatchConsumer(VncConsumer):
     async def _detach(self) -> None:
         if self._watching:
             self._watching = False
-            (await get_broker()).watcher_detach(session_id=self.session_id, revoke=self._revoked)
+            (await get_broker()).watcher_detach(session_id=self.session_id, watcher_id=self.watcher_id)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self._pipe is None:
@@ -493,12 +510,17 @@ class WatchConsumer(VncConsumer):
         if len(bytes_data) > settings.PORTAL_WS_MAX_MESSAGE_BYTES:
             await self.close_with(CLOSE_TOO_BIG)
             return
+        broker = await get_broker()
+        self._gate.control = broker.in_control(self.session_id, self.watcher_id)
         try:
             passed = self._gate.feed(bytes_data)
         except ViewerRefusedError as error:
             logger.info("session %s: a watcher was closed: %s", self.session_id, error)
             await self.close_with(CLOSE_UNSUPPORTED_DATA, str(error))
             return
+        if self._gate.saw_input:
+            # The watcher the owner handed the keyboard and mouse is using them.
+            broker.session_input(session_id=self.session_id)
         if not passed:
             return
         DISPLAY_FROM_BROWSER.inc(len(passed))

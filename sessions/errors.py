@@ -55,6 +55,10 @@ class WatcherLimitError(SessionError):
                          "Try again when someone has left.")
 
 
+class WatcherUnknownError(SessionError):
+    """No watcher of that name watches the visit (or one does already, when attaching)."""
+
+
 class AddressLimitError(RateLimitedError):
     def __init__(self, limit: int, retry_after_s: int) -> None:
         SessionError.__init__(

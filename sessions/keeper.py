@@ -34,6 +34,7 @@ from .errors import (
     SessionEndedError,
     ViewerLimitError,
     WatcherLimitError,
+    WatcherUnknownError,
 )
 from .host import Lease
 from .keys import KeyedMachine, Keystroke, TypingPace, keystrokes_send
@@ -610,21 +611,24 @@ class Keeper:
 
     # --- watch links -----------------------------------------------------------
 
-    async def watcher_attach(self, *, session_id: str, revoke: Callable[[], None]) -> Path:
+    async def watcher_attach(self, *, session_id: str, watcher_id: str, revoke: Callable[[], None]) -> Path:
         """Let a watch-link socket in and return the VNC socket once the machine runs.
 
         A watcher is not a viewer: it never holds off the grace period after the
         owner's last page left, so watchers alone never keep a machine alive.
-        `revoke` closes it when the owner revokes the links.
+        `revoke` closes it when the owner revokes the links. `watcher_id` names it
+        to the owner (who may hand it the keyboard and mouse) and to its own page.
         """
         visit = self._visits.get(session_id)
         if visit is None or visit.phase in {Phase.ENDING, Phase.ENDED}:
             raise SessionEndedError("This machine has ended.")
         if visit.phase is Phase.QUEUED:
             raise SessionBusyError("This visit is still waiting for a machine.")
+        if watcher_id in visit.watchers:
+            raise WatcherUnknownError("A watcher of that name is watching already.")
         if len(visit.watchers) >= self.config.watchers_per_session:
             raise WatcherLimitError(self.config.watchers_per_session)
-        visit.watchers.append(revoke)
+        visit.watchers[watcher_id] = revoke
         self._watchers_changed(visit)
         try:
             with contextlib.suppress(TimeoutError):
@@ -636,13 +640,14 @@ class Keeper:
                 raise DisplayUnavailableError("The machine did not start in time.")
             return visit.machine.vnc_path
         except BaseException:
-            self.watcher_detach(session_id=session_id, revoke=revoke)
+            self.watcher_detach(session_id=session_id, watcher_id=watcher_id)
             raise
 
-    def watcher_detach(self, *, session_id: str, revoke: Callable[[], None]) -> None:
+    def watcher_detach(self, *, session_id: str, watcher_id: str) -> None:
         visit = self._visits.get(session_id)
-        if visit is not None and revoke in visit.watchers:
-            visit.watchers.remove(revoke)
+        if visit is not None and visit.watchers.pop(watcher_id, None) is not None:
+            if visit.control == watcher_id:
+                visit.control = None
             self._watchers_changed(visit)
 
     def watchers_revoke(self, *, session_id: str) -> int:
@@ -650,8 +655,9 @@ class Keeper:
         visit = self._visits.get(session_id)
         if visit is None:
             return 0
-        watchers, visit.watchers = visit.watchers, []
-        for revoke in watchers:
+        watchers, visit.watchers = visit.watchers, {}
+        visit.control = None
+        for revoke in watchers.values():
             revoke()
         if watchers:
             self._watchers_changed(visit)
@@ -661,8 +667,34 @@ class Keeper:
         visit = self._visits.get(session_id)
         return len(visit.watchers) if visit is not None else 0
 
+    def watchers(self, session_id: str) -> tuple[list[str], str | None]:
+        """The visit's watchers, oldest first, and which of them has the keyboard and mouse."""
+        visit = self._visits.get(session_id)
+        return (list(visit.watchers), visit.control) if visit is not None else ([], None)
+
+    def control_give(self, *, session_id: str, watcher_id: str) -> None:
+        """Hand the keyboard and mouse to one watcher (taken from any other)."""
+        visit = self._running_visit(session_id)
+        if watcher_id not in visit.watchers:
+            raise WatcherUnknownError("Nobody of that name is watching this machine.")
+        visit.control = watcher_id
+        self._watchers_changed(visit)
+
+    def control_take(self, *, session_id: str) -> None:
+        """Take the keyboard and mouse back from the watcher who has them."""
+        visit = self._visits.get(session_id)
+        if visit is not None and visit.control is not None:
+            visit.control = None
+            self._watchers_changed(visit)
+
+    def in_control(self, session_id: str, watcher_id: str) -> bool:
+        visit = self._visits.get(session_id)
+        return visit is not None and visit.control == watcher_id
+
     def _watchers_changed(self, visit: Visit) -> None:
-        self._recorder.notify(visit.session_id, {"type": "watchers", "count": len(visit.watchers)})
+        self._recorder.notify(visit.session_id, {"type": "watchers", "count": len(visit.watchers),
+                                                 "watchers": list(visit.watchers),
+                                                 "control": visit.control})
 
     def _grace_start(self, visit: Visit) -> None:
         if visit.grace_task is None and visit.phase not in {Phase.ENDING, Phase.ENDED}:

@@ -151,9 +151,14 @@ class ViewerGate:
     _stage: int = 0
     # Bytes of a dropped message still to come (clipboard text), thrown away as they arrive.
     _drop: int = 0
+    # Whether this watcher has the keyboard and mouse (the owner handed them over):
+    # then keys and pointer events go on too, and the last feed says it held some.
+    control: bool = False
+    saw_input: bool = False
 
     def feed(self, data: bytes) -> bytes:
         self._buffer += data
+        self.saw_input = False
         passed = bytearray()
         while True:
             if self._drop:
@@ -197,6 +202,15 @@ class ViewerGate:
                 return None
             self._drop = 8 + abs(int.from_bytes(buffer[4:8], "big", signed=True))
             return b""
+        if self.control and message_type in _INPUT_TYPES | {_QEMU}:
+            if message_type == _QEMU and len(buffer) < 2:
+                return None
+            if message_type in _INPUT_TYPES or buffer[1] == _QEMU_EXTENDED_KEY_EVENT:
+                input_size = 12 if message_type == _QEMU else _FIXED[message_type]
+                if len(buffer) < input_size:
+                    return None
+                self.saw_input = True
+                return self._take(input_size)
         if message_type not in _VIEWER_TYPES:
             what = _REFUSED_WORDS.get(message_type, f"an RFB message of type {message_type}")
             raise ViewerRefusedError(f"This is a watch link: it shows the machine and takes no input, "

@@ -22,7 +22,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from portal.errors import json_error
 
 from .api import owned_session
-from .broker import SessionBusyError, SessionEndedError, get_broker
+from .broker import SessionBusyError, SessionEndedError, WatcherUnknownError, get_broker
 from .keys import KeysError, Keystroke, combo_keystroke, text_keystrokes
 from .models import VisitorSession
 from .watch import WatchLinkLimitError, watch_session
@@ -121,7 +121,8 @@ async def watchers(request: HttpRequest, session_id: str) -> HttpResponse:
         await broker.watch_links_revoke(session_id=session.id)
         return HttpResponse(status=204)
     if request.method == "GET":
-        return JsonResponse({"watchers": broker.watcher_count(session.id)})
+        names, control = broker.watchers(session.id)
+        return JsonResponse({"watchers": len(names), "names": names, "control": control})
     if not session.is_live:
         return json_error(409, "session_ended", "This machine has ended; there is nothing to watch.")
     try:
@@ -131,6 +132,37 @@ async def watchers(request: HttpRequest, session_id: str) -> HttpResponse:
     except WatchLinkLimitError as error:
         return json_error(409, "watch_link_limit", str(error))
     return JsonResponse({"watch_url": f"/watch/{token}/", "token": token}, status=201)
+
+
+@require_http_methods(["POST", "DELETE"])
+async def watchers_control(request: HttpRequest, session_id: str) -> HttpResponse:
+    """An extension: POST `{"watcher": name}` hands one watcher the keyboard and
+    mouse (taking them from any other), DELETE takes them back: 204 each."""
+    session = await owned_session(request, session_id)
+    if session is None:
+        return _not_found()
+    broker = await get_broker()
+    if request.method == "DELETE":
+        broker.control_take(session_id=session.id)
+        return HttpResponse(status=204)
+    try:
+        data: Any = json.loads(request.body or b"")
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not isinstance(data.get("watcher"), str):
+        return json_error(400, "bad_request", 'Send a JSON object with "watcher": the name of a watcher.')
+    refused = _not_live(session)
+    if refused is not None:
+        return refused
+    try:
+        broker.control_give(session_id=session.id, watcher_id=data["watcher"])
+    except WatcherUnknownError as error:
+        return json_error(404, "not_found", str(error))
+    except SessionEndedError as error:
+        return json_error(409, "session_ended", str(error))
+    except SessionBusyError as error:
+        return json_error(409, "session_busy", str(error))
+    return HttpResponse(status=204)
 
 
 async def _watched(token: str) -> VisitorSession:
@@ -159,8 +191,13 @@ async def watch_page(request: HttpRequest, token: str) -> HttpResponse:
 
 @require_GET
 async def watch_state(request: HttpRequest, token: str) -> JsonResponse:
-    """The watch page's state: the visit's state and how many watch it now."""
+    """The watch page's state: the visit's state and how many watch it now; with
+    `?watcher=<name>`, whether that watcher has the keyboard and mouse."""
     session = await watch_session(token)
     if session is None:
         return json_error(404, "not_found", "This watch link was revoked, or never existed.")
-    return JsonResponse(_watch_state(session, (await get_broker()).watcher_count(session.id)))
+    broker = await get_broker()
+    state = _watch_state(session, broker.watcher_count(session.id))
+    name = request.GET.get("watcher", "")
+    state["control"] = bool(name) and broker.in_control(session.id, name)
+    return JsonResponse(state)

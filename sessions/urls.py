@@ -22,6 +22,7 @@ urlpatterns = [
     path("api/sessions/<str:session_id>/keys", tools.keys),
     path("api/sessions/<str:session_id>/screenshot.png", tools.screenshot),
     path("api/sessions/<str:session_id>/watchers", tools.watchers),
+    path("api/sessions/<str:session_id>/watchers/control", tools.watchers_control),
     path("watch/<str:token>/", tools.watch_page, name="watch"),
     path("watch/<str:token>/state", tools.watch_state),
 ]

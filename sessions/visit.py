@@ -114,8 +114,10 @@ class Visit:
     displays: int = 0
     listeners: int = 0
     # The watch-link sockets (never counted among the viewers: they keep no
-    # machine alive), each by the call that closes it when the owner revokes.
-    watchers: list[Callable[[], None]] = field(default_factory=list)
+    # machine alive) by their names, each the call that closes it when the
+    # owner revokes; and the one the owner handed the keyboard and mouse, if any.
+    watchers: dict[str, Callable[[], None]] = field(default_factory=dict)
+    control: str | None = None
     # Held while keys are typed for the visitor, so two pastes never interleave.
     typing: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     launch_task: asyncio.Task[None] | None = None

@@ -1,8 +1,9 @@
 // The visitor's tools on the machine page: Paste (the clipboard, or a text box
 // where the browser does not let the page read it, typed by the server as
 // keystrokes), key combinations, Screenshot (a download from the server), and
-// Watch together (a link to copy, how many watch, Revoke). session.js starts it
-// and passes on the session's events ("portal:event").
+// Watch together (a link to copy, how many watch, Revoke, handing one watcher the
+// keyboard and mouse and taking them back). session.js starts it and passes on
+// the session's events ("portal:event").
 import { api } from "./csrf.js";
 
 // How long the browser may take to hand over the clipboard before the text box
@@ -110,11 +111,31 @@ export function toolsStart(session, currentRfb) {
 
   // --- Watch together -------------------------------------------------------------
 
-  function showWatchers(count) {
+  const watcherList = document.getElementById("watcher-list");
+  const controlPath = `${watchersPath}/control`;
+
+  function showWatchers(count, names, control) {
     watcherCount.hidden = !count;
     watcherCount.textContent = String(count);
     watchersLine.textContent = count === 0 ? "Nobody is watching."
       : count === 1 ? "1 person is watching." : `${count} people are watching.`;
+    if (names === undefined) return;
+    watcherList.innerHTML = "";
+    names.forEach((name, index) => {
+      const item = document.createElement("li");
+      const label = document.createElement("span");
+      label.textContent = `Watcher ${index + 1}` + (name === control ? " has your keyboard and mouse" : "");
+      const button = document.createElement("button");
+      button.type = "button";
+      button.textContent = name === control ? "Take back" : "Give keyboard and mouse";
+      button.addEventListener("click", async () => {
+        const { status, data } = name === control
+          ? await api("DELETE", controlPath) : await api("POST", controlPath, { watcher: name });
+        if (status !== 204) watchStatus.textContent = (data && data.detail) || "That did not work.";
+      });
+      item.append(label, " ", button);
+      watcherList.appendChild(item);
+    });
   }
 
   async function watchOpen() {
@@ -132,7 +153,7 @@ export function toolsStart(session, currentRfb) {
       watchStatus.textContent = "";
     }
     const { status, data } = await api("GET", watchersPath);
-    if (status === 200) showWatchers(data.watchers);
+    if (status === 200) showWatchers(data.watchers, data.names, data.control);
     watchUrl.select();
   }
 
@@ -158,7 +179,7 @@ export function toolsStart(session, currentRfb) {
     const { status, data } = await api("DELETE", watchersPath);
     if (status === 204) {
       watchUrl.value = "";
-      showWatchers(0);
+      showWatchers(0, [], null);
       watchStatus.textContent = "The link no longer works, and everyone watching was disconnected. " +
         "Close and open this panel for a new link.";
     } else {
@@ -175,7 +196,7 @@ export function toolsStart(session, currentRfb) {
 
   window.addEventListener("portal:event", (event) => {
     const data = event.detail;
-    if (data.type === "watchers") showWatchers(data.count);
+    if (data.type === "watchers") showWatchers(data.count, data.watchers, data.control);
     else if (data.type === "ended" || (data.type === "state" && data.state === "ended")) ended();
   });
   if (session.state === "ended") ended();

@@ -78,7 +78,7 @@ def test_watchers_see_the_machine_but_never_reach_it_and_go_when_revoked(portal:
         seeing.start()
         assert (seeing.width, seeing.height) == (640, 480)
         assert seeing.lit_pixels() > 10000, "the demo's desktop, not a black screen"
-        assert (await asyncio.to_thread(owner.request, "GET", watchers_path))[1] == {"watchers": 1}
+        assert (await asyncio.to_thread(owner.request, "GET", watchers_path))[1]["watchers"] == 1
 
         # The watcher is sent what the owner's typing draws.
         before = region(mine)
@@ -231,6 +231,19 @@ def test_the_page_pastes_takes_a_screenshot_and_shares_a_watch_link(portal: Port
     watching.wait_for_function(f"(before) => ({CANVAS_STATS})({NOTEPAD_TEXT}).hash !== before",
                                arg=seen, timeout=15_000)
 
+    # Hand-over: the owner gives the watcher the keyboard and mouse, and the
+    # watcher's typing reaches the machine; then the owner takes them back.
+    page.get_by_role("button", name="Give keyboard and mouse").click()
+    watching.wait_for_selector("#control", state="visible", timeout=15_000)
+    page.wait_for_selector("#watcher-list:has-text('has your keyboard and mouse')", timeout=15_000)
+    owned = page.evaluate(CANVAS_STATS, NOTEPAD_TEXT)["hash"]
+    watching.locator("#screen canvas").click(position={"x": 5, "y": 5})
+    watching.keyboard.type("?")
+    page.wait_for_function(f"(before) => ({CANVAS_STATS})({NOTEPAD_TEXT}).hash !== before",
+                           arg=owned, timeout=15_000)
+    page.get_by_role("button", name="Take back").click()
+    watching.wait_for_selector("#control", state="hidden", timeout=15_000)
+
     # Revoke: the watcher is told, and the owner sees nobody watching.
     page.get_by_role("button", name="Revoke").click()
     watching.wait_for_selector("#notice:has-text('revoked')", timeout=15_000)
@@ -277,7 +290,7 @@ def test_the_tools_and_a_watch_link_work_through_a_node_that_does_not_hold_the_v
         assert seeing.lit_pixels() > 10000
         state = await asyncio.to_thread(watching_b.request, "GET", f"/watch/{link['token']}/state")
         assert state == (200, {"state": "running", "ended_reason": None, "exhibit": "demo",
-                               "title": "Portal demo", "watchers": 1})
+                               "title": "Portal demo", "watchers": 1, "control": False})
         keyed = await PortalVisitor(other.url).display(f"/ws/watch/{link['token']}/vnc")
         await keyed.type_text("x")
         assert (await close_code_of(keyed.transport))[0] == 4400  # type: ignore[arg-type]

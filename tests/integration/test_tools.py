@@ -293,6 +293,35 @@ async def test_a_watcher_sees_the_machine_but_no_key_of_theirs_reaches_it(broker
                 await pointing.read_message()
         assert pointing_transport.close_code == CLOSE_UNSUPPORTED_DATA
 
+        # Hand-over: the owner gives one watcher the keyboard and mouse; its keys then
+        # reach DOS and count as input, until the owner takes them back.
+        helper, helper_transport = await watcher_open(vnc + "?watcher=helper-0001")
+        await helper.handshake()
+        await helper.first_update()
+        listed = (await one.browser.get(f"/api/sessions/{one.id}/watchers")).json()
+        assert "helper-0001" in listed["names"] and listed["control"] is None
+        control = f"/api/sessions/{one.id}/watchers/control"
+        unknown = await one.browser.post(control, {"watcher": "nobody-0001"}, content_type="application/json")
+        assert unknown.status_code == 404 and unknown.json()["detail"]
+        stranger = visitor()
+        await stranger.get("/api/exhibits")
+        assert (await stranger.post(control, {"watcher": "helper-0001"},
+                                    content_type="application/json")).status_code == 404
+        given = await one.browser.post(control, {"watcher": "helper-0001"}, content_type="application/json")
+        assert given.status_code == 204
+        idle_before = broker.keeper.idle_s(one.id)
+        await helper.type_text(" helped")
+        await wait_for_text(one.machine, one.rfb, PROMPT + "rem owner helped", timeout_s=30)
+        idle_after = broker.keeper.idle_s(one.id)
+        assert idle_after is not None and idle_before is not None and idle_after < idle_before
+        assert (await one.browser.delete(control)).status_code == 204
+        await helper.type_text("x")
+        with pytest.raises(ConnectionError):
+            while True:
+                await helper.read_message()
+        assert helper_transport.close_code == CLOSE_UNSUPPORTED_DATA
+        assert await one.prompt_line() == PROMPT + "rem owner helped"
+
         # The cap: the owner's setting allows two watchers at once.
         second, _ = await watcher_open(vnc)
         await second.handshake()

@@ -110,3 +110,25 @@ def test_a_viewer_gate_makes_every_watcher_shared_and_refuses_passwords() -> Non
         ViewerGate().feed(b"RFB 003.008\n\x02" + bytes(16))
     with pytest.raises(ViewerRefusedError):
         ViewerGate().feed(b"HTTP/1.1 200")
+
+
+def test_a_viewer_gate_passes_input_only_while_its_watcher_has_control() -> None:
+    from sessions.rfb import ViewerGate, ViewerRefusedError
+
+    gate = ViewerGate()
+    gate.feed(HANDSHAKE_38)
+    gate.control = True
+    data = KEY + POINTER + QEMU_KEY + UPDATE_REQUEST
+    passed = b"".join(gate.feed(data[index:index + 1]) for index in range(len(data)))
+    assert passed == data
+    assert gate.feed(KEY) == KEY and gate.saw_input
+    assert gate.feed(UPDATE_REQUEST) == UPDATE_REQUEST and not gate.saw_input
+    with pytest.raises(ViewerRefusedError):  # control is the keyboard and mouse, not power
+        gate.feed(XVP_SHUTDOWN)
+    gate = ViewerGate()
+    gate.feed(HANDSHAKE_38)
+    gate.control = True
+    gate.feed(KEY)
+    gate.control = False
+    with pytest.raises(ViewerRefusedError):
+        gate.feed(KEY)
