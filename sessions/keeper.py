@@ -4,9 +4,11 @@ Owns: the node's `Visit`s and every change of their phase; starting a visit's
 machine (through the machine factory it is given) and ending it (machine
 stopped, run directory deleted, leases let go once the end is recorded); the
 viewers, displays and listeners of each visit and the grace period after the last one
-leaves; the idle and time limits with their warnings; reset (the old machine
-killed before the new one starts); the watch for a QEMU that exits by itself
-or pauses on a disk error. Every task it starts is kept, cancelled and
+leaves; its watchers (watch-link sockets, never viewers: they keep no machine
+alive), which one has the keyboard and mouse, and their closing on revoke;
+typing for the visitor, one request at a time; the idle and time limits with
+their warnings; reset (the old machine killed before the new one starts); the
+watch for a QEMU that exits by itself or pauses on a disk error. Every task it starts is kept, cancelled and
 awaited by it.
 
 Must not: touch the database, the waiting line or the catalogue. What the rest
