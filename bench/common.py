@@ -25,6 +25,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
+
+from tests.support.processes import processes_naming
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 QUICK = os.environ.get("BENCH_QUICK", "") not in {"", "0"}
@@ -53,7 +57,7 @@ def portal_environment(*, exhibits: bool) -> Iterator[Path]:
     if exhibits:
         call_command("add_exhibit", str(REPO / "build" / "demo.img"), slug="demo", title="Demo",
                      boot="hdd", publish=True, stdout=open(os.devnull, "w"))
-        guests = Path(os.environ.get("PORTAL_GUESTS_DIR", REPO.parent / "shared" / "guests"))
+        guests = Path(os.environ.get("PORTAL_GUESTS_DIR", REPO / "tests" / "guests"))
         for name in ("freedos-2048", "freedos-games"):
             call_command("add_exhibit", str(guests / f"{name}.img"), slug=name, title=name,
                          boot="floppy", publish=True, stdout=open(os.devnull, "w"))
@@ -172,25 +176,10 @@ def _jsonable(value: object) -> object:
 
 def rss_kib(pid: int) -> int:
     """A process's resident memory now, in KiB (0 once it is gone)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-def processes_naming(path: Path) -> list[int]:
-    """Pids of processes whose command line mentions path (how the reaper finds them)."""
-    needle = os.fsencode(path)
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                    if needle in handle.read():
-                        found.append(int(entry))
-            except OSError:
-                continue
-    return found
+    try:
+        return int(psutil.Process(pid).memory_info().rss // 1024)
+    except psutil.NoSuchProcess:
+        return 0
 
 
 @dataclasses.dataclass

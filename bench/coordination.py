@@ -355,7 +355,8 @@ def pgbench_ceilings(postgresql: PostgreSQL) -> dict[str, dict[str, float]]:
         rate = re.search(r"^tps = ([0-9.]+)", result.stdout, re.MULTILINE)
         done = re.search(r"^number of transactions actually processed: ([0-9]+)", result.stdout,
                          re.MULTILINE)
-        assert rate and done, result.stdout
+        assert rate, result.stdout
+        assert done, result.stdout
         found[name] = {"per_s": float(rate[1]), "server_cpu_s_each": cpu / int(done[1])}
     return found
 

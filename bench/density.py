@@ -213,7 +213,8 @@ async def _running(broker: Any, session_ids: list[str], timeout_s: float = 60) -
 
 def _pid(broker: Any, session_id: str) -> int:
     machine = broker.machine(session_id)
-    assert machine is not None and machine.pid is not None, f"{session_id} is not running"
+    assert machine is not None, f"{session_id} is not running"
+    assert machine.pid is not None, f"{session_id} is not running"
     return int(machine.pid)
 
 

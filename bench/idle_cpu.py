@@ -119,7 +119,8 @@ async def measure(reference: Path) -> dict[str, Any]:
         pids: dict[str, int] = {}
         for name, (_, session, _) in machines.items():
             machine = broker.machine(session["id"])
-            assert machine is not None and machine.pid is not None, f"{name} is not running"
+            assert machine is not None, f"{name} is not running"
+            assert machine.pid is not None, f"{name} is not running"
             pids[name] = machine.pid
 
         for _, _, viewer in machines.values():

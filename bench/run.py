@@ -1,6 +1,7 @@
 """`make bench`: run every benchmark in bench/ and print its tables.
 
-Each script writes its own JSON (with the machine's facts) to bench/results/.
+Each script writes its own JSON (with the machine's facts) to bench/results/;
+bench/results/SUMMARY.md is then generated from the newest of each.
 `BENCH_QUICK=1 make bench` tries every script with few runs (minutes, not a
 quarter of an hour); its figures are not the ones to quote.
 """
@@ -31,6 +32,7 @@ def main() -> int:
         print(f"=== {module}: {time.monotonic() - started:.0f} s", flush=True)
     print(f"\nall benchmarks: {time.monotonic() - began:.0f} s"
           + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    subprocess.run([sys.executable, "-m", "bench.summary"], cwd=REPO, check=True)
     return 1 if failed else 0
 
 

@@ -152,7 +152,8 @@ async def files_zip_times(broker: Any, slug: str) -> dict[str, Any]:
             response = await browser.get(f"{base}/files.zip")
             body = b"".join(response.streaming_content)  # type: ignore[attr-defined]
             result["requests"].append(time.perf_counter() - began)
-            assert response.status_code == 200 and body.startswith(b"PK")
+            assert response.status_code == 200
+            assert body.startswith(b"PK")
         row = await VisitorSession.objects.aget(id=session["id"])
         overlay = Path(row.run_dir) / "disk.qcow2"
         for _ in range(RUNS):

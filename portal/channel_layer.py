@@ -35,7 +35,7 @@ def _retrieve(task: asyncio.Task[Any]) -> None:
                        task.exception())
 
 
-class PubSubChannelLayer(RedisPubSubChannelLayer):  # type: ignore[misc]
+class PubSubChannelLayer(RedisPubSubChannelLayer):
     async def send(self, channel: str, message: dict[str, Any]) -> None:
         await self._shielded(self._again_once(lambda: self._get_layer().send(channel, message)))
 

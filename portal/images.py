@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,19 +107,6 @@ def master_from_visit(exhibit: Exhibit, *, visit_copy: Path, flatten: bool) -> D
     consumed."""
     return master_derive(visit_copy=visit_copy, parent=Path(exhibit.image.path),
                          store=Path(settings.PORTAL_IMAGE_DIR), flatten=flatten, limits=import_limits())
-
-
-def exhibit_derive(exhibit: Exhibit, *, visit_copy: Path, derivation: Derivation, agent: str,
-                   detail: str = "") -> Exhibit:
-    """A new master from a visit's disk over the exhibit's master, and a new draft
-    exhibit on it with its parent recorded. Raises DerivationError or ImageError."""
-    try:
-        derivation_check(derivation)
-    except DerivationError:
-        shutil.rmtree(visit_copy.parent, ignore_errors=True)
-        raise
-    made = master_from_visit(exhibit, visit_copy=visit_copy, flatten=derivation.flatten)
-    return derived_record(exhibit, made=made, derivation=derivation, agent=agent, detail=detail)
 
 
 def derived_record(exhibit: Exhibit, *, made: DerivedImage, derivation: Derivation, agent: str,

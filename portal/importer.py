@@ -72,7 +72,6 @@ FORMAT_NAMES = {"raw": "a raw disk image", "iso": "an ISO 9660 CD-ROM image", "q
                 "vmdk": "VMDK", "vdi": "VDI", "vpc": "VHD", "vhdx": "VHDX"}
 # Formats whose `qemu-img check` finds a corrupt image before conversion does.
 CHECKABLE_FORMATS = {"qcow2", "vmdk", "vdi", "vhdx"}
-QCOW2_INCOMPATIBLE_DIRTY = 1 << 0
 QCOW2_INCOMPATIBLE_CORRUPT = 1 << 1
 QCOW2_INCOMPATIBLE_DATA_FILE = 1 << 2
 QCOW2_EXTENSION_DATA_FILE = 0x44415441
@@ -617,9 +616,33 @@ def image_import(source: Path | BinaryIO, *, name: str, store: Path, limits: Imp
 
 def _import(source: Path | BinaryIO, *, claimed: str, work: Path, store: Path,
             limits: ImportLimits, parent: Path | None = None) -> StoredImage:
+    """The steps of an import, in order; each refuses with ImageRejectedError."""
+    copy, source_sha256, source_bytes = _copy_privately(source, claimed=claimed, work=work, limits=limits)
+    _headers_check(copy, claimed=claimed, source_bytes=source_bytes, parent=parent, limits=limits)
+    qemu_format = QEMU_FORMATS[claimed]
+    info = _probe_and_check(copy, qemu_format=qemu_format, parent=parent, limits=limits)
+    converted = _convert(copy, work=work, qemu_format=qemu_format, parent=parent, limits=limits)
+    # The master now holds everything the copy did, proven; the copy has done its work.
+    copy.unlink()
+    converted_info = image_probe(converted, qemu_format="qcow2", limits=limits, backing=parent)
+    if converted_info.get("virtual-size") != info["virtual-size"]:
+        raise ImageRejectedError("conversion_mismatch", "The converted master's size differs.")
+    guest_sha256 = (source_sha256 if qemu_format == "raw"
+                    else guest_sha256_read(converted, virtual_bytes=info["virtual-size"], work=work,
+                                       limits=limits))
+    final, sha256, stored_bytes = _store(converted, store=store, parent=parent, limits=limits)
+    return StoredImage(
+        path=final, sha256=sha256, source_sha256=source_sha256, guest_sha256=guest_sha256,
+        source_format=claimed, media=media_for(source_format=claimed, virtual_bytes=info["virtual-size"]),
+        virtual_bytes=info["virtual-size"], stored_bytes=stored_bytes, source_bytes=source_bytes,
+    )
+
+
+def _copy_privately(source: Path | BinaryIO, *, claimed: str, work: Path,
+                    limits: ImportLimits) -> tuple[Path, str, int]:
+    """A private, read-only copy of the source in work, within the limits: (path, SHA-256, bytes)."""
     # A raw disk's file is its disk, so the disk limit bounds the file too.
-    is_raw = claimed in {"raw", "iso"}
-    disk_bound = is_raw and limits.max_virtual_bytes < limits.max_file_bytes
+    disk_bound = claimed in {"raw", "iso"} and limits.max_virtual_bytes < limits.max_file_bytes
     max_bytes = limits.max_virtual_bytes if disk_bound else limits.max_file_bytes
     # What the source says of its size only lets it be refused early; the copy
     # enforces the limit on what it really reads.
@@ -642,16 +665,20 @@ def _import(source: Path | BinaryIO, *, claimed: str, work: Path, store: Path,
         space_check(work, needed_bytes=needed, limits=limits, doing="copy the image")
     # A neutral name: the extension is not trusted and QEMU never sees the curator's.
     copy = work / "source"
-    if isinstance(source, Path):
-        with source.open("rb") as reader:
-            source_sha256, source_bytes = private_copy(reader, copy, max_bytes=max_bytes,
-                                                       too_large=too_large, limits=limits)
-    else:
-        source_sha256, source_bytes = private_copy(source, copy, max_bytes=max_bytes,
+    with contextlib.ExitStack() as opened:
+        reader = opened.enter_context(source.open("rb")) if isinstance(source, Path) else source
+        source_sha256, source_bytes = private_copy(reader, copy, max_bytes=max_bytes,
                                                    too_large=too_large, limits=limits)
     os.chmod(copy, 0o400)
     if source_bytes == 0:
         raise ImageRejectedError("empty", "The file is empty.")
+    return copy, source_sha256, source_bytes
+
+
+def _headers_check(copy: Path, *, claimed: str, source_bytes: int, parent: Path | None,
+                   limits: ImportLimits) -> None:
+    """The contents are what was claimed, and their headers name nothing outside (before
+    any QEMU tool opens the file); a layer is pointed at its master."""
     format_match(claimed=claimed, sniffed=format_sniff(copy))
     if claimed == "qcow2":
         qcow2_header_check(copy, backing=parent.name if parent is not None else None)
@@ -665,10 +692,15 @@ def _import(source: Path | BinaryIO, *, claimed: str, work: Path, store: Path,
             os.chmod(copy, 0o400)
     elif claimed == "vmdk":
         vmdk_header_check(copy)
-    elif is_raw and source_bytes % SECTOR_BYTES:
+    elif claimed in {"raw", "iso"} and source_bytes % SECTOR_BYTES:
         raise ImageRejectedError("corrupt", "A raw disk image is whole 512-byte sectors; "
                                  "this one is not.")
-    qemu_format = QEMU_FORMATS[claimed]
+
+
+def _probe_and_check(copy: Path, *, qemu_format: str, parent: Path | None,
+                     limits: ImportLimits) -> dict[str, Any]:
+    """qemu-img's description of the copy (a layer's size matching its master's), after
+    `qemu-img check` where the format has one."""
     info = image_probe(copy, qemu_format=qemu_format, limits=limits, backing=parent)
     if parent is not None:
         under = image_probe(parent, qemu_format="qcow2", limits=limits)
@@ -679,6 +711,13 @@ def _import(source: Path | BinaryIO, *, claimed: str, work: Path, store: Path,
                                limits=limits, long=True)
         if checked.returncode not in {0, 3}:  # 3: leaked clusters only, no damage to data
             raise _failure(checked, "checking it")
+    return info
+
+
+def _convert(copy: Path, *, work: Path, qemu_format: str, parent: Path | None,
+             limits: ImportLimits) -> Path:
+    """The copy as a compressed qcow2 master (over its parent), proven to hold exactly
+    the copy's contents."""
     # The master is compressed: a compressed source is not expanded, and a DOS
     # disk's files shrink. zstd, because zlib takes four to seven times as long
     # both ways; QEMU reads it since 5.1 when built with zstd, as Debian's is.
@@ -698,14 +737,12 @@ def _import(source: Path | BinaryIO, *, claimed: str, work: Path, store: Path,
     if compared.returncode != 0:
         raise ImageRejectedError("conversion_mismatch", "The converted master does not hold "
                                  "exactly the original's contents.")
-    # The master now holds everything the copy did, proven; the copy has done its work.
-    copy.unlink()
-    converted_info = image_probe(converted, qemu_format="qcow2", limits=limits, backing=parent)
-    if converted_info.get("virtual-size") != info["virtual-size"]:
-        raise ImageRejectedError("conversion_mismatch", "The converted master's size differs.")
-    guest_sha256 = (source_sha256 if qemu_format == "raw"
-                    else guest_sha256_read(converted, virtual_bytes=info["virtual-size"], work=work,
-                                       limits=limits))
+    return converted
+
+
+def _store(converted: Path, *, store: Path, parent: Path | None,
+           limits: ImportLimits) -> tuple[Path, str, int]:
+    """The master into the store under its SHA-256, read-only: (path, SHA-256, bytes)."""
     if parent is not None:
         # By its content address, as every layer names its master (portal.derivation).
         named = qemu_img_run(["rebase", "-u", "-f", "qcow2", "-b", parent.name, "-F", "qcow2",
@@ -720,11 +757,7 @@ def _import(source: Path | BinaryIO, *, claimed: str, work: Path, store: Path,
         converted.unlink()
     else:
         os.replace(converted, final)
-    return StoredImage(
-        path=final, sha256=sha256, source_sha256=source_sha256, guest_sha256=guest_sha256,
-        source_format=claimed, media=media_for(source_format=claimed, virtual_bytes=info["virtual-size"]),
-        virtual_bytes=info["virtual-size"], stored_bytes=stored_bytes, source_bytes=source_bytes,
-    )
+    return final, sha256, stored_bytes
 
 
 def _measure(copy: Path, *, qemu_format: str, limits: ImportLimits) -> int:

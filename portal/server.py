@@ -29,6 +29,7 @@ run: `python -m portal.server -b 127.0.0.1 -p 8000 portal.asgi:application`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ from daphne.cli import DEFAULT_HOST, DEFAULT_PORT, CommandLineInterface
 from daphne.http_protocol import HTTPFactory, WebRequest
 from daphne.server import Server
 from daphne.ws_protocol import WebSocketFactory, WebSocketProtocol
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
@@ -51,6 +53,9 @@ SEND_FLOW_EXTENSION = "portal.send_flow"
 # gets the API's "message over the size limit" code.
 CLOSE_TOO_BIG = 4413
 CLOSE_HANDSHAKE_TIMEOUT_S = 5
+# How long a stopping server waits for its pages' sockets to close after their
+# visits ended, before it drops them.
+PAGES_TOLD_S = 3
 # Codes a server may put in a close frame (RFC 6455 section 7.4).
 _SERVER_CODES = {1000, 1001, 1011, 1012, 1013}
 
@@ -249,6 +254,8 @@ class PortalServer(Server):
 
     _http_factory: HTTPFactory
     _ws_factory: WebSocketFactory
+    # Set whenever a connection ends, while the server waits for its pages to go.
+    _disconnected: asyncio.Event | None = None
 
     @property
     def http_factory(self) -> HTTPFactory:
@@ -269,6 +276,32 @@ class PortalServer(Server):
         # the close frame (and its code) before the connection is dropped.
         factory.setProtocolOptions(closeHandshakeTimeout=CLOSE_HANDSHAKE_TIMEOUT_S)
         self._ws_factory = factory
+
+    def kill_all_applications(self) -> Deferred[None]:
+        """On the way down, the visits end first, so that every page hears why
+        (`ended`, reason `server`) before Daphne cancels the applications."""
+        return Deferred.fromFuture(asyncio.ensure_future(self._visits_end_then_applications()))
+
+    async def _visits_end_then_applications(self) -> None:
+        from sessions.broker import broker_made
+
+        broker = broker_made()
+        if broker is not None:
+            await broker.shutdown()
+            # The pages' sockets close (4410) once each has been told; a page that
+            # does not read is not waited for past PAGES_TOLD_S.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PAGES_TOLD_S):
+                    while any(isinstance(protocol, WebSocketProtocol) and "disconnected" not in details
+                              for protocol, details in self.connections.items()):
+                        self._disconnected = asyncio.Event()
+                        await self._disconnected.wait()
+        await super().kill_all_applications().asFuture(asyncio.get_running_loop())
+
+    def protocol_disconnected(self, protocol: Any) -> None:
+        super().protocol_disconnected(protocol)
+        if self._disconnected is not None:
+            self._disconnected.set()
 
     def create_application(self, protocol: Any, scope: dict[str, Any]) -> Any:
         if scope.get("type") == "websocket" and isinstance(protocol, PortalWebSocketProtocol):

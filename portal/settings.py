@@ -83,6 +83,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Above the session and CSRF middleware: it sees the cookies they set.
+    "portal.framing.PartitionedCookiesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -309,6 +311,51 @@ PORTAL_ALLOWED_ORIGINS = [
     for origin in os.environ.get("PORTAL_ALLOWED_ORIGINS", "").split(",")
     if origin.strip()
 ]
+
+# Sites that may show exhibits in an iframe (/exhibits/<slug>/embed and the
+# machine's page started from it): origins (scheme://host[:port]),
+# comma-separated. The portal's own pages may always; every other page refuses
+# any framing (X-Frame-Options: DENY).
+PORTAL_EMBED_ORIGINS = [
+    origin.strip().rstrip("/")
+    for origin in os.environ.get("PORTAL_EMBED_ORIGINS", "").split(",")
+    if origin.strip()
+]
+# Whether the visitor and CSRF cookies are sent as SameSite=None; Secure, which
+# browsers require before they send a cookie inside another site's iframe.
+# "auto": when an embedding origin is https (its page can frame only an https
+# portal, so Secure cookies reach it); "on", "off". Same-site embeds (the
+# museum's www. and portal. hosts) need neither. Secure cookies need the portal
+# on HTTPS (or on this host's loopback, which browsers count as secure).
+PORTAL_EMBED_CROSS_SITE = os.environ.get("PORTAL_EMBED_CROSS_SITE", "auto").strip().lower()
+
+
+def _origins_check(name: str, origins: list[str]) -> None:
+    from urllib.parse import urlsplit
+
+    from django.core.exceptions import ImproperlyConfigured
+
+    for origin in origins:
+        parts = urlsplit(origin)
+        if parts.scheme not in {"http", "https"} or not parts.hostname or \
+                parts.path or parts.query or parts.fragment or parts.username:
+            raise ImproperlyConfigured(f"{name}: {origin!r} is not an origin; write scheme://host[:port], "
+                                       "such as https://museum.example.org.")
+
+
+_origins_check("PORTAL_EMBED_ORIGINS", PORTAL_EMBED_ORIGINS)
+if PORTAL_EMBED_CROSS_SITE not in {"auto", "on", "off"}:
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured("PORTAL_EMBED_CROSS_SITE: say auto, on or off.")
+# Cross-site cookies are also Partitioned (CHIPS): browsers that block other
+# sites' cookies in frames keep these, in a jar of the embedding site's own
+# (portal.framing.PartitionedCookiesMiddleware).
+PORTAL_COOKIES_CROSS_SITE = PORTAL_EMBED_CROSS_SITE == "on" or (
+    PORTAL_EMBED_CROSS_SITE == "auto" and any(o.startswith("https://") for o in PORTAL_EMBED_ORIGINS))
+if PORTAL_COOKIES_CROSS_SITE:
+    SESSION_COOKIE_SAMESITE = CSRF_COOKIE_SAMESITE = "None"
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
 
 # Who may read /metrics: addresses or networks, comma-separated (the address is
 # the client's as the server sees it: behind nginx, with --proxy-headers, the

@@ -8,6 +8,7 @@ from . import views
 urlpatterns = [
     path("", views.exhibit_list_page, name="exhibit-list"),
     path("exhibits/<slug:slug>/", views.exhibit_page, name="exhibit"),
+    path("exhibits/<slug:slug>/embed", views.exhibit_embed_page, name="exhibit-embed"),
     path("healthz", views.healthz),
     path("api/csrf", views.api_csrf),
     path("api/exhibits", views.api_exhibit_list),

@@ -10,10 +10,12 @@ from typing import Any
 from django.conf import settings
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.utils.html import escape
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET
 
 from .errors import json_error, wants_json
+from .framing import embeddable
 from .models import Exhibit
 from .runtime import Runtime, runtime
 
@@ -89,19 +91,43 @@ async def exhibit_page(request: HttpRequest, slug: str) -> HttpResponse:
     return await exhibit_page_response(request, exhibit)
 
 
+@require_GET
+@ensure_csrf_cookie
+async def exhibit_embed_page(request: HttpRequest, slug: str) -> HttpResponse:
+    """The exhibit for another site's iframe: no header or footer, a Start
+    button, then the machine in the same frame."""
+    exhibit = await _published(slug)
+    if exhibit is None:
+        raise Http404("There is no such exhibit.")
+    return await exhibit_page_response(request, exhibit, embed=True)
+
+
 async def exhibit_page_response(request: HttpRequest, exhibit: Exhibit, *, message: str = "",
-                                link: str = "", status: int = 200) -> HttpResponse:
-    """The exhibit's page; with `message` (and a `link` to follow) when a Start
-    posted without the page's script was refused."""
+                                link: str = "", status: int = 200, embed: bool = False) -> HttpResponse:
+    """The exhibit's page (or, with `embed`, its embed page); with `message` (and
+    a `link` to follow) when a Start posted without the page's script was refused."""
     here = await runtime()
-    return render(
-        request, "portal/exhibit_detail.html",
+    embed_url = request.build_absolute_uri(f"/exhibits/{exhibit.slug}/embed")
+    response = render(
+        request, "portal/embed.html" if embed else "portal/exhibit_detail.html",
         {"exhibit": exhibit, "accelerator": here.accelerator_for(exhibit),
          "instant_start": await here.start_state_usable(exhibit) is not None,
          "unavailable": await exhibit.fixity_problem(),
-         "message": message, "message_link": link},
+         "message": message, "message_link": link,
+         "embed_url": embed_url, "embed_snippet": embed_snippet(exhibit, embed_url),
+         "embed_sites": settings.PORTAL_EMBED_ORIGINS},
         status=status,
     )
+    if embed:
+        embeddable(response)
+    return response
+
+
+def embed_snippet(exhibit: Exhibit, embed_url: str) -> str:
+    """The HTML a site pastes to show the exhibit in an iframe (escaped by the template)."""
+    return (f'<iframe src="{escape(embed_url)}" title="{escape(exhibit.title)}" width="800" height="640" '
+            'style="border:0; max-width:100%" allow="fullscreen; clipboard-read; clipboard-write; autoplay" '
+            'allowfullscreen></iframe>')
 
 
 THUMBNAIL_NAME = re.compile(r"[0-9a-f]{64}\.png")

@@ -32,6 +32,7 @@ from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from portal.errors import json_error
+from portal.framing import EMBED_FLAG, embed_requested, embeddable
 from portal.images import Derivation, DerivationError
 from portal.importer import ImageError
 from portal.models import Exhibit
@@ -95,9 +96,12 @@ async def session_create(request: HttpRequest, slug: str) -> HttpResponse:
         return json_error(404, "not_found", "There is no such exhibit.")
     started = await _session_start(request, exhibit)
     if _wants_page(request):
+        # The embed page's form says so: its machine stays chrome-less and frameable.
+        embed = request.POST.get(EMBED_FLAG) == "1"
         if isinstance(started, JsonResponse):
-            return await _refused_page(request, exhibit, started)
-        return HttpResponseRedirect(f"/sessions/{started[0].id}/", status=303)
+            return await _refused_page(request, exhibit, started, embed=embed)
+        return HttpResponseRedirect(f"/sessions/{started[0].id}/" + ("?embed=1" if embed else ""),
+                                    status=303)
     if isinstance(started, JsonResponse):
         return started
     session, broker = started
@@ -108,14 +112,18 @@ def _wants_page(request: HttpRequest) -> bool:
     return "text/html" in request.headers.get("Accept", "")
 
 
-async def _refused_page(request: HttpRequest, exhibit: Exhibit, refused: JsonResponse) -> HttpResponse:
-    """The exhibit page again, saying why Start was refused (with the same status)."""
+async def _refused_page(request: HttpRequest, exhibit: Exhibit, refused: JsonResponse, *,
+                        embed: bool) -> HttpResponse:
+    """The exhibit page (or its embed page) again, saying why Start was refused
+    (with the same status)."""
     from portal.views import exhibit_page_response
 
     data = json.loads(refused.content)
     link = data.get("page_url", "") if data.get("error") == "session_exists" else ""
+    if link and embed:
+        link += "?embed=1"
     return await exhibit_page_response(request, exhibit, message=data["detail"], link=link,
-                                       status=refused.status_code)
+                                       status=refused.status_code, embed=embed)
 
 
 @require_POST
@@ -381,10 +389,14 @@ async def session_page(request: HttpRequest, session_id: str) -> HttpResponse:
         raise Http404("There is no such session.")
     user = await request.auser()
     drive = session.exhibit.machine_profile().files_in
-    return render(request, "portal/session.html", {
+    embed = embed_requested(request)
+    response = render(request, "portal/session.html", {
         "staff": user.is_active and user.is_staff,
         "session": session,
         "exhibit": session.exhibit,
         "files_in": None if drive == "off" else drive,
         "session_json": await session_json(session, await get_broker()),
+        # Reached from an embed page: chrome-less, and frameable by the embedding sites.
+        "embed": embed,
     })
+    return embeddable(response) if embed else response

@@ -136,6 +136,7 @@ class Broker:
         self._pull_lock = asyncio.Lock()
         # Set once the broker shuts down: it takes no visit in any more.
         self._closing = False
+        self._stopped: asyncio.Future[None] | None = None
         self._events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._background: list[asyncio.Task[None]] = []
         # The nodes the database knew at this node's last heartbeat (for /healthz).
@@ -205,9 +206,6 @@ class Broker:
         if session.state != State.QUEUED:
             return None, None
         return await sync_to_async(line_place)(self.scheduler, session)
-
-    def time_left_s(self, session_id: str) -> float | None:
-        return self.keeper.time_left_s(session_id)
 
     def session_generation(self, session_id: str) -> int | None:
         """Which machine of the session is current: it changes at every reset."""
@@ -337,7 +335,9 @@ class Broker:
         self._notify_changed(visit.session_id)
 
     async def visit_running(self, visit: Visit) -> None:
-        assert visit.started is not None and visit.expires is not None and visit.machine is not None
+        assert visit.started is not None
+        assert visit.expires is not None
+        assert visit.machine is not None
         now = timezone.now()
         await VisitorSession.objects.filter(id=visit.session_id, state=State.STARTING).aupdate(
             state=State.RUNNING, started_at=now, pid=visit.machine.pid,
@@ -608,7 +608,14 @@ class Broker:
         return False
 
     async def shutdown(self) -> None:
-        """End every live session (reason `server`) and wait for all of it."""
+        """End every live session (reason `server`) and wait for all of it. Called
+        again (the server's stop and its shutdown trigger both ask), it waits for the
+        same stop."""
+        if self._stopped is None:
+            self._stopped = asyncio.ensure_future(self._shutdown_once())
+        await asyncio.shield(self._stopped)
+
+    async def _shutdown_once(self) -> None:
         # Nobody in line gets a machine here now, and no visit is placed here: the
         # heartbeat stops (it would write the node's row again) and the row goes.
         self._closing = True
@@ -828,6 +835,11 @@ def session_group(session_id: str) -> str:
 
 _broker: Broker | None = None
 _broker_loop: asyncio.AbstractEventLoop | None = None
+
+
+def broker_made() -> Broker | None:
+    """The process's broker if a request has made it, without making one."""
+    return _broker
 
 
 async def get_broker() -> Broker:

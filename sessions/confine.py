@@ -89,12 +89,16 @@ class MemoryCgroups:
             if error.errno not in {errno.ENOENT, errno.EBUSY, errno.ENOTEMPTY}:
                 logger.warning("could not remove cgroup %s: %s", self.parent, error)
 
-    def limit_of(self, name: str) -> int | None:
-        try:
-            text = (self.path_for(name) / self.limit_file).read_text().strip()
-        except OSError:
-            return None
-        return None if text == "max" else int(text)
+    def oom_kills(self, path: Path) -> int:
+        """How many times the kernel killed a process of this machine's cgroup for
+        passing its memory limit (0 where the kernel does not say)."""
+        events = path / ("memory.events" if self.version == 2 else "memory.oom_control")
+        with contextlib.suppress(OSError, ValueError):
+            for line in events.read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    return int(value)
+        return 0
 
     def names(self) -> list[str]:
         with contextlib.suppress(OSError):

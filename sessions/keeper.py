@@ -73,6 +73,7 @@ class KeptMachine(Protocol):
     async def kill_now(self) -> None: ...
     async def wait(self) -> int: ...
     async def paused_by_io_error(self) -> dict[str, Any]: ...
+    def out_of_memory(self) -> bool: ...
 
 
 class MachineFactory(Protocol):
@@ -153,12 +154,6 @@ class Keeper:
         """Which machine of the visit is current: it changes at every reset."""
         visit = self._visits.get(session_id)
         return visit.generation if visit is not None else None
-
-    def time_left_s(self, session_id: str) -> float | None:
-        visit = self._visits.get(session_id)
-        if visit is None or visit.expires is None:
-            return None
-        return max(0.0, visit.expires - self._clock())
 
     def idle_s(self, session_id: str) -> float | None:
         """Seconds since the visitor's last input, for a visit whose machine runs."""
@@ -310,6 +305,10 @@ class Keeper:
         logger.warning("session %s: QEMU exited by itself with code %s", visit.session_id, code)
         if code == 0:
             reason, detail = EndReason.VISITOR, "The machine was switched off."
+        elif machine.out_of_memory():
+            logger.warning("session %s: QEMU passed its memory limit and was killed", visit.session_id)
+            reason, detail = EndReason.CRASHED, ("The machine needed more memory than it may use "
+                                                 "on this server, so it was stopped.")
         else:
             reason, detail = EndReason.CRASHED, "The machine stopped unexpectedly."
         self._finish_soon(visit, reason=reason, detail=detail)

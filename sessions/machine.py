@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import fcntl
 import hashlib
 import logging
@@ -25,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
 from qemu.qmp import EventListener, QMPClient, QMPError
 
 from portal.profile import CPU_MODELS, MachineProfile
@@ -367,6 +367,12 @@ class Machine:
             name = f"{self.run_dir.name}.{secrets.token_hex(4)}"
             self.cgroup = confinement.cgroups.create(name, limit_bytes=confinement.memory_bytes)
 
+    def out_of_memory(self) -> bool:
+        """Whether the kernel killed this QEMU for passing its memory limit (known
+        where the limit is a cgroup, until the machine is stopped)."""
+        cgroups = self.confinement.cgroups
+        return cgroups is not None and self.cgroup is not None and cgroups.oom_kills(self.cgroup) > 0
+
     async def _cgroup_remove(self) -> None:
         cgroup, self.cgroup = self.cgroup, None
         if cgroup is not None:
@@ -661,14 +667,8 @@ class Machine:
 def process_alive(pid: int) -> bool:
     """True while the process runs; an exited one waiting to be reaped (a zombie) is not."""
     try:
-        os.kill(pid, 0)
-    except OSError as error:
-        if error.errno != errno.EPERM:
-            return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            # The state follows the parenthesised command name, which may hold spaces.
-            state = handle.read().rpartition(b")")[2].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in {b"Z", b"X"}
+        return psutil.Process(pid).status() not in {psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD}
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True  # there, but not ours to look at

@@ -17,10 +17,10 @@ view serves it.
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+import psutil
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -88,19 +88,16 @@ class ProcessUse:
 
 
 def process_use(pid: int) -> ProcessUse | None:
-    """/proc/<pid>/stat of a process (readable whatever uid it runs as); None once it is gone."""
+    """A process's memory and CPU time (readable whatever uid it runs as); None once it is gone."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            stat = handle.read()
-    except OSError:
+        process = psutil.Process(pid)
+        with process.oneshot():
+            times, memory, created = process.cpu_times(), process.memory_info(), process.create_time()
+    except psutil.Error:
         return None
-    # The command may hold spaces and parentheses: the fields start after the last ")".
-    fields = stat[stat.rfind(b")") + 2:].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    # man 5 proc: utime, stime (fields 14, 15), starttime (22), rss in pages (24).
-    utime, stime, start, rss = int(fields[11]), int(fields[12]), int(fields[19]), int(fields[21])
-    return ProcessUse(key=(pid, start), resident_bytes=rss * os.sysconf("SC_PAGE_SIZE"),
-                      cpu_s=(utime + stime) / ticks)
+    # The pid and its start time name one process, even once the pid is reused.
+    return ProcessUse(key=(pid, round(created * 1000)), resident_bytes=memory.rss,
+                      cpu_s=times.user + times.system)
 
 
 class NodeCollector(Collector):

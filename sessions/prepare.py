@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from portal.importer import sha256_path as sha256_file
+from portal.profile import MachineProfile
 
 from .confine import Confinement
-from .machine import Machine, MachineError, MachineProfile, state_key
+from .machine import Machine, MachineError, state_key
 from .overlay import OverlayError, overlay_create, run_dir_create, run_dir_remove
 from .sandbox import files_disk_create
 

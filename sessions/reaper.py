@@ -22,6 +22,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 from django.utils import timezone
 
 from .confine import MemoryCgroups, cgroup_remove
@@ -34,24 +35,17 @@ logger = logging.getLogger(__name__)
 
 def _qemu_pids_under(run_root: Path) -> dict[str, int]:
     """Map run-directory name → pid for every process whose argv names a run dir."""
-    prefix = os.fsencode(run_root) + b"/"
+    prefix = f"{run_root}/"
     found: dict[str, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                argv = handle.read().split(b"\0")
-        except OSError:
-            continue
-        for arg in argv:
+    for process in psutil.process_iter(["cmdline"]):
+        for arg in process.info["cmdline"] or ():
             # The -vnc argument names the socket inside the session's run dir.
             position = arg.find(prefix)
             if position < 0:
                 continue
-            name, _, rest = arg[position + len(prefix):].partition(b"/")
-            if name and rest.startswith(os.fsencode(VNC_SOCKET)):
-                found[os.fsdecode(name)] = int(entry)
+            name, _, rest = arg[position + len(prefix):].partition("/")
+            if name and rest.startswith(VNC_SOCKET):
+                found[name] = process.pid
                 break
     return found
 

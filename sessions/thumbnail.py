@@ -36,23 +36,11 @@ POLL_S = 1.0
 # Screens compared before settling for one that keeps changing (a blinking cursor).
 MAX_SCREENS = 20
 
-# Thumbnail tasks in flight, kept so they are not collected and can be awaited.
-_tasks: dict[str, asyncio.Task[str | None]] = {}
-
-
 def thumbnail_take_soon(broker: Broker, *, session_id: str, exhibit: Exhibit) -> None:
-    """Take the exhibit's thumbnail from this session in the background."""
-    task = broker.task_start(thumbnail_take(broker, session_id=session_id, exhibit=exhibit),
-                             name=f"thumbnail-{session_id}")
-    _tasks[session_id] = task
-    task.add_done_callback(lambda done: _tasks.pop(session_id, None) if _tasks.get(session_id) is done
-                           else None)
-
-
-async def thumbnail_wait(session_id: str) -> str | None:
-    """The thumbnail's file name once the session's thumbnail task is done (None if it took none)."""
-    task = _tasks.get(session_id)
-    return await task if task is not None else None
+    """Take the exhibit's thumbnail from this session in the background (the broker
+    keeps the task, and cancels it when it stops)."""
+    broker.task_start(thumbnail_take(broker, session_id=session_id, exhibit=exhibit),
+                      name=f"thumbnail-{session_id}")
 
 
 def png_has_content(png: bytes) -> bool:

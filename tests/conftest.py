@@ -21,34 +21,23 @@ from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient
 
 from sessions.machine import kvm_usable
+from tests.support.processes import processes_naming
 
 if TYPE_CHECKING:
     from deploy.services import PostgreSQL, Redis, Service
 
 REPO = Path(__file__).resolve().parent.parent
-GUESTS = Path(os.environ.get("PORTAL_GUESTS_DIR", REPO.parent / "shared" / "guests"))
+# The FreeDOS floppies the tests boot, kept in the repository with their licence
+# and checksums (tests/guests/README.md); PORTAL_GUESTS_DIR points elsewhere.
+GUESTS = Path(os.environ.get("PORTAL_GUESTS_DIR", REPO / "tests" / "guests"))
 FREEDOS_2048 = GUESTS / "freedos-2048.img"
 FREEDOS_2048_SHA256 = "89b96984b9470916b7e8eccb445ae4d512a945d7333eaf07d7aabd2368167a20"
 FREEDOS_GAMES = GUESTS / "freedos-games.img"
+FREEDOS_GAMES_SHA256 = "3bb19897b734d638a2f8c855bc1105648a97f88df8f498a1fee7e5d304272613"
 DEMO_IMAGE = REPO / "build" / "demo.img"
 
 KVM = kvm_usable()
 needs_kvm = pytest.mark.skipif(not KVM, reason="needs a usable /dev/kvm; this host has none")
-
-
-def processes_naming(path: Path) -> list[int]:
-    """Pids of processes whose command line mentions path (how the reaper finds them)."""
-    needle = os.fsencode(path)
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                    if needle in handle.read():
-                        found.append(int(entry))
-            except OSError:
-                continue
-    return found
 
 
 @pytest.fixture

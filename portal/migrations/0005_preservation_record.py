@@ -3,12 +3,14 @@
 import django.db.models.deletion
 import django.utils.timezone
 from django.db import migrations, models
+from django.db.backends.base.schema import BaseDatabaseSchemaEditor
+from django.db.migrations.state import StateApps
 
 # What the importer wrote as the first check of a master it had just stored.
 STORED = "Stored; the guest sees exactly the original's bytes."
 
 
-def fixity_checks_into_record(apps, schema_editor):
+def fixity_checks_into_record(apps: StateApps, schema_editor: BaseDatabaseSchemaEditor) -> None:
     """Every FixityCheck becomes a row of the record: the one the importer wrote at
     storing a master is its ingestion, the rest are fixity checks. Their time,
     outcome and detail are kept; the digest is the master's content address
@@ -26,7 +28,7 @@ def fixity_checks_into_record(apps, schema_editor):
             detail=check.detail, image=check.image, image_sha256=check.image.sha256)
 
 
-def record_into_fixity_checks(apps, schema_editor):
+def record_into_fixity_checks(apps: StateApps, schema_editor: BaseDatabaseSchemaEditor) -> None:
     FixityCheck = apps.get_model("portal", "FixityCheck")
     PreservationEvent = apps.get_model("portal", "PreservationEvent")
     for event in PreservationEvent.objects.filter(

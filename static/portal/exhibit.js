@@ -1,13 +1,27 @@
-import { api } from "./csrf.js";
+import { api, csrfToken } from "./csrf.js";
 
 const article = document.querySelector("article.exhibit");
 const form = document.getElementById("start-form");
 const button = document.getElementById("start");
 const message = document.getElementById("message");
 
+// On the embed page (inside another site's iframe) the machine's page opens in
+// the same frame, chrome-less and frameable like this one.
+const embed = article.dataset.embed === "1";
+const machinePage = (url) => (embed ? `${url}?embed=1` : url);
+
 function say(html) {
   message.innerHTML = html;
   message.hidden = false;
+}
+
+// A browser that keeps cookies from this frame (third-party cookies blocked,
+// or the portal not yet set up for cross-site embedding) could not keep the
+// visitor's machine: say so, and offer the exhibit in a tab of its own.
+if (embed && form && !csrfToken()) {
+  button.disabled = true;
+  say(`This browser does not let the exhibit run inside this page. ` +
+    `<a href="/exhibits/${article.dataset.slug}/" target="_blank" rel="noopener">Open it in a new tab</a>.`);
 }
 
 // Fetch the display client while the visitor reads, so the machine's page
@@ -22,7 +36,7 @@ form?.addEventListener("submit", async (event) => {
   button.textContent = "Starting…";
   const { status, data } = await api("POST", `/api/exhibits/${article.dataset.slug}/sessions`);
   if (status === 201) {
-    window.location.assign(data.page_url);
+    window.location.assign(machinePage(data.page_url));
     return;
   }
   button.disabled = false;
@@ -31,10 +45,24 @@ form?.addEventListener("submit", async (event) => {
     say(data.detail);
     button.disabled = true;
   } else if (status === 409) {
-    say(`You already have a machine running. <a href="${data.page_url}">Go back to it</a>, or end it there to start this one.`);
+    say(`You already have a machine running. <a href="${machinePage(data.page_url)}">Go back to it</a>, or end it there to start this one.`);
   } else if (status === 503 || status === 429) {
     say((data && data.detail) || "The server is busy. Please try again in a moment.");
   } else {
     say((data && data.detail) || "The machine could not be started. Please try again.");
+  }
+});
+
+// The iframe snippet for other sites: one press copies it.
+const copyButton = document.getElementById("copy-embed");
+copyButton?.addEventListener("click", async () => {
+  const snippet = document.getElementById("embed-snippet");
+  const status = document.getElementById("copy-embed-status");
+  try {
+    await navigator.clipboard.writeText(snippet.value);
+    status.textContent = "Copied.";
+  } catch {
+    snippet.select();
+    status.textContent = "Selected: copy it with your keyboard or menu.";
   }
 });

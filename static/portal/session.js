@@ -2,10 +2,13 @@
 // session's events (place in line, warnings, the end) on its events
 // WebSocket, the machine's sound (audio.js, on its own socket), and the
 // visitor's controls (sound, fullscreen, Ctrl+Alt+Del, Reset, End,
-// checkpoints, files in through a drop zone, files out as a zip).
+// checkpoints, files in through a drop zone, files out as a zip), with touch
+// (touch.js) and the on-screen keyboard (osk.js) for phones and tablets.
 import RFB from "/static/novnc/core/rfb.js";
 import { Speaker } from "./audio.js";
 import { api, csrfToken } from "./csrf.js";
+import { OnScreenKeyboard } from "./osk.js";
+import { Touchpad } from "./touch.js";
 import { toolsStart } from "./tools.js";
 
 const session = JSON.parse(document.getElementById("session-data").textContent);
@@ -42,6 +45,15 @@ let resetting = false;
 let events = null;
 let eventsDelayMs = 500;
 let warningTimer = null;
+// Inside another site's iframe (from the embed page): the pages this one leads
+// to stay chrome-less and frameable.
+const embedded = document.body.classList.contains("embedded");
+const machinePage = (url) => (embedded ? `${url}?embed=1` : url);
+const display = () => rfb;
+new Touchpad({ screen, display, button: document.getElementById("touchpad-toggle"), mouse: screen.dataset.mouse });
+new OnScreenKeyboard({ panel: document.getElementById("osk"), toggle: document.getElementById("osk-toggle"), display });
+// Where the page may not fill the screen (an iframe without allow="fullscreen", an iPhone).
+if (!document.fullscreenEnabled) fullscreenButton.hidden = true;
 
 function showState(state, text) {
   stateLabel.dataset.state = state;
@@ -70,7 +82,7 @@ function showEnded(data) {
     `<p>${stopped}</p><p>${escapeHtml(why)}</p>` +
     `<p>Everything done in this visit has been discarded.</p>` +
     `<p><button id="restart" class="primary">Start a new machine</button> ` +
-    `<a href="/exhibits/${encodeURIComponent(data.exhibit || session.exhibit)}/">Back to the exhibit</a></p>`
+    `<a href="/exhibits/${encodeURIComponent(data.exhibit || session.exhibit)}/${embedded ? "embed" : ""}">Back to the exhibit</a></p>`
   );
   document.getElementById("restart").addEventListener("click", restart);
   hideWarning();
@@ -97,7 +109,7 @@ async function restart() {
   button.disabled = true;
   const { status, data } = await api("POST", `/api/exhibits/${encodeURIComponent(session.exhibit)}/sessions`);
   if ((status === 201 || status === 409) && data && data.page_url) {
-    window.location.assign(data.page_url);
+    window.location.assign(machinePage(data.page_url));
     return;
   }
   button.disabled = false;

@@ -17,9 +17,11 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from deploy.services import port_free
+from sessions.machine import process_alive
 from tests.conftest import DEMO_IMAGE, REPO, processes_naming
 from tests.support.portal_http import PortalVisitor
 from tests.support.wait import wait_until
@@ -38,28 +40,10 @@ def cluster_dir(demo_image: Path) -> Iterator[Path]:
 
 def _children(pid: int) -> set[int]:
     """Every living process below pid."""
-    below: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            below.setdefault(int(fields[1]), []).append(int(entry))
-    found, todo = set(), [pid]
-    while todo:
-        for child in below.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
     try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"  # a zombie has ended; only its parent's wait is missing
+        return {child.pid for child in psutil.Process(pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
 
 
 def cluster_argv(port: int, directory: Path, nodes: int) -> list[str]:
@@ -92,7 +76,8 @@ def test_it_serves_two_nodes_behind_nginx_and_stops_it_all(cluster_dir: Path) ->
             started = _children(process.pid)
             visitor = PortalVisitor(f"http://127.0.0.1:{port}")
             status, health = visitor.request("GET", "/healthz")
-            assert status == 200 and health["ok"], health
+            assert status == 200, health
+            assert health["ok"], health
             def alive(front: PortalVisitor = visitor) -> int:
                 return sum(node["alive"] for node in front.request("GET", "/healthz")[1]["nodes"])
 
@@ -117,7 +102,7 @@ def test_it_serves_two_nodes_behind_nginx_and_stops_it_all(cluster_dir: Path) ->
                 process.wait()
             assert process.stdout is not None
             process.stdout.close()
-        still = [pid for pid in started if _alive(pid)]
+        still = [pid for pid in started if process_alive(pid)]
         assert not still, f"run {run}: outlived the cluster: {still}"
         assert not processes_naming(cluster_dir), "a machine outlived its node"
         for node in ("node-1", "node-2"):

@@ -52,9 +52,10 @@ def as_user(uid: int, *argv: str) -> subprocess.CompletedProcess[str]:
 
 def assert_denied(uid: int, *argv: str) -> None:
     result = as_user(uid, *argv)
-    assert result.returncode != 0 and "Permission denied" in result.stderr, (
-        f"uid {uid} ran {' '.join(argv)}: exit code {result.returncode}, "
-        f"stdout {result.stdout[:200]!r}, stderr {result.stderr!r}")
+    said = (f"uid {uid} ran {' '.join(argv)}: exit code {result.returncode}, "
+            f"stdout {result.stdout[:200]!r}, stderr {result.stderr!r}")
+    assert result.returncode != 0, said
+    assert "Permission denied" in result.stderr, said
 
 
 def machine_uid(pid: int) -> int:

@@ -183,13 +183,15 @@ def test_a_queued_visits_display_says_wait(portal: Portal) -> None:
     first, second = PortalVisitor(portal.url), PortalVisitor(portal.url)
     running = first.session_start("demo")
     status, queued = second.request("POST", "/api/exhibits/demo/sessions")
-    assert status == 201 and queued["state"] == "queued"
+    assert status == 201
+    assert queued["state"] == "queued"
 
     async def visit() -> tuple[int | None, str]:
         return await close_code_of(await second.websocket(queued["vnc_path"]))
 
     code, reason = asyncio.run(visit())
-    assert code == 4409 and "waiting" in reason
+    assert code == 4409
+    assert "waiting" in reason
     assert second.session_end(queued["id"]) == 204
     assert first.session_end(running["id"]) == 204
 
@@ -216,7 +218,8 @@ def test_it_refuses_a_large_body_before_reading_it(portal: Portal) -> None:
                 b"Content-Length: 314572800\r\n\r\n" + b"x" * 65536)
     assert declared.startswith(b"HTTP/1.1 413"), declared[:100]
     assert b"100 Continue" not in declared
-    assert b'"body_too_large"' in declared and b"1048576 bytes" in declared
+    assert b'"body_too_large"' in declared
+    assert b"1048576 bytes" in declared
     chunked = _http_exchange(
         portal, b"POST /api/csrf HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n",
         body_chunks=64)
@@ -234,9 +237,11 @@ def test_one_address_holds_at_most_its_share_of_visits(portal: Portal) -> None:
     browsers = [PortalVisitor(portal.url) for _ in range(3)]
     running = browsers[0].session_start("demo")
     status, queued = browsers[1].request("POST", "/api/exhibits/demo/sessions")
-    assert status == 201 and queued["state"] == "queued"
+    assert status == 201
+    assert queued["state"] == "queued"
     status, refused = browsers[2].request("POST", "/api/exhibits/demo/sessions")
-    assert status == 429 and refused["error"] == "address_limit"
+    assert status == 429
+    assert refused["error"] == "address_limit"
     assert "2 machines" in refused["detail"]
     assert browsers[1].session_end(queued["id"]) == 204
     status, third = browsers[2].request("POST", "/api/exhibits/demo/sessions")

@@ -107,7 +107,8 @@ def test_visits_spread_over_nodes_and_wait_in_one_line_with_one_set_of_limits(
     start(PortalVisitor(second.url))
     for site in (first, second):
         status, refused = PortalVisitor(site.url).request("POST", "/api/exhibits/demo/sessions")
-        assert status == 429 and refused["error"] == "rate_limited", refused
+        assert status == 429, refused
+        assert refused["error"] == "rate_limited", refused
 
     # Every display works through the front, whichever node runs it.
     async def both_displays() -> None:
@@ -154,7 +155,8 @@ def test_a_killed_nodes_visits_end_and_new_machines_start_on_a_live_node(
                what="the killed node's visit to end")
     assert time.monotonic() - killed <= 15
     ended = state_of(lost_visitor, lost)
-    assert ended["ended_reason"] == "server" and "stopped" in ended["detail"]
+    assert ended["ended_reason"] == "server"
+    assert "stopped" in ended["detail"]
     assert state_of(kept_visitor, kept)["state"] == "running"
 
     # The page offers a new machine: it starts on the live node, and shows.

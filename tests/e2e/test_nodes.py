@@ -45,7 +45,9 @@ def two_nodes_one_dies(portal_make: PortalFactory, shared: Path) -> None:
     here, there = PortalVisitor(first.url), PortalVisitor(second.url)
     kept = here.session_start("demo")
     lost = there.session_start("demo")
-    assert kept["node"] and lost["node"] and kept["node"] != lost["node"]
+    assert kept["node"]
+    assert lost["node"]
+    assert kept["node"] != lost["node"]
 
     def nodes_seen() -> list[dict[str, Any]]:
         return list(here.request("GET", "/healthz")[1]["nodes"])
@@ -67,7 +69,8 @@ def two_nodes_one_dies(portal_make: PortalFactory, shared: Path) -> None:
                what="the dead node's visit to end")
     assert time.monotonic() - killed <= 15
     ended = there.request("GET", f"/api/sessions/{lost['id']}")[1]
-    assert ended["ended_reason"] == "server" and "stopped" in ended["detail"]
+    assert ended["ended_reason"] == "server"
+    assert "stopped" in ended["detail"]
     assert [n["name"] for n in nodes_seen()] == [kept["node"]]
 
     # The first node's reaper keeps running and never touches the other's machine.

@@ -43,9 +43,11 @@ def test_metrics_are_for_operators_and_staff_end_a_real_visit(
     status, before = get(node.url + "/metrics")
     assert status == 200
     status, body = get(node.url + "/metrics", {"X-Forwarded-For": "203.0.113.7"})
-    assert status == 403 and json.loads(body)["error"] == "forbidden"
+    assert status == 403
+    assert json.loads(body)["error"] == "forbidden"
     status, body = get(edge.url + "/metrics")
-    assert status == 404 and json.loads(body)["error"] == "not_found"
+    assert status == 404
+    assert json.loads(body)["error"] == "not_found"
 
     visitor = PortalVisitor(edge.url, local_address="127.0.0.2")
     session = visitor.session_start("demo")
@@ -72,18 +74,21 @@ def test_metrics_are_for_operators_and_staff_end_a_real_visit(
     page_thread = threading.Thread(target=lambda: closed.append(asyncio.run(listen())))
     page_thread.start()
     try:
-        assert listening.wait(30) and received[0]["state"] == "running"
+        assert listening.wait(30)
+        assert received[0]["state"] == "running"
         # A member of the staff ends it from the page of live visits.
         page = log_in(node, browser)
         page.goto(node.url + "/admin/visits/visitorsession/live/")
         row = page.locator(f'tr[data-session="{session["id"]}"]')
-        assert "demo" in row.inner_text() and "running" in row.inner_text()
+        assert "demo" in row.inner_text()
+        assert "running" in row.inner_text()
         row.get_by_role("button", name="End").click()
         page.get_by_text("its visitor was told").wait_for(timeout=30_000)
     finally:
         page_thread.join(60)
     assert closed == [4410]
-    assert received[-1]["reason"] == "server" and "staff" in received[-1]["detail"]
+    assert received[-1]["reason"] == "server"
+    assert "staff" in received[-1]["detail"]
     status, answer = visitor.request("GET", f"/api/sessions/{session['id']}")
     assert (answer["state"], answer["ended_reason"]) == ("ended", "server")
     status, after = get(node.url + "/metrics")

@@ -92,7 +92,8 @@ def test_a_visit_held_by_one_node_is_whole_through_another(
     assert stranger.request("GET", api) == stranger_here.request("GET", api)
     assert stranger.request("GET", api)[0] == 404
     status, page = there.request("GET", session["page_url"])
-    assert status == 200 and session_id in page.decode()
+    assert status == 200
+    assert session_id in page.decode()
     assert stranger.request("GET", session["page_url"])[0] == 404
     # The holder saw the visitor's address (X-Forwarded-For), not B's.
     assert any(line.startswith("127.0.0.2:") and api in line for line in daphne_log(holder).splitlines())
@@ -105,7 +106,9 @@ def test_a_visit_held_by_one_node_is_whole_through_another(
         events = await there.websocket(session["events_path"])
         async with asyncio.timeout(10):
             state = json.loads(await events.receive_text())
-        assert state["type"] == "state" and state["id"] == session_id and state["state"] == "running"
+        assert state["type"] == "state"
+        assert state["id"] == session_id
+        assert state["state"] == "running"
         # The sound socket: its format, then the speaker's tune when F5 reaches the machine.
         sound = await there.websocket(session["audio_path"])
         async with asyncio.timeout(10):
@@ -127,13 +130,16 @@ def test_a_visit_held_by_one_node_is_whole_through_another(
         codes["big"] = await close_code_of(big)
         assert {name: code for name, (code, _) in codes.items()} == {
             "stranger": 4403, "origin": 4403, "text": 4400, "big": 4413}
-        assert "binary" in codes["text"][1] and "102400 bytes" in codes["big"][1]
+        assert "binary" in codes["text"][1]
+        assert "102400 bytes" in codes["big"][1]
         direct = await stranger_here.websocket(session["vnc_path"])
         assert (await close_code_of(direct))[0] == 4403
 
         # Reset through B: A's new machine; the display open through B learns it (4412).
         status, reset = await asyncio.to_thread(there.request, "POST", f"{api}/reset")
-        assert status == 200 and reset["id"] == session_id and reset["node"] == session["node"]
+        assert status == 200
+        assert reset["id"] == session_id
+        assert reset["node"] == session["node"]
         assert (await close_code_of(rfb.transport))[0] == 4412  # type: ignore[arg-type]
         watching = await there.display(session["vnc_path"])
         watching_here = await here.display(session["vnc_path"])
@@ -143,15 +149,18 @@ def test_a_visit_held_by_one_node_is_whole_through_another(
         assert await asyncio.to_thread(there.session_end, session_id) == 204
         relayed_code = await close_code_of(watching.transport)  # type: ignore[arg-type]
         direct_code = await close_code_of(watching_here.transport)  # type: ignore[arg-type]
-        assert relayed_code == direct_code and relayed_code[0] == 4410
+        assert relayed_code == direct_code
+        assert relayed_code[0] == 4410
         async with asyncio.timeout(10):
             ended = [json.loads(await events.receive_text()) for _ in range(2)]
-        assert ended[-1]["type"] == "ended" and ended[-1]["reason"] == "visitor"
+        assert ended[-1]["type"] == "ended"
+        assert ended[-1]["reason"] == "visitor"
         assert await events.closed() == 4410
 
     asyncio.run(through_b())
     ended = here.request("GET", api)
-    assert ended[0] == 200 and ended[1]["state"] == "ended"
+    assert ended[0] == 200
+    assert ended[1]["state"] == "ended"
     # Ended, the visit is B's to answer from the database: the same answer.
     assert there.request("GET", api) == ended
     assert not processes_naming(holder.run_dir)
@@ -170,7 +179,8 @@ def test_a_relayed_viewer_who_stops_reading_costs_a_bounded_amount_and_comes_bac
     here = PortalVisitor(holder.url)
     session = here.session_start("demo")
     there = PortalVisitor(other.url, cookies=here.cookies)
-    assert holder.process is not None and other.process is not None
+    assert holder.process is not None
+    assert other.process is not None
     pids = {"holder": holder.process.pid, "relay": other.process.pid}
 
     async def visit() -> None:
@@ -192,7 +202,8 @@ def test_a_relayed_viewer_who_stops_reading_costs_a_bounded_amount_and_comes_bac
         grown = {name: (peak[name] - before[name]) / MIB for name in pids}
         assert all(value <= 64 for value in grown.values()), f"grew (MiB): {grown}"
         code, reason = await close_code_of(transport)
-        assert code == 4408 and "keep up" in reason
+        assert code == 4408
+        assert "keep up" in reason
         again = await there.display(session["vnc_path"])
         assert again.lit_pixels() > 10000
         await again.close()
@@ -221,7 +232,8 @@ def test_a_display_through_another_node_outlives_nothing_when_the_holder_dies(
         return await close_code_of(rfb.transport)  # type: ignore[arg-type]
 
     code, reason = asyncio.run(display_while_the_holder_dies())
-    assert code == 1011 and "stopped answering" in reason
+    assert code == 1011
+    assert "stopped answering" in reason
     killed = time.monotonic()
     answers: list[tuple[int, Any]] = []
 
@@ -235,7 +247,8 @@ def test_a_display_through_another_node_outlives_nothing_when_the_holder_dies(
     # Before that: the holder could not be reached, said as the API says errors; then,
     # the holder known dead, B answered from the database until the visit was ended.
     unreachable = [body for status, body in answers[:-1] if status == 502]
-    assert unreachable and all(body["error"] == "node_unreachable" and body["detail"]
+    assert unreachable
+    assert all(body["error"] == "node_unreachable" and body["detail"]
                                for body in unreachable)
     assert all(body["state"] == "running" for status, body in answers[:-1] if status != 502)
     assert "Traceback" not in daphne_log(other)

@@ -23,7 +23,8 @@ def test_it_gives_a_visitor_checkpoints_a_drop_zone_and_their_files(
     status = page.locator("#checkpoint-status")
     status.filter(has_text="Saved").wait_for(timeout=30_000)
     items = page.locator("#checkpoint-list li")
-    assert items.count() == 1 and "Checkpoint 1" in items.first.inner_text()
+    assert items.count() == 1
+    assert "Checkpoint 1" in items.first.inner_text()
     items.first.get_by_role("button", name="Go back").click()
     status.filter(has_text="Back at").wait_for(timeout=30_000)
     assert page.locator("#state").get_attribute("data-state") == "running"
@@ -36,7 +37,8 @@ def test_it_gives_a_visitor_checkpoints_a_drop_zone_and_their_files(
     page.wait_for_function("() => document.querySelector('#drop-result').textContent.length > 40",
                            timeout=30_000)
     assert "MYNOTES.TXT" in result.inner_text(), result.inner_text()
-    assert "drive A:" in result.inner_text() and "my notes.txt" in result.inner_text()
+    assert "drive A:" in result.inner_text()
+    assert "my notes.txt" in result.inner_text()
     page.screenshot(path=str(tmp_path / "sandbox.png"))
 
     with page.expect_download(timeout=30_000) as download:

@@ -68,7 +68,8 @@ def test_a_visit_runs_through_nginx_on_postgresql_and_redis(
     node = node_make({"PORTAL_LIVE_PER_ADDRESS": "1", "PORTAL_MAX_SESSIONS": "3"})
     edge = nginx_make(node)
     status, health = PortalVisitor(edge.url).request("GET", "/healthz")
-    assert status == 200 and health["ok"], health
+    assert status == 200, health
+    assert health["ok"], health
     visitor = PortalVisitor(edge.url, local_address="127.0.0.2")
     session = visitor.session_start("demo")
 
@@ -89,7 +90,8 @@ def test_a_visit_runs_through_nginx_on_postgresql_and_redis(
         forged.headers["X-Forwarded-For"] = "203.0.113.9"
         for refused in (again, forged):
             status, answer = await asyncio.to_thread(refused.request, "POST", "/api/exhibits/demo/sessions")
-            assert status == 429 and answer["error"] == "address_limit", answer
+            assert status == 429, answer
+            assert answer["error"] == "address_limit", answer
         assert await asyncio.to_thread(other.session_end, other_session["id"]) == 204
 
         # End: the node's broker tells the page through Redis.
@@ -186,12 +188,14 @@ def test_a_visit_outlives_a_redis_and_a_postgresql_restart(
         await display_answers(rfb)
         # A request while it is away fails in the API's words, and ends nothing.
         status, answer = await asyncio.to_thread(visitor.request, "GET", f"/api/sessions/{session['id']}")
-        assert status == 500 and answer["error"] == "server_error", answer
+        assert status == 500, answer
+        assert answer["error"] == "server_error", answer
         await display_answers(rfb)
         await asyncio.to_thread(postgresql.start)
         # The next request after the restart works.
         status, now = await asyncio.to_thread(visitor.request, "GET", f"/api/sessions/{session['id']}")
-        assert status == 200 and now["state"] == "running", now
+        assert status == 200, now
+        assert now["state"] == "running", now
         await display_answers(rfb)
 
         # Both restarted: End reaches the page through the new Redis connection.

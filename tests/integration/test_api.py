@@ -76,10 +76,13 @@ async def test_it_runs_a_session_and_discards_everything_at_delete(
     assert session["page_url"] == f"/sessions/{session['id']}/"
     assert session["vnc_path"] == f"/ws/sessions/{session['id']}/vnc"
     assert session["events_path"] == f"/ws/sessions/{session['id']}/events"
-    assert session["ended_reason"] is None and session["queue_position"] is None
+    assert session["ended_reason"] is None
+    assert session["queue_position"] is None
 
     row = await running(broker, session["id"])
-    assert row.state == "running" and row.pid is not None and process_alive(row.pid)
+    assert row.state == "running"
+    assert row.pid is not None
+    assert process_alive(row.pid)
     run_dir = Path(row.run_dir)
     assert {p.name for p in run_dir.iterdir()} >= {"disk.qcow2", "qmp.sock", "vnc.sock"}
     response = await browser.get(f"/api/sessions/{session['id']}")
@@ -87,7 +90,8 @@ async def test_it_runs_a_session_and_discards_everything_at_delete(
     assert response.json()["started_at"]
 
     health = (await visitor().get("/healthz")).json()
-    assert health["ok"] is True and health["sessions"] == 1
+    assert health["ok"] is True
+    assert health["sessions"] == 1
     assert health["kvm"] is (broker.config.accelerator == "kvm")
     assert health["qemu"].startswith("7.")
     assert health["capacity"] >= 1
@@ -99,7 +103,8 @@ async def test_it_runs_a_session_and_discards_everything_at_delete(
     assert not run_dir.exists()
     assert not process_alive(row.pid)
     ended = (await browser.get(f"/api/sessions/{session['id']}")).json()
-    assert ended["state"] == "ended" and ended["ended_reason"] == "visitor"
+    assert ended["state"] == "ended"
+    assert ended["ended_reason"] == "visitor"
 
 
 async def test_it_keeps_one_live_session_per_browser(
@@ -160,7 +165,8 @@ async def test_it_ends_a_machine_whose_base_is_missing_as_a_server_fault_and_ser
     session = await start(sad, "broken")
     assert await broker.session_wait_ended(session_id=session["id"], timeout_s=10)
     ended = (await sad.get(f"/api/sessions/{session['id']}")).json()
-    assert ended["state"] == "ended" and ended["ended_reason"] == "server"
+    assert ended["state"] == "ended"
+    assert ended["ended_reason"] == "server"
     assert "disk image is missing" in ended["detail"]
     assert "/" not in ended["detail"]  # no host paths for visitors
     assert not (portal_dirs / "run" / session["id"]).exists()

@@ -74,7 +74,8 @@ async def test_it_sends_the_format_then_the_guests_sound_and_nothing_while_silen
         loudest = 0
         while loudest <= 1000:
             message = await sound.receive_output(timeout=2.0)
-            assert message["type"] == "websocket.send" and message.get("bytes"), message
+            assert message["type"] == "websocket.send", message
+            assert message.get("bytes"), message
             assert len(message["bytes"]) % 2 == 0
             loudest = max(loudest, peak(message["bytes"]))
         assert time.monotonic() - pressed < 2.0
@@ -181,7 +182,8 @@ async def test_it_drops_sound_a_listener_does_not_take_and_closes_it_when_stuck(
     await rfb.press(F5)
     message = await sound.receive_output(timeout=10)
     # Nothing but the close: every chunk of the tune was dropped.
-    assert message["type"] == "websocket.close" and message["code"] == 4408
+    assert message["type"] == "websocket.close"
+    assert message["code"] == 4408
     assert 1.0 <= time.monotonic() - began < 5
     session = await VisitorSession.objects.aget(id=session_id)
     assert session.state == "running"

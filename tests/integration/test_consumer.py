@@ -36,12 +36,14 @@ async def test_it_pipes_rfb_between_the_owner_and_the_machine(
     browser, session_id = owned
     communicator = ws_communicator(browser, f"/ws/sessions/{session_id}/vnc")
     connected, subprotocol = await communicator.connect(timeout=30)
-    assert connected and subprotocol == "binary"
+    assert connected
+    assert subprotocol == "binary"
     rfb = RfbClient(CommunicatorTransport(communicator))
     await rfb.handshake()
-    assert (rfb.width, rfb.height) > (0, 0)
+    assert rfb.width > 0
+    assert rfb.height > 0
     await rfb.first_update()
-    assert rfb.updates == 1
+    assert rfb.lit_pixels() > 0, "the machine's screen, not an empty framebuffer"
     await communicator.disconnect()
 
 
@@ -131,5 +133,6 @@ async def test_it_keeps_the_machine_for_a_reconnect_within_the_grace_period(
     rfb = RfbClient(CommunicatorTransport(second))
     await rfb.handshake()
     session = await VisitorSession.objects.aget(id=session_id)
-    assert session.state == "running" and session.pid == pid
+    assert session.state == "running"
+    assert session.pid == pid
     await second.disconnect()

@@ -80,14 +80,16 @@ async def test_a_file_written_in_a_preview_is_in_the_derivative_over_an_untouche
         # Nobody else may save it: a visitor's browser, or another staff member's.
         assert (await save(visitor(), preview.session_id)).status_code == 404
         bad = await save(staff, preview.session_id, slug="no spaces")
-        assert bad.status_code == 400 and "letters, digits" in bad.json()["detail"]
+        assert bad.status_code == 400
+        assert "letters, digits" in bad.json()["detail"]
         layered = await save(staff, preview.session_id, slug="freedos-hi", title="FreeDOS with HI.TXT")
         assert layered.status_code == 201, layered.content
         flat = await save(staff, preview.session_id, slug="freedos-flat", title="FreeDOS, flat",
                           flatten=True)
         assert flat.status_code == 201, flat.content
         taken = await save(staff, preview.session_id, slug="freedos-hi")
-        assert taken.status_code == 400 and "exists already" in taken.json()["detail"]
+        assert taken.status_code == 400
+        assert "exists already" in taken.json()["detail"]
         # The machine's page offers it to staff only, as a form that leads to the new exhibit.
         page = (await staff.get(f"/sessions/{preview.session_id}/")).content.decode()
         assert "Save as new master" in page
@@ -95,16 +97,19 @@ async def test_a_file_written_in_a_preview_is_in_the_derivative_over_an_untouche
                                 {"slug": "freedos-form", "title": "From the form"},
                                 headers={"Accept": "text/html"})
         formed = await Exhibit.objects.aget(slug="freedos-form")
-        assert form.status_code == 303 and form["Location"] == f"/admin/portal/exhibit/{formed.pk}/change/"
+        assert form.status_code == 303
+        assert form["Location"] == f"/admin/portal/exhibit/{formed.pk}/change/"
         # The preview ran on through all of it.
         await preview.command("dir hi.txt", expect="HI       TXT")
     finally:
         await visit_close(preview)
 
     master = layered.json()["master"]
-    assert master["layers"] == [base.sha256, master["sha256"]] and master["parent"] == base.sha256
+    assert master["layers"] == [base.sha256, master["sha256"]]
+    assert master["parent"] == base.sha256
     derived = await DiskImage.objects.select_related("parent").aget(sha256=master["sha256"])
-    assert derived.parent_id == base.pk and derived.chain == f"{base.sha256}+{derived.sha256}"
+    assert derived.parent_id == base.pk
+    assert derived.chain == f"{base.sha256}+{derived.sha256}"
     # The base is exactly what it was, and was never copied: the layer holds what changed.
     assert sha256_file(Path(base.path)) == base.sha256
     assert base.guest_sha256 == FREEDOS_2048_SHA256
@@ -117,12 +122,15 @@ async def test_a_file_written_in_a_preview_is_in_the_derivative_over_an_untouche
     assert derived.guest_sha256 != base.guest_sha256
 
     flattened = await DiskImage.objects.aget(sha256=flat.json()["master"]["sha256"])
-    assert flattened.parent_id is None and flattened.chain == ""
+    assert flattened.parent_id is None
+    assert flattened.chain == ""
     assert "backing-filename" not in backing_chain(flattened.path)[0]
     assert flattened.guest_sha256 == derived.guest_sha256
 
     child = await Exhibit.objects.select_related("image", "parent").aget(slug="freedos-hi")
-    assert child.parent_id == exhibit.pk and not child.published and child.accelerator == "tcg"
+    assert child.parent_id == exhibit.pk
+    assert not child.published
+    assert child.accelerator == "tcg"
     creation = await PreservationEvent.objects.aget(event_type="creation", image=derived,
                                                     exhibit_slug="freedos-hi")
     assert (creation.agent, creation.related_sha256, creation.digest, creation.exhibit_id) == \
@@ -148,7 +156,8 @@ async def test_a_file_written_in_a_preview_is_in_the_derivative_over_an_untouche
     # A failed layer blocks what is built on it; a master others build on stays.
     await DiskImage.objects.filter(pk=base.pk).aupdate(fixity=DiskImage.Fixity.FAILED)
     blocked = await visitor().post("/api/exhibits/freedos-hi/sessions")
-    assert blocked.status_code == 409 and blocked.json()["error"] == "exhibit_unavailable"
+    assert blocked.status_code == 409
+    assert blocked.json()["error"] == "exhibit_unavailable"
     with pytest.raises(ImageInUseError,
                        match=r"the derivative master .* \(exhibits: freedos-hi, freedos-form\)"):
         await sync_to_async(disk_image_delete)(base, agent="tests")
@@ -171,12 +180,14 @@ async def test_the_admin_shows_a_masters_family_and_disk_use(
     derived = await DiskImage.objects.aget(sha256=saved.json()["master"]["sha256"])
     page = (await staff.get(f"/admin/portal/diskimage/{base.pk}/change/")).content.decode()
     tree = page[page.index('class="family-tree"'):]
-    assert tree.index(base.sha256[:12]) < tree.index(derived.sha256[:12]) and "freedos-one" in tree
+    assert tree.index(base.sha256[:12]) < tree.index(derived.sha256[:12])
+    assert "freedos-one" in tree
     assert "in 1 master(s) built on it" in page
     page = (await staff.get(f"/admin/portal/diskimage/{derived.pk}/change/")).content.decode()
     assert "shared with the 1 layer(s) under it" in page
     page = (await staff.get(f"/admin/portal/exhibit/{exhibit.pk}/change/")).content.decode()
-    assert "Derived from no other exhibit; derivatives: " in page and "FreeDOS one</a>" in page
+    assert "Derived from no other exhibit; derivatives: " in page
+    assert "FreeDOS one</a>" in page
     child = await Exhibit.objects.aget(slug="freedos-one")
     page = (await staff.get(f"/admin/portal/exhibit/{child.pk}/change/")).content.decode()
     record = page[page.index('class="preservation-record"'):]
@@ -184,7 +195,8 @@ async def test_the_admin_shows_a_masters_family_and_disk_use(
     assert record.index("creation") < record.index("ingestion")
     # Deleting the base through the admin is refused, naming what is built on it.
     confirm = (await staff.get(f"/admin/portal/diskimage/{base.pk}/delete/")).content.decode()
-    assert "protected" in confirm and derived.sha256[:12] in confirm
+    assert "protected" in confirm
+    assert derived.sha256[:12] in confirm
 
 
 async def test_a_derivative_of_a_prepared_exhibit_starts_instantly_from_its_own_state(

@@ -112,4 +112,5 @@ async def test_it_keeps_a_visitors_writes_in_that_visitors_overlay_only(
     assert exhibit.image.guest_sha256 == FREEDOS_2048_SHA256
     assert sha256_file(master) == exhibit.image.sha256
     assert sha256_file(FREEDOS_2048) == FREEDOS_2048_SHA256
-    assert not Path(row.run_dir).exists() and not Path(second_row.run_dir).exists()
+    assert not Path(row.run_dir).exists()
+    assert not Path(second_row.run_dir).exists()

@@ -533,7 +533,8 @@ def test_it_refuses_a_sparse_raw_over_the_limit_without_writing_its_holes(
                     image_import(stream, name="big.img", store=store, limits=limits)
         assert store_contents(store) == []
     assert caught.value.reason == "too_large"
-    assert "64 MiB" in str(caught.value) and "PORTAL_IMAGE_MAX_VIRTUAL_BYTES" in str(caught.value)
+    assert "64 MiB" in str(caught.value)
+    assert "PORTAL_IMAGE_MAX_VIRTUAL_BYTES" in str(caught.value)
 
 
 def test_it_copies_a_sparse_raw_without_writing_its_holes(tmp_path: Path) -> None:

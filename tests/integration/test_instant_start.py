@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,8 @@ async def test_it_boots_cold_when_the_start_state_is_stale(broker: Any, games: A
     exhibit = (await visitor().get("/api/exhibits/games")).json()
     assert exhibit["instant_start"] is False
     start = await StartState.objects.aget(exhibit=games)
-    assert start.stale and "qemu=6.2.0" in start.stale_reason
+    assert start.stale
+    assert "qemu=6.2.0" in start.stale_reason
     cold = await visit(broker)
     try:
         assert "A:\\>" not in await cold.machine.text_screen()
@@ -117,7 +119,7 @@ async def test_it_boots_cold_when_the_start_state_is_stale(broker: Any, games: A
 
 
 async def test_it_boots_cold_when_resuming_fails(
-    broker: Any, games: Any, portal_dirs: Path
+    broker: Any, games: Any, portal_dirs: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     start = await StartState.objects.aget(exhibit=games)
     broken = portal_dirs / "broken.state"
@@ -126,10 +128,25 @@ async def test_it_boots_cold_when_resuming_fails(
         handle.seek(64)
         handle.write(b"\xff" * 4096)
     await StartState.objects.filter(pk=start.pk).aupdate(state_path=str(broken))
+    exhibit = (await visitor().get("/api/exhibits/games")).json()
+    assert exhibit["instant_start"] is True, "the state still looks usable until it is tried"
+    # The portal's loggers do not propagate to the root, where caplog listens; and
+    # the ASGI application's import configures logging anew, so it comes first.
+    import portal.asgi  # noqa: F401
+
+    keeper_log = logging.getLogger("sessions.keeper")
+    keeper_log.addHandler(caplog.handler)
     cold = await visit(broker)
     try:
         await wait_for_text(cold.machine, cold.rfb, "A:\\>", timeout_s=TIMEOUT_S)
+        # A resume was tried first, and failed.
+        # (Once each: a record may reach caplog both here and through the root logger.)
+        tried = {record.getMessage() for record in caplog.records if "booting cold" in record.getMessage()}
+        assert len(tried) == 1, tried
+        (message,) = tried
+        assert message.startswith(f"session {cold.session['id']}: resuming the start state failed"), message
     finally:
+        keeper_log.removeHandler(caplog.handler)
         await cold.close()
 
 
@@ -176,7 +193,8 @@ async def test_it_resumes_the_demo_desktop_on_kvm(
     resumed = await visit(broker, "demo")
     try:
         # The first frame is already the desktop, on KVM.
-        assert resumed.rfb.width == 640 and resumed.rfb.pixel(630, 300) == (0, 168, 168)
+        assert resumed.rfb.width == 640
+        assert resumed.rfb.pixel(630, 300) == (0, 168, 168)
         assert (await resumed.machine.execute("query-kvm"))["enabled"] is True
     finally:
         await resumed.close()

@@ -9,7 +9,9 @@ import asyncio
 import json
 import os
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +19,13 @@ import pytest
 from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient
 
+from portal.models import Exhibit
 from sessions.broker import Broker, get_broker
 from sessions.machine import Machine, MachineProfile, process_alive
 from sessions.models import VisitorSession
 from sessions.overlay import overlay_create, run_dir_create
 from tests.conftest import FREEDOS_2048, ExhibitFactory, needs_kvm, visitor, ws_communicator
+from tests.support.boot_floppy import GUESTS, boot_floppy_build
 from tests.support.filesystem import fill, small_filesystem
 from tests.support.rfb import CommunicatorTransport, RfbClient
 from tests.support.wait import eventually
@@ -86,7 +90,8 @@ async def test_it_lines_up_visitors_past_capacity_and_tells_them_their_place(
     broker = await make_broker(PORTAL_MAX_SESSIONS=1, PORTAL_QUEUE_MAX=2, PORTAL_LIVE_PER_ADDRESS=10)
     first_visitor, second_visitor, third_visitor, fourth_visitor = (visitor() for _ in range(4))
     first = await start(first_visitor)
-    assert first["state"] == "starting" and first["queue_position"] is None
+    assert first["state"] == "starting"
+    assert first["queue_position"] is None
     second = await start(second_visitor)
     third = await start(third_visitor)
     assert (second["state"], second["queue_position"]) == ("queued", 1)
@@ -95,7 +100,8 @@ async def test_it_lines_up_visitors_past_capacity_and_tells_them_their_place(
 
     full = await fourth_visitor.post("/api/exhibits/freedos/sessions")
     assert full.status_code == 503
-    assert full.json()["error"] == "capacity" and full.json()["detail"]
+    assert full.json()["error"] == "capacity"
+    assert full.json()["detail"]
     assert int(full["Retry-After"]) > 0
 
     second_page = await events(second_visitor, second["id"])
@@ -110,7 +116,8 @@ async def test_it_lines_up_visitors_past_capacity_and_tells_them_their_place(
     await first_visitor.delete(f"/api/sessions/{first['id']}")
     await next_event(second_page, "state", state="running")
     await next_event(third_page, "state", queue_position=1)
-    assert broker.active_count == 1 and broker.queue_length == 1
+    assert broker.active_count == 1
+    assert broker.queue_length == 1
 
     await second_visitor.delete(f"/api/sessions/{second['id']}")
     assert (await next_event(second_page, "ended"))["reason"] == "visitor"
@@ -130,7 +137,8 @@ async def test_it_allows_one_live_session_per_browser_and_limits_starts(
     for _ in range(2):
         session = await start(browser)
         again = await browser.post("/api/exhibits/freedos/sessions")
-        assert again.status_code == 409 and again.json()["id"] == session["id"]
+        assert again.status_code == 409
+        assert again.json()["id"] == session["id"]
         assert (await browser.delete(f"/api/sessions/{session['id']}")).status_code == 204
     limited = await browser.post("/api/exhibits/freedos/sessions")
     assert limited.status_code == 429
@@ -156,7 +164,8 @@ async def test_it_warns_before_the_idle_end_and_input_keeps_the_machine(
     rfb.start()  # a viewer that keeps asking for updates is not a visitor's input
 
     warning = await next_event(page, "warning")
-    assert warning["reason"] == "idle" and 1 <= warning["seconds_left"] <= 2
+    assert warning["reason"] == "idle"
+    assert 1 <= warning["seconds_left"] <= 2
     await rfb.press(SHIFT)
     assert (await next_event(page, "warning_cleared"))["reason"] == "idle"
     # Answering the warning on the page counts too.
@@ -166,7 +175,8 @@ async def test_it_warns_before_the_idle_end_and_input_keeps_the_machine(
 
     await next_event(page, "warning", reason="idle")
     ended = await next_event(page, "ended")
-    assert ended["reason"] == "idle" and "Nobody used the machine" in ended["detail"]
+    assert ended["reason"] == "idle"
+    assert "Nobody used the machine" in ended["detail"]
     record = await VisitorSession.objects.aget(id=session["id"])
     assert (record.state, record.ended_reason) == ("ended", "idle")
     assert not (portal_dirs / "run" / session["id"]).exists()
@@ -182,13 +192,23 @@ async def test_it_ends_a_visit_at_its_time_limit_after_a_warning(
     session = await start(browser)
     page = await events(browser, session["id"])
     running = await next_event(page, "state", state="running")
-    assert running["expires_at"] is not None
+    expires = datetime.fromisoformat(running["expires_at"]).timestamp()
     warning = await next_event(page, "warning")
-    assert warning["reason"] == "timeout" and warning["seconds_left"] <= 2
-    # Input does not stretch the time limit.
-    await page.send_to(text_data=json.dumps({"type": "active"}))
-    ended = await next_event(page, "ended")
+    assert warning["reason"] == "timeout"
+    assert warning["seconds_left"] <= 2
+    # Input all along does not stretch the time limit: it ends when it said it would.
+    async def active() -> None:
+        while True:
+            await page.send_to(text_data=json.dumps({"type": "active"}))
+            await asyncio.sleep(0.3)
+
+    keeping_busy = asyncio.create_task(active())
+    try:
+        ended = await next_event(page, "ended")
+    finally:
+        keeping_busy.cancel()
     assert ended["reason"] == "timeout"
+    assert abs(time.time() - expires) < 2.0, "ended at its time limit, not later"
     response = (await browser.get(f"/api/sessions/{session['id']}")).json()
     assert (response["state"], response["ended_reason"]) == ("ended", "timeout")
     await page.disconnect()
@@ -206,7 +226,8 @@ async def test_it_notices_a_killed_qemu_and_lets_the_visitor_start_again(
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     ended = await next_event(page, "ended")
-    assert ended["reason"] == "crashed" and "stopped unexpectedly" in ended["detail"]
+    assert ended["reason"] == "crashed"
+    assert "stopped unexpectedly" in ended["detail"]
     assert not (portal_dirs / "run" / session["id"]).exists()
     assert broker.active_count == 0
     # The page's "Start a new machine" is a new session for the same exhibit.
@@ -369,7 +390,8 @@ async def test_it_closes_an_oversized_display_message_and_the_machine_lives_on(
     for bad in ("not json", json.dumps({"type": "reset-everything"}), "[1, 2]", "x" * 10000):
         await page.send_to(text_data=bad)
         error = await next_event(page, "error")
-        assert error["error"] == "bad_message" and error["detail"]
+        assert error["error"] == "bad_message"
+        assert error["detail"]
     # The socket is still open and still works.
     await page.send_to(text_data=json.dumps({"type": "active"}))
     await browser.delete(f"/api/sessions/{session['id']}")
@@ -389,7 +411,8 @@ async def test_machines_run_as_their_own_unprivileged_users_with_a_memory_limit(
         await broker.display_attach(session_id=session["id"])
         broker.display_detach(session_id=session["id"])
         pid = (await VisitorSession.objects.aget(id=session["id"])).pid
-        assert pid is not None and process_alive(pid)
+        assert pid is not None
+        assert process_alive(pid)
         status = Path(f"/proc/{pid}/status").read_text()
         uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
         real, effective, saved, filesystem = (int(value) for value in uid_line.split()[1:])
@@ -430,8 +453,34 @@ async def test_a_machine_keeps_kvm_after_dropping_root(
     await broker.display_attach(session_id=session["id"])
     broker.display_detach(session_id=session["id"])
     machine = broker.machine(session["id"])
-    assert machine is not None and machine.pid is not None
+    assert machine is not None
+    assert machine.pid is not None
     status = Path(f"/proc/{machine.pid}/status").read_text()
     assert next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1] != "0"
     assert await machine.execute("query-kvm") == {"enabled": True, "present": True}
     await browser.delete(f"/api/sessions/{session['id']}")
+
+
+async def test_a_machine_that_passes_its_memory_limit_is_stopped_and_its_visitor_told(
+    make_broker: BrokerFactory, exhibit_create: ExhibitFactory, tmp_path: Path
+) -> None:
+    """The hog guest writes to all of its 128 MiB; with no room for QEMU's own
+    memory on top, the kernel stops it, and the page says why."""
+    broker = await make_broker(PORTAL_QEMU_MEMORY_OVERHEAD_MB=0)
+    assert broker.config.cgroups is not None, "this host limits machines' memory with cgroups"
+    exhibit = await exhibit_create(boot_floppy_build(GUESTS / "hog.asm", tmp_path), slug="hog",
+                                   accelerator="tcg")  # a floppy boot, as for FreeDOS
+    await Exhibit.objects.filter(pk=exhibit.pk).aupdate(memory_mb=128)
+    browser = visitor()
+    response = await browser.post("/api/exhibits/hog/sessions")
+    assert response.status_code == 201, response.content
+    session = response.json()
+    page = await events(browser, session["id"])
+    ended = await next_event(page, "ended", timeout_s=60)
+    assert ended["reason"] == "crashed"
+    assert ended["detail"] == ("The machine needed more memory than it may use on this server, "
+                               "so it was stopped.")
+    row = await VisitorSession.objects.aget(id=session["id"])
+    assert (row.state, row.ended_reason) == ("ended", "crashed")
+    assert broker.config.cgroups.names() == []
+    await page.disconnect()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sessions.machine import Machine, MachineProfile, MachineStartError, process_alive
-from tests.conftest import FREEDOS_2048, KVM
+from tests.conftest import FREEDOS_2048, KVM, processes_naming
 
 
 @pytest.fixture
@@ -21,6 +21,9 @@ async def run_dir() -> AsyncIterator[Path]:
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
                     str(FREEDOS_2048), str(path / "disk.qcow2")], check=True)
     yield path
+    # A test that failed half-way leaves no QEMU behind either.
+    for pid in processes_naming(path):
+        os.kill(pid, signal.SIGKILL)
     shutil.rmtree(path, ignore_errors=True)
 
 
@@ -41,7 +44,8 @@ async def test_it_runs_qemu_that_answers_qmp_and_vnc_then_stops_it(
     machine = machine_in(run_dir, accelerator)
     await machine.start()
     pid = machine.pid
-    assert pid is not None and process_alive(pid)
+    assert pid is not None
+    assert process_alive(pid)
     status = await machine.execute("query-status")
     assert status["running"] is True
     kvm = await machine.execute("query-kvm")
@@ -64,7 +68,8 @@ async def test_it_reports_why_qemu_could_not_start_and_leaves_nothing_running(
     assert caught.value.returncode == 1
     assert "no-such-disk.qcow2" in caught.value.log_tail
     assert "-cpu" in caught.value.argv
-    assert machine.pid is not None and not process_alive(machine.pid)
+    assert machine.pid is not None
+    assert not process_alive(machine.pid)
 
 
 async def test_it_says_when_qemu_is_not_installed(run_dir: Path) -> None:

@@ -107,7 +107,8 @@ async def test_it_serves_metrics_that_move_with_a_real_visit(broker: Broker, fre
     assert value(after, "portal_machines_cpu_seconds_total") >= \
         value(during, "portal_machines_cpu_seconds_total")
     cleaned = value(after, "portal_reaper_cleaned_sessions_total")
-    assert value(after, "portal_reaper_runs_total") >= 1 and cleaned >= 0
+    assert value(after, "portal_reaper_runs_total") >= 1
+    assert cleaned >= 0
 
 
 async def _running(session_id: str) -> bool:
@@ -118,7 +119,8 @@ async def test_it_serves_metrics_to_the_configured_addresses_only(broker: Broker
     outsider = ClientFrom("203.0.113.9")
     refused = await outsider.get("/metrics")
     assert refused.status_code == 403
-    assert refused.json()["error"] == "forbidden" and "PORTAL_METRICS_ALLOWED" in refused.json()["detail"]
+    assert refused.json()["error"] == "forbidden"
+    assert "PORTAL_METRICS_ALLOWED" in refused.json()["detail"]
     assert (await ClientFrom("::1").get("/metrics")).status_code == 200
     assert (await ClientFrom("::ffff:127.0.0.1").get("/metrics")).status_code == 200
     settings.PORTAL_METRICS_ALLOWED = ["203.0.113.0/24"]
@@ -152,7 +154,9 @@ async def test_the_staff_page_lists_live_visits_and_ends_one_telling_its_visitor
     text = listing.content.decode()
     row = text[text.index(f'data-session="{session["id"]}"'):]
     row = row[:row.index("</tr>")]
-    assert "freedos" in row and broker.config.install in row and "running" in row
+    assert "freedos" in row
+    assert broker.config.install in row
+    assert "running" in row
     assert "s</td>" in row  # its age and idle time
     # Visitors and anonymous clients do not see it.
     assert (await browser.get("/admin/visits/visitorsession/live/")).status_code == 302
@@ -162,9 +166,11 @@ async def test_the_staff_page_lists_live_visits_and_ends_one_telling_its_visitor
     assert "There is no such visit." in odd.content.decode()
 
     ended = await staff.post(f"/admin/visits/visitorsession/live/{session['id']}/end/", follow=True)
-    assert ended.status_code == 200 and "its visitor was told" in ended.content.decode()
+    assert ended.status_code == 200
+    assert "its visitor was told" in ended.content.decode()
     message = await _next_ended(page)
-    assert message["reason"] == "server" and "staff" in message["detail"]
+    assert message["reason"] == "server"
+    assert "staff" in message["detail"]
     record = await VisitorSession.objects.aget(id=session["id"])
     assert (record.state, record.ended_reason) == ("ended", "server")
     again = await staff.post(f"/admin/visits/visitorsession/live/{session['id']}/end/", follow=True)

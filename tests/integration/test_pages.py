@@ -1,6 +1,7 @@
 """The pages a visitor sees, and what they say about the machine."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,8 @@ async def test_it_lists_published_exhibits_and_hides_drafts(
     await exhibit_create(FREEDOS_2048, slug="freedos", title="FreeDOS 2048")
     await exhibit_create(FREEDOS_2048, slug="draft", title="Unfinished draft", published=False)
     page = (await visitor().get("/")).content.decode()
-    assert "FreeDOS 2048" in page and "/exhibits/freedos/" in page
+    assert "FreeDOS 2048" in page
+    assert "/exhibits/freedos/" in page
     assert "Unfinished draft" not in page
     response = await visitor().get("/exhibits/draft/")
     assert response.status_code == 404
@@ -30,7 +32,9 @@ async def test_it_shows_an_exhibit_with_its_start_button(
     response = await visitor().get("/exhibits/freedos/")
     page = response.content.decode()
     assert response.status_code == 200
-    assert "<h1>FreeDOS 2048</h1>" in page and "1994" in page and "Test" in page
+    assert "<h1>FreeDOS 2048</h1>" in page
+    assert "1994" in page
+    assert "Test" in page
     assert '<button id="start"' in page
     assert "csrftoken" in response.cookies
 
@@ -121,3 +125,19 @@ async def test_it_serves_the_pinned_novnc_client_itself() -> None:
         if not message.get("more_body"):
             break
     assert b"export default class RFB" in body
+
+
+def test_embed_origins_must_be_origins(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    result = subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()"], cwd=REPO, capture_output=True, text=True,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "portal.settings", "PORTAL_DATA_DIR": str(tmp_path),
+             "PORTAL_EMBED_ORIGINS": "https://museum.example/exhibits"})
+    assert result.returncode != 0
+    assert ("PORTAL_EMBED_ORIGINS: 'https://museum.example/exhibits' is not an origin; "
+            "write scheme://host[:port]") in result.stderr

@@ -101,7 +101,9 @@ async def test_it_restores_a_checkpoint_to_the_exact_screen_and_forgets_later_fi
                                           {"label": "before the change"}, content_type="application/json")
         assert response.status_code == 201, response.content
         checkpoint = response.json()
-        assert checkpoint["label"] == "before the change" and checkpoint["id"] and checkpoint["created_at"]
+        assert checkpoint["label"] == "before the change"
+        assert checkpoint["id"]
+        assert checkpoint["created_at"]
         # The visit goes on: the guest writes more, and the screen changes.
         await one.command("echo after > after.txt", expect="A:\\>echo after > after.txt")
         await one.command("cls", expect="A:\\>")
@@ -124,9 +126,11 @@ async def test_it_restores_a_checkpoint_to_the_exact_screen_and_forgets_later_fi
         listed = (await one.browser.get(f"/api/sessions/{one.id}/checkpoints")).json()
         assert listed == {"checkpoints": [checkpoint]}
         second = await one.browser.post(f"/api/sessions/{one.id}/checkpoints")
-        assert second.status_code == 201 and second.json()["label"] == "Checkpoint 2"
+        assert second.status_code == 201
+        assert second.json()["label"] == "Checkpoint 2"
         third = await one.browser.post(f"/api/sessions/{one.id}/checkpoints")
-        assert third.status_code == 409 and third.json()["error"] == "checkpoint_limit"
+        assert third.status_code == 409
+        assert third.json()["error"] == "checkpoint_limit"
         deleted = await one.browser.delete(f"/api/sessions/{one.id}/checkpoints/{checkpoint['id']}")
         assert deleted.status_code == 204
         assert [c["id"] for c in (await one.browser.get(f"/api/sessions/{one.id}/checkpoints"))
@@ -179,14 +183,17 @@ async def test_it_brings_a_visitors_files_in_on_a_floppy_the_prompt_reads(broker
         await one.command("dir B:", expect="Volume in drive B is BLANK")
 
         none = await one.browser.post(f"/api/sessions/{one.id}/media", {})
-        assert none.status_code == 400 and none.json()["error"] == "no_files"
+        assert none.status_code == 400
+        assert none.json()["error"] == "no_files"
         too_big = await one.browser.post(f"/api/sessions/{one.id}/media", {"files": [
             SimpleUploadedFile("big.bin", bytes(1500 * 1024))]})
-        assert too_big.status_code == 413 and too_big.json()["error"] == "media_too_large"
+        assert too_big.status_code == 413
+        assert too_big.json()["error"] == "media_too_large"
         await Exhibit.objects.filter(pk=games.pk).aupdate(files_in="off")
         off = await one.browser.post(f"/api/sessions/{one.id}/media",
                                      {"files": [SimpleUploadedFile("x.txt", b"x")]})
-        assert off.status_code == 409 and off.json()["error"] == "media_off"
+        assert off.status_code == 409
+        assert off.json()["error"] == "media_off"
     finally:
         await one.close()
 
@@ -195,7 +202,8 @@ async def test_it_gives_back_the_files_written_at_the_prompt_in_a_zip(broker: An
     one = await visit(broker)
     try:
         empty = await one.browser.get(f"/api/sessions/{one.id}/files.zip")
-        assert empty.status_code == 200 and empty["Content-Type"] == "application/zip"
+        assert empty.status_code == 200
+        assert empty["Content-Type"] == "application/zip"
         content = b"".join(empty.streaming_content)  # type: ignore[attr-defined]
         assert zipfile.ZipFile(io.BytesIO(content)).namelist() == []
 
@@ -223,7 +231,8 @@ async def test_it_gives_back_the_files_written_at_the_prompt_in_a_zip(broker: An
 
         await eventually(all_written, timeout_s=30, interval_s=0.5)
         # Only what the visit wrote: not the master's files, not the file the visitor brought.
-        assert archive is not None and sorted(archive.namelist()) == sorted(expected)
+        assert archive is not None
+        assert sorted(archive.namelist()) == sorted(expected)
         assert archive.getinfo("A/KEPT.TXT").date_time[0] >= 2024
         # The visit runs on.
         await one.command("type kept.txt", expect="type kept.txt\nkept safe")
@@ -240,7 +249,8 @@ async def test_it_refuses_the_sandbox_for_a_session_that_has_ended(broker: Any, 
     await one.close()
     await asyncio.sleep(0)
     response = await one.browser.post(f"/api/sessions/{one.id}/checkpoints")
-    assert response.status_code == 409 and response.json()["error"] == "session_ended"
+    assert response.status_code == 409
+    assert response.json()["error"] == "session_ended"
 
 
 def test_it_reads_back_the_files_of_a_floppy_it_built(tmp_path: Path) -> None:

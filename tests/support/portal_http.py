@@ -45,6 +45,8 @@ class PortalVisitor:
         self.opener = urllib.request.build_opener(*handlers)
         # Headers sent with every request (a forged X-Forwarded-For, …).
         self.headers: dict[str, str] = {}
+        # The headers of the last response (Retry-After, …).
+        self.last_headers: dict[str, str] = {}
 
     def cookie(self, name: str) -> str | None:
         return next((c.value for c in self.cookies if c.name == name), None)
@@ -66,8 +68,10 @@ class PortalVisitor:
         try:
             with self.opener.open(request, timeout=60) as response:
                 status, raw = response.status, response.read()
+                self.last_headers = dict(response.headers.items())
         except urllib.error.HTTPError as error:
             status, raw = error.code, error.read()
+            self.last_headers = dict(error.headers.items())
         try:
             return status, json.loads(raw) if raw else None
         except ValueError:

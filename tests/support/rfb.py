@@ -33,12 +33,13 @@ class Transport(Protocol):
 class CommunicatorTransport:
     """Binary WebSocket messages through Channels' WebsocketCommunicator.
 
-    No receive timeout by default: asgiref cancels the application when a
-    receive times out, and a guest whose screen is still sends nothing. Callers
-    bound their waits with asyncio.timeout instead.
+    Every receive is bounded (timeout_s, a safety net: callers bound their own
+    waits more tightly). The bound is kept here, around the communicator, not
+    given to it: asgiref cancels the application when its own receive times out,
+    and a guest whose screen is still may rightly send nothing for a while.
     """
 
-    def __init__(self, communicator: object, timeout_s: float | None = None) -> None:
+    def __init__(self, communicator: object, timeout_s: float = 120) -> None:
         self.communicator = communicator
         self.timeout_s = timeout_s
         self.close_code: int | None = None
@@ -47,7 +48,11 @@ class CommunicatorTransport:
         await self.communicator.send_to(bytes_data=data)  # type: ignore[attr-defined]
 
     async def receive(self) -> bytes:
-        message = await self.communicator.receive_output(self.timeout_s)  # type: ignore[attr-defined]
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                message = await self.communicator.receive_output(None)  # type: ignore[attr-defined]
+        except TimeoutError:
+            raise TimeoutError(f"the display sent nothing for {self.timeout_s:g} s") from None
         if message["type"] == "websocket.close":
             self.close_code = message.get("code")
             raise ConnectionError(f"WebSocket closed with code {self.close_code}")

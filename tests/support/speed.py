@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import re
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-SOURCE = Path(__file__).resolve().parent.parent / "guests" / "speed.asm"
-FLOPPY_BYTES = 1474560
+from tests.support.boot_floppy import GUESTS, boot_floppy_build
+
+SOURCE = GUESTS / "speed.asm"
 RESULT = re.compile(r"RTC=(\d+) PIT=(\d+)")
 # Where the guest counts its timer's ticks (a dword), and how many a second.
 TICKS_ADDRESS = 0x7DF0
@@ -33,12 +33,7 @@ TARGETS = {
 
 def speed_guest_build(directory: Path) -> Path:
     """The speed guest as a raw floppy image in directory."""
-    boot = directory / "speed.bin"
-    subprocess.run(["nasm", "-f", "bin", "-o", str(boot), str(SOURCE)], check=True)
-    image = directory / "speed.img"
-    image.write_bytes(boot.read_bytes().ljust(FLOPPY_BYTES, b"\0"))
-    boot.unlink()
-    return image
+    return boot_floppy_build(SOURCE, directory)
 
 
 def results(screen: str) -> list[tuple[int, int]]:

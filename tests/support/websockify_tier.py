@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
+
 REPO = Path(__file__).resolve().parent.parent.parent
 
 
@@ -70,7 +72,6 @@ def websockify_running(env: dict[str, str], log_path: Path) -> Iterator[tuple[st
 
 def _children(pid: int) -> list[int]:
     try:
-        with open(f"/proc/{pid}/task/{pid}/children") as handle:
-            return [int(child) for child in handle.read().split()]
-    except OSError:
+        return [child.pid for child in psutil.Process(pid).children()]
+    except psutil.NoSuchProcess:
         return []

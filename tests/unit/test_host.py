@@ -30,7 +30,8 @@ def test_it_derives_the_identity_from_the_data_directory_unless_one_is_set(
     settings.PORTAL_DATA_DIR = tmp_path / "b"
     assert install_id() == first, "the same directory by another path is the same install"
     settings.PORTAL_DATA_DIR = tmp_path / "c"
-    assert install_id() != first and len(first) == 10
+    assert install_id() != first
+    assert len(first) == 10
     settings.PORTAL_INSTALL_ID = "staging"
     assert install_id() == "staging"
     assert cgroup_parent_name(install_id()) == "portal-staging"

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from sessions.broker import StartLimiter, runas_choose
-from sessions.confine import Confinement, uid_range_valid
+from sessions.confine import Confinement, MemoryCgroups, uid_range_valid
 from sessions.machine import MachineProfile, build_argv, state_key
 
 
@@ -13,7 +15,8 @@ def test_it_allows_starts_up_to_each_limit_and_says_when_to_retry() -> None:
     assert limiter.take({"browser:a": 2, "address:x": 3}) is None
     assert limiter.take({"browser:a": 2, "address:x": 3}) is None
     retry = limiter.take({"browser:a": 2, "address:x": 3})
-    assert retry is not None and 0 < retry <= 60
+    assert retry is not None
+    assert 0 < retry <= 60
     # Another browser at the same address has its own allowance, up to the address's.
     assert limiter.take({"browser:b": 2, "address:x": 3}) is None
     assert limiter.take({"browser:c": 2, "address:x": 3}) is not None
@@ -37,7 +40,8 @@ def test_it_gives_qemu_its_user_without_changing_the_start_state_key() -> None:
     assert "-runas" not in build_argv(MachineProfile(), **common)  # type: ignore[arg-type]
     sandbox = argv[argv.index("-sandbox") + 1]
     # elevateprivileges=deny together with -runas kills QEMU 7.2 at start.
-    assert "elevateprivileges" not in sandbox and "spawn=deny" in sandbox
+    assert "elevateprivileges" not in sandbox
+    assert "spawn=deny" in sandbox
     # A saved state does not depend on which uid resumes it.
     key = state_key(MachineProfile(), accelerator="kvm", qemu="7.2", master_sha256="0" * 64)
     assert "1800000007" not in key
@@ -54,3 +58,19 @@ def test_it_falls_back_to_an_address_space_limit_without_cgroups() -> None:
     confinement = Confinement(memory_bytes=100 << 20)
     assert confinement.memory_method == "rlimit-as"
     assert Confinement().memory_method == "none"
+
+
+@pytest.mark.parametrize(("version", "file", "text", "kills"), [
+    (2, "memory.events", "low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n", 1),
+    (2, "memory.events", "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\n", 0),
+    (1, "memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n", 2),
+    (1, "memory.oom_control", "oom_kill_disable 0\nunder_oom 0\n", 0),  # an older kernel
+])
+def test_it_reads_how_often_a_machines_cgroup_was_killed_for_memory(
+    tmp_path: Path, version: int, file: str, text: str, kills: int
+) -> None:
+    cgroup = tmp_path / "machine"
+    cgroup.mkdir()
+    (cgroup / file).write_text(text)
+    assert MemoryCgroups(parent=tmp_path, version=version).oom_kills(cgroup) == kills
+    assert MemoryCgroups(parent=tmp_path, version=version).oom_kills(tmp_path / "gone") == 0

@@ -80,7 +80,8 @@ def test_it_places_visits_until_capacity_then_lines_them_up_in_order(exhibit: Ex
     assert [line_position(row) for row in rows] == [None, None, 1, 2, 3]
     assert line_ids() == ["s2", "s3", "s4"]
     # Placed here, the row is already this node's own, with its run directory.
-    assert rows[0].run_dir == "/run/s0" and placed_pending(here) == []
+    assert rows[0].run_dir == "/run/s0"
+    assert placed_pending(here) == []
 
 
 def test_a_freed_place_goes_to_the_first_in_line_and_the_rest_move_up(exhibit: Exhibit) -> None:

@@ -34,10 +34,13 @@ def test_it_fills_the_marked_lines_for_a_run(tmp_path: Path) -> None:
                              media_max_bytes=77777)
     nginx_accepts(tmp_path, site)
     assert "client_max_body_size 77777;" in site
-    assert "listen 127.0.0.1:18080;" in site and "listen 80;" not in site
-    assert "server 127.0.0.1:18001;" in site and "server 127.0.0.1:18002;" in site
+    assert "listen 127.0.0.1:18080;" in site
+    assert "listen 80;" not in site
+    assert "server 127.0.0.1:18001;" in site
+    assert "server 127.0.0.1:18002;" in site
     assert "server 127.0.0.1:8001;" not in site
-    assert "client_max_body_size 4096;" in site and "client_max_body_size 99999;" in site
+    assert "client_max_body_size 4096;" in site
+    assert "client_max_body_size 99999;" in site
     assert "location ^~ /curators/upload/ {" in site
     # The X-Forwarded-For the node believes is nginx's own, never the client's.
     assert "proxy_set_header X-Forwarded-For $remote_addr;" in site
