@@ -23,6 +23,7 @@ from portal.relay import Relay  # noqa: E402
 from sessions.host import install_id  # noqa: E402
 from sessions.nodes import visit_holder_address  # noqa: E402
 from sessions.routing import websocket_urlpatterns  # noqa: E402
+from sessions.watch import watch_session_id  # noqa: E402
 
 # Static files change only with a release (noVNC is pinned by package-lock.json),
 # so browsers may keep them for an hour: the machine page then loads noVNC's
@@ -45,5 +46,5 @@ application = Relay(
         "websocket": SessionMiddlewareStack(URLRouter(websocket_urlpatterns)),
     }),
     # Any node takes any request; one for a visit another node holds goes there.
-    holder_find=visit_holder_address, node_name=install_id,
+    holder_find=visit_holder_address, node_name=install_id, watch_find=watch_session_id,
 )

@@ -23,7 +23,8 @@ affinity; so any node takes the request and pipes it on:
   close code 1011, each with a sentence.
 
 Where a visit is held is the runtime's answer (`holder_find`, handed in by
-`portal.asgi`, the composition root); a request it names no other node for,
+`portal.asgi`, the composition root; a watch link names its visit by a token,
+which `watch_find` turns into the visit's id first); a request it names no other node for,
 or one another node relayed already, is served here by the application inside.
 
 Must not: decide anything about a visit, read the database itself, or relay a
@@ -56,12 +57,19 @@ Application = Callable[[Scope, Receive, Send], Awaitable[None]]
 # A session id from a path → the "host:port" of the other node that holds it, or
 # None to serve the request here.
 HolderFind = Callable[[str], Awaitable[str | None]]
+# A watch link's token from a path → the id of the visit it names, or None.
+WatchFind = Callable[[str], Awaitable[str | None]]
 
 RELAYED_BY = b"x-portal-relayed-by"
 # The paths that name a visit, by scope type; the group is the session id.
 VISIT_PATHS = {
     "http": re.compile(r"/(?:api/)?sessions/([^/]+)(?:/.*)?", re.DOTALL),
     "websocket": re.compile(r"/ws/sessions/([^/]+)/.*", re.DOTALL),
+}
+# The paths that name a visit by a watch link's token (the group), by scope type.
+WATCH_PATHS = {
+    "http": re.compile(r"/watch/([^/]+)(?:/.*)?", re.DOTALL),
+    "websocket": re.compile(r"/ws/watch/([^/]+)/.*", re.DOTALL),
 }
 # Headers of one connection (RFC 9110, 7.6.1), and those the relay sets itself.
 _HOP_BY_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
@@ -96,9 +104,10 @@ class Relay:
     """ASGI middleware around the whole application: relays what names a visit held elsewhere."""
 
     def __init__(self, application: Application, *, holder_find: HolderFind,
-                 node_name: Callable[[], str]) -> None:
+                 node_name: Callable[[], str], watch_find: WatchFind | None = None) -> None:
         self.application = application
         self.holder_find = holder_find
+        self.watch_find = watch_find
         self.node_name = node_name
         self._client: aiohttp.ClientSession | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
@@ -114,19 +123,27 @@ class Relay:
 
     async def holder_address(self, scope: Scope) -> str | None:
         """Where to pipe this request; None to serve it here."""
+        path = scope.get("path", "")
         pattern = VISIT_PATHS.get(scope["type"])
-        match = pattern.fullmatch(scope.get("path", "")) if pattern is not None else None
-        if match is None:
+        match = pattern.fullmatch(path) if pattern is not None else None
+        watch = WATCH_PATHS.get(scope["type"])
+        watched = watch.fullmatch(path) if watch is not None and self.watch_find is not None else None
+        if match is None and watched is None:
             return None
         if any(name.lower() == RELAYED_BY for name, _ in scope.get("headers", ())):
             return None  # from another node: never twice (a visitor forging it is served here)
         try:
-            return await self.holder_find(match[1])
+            if match is not None:
+                return await self.holder_find(match[1])
+            assert watched is not None and self.watch_find is not None
+            # A watch link names its visit by a token: the visit first, then its holder.
+            session_id = await self.watch_find(watched[1])
+            return await self.holder_find(session_id) if session_id is not None else None
         except Exception as error:
             # The application here answers as it would without a relay (a database
             # that is away gets its JSON 500 there).
-            logger.warning("could not look up the node holding session %s (%s); serving it here",
-                           match[1][:32], error)
+            logger.warning("could not look up the node holding the visit of %s (%s); serving it here",
+                           path[:64], error)
             return None
 
     async def close(self) -> None:

@@ -301,6 +301,13 @@ PORTAL_CHECKPOINTS_PER_VISIT = int(os.environ.get("PORTAL_CHECKPOINTS_PER_VISIT"
 PORTAL_SANDBOX_JOB_TIMEOUT_S = _env_float("PORTAL_SANDBOX_JOB_TIMEOUT_S", 60.0)
 # How long reading the files of one disk for files.zip may take.
 PORTAL_FILES_OUT_TIMEOUT_S = _env_float("PORTAL_FILES_OUT_TIMEOUT_S", 120.0)
+# Visitor tools. Typing (POST /api/sessions/<id>/keys): the most characters one
+# request may type, how long each key is held down, and the pause after each.
+PORTAL_KEYS_MAX_CHARS = int(os.environ.get("PORTAL_KEYS_MAX_CHARS", "1000"))
+PORTAL_KEY_HOLD_MS = int(os.environ.get("PORTAL_KEY_HOLD_MS", "10"))
+PORTAL_KEYS_INTERVAL_S = _env_float("PORTAL_KEYS_INTERVAL_S", 0.01)
+# Watch-link sockets one visit may have open at once; one more is closed with 4429.
+PORTAL_WATCHERS_PER_SESSION = int(os.environ.get("PORTAL_WATCHERS_PER_SESSION", "10"))
 # Origins (scheme://host[:port]) besides the portal's own that may open the
 # machine's WebSocket, for sites that embed exhibits.
 PORTAL_ALLOWED_ORIGINS = [

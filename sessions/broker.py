@@ -21,9 +21,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import shutil
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -59,11 +60,14 @@ from .errors import (
     SessionError,
     SessionExistsError,
     ViewerLimitError,
+    WatcherLimitError,
+    WatcherUnknownError,
 )
 from .host import UidLease, machine_lease_take, runas_choose, uid_leases_tidy
 from .keeper import Keeper, MachineFactory, task_new
+from .keys import Keystroke, TypingPace
 from .launcher import Launcher, exhibit_prepare
-from .machine import Machine
+from .machine import Machine, MachineError
 from .metrics import FIRST_FRAME, REAPER_CLEANED, REAPER_RUNS, REFUSALS, RESETS, STARTS, NodeSnapshot
 from .models import Node, VisitorSession, new_session_id
 from .nodes import (
@@ -90,11 +94,13 @@ from .scheduler import (
     visit_place,
 )
 from .visit import Phase, Visit
+from .watch import watch_link_create, watch_links_revoke
 
 __all__ = [
     "AddressLimitError", "Broker", "BrokerConfig", "CapacityError", "DisplayUnavailableError",
     "ExhibitUnavailableError", "NodeUnreachableError", "RateLimitedError", "SessionBusyError",
     "SessionEndedError", "SessionError", "SessionExistsError", "StartLimiter", "ViewerLimitError",
+    "WatcherLimitError", "WatcherUnknownError",
     "exhibit_prepare", "get_broker", "runas_choose", "session_group",
 ]
 
@@ -503,6 +509,72 @@ class Broker:
 
     def sound_detach(self, *, session_id: str) -> None:
         self.keeper.sound_detach(session_id=session_id)
+
+    # --- the visitor's tools: typing, the screen, watch links -------------------
+
+    async def keys_send(self, *, session_id: str, strokes: list[Keystroke], stored: bool = True) -> None:
+        """Type keystrokes on the visit's running machine, paced; typing is input.
+        `stored`: each keystroke types a character (text, not a combination)."""
+        pace = TypingPace(hold_ms=self.config.key_hold_ms, interval_s=self.config.keys_interval_s)
+        await self.keeper.keys_send(session_id=session_id, strokes=strokes, pace=pace, stored=stored)
+
+    async def screenshot(self, *, session_id: str) -> bytes:
+        """The guest's screen as a PNG at its own resolution, from QEMU (not a viewer)."""
+        visit = self.keeper.visit(session_id)
+        if visit is None or visit.phase in {Phase.ENDING, Phase.ENDED}:
+            raise SessionEndedError("This machine has ended.")
+        machine = self.machine(session_id)
+        if machine is None:
+            raise SessionBusyError("The machine is not running just now; try again in a moment.")
+        # The file is the portal's, handed to QEMU (which may run as another user).
+        target = machine.run_dir / f"screenshot-{secrets.token_hex(8)}.png"
+        try:
+            await machine.screendump(target, image_format="png")
+            return await asyncio.to_thread(target.read_bytes)
+        except (MachineError, OSError) as error:
+            logger.warning("session %s: the screenshot failed: %s", session_id, error)
+            raise SessionBusyError("The machine's screen could not be read; try again.") from error
+        finally:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(target.unlink)
+
+    async def watch_link_create(self, *, session_id: str) -> str:
+        """A new watch link's token for a live visit."""
+        if not self.keeper.is_live(session_id):
+            raise SessionEndedError("This machine has ended.")
+        return await watch_link_create(session_id=session_id)
+
+    async def watch_links_revoke(self, *, session_id: str) -> int:
+        """Forget every watch link of the visit and close its watchers' sockets (4401).
+        Its watchers are on this node: their sockets are piped to the visit's holder."""
+        forgotten = await watch_links_revoke(session_id=session_id)
+        self.keeper.watchers_revoke(session_id=session_id)
+        return forgotten
+
+    async def watcher_attach(self, *, session_id: str, watcher_id: str, revoke: Callable[[], None]) -> Path:
+        """Let a watch-link socket in (capped; never a viewer that keeps the machine)
+        and return the VNC socket once the machine runs."""
+        return await self.keeper.watcher_attach(session_id=session_id, watcher_id=watcher_id,
+                                                revoke=revoke)
+
+    def watcher_detach(self, *, session_id: str, watcher_id: str) -> None:
+        self.keeper.watcher_detach(session_id=session_id, watcher_id=watcher_id)
+
+    def watcher_count(self, session_id: str) -> int:
+        return self.keeper.watcher_count(session_id)
+
+    def watchers(self, session_id: str) -> tuple[list[str], str | None]:
+        """The visit's watchers, oldest first, and which has the keyboard and mouse."""
+        return self.keeper.watchers(session_id)
+
+    def control_give(self, *, session_id: str, watcher_id: str) -> None:
+        self.keeper.control_give(session_id=session_id, watcher_id=watcher_id)
+
+    def control_take(self, *, session_id: str) -> None:
+        self.keeper.control_take(session_id=session_id)
+
+    def in_control(self, session_id: str, watcher_id: str) -> bool:
+        return self.keeper.in_control(session_id, watcher_id)
 
     def watch_attach(self, *, session_id: str) -> bool:
         """Count someone watching the session (its display or its events) in."""

@@ -52,6 +52,10 @@ class BrokerConfig:
     # Live visits (waiting, starting, running) one network address may hold.
     live_per_address: int = 50
     displays_per_session: int = 4
+    watchers_per_session: int = 10
+    keys_max_chars: int = 1000
+    key_hold_ms: int = 10
+    keys_interval_s: float = 0.01
     # Machines run as uids leased from base+1 .. base+count; a None base keeps
     # the portal's user.
     uid_base: int | None = None
@@ -114,6 +118,10 @@ class BrokerConfig:
             start_window_s=settings.PORTAL_START_WINDOW_S,
             live_per_address=settings.PORTAL_LIVE_PER_ADDRESS or max(1, capacity // 2),
             displays_per_session=settings.PORTAL_DISPLAYS_PER_SESSION,
+            watchers_per_session=settings.PORTAL_WATCHERS_PER_SESSION,
+            keys_max_chars=settings.PORTAL_KEYS_MAX_CHARS,
+            key_hold_ms=settings.PORTAL_KEY_HOLD_MS,
+            keys_interval_s=settings.PORTAL_KEYS_INTERVAL_S,
             uid_base=uid_base,
             uid_count=uid_count,
             uid_lease_dir=Path(settings.PORTAL_UID_LEASE_DIR),
@@ -140,6 +148,7 @@ class BrokerConfig:
             display_wait_s=self.start_timeout_s + self.qemu_img_timeout_s,
             session_max_s=self.session_max_s, idle_s=self.idle_s, warning_s=self.warning_s,
             displays_per_session=self.displays_per_session,
+            watchers_per_session=self.watchers_per_session,
             sandbox=SandboxConfig(
                 qemu_img=self.qemu_img_binary, checkpoints_max=self.checkpoints_per_visit,
                 media_max_bytes=self.media_max_bytes, media_per_visit=self.media_per_visit,

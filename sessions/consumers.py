@@ -16,9 +16,11 @@ import collections
 import contextlib
 import json
 import logging
+import re
+import secrets
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import DEFAULT_CHANNEL_LAYER
@@ -41,6 +43,8 @@ from .broker import (
     SessionBusyError,
     SessionEndedError,
     ViewerLimitError,
+    WatcherLimitError,
+    WatcherUnknownError,
     get_broker,
     session_group,
 )
@@ -49,7 +53,8 @@ from .machine import vnc_refresh_soon
 from .metrics import DISPLAY_FROM_BROWSER, DISPLAY_TO_BROWSER
 from .models import VisitorSession
 from .representation import session_json
-from .rfb import ClientStream
+from .rfb import ClientStream, ViewerGate, ViewerRefusedError
+from .watch import watch_session
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +75,8 @@ CLOSE_TRY_LATER = 4409
 CLOSE_TOO_MANY_VIEWERS = 4429
 # The browser did not read the display for PORTAL_VIEWER_STUCK_S.
 CLOSE_TOO_SLOW = 4408
+# The owner revoked the watch link this watcher came by.
+CLOSE_REVOKED = 4401
 
 # The sentence sent with each code, for a person reading a client's log; the
 # page has its own words for each code.
@@ -84,7 +91,10 @@ CLOSE_REASONS = {
     CLOSE_TRY_LATER: "This visit is still waiting in line for a machine.",
     CLOSE_TOO_MANY_VIEWERS: "This machine is open in too many places; close one and try again.",
     CLOSE_TOO_SLOW: "The browser did not keep up with the display; connect again.",
+    CLOSE_REVOKED: "The machine's owner revoked this watch link.",
 }
+# A watcher's name as its page gives it (`?watcher=…` on a watch link's socket).
+WATCHER_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 # The largest message the page may send on the events WebSocket.
 EVENTS_MAX_MESSAGE_BYTES = 4096
 
@@ -428,6 +438,106 @@ class VncConsumer(MachineSocket):
         if pipe is not None and pipe.transport is not None:
             pipe.transport.close()
         await self._detach()
+
+
+class WatchConsumer(VncConsumer):
+    """`/ws/watch/<token>/vnc`: the machine's display for anyone with a watch link,
+    read-only, enforced here: the browser's stream goes through a `ViewerGate`,
+    so only the handshake and requests for pictures reach QEMU; the first key,
+    mouse event, clipboard text or any other message closes the socket with 4400
+    and a sentence. A watcher is never input (the idle limit runs on) and never a
+    viewer (it keeps no machine alive); there are at most
+    PORTAL_WATCHERS_PER_SESSION (then 4429), and the owner's revoke closes each
+    with 4401. The one watcher the owner hands the keyboard and mouse to has its
+    keys and pointer events passed on (and counted as input) until the owner
+    takes them back.
+    """
+
+    _gate: ViewerGate
+    _watching = False
+    _revoke_task: asyncio.Task[None] | None = None
+    watcher_id = ""
+
+    async def machine_attach(self) -> tuple[VisitorSession, Path] | None:
+        self._gate = ViewerGate()
+        # The page names its socket (`?watcher=…`), so it can ask whether the owner
+        # handed it the keyboard and mouse; a client that does not is named here.
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        named = (query.get("watcher") or [""])[0]
+        self.watcher_id = named if WATCHER_ID.fullmatch(named) else secrets.token_hex(8)
+        subprotocols = self.scope.get("subprotocols") or []
+        await self.accept("binary" if "binary" in subprotocols else None)
+        if not origin_allowed(self.scope):
+            await self.close_with(CLOSE_FORBIDDEN)
+            return None
+        session = await watch_session(self.scope["url_route"]["kwargs"]["token"])
+        if session is None:
+            await self.close_with(CLOSE_UNKNOWN, "This watch link was revoked, or never existed.")
+            return None
+        self.session_id = session.id
+        if not session.is_live:
+            await self.close_with(CLOSE_ENDED)
+            return None
+        broker = await get_broker()
+        try:
+            vnc_path = await broker.watcher_attach(session_id=self.session_id, watcher_id=self.watcher_id,
+                                                   revoke=self._revoked)
+        except WatcherUnknownError as error:
+            await self.close_with(CLOSE_UNSUPPORTED_DATA, str(error))
+            return None
+        except SessionEndedError:
+            await self.close_with(CLOSE_ENDED)
+            return None
+        except SessionBusyError:
+            await self.close_with(CLOSE_TRY_LATER)
+            return None
+        except WatcherLimitError as error:
+            await self.close_with(CLOSE_TOO_MANY_VIEWERS, str(error))
+            return None
+        except DisplayUnavailableError:
+            await self.close_with(CLOSE_UNREACHABLE)
+            return None
+        self._watching = True
+        self.generation = broker.session_generation(self.session_id)
+        return session, vnc_path
+
+    def _revoked(self) -> None:
+        """The owner revoked the links (the keeper has let this watcher go already)."""
+        self._watching = False
+        self._revoke_task = asyncio.ensure_future(self.close_with(CLOSE_REVOKED))
+
+    async def _detach(self) -> None:
+        if self._watching:
+            self._watching = False
+            (await get_broker()).watcher_detach(session_id=self.session_id, watcher_id=self.watcher_id)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self._pipe is None:
+            return
+        if bytes_data is None:
+            await self.close_with(CLOSE_UNSUPPORTED_DATA)
+            return
+        if len(bytes_data) > settings.PORTAL_WS_MAX_MESSAGE_BYTES:
+            await self.close_with(CLOSE_TOO_BIG)
+            return
+        broker = await get_broker()
+        self._gate.control = broker.in_control(self.session_id, self.watcher_id)
+        try:
+            passed = self._gate.feed(bytes_data)
+        except ViewerRefusedError as error:
+            logger.info("session %s: a watcher was closed: %s", self.session_id, error)
+            await self.close_with(CLOSE_UNSUPPORTED_DATA, str(error))
+            return
+        if self._gate.saw_input:
+            # The watcher the owner handed the keyboard and mouse is using them.
+            broker.session_input(session_id=self.session_id)
+        if not passed:
+            return
+        DISPLAY_FROM_BROWSER.inc(len(passed))
+        try:
+            await self._pipe.write(passed)
+        except (ConnectionError, OSError):
+            await self._close_after_machine_end()
 
 
 class AudioConsumer(MachineSocket):

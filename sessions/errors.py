@@ -49,6 +49,16 @@ class ViewerLimitError(SessionError):
                          "Close one of them and try again.")
 
 
+class WatcherLimitError(SessionError):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"{limit} people are watching this machine already, the most there may be. "
+                         "Try again when someone has left.")
+
+
+class WatcherUnknownError(SessionError):
+    """No watcher of that name watches the visit (or one does already, when attaching)."""
+
+
 class AddressLimitError(RateLimitedError):
     def __init__(self, limit: int, retry_after_s: int) -> None:
         SessionError.__init__(

@@ -4,9 +4,11 @@ Owns: the node's `Visit`s and every change of their phase; starting a visit's
 machine (through the machine factory it is given) and ending it (machine
 stopped, run directory deleted, leases let go once the end is recorded); the
 viewers, displays and listeners of each visit and the grace period after the last one
-leaves; the idle and time limits with their warnings; reset (the old machine
-killed before the new one starts); the watch for a QEMU that exits by itself
-or pauses on a disk error. Every task it starts is kept, cancelled and
+leaves; its watchers (watch-link sockets, never viewers: they keep no machine
+alive), which one has the keyboard and mouse, and their closing on revoke;
+typing for the visitor, one request at a time; the idle and time limits with
+their warnings; reset (the old machine killed before the new one starts); the
+watch for a QEMU that exits by itself or pauses on a disk error. Every task it starts is kept, cancelled and
 awaited by it.
 
 Must not: touch the database, the waiting line or the catalogue. What the rest
@@ -33,8 +35,11 @@ from .errors import (
     SessionBusyError,
     SessionEndedError,
     ViewerLimitError,
+    WatcherLimitError,
+    WatcherUnknownError,
 )
 from .host import Lease
+from .keys import KeyedMachine, Keystroke, TypingPace, keystrokes_send
 from .machine import MachineError, MachineStartError, log_tail
 from .metrics import MACHINE_STARTS
 from .overlay import OverlayError, run_dir_create, run_dir_remove
@@ -109,6 +114,7 @@ class KeeperConfig:
     idle_s: float = 10 * 60.0
     warning_s: float = 60.0
     displays_per_session: int = 4
+    watchers_per_session: int = 10
     sandbox: SandboxConfig | None = None
 
 
@@ -486,6 +492,34 @@ class Keeper:
         visit.last_input = self._clock()
         self._warning_clear(visit, "idle")
 
+    async def keys_send(self, *, session_id: str, strokes: list[Keystroke], pace: TypingPace,
+                        stored: bool = True) -> None:
+        """Type keystrokes for the visitor on the running machine; typing is input.
+        `stored`: each keystroke types a character (text, not a combination)."""
+        visit = self._running_visit(session_id)
+        visit.last_input = self._clock()
+        self._warning_clear(visit, "idle")
+        async with visit.typing:
+            machine = self._running_visit(session_id).machine
+            try:
+                await keystrokes_send(cast(KeyedMachine, machine), strokes, pace=pace, stored=stored)
+            except MachineError as error:
+                self._running_visit(session_id)  # ended or replaced meanwhile: say so
+                raise SessionBusyError("The machine did not take the keys; try again.") from error
+        visit.last_input = self._clock()
+
+    def _running_visit(self, session_id: str) -> Visit:
+        """The visit if its machine runs now; else why not, as the API's errors."""
+        visit = self._visits.get(session_id)
+        if visit is None or visit.phase in {Phase.ENDING, Phase.ENDED}:
+            raise SessionEndedError("This machine has ended.")
+        if visit.phase is Phase.QUEUED:
+            raise SessionBusyError("This visit is still waiting in line for a machine.")
+        if visit.phase is not Phase.RUNNING or visit.machine is None:
+            raise SessionBusyError("The machine is busy (starting, resetting or going back to a "
+                                   "checkpoint); try again in a moment.")
+        return visit
+
     def _warning_clear(self, visit: Visit, reason: str) -> None:
         if visit.warning == reason:
             visit.warning = None
@@ -579,6 +613,93 @@ class Keeper:
         visit.viewers = max(0, visit.viewers - 1)
         if visit.viewers == 0 and visit.phase in {Phase.RUNNING, Phase.QUEUED}:
             self._grace_start(visit)
+
+    # --- watch links -----------------------------------------------------------
+
+    async def watcher_attach(self, *, session_id: str, watcher_id: str, revoke: Callable[[], None]) -> Path:
+        """Let a watch-link socket in and return the VNC socket once the machine runs.
+
+        A watcher is not a viewer: it never holds off the grace period after the
+        owner's last page left, so watchers alone never keep a machine alive.
+        `revoke` closes it when the owner revokes the links. `watcher_id` names it
+        to the owner (who may hand it the keyboard and mouse) and to its own page.
+        """
+        visit = self._visits.get(session_id)
+        if visit is None or visit.phase in {Phase.ENDING, Phase.ENDED}:
+            raise SessionEndedError("This machine has ended.")
+        if visit.phase is Phase.QUEUED:
+            raise SessionBusyError("This visit is still waiting for a machine.")
+        if watcher_id in visit.watchers:
+            raise WatcherUnknownError("A watcher of that name is watching already.")
+        if len(visit.watchers) >= self.config.watchers_per_session:
+            raise WatcherLimitError(self.config.watchers_per_session)
+        visit.watchers[watcher_id] = revoke
+        self._watchers_changed(visit)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.display_wait_s):
+                    await visit.until(Phase.RUNNING, Phase.ENDING, Phase.ENDED)
+            if visit.phase in {Phase.ENDING, Phase.ENDED}:
+                raise SessionEndedError("This machine has ended.")
+            if visit.phase is not Phase.RUNNING or visit.machine is None:
+                raise DisplayUnavailableError("The machine did not start in time.")
+            return visit.machine.vnc_path
+        except BaseException:
+            self.watcher_detach(session_id=session_id, watcher_id=watcher_id)
+            raise
+
+    def watcher_detach(self, *, session_id: str, watcher_id: str) -> None:
+        visit = self._visits.get(session_id)
+        if visit is not None and visit.watchers.pop(watcher_id, None) is not None:
+            if visit.control == watcher_id:
+                visit.control = None
+            self._watchers_changed(visit)
+
+    def watchers_revoke(self, *, session_id: str) -> int:
+        """Close every watch-link socket of the visit; returns how many there were."""
+        visit = self._visits.get(session_id)
+        if visit is None:
+            return 0
+        watchers, visit.watchers = visit.watchers, {}
+        visit.control = None
+        for revoke in watchers.values():
+            revoke()
+        if watchers:
+            self._watchers_changed(visit)
+        return len(watchers)
+
+    def watcher_count(self, session_id: str) -> int:
+        visit = self._visits.get(session_id)
+        return len(visit.watchers) if visit is not None else 0
+
+    def watchers(self, session_id: str) -> tuple[list[str], str | None]:
+        """The visit's watchers, oldest first, and which of them has the keyboard and mouse."""
+        visit = self._visits.get(session_id)
+        return (list(visit.watchers), visit.control) if visit is not None else ([], None)
+
+    def control_give(self, *, session_id: str, watcher_id: str) -> None:
+        """Hand the keyboard and mouse to one watcher (taken from any other)."""
+        visit = self._running_visit(session_id)
+        if watcher_id not in visit.watchers:
+            raise WatcherUnknownError("Nobody of that name is watching this machine.")
+        visit.control = watcher_id
+        self._watchers_changed(visit)
+
+    def control_take(self, *, session_id: str) -> None:
+        """Take the keyboard and mouse back from the watcher who has them."""
+        visit = self._visits.get(session_id)
+        if visit is not None and visit.control is not None:
+            visit.control = None
+            self._watchers_changed(visit)
+
+    def in_control(self, session_id: str, watcher_id: str) -> bool:
+        visit = self._visits.get(session_id)
+        return visit is not None and visit.control == watcher_id
+
+    def _watchers_changed(self, visit: Visit) -> None:
+        self._recorder.notify(visit.session_id, {"type": "watchers", "count": len(visit.watchers),
+                                                 "watchers": list(visit.watchers),
+                                                 "control": visit.control})
 
     def _grace_start(self, visit: Visit) -> None:
         if visit.grace_task is None and visit.phase not in {Phase.ENDING, Phase.ENDED}:

@@ -92,3 +92,19 @@ class Node(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class WatchLink(models.Model):
+    """A watch link of a visit (`/watch/<token>/`): anyone holding the token may watch
+    the machine, read-only, while the visit lives and until its owner revokes it.
+
+    Only the token's SHA-256 is kept, so the database never holds a usable link,
+    and any node can find the visit (and so its holder) from a link.
+    """
+
+    token_sha256 = models.CharField(primary_key=True, max_length=64, editable=False)
+    session = models.ForeignKey(VisitorSession, on_delete=models.CASCADE, related_name="watch_links")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"watch link of {self.session_id[:8]}"

@@ -1,13 +1,17 @@
-"""Reading the browser's side of an RFB stream, to tell the visitor's input apart.
+"""Reading the browser's side of an RFB stream: the owner's input told apart, and
+a watcher's stream let through only as far as a viewer needs.
 
 Owns: framing the client-to-server RFB messages (RFC 6143 and the QEMU and
 common extensions noVNC uses) so that key and pointer events can be told from
 housekeeping such as update requests, which a viewer sends even when nobody
-is at the keyboard.
+is at the keyboard (`ClientStream`); and the gate on a watch link's stream
+(`ViewerGate`), which passes on the handshake and the messages that only ask
+for pictures, and refuses everything else.
 
-Must not: change, hold back or reorder a byte. The stream goes to QEMU as it
-came; this only watches it. A message it cannot frame ends the watching (the
-visit then counts as idle unless input arrives by another way), never the stream.
+Must not: change, hold back or reorder a byte of the owner's stream. It goes to
+QEMU as it came; `ClientStream` only watches it. A message it cannot frame ends
+the watching (the visit then counts as idle unless input arrives by another
+way), never the stream.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ _FIXED = {
     4: 8,    # KeyEvent
     5: 6,    # PointerEvent
     150: 10,  # EnableContinuousUpdates
-    251: 4,   # xvp
+    250: 4,   # xvp
 }
 _INPUT_TYPES = {4, 5}
 _QEMU = 255
@@ -103,7 +107,7 @@ class ClientStream:
             return 8 + abs(int.from_bytes(buffer[4:8], "big", signed=True))
         if message_type == 248:  # ClientFence: u8 payload length at offset 8
             return None if len(buffer) < 9 else 9 + buffer[8]
-        if message_type == 250:  # SetDesktopSize: u8 screen count at offset 6
+        if message_type == 251:  # SetDesktopSize: u8 screen count at offset 6
             return None if len(buffer) < 8 else 8 + 16 * buffer[6]
         if message_type == _QEMU:
             if len(buffer) < 2:
@@ -116,3 +120,121 @@ class ClientStream:
                 operation = int.from_bytes(buffer[2:4], "big")
                 return 10 if operation == 2 else 4
         return -1
+
+
+# What a watcher's viewer may send after the handshake, by type: SetPixelFormat,
+# SetEncodings, FramebufferUpdateRequest, EnableContinuousUpdates, ClientFence.
+_VIEWER_TYPES = {0, 2, 3, 150, 248}
+_REFUSED_WORDS = {
+    4: "a key", 5: "a mouse event", 250: "a power command",
+    251: "a screen size change", _QEMU: "a key or a sound request",
+}
+# SetEncodings longer than this is no viewer's (noVNC sends about 20).
+_VIEWER_ENCODINGS_MAX = 256
+
+
+class ViewerRefusedError(ValueError):
+    """A watcher sent what a read-only viewer may not; the message is a sentence."""
+
+
+@dataclass
+class ViewerGate:
+    """A watch link's RFB stream, fed in order: returns the bytes that may go on to
+    QEMU (whole messages only), or raises ViewerRefusedError for the first message a
+    read-only viewer may not send (keys, the mouse, power, resizing, QEMU's
+    extended keys and sound, anything unknown). Clipboard text is dropped instead
+    (a viewer announces its clipboard unasked). The ClientInit is always
+    "shared", so a watcher can never ask for the machine to itself."""
+
+    _buffer: bytearray = field(default_factory=bytearray)
+    # 0: ProtocolVersion; 1: security type (3.7, 3.8); 2: ClientInit; 3: messages.
+    _stage: int = 0
+    # Bytes of a dropped message still to come (clipboard text), thrown away as they arrive.
+    _drop: int = 0
+    # Whether this watcher has the keyboard and mouse (the owner handed them over):
+    # then keys and pointer events go on too, and the last feed says it held some.
+    control: bool = False
+    saw_input: bool = False
+
+    def feed(self, data: bytes) -> bytes:
+        self._buffer += data
+        self.saw_input = False
+        passed = bytearray()
+        while True:
+            if self._drop:
+                dropped = min(self._drop, len(self._buffer))
+                del self._buffer[:dropped]
+                self._drop -= dropped
+                if self._drop:
+                    return bytes(passed)
+            taken = self._next()
+            if taken is None:
+                return bytes(passed)
+            passed += taken
+
+    def _next(self) -> bytes | None:
+        buffer = self._buffer
+        if self._stage == 0:
+            if len(buffer) < 12:
+                return None
+            version = bytes(buffer[:12])
+            if version not in {b"RFB 003.003\n", b"RFB 003.007\n", b"RFB 003.008\n"}:
+                raise ViewerRefusedError("The viewer does not speak RFB 3.3, 3.7 or 3.8.")
+            self._stage = 2 if version == b"RFB 003.003\n" else 1
+            return self._take(12)
+        if not buffer:
+            return None
+        if self._stage == 1:
+            if buffer[0] != 1:  # None: the machine's display asks for no password
+                raise ViewerRefusedError("A watch link's viewer may only choose no security.")
+            self._stage = 2
+            return self._take(1)
+        if self._stage == 2:
+            self._stage = 3
+            self._take(1)
+            return b"\x01"  # shared
+        message_type = buffer[0]
+        if message_type == 6:
+            # ClientCutText: noVNC announces its clipboard (the extended clipboard's
+            # capabilities) on connecting, view-only or not. A watcher's clipboard
+            # never reaches the machine: the message is dropped, the watcher stays.
+            if len(buffer) < 8:
+                return None
+            self._drop = 8 + abs(int.from_bytes(buffer[4:8], "big", signed=True))
+            return b""
+        if self.control and message_type in _INPUT_TYPES | {_QEMU}:
+            if message_type == _QEMU and len(buffer) < 2:
+                return None
+            if message_type in _INPUT_TYPES or buffer[1] == _QEMU_EXTENDED_KEY_EVENT:
+                input_size = 12 if message_type == _QEMU else _FIXED[message_type]
+                if len(buffer) < input_size:
+                    return None
+                self.saw_input = True
+                return self._take(input_size)
+        if message_type not in _VIEWER_TYPES:
+            what = _REFUSED_WORDS.get(message_type, f"an RFB message of type {message_type}")
+            raise ViewerRefusedError(f"This is a watch link: it shows the machine and takes no input, "
+                                     f"but the viewer sent {what}.")
+        if message_type == 2 and len(buffer) >= 4 \
+                and int.from_bytes(buffer[2:4], "big") > _VIEWER_ENCODINGS_MAX:
+            raise ViewerRefusedError("The viewer asked for more encodings than any viewer needs.")
+        size = self._message_size()
+        if size is None or len(buffer) < size:
+            return None
+        return self._take(size)
+
+    def _message_size(self) -> int | None:
+        buffer = self._buffer
+        message_type = buffer[0]
+        if message_type in _FIXED:
+            return _FIXED[message_type]
+        if message_type == 2:
+            return None if len(buffer) < 4 else 4 + 4 * int.from_bytes(buffer[2:4], "big")
+        if message_type == 248:
+            return None if len(buffer) < 9 else 9 + buffer[8]
+        return None
+
+    def _take(self, count: int) -> bytes:
+        taken = bytes(self._buffer[:count])
+        del self._buffer[:count]
+        return taken

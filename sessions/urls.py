@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import api, operators
+from . import api, operators, tools
 
 urlpatterns = [
     path("sessions/<str:session_id>/", api.session_page, name="session"),
@@ -18,4 +18,11 @@ urlpatterns = [
     path("api/sessions/<str:session_id>/checkpoints/<str:checkpoint_id>/restore", api.checkpoint_restore),
     path("api/sessions/<str:session_id>/media", api.media),
     path("api/sessions/<str:session_id>/files.zip", api.files_zip),
+    # The visitor's tools: typing, the screenshot, watch links and their page.
+    path("api/sessions/<str:session_id>/keys", tools.keys),
+    path("api/sessions/<str:session_id>/screenshot.png", tools.screenshot),
+    path("api/sessions/<str:session_id>/watchers", tools.watchers),
+    path("api/sessions/<str:session_id>/watchers/control", tools.watchers_control),
+    path("watch/<str:token>/", tools.watch_page, name="watch"),
+    path("watch/<str:token>/state", tools.watch_state),
 ]

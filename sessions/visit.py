@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import InitVar, dataclass, field
 from enum import Enum, StrEnum
 from pathlib import Path
@@ -112,6 +113,13 @@ class Visit:
     viewers: int = 0
     displays: int = 0
     listeners: int = 0
+    # The watch-link sockets (never counted among the viewers: they keep no
+    # machine alive) by their names, each the call that closes it when the
+    # owner revokes; and the one the owner handed the keyboard and mouse, if any.
+    watchers: dict[str, Callable[[], None]] = field(default_factory=dict)
+    control: str | None = None
+    # Held while keys are typed for the visitor, so two pastes never interleave.
+    typing: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     launch_task: asyncio.Task[None] | None = None
     watch_task: asyncio.Task[None] | None = None
     grace_task: asyncio.Task[None] | None = None

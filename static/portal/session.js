@@ -9,6 +9,7 @@ import { Speaker } from "./audio.js";
 import { api, csrfToken } from "./csrf.js";
 import { OnScreenKeyboard } from "./osk.js";
 import { Touchpad } from "./touch.js";
+import { toolsStart } from "./tools.js";
 
 const session = JSON.parse(document.getElementById("session-data").textContent);
 const screen = document.getElementById("screen");
@@ -182,6 +183,8 @@ function listen() {
   events.addEventListener("message", (message) => {
     let data;
     try { data = JSON.parse(message.data); } catch { return; }
+    // The visitor's tools (tools.js) follow the same events.
+    window.dispatchEvent(new CustomEvent("portal:event", { detail: data }));
     if (data.type === "state") onSessionState(data);
     else if (data.type === "warning") showWarning(data.reason, data.seconds_left);
     else if (data.type === "warning_cleared") hideWarning();
@@ -435,6 +438,8 @@ ctrlAltDelButton.addEventListener("click", () => {
     rfb.focus();
   }
 });
+
+toolsStart(session, () => rfb);
 
 if (session.state === "ended") {
   showEnded(session);

@@ -236,3 +236,22 @@ async def test_it_pipes_a_floppys_worth_of_visitors_files_to_the_holder_whole() 
     assert received["body"] == body
     assert received["length"] == str(len(body))
     assert received["content_type"] == f"multipart/form-data; boundary={boundary}"
+
+
+async def test_a_watch_link_is_piped_to_the_node_that_holds_its_visit(
+    held_elsewhere: VisitorSession,
+) -> None:
+    """A watch link names its visit by a token: any node finds the visit, then its holder."""
+    from sessions.watch import watch_link_create
+
+    token = await watch_link_create(session_id=held_elsewhere.id)
+    for path in (f"/watch/{token}/", f"/watch/{token}/state"):
+        response = await http_get(path)
+        assert response["status"] == 502, path
+        assert json.loads(response["body"])["error"] == "node_unreachable"
+    close = await websocket_close(f"/ws/watch/{token}/vnc")
+    assert close["code"] == 1011 and "cannot be reached" in close["reason"]
+    # A token no visit has is this node's to refuse.
+    unknown = await http_get("/watch/" + "A" * 32 + "/state")
+    assert unknown["status"] == 404 and json.loads(unknown["body"])["error"] == "not_found"
+    assert (await websocket_close("/ws/watch/" + "A" * 32 + "/vnc"))["code"] == 4404

@@ -13,7 +13,13 @@ from typing import Any
 
 import pytest
 
-from sessions.errors import SessionBusyError, SessionEndedError, ViewerLimitError
+from sessions.errors import (
+    SessionBusyError,
+    SessionEndedError,
+    ViewerLimitError,
+    WatcherLimitError,
+    WatcherUnknownError,
+)
 from sessions.host import Lease, machine_lease_names, machine_lease_take
 from sessions.keeper import Keeper, KeeperConfig
 from sessions.machine import MachineStartError
@@ -435,3 +441,69 @@ async def test_a_reset_whose_new_machine_fails_ends_the_visit(node: Node) -> Non
         await soon(node.keeper.reset(session_id="v1"))
     await until(visit, Phase.ENDED)
     assert node.recorder.ended["v1"][0] == "crashed"
+
+
+# --- watch links' watchers -----------------------------------------------------
+
+
+async def test_a_watcher_is_let_in_but_never_holds_off_the_grace_period(node: Node) -> None:
+    visit = await node.running()
+    closed: list[str] = []
+    path = await soon(node.keeper.watcher_attach(session_id="v1", watcher_id="w1",
+                                                 revoke=lambda: closed.append("w1")))
+    assert path == node.factory.machines[0].vnc_path
+    assert visit.viewers == 0 and visit.grace_task is not None  # the owner's page is not there
+    assert node.keeper.watcher_count("v1") == 1
+    assert node.recorder.events[-1] == ("v1", {"type": "watchers", "count": 1, "watchers": ["w1"],
+                                               "control": None})
+
+
+async def test_watchers_are_capped_and_revoke_closes_every_one(tmp_path: Path) -> None:
+    node = Node(tmp_path, watchers_per_session=2)
+    try:
+        await node.running()
+        closed: list[str] = []
+        await soon(node.keeper.watcher_attach(session_id="v1", watcher_id="first",
+                                              revoke=lambda: closed.append("first")))
+        await soon(node.keeper.watcher_attach(session_id="v1", watcher_id="second",
+                                              revoke=lambda: closed.append("second")))
+        with pytest.raises(WatcherLimitError, match="2 people"):
+            await soon(node.keeper.watcher_attach(session_id="v1", watcher_id="third", revoke=lambda: None))
+        node.keeper.watcher_detach(session_id="v1", watcher_id="first")
+        await soon(node.keeper.watcher_attach(session_id="v1", watcher_id="first",
+                                              revoke=lambda: closed.append("first")))
+        assert node.keeper.watchers_revoke(session_id="v1") == 2
+        assert sorted(closed) == ["first", "second"]
+        assert node.keeper.watcher_count("v1") == 0
+        assert node.recorder.events[-1] == ("v1", {"type": "watchers", "count": 0, "watchers": [],
+                                                   "control": None})
+    finally:
+        await soon(node.keeper.end_all(reason="server", detail="The test ended."))
+
+
+async def test_one_watcher_at_a_time_gets_the_keyboard_and_mouse_until_taken_back(node: Node) -> None:
+    await node.running()
+    for name in ("one", "two"):
+        await soon(node.keeper.watcher_attach(session_id="v1", watcher_id=name, revoke=lambda: None))
+    with pytest.raises(WatcherUnknownError):
+        node.keeper.control_give(session_id="v1", watcher_id="three")
+    with pytest.raises(WatcherUnknownError):  # a name is one socket's
+        await soon(node.keeper.watcher_attach(session_id="v1", watcher_id="one", revoke=lambda: None))
+    node.keeper.control_give(session_id="v1", watcher_id="one")
+    assert node.keeper.in_control("v1", "one") and not node.keeper.in_control("v1", "two")
+    node.keeper.control_give(session_id="v1", watcher_id="two")
+    assert node.keeper.watchers("v1") == (["one", "two"], "two")
+    node.keeper.control_take(session_id="v1")
+    assert node.keeper.watchers("v1") == (["one", "two"], None)
+    # A watcher who leaves takes nothing with them.
+    node.keeper.control_give(session_id="v1", watcher_id="one")
+    node.keeper.watcher_detach(session_id="v1", watcher_id="one")
+    assert node.keeper.watchers("v1") == (["two"], None)
+
+
+async def test_a_watcher_of_an_ended_or_waiting_visit_is_refused(node: Node) -> None:
+    with pytest.raises(SessionEndedError):
+        await soon(node.keeper.watcher_attach(session_id="nobody", watcher_id="w", revoke=lambda: None))
+    node.open(queued=True)
+    with pytest.raises(SessionBusyError):
+        await soon(node.keeper.watcher_attach(session_id="v1", watcher_id="w", revoke=lambda: None))

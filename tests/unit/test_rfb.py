@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import struct
 
+import pytest
+
 from sessions.rfb import ClientStream
 
 HANDSHAKE_38 = b"RFB 003.008\n" + bytes([1]) + bytes([1])  # security None, shared
@@ -55,3 +57,78 @@ def test_it_reads_the_older_handshakes() -> None:
     assert stream.feed(b"RFB 003.003\n" + bytes([1]) + KEY)
     stream = ClientStream()
     assert stream.feed(b"RFB 003.008\n" + bytes([2]) + bytes(16) + bytes([1]) + POINTER)
+
+
+# --- A watch link's stream: only what a viewer needs goes on ---------------------
+
+PIXEL_FORMAT = b"\x00\x00\x00\x00" + struct.pack(">BBBBHHHBBB3x", 32, 24, 0, 1, 255, 255, 255, 16, 8, 0)
+CONTINUOUS = struct.pack(">BBHHHH", 150, 1, 0, 0, 640, 480)
+FENCE = struct.pack(">BxxxIB", 248, 0, 4) + b"abcd"
+CLIPBOARD_CAPS = struct.pack(">Bxxxi", 6, -8) + struct.pack(">II", 0x1000001, 1024)
+XVP_SHUTDOWN = struct.pack(">BxBB", 250, 1, 2)
+DESKTOP_SIZE = struct.pack(">BxHHBx", 251, 800, 600, 1) + bytes(16)
+QEMU_AUDIO = struct.pack(">BBH", 255, 1, 0)
+
+
+def test_a_viewer_gate_passes_the_handshake_and_picture_requests_byte_for_byte() -> None:
+    from sessions.rfb import ViewerGate
+
+    viewer = HANDSHAKE_38 + PIXEL_FORMAT + SET_ENCODINGS + UPDATE_REQUEST + CONTINUOUS + FENCE
+    for cut in range(1, len(viewer)):
+        gate = ViewerGate()
+        assert gate.feed(viewer[:cut]) + gate.feed(viewer[cut:]) == viewer, cut
+
+
+def test_a_viewer_gate_refuses_every_kind_of_input() -> None:
+    from sessions.rfb import ViewerGate, ViewerRefusedError
+
+    for message in (KEY, POINTER, QEMU_KEY, XVP_SHUTDOWN, DESKTOP_SIZE, QEMU_AUDIO, bytes([77, 0, 0, 0])):
+        gate = ViewerGate()
+        passed = gate.feed(HANDSHAKE_38 + UPDATE_REQUEST)
+        with pytest.raises(ViewerRefusedError) as refused:
+            gate.feed(message[:1])
+        assert "watch link" in str(refused.value)
+        assert passed == HANDSHAKE_38 + UPDATE_REQUEST
+
+
+def test_a_viewer_gate_drops_clipboard_text_however_it_is_split() -> None:
+    from sessions.rfb import ViewerGate
+
+    data = HANDSHAKE_38 + CLIPBOARD_CAPS + CUT_TEXT + struct.pack(">Bxxxi", 6, 6) + b"\x04\x05" * 3 \
+        + UPDATE_REQUEST
+    for cut in range(1, len(data)):
+        gate = ViewerGate()
+        assert gate.feed(data[:cut]) + gate.feed(data[cut:]) == HANDSHAKE_38 + UPDATE_REQUEST, cut
+
+
+def test_a_viewer_gate_makes_every_watcher_shared_and_refuses_passwords() -> None:
+    from sessions.rfb import ViewerGate, ViewerRefusedError
+
+    assert ViewerGate().feed(b"RFB 003.008\n\x01\x00") == b"RFB 003.008\n\x01\x01"
+    assert ViewerGate().feed(b"RFB 003.003\n\x00") == b"RFB 003.003\n\x01"
+    with pytest.raises(ViewerRefusedError):
+        ViewerGate().feed(b"RFB 003.008\n\x02" + bytes(16))
+    with pytest.raises(ViewerRefusedError):
+        ViewerGate().feed(b"HTTP/1.1 200")
+
+
+def test_a_viewer_gate_passes_input_only_while_its_watcher_has_control() -> None:
+    from sessions.rfb import ViewerGate, ViewerRefusedError
+
+    gate = ViewerGate()
+    gate.feed(HANDSHAKE_38)
+    gate.control = True
+    data = KEY + POINTER + QEMU_KEY + UPDATE_REQUEST
+    passed = b"".join(gate.feed(data[index:index + 1]) for index in range(len(data)))
+    assert passed == data
+    assert gate.feed(KEY) == KEY and gate.saw_input
+    assert gate.feed(UPDATE_REQUEST) == UPDATE_REQUEST and not gate.saw_input
+    with pytest.raises(ViewerRefusedError):  # control is the keyboard and mouse, not power
+        gate.feed(XVP_SHUTDOWN)
+    gate = ViewerGate()
+    gate.feed(HANDSHAKE_38)
+    gate.control = True
+    gate.feed(KEY)
+    gate.control = False
+    with pytest.raises(ViewerRefusedError):
+        gate.feed(KEY)

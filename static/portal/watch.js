@@ -1,0 +1,145 @@
+// The watch page (/watch/<token>/): the machine live and read-only for anyone
+// with the link. noVNC sends no input here (viewOnly), and the server lets
+// nothing but requests for pictures through anyway. The page asks for the
+// visit's state and how many watch now and then, and says when it ends or the
+// owner revokes the link; when the owner hands this watcher the keyboard and
+// mouse, it lets noVNC send them until the owner takes them back.
+import RFB from "/static/novnc/core/rfb.js";
+
+const watch = JSON.parse(document.getElementById("watch-data").textContent);
+const screen = document.getElementById("screen");
+const stateLabel = document.getElementById("state");
+const notice = document.getElementById("notice");
+const watchersLabel = document.getElementById("watchers");
+const controlLabel = document.getElementById("control");
+
+const STATE_EVERY_MS = 2000;
+const CLOSE = { REVOKED: 4401, UNKNOWN: 4404, QUEUED: 4409, ENDED: 4410, REPLACED: 4412, TOO_MANY: 4429 };
+
+let rfb = null;
+let finished = false;
+let retryMs = 500;
+let stateTimer = null;
+// This socket's name, so the page can ask whether the owner handed it the
+// keyboard and mouse (a new one for every connection).
+let watcherId = "";
+let inControl = false;
+
+function newWatcherId() {
+  const bytes = new Uint8Array(16);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
+}
+
+function showControl(control) {
+  if (control === inControl) return;
+  inControl = control;
+  if (rfb) {
+    rfb.viewOnly = !control;
+    if (control) rfb.focus();
+  }
+  controlLabel.hidden = !control;
+}
+
+function say(text) {
+  notice.textContent = text;
+  notice.hidden = !text;
+}
+
+function showState(data) {
+  stateLabel.dataset.state = data.state;
+  stateLabel.textContent = data.state === "running" ? "live" : data.state;
+  const count = data.watchers;
+  watchersLabel.dataset.count = String(count);
+  watchersLabel.textContent = count === 1 ? "1 watching" : `${count} watching`;
+}
+
+function finish(text) {
+  finished = true;
+  say(text);
+  if (stateTimer) clearInterval(stateTimer);
+  if (rfb) {
+    const old = rfb;
+    rfb = null;
+    old.disconnect();
+  }
+}
+
+function showEnded() {
+  stateLabel.dataset.state = "ended";
+  stateLabel.textContent = "ended";
+  finish("This visit has ended: there is nothing more to watch.");
+}
+
+async function refresh() {
+  let response;
+  try {
+    const query = watcherId ? `?watcher=${encodeURIComponent(watcherId)}` : "";
+    response = await fetch(watch.state_path + query, { credentials: "same-origin" });
+  } catch {
+    return null;
+  }
+  if (response.status === 404) {
+    finish("This watch link was revoked by the machine's owner.");
+    return null;
+  }
+  if (response.status !== 200) return null;
+  const data = await response.json();
+  showState(data);
+  showControl(Boolean(data.control) && rfb !== null);
+  if (data.state === "ended") showEnded();
+  return data;
+}
+
+function connect() {
+  const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+  watcherId = newWatcherId();
+  inControl = false;
+  controlLabel.hidden = true;
+  const socket = new WebSocket(`${scheme}${window.location.host}${watch.vnc_path}?watcher=${watcherId}`,
+    ["binary"]);
+  socket.binaryType = "arraybuffer";
+  let closed = null;
+  socket.addEventListener("close", (event) => { closed = event.code; });
+  rfb = new RFB(screen, socket, { shared: true });
+  rfb.viewOnly = true;
+  rfb.focusOnClick = true;
+  rfb.scaleViewport = true;
+  rfb.resizeSession = false;
+  rfb.background = "#000";
+  rfb.addEventListener("connect", () => {
+    retryMs = 500;
+    say("");
+    refresh();
+  });
+  rfb.addEventListener("disconnect", async () => {
+    rfb = null;
+    if (finished) return;
+    if (closed === CLOSE.REVOKED || closed === CLOSE.UNKNOWN) {
+      finish("This watch link was revoked by the machine's owner.");
+      return;
+    }
+    if (closed === CLOSE.ENDED) {
+      showEnded();
+      return;
+    }
+    if (closed === CLOSE.TOO_MANY) {
+      say("Too many people are watching this machine just now. Trying again in a moment…");
+    } else if (closed === CLOSE.QUEUED) {
+      say("The machine has not started yet. Waiting…");
+    }
+    const data = await refresh();
+    if (finished || !data) return;
+    const delay = closed === CLOSE.REPLACED ? 0 : retryMs;
+    retryMs = Math.min(retryMs * 2, 8000);
+    setTimeout(() => { if (!finished && !rfb) connect(); }, delay);
+  });
+}
+
+showState(watch);
+if (watch.state === "ended") {
+  showEnded();
+} else {
+  stateTimer = setInterval(refresh, STATE_EVERY_MS);
+  connect();
+}
