@@ -853,6 +853,8 @@ def session_group(session_id: str) -> str:
 
 _broker: Broker | None = None
 _broker_loop: asyncio.AbstractEventLoop | None = None
+# The broker being made, while it sweeps (callers meanwhile wait for it).
+_making: asyncio.Task[Broker] | None = None
 
 
 def broker_made() -> Broker | None:
@@ -865,17 +867,31 @@ async def get_broker() -> Broker:
 
     Making it sweeps up what an earlier run of the portal left behind and
     starts the broker's own loops: events, the clock and the reaper.
+    Callers that come while it is being made wait for it: nobody uses a broker
+    whose sweep has not finished (it could start a machine the sweep then ends).
     """
-    global _broker, _broker_loop
+    global _making
     loop = asyncio.get_running_loop()
-    if _broker is None or _broker_loop is not loop:
+    if _broker is not None and _broker_loop is loop:
+        return _broker
+    if _making is None or _making.get_loop() is not loop:
+        _making = loop.create_task(_broker_make(loop), name="broker-make")
+    return await asyncio.shield(_making)
+
+
+async def _broker_make(loop: asyncio.AbstractEventLoop) -> Broker:
+    global _broker, _broker_loop, _making
+    try:
         config = BrokerConfig.from_settings()
-        _broker, _broker_loop = Broker(config), loop
+        broker = Broker(config)
         await sync_to_async(_sweep_on_start)(config)
-        await asyncio.to_thread(_broker.qemu_version)
-        _broker.background_start()
-        _stop_with_server(_broker)
-    return _broker
+        await asyncio.to_thread(broker.qemu_version)
+        broker.background_start()
+        _stop_with_server(broker)
+        _broker, _broker_loop = broker, loop
+        return broker
+    finally:
+        _making = None
 
 
 def _stop_with_server(broker: Broker) -> None:
