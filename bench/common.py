@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import io
 import json
 import os
 import platform
@@ -56,11 +57,11 @@ def portal_environment(*, exhibits: bool) -> Iterator[Path]:
     call_command("migrate", "--no-input", verbosity=0)
     if exhibits:
         call_command("add_exhibit", str(REPO / "build" / "demo.img"), slug="demo", title="Demo",
-                     boot="hdd", publish=True, stdout=open(os.devnull, "w"))
+                     boot="hdd", publish=True, stdout=io.StringIO())
         guests = Path(os.environ.get("PORTAL_GUESTS_DIR", REPO / "tests" / "guests"))
         for name in ("freedos-2048", "freedos-games"):
             call_command("add_exhibit", str(guests / f"{name}.img"), slug=name, title=name,
-                         boot="floppy", publish=True, stdout=open(os.devnull, "w"))
+                         boot="floppy", publish=True, stdout=io.StringIO())
     try:
         yield root
     finally:

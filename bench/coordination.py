@@ -185,7 +185,7 @@ def per_unit(window: dict[str, Any], idle: dict[str, Any], *, units: float) -> d
     scale = window["seconds"] / idle["seconds"]
 
     def each(key: str) -> float:
-        return (window[key] - idle[key] * scale) / units
+        return float((window[key] - idle[key] * scale) / units)
 
     def by_name(key: str) -> dict[str, float]:
         names = set(window[key]) | set(idle[key])

@@ -27,17 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    QUICK,
-    Table,
-    median,
-    portal_environment,
-    processes_naming,
-    ratio,
-    runs,
-    verdict,
-    write_results,
-)
+import psutil
+
+from bench.common import QUICK, Table, median, portal_environment, ratio, runs, verdict, write_results
+from tests.support.processes import processes_naming
 
 STEPS = [1, 5] if QUICK else [1, 100, 300, 500]
 # No batch starts while the host has less than this available.
@@ -60,13 +53,13 @@ os.environ.setdefault("PORTAL_POOL_SIZE", "0")
 
 
 def cpu_ticks(pid: int) -> int:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])
 
 
 def memory_kib(pid: int) -> dict[str, int]:
     values = {}
-    for line in open(f"/proc/{pid}/smaps_rollup"):
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
         name, _, rest = line.partition(":")
         if name in {"Rss", "Pss"}:
             values[name.lower()] = int(rest.split()[0])
@@ -74,19 +67,15 @@ def memory_kib(pid: int) -> dict[str, int]:
 
 
 def available_mib() -> float:
-    for line in open("/proc/meminfo"):
+    for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemAvailable:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
 
 def ksmd_pid() -> int | None:
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                if open(f"/proc/{entry}/comm").read().strip() == "ksmd":
-                    return int(entry)
-    return None
+    return next((process.pid for process in psutil.process_iter(["name"])
+                 if process.info["name"] == "ksmd"), None)
 
 
 async def window(pids: list[int], extra: int | None = None) -> tuple[list[float], float]:

@@ -134,10 +134,10 @@ def process_tree_cpu_s(pid: int | None) -> float:
         return 0.0
     total = 0.0
     try:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
         for task in os.listdir(f"/proc/{pid}/task"):
-            for child in open(f"/proc/{pid}/task/{task}/children").read().split():
+            for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split():
                 total += process_tree_cpu_s(int(child))
     except OSError:
         pass

@@ -328,7 +328,7 @@ async def pool_cost(portal: Any) -> dict[str, Any]:
 def _machines_by_kind(portal: Any) -> tuple[list[int], list[int]]:
     """The portal's QEMU pids: those still in the pool, and the visits' (a pooled
     machine's command line names its pool directory, which a visit's is renamed from)."""
-    from bench.common import processes_naming
+    from tests.support.processes import processes_naming
 
     pooled: list[int] = []
     visits: list[int] = []

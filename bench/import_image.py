@@ -14,6 +14,7 @@ and its SHA-256, which is the least any import must do.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 import shutil
@@ -59,10 +60,8 @@ def pattern_qcow2(path: Path, size: int) -> Path:
 def allocated(directory: Path) -> int:
     total = 0
     for path in directory.rglob("*"):
-        try:
+        with contextlib.suppress(FileNotFoundError):  # deleted between listing and looking
             total += path.stat().st_blocks * 512
-        except FileNotFoundError:  # deleted between listing and looking
-            pass
     return total
 
 

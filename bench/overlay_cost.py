@@ -71,7 +71,7 @@ async def create_delete_times(warm: Path, qemu_img: str, run_root: Path) -> dict
 
 def io_counters(pid: int) -> dict[str, int]:
     counters = {}
-    for line in open(f"/proc/{pid}/io"):
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
         name, _, value = line.partition(":")
         counters[name] = int(value)
     return counters

@@ -29,18 +29,9 @@ from typing import Any
 import requests
 from websockify.websocket import WebSocket
 
-from bench.common import (
-    REPO,
-    ServedPortal,
-    Table,
-    processes_naming,
-    rss_kib,
-    runs,
-    served_portal,
-    verdict,
-    write_results,
-)
-from sessions.prepare import sha256_file
+from bench.common import REPO, ServedPortal, Table, rss_kib, runs, served_portal, verdict, write_results
+from portal.importer import sha256_path as sha256_file
+from tests.support.processes import processes_naming
 
 TARGET_DETECTION_S = 2.0
 

@@ -30,20 +30,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import (
-    Table,
-    median,
-    ms,
-    p95,
-    processes_naming,
-    ratio,
-    runs,
-    served_portal,
-    verdict,
-    write_results,
-)
+from bench.common import Table, median, ms, p95, ratio, runs, served_portal, verdict, write_results
 from sessions.audio import BEGIN, END, AudioConnection, audio_format_for, audio_open
 from tests.support.portal_http import PortalVisitor
+from tests.support.processes import processes_naming
 from tests.support.rfb import RfbClient
 from tests.support.websocket import WebSocketTransport
 
@@ -64,7 +54,7 @@ def peak(pcm: bytes) -> int:
 
 
 def cpu_s(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CPU_TICKS
 
 

@@ -100,7 +100,8 @@ async def measure(root: Path) -> dict[str, Any]:
             began = time.perf_counter()
             response = await browser.get(f"{base}/screenshot.png")
             shots.append(time.perf_counter() - began)
-            assert response.status_code == 200 and response.content[:4] == b"\x89PNG"
+            assert response.status_code == 200
+            assert response.content[:4] == b"\x89PNG"
             target = machine.run_dir / "reference.ppm"
             began = time.perf_counter()
             await machine.screendump(target)

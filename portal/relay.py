@@ -135,7 +135,8 @@ class Relay:
         try:
             if match is not None:
                 return await self.holder_find(match[1])
-            assert watched is not None and self.watch_find is not None
+            assert watched is not None
+            assert self.watch_find is not None
             # A watch link names its visit by a token: the visit first, then its holder.
             session_id = await self.watch_find(watched[1])
             return await self.holder_find(session_id) if session_id is not None else None

@@ -361,7 +361,8 @@ async def _on_disk(upload: UploadedFile, held: contextlib.ExitStack) -> Path:
     held.callback(upload.close)
     if isinstance(upload, TemporaryUploadedFile):
         return Path(upload.temporary_file_path())
-    copy = held.enter_context(tempfile.NamedTemporaryFile(prefix="portal-media-"))
+    # Closed (and so deleted) by the caller's ExitStack, once the floppy is built.
+    copy = held.enter_context(tempfile.NamedTemporaryFile(prefix="portal-media-"))  # noqa: SIM115
 
     def write() -> None:
         for chunk in upload.chunks():

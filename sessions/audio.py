@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,46 +125,61 @@ class ServerStream:
         buffer = self._buffer
         if not buffer:
             return None
-        kind = buffer[0]
-        if kind == 0:  # FramebufferUpdate: only the acknowledgement of -259, no pixels
-            if len(buffer) < 4:
-                return None
-            count = int.from_bytes(buffer[2:4], "big")
-            if len(buffer) < 4 + 12 * count:
-                return None
-            for number in range(count):
-                (encoding,) = struct.unpack_from(">i", buffer, 4 + 12 * number + 8)
-                if encoding not in _PSEUDO_ENCODINGS:
-                    raise AudioError(f"the VNC server sent a picture (encoding {encoding}) "
-                                     "to a client that asked for none")
-            return 4 + 12 * count
-        if kind == 1:  # SetColourMapEntries
-            if len(buffer) < 6:
-                return None
-            return 6 + 6 * int.from_bytes(buffer[4:6], "big")
-        if kind == 2:  # Bell
-            return 1
-        if kind == 3:  # ServerCutText (negative length: extended clipboard)
-            if len(buffer) < 8:
-                return None
-            return 8 + abs(int.from_bytes(buffer[4:8], "big", signed=True))
-        if kind == _QEMU_MESSAGE:
-            if len(buffer) < 4:
-                return None
-            if buffer[1] != _QEMU_AUDIO:
-                raise AudioError(f"unknown QEMU server message {buffer[1]}")
-            operation = int.from_bytes(buffer[2:4], "big")
-            if operation in {_AUDIO_BEGIN, _AUDIO_END}:
-                return 4
-            if operation != _AUDIO_DATA:
-                raise AudioError(f"unknown QEMU audio message {operation}")
-            if len(buffer) < 8:
-                return None
-            length = int.from_bytes(buffer[4:8], "big")
-            if length > AUDIO_MESSAGE_MAX_BYTES:
-                raise AudioError(f"an audio message of {length} bytes")
-            return 8 + length
-        raise AudioError(f"unknown VNC server message {kind}")
+        sizer = _SERVER_MESSAGE_SIZES.get(buffer[0])
+        if sizer is None:
+            raise AudioError(f"unknown VNC server message {buffer[0]}")
+        return sizer(buffer)
+
+
+def _update_size(buffer: bytearray) -> int | None:
+    """FramebufferUpdate: only the acknowledgement of -259 is expected, no pixels."""
+    if len(buffer) < 4:
+        return None
+    count = int.from_bytes(buffer[2:4], "big")
+    if len(buffer) < 4 + 12 * count:
+        return None
+    for number in range(count):
+        (encoding,) = struct.unpack_from(">i", buffer, 4 + 12 * number + 8)
+        if encoding not in _PSEUDO_ENCODINGS:
+            raise AudioError(f"the VNC server sent a picture (encoding {encoding}) "
+                             "to a client that asked for none")
+    return 4 + 12 * count
+
+
+def _colour_map_size(buffer: bytearray) -> int | None:
+    """SetColourMapEntries."""
+    return 6 + 6 * int.from_bytes(buffer[4:6], "big") if len(buffer) >= 6 else None
+
+
+def _cut_text_size(buffer: bytearray) -> int | None:
+    """ServerCutText (a negative length: the extended clipboard)."""
+    return 8 + abs(int.from_bytes(buffer[4:8], "big", signed=True)) if len(buffer) >= 8 else None
+
+
+def _qemu_message_size(buffer: bytearray) -> int | None:
+    """QEMU's own server messages: of them, only audio."""
+    if len(buffer) < 4:
+        return None
+    if buffer[1] != _QEMU_AUDIO:
+        raise AudioError(f"unknown QEMU server message {buffer[1]}")
+    operation = int.from_bytes(buffer[2:4], "big")
+    if operation in {_AUDIO_BEGIN, _AUDIO_END}:
+        return 4
+    if operation != _AUDIO_DATA:
+        raise AudioError(f"unknown QEMU audio message {operation}")
+    if len(buffer) < 8:
+        return None
+    length = int.from_bytes(buffer[4:8], "big")
+    if length > AUDIO_MESSAGE_MAX_BYTES:
+        raise AudioError(f"an audio message of {length} bytes")
+    return 8 + length
+
+
+# The size of each server message an audio client may receive, by its type.
+_SERVER_MESSAGE_SIZES: dict[int, Callable[[bytearray], int | None]] = {
+    0: _update_size, 1: _colour_map_size, 2: lambda buffer: 1, 3: _cut_text_size,
+    _QEMU_MESSAGE: _qemu_message_size,
+}
 
 
 # --- Sound and silence -----------------------------------------------------------

@@ -237,4 +237,4 @@ class Confinement:
 
 def uid_range_valid(base: int, count: int) -> bool:
     """The dedicated range must not reach root, system users or the 32-bit end."""
-    return 65536 <= base and base + count < 2**32 - 1
+    return base >= 65536 and base + count < 2**32 - 1

@@ -342,7 +342,8 @@ class Keeper:
                     pass
             await self._replace(visit)
         except BaseException:
-            if visit.phase is Phase.RESETTING:
+            # The phase is what it is now: other tasks move it while this one awaits.
+            if visit.phase is Phase.RESETTING:  # type: ignore[comparison-overlap]
                 # Neither machine runs: the visit cannot go on.
                 self._finish_soon(visit, reason=EndReason.SERVER,
                                   detail="The machine could not be reset.")
@@ -397,7 +398,7 @@ class Keeper:
                                    "checkpoint); try again in a moment.")
         if self.config.sandbox is None or visit.machine is None:
             raise SandboxError("This server keeps no checkpoints or visitors' files.")
-        if visit.sandbox is None or visit.sandbox.machine is not visit.machine:
+        if visit.sandbox is None or visit.sandbox.machine is not cast(SandboxMachine, visit.machine):
             visit.sandbox = Sandbox(machine=cast(SandboxMachine, visit.machine), run_dir=visit.run_dir,
                                     config=self.config.sandbox)
         return visit, visit.sandbox
@@ -469,7 +470,8 @@ class Keeper:
         """A zip of the files the visit created or changed on the machine's FAT disks: an
         unnamed file in the run directory, gone once closed, read from its start."""
         visit, sandbox = self._sandbox(session_id)
-        archive = tempfile.TemporaryFile(dir=visit.run_dir)
+        # Handed to the caller, whose response closes it once sent.
+        archive = tempfile.TemporaryFile(dir=visit.run_dir)  # noqa: SIM115
         try:
             await sandbox.files_out(archive)
         except MachineError as error:

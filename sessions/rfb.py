@@ -173,6 +173,15 @@ class ViewerGate:
             passed += taken
 
     def _next(self) -> bytes | None:
+        """What of the buffer's head may pass now (b"" for a message dropped); None
+        while more bytes are needed."""
+        if self._stage < 3:
+            return self._handshake_next()
+        if not self._buffer:
+            return None
+        return self._message_next()
+
+    def _handshake_next(self) -> bytes | None:
         buffer = self._buffer
         if self._stage == 0:
             if len(buffer) < 12:
@@ -189,10 +198,12 @@ class ViewerGate:
                 raise ViewerRefusedError("A watch link's viewer may only choose no security.")
             self._stage = 2
             return self._take(1)
-        if self._stage == 2:
-            self._stage = 3
-            self._take(1)
-            return b"\x01"  # shared
+        self._stage = 3
+        self._take(1)
+        return b"\x01"  # shared
+
+    def _message_next(self) -> bytes | None:
+        buffer = self._buffer
         message_type = buffer[0]
         if message_type == 6:
             # ClientCutText: noVNC announces its clipboard (the extended clipboard's
@@ -206,11 +217,7 @@ class ViewerGate:
             if message_type == _QEMU and len(buffer) < 2:
                 return None
             if message_type in _INPUT_TYPES or buffer[1] == _QEMU_EXTENDED_KEY_EVENT:
-                input_size = 12 if message_type == _QEMU else _FIXED[message_type]
-                if len(buffer) < input_size:
-                    return None
-                self.saw_input = True
-                return self._take(input_size)
+                return self._input_next(message_type)
         if message_type not in _VIEWER_TYPES:
             what = _REFUSED_WORDS.get(message_type, f"an RFB message of type {message_type}")
             raise ViewerRefusedError(f"This is a watch link: it shows the machine and takes no input, "
@@ -222,6 +229,14 @@ class ViewerGate:
         if size is None or len(buffer) < size:
             return None
         return self._take(size)
+
+    def _input_next(self, message_type: int) -> bytes | None:
+        """A key or pointer event of a watcher who has been given control."""
+        input_size = 12 if message_type == _QEMU else _FIXED[message_type]
+        if len(self._buffer) < input_size:
+            return None
+        self.saw_input = True
+        return self._take(input_size)
 
     def _message_size(self) -> int | None:
         buffer = self._buffer

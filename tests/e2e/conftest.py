@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.conftest import REPO, processes_naming, service_stopped
+from tests.conftest import REPO, service_stopped
+from tests.support.processes import processes_naming
 
 if TYPE_CHECKING:
     from deploy.services import Nginx

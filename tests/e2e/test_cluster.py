@@ -22,8 +22,9 @@ import pytest
 
 from deploy.services import port_free
 from sessions.machine import process_alive
-from tests.conftest import DEMO_IMAGE, REPO, processes_naming
+from tests.conftest import DEMO_IMAGE, REPO
 from tests.support.portal_http import PortalVisitor
+from tests.support.processes import processes_naming
 from tests.support.wait import wait_until
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import processes_naming
 from tests.e2e.conftest import Portal
 from tests.support.portal_http import PortalVisitor
+from tests.support.processes import processes_naming
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0,

@@ -9,8 +9,8 @@ import signal
 from typing import Any
 
 from sessions.machine import process_alive
-from tests.conftest import processes_naming
 from tests.e2e.conftest import Portal
+from tests.support.processes import processes_naming
 
 
 def start_machine(portal: Portal, browser: Any) -> Any:

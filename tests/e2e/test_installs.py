@@ -18,9 +18,10 @@ from pathlib import Path
 
 from sessions.host import machine_lease_take
 from sessions.machine import process_alive
-from tests.conftest import REPO, processes_naming
+from tests.conftest import REPO
 from tests.e2e.conftest import Portal, PortalFactory
 from tests.support.portal_http import PortalVisitor
+from tests.support.processes import processes_naming
 from tests.support.wait import wait_until
 
 # A reaper tick every 0.2 s; a visit lasts although no page watches it.

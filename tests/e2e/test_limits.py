@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import processes_naming
 from tests.e2e.conftest import Portal
 from tests.support.portal_http import PortalVisitor
+from tests.support.processes import processes_naming
 from tests.support.websocket import WebSocketTransport
 
 

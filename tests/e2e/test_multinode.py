@@ -21,9 +21,9 @@ import pytest
 
 from deploy.services import Nginx, PostgreSQL, Redis
 from sessions.machine import process_alive
-from tests.conftest import processes_naming
 from tests.e2e.conftest import NginxFactory, Portal, PortalFactory
 from tests.support.portal_http import PortalVisitor
+from tests.support.processes import processes_naming
 from tests.support.wait import wait_until
 
 Cluster = tuple[Portal, Portal, Nginx]

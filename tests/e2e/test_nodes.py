@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from sessions.machine import process_alive
-from tests.conftest import processes_naming
 from tests.e2e.conftest import PortalFactory
 from tests.e2e.test_installs import orphan
 from tests.support.portal_http import PortalVisitor
+from tests.support.processes import processes_naming
 from tests.support.wait import wait_until
 
 

@@ -7,9 +7,9 @@ import json
 import urllib.request
 from typing import Any
 
-from tests.conftest import processes_naming
 from tests.e2e.conftest import PortalFactory
 from tests.support.portal_http import PortalVisitor
+from tests.support.processes import processes_naming
 from tests.support.wait import wait_until
 
 
@@ -42,7 +42,8 @@ def test_a_start_gets_a_pooled_machine_whose_first_picture_is_the_desktop(
     wait_until(lambda: health(site.url)["pool"]["exhibits"].get("demo") == 1, timeout_s=60,
                what="the pool made up again")
     running = processes_naming(site.run_dir)
-    assert pooled in running and len(running) == 2
+    assert pooled in running
+    assert len(running) == 2
     assert visitor.session_end(session["id"]) == 204
     wait_until(lambda: pooled not in processes_naming(site.run_dir), timeout_s=10,
                what="the visit's machine gone, not pooled again")
@@ -65,4 +66,5 @@ def test_after_a_server_crash_the_pool_is_swept_and_made_anew(portal_make: Porta
     assert fresh != orphan
     # The orphan's run directory went with it: only the new pooled machine's is there.
     left = [path.name for path in site.run_dir.iterdir()]
-    assert len(left) == 1 and left[0].startswith("pool-"), left
+    assert len(left) == 1, left
+    assert left[0].startswith("pool-"), left

@@ -24,12 +24,12 @@ from typing import Any
 import pytest
 
 from sessions.machine import process_alive
-from tests.conftest import processes_naming
 from tests.e2e.conftest import Portal, PortalFactory
 from tests.e2e.test_hostile_clients import MIB, SCREEN_LIT, close_code_of, log_says, rss_bytes
-from tests.e2e.test_installs import wait_until
 from tests.e2e.test_sound import F5, peak
 from tests.support.portal_http import PortalVisitor
+from tests.support.processes import processes_naming
+from tests.support.wait import wait_until
 from tests.support.websocket import WebSocketTransport
 
 # The demo's About icon, and a pixel of the About window's title bar (see test_visit.py).

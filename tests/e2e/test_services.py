@@ -10,6 +10,7 @@ about an address can only have come through nginx's X-Forwarded-For.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 from collections.abc import Callable
@@ -109,10 +110,8 @@ def test_a_visit_runs_through_nginx_on_postgresql_and_redis(
 def _http_exchange(edge: Nginx, head: bytes, body: bytes = b"") -> bytes:
     with socket.create_connection(("127.0.0.1", edge.port), timeout=30) as connection:
         connection.sendall(head)
-        try:
+        with contextlib.suppress(OSError):  # refused before the body was read: the point
             connection.sendall(body)
-        except OSError:
-            pass  # refused before the body was read: the point
         answer = b""
         while chunk := connection.recv(65536):
             answer += chunk

@@ -44,11 +44,14 @@ async def heard_within(sound: WebSocketTransport, seconds: float) -> float:
 
 async def silent_for(sound: WebSocketTransport, seconds: float) -> list[int]:
     """The peaks of whatever arrives within seconds (nothing, while the guest is quiet)."""
-    peaks = []
+    peaks: list[int] = []
+
+    async def listen() -> None:
+        while True:
+            peaks.append(peak(await sound.receive()))
+
     with pytest.raises(TimeoutError):
-        async with asyncio.timeout(seconds):
-            while True:
-                peaks.append(peak(await sound.receive()))
+        await asyncio.wait_for(listen(), seconds)
     return peaks
 
 

@@ -68,7 +68,8 @@ def test_watchers_see_the_machine_but_never_reach_it_and_go_when_revoked(portal:
     watchers_path = f"/api/sessions/{session['id']}/watchers"
     assert stranger.request("POST", watchers_path)[0] == 404
     status, link = owner.request("POST", watchers_path)
-    assert status == 201 and link["watch_url"] == f"/watch/{link['token']}/"
+    assert status == 201
+    assert link["watch_url"] == f"/watch/{link['token']}/"
     vnc = f"/ws/watch/{link['token']}/vnc"
 
     async def visit() -> None:
@@ -92,7 +93,8 @@ def test_watchers_see_the_machine_but_never_reach_it_and_go_when_revoked(portal:
         keyed = await watcher(portal, vnc)
         await keyed.type_text("x")
         code, reason = await close_code_of(keyed.transport)  # type: ignore[arg-type]
-        assert code == 4400 and "watch link" in reason
+        assert code == 4400
+        assert "watch link" in reason
         pointing = await watcher(portal, vnc)
         await pointing.pointer(256, 102, buttons=1)
         assert (await close_code_of(pointing.transport))[0] == 4400  # type: ignore[arg-type]
@@ -104,7 +106,8 @@ def test_watchers_see_the_machine_but_never_reach_it_and_go_when_revoked(portal:
         second = await watcher(portal, vnc)
         third = await PortalVisitor(portal.url).websocket(vnc)
         code, reason = await close_code_of(third)
-        assert code == 4429 and "watching" in reason
+        assert code == 4429
+        assert "watching" in reason
 
         # Revoke: every watcher goes with 4401, the link opens nothing, the owner stays.
         assert (await asyncio.to_thread(owner.request, "DELETE", watchers_path))[0] == 204
@@ -140,11 +143,13 @@ def test_watchers_keep_no_machine_alive_and_are_never_input(portal: Portal) -> N
         # The grace period runs out with the watcher still there: the visit ends.
         assert await ended_with(watching) == 4410
         _, row = await asyncio.to_thread(left.request, "GET", f"/api/sessions/{gone['id']}")
-        assert row["state"] == "ended" and row["ended_reason"] == "visitor"
+        assert row["state"] == "ended"
+        assert row["ended_reason"] == "visitor"
         # The watch page of an ended visit says so.
         status, state = await asyncio.to_thread(PortalVisitor(portal.url).request, "GET",
                                                 f"/watch/{link['token']}/state")
-        assert status == 200 and state["state"] == "ended"
+        assert status == 200
+        assert state["state"] == "ended"
 
         # The owner stays but does nothing; a watcher asks for pictures and tries a key:
         # none of it is input, and the idle limit ends the visit.
@@ -159,7 +164,8 @@ def test_watchers_keep_no_machine_alive_and_are_never_input(portal: Portal) -> N
         assert (await close_code_of(trying.transport))[0] == 4400  # type: ignore[arg-type]
         assert await ended_with(busy) == 4410
         _, row = await asyncio.to_thread(stayed.request, "GET", f"/api/sessions/{idle['id']}")
-        assert row["state"] == "ended" and row["ended_reason"] == "idle"
+        assert row["state"] == "ended"
+        assert row["ended_reason"] == "idle"
         await mine.close()
 
     asyncio.run(visit())
@@ -282,7 +288,8 @@ def test_the_tools_and_a_watch_link_work_through_a_node_that_does_not_hold_the_v
     assert status == 201
     watching_b = PortalVisitor(other.url)
     status, page = watching_b.request("GET", link["watch_url"])
-    assert status == 200 and b"Portal demo" in page
+    assert status == 200
+    assert b"Portal demo" in page
 
     async def through_b() -> None:
         seeing = await watching_b.display(f"/ws/watch/{link['token']}/vnc")

@@ -6,8 +6,8 @@ import os
 import re
 from typing import Any
 
-from tests.conftest import processes_naming
 from tests.e2e.conftest import Portal
+from tests.support.processes import processes_naming
 
 # Counts lit pixels and fingerprints a region of noVNC's canvas, as a person would
 # look at it: what is drawn, not how it got there.

@@ -92,8 +92,7 @@ async def test_it_closes_with_4410_when_the_session_ends_while_watching(
     transport = rfb.transport
     assert isinstance(transport, CommunicatorTransport)
     with pytest.raises(ConnectionError):
-        while True:
-            await rfb.read_message()
+        await rfb.read_until_closed()
     assert transport.close_code == 4410
 
 

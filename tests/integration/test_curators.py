@@ -264,7 +264,7 @@ def curator_client(portal_dirs: Path, settings: Any, tmp_path: Path) -> Client:
 def test_the_admin_upload_streams_to_disk_and_imports(curator_client: Client, settings: Any,
                                                       tmp_path: Path, portal_dirs: Path) -> None:
     assert settings.FILE_UPLOAD_HANDLERS[-1].endswith("TemporaryFileUploadHandler")
-    assert settings.FILE_UPLOAD_MAX_MEMORY_SIZE < FREEDOS_2048.stat().st_size
+    assert FREEDOS_2048.stat().st_size > settings.FILE_UPLOAD_MAX_MEMORY_SIZE
     page = curator_client.get("/admin/portal/diskimage/upload/")
     assert page.status_code == 200
     assert b"portal/upload.js" in page.content

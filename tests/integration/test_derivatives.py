@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +31,14 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-async def staff(db: Any) -> AsyncIterator[AsyncClient]:
+async def staff(db: Any) -> AsyncClient:
     from django.contrib.auth.models import User
 
     user = await sync_to_async(User.objects.create_user)(username="curator", password="x",
                                                           is_staff=True, is_superuser=True)
     client = AsyncClient()
     await client.aforce_login(user)
-    yield client
+    return client
 
 
 async def visit_open(broker: Any, client: AsyncClient, path: str) -> Visit:

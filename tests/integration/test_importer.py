@@ -6,6 +6,7 @@ image is refused, and the store is left exactly as it was.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
@@ -525,12 +526,10 @@ def test_it_refuses_a_sparse_raw_over_the_limit_without_writing_its_holes(
     # Too small for the disk's holes: writing them out would fill it.
     with small_filesystem(size="16m") as filesystem:
         store = filesystem / "images"
-        with pytest.raises(ImageRejectedError) as caught:
-            if given == "path":
-                image_import(source, name="big.img", store=store, limits=limits)
-            else:
-                with source.open("rb") as stream:
-                    image_import(stream, name="big.img", store=store, limits=limits)
+        with contextlib.ExitStack() as opened:
+            given_source = source if given == "path" else opened.enter_context(source.open("rb"))
+            with pytest.raises(ImageRejectedError) as caught:
+                image_import(given_source, name="big.img", store=store, limits=limits)
         assert store_contents(store) == []
     assert caught.value.reason == "too_large"
     assert "64 MiB" in str(caught.value)
@@ -561,12 +560,11 @@ def test_it_refuses_an_import_that_would_not_fit_and_leaves_nothing(tmp_path: Pa
                           max_virtual_bytes=LIMITS.max_virtual_bytes, free_margin_bytes=MIB)
     with small_filesystem(size="40m") as filesystem:
         store = filesystem / "images"
-        with pytest.raises(ImageRejectedError) as caught:
-            if step == "copy from a stream":
-                with source.open("rb") as stream:
-                    image_import(stream, name="disk.vdi", store=store, limits=limits)
-            else:
-                image_import(source, name="disk.vdi", store=store, limits=limits)
+        with contextlib.ExitStack() as opened:
+            given_source = (opened.enter_context(source.open("rb")) if step == "copy from a stream"
+                            else source)
+            with pytest.raises(ImageRejectedError) as caught:
+                image_import(given_source, name="disk.vdi", store=store, limits=limits)
         assert store_contents(store) == []
         assert allocated_total(filesystem) == 0
     assert caught.value.reason == "no_space", str(caught.value)

@@ -20,8 +20,9 @@ from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient
 
 from portal.models import Exhibit
+from portal.profile import MachineProfile
 from sessions.broker import Broker, get_broker
-from sessions.machine import Machine, MachineProfile, process_alive
+from sessions.machine import Machine, process_alive
 from sessions.models import VisitorSession
 from sessions.overlay import overlay_create, run_dir_create
 from tests.conftest import FREEDOS_2048, ExhibitFactory, needs_kvm, visitor, ws_communicator

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from sessions.machine import Machine, MachineProfile, MachineStartError, process_alive
-from tests.conftest import FREEDOS_2048, KVM, processes_naming
+from portal.profile import MachineProfile
+from sessions.machine import Machine, MachineStartError, process_alive
+from tests.conftest import FREEDOS_2048, KVM
+from tests.support.processes import processes_naming
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ live visits with its End button, against real QEMU."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -130,14 +129,14 @@ async def test_it_serves_metrics_to_the_configured_addresses_only(broker: Broker
 
 
 @pytest.fixture
-async def staff(db: Any) -> AsyncIterator[AsyncClient]:
+async def staff(db: Any) -> AsyncClient:
     from django.contrib.auth.models import User
 
     user = await sync_to_async(User.objects.create_user)(username="operator", password="x",
                                                           is_staff=True, is_superuser=True)
     client = AsyncClient()
     await client.aforce_login(user)
-    yield client
+    return client
 
 
 async def test_the_staff_page_lists_live_visits_and_ends_one_telling_its_visitor(

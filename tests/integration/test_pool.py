@@ -17,15 +17,9 @@ from portal.models import StartState
 from sessions.broker import exhibit_prepare
 from sessions.models import VisitorSession
 from sessions.prepare import StartCondition
-from tests.conftest import (
-    FREEDOS_2048,
-    FREEDOS_GAMES,
-    ExhibitFactory,
-    display_watch,
-    processes_naming,
-    visitor,
-)
+from tests.conftest import FREEDOS_2048, FREEDOS_GAMES, ExhibitFactory, display_watch, visitor
 from tests.support.guest import wait_for_text
+from tests.support.processes import processes_naming
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -58,7 +52,7 @@ async def games(pool_broker: Any, exhibit_create: ExhibitFactory) -> Any:
 async def pooled(broker: Any, slug: str, count: int) -> list[int]:
     """Wait until the pool holds `count` machines of the exhibit; their QEMU pids."""
     async def holds() -> bool:
-        return broker.pool.sizes().get(slug, 0) == count
+        return bool(broker.pool.sizes().get(slug, 0) == count)
     await eventually(holds, timeout_s=TIMEOUT_S)
     return sorted(entry.machine.pid for machines in broker.pool._machines.values()
                   for entry in machines if entry.slug == slug)
@@ -107,7 +101,8 @@ async def test_it_hands_a_visitor_a_pooled_machine_running_on_a_fresh_overlay_at
                                           str(overlay)], capture_output=True, check=True).stdout)
         warm = (await StartState.objects.aget(exhibit=games)).warm_path
         assert info["backing-filename"] == warm
-        assert Path(row.run_dir).name == session["id"] and machine.run_dir == Path(row.run_dir)
+        assert Path(row.run_dir).name == session["id"]
+        assert machine.run_dir == Path(row.run_dir)
         # The prompt, at once: nothing booted.
         assert "A:\\>" in await machine.text_screen()
         said = await guest_time(machine, rfb)
@@ -166,9 +161,11 @@ async def test_a_reset_takes_a_machine_from_the_pool(pool_broker: Any, games: An
         waiting = pool_pids(pool_broker)
         old = pool_broker.machine(session["id"])
         response = await browser.post(f"/api/sessions/{session['id']}/reset")
-        assert response.status_code == 200 and response.json()["state"] == "running"
+        assert response.status_code == 200
+        assert response.json()["state"] == "running"
         new = pool_broker.machine(session["id"])
-        assert new.pid in waiting and new.pid != old.pid
+        assert new.pid in waiting
+        assert new.pid != old.pid
         assert not Path(f"/proc/{old.pid}").exists()
         rfb = await display_watch(browser, session["vnc_path"])
         try:
@@ -198,7 +195,8 @@ async def test_a_stale_start_state_empties_the_pool(pool_broker: Any, games: Any
                 Path(f"/proc/{pid}").exists() for pid in waiting)
         await eventually(emptied, timeout_s=TIMEOUT_S)
         health = (await visitor().get("/healthz")).json()
-        assert health["pool"]["exhibits"] == {} and health["pool"]["size"] == 2
+        assert health["pool"]["exhibits"] == {}
+        assert health["pool"]["size"] == 2
     finally:
         await browser.delete(f"/api/sessions/{session['id']}")
 
@@ -276,6 +274,7 @@ async def test_pools_come_back_after_the_node_restarts(pool_broker: Any, games: 
         await staff.aforce_login(user)
         page = (await staff.get("/admin/visits/visitorsession/live/")).content.decode()
         shown = page[page.index('id="warm-pool"'):]
-        assert "per exhibit: 2" in shown and "games: 2" in shown
+        assert "per exhibit: 2" in shown
+        assert "games: 2" in shown
     finally:
         await again.shutdown()

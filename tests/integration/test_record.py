@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -50,8 +51,8 @@ def test_deleting_records_it_and_a_master_in_use_is_refused_naming_its_users(por
     exhibit_delete(exhibit, agent="staff user curator")
     disk_image_delete(image, agent="staff user curator")
     assert not Path(image.path).exists()
-    record = list(PreservationEvent.objects.values_list("event_type", "agent", "image_sha256",
-                                                        "exhibit_slug", "image"))
+    record: list[tuple[Any, ...]] = list(PreservationEvent.objects.values_list(
+        "event_type", "agent", "image_sha256", "exhibit_slug", "image"))
     assert record == [
         ("deletion", "staff user curator", image.sha256, "", None),
         ("deletion", "staff user curator", "", "dos", None),

@@ -82,7 +82,8 @@ async def visit(broker: Any) -> Visit:
 def png_size(png: bytes) -> tuple[int, int]:
     assert png[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
     length, kind = struct.unpack(">I4s", png[8:16])
-    assert kind == b"IHDR" and length == 13
+    assert kind == b"IHDR"
+    assert length == 13
     width, height = struct.unpack(">II", png[16:24])
     return width, height
 
@@ -130,12 +131,14 @@ async def test_it_types_text_with_shift_exactly_at_a_dos_prompt(broker: Any, gam
     one = await visit(broker)
     try:
         idle_before = broker.keeper.idle_s(one.id)
-        assert idle_before is not None and idle_before > 0
+        assert idle_before is not None
+        assert idle_before > 0
         response = await one.keys({"text": "echo Hello (1+2)> OUT.TXT\n"})
         assert response.status_code == 204, response.content
         # Typing is input: the idle clock starts again.
         idle_after = broker.keeper.idle_s(one.id)
-        assert idle_after is not None and idle_after < idle_before
+        assert idle_after is not None
+        assert idle_after < idle_before
         await wait_for_text(one.machine, one.rfb, "A:\\>echo Hello (1+2)> OUT.TXT", timeout_s=30)
 
         async def written() -> bool:
@@ -175,15 +178,19 @@ async def test_it_refuses_bad_typing_with_a_sentence_and_types_nothing(broker: A
     try:
         limit = broker.config.keys_max_chars
         too_long = await one.keys({"text": "a" * (limit + 1)})
-        assert too_long.status_code == 400 and too_long.json()["error"] == "too_long"
+        assert too_long.status_code == 400
+        assert too_long.json()["error"] == "too_long"
         assert str(limit) in too_long.json()["detail"]
 
         unsupported = await one.keys({"text": "café ☕"})
-        assert unsupported.status_code == 400 and unsupported.json()["error"] == "unsupported_keys"
-        assert "'é'" in unsupported.json()["detail"] and "☕" in unsupported.json()["detail"]
+        assert unsupported.status_code == 400
+        assert unsupported.json()["error"] == "unsupported_keys"
+        assert "'é'" in unsupported.json()["detail"]
+        assert "☕" in unsupported.json()["detail"]
 
         combo = await one.keys({"combo": "ctrl-alt-explode"})
-        assert combo.status_code == 400 and "ctrl-alt-delete" in combo.json()["detail"]
+        assert combo.status_code == 400
+        assert "ctrl-alt-delete" in combo.json()["detail"]
 
         for malformed in (b"{not json", b"[1, 2]", b'{"text": "a", "combo": "ctrl-c"}', b'{"text": 5}',
                           b"{}"):
@@ -205,7 +212,8 @@ async def test_it_refuses_bad_typing_with_a_sentence_and_types_nothing(broker: A
     finally:
         await one.close()
     ended = await one.keys({"text": "dir\n"})
-    assert ended.status_code == 409 and ended.json()["error"] == "session_ended"
+    assert ended.status_code == 409
+    assert ended.json()["error"] == "session_ended"
     assert ended.json()["detail"]
 
 
@@ -251,7 +259,8 @@ async def test_a_watcher_sees_the_machine_but_no_key_of_theirs_reaches_it(broker
         created = await one.browser.post(f"/api/sessions/{one.id}/watchers")
         assert created.status_code == 201
         link = created.json()
-        assert link["watch_url"] == f"/watch/{link['token']}/" and len(link["token"]) >= 22
+        assert link["watch_url"] == f"/watch/{link['token']}/"
+        assert len(link["token"]) >= 22
         vnc = f"/ws/watch/{link['token']}/vnc"
 
         watcher, _ = await watcher_open(vnc)
@@ -271,12 +280,13 @@ async def test_a_watcher_sees_the_machine_but_no_key_of_theirs_reaches_it(broker
         await keyed.first_update()
         await keyed.type_text("echo leaked > LEAK.TXT\n")
         with pytest.raises(ConnectionError):
-            while True:
-                await keyed.read_message()
+            await keyed.read_until_closed()
         assert keyed_transport.close_code == CLOSE_UNSUPPORTED_DATA
         # A watcher is never input: the idle clock ran on.
         idle_after = broker.keeper.idle_s(one.id)
-        assert idle_after is not None and idle_before is not None and idle_after >= idle_before
+        assert idle_after is not None
+        assert idle_before is not None
+        assert idle_after >= idle_before
 
         # The owner's keys do reach it: the line holds the owner's text and nothing else.
         await one.rfb.type_text("rem owner")
@@ -289,8 +299,7 @@ async def test_a_watcher_sees_the_machine_but_no_key_of_theirs_reaches_it(broker
         await pointing.first_update()
         await pointing.pointer(10, 10, buttons=1)
         with pytest.raises(ConnectionError):
-            while True:
-                await pointing.read_message()
+            await pointing.read_until_closed()
         assert pointing_transport.close_code == CLOSE_UNSUPPORTED_DATA
 
         # Hand-over: the owner gives one watcher the keyboard and mouse; its keys then
@@ -299,10 +308,12 @@ async def test_a_watcher_sees_the_machine_but_no_key_of_theirs_reaches_it(broker
         await helper.handshake()
         await helper.first_update()
         listed = (await one.browser.get(f"/api/sessions/{one.id}/watchers")).json()
-        assert "helper-0001" in listed["names"] and listed["control"] is None
+        assert "helper-0001" in listed["names"]
+        assert listed["control"] is None
         control = f"/api/sessions/{one.id}/watchers/control"
         unknown = await one.browser.post(control, {"watcher": "nobody-0001"}, content_type="application/json")
-        assert unknown.status_code == 404 and unknown.json()["detail"]
+        assert unknown.status_code == 404
+        assert unknown.json()["detail"]
         stranger = visitor()
         await stranger.get("/api/exhibits")
         assert (await stranger.post(control, {"watcher": "helper-0001"},
@@ -313,12 +324,13 @@ async def test_a_watcher_sees_the_machine_but_no_key_of_theirs_reaches_it(broker
         await helper.type_text(" helped")
         await wait_for_text(one.machine, one.rfb, PROMPT + "rem owner helped", timeout_s=30)
         idle_after = broker.keeper.idle_s(one.id)
-        assert idle_after is not None and idle_before is not None and idle_after < idle_before
+        assert idle_after is not None
+        assert idle_before is not None
+        assert idle_after < idle_before
         assert (await one.browser.delete(control)).status_code == 204
         await helper.type_text("x")
         with pytest.raises(ConnectionError):
-            while True:
-                await helper.read_message()
+            await helper.read_until_closed()
         assert helper_transport.close_code == CLOSE_UNSUPPORTED_DATA
         assert await one.prompt_line() == PROMPT + "rem owner helped"
 
@@ -334,7 +346,8 @@ async def test_a_watcher_sees_the_machine_but_no_key_of_theirs_reaches_it(broker
         for _ in range(WATCH_LINKS_PER_VISIT - 1):
             assert (await one.browser.post(f"/api/sessions/{one.id}/watchers")).status_code == 201
         over = await one.browser.post(f"/api/sessions/{one.id}/watchers")
-        assert over.status_code == 409 and over.json()["error"] == "watch_link_limit"
+        assert over.status_code == 409
+        assert over.json()["error"] == "watch_link_limit"
 
         # Revoke: every watcher is closed with 4401, and the link opens nothing any more.
         assert (await one.browser.delete(f"/api/sessions/{one.id}/watchers")).status_code == 204

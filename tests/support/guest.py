@@ -12,8 +12,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from portal.importer import sha256_path as sha256_file
 from sessions.machine import Machine
-from sessions.prepare import sha256_file
 from tests.support.rfb import RfbClient
 
 

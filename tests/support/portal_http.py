@@ -29,7 +29,7 @@ class _FromAddress(urllib.request.HTTPHandler):
     def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         def connection(host: str, **kwargs: Any) -> http.client.HTTPConnection:
             return http.client.HTTPConnection(host, source_address=(self.address, 0), **kwargs)
-        return self.do_open(connection, req)  # type: ignore[arg-type]
+        return self.do_open(connection, req)
 
 
 class PortalVisitor:

@@ -147,6 +147,12 @@ class RfbClient:
             struct.pack(">BBHHHH", 3, int(incremental), 0, 0, self.width, self.height)
         )
 
+    async def read_until_closed(self) -> None:
+        """Read (and apply) messages until the server closes the stream: raises the
+        transport's ConnectionError then."""
+        while True:
+            await self.read_message()
+
     async def read_message(self) -> None:
         (kind,) = struct.unpack("B", await self._read_exact(1))
         if kind == 0:

@@ -37,7 +37,7 @@ def test_it_derives_the_identity_from_the_data_directory_unless_one_is_set(
     assert cgroup_parent_name(install_id()) == "portal-staging"
     for bad in ("../up", "a/b", "-x", "x" * 41, "with space"):
         settings.PORTAL_INSTALL_ID = bad
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="PORTAL_INSTALL_ID must be"):
             install_id()
 
 
@@ -57,7 +57,7 @@ def test_it_lets_one_owner_hold_a_machine_and_the_reaper_take_it_only_when_let_g
         assert machine_lease_try(name="session-1", directory=tmp_path) is None
     assert machine_lease_names(tmp_path) == []
     assert oct(tmp_path.stat().st_mode & 0o777) == oct(0o700)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="invalid machine name"):
         machine_lease_take(name="../escape", directory=tmp_path)
 
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from portal.profile import sound_devices
-from sessions.machine import MachineProfile, accelerator_resolve, build_argv, state_key
+from portal.profile import MachineProfile, sound_devices
+from sessions.machine import accelerator_resolve, build_argv, state_key
 
 
 def argv_for(profile: MachineProfile, accelerator: str = "kvm") -> list[str]:
@@ -68,7 +68,7 @@ def test_it_attaches_the_overlay_as_the_boot_device(boot: str, interface: str, o
     {"sound": ("pcspk", "adlib", "adlib")},
 ])
 def test_it_refuses_a_profile_it_cannot_build(bad: dict[str, object]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"unknown|outside|must be|two floppy drives"):
         MachineProfile(**bad)  # type: ignore[arg-type]
 
 
@@ -86,7 +86,7 @@ def test_it_ties_a_saved_state_to_everything_it_depends_on() -> None:
 
 
 def test_it_refuses_an_unknown_accelerator() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown accelerator 'hax'"):
         argv_for(MachineProfile(), "hax")
 
 
@@ -119,7 +119,7 @@ def test_it_gives_the_guest_the_sound_of_its_profile(cards: tuple[str, ...], dev
 def test_it_names_the_sound_hardware_in_one_order() -> None:
     assert sound_devices([]) == ("pcspk",)
     assert sound_devices(["sb16", "pcspk", "adlib", "sb16"]) == ("pcspk", "adlib", "sb16")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown sound device 'gus'"):
         sound_devices(["gus"])
 
 
@@ -139,9 +139,9 @@ def test_it_attaches_extra_media_in_free_slots_with_cds_read_only() -> None:
 
 
 def test_it_refuses_more_media_than_a_pc_has_drives() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="two floppy drives"):
         MachineProfile(boot="floppy", extra_media=("floppy", "floppy"))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown media kind 'tape'"):
         MachineProfile(extra_media=("tape",))
 
 
@@ -173,7 +173,7 @@ def test_it_runs_at_host_speed_without_counting_instructions() -> None:
 
 
 def test_it_refuses_a_period_speed_under_kvm() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs software emulation"):
         argv_for(MachineProfile(speed="486dx33"), "kvm")
 
 
