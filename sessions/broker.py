@@ -171,11 +171,6 @@ class Broker:
         """This node's machines: starting, running or still stopping."""
         return sum(1 for visit in self.keeper.visits() if visit.phase is not Phase.QUEUED)
 
-    @property
-    def queue_length(self) -> int:
-        """Visitors in line that this node holds (the line itself is all nodes')."""
-        return sum(1 for visit in self.keeper.visits() if visit.phase is Phase.QUEUED)
-
     def qemu_version(self) -> str:
         return self.launcher.qemu_version()
 

@@ -112,9 +112,16 @@ async def _reach(machine: Machine, condition: StartCondition, scratch: Path) -> 
     if condition.after_s is not None:
         await asyncio.sleep(max(0.0, condition.after_s - (time.monotonic() - started)))
         return
+    await screen_settle(machine, scratch, still_s=condition.still_s)
+
+
+async def screen_settle(machine: Machine, scratch: Path, *, still_s: float) -> None:
+    """Return once the machine's screen has stayed still for still_s (a ticking clock or
+    a blinking cursor, under STILL_TOLERANCE of it, counts as still). `scratch` is a
+    file in the machine's run directory for its screendumps."""
     size, picture = await _screen(machine, scratch)
     still_since = time.monotonic()
-    while time.monotonic() - still_since < condition.still_s:
+    while time.monotonic() - still_since < still_s:
         await asyncio.sleep(LOOK_INTERVAL_S)  # watching the screen settle
         new_size, new_picture = await _screen(machine, scratch)
         if new_size != size or _changed_share(picture, new_picture) > STILL_TOLERANCE:

@@ -24,7 +24,8 @@ from django.conf import settings
 
 from portal.models import Exhibit
 
-from .machine import MachineError
+from .machine import Machine, MachineError
+from .prepare import screen_settle
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -32,9 +33,13 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SCREENDUMP_FILE = "thumbnail.png"
+# The settling screen's dumps (PPM, compared by sessions.prepare.screen_settle).
+SCRATCH_FILE = "thumbnail.ppm"
 POLL_S = 1.0
-# Screens compared before settling for one that keeps changing (a blinking cursor).
-MAX_SCREENS = 20
+# The screen is taken once it has been still this long (as a start state is)...
+STILL_S = 2.0
+# ...or, for a screen that never settles, after this long.
+SETTLE_TIMEOUT_S = 20.0
 
 def thumbnail_take_soon(broker: Broker, *, session_id: str, exhibit: Exhibit) -> None:
     """Take the exhibit's thumbnail from this session in the background (the broker
@@ -74,30 +79,42 @@ async def thumbnail_take(broker: Broker, *, session_id: str, exhibit: Exhibit) -
 
 
 async def _settled_screen(broker: Broker, *, session_id: str) -> bytes | None:
+    """A PNG of the machine's screen once it has settled with something drawn on it (or,
+    if it never settles in time, as it is then); None if it ends first or stays blank."""
     deadline = broker.config.start_timeout_s + broker.config.qemu_img_timeout_s
     async with asyncio.timeout(deadline):
         while (machine := broker.machine(session_id)) is None:
             if broker.session_generation(session_id) is None:
                 return None  # ended before it ran
             await asyncio.sleep(POLL_S / 4)
-    previous: bytes | None = None
-    latest: bytes | None = None
-    for _ in range(MAX_SCREENS):
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SETTLE_TIMEOUT_S):
+                while (machine := broker.machine(session_id)) is not None:
+                    await screen_settle(machine, machine.run_dir / SCRATCH_FILE, still_s=STILL_S)
+                    screen = await _png(machine)
+                    if png_has_content(screen):
+                        return screen  # settled, and not the blank screen before the guest draws
+        # It never settled: what it shows now, if anything.
         machine = broker.machine(session_id)
         if machine is None:
-            break
-        target = machine.run_dir / SCREENDUMP_FILE
-        await machine.screendump(target, image_format="png")
-        screen = await asyncio.to_thread(target.read_bytes)
+            return None
+        screen = await _png(machine)
+        return screen if png_has_content(screen) else None
+    finally:
+        if (machine := broker.machine(session_id)) is not None:
+            with contextlib.suppress(OSError):
+                (machine.run_dir / SCRATCH_FILE).unlink()
+
+
+async def _png(machine: Machine) -> bytes:
+    target = machine.run_dir / SCREENDUMP_FILE
+    await machine.screendump(target, image_format="png")
+    try:
+        return await asyncio.to_thread(target.read_bytes)
+    finally:
         with contextlib.suppress(OSError):
             target.unlink()
-        if png_has_content(screen):
-            latest = screen
-            if screen == previous:
-                return screen
-        previous = screen
-        await asyncio.sleep(POLL_S)
-    return latest
 
 
 def thumbnail_store(png: bytes, *, store: Path) -> str:
