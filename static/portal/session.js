@@ -347,10 +347,10 @@ async function loadCheckpoints() {
   if (status === 200) renderCheckpoints(data.checkpoints);
 }
 
-function showSandbox(open) {
+async function showSandbox(open) {
   sandboxPanel.hidden = !open;
   sandboxToggle.setAttribute("aria-expanded", String(open));
-  if (open) loadCheckpoints();
+  if (open) await loadCheckpoints();
 }
 
 async function saveCheckpoint() {
@@ -358,7 +358,8 @@ async function saveCheckpoint() {
   const began = performance.now();
   const { status, data } = await api("POST", `/api/sessions/${session.id}/checkpoints`, {});
   saveCheckpointButton.disabled = false;
-  showSandbox(true);
+  // The list shows the new checkpoint by the time the status says it was saved.
+  await showSandbox(true);
   checkpointStatus.textContent = status === 201
     ? `Saved "${data.label}" in ${Math.round(performance.now() - began)} ms.`
     : (data && data.detail) || "The checkpoint could not be saved.";
