@@ -231,9 +231,11 @@ def served_portal(*, prepare: bool = True, accelerator: str = "auto",
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
+    # No warm pool unless a benchmark asks for one (bench/first_frame.py): its paused
+    # machines would be counted with the visits' (processes, CPU, leftovers).
     env = {**os.environ, "PORTAL_DATA_DIR": str(root), "PORTAL_ACCELERATOR": accelerator,
            "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost", "PYTHONUNBUFFERED": "1",
-           **(environment or {})}
+           "PORTAL_POOL_SIZE": "0", **(environment or {})}
     env.pop("DJANGO_SETTINGS_MODULE", None)
     served: ServedPortal | None = None
     try:
