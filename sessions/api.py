@@ -31,7 +31,7 @@ from django.shortcuts import render
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from portal.errors import json_error
+from portal.errors import json_error, json_object
 from portal.framing import EMBED_FLAG, embed_requested, embeddable
 from portal.images import Derivation, DerivationError
 from portal.importer import ImageError
@@ -255,13 +255,9 @@ async def session_save_master(request: HttpRequest, session_id: str) -> HttpResp
                          "admin_url": admin_url}, status=201)
 
 
-def _form_or_json(request: HttpRequest) -> dict[str, object] | None:
+def _form_or_json(request: HttpRequest) -> dict[str, Any] | None:
     if request.content_type == "application/json":
-        try:
-            data = json.loads(request.body or b"{}")
-        except ValueError:
-            return None
-        return data if isinstance(data, dict) else None
+        return json_object(request)
     return dict(request.POST.items())
 async def _sandbox_call(request: HttpRequest, session_id: str,
                         act: Callable[[Broker, VisitorSession], Awaitable[HttpResponseBase]]
@@ -298,7 +294,7 @@ async def checkpoints(request: HttpRequest, session_id: str) -> HttpResponseBase
                 return JsonResponse({"checkpoints": []})
             return JsonResponse({"checkpoints": [checkpoint.as_json() for checkpoint
                                                  in broker.checkpoints(session_id=session.id)]})
-        label = _json_body(request).get("label")
+        label = (json_object(request) or {}).get("label")
         checkpoint = await broker.checkpoint_save(session_id=session.id,
                                                   label=label if isinstance(label, str) else "")
         return JsonResponse(checkpoint.as_json(), status=201)
@@ -373,13 +369,6 @@ async def _on_disk(upload: UploadedFile, held: contextlib.ExitStack) -> Path:
     return Path(copy.name)
 
 
-def _json_body(request: HttpRequest) -> dict[str, Any]:
-    """A JSON object body, or {} for none (or anything else)."""
-    try:
-        data = json.loads(request.body or b"{}")
-    except ValueError:
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 @require_GET

@@ -10,7 +10,6 @@ do), or show a watcher anything but the machine's picture and its state.
 """
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -19,7 +18,7 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from portal.errors import json_error
+from portal.errors import json_error, json_object
 
 from .api import owned_session
 from .broker import SessionBusyError, SessionEndedError, WatcherUnknownError, get_broker
@@ -48,11 +47,8 @@ async def keys(request: HttpRequest, session_id: str) -> HttpResponse:
     if session is None:
         return _not_found()
     broker = await get_broker()
-    try:
-        data: Any = json.loads(request.body or b"")
-    except ValueError:
-        data = None
-    if not isinstance(data, dict) or len({"text", "combo"} & data.keys()) != 1:
+    data = json_object(request)
+    if data is None or len({"text", "combo"} & data.keys()) != 1:
         return json_error(400, "bad_request",
                           'Send a JSON object with either "text" (to type) or "combo" (a key combination).')
     strokes: list[Keystroke]
@@ -145,11 +141,8 @@ async def watchers_control(request: HttpRequest, session_id: str) -> HttpRespons
     if request.method == "DELETE":
         broker.control_take(session_id=session.id)
         return HttpResponse(status=204)
-    try:
-        data: Any = json.loads(request.body or b"")
-    except ValueError:
-        data = None
-    if not isinstance(data, dict) or not isinstance(data.get("watcher"), str):
+    data = json_object(request)
+    if data is None or not isinstance(data.get("watcher"), str):
         return json_error(400, "bad_request", 'Send a JSON object with "watcher": the name of a watcher.')
     refused = _not_live(session)
     if refused is not None:
