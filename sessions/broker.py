@@ -23,6 +23,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import sys
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -493,6 +494,12 @@ class Broker:
     async def display_attach(self, *, session_id: str) -> Path:
         """Count a viewer in and return the VNC socket once the machine runs."""
         return await self.keeper.display_attach(session_id=session_id)
+
+    def display_connection_take(self, *, session_id: str) -> socket.socket | None:
+        """The VNC connection opened before the visit's machine ran, for its first
+        viewer (see `Machine.display_connection_open`); None for any later one."""
+        machine = self.machine(session_id)
+        return machine.display_connection_take() if machine is not None else None
 
     def display_detach(self, *, session_id: str) -> None:
         self.keeper.display_detach(session_id=session_id)

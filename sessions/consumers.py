@@ -347,10 +347,15 @@ class VncConsumer(MachineSocket):
             return
         _, vnc_path = attached
         self._vnc_path = vnc_path
+        # The machine's first viewer takes the connection opened before it ran
+        # (its first picture comes without waiting for QEMU's refresh timer).
+        early = (await get_broker()).display_connection_take(session_id=self.session_id)
+        loop = asyncio.get_running_loop()
         try:
-            _, self._pipe = await asyncio.get_running_loop().create_unix_connection(
-                VncPipe, str(vnc_path)
-            )
+            if early is not None:
+                _, self._pipe = await loop.create_unix_connection(VncPipe, sock=early)
+            else:
+                _, self._pipe = await loop.create_unix_connection(VncPipe, str(vnc_path))
         except OSError as error:
             logger.warning("session %s: VNC socket unreachable: %s", self.session_id, error)
             await self._close_after_machine_end()

@@ -88,11 +88,17 @@ async def test_it_hands_a_visitor_a_pooled_machine_running_on_a_fresh_overlay_at
     await eventually(lambda: _true_after(min(entry.made_at for entry in
                                              pool_broker.pool._machines[games.pk]) + 10),
                      timeout_s=30, interval_s=0.5)
+    # Each waits with its first viewer's VNC connection open, greeting not yet read.
+    for entry in pool_broker.pool._machines[games.pk]:
+        assert await vnc_clients(entry.machine) == 1
     browser, session = await start()
     rfb = await display_watch(browser, session["vnc_path"])
     try:
         machine = pool_broker.machine(session["id"])
         assert machine.pid in waiting
+        # The visitor's display is that connection, not one more beside it.
+        assert await vnc_clients(machine) == 1
+        assert machine.display_connection_take() is None
         assert (await machine.execute("query-status"))["status"] == "running"
         # Its own overlay over the warm layer, in the visit's run directory.
         row = await VisitorSession.objects.aget(id=session["id"])
@@ -116,6 +122,17 @@ async def test_it_hands_a_visitor_a_pooled_machine_running_on_a_fresh_overlay_at
     finally:
         await rfb.close()
         await browser.delete(f"/api/sessions/{session['id']}")
+
+
+async def vnc_clients(machine: Any) -> int:
+    """How many connections QEMU's VNC server has (a nudge's lasts only a moment)."""
+    counts: list[int] = []
+
+    async def settled() -> bool:
+        counts.append(len((await machine.execute("query-vnc"))["clients"]))
+        return len(counts) >= 2 and counts[-1] == counts[-2]
+    await eventually(settled, timeout_s=10, interval_s=0.1)
+    return counts[-1]
 
 
 def _true_after(moment: float) -> Any:
@@ -180,6 +197,7 @@ async def test_a_reset_takes_a_machine_from_the_pool(pool_broker: Any, games: An
 async def test_a_stale_start_state_empties_the_pool(pool_broker: Any, games: Any) -> None:
     await pooled(pool_broker, "games", 2)
     waiting = pool_pids(pool_broker)
+    discarded = [entry.machine for machines in pool_broker.pool._machines.values() for entry in machines]
     # As if the portal's QEMU had been upgraded since the state was saved.
     await StartState.objects.filter(exhibit=games).aupdate(key="qemu=6.2.0;made elsewhere")
     browser, session = await start()
@@ -194,6 +212,8 @@ async def test_a_stale_start_state_empties_the_pool(pool_broker: Any, games: Any
             return not pool_pids(pool_broker) and not any(
                 Path(f"/proc/{pid}").exists() for pid in waiting)
         await eventually(emptied, timeout_s=TIMEOUT_S)
+        # Their waiting VNC connections were closed with them.
+        assert [machine.display_connection_take() for machine in discarded] == [None, None]
         health = (await visitor().get("/healthz")).json()
         assert health["pool"]["exhibits"] == {}
         assert health["pool"]["size"] == 2
