@@ -45,6 +45,9 @@ def portal_environment(*, exhibits: bool) -> Iterator[Path]:
     """A portal with its own data directory, migrated, with the demo and FreeDOS published."""
     root = Path(tempfile.mkdtemp(prefix="pb-", dir="/tmp"))
     os.environ["PORTAL_DATA_DIR"] = str(root)
+    # No warm pool (as in served_portal): its paused machines would be counted with
+    # the benchmark's, and a "prepared" start would sometimes be a pooled one.
+    os.environ.setdefault("PORTAL_POOL_SIZE", "0")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
     sys.path.insert(0, str(REPO))
     import django

@@ -11,9 +11,9 @@ import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
+import psutil
 import pytest
 
 from tests.e2e.conftest import Portal
@@ -34,10 +34,7 @@ SCREEN_LIT = """() => {
 
 
 def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
+    return int(psutil.Process(pid).memory_info().rss)
 
 
 def log_says(portal: Portal, text: str) -> Callable[[], Awaitable[bool]]:
