@@ -67,7 +67,8 @@ test: setup lint
 bench: setup
 	$(PY) bench/run.py
 
-# 100, 300 and 500 idle machines, KSM off and on: it loads a two-core host fully for minutes.
+# Only the density benchmark (the last of `make bench`): 100, 300 and 500 idle machines,
+# KSM off and on; it loads a two-core host fully for minutes.
 bench-density: setup
 	$(PY) -m bench.density
 

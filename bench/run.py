@@ -2,9 +2,10 @@
 
 Each script writes its own JSON (with the machine's facts) to bench/results/;
 bench/results/SUMMARY.md is then generated from the newest of each. The density
-of idle machines (bench/density.py, up to 500 of them) is its own target, `make
-bench-density`. `BENCH_QUICK=1 make bench` tries every script with few runs
-(minutes, not a quarter of an hour); its figures are not the ones to quote.
+of idle machines (bench/density.py, up to 500 of them, loading the host fully for
+minutes) comes last; `make bench-density` runs it alone. `BENCH_QUICK=1 make bench`
+tries every script with few runs (minutes, not the better part of an hour); its
+figures are not the ones to quote.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ BENCHMARKS = [
     "bench.first_frame", "bench.display_path", "bench.overlay_cost", "bench.idle_cpu",
     "bench.import_image", "bench.soak", "bench.stuck_reader", "bench.services", "bench.relay",
     "bench.coordination",
-    "bench.sound", "bench.sandbox", "bench.speed", "bench.tools",
+    "bench.sound", "bench.sandbox", "bench.speed", "bench.tools", "bench.density",
 ]
 
 
