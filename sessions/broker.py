@@ -86,9 +86,9 @@ from .scheduler import (
     Limiter,
     RedisStartLimiter,
     StartLimiter,
-    line_ids,
     line_length,
     line_place,
+    line_places,
     line_take,
     placed_pending,
     rows_of,
@@ -299,8 +299,11 @@ class Broker:
                     await self.adopt(session_id)
                     self._node_tell(holder, "node.moved", session_id)
             if taken or moved:
-                for session_id in await sync_to_async(line_ids)():
-                    self._notify_changed(session_id)
+                # Everyone's place from one read of the line: each page is told its
+                # own, and does not read the whole line again for it.
+                places = await sync_to_async(line_places)(self.scheduler)
+                for session_id, (position, wait) in places.items():
+                    self.notify(session_id, {"type": "changed", "line": [position, wait]})
 
     async def adopt(self, session_id: str) -> bool:
         """Take in a visit placed on this node by another (or taken from another's

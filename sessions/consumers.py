@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -666,12 +667,14 @@ class EventsConsumer(PortalSocket):
             self._attached = broker.watch_attach(session_id=self.session_id)
         await self._send_state(session)
 
-    async def _send_state(self, session: VisitorSession | None = None) -> None:
-        """The session as it is now (a fresh read unless the caller just made one)."""
+    async def _send_state(self, session: VisitorSession | None = None, *,
+                          place: Sequence[float] | None = None) -> None:
+        """The session as it is now (a fresh read unless the caller just made one);
+        `place`: its place in line and wait, as the broker read them for the whole line."""
         if session is None:
             session = await VisitorSession.objects.select_related("exhibit").aget(id=self.session_id)
         broker = await get_broker()
-        await self._send({"type": "state", **await session_json(session, broker)})
+        await self._send({"type": "state", **await session_json(session, broker, place=place)})
         if not session.is_live:
             await self._send({"type": "ended", "reason": session.ended_reason,
                               "detail": session.detail})
@@ -681,7 +684,8 @@ class EventsConsumer(PortalSocket):
         """A broker event for this session (delivered through the channel layer)."""
         event = message["event"]
         if event.get("type") == "changed":
-            await self._send_state()
+            line = event.get("line")
+            await self._send_state(place=line if isinstance(line, list | tuple) and len(line) == 2 else None)
         else:
             await self._send(event)
 

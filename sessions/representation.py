@@ -5,19 +5,27 @@ into the JSON of API.md. Must not: change state; it queries only the line.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from .broker import Broker
 from .models import VisitorSession
 
 
-async def session_json(session: VisitorSession, broker: Broker | None = None) -> dict[str, Any]:
+async def session_json(session: VisitorSession, broker: Broker | None = None, *,
+                       place: Sequence[float] | None = None) -> dict[str, Any]:
     """The API's Session. With the broker, a waiting session also tells its place
-    in line and the estimated wait (`queue_wait_s`, an extension)."""
+    in line and the estimated wait (`queue_wait_s`, an extension); `place` is both,
+    read already with the whole line's (see `Broker.line_pull`)."""
     def when(value: Any) -> str | None:
         return value.isoformat() if value else None
 
-    position, wait = await broker.line_place(session) if broker is not None else (None, None)
+    position: int | None = None
+    wait: float | None = None
+    if place is not None and session.state == VisitorSession.State.QUEUED:
+        position, wait = int(place[0]), float(place[1])
+    elif broker is not None:
+        position, wait = await broker.line_place(session)
     return {
         "id": session.id,
         "exhibit": session.exhibit.slug,

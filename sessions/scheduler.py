@@ -22,7 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from django.db import IntegrityError, transaction
@@ -193,6 +193,15 @@ def line_place(config: SchedulerConfig, session: VisitorSession) -> tuple[int | 
     return (position, wait_s(config, position)) if position is not None else (None, None)
 
 
+def line_places(config: SchedulerConfig) -> dict[str, tuple[int, float]]:
+    """Every waiting visit's place in line and estimated wait, from one read of the
+    line and one of the placed visits: what telling the whole line costs once, not
+    once for each visitor in it."""
+    clock = line_clock(config)
+    return {session_id: (position, clock.wait_s(position))
+            for position, session_id in enumerate(line_ids(), start=1)}
+
+
 def placed_pending(config: SchedulerConfig) -> list[str]:
     """Visits placed on this node that it has not taken in yet (another node placed
     them, or took them from the line for this one)."""
@@ -200,13 +209,26 @@ def placed_pending(config: SchedulerConfig) -> list[str]:
                 .values_list("id", flat=True))
 
 
-def wait_s(config: SchedulerConfig, position: int) -> float:
-    """Estimated wait for a place in line: the position-th machine to become free.
+@dataclass(frozen=True)
+class LineClock:
+    """When each placed visit (on every node) is expected to end, soonest first, and
+    the usual visit length: what every estimated wait is read from."""
 
-    Each placed visit (on every node) is expected to end after the usual visit
-    length (learned from recently finished visits), and no later than its time
-    limit.
-    """
+    now: datetime
+    ends: list[datetime]
+    visit_s: float
+
+    def wait_s(self, position: int) -> float:
+        """Estimated wait for a place in line: the position-th machine to become free."""
+        if not self.ends:
+            return 0.0
+        rounds, index = divmod(position - 1, len(self.ends))
+        return (self.ends[index] - self.now).total_seconds() + rounds * self.visit_s
+
+
+def line_clock(config: SchedulerConfig) -> LineClock:
+    """Each placed visit is expected to end after the usual visit length (learned
+    from recently finished visits), and no later than its time limit."""
     now = timezone.now()
     recent = list(VisitorSession.objects.filter(state=State.ENDED, started_at__isnull=False,
                                                 ended_at__isnull=False)
@@ -223,11 +245,12 @@ def wait_s(config: SchedulerConfig, position: int) -> float:
         if expires is not None:
             expected = min(expected, expires)
         ends.append(max(now, expected))
-    if not ends:
-        return 0.0
-    ends.sort()
-    rounds, index = divmod(position - 1, len(ends))
-    return (ends[index] - now).total_seconds() + rounds * visit_s
+    return LineClock(now=now, ends=sorted(ends), visit_s=visit_s)
+
+
+def wait_s(config: SchedulerConfig, position: int) -> float:
+    """Estimated wait for a place in line (see `line_clock`)."""
+    return line_clock(config).wait_s(position)
 
 
 def rows_of(session_ids: list[str]) -> dict[str, tuple[str, str]]:

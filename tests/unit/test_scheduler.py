@@ -17,6 +17,8 @@ from sessions.scheduler import (
     SchedulerConfig,
     StartLimiter,
     line_ids,
+    line_place,
+    line_places,
     line_position,
     line_take,
     placed_pending,
@@ -181,6 +183,32 @@ def test_it_estimates_the_wait_from_placed_visits_and_their_time_limits(exhibit:
     # Finished visits teach the usual length: one of 100 s.
     VisitorSession.objects.filter(id="b").update(state=State.ENDED, ended_at=now)
     assert wait_s(here, 2) == pytest.approx(60 + 100, abs=1)
+
+
+def test_the_whole_lines_places_cost_three_queries_however_long_the_line(
+    exhibit: Exhibit, django_assert_num_queries: Any
+) -> None:
+    here = config(capacity=2, queue_max=40, session_max_s=600.0)
+    now = timezone.now()
+    for session_id in ("a", "b"):
+        place(exhibit, here, session_id)
+    VisitorSession.objects.filter(id="a").update(
+        state=State.RUNNING, started_at=now, expires_at=now + timedelta(seconds=60))
+    waiting = [f"w{number:02}" for number in range(30)]
+    for session_id in waiting:
+        assert place(exhibit, here, session_id).state == State.QUEUED
+    # The line, the placed visits and the usual visit length: not once per visitor.
+    with django_assert_num_queries(3):
+        places = line_places(here)
+    assert list(places) == waiting
+    for session_id in waiting:
+        position, wait = places[session_id]
+        alone = line_place(here, VisitorSession.objects.get(id=session_id))
+        assert position == alone[0]
+        assert wait == pytest.approx(alone[1], abs=1)
+    assert places["w00"][0] == 1
+    assert places["w00"][1] == pytest.approx(60, abs=1)
+    assert places["w29"][0] == 30
 
 
 def test_it_caps_live_visits_per_address(exhibit: Exhibit) -> None:
