@@ -100,17 +100,25 @@ def test_each_node_serves_its_own_metrics_and_staff_end_a_visit_another_node_hol
     cluster_make: Any, browser: Any  # noqa: F811 (the fixture imported above)
 ) -> None:
     first, second, _ = cluster_make({})
+    # The staff's page is open before anyone comes, and keeps itself current.
+    page = log_in(second, browser)
+    page.goto(second.url + "/admin/visits/visitorsession/live/")
+    assert "No live visits" in page.locator("#live-visits").inner_text()
+    page.evaluate("() => { window.notReloaded = true; }")
+
     visitor = PortalVisitor(first.url)
     session = visitor.session_start("demo")
     assert session["node"] == node_name(first)
+    row = page.locator(f'tr[data-session="{session["id"]}"]')
+    row.wait_for(timeout=30_000)
+    assert page.evaluate("() => window.notReloaded === true")
+    assert page.locator("#live-count").inner_text() == "1"
+    assert "Updated at" in page.locator("#live-updated").inner_text()
 
     running = ("portal_visits", (("state", "running"),))
     assert samples(get(first.url + "/metrics")[1])[running] == 1
     assert samples(get(second.url + "/metrics")[1])[running] == 0
 
-    page = log_in(second, browser)
-    page.goto(second.url + "/admin/visits/visitorsession/live/")
-    row = page.locator(f'tr[data-session="{session["id"]}"]')
     assert node_name(first) in row.inner_text()
     row.get_by_role("button", name="End").click()
     page.get_by_text("its visitor was told").wait_for(timeout=30_000)
