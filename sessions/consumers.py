@@ -555,7 +555,8 @@ class AudioConsumer(MachineSocket):
     display behind the sound. Silence is not sent (after a short hold that keeps
     the rests inside music). Sound the browser cannot take now is dropped, not
     queued: it would only be late later; a browser that takes nothing for
-    PORTAL_VIEWER_STUCK_S while there is sound is closed with 4408.
+    PORTAL_VIEWER_STUCK_S while there is sound (or none of that much sound) is
+    closed with 4408.
     """
 
     sound = True
@@ -595,6 +596,10 @@ class AudioConsumer(MachineSocket):
         gate = SilenceGate(connection.format)
         loop = asyncio.get_running_loop()
         stuck_since: float | None = None
+        # Sound dropped since then, in seconds of sound: sound read late (a busy host)
+        # comes in a burst, and a listener that took none of stuck_s of it is stuck
+        # however short the burst.
+        dropped_s = 0.0
         async for chunk in connection.chunks():
             pcm = gate.admit(chunk)
             if not pcm:
@@ -603,13 +608,14 @@ class AudioConsumer(MachineSocket):
             if flow is not None and flow.paused:
                 now = loop.time()
                 stuck_since = now if stuck_since is None else stuck_since
-                if now - stuck_since >= stuck_s:
+                dropped_s += len(pcm) / connection.format.bytes_per_second
+                if max(now - stuck_since, dropped_s) >= stuck_s:
                     logger.warning("session %s: a listener read nothing for %g s; closing it (%d)",
                                    self.session_id, stuck_s, CLOSE_TOO_SLOW)
                     await self.close_with(CLOSE_TOO_SLOW)
                     return
                 continue
-            stuck_since = None
+            stuck_since, dropped_s = None, 0.0
             if not await self.send_bytes(pcm):
                 return
             await connection.rest(SOUND_READ_INTERVAL_S)

@@ -184,7 +184,8 @@ async def test_it_drops_sound_a_listener_does_not_take_and_closes_it_when_stuck(
     # Nothing but the close: every chunk of the tune was dropped.
     assert message["type"] == "websocket.close"
     assert message["code"] == 4408
-    assert 1.0 <= time.monotonic() - began < 5
+    # After a second of sound (the tune is 1.65 s), give or take QEMU's 10 ms audio period.
+    assert 0.9 <= time.monotonic() - began < 5
     session = await VisitorSession.objects.aget(id=session_id)
     assert session.state == "running"
     await rfb.close()
