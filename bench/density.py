@@ -49,7 +49,6 @@ os.environ.setdefault("PORTAL_GRACE_S", "3600")
 os.environ.setdefault("PORTAL_MAX_SESSIONS", str(max(STEPS) + 10))
 # One process starts them all, from no address: the start limits are not measured here.
 os.environ.setdefault("PORTAL_STARTS_PER_ADDRESS", str(10 * max(STEPS)))
-os.environ.setdefault("PORTAL_POOL_SIZE", "0")
 
 
 def cpu_ticks(pid: int) -> int:

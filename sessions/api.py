@@ -259,6 +259,8 @@ def _form_or_json(request: HttpRequest) -> dict[str, Any] | None:
     if request.content_type == "application/json":
         return json_object(request)
     return dict(request.POST.items())
+
+
 async def _sandbox_call(request: HttpRequest, session_id: str,
                         act: Callable[[Broker, VisitorSession], Awaitable[HttpResponseBase]]
                         ) -> HttpResponseBase:
@@ -367,8 +369,6 @@ async def _on_disk(upload: UploadedFile, held: contextlib.ExitStack) -> Path:
 
     await asyncio.to_thread(write)
     return Path(copy.name)
-
-
 
 
 @require_GET

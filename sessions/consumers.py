@@ -690,8 +690,8 @@ class EventsConsumer(PortalSocket):
         """A broker event for this session (delivered through the channel layer)."""
         event = message["event"]
         if event.get("type") == "changed":
-            line = event.get("line")
-            await self._send_state(place=line if isinstance(line, list | tuple) and len(line) == 2 else None)
+            # The broker's line read tells a waiting visit its place ([position, wait]).
+            await self._send_state(place=event.get("line"))
         else:
             await self._send(event)
 

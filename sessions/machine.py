@@ -424,44 +424,29 @@ class Machine:
                 f"restoring the saved machine state {status}", argv=self.argv,
                 returncode=self.returncode, log_tail=log_tail(self.log_path),
             )
-        await self.surface_refresh()
         await self.display_connection_open()
         if hold:
             self._held = True
             return
         await self._run()
 
-    async def surface_refresh(self) -> None:
-        """Make QEMU's display show the loaded guest's own screen before any viewer
-        connects.
-
-        After a resume QEMU's console still holds its start-up surface (720x400,
-        blank) until the display is next refreshed, which a VNC server does only
-        with a client connected: the first thing a visitor would see is that
-        surface, then a resize. A screendump refreshes the display at once.
-        """
-        dump = self.run_dir / "surface.ppm"
-        try:
-            await self.screendump(dump)
-        except MachineError as error:
-            # Only the first picture is late without it.
-            logger.warning("machine %s: the display was not refreshed: %s", self.run_dir.name, error)
-        finally:
-            dump.unlink(missing_ok=True)
-
     async def display_connection_open(self) -> None:
         """Open the first viewer's connection to QEMU's VNC server now, before anyone
         asks (`display_connection_take` hands it over).
 
-        QEMU sends a viewer the update it asked for only at its next display
-        refresh, never sooner than 30 ms after the last one; and a new connection
-        makes QEMU refresh at once. A connection opened when the viewer comes
-        spends that refresh before the viewer has asked for anything, so its first
-        request waits out most of those 30 ms: about half of a start from the warm
-        pool. Opened here, that refresh is long past when the viewer asks, and
-        `vnc_refresh_soon` gets its update sent at once. QEMU keeps a connection
-        that has not begun its handshake as long as it is open, and a paused guest
-        changes nothing on screen, so a pooled machine can hold it for hours.
+        A new connection makes QEMU refresh its display at once, and that does two
+        things for the first viewer. After a resume QEMU's console still holds its
+        start-up surface (720x400, blank) until the display is next refreshed: now
+        the viewer's handshake announces the guest's own size and its first update
+        is the guest's picture. And QEMU sends a viewer the update it asked for only
+        at its next refresh, never sooner than 30 ms after the last one: a
+        connection opened when the viewer comes spends that refresh before the
+        viewer has asked for anything, so its first request would wait out most of
+        those 30 ms (about half of a start from the warm pool); opened here, that
+        refresh is long past, and `vnc_refresh_soon` gets the update sent at once.
+        QEMU keeps a connection that has not begun its handshake as long as it is
+        open, and a paused guest changes nothing on screen, so a pooled machine can
+        hold it for hours.
         """
         connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         connection.setblocking(False)
@@ -469,7 +454,7 @@ class Machine:
             await asyncio.get_running_loop().sock_connect(connection, os.fspath(self.vnc_path))
         except OSError as error:
             connection.close()
-            # The first viewer connects as any other does.
+            # Only the first picture is late without it.
             logger.warning("machine %s: the display was not connected early: %s", self.run_dir.name, error)
             return
         self._display_connection = connection
