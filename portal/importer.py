@@ -216,6 +216,10 @@ def qcow2_header_check(path: Path, *, backing: str | None = None) -> None:
                                         else (0, 0))
         named = b""
         if backing is not None and 0 < backing_size <= 1023:
+            # The offset is the image's word: never seek past the file's end on it.
+            if backing_offset + backing_size > os.fstat(handle.fileno()).st_size:
+                raise ImageRejectedError(
+                    "corrupt", "The qcow2 header places its backing file's name outside the file.")
             handle.seek(backing_offset)
             named = handle.read(backing_size)
     if len(header) < 72:  # a version 2 header's length
@@ -284,6 +288,14 @@ def vmdk_header_check(path: Path) -> None:
         if descriptor_sector and descriptor_sectors:
             if descriptor_sectors > 2048:
                 raise ImageRejectedError("corrupt", "The VMDK's descriptor is implausibly large.")
+            # The sector is the image's word: never seek past the file's end on it
+            # (a huge one overflows the seek itself).
+            file_sectors = os.fstat(handle.fileno()).st_size // SECTOR_BYTES
+            if descriptor_sector + descriptor_sectors > file_sectors:
+                raise ImageRejectedError(
+                    "corrupt",
+                    f"The VMDK header places its descriptor at sector {descriptor_sector}, "
+                    f"outside the file (which has {file_sectors} sectors).")
             handle.seek(descriptor_sector * SECTOR_BYTES)
             descriptor = handle.read(descriptor_sectors * SECTOR_BYTES)
     text = descriptor.split(b"\0", 1)[0].decode("latin-1")

@@ -25,22 +25,30 @@ class Watch:
 
     def events(self) -> list[int]:
         """The event masks seen so far (open or access of a watched file)."""
-        masks: list[int] = []
+        return [mask for mask, _name in self.named_events()]
+
+    def named_events(self) -> list[tuple[int, str]]:
+        """The events seen so far, each with the name of the file it was about inside
+        a watched directory ("" for a watched file itself)."""
+        seen: list[tuple[int, str]] = []
         while True:
             try:
                 data = os.read(self.fd, 65536)
             except BlockingIOError:
-                return masks
+                return seen
             offset = 0
             while offset < len(data):
                 _wd, mask, _cookie, length = EVENT_HEADER.unpack_from(data, offset)
-                masks.append(mask)
-                offset += EVENT_HEADER.size + length
+                start = offset + EVENT_HEADER.size
+                name = data[start:start + length].rstrip(b"\0").decode("utf-8", "replace")
+                seen.append((mask, name))
+                offset = start + length
 
 
 @contextmanager
 def opens_watched(*paths: Path) -> Iterator[Watch]:
-    """Watch paths for IN_OPEN and IN_ACCESS by any process while the block runs."""
+    """Watch paths (files, or directories and the files in them) for IN_OPEN and
+    IN_ACCESS by any process while the block runs."""
     libc = ctypes.CDLL(None, use_errno=True)
     fd = libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
     if fd < 0:
