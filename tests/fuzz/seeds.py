@@ -1,10 +1,10 @@
-"""The importer's seed images, made with qemu-img: one small valid image per accepted
-format and subformat, and hostile ones that name the canaries (a backing file, an
-external data file, a VMDK extent). Run once to (re)make tests/fuzz/corpus/importer/:
+"""Every target's seeds. The importer's are small images made with qemu-img: one valid
+image per accepted format and subformat, and hostile ones that name the canaries (a
+backing file, an external data file, a VMDK extent). The RFB stream's are what noVNC
+sends (handshakes, the messages a viewer and an owner send); the keys API's and the
+media upload's are request bodies. Run to (re)make tests/fuzz/corpus/:
 
     .venv/bin/python -m tests.fuzz.seeds
-
-The other targets' seeds are small text and byte files written by hand.
 """
 from __future__ import annotations
 
@@ -101,6 +101,92 @@ def vmdk_with_extent(sparse: Path, extent: str) -> bytes:
     return bytes(data)
 
 
+# --- the RFB stream ---------------------------------------------------------------------
+
+def _encodings(*values: int) -> bytes:
+    return b"\x02\x00" + struct.pack(">H", len(values)) + b"".join(struct.pack(">i", v) for v in values)
+
+
+NOVNC_ENCODINGS = _encodings(1, 7, 5, 6, 16, 0, -239, -223, -224, -258, -261, -307, -308, -309, -312,
+                             -313, -1063131698, -314, 0x574D5664, -258, 0x48323634)
+VIEWER_OPENING = (b"RFB 003.008\n\x01\x00"
+                  + b"\x00\x00\x00\x00" + bytes([32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 16, 8, 0, 0, 0, 0])
+                  + NOVNC_ENCODINGS
+                  + b"\x03\x00\x00\x00\x00\x00\x02\x80\x01\xe0"
+                  # The extended clipboard's capabilities (a negative length).
+                  + b"\x06\x00\x00\x00" + struct.pack(">i", -8) + b"\x01\x00\x00\x1f\x00\x00\x10\x00")
+INPUT = (b"\x04\x01\x00\x00\x00\x00\x00\x61" + b"\x04\x00\x00\x00\x00\x00\x00\x61"
+         + b"\x05\x01\x00\x10\x00\x20" + b"\xff\x00\x00\x01\x00\x00\x00\x61\x00\x00\x00\x1e")
+RFB_SEEDS = {
+    "viewer-whole": b"\x00\x00" + VIEWER_OPENING + b"\x03\x01\x00\x00\x00\x00\x02\x80\x01\xe0",
+    "viewer-cut": b"\x00\x05" + VIEWER_OPENING,
+    "viewer-33": b"\x00\x11" + b"RFB 003.003\n\x01" + b"\x03\x00\x00\x00\x00\x00\x02\x80\x01\xe0",
+    "viewer-37-fence": (b"\x00\x03RFB 003.007\n\x01\x01" + b"\x96\x01\x00\x00\x00\x00\x02\x80\x01\xe0"
+                        + b"\xf8\x00\x00\x00\x80\x00\x00\x02\x04abcd"),
+    "control-input": b"\x01\x07" + VIEWER_OPENING + INPUT,
+    "control-toggles": b"\x2a\x03" + VIEWER_OPENING + INPUT + INPUT,
+    "refused-key": b"\x00\x00" + VIEWER_OPENING + INPUT,
+    "refused-audio": b"\x01\x00" + VIEWER_OPENING + b"\xff\x01\x00\x02\x03\x02\x00\x00\xac\x44",
+    "refused-encodings": b"\x00\x09" + VIEWER_OPENING + _encodings(*range(300)),
+    "refused-security": b"\x00\x00RFB 003.008\n\x02" + bytes(16) + b"\x01",
+    "refused-resize": b"\x00\x00" + VIEWER_OPENING + b"\xfb\x00\x02\x80\x01\xe0\x01\x00" + bytes(16),
+}
+
+
+# --- the keys API's bodies (the first line is the Content-Type) ----------------------------
+
+KEYS_SEEDS = {
+    "text": b'application/json\n{"text": "dir /w\\r\\n"}',
+    "combo": b'application/json\n{"combo": "ctrl-alt-delete"}',
+    "both": b'application/json\n{"text": "a", "combo": "escape"}',
+    "unsupported": b'application/json\n{"text": "caf\\u00e9 \\u2615 \\ud800"}',
+    "nested": b'application/json\n{"text": [[[[{"combo": {"text": null}}]]]]}',
+    "numbers": b'application/json\n{"combo": 1e400, "x": -0.0}',
+    "form": b"application/x-www-form-urlencoded\ntext=dir&combo=",
+    "multipart": (b"multipart/form-data; boundary=B\n--B\r\nContent-Disposition: form-data; name=\"text\""
+                  b"\r\n\r\ndir\r\n--B--\r\n"),
+    "plain": b'text/plain; charset=utf-16\n\xff\xfe{\x00}\x00',
+}
+
+
+# --- the media upload's requests (the first line is the Content-Type) ----------------------
+
+def _part(name: str, filename: bytes | None, body: bytes, extra: bytes = b"") -> bytes:
+    disposition = f'form-data; name="{name}"'.encode()
+    if filename is not None:
+        disposition += b'; filename="' + filename + b'"'
+    return (b"--B\r\nContent-Disposition: " + disposition + b"\r\n" + extra
+            + b"Content-Type: application/octet-stream\r\n\r\n" + body + b"\r\n")
+
+
+MEDIA_SEEDS = {
+    "one": b"multipart/form-data; boundary=B\n" + _part("files", b"readme.txt", b"hello\r\n") + b"--B--\r\n",
+    "several": (b"multipart/form-data; boundary=B\n" + _part("files", b"Long File Name.document", b"1")
+                + _part("files", b"long file name.doc", b"2") + _part("files", b"CON.txt", b"3")
+                + _part("files", b"caf\xc3\xa9 \xe2\x98\x95.b\xc3\xa4t", b"4")
+                + _part("files", b"C:\\dos\\game.exe", b"5") + _part("files", b"../../etc/passwd", b"6")
+                + _part("files", b".profile", b"7") + _part("other", None, b"x") + b"--B--\r\n"),
+    "encoded-name": (b"multipart/form-data; boundary=B\n"
+                     + _part("files", b"x.bin", b"\x00" * 40, b"") .replace(
+                         b'filename="x.bin"', b"filename*=UTF-8''%E2%82%AC%20rates.txt")
+                     + b"--B--\r\n"),
+    "no-name": b"multipart/form-data; boundary=B\n" + _part("files", b"", b"data") + b"--B--\r\n",
+    "base64": (b"multipart/form-data; boundary=B\n"
+               + _part("files", b"b.txt", b"aGVsbG8=", b"Content-Transfer-Encoding: base64\r\n")
+               + b"--B--\r\n"),
+    "many-dots": b"multipart/form-data; boundary=B\n" + _part("files", b". . .", b"x") + b"--B--\r\n",
+}
+
+
+def small_seeds_make(directory: Path, seeds: dict[str, bytes]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, data in seeds.items():
+        (directory / name).write_bytes(data)
+
+
 if __name__ == "__main__":
     seeds_make(CORPUS_ROOT / "importer")
-    print(f"seeds in {CORPUS_ROOT / 'importer'}; canaries in {CANARY_DIRECTORY}")
+    small_seeds_make(CORPUS_ROOT / "rfb", RFB_SEEDS)
+    small_seeds_make(CORPUS_ROOT / "keys", KEYS_SEEDS)
+    small_seeds_make(CORPUS_ROOT / "media", MEDIA_SEEDS)
+    print(f"seeds in {CORPUS_ROOT}; canaries in {CANARY_DIRECTORY}")

@@ -22,6 +22,7 @@ import os
 import random
 import shutil
 import struct
+from pathlib import Path
 
 from tests.fuzz.canary import CANARY_DIRECTORY, CanaryWatch, canaries_watched
 from tests.fuzz.harness import OracleError, fuzz_main
@@ -48,9 +49,11 @@ HEADER_WINDOWS: dict[str, list[tuple[int, int]]] = {
 CANARY = os.fspath(CANARY_DIRECTORY / "canary")
 TOKENS = [
     f"{CANARY}.raw".encode(), f"{CANARY}.qcow2".encode(), f"{CANARY}.vmdk".encode(), b"../../canary.raw",
-    b'createType="twoGbMaxExtentFlat"\n', b'createType="monolithicFlat"\n', b"createType\n",
-    f'RW 128 FLAT "{CANARY}.raw" 0\n'.encode(), f'RW 128 SPARSE "{CANARY}.vmdk"\n'.encode(),
-    f'parentFileNameHint="{CANARY}.vmdk"\n'.encode(), b"parentCID=fffffffe\n", b"ddb.adapterType",
+    # VMDK descriptor words, each on a line of its own.
+    b'\ncreateType="twoGbMaxExtentFlat"\n', b'\ncreateType="monolithicFlat"\n', b"\ncreateType\n",
+    f'\nRW 128 FLAT "{CANARY}.raw" 0\n'.encode(), f'\nRW 128 SPARSE "{CANARY}.vmdk"\n'.encode(),
+    f'\nparentFileNameHint="{CANARY}.vmdk"\n'.encode(), b"\nparentCID=fffffffe\n", b"\nddb.adapterType",
+    b"\n\xff\xfe\x00=\n",
     b"# Disk DescriptorFile\n", b"KDMV", b"QFI\xfb", b"conectix", b"vhdxfile", b"\x7f\x10\xda\xbe",
 ]
 
@@ -121,6 +124,17 @@ def mutate(data: bytes, max_size: int, seed: int) -> bytes:
     return bytes(image[:max_size])
 
 
+def stale_remove() -> None:
+    """The stores and inputs of harnesses that were ended (a hang, memory) without cleaning up."""
+    for directory in CANARY_DIRECTORY.glob("[si][tn][op]*-*"):
+        pid = directory.name.rpartition("-")[2]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            for child in directory.rglob("*"):
+                with contextlib.suppress(OSError):
+                    child.chmod(0o700 if child.is_dir() else 0o600)
+            shutil.rmtree(directory, ignore_errors=True)
+
+
 class ImporterTarget:
     name = "importer"
     max_length = 4 * MIB
@@ -138,6 +152,7 @@ class ImporterTarget:
         from portal.importer import ImportLimits
 
         self._watch = self._held.enter_context(canaries_watched())
+        stale_remove()
         for directory in (self.store, self.inputs):
             shutil.rmtree(directory, ignore_errors=True)
             directory.mkdir(mode=0o700)
