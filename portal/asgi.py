@@ -8,12 +8,40 @@ code 4403 for a wrong origin, which a handshake refusal cannot carry.
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Mapping
+from typing import IO, Any
 
-from django.core.asgi import get_asgi_application
+import django
+from django.core.handlers.asgi import ASGIHandler, ASGIRequest
+from django.http import HttpResponseBadRequest
+from django.http.response import HttpResponseBase
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
-django_application = get_asgi_application()
+django.setup(set_prefix=False)  # as django.core.asgi.get_asgi_application does
+
+from portal.errors import json_error, path_wants_json  # noqa: E402
+
+
+class RequestHandler(ASGIHandler):
+    """Django's ASGI handler, answering 400 to a request whose Content-Type it cannot read.
+
+    Django reads the header as it makes the request, before any middleware, and
+    refuses some bad ones itself but not all: a charset with a NUL byte in it, or
+    an RFC 2231 parameter in an unknown charset, raises ValueError there, which
+    would answer 500 and log a traceback (found by tests/fuzz)."""
+
+    def create_request(self, scope: Mapping[str, Any], body_file: IO[bytes]
+                       ) -> tuple[ASGIRequest, None] | tuple[None, HttpResponseBase]:
+        try:
+            return super().create_request(scope, body_file)
+        except ValueError:
+            said = "The request's Content-Type header could not be read."
+            if path_wants_json(scope.get("path", "")):
+                return None, json_error(400, "bad_request", said)
+            return None, HttpResponseBadRequest(said, content_type="text/plain")
+
+
+django_application = RequestHandler()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.sessions import SessionMiddlewareStack  # noqa: E402

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from django.http import HttpRequest, JsonResponse
+from django.http.request import RawPostDataException
 
 
 def json_error(status: int, error: str, detail: str, **extra: Any) -> JsonResponse:
@@ -13,13 +14,23 @@ def json_error(status: int, error: str, detail: str, **extra: Any) -> JsonRespon
 
 
 def json_object(request: HttpRequest) -> dict[str, Any] | None:
-    """The request's body as a JSON object ({} for no body); None when it is not one."""
+    """The request's body as a JSON object ({} for no body); None when it is not one:
+    not JSON, nested deeper than the parser goes, or a form Django has read already."""
     try:
-        data = json.loads(request.body or b"{}")
-    except ValueError:
+        body = request.body
+    except RawPostDataException:
+        # A multipart body is read as a form (the CSRF check reads the form), never kept.
+        return None
+    try:
+        data = json.loads(body or b"{}")
+    except (ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 
 
 def wants_json(request: HttpRequest) -> bool:
-    return request.path.startswith("/api/") or request.path == "/healthz"
+    return path_wants_json(request.path)
+
+
+def path_wants_json(path: str) -> bool:
+    return path.startswith("/api/") or path == "/healthz"

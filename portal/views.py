@@ -154,6 +154,14 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
                   "message": "There is nothing at this address."}, status=404)
 
 
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """What Django answers a request it cannot read (a malformed form, say): the API's shape."""
+    if wants_json(request):
+        return json_error(400, "bad_request", "The request could not be read.")
+    return render(request, "portal/error.html", {"title": "Bad request",
+                  "message": "The request could not be read."}, status=400)
+
+
 def server_error(request: HttpRequest) -> HttpResponse:
     if wants_json(request):
         return json_error(500, "server_error", "Something went wrong on the server.")

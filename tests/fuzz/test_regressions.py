@@ -20,6 +20,9 @@ from django.core.management import CommandError, call_command
 from portal.importer import ImageRejectedError, ImportLimits, image_import
 from tests.fuzz.harness import CORPUS_ROOT, CRASHES_ROOT, Target, case_checked, signature
 from tests.fuzz.targets.importer import ImporterTarget
+from tests.fuzz.targets.keys import KeysTarget
+from tests.fuzz.targets.media import MediaTarget
+from tests.fuzz.targets.rfb import RfbTarget
 
 MIB = 1024 * 1024
 LIMITS = ImportLimits(max_file_bytes=64 * MIB, max_virtual_bytes=256 * MIB)
@@ -111,3 +114,38 @@ def test_the_admin_upload_says_why_a_vmdk_is_refused(portal_dirs: Path, admin_cl
     assert said[0].endswith("Nothing was kept.")
     assert not DiskImage.objects.exists()
     assert list((portal_dirs / "images").iterdir()) == []
+
+
+def test_it_passes_every_rfb_finding_cleanly() -> None:
+    assert findings_of(RfbTarget(), inputs("rfb")) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_answers_every_keys_finding_cleanly(portal_dirs: Path) -> None:
+    assert findings_of(KeysTarget(), inputs("keys")) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_answers_every_media_finding_cleanly(portal_dirs: Path) -> None:
+    assert findings_of(MediaTarget(), inputs("media")) == []
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(("path", "expected"), [
+    ("/api/exhibits", b'{"error": "bad_request", "detail": "The request\'s Content-Type header could not '
+                      b'be read."}'),
+    ("/", b"The request's Content-Type header could not be read."),
+])
+def test_it_answers_400_to_a_content_type_django_cannot_read(portal_dirs: Path, path: str,
+                                                             expected: bytes) -> None:
+    """A NUL in the charset, an RFC 2231 parameter in an unknown charset: Django raises
+    ValueError making the request, before any view; every URL answered 500."""
+    target = KeysTarget()
+    target.setup()
+    try:
+        target.path = path
+        for content_type in (b"text/plain; charset=utf-8\0", b"text/plain; a*=x-unknown''b"):
+            status, body = target.loop.run_until_complete(target.post(content_type, b"{}"))
+            assert (status, body) == (400, expected)
+    finally:
+        target.teardown()

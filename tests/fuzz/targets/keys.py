@@ -81,8 +81,10 @@ class KeysTarget:
         self.cookie = (f"{settings.SESSION_COOKIE_NAME}={store.session_key}; "
                        f"{settings.CSRF_COOKIE_NAME}={self.csrf_token}").encode()
         self.loop = asyncio.new_event_loop()
-        logging.getLogger("django.request").addHandler(self.errors)
-        logging.getLogger("django.request").propagate = False
+        requests = logging.getLogger("django.request")
+        self._propagated = requests.propagate
+        requests.addHandler(self.errors)
+        requests.propagate = False  # the findings say it; the log would say it thousands of times
         status, _body = self.loop.run_until_complete(self.post(b"application/json", b'{"text": "a"}'))
         if status != 409:
             raise RuntimeError(f"the ended visit should answer 409, not {status}")
@@ -90,7 +92,9 @@ class KeysTarget:
     def teardown(self) -> None:
         from sessions.broker import get_broker
 
-        logging.getLogger("django.request").removeHandler(self.errors)
+        requests = logging.getLogger("django.request")
+        requests.removeHandler(self.errors)
+        requests.propagate = self._propagated
 
         async def stop() -> None:
             await (await get_broker()).shutdown()

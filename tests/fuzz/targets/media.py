@@ -97,10 +97,10 @@ class MediaTarget(KeysTarget):
                ) -> tuple[list[str], list[str], list[str] | None] | None:
         """(the browser's names, their DOS names, what the floppy holds) as the view makes
         them; None when Django refuses the request."""
-        from django.core.exceptions import BadRequest, RequestDataTooBig, SuspiciousOperation
-        from django.core.handlers.asgi import ASGIRequest
+        from django.core.exceptions import BadRequest, SuspiciousOperation
         from django.http.multipartparser import MultiPartParserError
 
+        from portal.asgi import django_application
         from sessions.sandbox import dos_names, floppy_build
 
         scope: dict[str, Any] = {
@@ -108,9 +108,9 @@ class MediaTarget(KeysTarget):
             "headers": [(b"host", HOST), (b"content-type", content_type),
                         (b"content-length", str(len(body)).encode())],
         }
-        try:
-            request = ASGIRequest(scope, io.BytesIO(body))
-        except (UnicodeDecodeError, RequestDataTooBig):  # what Django's handler answers itself
+        # The portal's handler makes the request, or answers it itself (a header it cannot read).
+        request, _refused = django_application.create_request(scope, io.BytesIO(body))
+        if request is None:
             return None
         try:
             try:
