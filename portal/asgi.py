@@ -20,6 +20,18 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 django.setup(set_prefix=False)  # as django.core.asgi.get_asgi_application does
 
 from portal.errors import json_error, path_wants_json  # noqa: E402
+from portal.uploads import uploads_close  # noqa: E402
+
+
+class Request(ASGIRequest):
+    """Django's request, deleting its uploads' files when it ends, even those of a
+    malformed form (see `portal.uploads`)."""
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            uploads_close(self)
 
 
 class RequestHandler(ASGIHandler):
@@ -29,6 +41,8 @@ class RequestHandler(ASGIHandler):
     refuses some bad ones itself but not all: a charset with a NUL byte in it, or
     an RFC 2231 parameter in an unknown charset, raises ValueError there, which
     would answer 500 and log a traceback (found by tests/fuzz)."""
+
+    request_class = Request
 
     def create_request(self, scope: Mapping[str, Any], body_file: IO[bytes]
                        ) -> tuple[ASGIRequest, None] | tuple[None, HttpResponseBase]:
