@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 FUZZ_ROOT = Path(__file__).resolve().parent
 REPOSITORY = FUZZ_ROOT.parent.parent
@@ -116,6 +116,15 @@ def case_checked(target: Target, data: bytes) -> BaseException | None:
     except Exception as error:
         return error
     return None
+
+
+def functions_instrumented(owner: Any, names: list[str]) -> None:
+    """Instrument some functions (or methods) of an imported module or class for
+    coverage: a package instrumented whole (Django) would take minutes to start."""
+    import atheris
+
+    for name in names:
+        setattr(owner, name, atheris.instrument_func(getattr(owner, name)))
 
 
 def fuzz_main(target: Target, *, mutator: Callable[[bytes, int, int], bytes] | None = None) -> None:

@@ -20,7 +20,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from tests.fuzz.harness import OracleError, fuzz_main
+from tests.fuzz.harness import OracleError, functions_instrumented, fuzz_main
 
 # What the view or Django may answer a well-formed request from the visit's owner.
 ANSWERS = {204, 400, 403, 409, 413, 415}
@@ -153,9 +153,18 @@ class KeysTarget:
                 raise OracleError(f"an error without the API's shape ({status}): {answer[:200]!r}")
 
 
-INSTRUMENTED = ["sessions.tools", "sessions.keys", "sessions.api", "portal.errors", "portal.relay",
-                "django.http.request", "django.http.multipartparser", "django.utils.http",
-                "django.middleware.csrf"]
+def django_instrumented() -> None:
+    """Coverage in the parts of Django that read a request's body and headers."""
+    from django.http import multipartparser, request
+    from django.middleware import csrf
+    from django.utils import http
+
+    functions_instrumented(multipartparser.MultiPartParser, ["__init__", "parse", "handle_file_complete"])
+    functions_instrumented(multipartparser, ["parse_boundary_stream"])
+    functions_instrumented(multipartparser.BoundaryIter, ["__next__", "_find_boundary"])
+    functions_instrumented(request.HttpRequest, ["_load_post_and_files", "_set_content_type_params"])
+    functions_instrumented(http, ["parse_header_parameters"])
+    functions_instrumented(csrf.CsrfViewMiddleware, ["process_view"])
 
 
 def main() -> None:
@@ -163,9 +172,10 @@ def main() -> None:
 
     from tests.fuzz.install import private_install
 
-    with atheris.instrument_imports(include=INSTRUMENTED):
+    with atheris.instrument_imports(include=["portal", "sessions"]):
         root = private_install()
         import portal.asgi  # noqa: F401
+    django_instrumented()
     fuzz_main(KeysTarget(private_root=root))
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.fuzz.harness import OracleError, fuzz_main
-from tests.fuzz.targets.keys import HOST, KeysTarget, request_parts
+from tests.fuzz.targets.keys import HOST, KeysTarget, django_instrumented, request_parts
 
 DOS_NAME = re.compile(r"[A-Z0-9!#$%&'()\-@^_`{}~]{1,8}(\.[A-Z0-9!#$%&'()\-@^_`{}~]{1,3})?")
 MTOOLS_ENVIRONMENT = {"MTOOLS_SKIP_CHECK": "1", "MTOOLS_IGNORE_SHORT_CASE": "1", "MTOOLSRC": "/dev/null"}
@@ -163,20 +163,16 @@ class MediaTarget(KeysTarget):
             raise OracleError(f"DOS names: the floppy holds {held}, not {sorted(dos)}")
 
 
-INSTRUMENTED = ["sessions.sandbox", "sessions.api", "portal.uploads", "portal.errors", "portal.relay",
-                "django.http.request", "django.http.multipartparser", "django.utils.http",
-                "django.core.files.uploadhandler", "django.middleware.csrf"]
-
-
 def main() -> None:
     import atheris
 
     from tests.fuzz.install import private_install
 
-    with atheris.instrument_imports(include=INSTRUMENTED):
+    with atheris.instrument_imports(include=["portal", "sessions"]):
         root = private_install()
         import portal.asgi  # noqa: F401
         import sessions.sandbox  # noqa: F401
+    django_instrumented()
     fuzz_main(MediaTarget(private_root=root))
 
 
