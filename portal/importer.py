@@ -302,8 +302,10 @@ def vmdk_header_check(path: Path) -> None:
     extents = []
     for line in text.splitlines():
         line = line.strip()
-        key = line.split("=", 1)[0].strip().lower()
-        if key == "createtype" and line.split("=", 1)[1].strip().strip('"') not in {
+        # A line without "=" has an empty value (the descriptor is the image's word).
+        key, _, value = line.partition("=")
+        key = key.strip().lower()
+        if key == "createtype" and value.strip().strip('"') not in {
                 "monolithicSparse", "streamOptimized"}:
             raise ImageRejectedError("vmdk_extent", "Only single-file VMDKs (monolithicSparse or "
                                      "streamOptimized) are accepted.")

@@ -68,6 +68,17 @@ def test_it_refuses_a_vmdk_whose_descriptor_lies_past_its_end(image: Path, tmp_p
     assert list(store.iterdir()) == []
 
 
+def test_it_refuses_a_vmdk_whose_descriptor_has_a_bare_create_type_line(tmp_path: Path) -> None:
+    """Found by the importer's harness: a descriptor line "createType" without "=" raised
+    IndexError in the hand check."""
+    image = CRASHES_ROOT / "importer" / "IndexError-importer-306-63190c0f5888"
+    store = tmp_path / "store"
+    with pytest.raises(ImageRejectedError) as refused:
+        image_import(image, name="game.vmdk", store=store, limits=LIMITS)
+    assert refused.value.reason == "vmdk_extent"
+    assert list(store.iterdir()) == []
+
+
 def test_it_refuses_a_layer_whose_backing_name_lies_past_its_end(tmp_path: Path) -> None:
     """The same unbounded seek in the qcow2 check of a layer over a master (bags)."""
     store = tmp_path / "store"
