@@ -343,8 +343,10 @@ def qemu_img_run(argv: Sequence[str], *, limits: ImportLimits, long: bool = Fals
     address_space = limits.convert_address_space_bytes if long else limits.probe_address_space_bytes
     try:
         return subprocess.run(
+            # qemu-img quotes the image's own bytes in its messages (a qcow2's feature
+            # names): they need not be UTF-8.
             [limits.qemu_img, *argv], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-            timeout=timeout_s, check=False,
+            errors="replace", timeout=timeout_s, check=False,
             preexec_fn=_limits(cpu_s=cpu_s, address_space_bytes=address_space),
         )
     except subprocess.TimeoutExpired as error:
@@ -543,7 +545,7 @@ def qemu_img_convert(argv: Sequence[str], *, output: Path, max_written_bytes: in
     try:
         process = subprocess.Popen(
             [limits.qemu_img, "convert", *argv], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
+            stderr=subprocess.PIPE, text=True, errors="replace",
             preexec_fn=_limits(cpu_s=limits.convert_cpu_s,
                                address_space_bytes=limits.convert_address_space_bytes),
         )

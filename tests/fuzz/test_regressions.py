@@ -79,6 +79,18 @@ def test_it_refuses_a_vmdk_whose_descriptor_has_a_bare_create_type_line(tmp_path
     assert list(store.iterdir()) == []
 
 
+def test_it_refuses_a_qcow2_whose_feature_names_are_not_utf8(tmp_path: Path) -> None:
+    """qemu-img quotes the image's feature names in its error; bytes that are not UTF-8
+    raised UnicodeDecodeError reading its output."""
+    image = CRASHES_ROOT / "importer" / "UnicodeDecodeError-qcow2-feature-name-not-utf8.qcow2"
+    store = tmp_path / "store"
+    with pytest.raises(ImageRejectedError) as refused:
+        image_import(image, name="game.qcow2", store=store, limits=LIMITS)
+    assert refused.value.reason == "corrupt"
+    assert "Unsupported qcow2 feature(s): \ufffd\ufffd\ufffdbad" in str(refused.value)
+    assert list(store.iterdir()) == []
+
+
 def test_it_refuses_a_layer_whose_backing_name_lies_past_its_end(tmp_path: Path) -> None:
     """The same unbounded seek in the qcow2 check of a layer over a master (bags)."""
     store = tmp_path / "store"
