@@ -11,7 +11,7 @@ CLUSTER_DIR ?= var-cluster
 APT_PACKAGES := qemu-system-x86 qemu-utils nasm mtools chromium postgresql redis-server nginx
 DEMO_DESCRIPTION := A free stand-in for a Windows 3.1 desktop, written for this portal and built from its source. It boots from its hard disk like an installed Windows 3.1 PC. Click the icons, type in Notepad and save: your text stays on this visit's own disk, and the next visitor starts fresh.
 
-.PHONY: setup run cluster test lint bench bench-density clean
+.PHONY: setup run cluster test lint fuzz bench bench-density clean
 
 setup: apt $(VENV)/.installed node_modules/.package-lock.json $(DEMO_IMAGE)
 
@@ -63,6 +63,15 @@ TEST_WORKERS ?= 4
 
 test: setup lint
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
+
+# Every fuzz target (tests/fuzz/: the RFB stream, the keys API, the media upload, the
+# importer) for FUZZ_SECONDS each (10 minutes), one after another, then a table of cases,
+# cases per second and findings; exits non-zero on a finding. Inputs that reached new code
+# are merged into tests/fuzz/corpus/, findings kept in tests/fuzz/crashes/ (see docs/developers.md).
+FUZZ_SECONDS ?= 600
+
+fuzz: apt $(VENV)/.installed
+	$(PY) -m tests.fuzz.campaign --seconds $(FUZZ_SECONDS) --keep-corpus
 
 bench: setup
 	$(PY) bench/run.py

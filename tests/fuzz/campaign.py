@@ -48,8 +48,9 @@ class Result:
     failed: str = ""
 
 
-def artifacts_kept(artifacts: Path, target: str) -> list[str]:
-    """libFuzzer's inputs that ended a process, moved to the target's crashes."""
+def artifacts_kept(artifacts: Path, target: str, *, ended: set[str]) -> list[str]:
+    """libFuzzer's inputs that ended a process, moved to the target's crashes; their
+    SHA-1s go into `ended`, so that a restart does not begin with them again."""
     kept = []
     crashes = CRASHES_ROOT / target
     for path in sorted(artifacts.iterdir()):
@@ -58,6 +59,7 @@ def artifacts_kept(artifacts: Path, target: str) -> list[str]:
             continue
         crashes.mkdir(parents=True, exist_ok=True)
         data = path.read_bytes()
+        ended.add(hashlib.sha1(data).hexdigest())
         destination = crashes / f"{kind}-{hashlib.sha1(data).hexdigest()[:12]}"
         destination.write_bytes(data)
         path.unlink()
@@ -72,13 +74,13 @@ def target_run(target: str, *, seconds: float, workspace: Path, keep_corpus: boo
     artifacts = workspace / "artifacts"
     for directory in (corpus, artifacts):
         directory.mkdir(parents=True)
-    seeds = [os.fspath(directory) for directory in (CORPUS_ROOT / target, CRASHES_ROOT / target)
-             if directory.is_dir() and any(directory.iterdir())]
     log = workspace / "log"
     deadline = time.monotonic() + seconds
     runs = 0
+    ended: set[str] = set()
     while (left := deadline - time.monotonic()) > 5 or runs == 0:
         runs += 1
+        seeds = seeds_laid(target, workspace=workspace, without=ended)
         stats = workspace / f"stats-{runs}.json"
         environment = {**os.environ, "FUZZ_SECONDS": f"{max(left, 1):.0f}", "FUZZ_STATS": os.fspath(stats),
                        "FUZZ_CRASH_DIR": os.fspath(CRASHES_ROOT / target), "TMPDIR": os.fspath(workspace),
@@ -89,8 +91,8 @@ def target_run(target: str, *, seconds: float, workspace: Path, keep_corpus: boo
                  os.fspath(corpus), *seeds],
                 cwd=REPOSITORY, env=environment, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
                 timeout=left + GRACE_S, check=False)
-        ended = artifacts_kept(artifacts, target)
-        result.findings += ended
+        killed = artifacts_kept(artifacts, target, ended=ended)
+        result.findings += killed
         if stats.exists():
             said = json.loads(stats.read_text())
             result.cases += said["cases"]
@@ -98,13 +100,32 @@ def target_run(target: str, *, seconds: float, workspace: Path, keep_corpus: boo
             result.findings += [f"{finding['signature']}: {finding['detail']} (input kept in "
                                 f"{Path(finding['input']).relative_to(REPOSITORY)})"
                                 for finding in said["findings"]]
-        if not stats.exists() or (process.returncode != 0 and not ended):
+        if not stats.exists() or (process.returncode != 0 and not killed):
             tail = log.read_bytes()[-3000:].decode("utf-8", "replace")
             result.failed = f"the harness ended with {process.returncode}:\n{tail}"
             break
     if keep_corpus and target in MERGED and not result.failed:
         corpus_merge(target, corpus=corpus, workspace=workspace)
     return result
+
+
+def seeds_laid(target: str, *, workspace: Path, without: set[str]) -> list[str]:
+    """The seed directories: copies of the target's corpus and crashes less the inputs
+    that ended a harness in this run (a hang would end every restart at once)."""
+    for digest in without:  # libFuzzer names its corpus's inputs by their SHA-1
+        (workspace / "corpus" / digest).unlink(missing_ok=True)
+    laid = []
+    for source in (CORPUS_ROOT / target, CRASHES_ROOT / target):
+        copy = workspace / f"seeds-{source.parent.name}"
+        shutil.rmtree(copy, ignore_errors=True)
+        copy.mkdir()
+        for path in sorted(source.iterdir()) if source.is_dir() else []:
+            data = path.read_bytes()
+            if hashlib.sha1(data).hexdigest() not in without:
+                (copy / path.name).write_bytes(data)
+        if any(copy.iterdir()):
+            laid.append(os.fspath(copy))
+    return laid
 
 
 def corpus_merge(target: str, *, corpus: Path, workspace: Path) -> None:
