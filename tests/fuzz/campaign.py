@@ -131,12 +131,16 @@ def seeds_laid(target: str, *, workspace: Path, without: set[str]) -> list[str]:
 def corpus_merge(target: str, *, corpus: Path, workspace: Path) -> None:
     """Add to the repository's corpus the working corpus's inputs that reach new code."""
     kept = CORPUS_ROOT / target
+    # libFuzzer's merge runs its workers by the harness's argv[0]: an executable.
+    executable = workspace / "harness"
+    executable.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m tests.fuzz.targets.{target} "$@"\n')
+    executable.chmod(0o700)
     environment = {**os.environ, "FUZZ_SECONDS": "600", "TMPDIR": os.fspath(workspace),
-                   "PYTHONPATH": os.fspath(REPOSITORY)}
+                   "PYTHONPATH": os.fspath(REPOSITORY), "FUZZ_EXECUTABLE": os.fspath(executable)}
     with (workspace / "merge.log").open("ab") as output:
-        subprocess.run([sys.executable, "-m", f"tests.fuzz.targets.{target}", "-merge=1",
-                        os.fspath(kept), os.fspath(corpus)], cwd=REPOSITORY, env=environment,
-                       stdin=subprocess.DEVNULL, stdout=output, stderr=output, timeout=600, check=False)
+        subprocess.run([os.fspath(executable), "-merge=1", os.fspath(kept), os.fspath(corpus)],
+                       cwd=REPOSITORY, env=environment, stdin=subprocess.DEVNULL, stdout=output,
+                       stderr=output, timeout=600, check=False)
 
 
 def table(results: list[Result]) -> str:

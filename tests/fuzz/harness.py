@@ -130,7 +130,8 @@ def functions_instrumented(owner: Any, names: list[str]) -> None:
 def fuzz_main(target: Target, *, mutator: Callable[[bytes, int, int], bytes] | None = None) -> None:
     """Run `target` under atheris: the command line is libFuzzer's (corpus directories,
     -max_total_time, ...); FUZZ_SECONDS bounds the run, FUZZ_STATS names the statistics
-    file the campaign reads, FUZZ_CRASH_DIR where findings' inputs go."""
+    file the campaign reads, FUZZ_CRASH_DIR where findings' inputs go, FUZZ_EXECUTABLE
+    what runs this target again (for -merge=1)."""
     import atheris
 
     seconds = float(os.environ.get("FUZZ_SECONDS", "600"))
@@ -164,9 +165,10 @@ def fuzz_main(target: Target, *, mutator: Callable[[bytes, int, int], bytes] | N
             # going until -max_total_time; the deadline is ours.
             os._exit(0)
 
-    arguments = [sys.argv[0], f"-max_len={target.max_length}", f"-timeout={target.timeout_s}",
-                 f"-rss_limit_mb={target.rss_limit_mb}", f"-max_total_time={int(seconds) + 60}",
-                 *sys.argv[1:]]
+    # libFuzzer starts its merge's workers by running argv[0]: an executable, not this module.
+    arguments = [os.environ.get("FUZZ_EXECUTABLE", sys.argv[0]), f"-max_len={target.max_length}",
+                 f"-timeout={target.timeout_s}", f"-rss_limit_mb={target.rss_limit_mb}",
+                 f"-max_total_time={int(seconds) + 60}", *sys.argv[1:]]
     if mutator is not None:
         atheris.Setup(arguments, one_input, custom_mutator=mutator)
     else:
