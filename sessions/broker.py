@@ -67,7 +67,7 @@ from .errors import (
 from .host import UidLease, machine_lease_take, runas_choose, uid_leases_tidy
 from .keeper import Keeper, MachineFactory, task_new
 from .keys import Keystroke, TypingPace
-from .launcher import Launcher, exhibit_prepare
+from .launcher import Launcher, MachineSource, exhibit_prepare
 from .machine import Machine, MachineError
 from .metrics import FIRST_FRAME, REAPER_CLEANED, REAPER_RUNS, REFUSALS, RESETS, STARTS, NodeSnapshot
 from .models import Node, VisitorSession, new_session_id
@@ -78,7 +78,6 @@ from .nodes import (
     nodes_dead_end,
     nodes_list,
 )
-from .overlay import OVERLAY_FILE
 from .pool import Pool
 from .reaper import reap_once
 from .sandbox import Checkpoint, MediaResult, Upload
@@ -127,17 +126,20 @@ class LiveVisit:
 
 class Broker:
     def __init__(self, config: BrokerConfig, *, machine_factory: MachineFactory | None = None) -> None:
+        # Built in order, each from what is built before it.
         self.launcher = Launcher(config)
         self.scheduler = config.scheduler_config()
         self.limiter: Limiter = (
             RedisStartLimiter(url=config.redis_url, window_s=config.start_window_s)
             if config.redis_url else StartLimiter(window_s=config.start_window_s))
-        self.keeper = Keeper(config.keeper_config(), machine_factory=machine_factory or self.launcher,
-                             recorder=self)
-        self.pool = Pool(self.launcher, size=config.pool_size, capacity=config.capacity,
-                         occupied=lambda: self.active_count, recheck_s=config.node_heartbeat_s)
-        if machine_factory is None and config.pool_size > 0:
-            self.launcher.pool = self.pool
+        self.pool = Pool(machine_new=self.launcher.machine_new,
+                         start_usable=self.launcher.start_state_usable, size=config.pool_size,
+                         capacity=config.capacity, occupied=lambda: self.active_count,
+                         recheck_s=config.node_heartbeat_s)
+        # A factory of the caller's (the tests') has no pool.
+        self._pool_runs = machine_factory is None and config.pool_size > 0
+        self.keeper = Keeper(config.keeper_config(), recorder=self, machine_factory=machine_factory
+                             or MachineSource(self.launcher, self.pool if self._pool_runs else None))
         self._config = config
         self._create_lock = asyncio.Lock()
         self._pull_lock = asyncio.Lock()
@@ -160,6 +162,13 @@ class Broker:
         self.scheduler = config.scheduler_config()
         self.keeper.config = config.keeper_config()
         self.pool.capacity = config.capacity
+
+    @property
+    def _run_dir_pending(self) -> str:
+        """The row's run directory while the visit is this node's and has no machine yet:
+        the node's run root (the machine's own directory once it runs). Empty means
+        placed on a node that has not taken it in (sessions.scheduler)."""
+        return os.fspath(self.config.run_root)
 
     # --- queries -----------------------------------------------------------------
 
@@ -267,7 +276,7 @@ class Broker:
                 session = await sync_to_async(visit_place)(
                     self.scheduler, self.limiter, session_id=session_id, exhibit_id=exhibit.pk,
                     owner=owner, address=address, accelerator=self.accelerator_for(exhibit),
-                    run_dir=os.fspath(self.config.run_root / session_id))
+                    run_dir=self._run_dir_pending)
             except BaseException:
                 lease.release()
                 raise
@@ -319,7 +328,7 @@ class Broker:
                                        lease=lease)
         try:
             await VisitorSession.objects.filter(id=session_id).aupdate(
-                run_dir=os.fspath(visit.run_dir), accelerator=self.accelerator_for(row.exhibit))
+                run_dir=self._run_dir_pending, accelerator=self.accelerator_for(row.exhibit))
         except BaseException:
             self.keeper.visit_drop(visit)
             raise
@@ -349,13 +358,15 @@ class Broker:
         now = timezone.now()
         await VisitorSession.objects.filter(id=visit.session_id, state=State.STARTING).aupdate(
             state=State.RUNNING, started_at=now, pid=visit.machine.pid,
+            run_dir=os.fspath(visit.machine.run_dir),
             expires_at=now + timedelta(seconds=self.config.session_max_s),
         )
         self._notify_changed(visit.session_id)
 
     async def visit_replaced(self, visit: Visit) -> None:
         assert visit.machine is not None
-        await VisitorSession.objects.filter(id=visit.session_id).aupdate(pid=visit.machine.pid)
+        await VisitorSession.objects.filter(id=visit.session_id).aupdate(
+            pid=visit.machine.pid, run_dir=os.fspath(visit.machine.run_dir))
 
     async def visit_ended(self, visit: Visit, *, reason: str, detail: str) -> None:
         # Only while this node holds it: a visit in line may have gone to another.
@@ -399,7 +410,7 @@ class Broker:
         try:
             await machine.execute("stop")
             try:
-                await asyncio.to_thread(shutil.copyfile, visit.run_dir / OVERLAY_FILE, copy)
+                await asyncio.to_thread(shutil.copyfile, machine.disk_path, copy)
             finally:
                 await machine.execute("cont")
         except BaseException:
@@ -697,7 +708,7 @@ class Broker:
             task_new(self._heartbeat(), name="broker-heartbeat"),
             task_new(self._node_messages(), name="broker-node-messages"),
         ]
-        if self.launcher.pool is not None:
+        if self._pool_runs:
             self._background.append(task_new(self.pool.run(), name="broker-pool"))
 
     async def _clock(self) -> None:

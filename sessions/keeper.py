@@ -40,9 +40,9 @@ from .errors import (
 )
 from .host import Lease
 from .keys import KeyedMachine, Keystroke, TypingPace, keystrokes_send
-from .machine import MachineError, MachineStartError, log_tail
+from .machine import MachineError, MachineStartError
 from .metrics import MACHINE_STARTS
-from .overlay import OverlayError, run_dir_create, run_dir_remove
+from .overlay import OverlayError
 from .sandbox import (
     Checkpoint,
     MediaResult,
@@ -51,7 +51,6 @@ from .sandbox import (
     SandboxError,
     SandboxMachine,
     Upload,
-    sandbox_files_remove,
 )
 from .visit import EndReason, Phase, Visit
 
@@ -65,9 +64,13 @@ class KeptMachine(Protocol):
     @property
     def pid(self) -> int | None: ...
     @property
+    def run_dir(self) -> Path: ...
+    @property
     def vnc_path(self) -> Path: ...
     @property
     def log_path(self) -> Path: ...
+    # The end of its QEMU's log, once it has stopped.
+    last_words: str
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
     async def kill_now(self) -> None: ...
@@ -78,7 +81,8 @@ class KeptMachine(Protocol):
 
 class MachineFactory(Protocol):
     async def __call__(self, visit: Visit, *, warm: bool) -> KeptMachine | None:
-        """A new, unstarted machine for the visit, its disks made. With `warm`, one that
+        """A new, unstarted machine for the visit, its disks made in a run directory of
+        its own, which the machine deletes once it has stopped. With `warm`, one that
         resumes the exhibit's start state, or None when it has no usable one."""
 
 
@@ -175,8 +179,8 @@ class Keeper:
 
     def visit_open(self, *, session_id: str, exhibit: Any, queued: bool, lease: Lease | None) -> Visit:
         """Take a new visit in (its machine lease already held); `visit_begin` sets it going."""
-        visit = Visit(session_id=session_id, run_dir=self.config.run_root / session_id,
-                      exhibit=exhibit, first=Phase.QUEUED if queued else Phase.STARTING, lease=lease)
+        visit = Visit(session_id=session_id, exhibit=exhibit,
+                      first=Phase.QUEUED if queued else Phase.STARTING, lease=lease)
         self._visits[session_id] = visit
         return visit
 
@@ -223,7 +227,6 @@ class Keeper:
         try:
             if from_queue:
                 await self._recorder.visit_starting(visit)
-            run_dir_create(root=self.config.run_root, name=visit.session_id)
             await self._machine_start(visit)
         except (OverlayError, MachineError) as error:
             self._start_failed(visit, error)
@@ -356,11 +359,10 @@ class Keeper:
             with contextlib.suppress(asyncio.CancelledError):
                 await visit.watch_task
         # Its overlay is discarded, so it need not shut down in order, and the new
-        # machine need not wait for the kernel to tear the old one down: a dying
-        # process keeps its own open files while the paths are made anew.
+        # machine (in a run directory of its own) need not wait for the kernel to
+        # tear the old one down; the old one's files go once it has stopped.
         if old is not None:
             await old.kill_now()
-        await asyncio.to_thread(sandbox_files_remove, visit.run_dir)
         started, stopped = await asyncio.gather(
             self._machine_start(visit),
             old.stop() if old is not None else asyncio.sleep(0),
@@ -399,8 +401,8 @@ class Keeper:
         if self.config.sandbox is None or visit.machine is None:
             raise SandboxError("This server keeps no checkpoints or visitors' files.")
         if visit.sandbox is None or visit.sandbox.machine is not cast(SandboxMachine, visit.machine):
-            visit.sandbox = Sandbox(machine=cast(SandboxMachine, visit.machine), run_dir=visit.run_dir,
-                                    config=self.config.sandbox)
+            visit.sandbox = Sandbox(machine=cast(SandboxMachine, visit.machine),
+                                    run_dir=visit.machine.run_dir, config=self.config.sandbox)
         return visit, visit.sandbox
 
     def checkpoints(self, *, session_id: str) -> list[Checkpoint]:
@@ -469,9 +471,9 @@ class Keeper:
     async def files_out(self, *, session_id: str) -> BinaryIO:
         """A zip of the files the visit created or changed on the machine's FAT disks: an
         unnamed file in the run directory, gone once closed, read from its start."""
-        visit, sandbox = self._sandbox(session_id)
+        _, sandbox = self._sandbox(session_id)
         # Handed to the caller, whose response closes it once sent.
-        archive = tempfile.TemporaryFile(dir=visit.run_dir)  # noqa: SIM115
+        archive = tempfile.TemporaryFile(dir=sandbox.run_dir)  # noqa: SIM115
         try:
             await sandbox.files_out(archive)
         except MachineError as error:
@@ -760,11 +762,10 @@ class Keeper:
                     with contextlib.suppress(asyncio.CancelledError):
                         await other
             if visit.machine is not None:
+                # Its run directory and leases go once it has stopped.
                 await visit.machine.stop()
-                tail = log_tail(visit.machine.log_path, 500).strip().replace("\n", " | ")
-                if tail:
+                if tail := visit.machine.last_words.replace("\n", " | "):
                     logger.info("session %s ended (%s); QEMU said: %s", visit.session_id, reason, tail)
-            await asyncio.to_thread(run_dir_remove, visit.run_dir)
         finally:
             try:
                 # Recorded before the keeper lets go, so the reaper never sees a live
@@ -772,10 +773,9 @@ class Keeper:
                 await self._recorder.visit_ended(visit, reason=reason, detail=detail)
             finally:
                 self._visits.pop(visit.session_id, None)
-                # Every trace is gone (its QEMU, which held the uid's lease too, has exited).
-                for lease in (visit.uid_lease, visit.lease):
-                    if lease is not None:
-                        lease.release()
+                # Every trace is gone (its machine let go of its own files and leases).
+                if visit.lease is not None:
+                    visit.lease.release()
                 visit.move(Phase.ENDED)
                 self._recorder.notify(visit.session_id, {"type": "changed"})
                 self._recorder.visit_gone(visit)

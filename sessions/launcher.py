@@ -1,10 +1,18 @@
 """The launcher: how this node makes a machine for an exhibit.
 
-Owns: the keeper's real machine factory (a fresh overlay over the exhibit's
-master, or over its start state to resume it, plus an overlay over each extra
-medium; the machine's uid lease and confinement; a machine from the warm pool
-when it holds one, sessions/pool.py), the start states' keys and
-which state is usable here, and preparing a start state (`exhibit_prepare`).
+Owns: making a machine (`Launcher.machine_new`: a run directory of its own,
+named by nothing but the machine, `m-<hex>`, under its own machine lease; a
+fresh overlay over the exhibit's master, or over its start state to resume
+it, plus an overlay over each extra medium; its uid lease and confinement),
+which the machine owns from then on and lets go of once it has stopped; the
+keeper's machine factory (`MachineSource`: a machine from the warm pool when
+it holds one, sessions/pool.py, else a new one); the start states' keys and
+which state is usable here; and preparing a start state (`exhibit_prepare`).
+
+A machine is found the same way however it was made: its files are where its
+own `run_dir` says (the visit's row records it once the machine runs), so a
+pooled machine handed to a visit is found like one launched for it, and
+nothing on its QEMU command line names the pool.
 
 Must not: decide when a machine starts or ends (the keeper does), or start it:
 it hands the keeper an unstarted `Machine`.
@@ -15,6 +23,7 @@ import asyncio
 import logging
 import os
 import secrets
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,9 +33,9 @@ from portal.models import Exhibit, ExhibitMedia, StartState
 
 from .config import BrokerConfig
 from .confine import Confinement
-from .host import HostError, UidLease, machine_lease, uid_lease_take
+from .host import HostError, UidLease, machine_lease, machine_lease_take, uid_lease_take
 from .machine import Machine, MachineError, MachineStartError, accelerator_resolve, qemu_version, state_key
-from .overlay import OVERLAY_FILE, OverlayError, overlay_create
+from .overlay import OVERLAY_FILE, OverlayError, overlay_create, run_dir_create, run_dir_remove
 from .prepare import PrepareError, StartCondition, start_state_discard, start_state_prepare
 from .sandbox import files_disk_create
 from .visit import Visit
@@ -36,13 +45,20 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# Every machine's run directory (and machine lease) is `m-<hex>`: named by the
+# machine alone, never by a visit or the pool, since a running QEMU's command
+# line names it for the machine's whole life.
+MACHINE_PREFIX = "m-"
+
+
+def machine_name_new() -> str:
+    return f"{MACHINE_PREFIX}{secrets.token_hex(8)}"
+
 
 class Launcher:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
         self._qemu_version: str | None = None
-        # The node's warm pool, when it keeps one (the broker sets it).
-        self.pool: Pool | None = None
 
     def qemu_version(self) -> str:
         if self._qemu_version is None:
@@ -82,38 +98,39 @@ class Launcher:
             cgroups=self.config.cgroups,
         )
 
-    # --- the keeper's machine factory --------------------------------------------
+    # --- making a machine -----------------------------------------------------------
 
-    async def __call__(self, visit: Visit, *, warm: bool) -> Machine | None:
-        """An unstarted machine for the visit on fresh overlays; with `warm`, one that
-        resumes the exhibit's start state (None when it has no usable one): from the
-        warm pool when it holds one, already resumed and paused."""
-        exhibit: Exhibit = visit.exhibit
-        pool = self.pool
-        if not warm:
-            if pool is not None:
-                await pool.room_make()
-            return await self._visit_machine(visit, exhibit, base=Path(exhibit.image.path),
-                                             base_format=exhibit.image.format)
-        start = await self.start_state_usable(exhibit)
-        if start is None:
-            if pool is not None:
-                pool.drop_exhibit(exhibit.pk, why="its start state is stale or gone")
-            return None
-        if pool is not None:
-            pooled = pool.take(exhibit.pk, start)
-            if pooled is not None:
-                return await pool.hand_over(pooled, visit.run_dir)
-            await pool.room_make()
-        return await self._visit_machine(visit, exhibit, base=Path(start.warm_path), base_format="qcow2",
-                                         incoming_state=Path(start.state_path))
-
-    async def _visit_machine(self, visit: Visit, exhibit: Exhibit, *, base: Path, base_format: str,
-                             incoming_state: Path | None = None) -> Machine:
-        if visit.uid_lease is None:
-            visit.uid_lease = self.uid_lease()
-        return await self.machine_make(visit.run_dir, exhibit, base=base, base_format=base_format,
-                                       incoming_state=incoming_state, uid_lease=visit.uid_lease)
+    async def machine_new(self, exhibit: Exhibit, *, base: Path, base_format: str,
+                          incoming_state: Path | None = None) -> Machine:
+        """An unstarted machine of the exhibit on fresh overlays over `base`, in a run
+        directory of its own, under a machine lease and a uid lease of its own. The
+        machine owns all of it: once it has stopped, its directory is deleted and
+        its leases let go (`Machine.after_stop`)."""
+        config = self.config
+        name = machine_name_new()
+        # Owned before any of it exists, so no reaper of the install takes it for an orphan.
+        lease = machine_lease_take(name=name, directory=config.leases)
+        uid_lease: UidLease | None = None
+        run_dir: Path | None = None
+        try:
+            run_dir = run_dir_create(root=config.run_root, name=name)
+            uid_lease = self.uid_lease()
+            machine = await self.machine_make(run_dir, exhibit, base=base, base_format=base_format,
+                                              incoming_state=incoming_state, uid_lease=uid_lease)
+        except BaseException:
+            try:
+                if run_dir is not None:
+                    # Shielded: cancelled again meanwhile, the leases still go below.
+                    await asyncio.shield(asyncio.to_thread(run_dir_remove, run_dir))
+            finally:
+                for held in (uid_lease, lease):
+                    if held is not None:
+                        held.release()
+            raise
+        # In this order: nothing of the machine is left when its lease goes.
+        machine.after_stop += [partial(run_dir_remove, run_dir),
+                               *(held.release for held in (uid_lease, lease) if held is not None)]
+        return machine
 
     async def machine_make(self, run_dir: Path, exhibit: Exhibit, *, base: Path, base_format: str,
                            incoming_state: Path | None = None,
@@ -185,6 +202,39 @@ class Launcher:
             await StartState.objects.filter(pk=start.pk).aupdate(stale=True, stale_reason=reason)
             return None
         return start
+
+
+class MachineSource:
+    """The keeper's machine factory: a machine for a visit, from the warm pool when it
+    holds one resumed from the exhibit's start state, else a new one."""
+
+    def __init__(self, launcher: Launcher, pool: Pool | None) -> None:
+        self.launcher = launcher
+        self.pool = pool
+
+    async def __call__(self, visit: Visit, *, warm: bool) -> Machine | None:
+        """An unstarted machine for the visit on fresh overlays; with `warm`, one that
+        resumes the exhibit's start state (None when it has no usable one): from the
+        warm pool when it holds one, already resumed and paused."""
+        exhibit: Exhibit = visit.exhibit
+        launcher, pool = self.launcher, self.pool
+        if not warm:
+            if pool is not None:
+                await pool.room_make()
+            return await launcher.machine_new(exhibit, base=Path(exhibit.image.path),
+                                              base_format=exhibit.image.format)
+        start = await launcher.start_state_usable(exhibit)
+        if start is None:
+            if pool is not None:
+                pool.drop_exhibit(exhibit.pk, why="its start state is stale or gone")
+            return None
+        if pool is not None:
+            pooled = pool.take(exhibit.pk, start)
+            if pooled is not None:
+                return pooled
+            await pool.room_make()
+        return await launcher.machine_new(exhibit, base=Path(start.warm_path), base_format="qcow2",
+                                          incoming_state=Path(start.state_path))
 
 
 async def exhibit_prepare(exhibit: Exhibit, condition: StartCondition) -> StartState:

@@ -280,9 +280,12 @@ class Machine:
         # Resumed from its saved state but held paused (a warm pool's machine):
         # the next `start()` puts its clock right and lets it run.
         self._held = False
-        # Called once the process is gone and its cgroup removed, by `stop()`: what
-        # the machine's owner lets go only then (a pooled machine's own leases).
+        # Called once the process is gone and its cgroup removed, by `stop()` (in a
+        # thread: they may delete files): what the machine's owner lets go only then
+        # (the launcher's: its run directory, then its leases).
         self.after_stop: list[Callable[[], None]] = []
+        # The end of QEMU's log, read once it has stopped, before its run directory goes.
+        self.last_words = ""
         # The first viewer's connection to QEMU's VNC server, opened before the
         # guest runs (see `display_connection_open`); None once taken or closed.
         self._display_connection: socket.socket | None = None
@@ -766,7 +769,7 @@ class Machine:
         """QMP quit, wait, kill if it lingers, wait. Idempotent."""
         if self._process is None:
             await self._cgroup_remove()
-            self._after_stop()
+            await asyncio.to_thread(self._after_stop)
             return
         if self._stop_task is None:
             self._stop_task = asyncio.ensure_future(self._stop())
@@ -804,13 +807,15 @@ class Machine:
                     process.kill()
                 await process.wait()
             await self._cgroup_remove()
-            self._after_stop()
+            await asyncio.to_thread(self._after_stop)
 
     def _after_stop(self) -> None:
         connection, self._display_connection = self._display_connection, None
         if connection is not None:
             connection.close()
         calls, self.after_stop = self.after_stop, []
+        if calls:
+            self.last_words = log_tail(self.log_path, 500).strip()
         for call in calls:
             try:
                 call()

@@ -1,14 +1,14 @@
 """The warm pool: machines already resumed from an exhibit's start state, paused,
 waiting for a visitor.
 
-Owns: this node's pooled machines (each on its own fresh overlay, uid, cgroup
-and run directory `pool-<hex>`, leased from before it exists until every
-trace of it is gone, like a visit's); filling the pool in the background, up
-to `PORTAL_POOL_SIZE` machines per published exhibit with a usable start
-state, within the node's free places; handing one to a visit (its run
-directory becomes the visit's, and the machine keeps its own leases until it
-stops); and discarding pooled machines: their start state went stale or was
-replaced, the node needs the place for a visitor, or the node shuts down.
+Owns: this node's pooled machines (each made by the launcher like any other:
+its own fresh overlay, uid, cgroup, leases and run directory `m-<hex>`, which
+it keeps when a visit has it, so nothing about it names the pool); filling
+the pool in the background, up to `PORTAL_POOL_SIZE` machines per published
+exhibit with a usable start state, within the node's free places; handing one
+to a visit (the visit adopts the machine and its run directory as they are);
+and discarding pooled machines: their start state went stale or was replaced,
+the node needs the place for a visitor, or the node shuts down.
 
 Must not: decide who gets a machine or on which node (the scheduler), touch a
 visit's row, or let a pooled machine run: the keeper starts it (QMP `cont`)
@@ -20,28 +20,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import secrets
-import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from portal.models import Exhibit, StartState
 
-from .host import Lease, UidLease, machine_lease_take
 from .keeper import task_new
 from .machine import Machine, MachineError
-from .overlay import OVERLAY_FILE, OverlayError, run_dir_create, run_dir_remove
-
-if TYPE_CHECKING:
-    from .launcher import Launcher
+from .overlay import OverlayError
 
 logger = logging.getLogger(__name__)
 
-POOL_PREFIX = "pool-"
+# The launcher's `machine_new`: an unstarted machine of an exhibit over a base.
+MachineNew = Callable[..., Awaitable[Machine]]
+# Which start state of an exhibit this node can resume, if any (the launcher's).
+StartUsable = Callable[[Exhibit], Awaitable[StartState | None]]
 
 
 @dataclass(eq=False)
@@ -56,8 +52,6 @@ class Pooled:
     state_key: str
     warm_path: str
     machine: Machine
-    lease: Lease
-    uid_lease: UidLease | None
     made_at: float = field(default_factory=time.monotonic)
 
     @property
@@ -71,9 +65,10 @@ class Pooled:
 class Pool:
     """This node's pooled machines, per exhibit."""
 
-    def __init__(self, launcher: Launcher, *, size: int, capacity: int,
-                 occupied: Callable[[], int], recheck_s: float = 5.0) -> None:
-        self.launcher = launcher
+    def __init__(self, *, machine_new: MachineNew, start_usable: StartUsable, size: int,
+                 capacity: int, occupied: Callable[[], int], recheck_s: float = 5.0) -> None:
+        self._machine_new = machine_new
+        self._start_usable = start_usable
         # Machines per exhibit (0: no pool), and the node's places for machines.
         self.size = size
         self.capacity = capacity
@@ -111,9 +106,11 @@ class Pool:
 
     # --- a visit takes one ---------------------------------------------------------
 
-    def take(self, exhibit_id: int, start: StartState) -> Pooled | None:
-        """A pooled machine resumed from `start` (the exhibit's usable state), or None.
-        Machines of the exhibit resumed from any other state are discarded."""
+    def take(self, exhibit_id: int, start: StartState) -> Machine | None:
+        """A pooled machine resumed from `start` (the exhibit's usable state), or None:
+        the visit's from now on, with its run directory and leases, paused until the
+        keeper starts it. Machines of the exhibit resumed from any other state are
+        discarded."""
         machines = self._machines.get(exhibit_id, [])
         stale = [pooled for pooled in machines if not pooled.matches(start)]
         for pooled in stale:
@@ -127,26 +124,7 @@ class Pool:
             else:
                 self._discard_soon(candidate, why="its QEMU is gone")
         self.wake()
-        return taken
-
-    async def hand_over(self, pooled: Pooled, run_dir: Path) -> Machine:
-        """Make the pooled machine a visit's: its run directory becomes `run_dir`
-        (replacing what a reset's old machine left there). It keeps its own leases
-        until it stops, and stays paused until the keeper starts it."""
-        machine = pooled.machine
-        try:
-            await asyncio.to_thread(_dir_replace, pooled.run_dir, run_dir,
-                                    leases=self.launcher.config.leases)
-        except BaseException:
-            # Neither the pool's nor the visit's: it goes.
-            self._discard_soon(pooled, why="its files could not be handed over")
-            raise
-        machine.run_dir = run_dir
-        machine.disk_path = run_dir / OVERLAY_FILE
-        machine.extra_paths = [run_dir / path.name for path in machine.extra_paths]
-        machine.after_stop += [lease.release for lease in (pooled.uid_lease, pooled.lease)
-                               if lease is not None]
-        return machine
+        return taken.machine if taken is not None else None
 
     def drop_exhibit(self, exhibit_id: int, *, why: str) -> None:
         """Discard every pooled machine of the exhibit (its start state is stale or gone)."""
@@ -256,39 +234,28 @@ class Pool:
         for exhibit in exhibits:
             if exhibit.machine_profile().extra_media:
                 continue
-            start = await self.launcher.start_state_usable(exhibit)
+            start = await self._start_usable(exhibit)
             if start is not None:
                 wanted[exhibit.pk] = (exhibit, start)
         return wanted
 
     async def _make(self, exhibit: Exhibit, start: StartState) -> Pooled | None:
         """One machine resumed from the start state and held paused, or None."""
-        name = f"{POOL_PREFIX}{secrets.token_hex(8)}"
-        config = self.launcher.config
-        lease = machine_lease_take(name=name, directory=config.leases)
-        uid_lease: UidLease | None = None
         machine: Machine | None = None
         try:
-            run_dir = run_dir_create(root=config.run_root, name=name)
-            uid_lease = self.launcher.uid_lease()
-            machine = await self.launcher.machine_make(
-                run_dir, exhibit, base=Path(start.warm_path), base_format="qcow2",
-                incoming_state=Path(start.state_path), uid_lease=uid_lease)
+            machine = await self._machine_new(exhibit, base=Path(start.warm_path), base_format="qcow2",
+                                              incoming_state=Path(start.state_path))
             await machine.start(hold=True)
         except BaseException as error:
             if machine is not None:
+                # Its files and leases go with it.
                 await asyncio.shield(machine.stop())
-            await asyncio.to_thread(run_dir_remove, config.run_root / name)
-            for held in (uid_lease, lease):
-                if held is not None:
-                    held.release()
             if isinstance(error, (OverlayError, MachineError)):
                 logger.error("a pooled machine of %s could not be made: %s", exhibit.slug, error)
                 return None
             raise
         return Pooled(exhibit_id=exhibit.pk, slug=exhibit.slug, state_id=start.pk,
-                      state_key=start.key, warm_path=start.warm_path, machine=machine,
-                      lease=lease, uid_lease=uid_lease)
+                      state_key=start.key, warm_path=start.warm_path, machine=machine)
 
     # --- discarding ----------------------------------------------------------------
 
@@ -303,12 +270,9 @@ class Pool:
         logger.info("pooled machine %s of %s discarded: %s", pooled.run_dir.name, pooled.slug, why)
         try:
             await pooled.machine.kill_now()
+            # Its run directory and leases go once it has stopped.
             await pooled.machine.stop()
-            await asyncio.to_thread(run_dir_remove, pooled.run_dir)
         finally:
-            for held in (pooled.uid_lease, pooled.lease):
-                if held is not None:
-                    held.release()
             self.wake()
 
     async def close(self) -> None:
@@ -322,23 +286,3 @@ class Pool:
     def describe(self) -> dict[str, Any]:
         """The pool as /healthz shows it."""
         return {"size": self.size, "machines": self.count(), "exhibits": self.sizes()}
-
-
-def _dir_replace(source: Path, target: Path, *, leases: Path) -> None:
-    """Move the run directory `source` to `target`. A `target` that still holds a
-    replaced machine's files is moved aside first (under a lease of its own, so no
-    reaper takes it for an orphan meanwhile) and deleted."""
-    try:
-        os.rename(source, target)
-        return
-    except OSError as error:
-        if not target.exists() or not any(target.iterdir()):
-            raise OverlayError("The machine's files could not be moved into place.",
-                               log_detail=f"{source} -> {target}: {error}") from error
-    retired = target.parent / f"retired-{secrets.token_hex(8)}"
-    with machine_lease_take(name=retired.name, directory=leases):
-        os.rename(target, retired)
-        try:
-            os.rename(source, target)
-        finally:
-            shutil.rmtree(retired, ignore_errors=True)

@@ -642,9 +642,3 @@ async def qemu_img(binary: str, *arguments: str, timeout_s: float) -> str:
         logger.error("qemu-img %s failed: %s", arguments[0], stderr.decode("utf-8", "replace").strip())
         raise SandboxError("The machine's disks could not be read; please try again.")
     return stdout.decode("utf-8", "replace")
-
-
-def sandbox_files_remove(run_dir: Path) -> None:
-    """Delete what a machine's sandbox left in the run directory (its machine is gone)."""
-    for path in [run_dir / CHECKPOINT_FILE, *run_dir.glob(f"{MEDIA_PREFIX}-*")]:
-        path.unlink(missing_ok=True)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import SessionError
 
 if TYPE_CHECKING:
-    from .host import Lease, UidLease
+    from .host import Lease
     from .keeper import KeptMachine
     from .sandbox import Sandbox
 
@@ -102,7 +102,6 @@ class Visit:
     """One live visit on this node: waiting in line, starting, running or ending."""
 
     session_id: str
-    run_dir: Path
     # The catalogue's record (an Exhibit); the keeper hands it to its machine factory.
     exhibit: Any = None
     # QUEUED (in line) or STARTING (a machine is free): the only phases a visit begins in.
@@ -129,10 +128,9 @@ class Visit:
     # The current machine's sandbox (checkpoints, visitors' disks): a new one per machine.
     sandbox: Sandbox | None = None
     # Held from before the row exists until after every trace is gone: what tells
-    # every reaper of the install that this session is owned.
+    # every reaper of the install that this session is owned. (Each of its machines
+    # holds leases of its own: its run directory's and its uid's.)
     lease: Lease | None = None
-    # The uid its machines run as, leased host-wide, kept across resets.
-    uid_lease: UidLease | None = None
     # Keeper's clock: when the first machine ran, the latest visitor input,
     # and the end of the longest visit.
     started: float | None = None
@@ -155,6 +153,12 @@ class Visit:
     @property
     def phase(self) -> Phase:
         return self._phase
+
+    @property
+    def run_dir(self) -> Path | None:
+        """Where the visit's files are: its current machine's run directory (None
+        before it has one). Everything asks here, or the machine itself."""
+        return self.machine.run_dir if self.machine is not None else None
 
     def move(self, to: Phase) -> None:
         """The one place a visit's phase changes; refuses a move the table does not allow."""

@@ -85,7 +85,7 @@ def test_two_installs_on_one_host_keep_each_others_machines_through_reaper_inter
         for _ in range(2):
             visitor = PortalVisitor(site.url)
             session = visitor.session_start("demo")
-            (pid,) = processes_naming(site.run_dir / session["id"])
+            pid, _ = site.machine(session["id"])
             machines.append((site, visitor, session["id"], pid))
 
     def all_running() -> None:

@@ -418,7 +418,8 @@ async def test_extra_media_are_attached_through_their_own_overlays(
         machine = broker.machine(session_id)
         assert machine is not None
         blocks = {block["device"]: block for block in await machine.execute("query-block")}
-        run_dir = portal_dirs / "run" / session_id
+        run_dir = machine.run_dir
+        assert run_dir.parent == portal_dirs / "run"
         floppy_b, cd = blocks["floppy1"]["inserted"], blocks["ide1-cd0"]["inserted"]
         assert floppy_b["file"] == str(run_dir / "extra-0.qcow2")
         assert floppy_b["backing_file"].endswith(".qcow2")

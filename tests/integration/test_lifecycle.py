@@ -428,7 +428,9 @@ async def test_machines_run_as_their_own_unprivileged_users_with_a_memory_limit(
                 broker.config.cgroups.path_for(name) for name in broker.config.cgroups.names()
                 if str(pid) in (broker.config.cgroups.path_for(name) / "cgroup.procs").read_text().split()
             )
-            assert cgroup.name.startswith(session["id"] + ".")
+            # Named by the machine's run directory, which the visit's row records.
+            run_dir = Path((await VisitorSession.objects.aget(id=session["id"])).run_dir)
+            assert cgroup.name.startswith(run_dir.name + ".")
             assert int((cgroup / broker.config.cgroups.limit_file).read_text()) == limits.memory_bytes
         else:
             assert f"{limits.memory_bytes}" in Path(f"/proc/{pid}/limits").read_text().replace(" ", "")

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from portal.models import StartState
@@ -91,6 +92,8 @@ async def test_it_hands_a_visitor_a_pooled_machine_running_on_a_fresh_overlay_at
     # Each waits with its first viewer's VNC connection open, greeting not yet read.
     for entry in pool_broker.pool._machines[games.pk]:
         assert await vnc_clients(entry.machine) == 1
+    pooled_dirs = {entry.machine.pid: entry.machine.run_dir
+                   for entry in pool_broker.pool._machines[games.pk]}
     browser, session = await start()
     rfb = await display_watch(browser, session["vnc_path"])
     try:
@@ -107,8 +110,13 @@ async def test_it_hands_a_visitor_a_pooled_machine_running_on_a_fresh_overlay_at
                                           str(overlay)], capture_output=True, check=True).stdout)
         warm = (await StartState.objects.aget(exhibit=games)).warm_path
         assert info["backing-filename"] == warm
-        assert Path(row.run_dir).name == session["id"]
-        assert machine.run_dir == Path(row.run_dir)
+        # The visit adopted the machine's own run directory as it was in the pool,
+        # named by the machine alone: nothing on its command line names the pool.
+        assert machine.run_dir == Path(row.run_dir) == pooled_dirs[machine.pid]
+        assert re.fullmatch(r"m-[0-9a-f]{16}", machine.run_dir.name)
+        command_line = " ".join(psutil.Process(machine.pid).cmdline())
+        assert "pool" not in command_line
+        assert f"{machine.run_dir}/vnc.sock" in command_line
         # The prompt, at once: nothing booted.
         assert "A:\\>" in await machine.text_screen()
         said = await guest_time(machine, rfb)

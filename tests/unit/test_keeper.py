@@ -7,6 +7,7 @@ each test awaits a condition instead of waiting for time to pass.
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ class FakeMachine:
 
     def __init__(self, name: str, run_dir: Path, log: list[str], *, fail: bool = False) -> None:
         self.name, self.run_dir, self.log, self.fail = name, run_dir, log, fail
+        self.last_words = ""
         self.gate = asyncio.Event()  # start() returns once this is set
         self.gate.set()
         self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -64,6 +66,8 @@ class FakeMachine:
             self.log.append(f"stop {self.name}")
         await self.stop_gate.wait()
         self.exit(0)
+        # A machine deletes its own run directory once it has stopped.
+        shutil.rmtree(self.run_dir, ignore_errors=True)
 
     async def kill_now(self) -> None:
         self.log.append(f"kill {self.name}")
@@ -87,9 +91,11 @@ class FakeMachine:
 
 
 class FakeFactory:
-    """Hands out machines m1, m2, ... in order; no start state unless `warm`."""
+    """Hands out machines m1, m2, ... in order, each in a run directory of its own
+    under `run_root`; no start state unless `warm`."""
 
-    def __init__(self) -> None:
+    def __init__(self, run_root: Path) -> None:
+        self.run_root = run_root
         self.log: list[str] = []
         self.machines: list[FakeMachine] = []
         self.warm = False
@@ -101,7 +107,9 @@ class FakeFactory:
         if warm and not self.warm:
             return None
         name = f"m{len(self.machines) + 1}"
-        machine = FakeMachine(name, visit.run_dir, self.log, fail=name in self.failing)
+        run_dir = self.run_root / name
+        run_dir.mkdir(parents=True)
+        machine = FakeMachine(name, run_dir, self.log, fail=name in self.failing)
         if name in self.gated:
             machine.gate.clear()
         self.machines.append(machine)
@@ -153,7 +161,7 @@ class Node:
 
     def __init__(self, root: Path, **config: Any) -> None:
         self.root = root
-        self.factory = FakeFactory()
+        self.factory = FakeFactory(root / "run")
         self.recorder = FakeRecorder()
         self.clock = Clock()
         settings: dict[str, Any] = {"run_root": root / "run", "grace_s": 60.0, "display_wait_s": WAIT_S,
@@ -217,6 +225,7 @@ async def test_it_starts_a_visit_on_its_machine_and_records_it_running(node: Nod
     assert visit.expires == node.clock.now + 600
     assert node.keeper.machine("v1") is node.factory.machines[0]
     assert node.keeper.running_count == 1
+    assert visit.run_dir == node.root / "run" / "m1"
     assert visit.run_dir.is_dir()
 
 
@@ -231,6 +240,7 @@ async def test_it_ends_a_visit_once_stopped_recorded_and_only_then_lets_its_leas
     assert node.recorder.leases_held_when_recorded == [True]
     assert visit.lease is not None
     assert not visit.lease.held
+    assert visit.run_dir is not None
     assert not visit.run_dir.exists()
     assert ("v1", {"type": "changed"}) in node.recorder.events
 
