@@ -83,7 +83,7 @@ class AudioFormat:
         return self.rate * self.frame_bytes
 
     def message(self) -> dict[str, object]:
-        """The socket's first message (shared/API.md)."""
+        """The socket's first message (docs/api.md)."""
         return {"type": "format", "rate": self.rate, "channels": self.channels,
                 "sample": self.sample}
 

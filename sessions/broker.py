@@ -850,7 +850,7 @@ class Broker:
         return count
 
 
-# The API's error code of each refused start (shared/API.md), as /metrics counts them.
+# The API's error code of each refused start (docs/api.md), as /metrics counts them.
 REFUSAL_CODES: dict[type[SessionError], str] = {
     SessionExistsError: "session_exists", CapacityError: "capacity", AddressLimitError: "address_limit",
     RateLimitedError: "rate_limited", ExhibitUnavailableError: "exhibit_unavailable",

@@ -59,7 +59,7 @@ from .watch import watch_session
 
 logger = logging.getLogger(__name__)
 
-# The API's close codes (shared/API.md). autobahn, under Daphne, lets an
+# The API's close codes (docs/api.md). autobahn, under Daphne, lets an
 # application send only 1000 and 3000-4999; 1011 reaches the browser through
 # the portal's server (portal.server), which sends what the application asks.
 CLOSE_FORBIDDEN = 4403

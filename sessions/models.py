@@ -37,7 +37,7 @@ class VisitorSession(models.Model):
     # The random visitor id kept in the browser's (signed) session cookie.
     owner = models.CharField(max_length=64, db_index=True)
     state = models.CharField(max_length=8, choices=State.choices, default=State.STARTING)
-    # Null until the visit ends, as the API's `ended_reason` is (shared/API.md).
+    # Null until the visit ends, as the API's `ended_reason` is (docs/api.md).
     ended_reason = models.CharField(  # noqa: DJ001
         max_length=8, choices=EndedReason.choices, null=True, blank=True)
     detail = models.TextField(blank=True, help_text="What a person should know about the end.")

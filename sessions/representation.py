@@ -1,7 +1,7 @@
 """The API's Session object, shared by the HTTP API and the events WebSocket.
 
 Owns: turning a session row (and, for a waiting one, its place in the line)
-into the JSON of API.md. Must not: change state; it queries only the line.
+into the JSON of docs/api.md. Must not: change state; it queries only the line.
 """
 from __future__ import annotations
 
