@@ -87,6 +87,8 @@ MIDDLEWARE = [
     "portal.framing.PartitionedCookiesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # A method an API address does not take: the API's JSON error, not Django's empty 405.
+    "portal.errors.method_not_allowed_json",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
