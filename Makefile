@@ -52,9 +52,11 @@ cluster: setup
 	$(PY) -m deploy.cluster --port $(PORT) --nodes $(NODES) --dir $(CLUSTER_DIR) \
 	  --demo-image $(DEMO_IMAGE) --demo-description "$(DEMO_DESCRIPTION)"
 
+# ruff, mypy --strict, the runtime's layers (import-linter's contracts in pyproject.toml).
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy .
+	$(VENV)/bin/lint-imports
 
 # Four workers on two cores: most of a test is waiting (for QEMU, a guest, a browser),
 # so the suite takes about 6 minutes here instead of 13; each worker's tests are

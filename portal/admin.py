@@ -1,7 +1,7 @@
 """The curators' side: masters with their fixity, uploads, exhibits, previews, start states.
 
 Preparing a start state boots a machine, so that action is the runtime's: see
-`sessions.admin`, which extends `ExhibitAdmin` with it.
+`sessions.web.admin`, which extends `ExhibitAdmin` with it.
 """
 from __future__ import annotations
 

@@ -40,3 +40,18 @@ async def runtime() -> Runtime:
     if _runtime_get is None:
         raise LookupError("no runtime is registered (is the sessions app installed?)")
     return await _runtime_get()
+
+
+_shutdown: Callable[[], Awaitable[bool]] | None = None
+
+
+def runtime_shutdown_register(shutdown: Callable[[], Awaitable[bool]]) -> None:
+    """Called once by the runtime's app: how to end its visits when the server stops."""
+    global _shutdown
+    _shutdown = shutdown
+
+
+async def runtime_shutdown() -> bool:
+    """End the runtime's visits if it was started in this process (the server is
+    stopping); True if it was."""
+    return await _shutdown() if _shutdown is not None else False

@@ -44,7 +44,7 @@ class VisitorSession(models.Model):
     accelerator = models.CharField(max_length=8, blank=True)
     run_dir = models.CharField(max_length=512, blank=True)
     pid = models.IntegerField(null=True, blank=True)
-    # The node (install identity, sessions.host) whose machine this is; only that
+    # The node (install identity, sessions.machines.host) whose machine this is; only that
     # node's reaper, or the sweep after that node died, ends the row.
     node = models.CharField(max_length=40, blank=True, default="", db_index=True)
     # The network address the visit was started from (its live visits are capped).

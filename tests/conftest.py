@@ -20,7 +20,7 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient
 
-from sessions.machine import kvm_usable
+from sessions.machines.machine import kvm_usable
 from tests.support.processes import processes_naming
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def portal_dirs(settings: Any) -> Iterator[Path]:
     # The warm pool is on, as in every install (PORTAL_POOL_SIZE's default): a test
     # about starting without it says so.
     yield root
-    from sessions.host import install_id, lease_dir, machine_lease_names, memory_cgroups
+    from sessions.machines.host import install_id, lease_dir, machine_lease_names, memory_cgroups
 
     run = root / "run"
     leftovers = sorted(p.name for p in run.iterdir()) if run.exists() else []
@@ -71,7 +71,7 @@ def portal_dirs(settings: Any) -> Iterator[Path]:
 
 @pytest.fixture
 async def broker(portal_dirs: Path) -> AsyncIterator[Any]:
-    from sessions.broker import get_broker
+    from sessions.node.broker import get_broker
 
     instance = await get_broker()
     yield instance

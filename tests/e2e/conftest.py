@@ -188,8 +188,8 @@ def portal_make(demo_image: Path, request: pytest.FixtureRequest) -> Iterator[Po
 
 def _leftovers(site: Portal) -> list[str]:
     """What a stopped portal left behind (removed here, and reported)."""
-    from sessions.confine import cgroup_remove, memory_cgroups_find
-    from sessions.host import cgroup_parent_name, install_id_derive, machine_lease_names
+    from sessions.machines.confine import cgroup_remove, memory_cgroups_find
+    from sessions.machines.host import cgroup_parent_name, install_id_derive, machine_lease_names
 
     problems = []
     leftovers = processes_naming(site.run_dir)

@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from deploy.services import port_free
-from sessions.machine import process_alive
+from sessions.machines.machine import process_alive
 from tests.conftest import DEMO_IMAGE, REPO
 from tests.support.portal_http import PortalVisitor
 from tests.support.processes import processes_naming

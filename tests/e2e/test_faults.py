@@ -8,7 +8,7 @@ import select
 import signal
 from typing import Any
 
-from sessions.machine import process_alive
+from sessions.machines.machine import process_alive
 from tests.e2e.conftest import Portal
 from tests.support.processes import processes_naming
 

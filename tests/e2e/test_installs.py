@@ -16,8 +16,8 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from sessions.host import machine_lease_take
-from sessions.machine import process_alive
+from sessions.machines.host import machine_lease_take
+from sessions.machines.machine import process_alive
 from tests.conftest import REPO
 from tests.e2e.conftest import Portal, PortalFactory
 from tests.support.portal_http import PortalVisitor

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from sessions.machine import process_alive
+from sessions.machines.machine import process_alive
 from tests.e2e.conftest import Portal
 from tests.support.portal_http import PortalVisitor
 from tests.support.processes import processes_naming

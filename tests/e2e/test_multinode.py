@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from deploy.services import Nginx, PostgreSQL, Redis
-from sessions.machine import process_alive
+from sessions.machines.machine import process_alive
 from tests.e2e.conftest import NginxFactory, Portal, PortalFactory
 from tests.support.portal_http import PortalVisitor
 from tests.support.processes import processes_naming

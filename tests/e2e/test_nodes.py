@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sessions.machine import process_alive
+from sessions.machines.machine import process_alive
 from tests.e2e.conftest import PortalFactory
 from tests.e2e.test_installs import orphan
 from tests.support.portal_http import PortalVisitor

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from sessions.machine import process_alive
+from sessions.machines.machine import process_alive
 from tests.e2e.conftest import Portal, PortalFactory
 from tests.e2e.test_hostile_clients import MIB, SCREEN_LIT, close_code_of, log_says, rss_bytes
 from tests.e2e.test_sound import F5, peak

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from django.test import AsyncClient
 
-from sessions.host import install_id
-from sessions.machine import process_alive
+from sessions.machines.host import install_id
+from sessions.machines.machine import process_alive
 from sessions.models import VisitorSession
 from tests.conftest import FREEDOS_2048, ExhibitFactory, visitor
 
@@ -38,7 +38,7 @@ async def test_it_lists_published_exhibits_only(broker: Any, exhibit_create: Exh
     assert exhibit["slug"] == "freedos"
     assert exhibit["url"] == "http://testserver/exhibits/freedos/"
     assert exhibit["machine"] == {"cpu": "486", "memory_mb": 16,
-                                  "accelerator": broker.config.accelerator, "boot": "floppy",
+                                  "accelerator": broker.config.machines.accelerator, "boot": "floppy",
                                   "sound": ["pcspk"], "speed": "host"}
     # A floppy exhibit takes visitors' files in its second drive.
     assert exhibit["files_in"] == "b"
@@ -92,7 +92,7 @@ async def test_it_runs_a_session_and_discards_everything_at_delete(
     health = (await visitor().get("/healthz")).json()
     assert health["ok"] is True
     assert health["sessions"] == 1
-    assert health["kvm"] is (broker.config.accelerator == "kvm")
+    assert health["kvm"] is (broker.config.machines.accelerator == "kvm")
     assert health["qemu"].startswith("7.")
     assert health["capacity"] >= 1
     assert health["install"] == install_id(), "which install answered"

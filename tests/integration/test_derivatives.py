@@ -201,8 +201,8 @@ async def test_the_admin_shows_a_masters_family_and_disk_use(
 async def test_a_derivative_of_a_prepared_exhibit_starts_instantly_from_its_own_state(
     broker: Any, exhibit_create: ExhibitFactory, staff: AsyncClient
 ) -> None:
-    from sessions.broker import exhibit_prepare
-    from sessions.prepare import StartCondition
+    from sessions.machines.prepare import StartCondition
+    from sessions.node.broker import exhibit_prepare
 
     at_prompt = StartCondition(wait_text="A:\\>", still_s=1.0)
     games = await exhibit_create(FREEDOS_GAMES, slug="games", accelerator="tcg")

@@ -62,7 +62,7 @@ async def test_it_shows_the_sound_hardware_a_curator_chose(
 async def test_it_says_whether_the_machine_runs_on_kvm_or_in_software(
     settings: Any, portal_dirs: Any, exhibit_create: ExhibitFactory, setting: str, label: str
 ) -> None:
-    from sessions.broker import get_broker
+    from sessions.node.broker import get_broker
 
     settings.PORTAL_ACCELERATOR = setting
     broker = await get_broker()

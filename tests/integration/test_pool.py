@@ -15,9 +15,9 @@ import psutil
 import pytest
 
 from portal.models import StartState
-from sessions.broker import exhibit_prepare
+from sessions.machines.prepare import StartCondition
 from sessions.models import VisitorSession
-from sessions.prepare import StartCondition
+from sessions.node.broker import exhibit_prepare
 from tests.conftest import FREEDOS_2048, FREEDOS_GAMES, ExhibitFactory, display_watch, visitor
 from tests.support.guest import wait_for_text
 from tests.support.processes import processes_naming
@@ -32,7 +32,7 @@ AT_PROMPT = StartCondition(wait_text="A:\\>", still_s=1.0)
 @pytest.fixture
 async def pool_broker(settings: Any, portal_dirs: Path) -> Any:
     """The broker of a node that keeps two machines per exhibit in its pool."""
-    from sessions.broker import get_broker
+    from sessions.node.broker import get_broker
 
     settings.PORTAL_POOL_SIZE = 2
     settings.PORTAL_MAX_SESSIONS = getattr(settings, "POOL_TEST_CAPACITY", 6)
@@ -233,7 +233,7 @@ async def test_a_stale_start_state_empties_the_pool(pool_broker: Any, games: Any
 async def test_pools_never_take_a_visitors_place(
     settings: Any, pool_capacity: int, portal_dirs: Path, exhibit_create: ExhibitFactory
 ) -> None:
-    from sessions.broker import get_broker
+    from sessions.node.broker import get_broker
 
     settings.PORTAL_POOL_SIZE = 2
     settings.PORTAL_MAX_SESSIONS = pool_capacity
@@ -278,13 +278,13 @@ async def test_pools_never_take_a_visitors_place(
 
 
 async def test_pools_come_back_after_the_node_restarts(pool_broker: Any, games: Any) -> None:
-    from sessions.broker import get_broker
+    from sessions.node.broker import get_broker
 
     before = set(await pooled(pool_broker, "games", 2))
     await pool_broker.shutdown()
     assert not any(Path(f"/proc/{pid}").exists() for pid in before)
     assert pool_broker.pool.count() == 0
-    import sessions.broker as module
+    import sessions.node.broker as module
 
     module._broker = None
     again = await get_broker()

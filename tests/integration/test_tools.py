@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from django.test import AsyncClient
 
-from sessions.broker import exhibit_prepare
-from sessions.consumers import CLOSE_REVOKED, CLOSE_TOO_MANY_VIEWERS, CLOSE_UNSUPPORTED_DATA
+from sessions.machines.prepare import StartCondition
 from sessions.models import VisitorSession
-from sessions.prepare import StartCondition
-from sessions.watch import WATCH_LINKS_PER_VISIT
+from sessions.node.broker import exhibit_prepare
+from sessions.placement.watch import WATCH_LINKS_PER_VISIT
+from sessions.web.consumers import CLOSE_REVOKED, CLOSE_TOO_MANY_VIEWERS, CLOSE_UNSUPPORTED_DATA
 from tests.conftest import FREEDOS_GAMES, ExhibitFactory, display_watch, visitor, ws_communicator
 from tests.support.guest import disk_file, wait_for_screen, wait_for_text
 from tests.support.rfb import CommunicatorTransport, RfbClient

@@ -1,6 +1,6 @@
 """The keeper with fake machines: no QEMU, no database, no sleeping.
 
-The fakes implement what the keeper uses of `sessions.machine.Machine`; time
+The fakes implement what the keeper uses of `sessions.machines.machine.Machine`; time
 limits run on a clock the test sets, and the grace period is zero or long, so
 each test awaits a condition instead of waiting for time to pass.
 """
@@ -21,10 +21,10 @@ from sessions.errors import (
     WatcherLimitError,
     WatcherUnknownError,
 )
-from sessions.host import Lease, machine_lease_names, machine_lease_take
-from sessions.keeper import Keeper, KeeperConfig
-from sessions.machine import MachineStartError
-from sessions.visit import Phase, Visit
+from sessions.machines.host import Lease, machine_lease_names, machine_lease_take
+from sessions.machines.machine import MachineStartError
+from sessions.node.keeper import Keeper, KeeperConfig
+from sessions.node.visit import Phase, Visit
 
 WAIT_S = 5.0  # only a broken keeper ever waits this long
 

@@ -6,7 +6,7 @@ import asyncio
 import pytest
 
 from sessions.errors import SessionError
-from sessions.visit import FIRST_PHASES, MOVES, Phase, Visit, VisitStateError
+from sessions.node.visit import FIRST_PHASES, MOVES, Phase, Visit, VisitStateError
 
 
 def visit(first: Phase = Phase.QUEUED) -> Visit:

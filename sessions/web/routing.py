@@ -5,7 +5,13 @@ from __future__ import annotations
 
 from django.urls import re_path
 
-from .consumers import AudioConsumer, EventsConsumer, UnknownPathConsumer, VncConsumer, WatchConsumer
+from sessions.web.consumers import (
+    AudioConsumer,
+    EventsConsumer,
+    UnknownPathConsumer,
+    VncConsumer,
+    WatchConsumer,
+)
 
 websocket_urlpatterns = [
     re_path(r"^ws/sessions/(?P<session_id>[^/]+)/vnc$", VncConsumer.as_asgi()),

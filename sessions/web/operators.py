@@ -1,7 +1,7 @@
 """What operators read of a node: `/metrics`.
 
 Thin: check who asks, one broker call, respond. The metrics themselves are
-`sessions.metrics`; the staff's page of live visits is in `sessions.admin`.
+`sessions.node.metrics`; the staff's page of live visits is in `sessions.web.admin`.
 """
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from portal.errors import json_error
-
-from .broker import get_broker
-from .metrics import address_allowed, metrics_render
+from sessions.node.broker import get_broker
+from sessions.node.metrics import address_allowed, metrics_render
 
 
 @require_GET

@@ -23,17 +23,16 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 
 from portal.models import Exhibit
-
-from .machine import Machine, MachineError
-from .prepare import screen_settle
+from sessions.machines.machine import Machine, MachineError
+from sessions.machines.prepare import screen_settle
 
 if TYPE_CHECKING:
-    from .broker import Broker
+    from sessions.node.broker import Broker
 
 logger = logging.getLogger(__name__)
 
 SCREENDUMP_FILE = "thumbnail.png"
-# The settling screen's dumps (PPM, compared by sessions.prepare.screen_settle).
+# The settling screen's dumps (PPM, compared by sessions.machines.prepare.screen_settle).
 SCRATCH_FILE = "thumbnail.ppm"
 POLL_S = 1.0
 # The screen is taken once it has been still this long (as a start state is)...
@@ -81,7 +80,7 @@ async def thumbnail_take(broker: Broker, *, session_id: str, exhibit: Exhibit) -
 async def _settled_screen(broker: Broker, *, session_id: str) -> bytes | None:
     """A PNG of the machine's screen once it has settled with something drawn on it (or,
     if it never settles in time, as it is then); None if it ends first or stays blank."""
-    deadline = broker.config.start_timeout_s + broker.config.qemu_img_timeout_s
+    deadline = broker.config.machines.start_timeout_s + broker.config.machines.qemu_img_timeout_s
     async with asyncio.timeout(deadline):
         while (machine := broker.machine(session_id)) is None:
             if broker.session_generation(session_id) is None:

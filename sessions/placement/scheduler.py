@@ -30,8 +30,8 @@ from django.db.models import Count, Q
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from .errors import AddressLimitError, CapacityError, RateLimitedError, SessionExistsError
-from .models import Node, VisitorSession
+from sessions.errors import AddressLimitError, CapacityError, RateLimitedError, SessionExistsError
+from sessions.models import Node, VisitorSession
 
 logger = logging.getLogger(__name__)
 State = VisitorSession.State

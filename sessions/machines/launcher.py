@@ -25,23 +25,34 @@ import os
 import secrets
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from django.conf import settings
 
 from portal.models import Exhibit, ExhibitMedia, StartState
-
-from .config import BrokerConfig
-from .confine import Confinement
-from .host import HostError, UidLease, machine_lease, machine_lease_take, uid_lease_take
-from .machine import Machine, MachineError, MachineStartError, accelerator_resolve, qemu_version, state_key
-from .overlay import OVERLAY_FILE, OverlayError, overlay_create, run_dir_create, run_dir_remove
-from .prepare import PrepareError, StartCondition, start_state_discard, start_state_prepare
-from .sandbox import files_disk_create
-from .visit import Visit
+from sessions.machines.config import MachinesConfig
+from sessions.machines.confine import Confinement
+from sessions.machines.host import HostError, UidLease, machine_lease, machine_lease_take, uid_lease_take
+from sessions.machines.machine import (
+    Machine,
+    MachineError,
+    MachineStartError,
+    accelerator_resolve,
+    qemu_version,
+    state_key,
+)
+from sessions.machines.overlay import (
+    OVERLAY_FILE,
+    OverlayError,
+    overlay_create,
+    run_dir_create,
+    run_dir_remove,
+)
+from sessions.machines.prepare import PrepareError, StartCondition, start_state_discard, start_state_prepare
+from sessions.machines.sandbox import files_disk_create
 
 if TYPE_CHECKING:
-    from .pool import Pool
+    from sessions.machines.pool import Pool
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +67,7 @@ def machine_name_new() -> str:
 
 
 class Launcher:
-    def __init__(self, config: BrokerConfig) -> None:
+    def __init__(self, config: MachinesConfig) -> None:
         self.config = config
         self._qemu_version: str | None = None
 
@@ -204,6 +215,13 @@ class Launcher:
         return start
 
 
+class ExhibitVisit(Protocol):
+    """What a machine source reads of the visit it makes a machine for."""
+
+    @property
+    def exhibit(self) -> Any: ...
+
+
 class MachineSource:
     """The keeper's machine factory: a machine for a visit, from the warm pool when it
     holds one resumed from the exhibit's start state, else a new one."""
@@ -212,7 +230,7 @@ class MachineSource:
         self.launcher = launcher
         self.pool = pool
 
-    async def __call__(self, visit: Visit, *, warm: bool) -> Machine | None:
+    async def __call__(self, visit: ExhibitVisit, *, warm: bool) -> Machine | None:
         """An unstarted machine for the visit on fresh overlays; with `warm`, one that
         resumes the exhibit's start state (None when it has no usable one): from the
         warm pool when it holds one, already resumed and paused."""
@@ -244,7 +262,7 @@ async def exhibit_prepare(exhibit: Exhibit, condition: StartCondition) -> StartS
         # media would be missing under the saved state.
         raise PrepareError("exhibits with extra media always boot cold; instant start is not "
                            "available for them yet")
-    config = BrokerConfig.from_settings()
+    config = MachinesConfig.from_settings()
     launcher = Launcher(config)
     qemu = await asyncio.to_thread(launcher.qemu_version)
     # In the run root like a visitor's machine, and owned the same way: a reaper of

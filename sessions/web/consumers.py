@@ -29,8 +29,7 @@ from django.conf import settings
 
 from portal.server import SEND_FLOW_EXTENSION
 from portal.visitor import visitor_id
-
-from .audio import (
+from sessions.display.audio import (
     SILENCE_READ_INTERVAL_S,
     SOUND_READ_INTERVAL_S,
     AudioConnection,
@@ -39,7 +38,11 @@ from .audio import (
     audio_format_for,
     audio_open,
 )
-from .broker import (
+from sessions.display.rfb import ClientStream, ViewerGate, ViewerRefusedError
+from sessions.ids import session_id_valid
+from sessions.machines.machine import vnc_refresh_soon
+from sessions.models import VisitorSession
+from sessions.node.broker import (
     DisplayUnavailableError,
     SessionBusyError,
     SessionEndedError,
@@ -49,13 +52,9 @@ from .broker import (
     get_broker,
     session_group,
 )
-from .ids import session_id_valid
-from .machine import vnc_refresh_soon
-from .metrics import DISPLAY_FROM_BROWSER, DISPLAY_TO_BROWSER
-from .models import VisitorSession
-from .representation import session_json
-from .rfb import ClientStream, ViewerGate, ViewerRefusedError
-from .watch import watch_session
+from sessions.node.metrics import DISPLAY_FROM_BROWSER, DISPLAY_TO_BROWSER
+from sessions.placement.watch import watch_session
+from sessions.web.representation import session_json
 
 logger = logging.getLogger(__name__)
 
@@ -323,7 +322,7 @@ class MachineSocket(PortalSocket):
             await self.close_with(CLOSE_RESTARTED)
             return
         ended = await broker.session_wait_ended(
-            session_id=self.session_id, timeout_s=broker.config.stop_timeout_s
+            session_id=self.session_id, timeout_s=broker.config.machines.stop_timeout_s
         )
         if not ended and broker.session_generation(self.session_id) not in {None, self.generation}:
             await self.close_with(CLOSE_RESTARTED)  # a reset began while it was waiting
@@ -551,7 +550,7 @@ class AudioConsumer(MachineSocket):
     format, then binary messages of PCM in it, as the guest plays.
 
     Its own RFB connection to the machine asks QEMU for sound and no pictures
-    (sessions.audio), so the sound never waits behind the display, nor the
+    (sessions.display.audio), so the sound never waits behind the display, nor the
     display behind the sound. Silence is not sent (after a short hold that keeps
     the rests inside music). Sound the browser cannot take now is dropped, not
     queued: it would only be late later; a browser that takes nothing for
@@ -572,7 +571,7 @@ class AudioConsumer(MachineSocket):
         broker = await get_broker()
         try:
             self._connection = await audio_open(vnc_path, audio_format,
-                                                timeout_s=broker.config.qmp_timeout_s)
+                                                timeout_s=broker.config.machines.qmp_timeout_s)
         except AudioError as error:
             logger.warning("session %s: no sound from the VNC socket: %s", self.session_id, error)
             await self._close_after_machine_end()

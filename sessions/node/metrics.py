@@ -54,7 +54,7 @@ REAPER_RUNS = Counter("portal_reaper_runs", "Reaper passes on this node (at star
 REAPER_CLEANED = Counter("portal_reaper_cleaned_sessions", "Sessions whose machine or files the reaper "
                          "ended or deleted because no living process owned them.", registry=REGISTRY)
 
-# The phases of a visit on a node (sessions.visit.Phase), all reported, zero or not.
+# The phases of a visit on a node (sessions.node.visit.Phase), all reported, zero or not.
 PHASES = ("queued", "starting", "running", "resetting", "ending")
 
 

@@ -1,41 +1,27 @@
 """The runtime's settings on this node, read once from Django's settings.
 
-Owns: `BrokerConfig` and how it is made from settings (capacity and uid
-range defaults, the accelerator, this install's identity and cgroups). The
-scheduler and keeper get the parts they need as configs of their own.
+Owns: `BrokerConfig` and how it is made from settings (capacity defaults,
+limits, time limits, the sandbox's, this install's identity). It is composed of
+the machines' own config (`machines`: how machines are made, run and held);
+the scheduler and keeper get the parts they need as configs of their own.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from django.conf import settings
 
-from .confine import MemoryCgroups
-from .host import (
-    accelerator_choose,
-    capacity_default,
-    install_id,
-    lease_dir,
-    memory_cgroups,
-    runas_choose,
-)
-from .keeper import KeeperConfig
-from .sandbox import SandboxConfig
-from .scheduler import SchedulerConfig
+from sessions.machines.config import MachinesConfig
+from sessions.machines.host import capacity_default, install_id
+from sessions.machines.sandbox import SandboxConfig
+from sessions.node.keeper import KeeperConfig
+from sessions.placement.scheduler import SchedulerConfig
 
 
 @dataclass(frozen=True)
 class BrokerConfig:
-    run_root: Path
-    qemu_binary: str
-    qemu_img_binary: str
-    accelerator: str
+    machines: MachinesConfig
     grace_s: float
-    start_timeout_s: float
-    qmp_timeout_s: float
-    stop_timeout_s: float
-    qemu_img_timeout_s: float
     capacity: int
     queue_max: int = 0
     session_max_s: float = 30 * 60.0
@@ -56,16 +42,8 @@ class BrokerConfig:
     keys_max_chars: int = 1000
     key_hold_ms: int = 10
     keys_interval_s: float = 0.01
-    # Machines run as uids leased from base+1 .. base+count; a None base keeps
-    # the portal's user.
-    uid_base: int | None = None
-    uid_count: int = 0
-    uid_lease_dir: Path = Path("/run/portal-uids")
-    memory_overhead_mb: int = 192
-    cgroups: MemoryCgroups | None = None
-    # This install's name on the host, and where its processes lease machines.
+    # This install's name on the host (the node's name in a portal of several).
     install: str = "default"
-    lease_dir: Path | None = None
     # Where the other nodes reach this node's server (host:port).
     node_address: str = ""
     # Where the start limits of all nodes are kept (empty: in this process).
@@ -82,21 +60,10 @@ class BrokerConfig:
     @classmethod
     def from_settings(cls) -> BrokerConfig:
         capacity = settings.PORTAL_MAX_SESSIONS or capacity_default()
-        uid_count = settings.PORTAL_QEMU_UID_COUNT
-        uid_base = runas_choose(settings.PORTAL_QEMU_RUNAS, settings.PORTAL_QEMU_UID_BASE, uid_count)
-        install = install_id()
         return cls(
-            install=install,
-            lease_dir=lease_dir(),
-            run_root=Path(settings.PORTAL_RUN_DIR),
-            qemu_binary=settings.PORTAL_QEMU_BINARY,
-            qemu_img_binary=settings.PORTAL_QEMU_IMG_BINARY,
-            accelerator=accelerator_choose(settings.PORTAL_ACCELERATOR),
+            machines=MachinesConfig.from_settings(),
+            install=install_id(),
             grace_s=settings.PORTAL_GRACE_S,
-            start_timeout_s=settings.PORTAL_START_TIMEOUT_S,
-            qmp_timeout_s=settings.PORTAL_QMP_TIMEOUT_S,
-            stop_timeout_s=settings.PORTAL_STOP_TIMEOUT_S,
-            qemu_img_timeout_s=settings.PORTAL_QEMU_IMG_TIMEOUT_S,
             capacity=capacity,
             queue_max=settings.PORTAL_QUEUE_MAX or 2 * capacity,
             session_max_s=settings.PORTAL_SESSION_MAX_S,
@@ -122,16 +89,7 @@ class BrokerConfig:
             keys_max_chars=settings.PORTAL_KEYS_MAX_CHARS,
             key_hold_ms=settings.PORTAL_KEY_HOLD_MS,
             keys_interval_s=settings.PORTAL_KEYS_INTERVAL_S,
-            uid_base=uid_base,
-            uid_count=uid_count,
-            uid_lease_dir=Path(settings.PORTAL_UID_LEASE_DIR),
-            memory_overhead_mb=settings.PORTAL_QEMU_MEMORY_OVERHEAD_MB,
-            cgroups=memory_cgroups(install),
         )
-
-    @property
-    def leases(self) -> Path:
-        return self.lease_dir if self.lease_dir is not None else self.run_root.parent / "leases"
 
     def scheduler_config(self) -> SchedulerConfig:
         return SchedulerConfig(
@@ -143,14 +101,15 @@ class BrokerConfig:
         )
 
     def keeper_config(self) -> KeeperConfig:
+        machines = self.machines
         return KeeperConfig(
-            run_root=self.run_root, grace_s=self.grace_s,
-            display_wait_s=self.start_timeout_s + self.qemu_img_timeout_s,
+            run_root=machines.run_root, grace_s=self.grace_s,
+            display_wait_s=machines.start_timeout_s + machines.qemu_img_timeout_s,
             session_max_s=self.session_max_s, idle_s=self.idle_s, warning_s=self.warning_s,
             displays_per_session=self.displays_per_session,
             watchers_per_session=self.watchers_per_session,
             sandbox=SandboxConfig(
-                qemu_img=self.qemu_img_binary, checkpoints_max=self.checkpoints_per_visit,
+                qemu_img=machines.qemu_img_binary, checkpoints_max=self.checkpoints_per_visit,
                 media_max_bytes=self.media_max_bytes, media_per_visit=self.media_per_visit,
                 job_timeout_s=self.sandbox_job_timeout_s, read_timeout_s=self.files_out_timeout_s),
         )

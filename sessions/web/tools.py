@@ -1,6 +1,6 @@
 """The visitor's tools over HTTP: typing, the screenshot, watch links and their page.
 
-Thin, as the rest of the API (`sessions.api`): validate, one broker call,
+Thin, as the rest of the API (`sessions.web.api`): validate, one broker call,
 respond, with the broker's errors translated here. Typing, the screenshot and
 the links are the owner's (another browser gets 404, as for everything about a
 visit); the watch page and its state are anyone's who holds the link.
@@ -19,12 +19,11 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from portal.errors import json_error, json_object
-
-from .api import owned_session
-from .broker import SessionBusyError, SessionEndedError, WatcherUnknownError, get_broker
-from .keys import KeysError, Keystroke, combo_keystroke, text_keystrokes
-from .models import VisitorSession
-from .watch import WatchLinkLimitError, watch_session
+from sessions.machines.keys import KeysError, Keystroke, combo_keystroke, text_keystrokes
+from sessions.models import VisitorSession
+from sessions.node.broker import SessionBusyError, SessionEndedError, WatcherUnknownError, get_broker
+from sessions.placement.watch import WatchLinkLimitError, watch_session
+from sessions.web.api import owned_session
 
 
 def _not_found() -> JsonResponse:

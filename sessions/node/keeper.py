@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import logging
 import math
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, TypeVar, cast
 
-from .errors import (
+from sessions.errors import (
     DisplayUnavailableError,
     SessionBusyError,
     SessionEndedError,
@@ -38,12 +37,11 @@ from .errors import (
     WatcherLimitError,
     WatcherUnknownError,
 )
-from .host import Lease
-from .keys import KeyedMachine, Keystroke, TypingPace, keystrokes_send
-from .machine import MachineError, MachineStartError
-from .metrics import MACHINE_STARTS
-from .overlay import OverlayError
-from .sandbox import (
+from sessions.machines.host import Lease
+from sessions.machines.keys import KeyedMachine, Keystroke, TypingPace, keystrokes_send
+from sessions.machines.machine import MachineError, MachineStartError
+from sessions.machines.overlay import OverlayError
+from sessions.machines.sandbox import (
     Checkpoint,
     MediaResult,
     Sandbox,
@@ -52,14 +50,16 @@ from .sandbox import (
     SandboxMachine,
     Upload,
 )
-from .visit import EndReason, Phase, Visit
+from sessions.node.metrics import MACHINE_STARTS
+from sessions.node.visit import EndReason, Phase, Visit
+from sessions.tasks import task_new
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
 class KeptMachine(Protocol):
-    """What the keeper uses of a machine (`sessions.machine.Machine` is one)."""
+    """What the keeper uses of a machine (`sessions.machines.machine.Machine` is one)."""
 
     @property
     def pid(self) -> int | None: ...
@@ -779,17 +779,6 @@ class Keeper:
                 visit.move(Phase.ENDED)
                 self._recorder.notify(visit.session_id, {"type": "changed"})
                 self._recorder.visit_gone(visit)
-
-
-def task_new(coroutine: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
-    """A runtime task, run outside the context of the request that started it.
-
-    A request's context carries its own thread for database calls, which ends
-    with the request; a task that outlives the request and used that context
-    would make a new thread and database connection for every later call and
-    never close them.
-    """
-    return asyncio.create_task(coroutine, name=name, context=contextvars.Context())
 
 
 def minutes(seconds: float) -> str:

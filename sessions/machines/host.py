@@ -28,8 +28,8 @@ from pathlib import Path
 
 from django.conf import settings
 
-from .confine import MemoryCgroups, memory_cgroups_find, uid_range_valid
-from .machine import kvm_usable
+from sessions.machines.confine import MemoryCgroups, memory_cgroups_find, uid_range_valid
+from sessions.machines.machine import kvm_usable
 
 INSTALL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")
 LEASE_SUFFIX = ".lock"

@@ -24,9 +24,9 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import Subquery
 from django.db.models.functions import Now
 
-from .host import install_id
-from .ids import session_id_valid
-from .models import Node, VisitorSession
+from sessions.ids import session_id_valid
+from sessions.machines.host import install_id
+from sessions.models import Node, VisitorSession
 
 DEAD_NODE_DETAIL = "The server running this machine stopped, so this visit had to end."
 

@@ -17,7 +17,7 @@ import secrets
 from asgiref.sync import sync_to_async
 from django.db import DatabaseError, connection
 
-from .models import VisitorSession, WatchLink
+from sessions.models import VisitorSession, WatchLink
 
 # Tokens are secrets.token_urlsafe(24): 32 characters of the URL-safe alphabet.
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")
@@ -72,7 +72,7 @@ def _watch_session_id(token: str) -> str | None:
         return WatchLink.objects.filter(token_sha256=watch_token_hash(token)).values_list(
             "session_id", flat=True).first()
     except DatabaseError:
-        # As the relay's other look-up (sessions.nodes): a connection a database
+        # As the relay's other look-up (sessions.placement.nodes): a connection a database
         # restart broke is dropped, and the next look-up connects anew.
         connection.close()
         raise

@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from .broker import Broker
-from .models import VisitorSession
+from sessions.models import VisitorSession
+from sessions.node.broker import Broker
 
 
 async def session_json(session: VisitorSession, broker: Broker | None = None, *,

@@ -38,8 +38,16 @@ from portal.importer import ImageError
 from portal.models import Exhibit
 from portal.record import agent_staff
 from portal.visitor import visitor_id
-
-from .broker import (
+from sessions.ids import session_id_valid
+from sessions.machines.sandbox import (
+    CheckpointLimitError,
+    CheckpointNotFoundError,
+    MediaRefusedError,
+    SandboxError,
+    Upload,
+)
+from sessions.models import VisitorSession
+from sessions.node.broker import (
     AddressLimitError,
     Broker,
     CapacityError,
@@ -51,17 +59,8 @@ from .broker import (
     SessionExistsError,
     get_broker,
 )
-from .ids import session_id_valid
-from .models import VisitorSession
-from .representation import session_json
-from .sandbox import (
-    CheckpointLimitError,
-    CheckpointNotFoundError,
-    MediaRefusedError,
-    SandboxError,
-    Upload,
-)
-from .thumbnail import thumbnail_take_soon
+from sessions.node.thumbnail import thumbnail_take_soon
+from sessions.web.representation import session_json
 
 
 async def owned_session(request: HttpRequest, session_id: str) -> VisitorSession | None:

@@ -44,9 +44,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from .errors import SessionError
-from .machine import FILES_DISK
-from .overlay import OverlayError
+from sessions.errors import SessionError
+from sessions.machines.machine import FILES_DISK
+from sessions.machines.overlay import OverlayError
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class MediaRefusedError(SandboxError):
 
 
 class SandboxMachine(Protocol):
-    """What the sandbox uses of a machine (`sessions.machine.Machine` is one)."""
+    """What the sandbox uses of a machine (`sessions.machines.machine.Machine` is one)."""
 
     async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
     async def job_run(self, command: str, arguments: dict[str, Any], *, timeout_s: float) -> None: ...

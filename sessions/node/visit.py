@@ -25,12 +25,12 @@ from enum import Enum, StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import SessionError
+from sessions.errors import SessionError
 
 if TYPE_CHECKING:
-    from .host import Lease
-    from .keeper import KeptMachine
-    from .sandbox import Sandbox
+    from sessions.machines.host import Lease
+    from sessions.machines.sandbox import Sandbox
+    from sessions.node.keeper import KeptMachine
 
 logger = logging.getLogger(__name__)
 

@@ -21,11 +21,10 @@ from pathlib import Path
 
 from portal.importer import sha256_path as sha256_file
 from portal.profile import MachineProfile
-
-from .confine import Confinement
-from .machine import Machine, MachineError, state_key
-from .overlay import OverlayError, overlay_create, run_dir_create, run_dir_remove
-from .sandbox import files_disk_create
+from sessions.machines.confine import Confinement
+from sessions.machines.machine import Machine, MachineError, state_key
+from sessions.machines.overlay import OverlayError, overlay_create, run_dir_create, run_dir_remove
+from sessions.machines.sandbox import files_disk_create
 
 WARM_FILE = "warm.qcow2"
 STATE_FILE = "machine.state"

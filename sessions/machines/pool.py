@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from portal.models import Exhibit, StartState
-
-from .keeper import task_new
-from .machine import Machine, MachineError
-from .overlay import OverlayError
+from sessions.machines.machine import Machine, MachineError
+from sessions.machines.overlay import OverlayError
+from sessions.tasks import task_new
 
 logger = logging.getLogger(__name__)
 

@@ -46,10 +46,7 @@ from portal.images import (
     master_from_visit,
 )
 from portal.models import DiskImage, Exhibit, PreservationEvent, StartState
-
-from .config import BrokerConfig
-from .confine import Confinement
-from .errors import (
+from sessions.errors import (
     AddressLimitError,
     CapacityError,
     DisplayUnavailableError,
@@ -64,24 +61,35 @@ from .errors import (
     WatcherLimitError,
     WatcherUnknownError,
 )
-from .host import UidLease, machine_lease_take, runas_choose, uid_leases_tidy
-from .keeper import Keeper, MachineFactory, task_new
-from .keys import Keystroke, TypingPace
-from .launcher import Launcher, MachineSource, exhibit_prepare
-from .machine import Machine, MachineError
-from .metrics import FIRST_FRAME, REAPER_CLEANED, REAPER_RUNS, REFUSALS, RESETS, STARTS, NodeSnapshot
-from .models import Node, VisitorSession, new_session_id
-from .nodes import (
+from sessions.machines.confine import Confinement
+from sessions.machines.host import UidLease, machine_lease_take, runas_choose, uid_leases_tidy
+from sessions.machines.keys import Keystroke, TypingPace
+from sessions.machines.launcher import Launcher, MachineSource, exhibit_prepare
+from sessions.machines.machine import Machine, MachineError
+from sessions.machines.pool import Pool
+from sessions.machines.sandbox import Checkpoint, MediaResult, Upload
+from sessions.models import Node, VisitorSession, new_session_id
+from sessions.node.config import BrokerConfig
+from sessions.node.keeper import Keeper, MachineFactory
+from sessions.node.metrics import (
+    FIRST_FRAME,
+    REAPER_CLEANED,
+    REAPER_RUNS,
+    REFUSALS,
+    RESETS,
+    STARTS,
+    NodeSnapshot,
+)
+from sessions.node.reaper import reap_once
+from sessions.node.visit import Phase, Visit
+from sessions.placement.nodes import (
     DEAD_NODE_DETAIL,
     node_heartbeat,
     node_leave,
     nodes_dead_end,
     nodes_list,
 )
-from .pool import Pool
-from .reaper import reap_once
-from .sandbox import Checkpoint, MediaResult, Upload
-from .scheduler import (
+from sessions.placement.scheduler import (
     Limiter,
     RedisStartLimiter,
     StartLimiter,
@@ -93,8 +101,8 @@ from .scheduler import (
     rows_of,
     visit_place,
 )
-from .visit import Phase, Visit
-from .watch import watch_link_create, watch_links_revoke
+from sessions.placement.watch import watch_link_create, watch_links_revoke
+from sessions.tasks import task_new
 
 __all__ = [
     "AddressLimitError", "Broker", "BrokerConfig", "CapacityError", "DisplayUnavailableError",
@@ -127,7 +135,7 @@ class LiveVisit:
 class Broker:
     def __init__(self, config: BrokerConfig, *, machine_factory: MachineFactory | None = None) -> None:
         # Built in order, each from what is built before it.
-        self.launcher = Launcher(config)
+        self.launcher = Launcher(config.machines)
         self.scheduler = config.scheduler_config()
         self.limiter: Limiter = (
             RedisStartLimiter(url=config.redis_url, window_s=config.start_window_s)
@@ -158,7 +166,8 @@ class Broker:
 
     @config.setter
     def config(self, config: BrokerConfig) -> None:
-        self._config = self.launcher.config = config
+        self._config = config
+        self.launcher.config = config.machines
         self.scheduler = config.scheduler_config()
         self.keeper.config = config.keeper_config()
         self.pool.capacity = config.capacity
@@ -167,8 +176,8 @@ class Broker:
     def _run_dir_pending(self) -> str:
         """The row's run directory while the visit is this node's and has no machine yet:
         the node's run root (the machine's own directory once it runs). Empty means
-        placed on a node that has not taken it in (sessions.scheduler)."""
-        return os.fspath(self.config.run_root)
+        placed on a node that has not taken it in (sessions.placement.scheduler)."""
+        return os.fspath(self.config.machines.run_root)
 
     # --- queries -----------------------------------------------------------------
 
@@ -228,15 +237,15 @@ class Broker:
         return {
             "ok": True,
             "qemu": self.qemu_version(),
-            "kvm": self.config.accelerator == "kvm",
+            "kvm": self.config.machines.accelerator == "kvm",
             "sessions": self.running_count,
             "capacity": self.config.capacity,
-            "accelerator": self.config.accelerator,
+            "accelerator": self.config.machines.accelerator,
             # The one line of all nodes.
             "queued": await sync_to_async(line_length)(),
             "queue_max": self.config.queue_max,
             # How machines are held: their own uid (or the portal's) and the memory limit.
-            "qemu_runs_as": "per-machine uid" if self.config.uid_base is not None else "portal user",
+            "qemu_runs_as": "per-machine uid" if self.config.machines.uid_base is not None else "portal user",
             "memory_limit": self.memory_limit_method,
             # Which install on this host (the node, in a portal of several) answered.
             "install": self.config.install,
@@ -271,7 +280,7 @@ class Broker:
             session_id = new_session_id()
             # Owned before its row exists, so no reaper of the install (in this
             # process or another) ever takes it for an orphan.
-            lease = machine_lease_take(name=session_id, directory=self.config.leases)
+            lease = machine_lease_take(name=session_id, directory=self.config.machines.leases)
             try:
                 session = await sync_to_async(visit_place)(
                     self.scheduler, self.limiter, session_id=session_id, exhibit_id=exhibit.pk,
@@ -323,7 +332,7 @@ class Broker:
             id=session_id, node=self.config.install, state=State.STARTING, run_dir="").afirst()
         if row is None or self._closing or self.keeper.is_live(session_id):
             return False
-        lease = machine_lease_take(name=session_id, directory=self.config.leases)
+        lease = machine_lease_take(name=session_id, directory=self.config.machines.leases)
         visit = self.keeper.visit_open(session_id=session_id, exhibit=row.exhibit, queued=False,
                                        lease=lease)
         try:
@@ -471,7 +480,7 @@ class Broker:
             event_type=PreservationEvent.Type.FIXITY_CHECK,
             outcome=PreservationEvent.Outcome.FAILURE).acount()
         return NodeSnapshot(
-            node=self.config.install, accelerator=self.config.accelerator,
+            node=self.config.install, accelerator=self.config.machines.accelerator,
             qemu=await asyncio.to_thread(self.qemu_version), capacity=self.config.capacity,
             queue_max=self.config.queue_max, phases=phases, line_length=line, machine_pids=pids,
             masters=masters, fixity_failures=failures)
@@ -619,7 +628,7 @@ class Broker:
         if state in VisitorSession.LIVE_STATES and node and node != self.config.install:
             self._node_tell(node, "node.end", session_id, reason=reason, detail=detail)
             if not await self._until_ended_elsewhere(session_id,
-                                                     timeout_s=self.config.stop_timeout_s + 5):
+                                                     timeout_s=self.config.machines.stop_timeout_s + 5):
                 raise NodeUnreachableError()
 
     async def _until_ended_elsewhere(self, session_id: str, *, timeout_s: float) -> bool:
@@ -666,11 +675,11 @@ class Broker:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self.config.cgroups is not None:
+        if self.config.machines.cgroups is not None:
             # Left if another process of the install still runs machines there.
-            await asyncio.to_thread(self.config.cgroups.parent_remove)
-        if self.config.uid_base is not None:
-            await asyncio.to_thread(uid_leases_tidy, self.config.uid_lease_dir)
+            await asyncio.to_thread(self.config.machines.cgroups.parent_remove)
+        if self.config.machines.uid_base is not None:
+            await asyncio.to_thread(uid_leases_tidy, self.config.machines.uid_lease_dir)
 
     def task_start(self, coroutine: Coroutine[Any, Any, T], *, name: str) -> asyncio.Task[T]:
         """Run a helper (such as taking a thumbnail) that the broker owns: it is
@@ -747,7 +756,7 @@ class Broker:
                 if (idle := self.keeper.idle_s(visit.session_id)) is not None}
         known = await sync_to_async(node_heartbeat)(
             name=config.install, capacity=config.capacity, sessions=self.running_count,
-            accelerator=config.accelerator, address=config.node_address, idle_s=idle)
+            accelerator=config.machines.accelerator, address=config.node_address, idle_s=idle)
         mine = [visit.session_id for visit in self.keeper.visits()]
         for session_id, (state, node) in (await sync_to_async(rows_of)(mine)).items():
             if state not in VisitorSession.LIVE_STATES:
@@ -837,8 +846,9 @@ class Broker:
         REAPER_RUNS.inc()
         try:
             count = await sync_to_async(reap_once)(
-                run_root=self.config.run_root, is_live=self.is_live, cgroups=self.config.cgroups,
-                lease_dir=self.config.leases, node=self.config.install,
+                run_root=self.config.machines.run_root, is_live=self.is_live,
+                cgroups=self.config.machines.cgroups, lease_dir=self.config.machines.leases,
+                node=self.config.install,
             )
         except Exception:
             logger.exception("the reaper failed; it tries again in %g s",
@@ -876,6 +886,15 @@ _making: asyncio.Task[Broker] | None = None
 def broker_made() -> Broker | None:
     """The process's broker if a request has made it, without making one."""
     return _broker
+
+
+async def broker_shutdown_if_made() -> bool:
+    """End this process's broker if a request has made it (the server stops); True if so."""
+    broker = broker_made()
+    if broker is None:
+        return False
+    await broker.shutdown()
+    return True
 
 
 async def get_broker() -> Broker:
@@ -931,11 +950,12 @@ def _stop_with_server(broker: Broker) -> None:
 def _sweep_on_start(config: BrokerConfig) -> None:
     with transaction.atomic():
         # Nothing is live in this new broker; leases keep what other processes own.
-        count = reap_once(run_root=config.run_root, is_live=lambda name: False,
-                          cgroups=config.cgroups, lease_dir=config.leases, node=config.install)
+        machines = config.machines
+        count = reap_once(run_root=machines.run_root, is_live=lambda name: False,
+                          cgroups=machines.cgroups, lease_dir=machines.leases, node=config.install)
     REAPER_RUNS.inc()
     REAPER_CLEANED.inc(count)
-    if config.uid_base is not None:
-        uid_leases_tidy(config.uid_lease_dir)
+    if config.machines.uid_base is not None:
+        uid_leases_tidy(config.machines.uid_lease_dir)
     if count:
         logger.warning("cleaned up %d sessions left by an earlier run", count)

@@ -25,10 +25,10 @@ from pathlib import Path
 import psutil
 from django.utils import timezone
 
-from .confine import MemoryCgroups, cgroup_remove
-from .host import machine_lease_names, machine_lease_try
-from .machine import VNC_SOCKET
-from .models import VisitorSession
+from sessions.machines.confine import MemoryCgroups, cgroup_remove
+from sessions.machines.host import machine_lease_names, machine_lease_try
+from sessions.machines.machine import VNC_SOCKET
+from sessions.models import VisitorSession
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def reap_once(*, run_root: Path, is_live: Callable[[str], bool], lease_dir: Path
     looks only at `node`'s own (and rows from before nodes were recorded),
     and not at those placed on it that it has not taken in yet:
     another node's visits are that node's, or, once it is dead, the node
-    sweep's (sessions.nodes).
+    sweep's (sessions.placement.nodes).
     """
     cleaned: set[str] = set()
     pids = _qemu_pids_under(run_root)

@@ -30,8 +30,7 @@ import psutil
 from qemu.qmp import EventListener, QMPClient, QMPError
 
 from portal.profile import CPU_MODELS, MachineProfile
-
-from .confine import ConfineError, Confinement, cgroup_remove
+from sessions.machines.confine import ConfineError, Confinement, cgroup_remove
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +135,7 @@ def build_argv(
     # The PC speaker and the sound cards all play into one audio backend, "none":
     # nothing is played on the host, and QEMU's VNC server hands what the guest
     # plays to a VNC client that asks for it (the portal's sound socket, see
-    # sessions.audio). Without a VNC client listening QEMU mixes nothing for it.
+    # sessions.display.audio). Without a VNC client listening QEMU mixes nothing for it.
     machine = (f"pc,vmport={'on' if profile.mouse == 'vmport' else 'off'},"
                f"pcspk-audiodev={AUDIODEV_ID}")
     sound = ["-audiodev", f"none,id={AUDIODEV_ID}"]
