@@ -221,7 +221,7 @@ async def measure(run_root: Path) -> dict[str, Any]:
     assert not leftovers, f"QEMU processes left running: {leftovers}"
     assert not left_dirs, f"run directories left behind: {left_dirs}"
     return {"steps": steps, "ksm": ksm, "capacity_note": capacity_note,
-            "accelerator": broker.accelerator_for(exhibit)}
+            "accelerator": broker.launcher.accelerator_for(exhibit)}
 
 
 async def _running(broker: Any, session_ids: list[str], timeout_s: float = 60) -> None:

@@ -20,10 +20,10 @@ class Runtime(Protocol):
     def accelerator_for(self, exhibit: Exhibit) -> str:
         """The accelerator the exhibit's machines get here: "kvm" or "tcg"."""
 
-    async def start_state_usable(self, exhibit: Exhibit) -> object | None:
+    def start_state_usable(self, exhibit: Exhibit) -> Awaitable[object | None]:
         """The exhibit's start state if machines here may resume it (instant start)."""
 
-    async def health(self) -> dict[str, Any]:
+    def health(self) -> Awaitable[dict[str, Any]]:
         """`/healthz`'s answer."""
 
 

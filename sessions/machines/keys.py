@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from sessions.errors import SessionError
+
 # Characters on a US keyboard without Shift, by QEMU key name (qcode).
 _PLAIN = {
     **{letter: letter for letter in "abcdefghijklmnopqrstuvwxyz"},
@@ -60,8 +62,11 @@ COMBOS: dict[str, tuple[str, ...]] = {
 Keystroke = tuple[str, ...]
 
 
-class KeysError(ValueError):
+class KeysError(SessionError, ValueError):
     """Text or a combination this keyboard cannot type; the message says which."""
+
+    code = "unsupported_keys"
+    status = 400
 
 
 def text_keystrokes(text: str) -> list[Keystroke]:

@@ -68,19 +68,31 @@ FAT_PARTITIONS = {0x01, 0x04, 0x06, 0x0B, 0x0C, 0x0E}
 class SandboxError(SessionError):
     """A sandbox request could not be done; the message is for the visitor."""
 
+    code = "sandbox_failed"
+    status = 503
+    retry_after_s: int | None = 5
+
 
 class CheckpointLimitError(SandboxError):
+    code = "checkpoint_limit"
+    status = 409
+    retry_after_s = None
+
     def __init__(self, limit: int) -> None:
         super().__init__(f"This visit already has {limit} checkpoints, the most it may keep. "
                          "Delete one first.")
 
 
 class CheckpointNotFoundError(SandboxError):
-    pass
+    code = "not_found"
+    status = 404
+    retry_after_s = None
 
 
 class MediaRefusedError(SandboxError):
     """The files cannot go in (none, too many, too big, or the exhibit does not take them)."""
+
+    retry_after_s = None
 
     def __init__(self, message: str, *, code: str = "media_refused", status: int = 400) -> None:
         super().__init__(message)

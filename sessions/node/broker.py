@@ -25,11 +25,9 @@ import secrets
 import shutil
 import socket
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from datetime import timedelta
-from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
@@ -61,13 +59,11 @@ from sessions.errors import (
     WatcherLimitError,
     WatcherUnknownError,
 )
-from sessions.machines.confine import Confinement
-from sessions.machines.host import UidLease, machine_lease_take, runas_choose, uid_leases_tidy
+from sessions.machines.host import machine_lease_take, runas_choose, uid_leases_tidy
 from sessions.machines.keys import Keystroke, TypingPace
 from sessions.machines.launcher import Launcher, MachineSource, exhibit_prepare
 from sessions.machines.machine import Machine, MachineError
 from sessions.machines.pool import Pool
-from sessions.machines.sandbox import Checkpoint, MediaResult, Upload
 from sessions.models import Node, VisitorSession, new_session_id
 from sessions.node.config import BrokerConfig
 from sessions.node.keeper import Keeper, MachineFactory
@@ -81,7 +77,10 @@ from sessions.node.metrics import (
     NodeSnapshot,
 )
 from sessions.node.reaper import reap_once
-from sessions.node.visit import Phase, Visit
+from sessions.node.records import VisitRecords, session_group
+from sessions.node.sandboxes import Sandboxes
+from sessions.node.viewers import Viewers
+from sessions.node.visit import LIVE_PHASES, Phase, Visit
 from sessions.placement.nodes import (
     DEAD_NODE_DETAIL,
     node_heartbeat,
@@ -119,6 +118,16 @@ State = VisitorSession.State
 
 
 @dataclass(frozen=True)
+class CatalogueRuntime:
+    """What the catalogue's pages ask of the runtime (`portal.runtime.Runtime`), each
+    answered by the part of this node that knows."""
+
+    accelerator_for: Callable[[Exhibit], str]
+    start_state_usable: Callable[[Exhibit], Awaitable[StartState | None]]
+    health: Callable[[], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
 class LiveVisit:
     """A live visit as the staff's page shows it."""
 
@@ -146,15 +155,24 @@ class Broker:
                          recheck_s=config.node_heartbeat_s)
         # A factory of the caller's (the tests') has no pool.
         self._pool_runs = machine_factory is None and config.pool_size > 0
-        self.keeper = Keeper(config.keeper_config(), recorder=self, machine_factory=machine_factory
+        # The rows and the pages' events of this node's visits: the keeper's recorder.
+        self.records = VisitRecords(node=config.install, session_max_s=lambda: self.config.session_max_s,
+                                    gone=self._visit_gone)
+        self.keeper = Keeper(config.keeper_config(), recorder=self.records, machine_factory=machine_factory
                              or MachineSource(self.launcher, self.pool if self._pool_runs else None))
+        # Who watches each visit, and each visit's sandbox: the web edge asks them directly.
+        self.viewers = Viewers(self.keeper)
+        self.sandboxes = Sandboxes(self.keeper)
+        # What the catalogue's pages ask of this node (portal.runtime).
+        self.catalogue = CatalogueRuntime(accelerator_for=self.launcher.accelerator_for,
+                                          start_state_usable=self.launcher.start_state_usable,
+                                          health=self.health)
         self._config = config
         self._create_lock = asyncio.Lock()
         self._pull_lock = asyncio.Lock()
         # Set once the broker shuts down: it takes no visit in any more.
         self._closing = False
         self._stopped: asyncio.Future[None] | None = None
-        self._events: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._background: list[asyncio.Task[None]] = []
         # The nodes the database knew at this node's last heartbeat (for /healthz).
         self._nodes: list[dict[str, Any]] = []
@@ -182,44 +200,21 @@ class Broker:
     # --- queries -----------------------------------------------------------------
 
     @property
-    def running_count(self) -> int:
-        return self.keeper.running_count
-
-    @property
     def active_count(self) -> int:
         """This node's machines: starting, running or still stopping."""
         return sum(1 for visit in self.keeper.visits() if visit.phase is not Phase.QUEUED)
 
-    def qemu_version(self) -> str:
-        return self.launcher.qemu_version()
-
-    def accelerator_for(self, exhibit: Exhibit) -> str:
-        return self.launcher.accelerator_for(exhibit)
-
-    @property
-    def memory_limit_method(self) -> str:
-        return self.launcher.memory_limit_method
-
-    def confinement_for(self, *, memory_mb: int, run_as: tuple[int, int] | None,
-                        uid_lease: UidLease | None = None) -> Confinement:
-        return self.launcher.confinement_for(memory_mb=memory_mb, run_as=run_as, uid_lease=uid_lease)
-
-    def uid_lease(self) -> UidLease | None:
-        return self.launcher.uid_lease()
-
-    def start_state_key(self, exhibit: Exhibit) -> str:
-        return self.launcher.start_state_key(exhibit)
-
-    async def start_state_usable(self, exhibit: Exhibit) -> StartState | None:
-        return await self.launcher.start_state_usable(exhibit)
+    def _machine_running(self, session_id: str) -> Machine:
+        """The visit's QEMU, under the guard every action takes (`Keeper.require`)."""
+        machine = self.keeper.require(session_id, Phase.RUNNING).machine
+        if not isinstance(machine, Machine):
+            raise SessionBusyError("This machine cannot do that.")
+        return machine
 
     def machine(self, session_id: str) -> Machine | None:
         """The running machine of a live session, for tools that talk QMP."""
         machine = self.keeper.machine(session_id)
         return machine if isinstance(machine, Machine) else None
-
-    def is_live(self, session_id: str) -> bool:
-        return self.keeper.is_live(session_id)
 
     async def line_place(self, session: VisitorSession) -> tuple[int | None, float | None]:
         """A waiting session's place in the one line of all nodes (1 is next) and
@@ -228,17 +223,13 @@ class Broker:
             return None, None
         return await sync_to_async(line_place)(self.scheduler, session)
 
-    def session_generation(self, session_id: str) -> int | None:
-        """Which machine of the session is current: it changes at every reset."""
-        return self.keeper.generation(session_id)
-
     async def health(self) -> dict[str, Any]:
         """`/healthz`: this install, its QEMU, its capacity and how machines are held."""
         return {
             "ok": True,
-            "qemu": self.qemu_version(),
+            "qemu": self.launcher.qemu_version(),
             "kvm": self.config.machines.accelerator == "kvm",
-            "sessions": self.running_count,
+            "sessions": self.keeper.running_count,
             "capacity": self.config.capacity,
             "accelerator": self.config.machines.accelerator,
             # The one line of all nodes.
@@ -246,7 +237,7 @@ class Broker:
             "queue_max": self.config.queue_max,
             # How machines are held: their own uid (or the portal's) and the memory limit.
             "qemu_runs_as": "per-machine uid" if self.config.machines.uid_base is not None else "portal user",
-            "memory_limit": self.memory_limit_method,
+            "memory_limit": self.launcher.memory_limit_method,
             # Which install on this host (the node, in a portal of several) answered.
             "install": self.config.install,
             "node": self.config.install,
@@ -263,9 +254,9 @@ class Broker:
         free place, or, when every place is taken, once it is first in line."""
         try:
             session = await self._session_place(exhibit=exhibit, owner=owner, address=address)
-        except (SessionExistsError, CapacityError, AddressLimitError, RateLimitedError,
-                ExhibitUnavailableError) as error:
-            REFUSALS.labels(REFUSAL_CODES[type(error)]).inc()
+        except SessionError as error:
+            # Refused: counted by the error's own code.
+            REFUSALS.labels(error.code).inc()
             raise
         placed = ("line" if session.state == State.QUEUED
                   else "here" if session.node == self.config.install else "other_node")
@@ -284,7 +275,7 @@ class Broker:
             try:
                 session = await sync_to_async(visit_place)(
                     self.scheduler, self.limiter, session_id=session_id, exhibit_id=exhibit.pk,
-                    owner=owner, address=address, accelerator=self.accelerator_for(exhibit),
+                    owner=owner, address=address, accelerator=self.launcher.accelerator_for(exhibit),
                     run_dir=self._run_dir_pending)
             except BaseException:
                 lease.release()
@@ -321,7 +312,7 @@ class Broker:
                 # own, and does not read the whole line again for it.
                 places = await sync_to_async(line_places)(self.scheduler)
                 for session_id, (position, wait) in places.items():
-                    self.notify(session_id, {"type": "changed", "line": [position, wait]})
+                    self.records.notify(session_id, {"type": "changed", "line": [position, wait]})
 
     async def adopt(self, session_id: str) -> bool:
         """Take in a visit placed on this node by another (or taken from another's
@@ -337,12 +328,12 @@ class Broker:
                                        lease=lease)
         try:
             await VisitorSession.objects.filter(id=session_id).aupdate(
-                run_dir=self._run_dir_pending, accelerator=self.accelerator_for(row.exhibit))
+                run_dir=self._run_dir_pending, accelerator=self.launcher.accelerator_for(row.exhibit))
         except BaseException:
             self.keeper.visit_drop(visit)
             raise
         self.keeper.visit_begin(visit)
-        self._notify_changed(session_id)
+        self.records.changed(session_id)
         return True
 
     def moved_away(self, session_id: str) -> None:
@@ -351,50 +342,11 @@ class Broker:
         if visit is not None and visit.phase is Phase.QUEUED:
             self.keeper.visit_release(visit)
 
-    # --- what the keeper reports (its Recorder) ----------------------------------
-
-    async def visit_starting(self, visit: Visit) -> None:
-        # The scheduler wrote the row when it took the visit from the line.
-        await VisitorSession.objects.filter(
-            id=visit.session_id, node=self.config.install, state=State.QUEUED
-        ).aupdate(state=State.STARTING)
-        self._notify_changed(visit.session_id)
-
-    async def visit_running(self, visit: Visit) -> None:
-        assert visit.started is not None
-        assert visit.expires is not None
-        assert visit.machine is not None
-        now = timezone.now()
-        await VisitorSession.objects.filter(id=visit.session_id, state=State.STARTING).aupdate(
-            state=State.RUNNING, started_at=now, pid=visit.machine.pid,
-            run_dir=os.fspath(visit.machine.run_dir),
-            expires_at=now + timedelta(seconds=self.config.session_max_s),
-        )
-        self._notify_changed(visit.session_id)
-
-    async def visit_replaced(self, visit: Visit) -> None:
-        assert visit.machine is not None
-        await VisitorSession.objects.filter(id=visit.session_id).aupdate(
-            pid=visit.machine.pid, run_dir=os.fspath(visit.machine.run_dir))
-
-    async def visit_ended(self, visit: Visit, *, reason: str, detail: str) -> None:
-        # Only while this node holds it: a visit in line may have gone to another.
-        await VisitorSession.objects.filter(id=visit.session_id, node=self.config.install).aupdate(
-            state=State.ENDED, ended_reason=reason, detail=detail,
-            ended_at=timezone.now(), pid=None,
-        )
-
-    def visit_gone(self, visit: Visit) -> None:
+    def _visit_gone(self, visit: Visit) -> None:
+        """Every trace of a visit is gone: its place goes to the line, or to the pool."""
         if not self._closing:
             self.task_start(self.line_pull(moved=True), name=f"line-{visit.session_id}")
-            # The place may go back to the pool.
             self.pool.wake()
-
-    def notify(self, session_id: str, event: dict[str, Any]) -> None:
-        self._events.put_nowait((session_id, event))
-
-    def _notify_changed(self, session_id: str) -> None:
-        self.notify(session_id, {"type": "changed"})
 
     # --- what views and consumers ask of a live visit ----------------------------
 
@@ -410,10 +362,7 @@ class Broker:
         draft exhibit on it. The machine is paused only while its overlay is copied
         (QEMU flushes every write when it pauses); the rest runs on the copy."""
         await sync_to_async(derivation_check)(derivation)
-        visit = self.keeper.visit(session_id)
-        machine = self.machine(session_id)
-        if visit is None or machine is None:
-            raise SessionBusyError("The machine is not running, so there is no disk to save.")
+        machine = self._machine_running(session_id)
         work = await asyncio.to_thread(derivation_work_dir)
         copy = work / "visit.qcow2"
         try:
@@ -481,59 +430,17 @@ class Broker:
             outcome=PreservationEvent.Outcome.FAILURE).acount()
         return NodeSnapshot(
             node=self.config.install, accelerator=self.config.machines.accelerator,
-            qemu=await asyncio.to_thread(self.qemu_version), capacity=self.config.capacity,
+            qemu=await asyncio.to_thread(self.launcher.qemu_version), capacity=self.config.capacity,
             queue_max=self.config.queue_max, phases=phases, line_length=line, machine_pids=pids,
             masters=masters, fixity_failures=failures)
 
-    def session_input(self, *, session_id: str) -> None:
-        """The visitor used the keyboard or mouse (or answered an idle warning)."""
-        self.keeper.session_input(session_id=session_id)
-
     # --- the visitor's sandbox ---------------------------------------------------
-
-    def checkpoints(self, *, session_id: str) -> list[Checkpoint]:
-        return self.keeper.checkpoints(session_id=session_id)
-
-    async def checkpoint_save(self, *, session_id: str, label: str = "") -> Checkpoint:
-        """Save the running machine whole (memory, devices, disks); the visit goes on."""
-        return await self.keeper.checkpoint_save(session_id=session_id, label=label)
-
-    async def checkpoint_restore(self, *, session_id: str, checkpoint_id: str) -> None:
-        """Bring the machine back to exactly the moment of a checkpoint."""
-        await self.keeper.checkpoint_restore(session_id=session_id, checkpoint_id=checkpoint_id)
-
-    async def checkpoint_delete(self, *, session_id: str, checkpoint_id: str) -> None:
-        await self.keeper.checkpoint_delete(session_id=session_id, checkpoint_id=checkpoint_id)
-
-    async def media_insert(self, *, session_id: str, exhibit: Exhibit, uploads: list[Upload]) -> MediaResult:
-        """Put a floppy holding the visitor's files into the exhibit's drive for them."""
-        return await self.keeper.media_insert(session_id=session_id, uploads=uploads,
-                                              drive=exhibit.machine_profile().files_in)
-
-    async def files_out(self, *, session_id: str) -> BinaryIO:
-        """A zip of the files the visit created or changed on the machine's FAT disks."""
-        return await self.keeper.files_out(session_id=session_id)
-
-    async def display_attach(self, *, session_id: str) -> Path:
-        """Count a viewer in and return the VNC socket once the machine runs."""
-        return await self.keeper.display_attach(session_id=session_id)
 
     def display_connection_take(self, *, session_id: str) -> socket.socket | None:
         """The VNC connection opened before the visit's machine ran, for its first
         viewer (see `Machine.display_connection_open`); None for any later one."""
         machine = self.machine(session_id)
         return machine.display_connection_take() if machine is not None else None
-
-    def display_detach(self, *, session_id: str) -> None:
-        self.keeper.display_detach(session_id=session_id)
-
-    async def sound_attach(self, *, session_id: str) -> Path:
-        """Count a listener in and return the VNC socket (which carries the sound too)
-        once the machine runs."""
-        return await self.keeper.sound_attach(session_id=session_id)
-
-    def sound_detach(self, *, session_id: str) -> None:
-        self.keeper.sound_detach(session_id=session_id)
 
     # --- the visitor's tools: typing, the screen, watch links -------------------
 
@@ -545,12 +452,7 @@ class Broker:
 
     async def screenshot(self, *, session_id: str) -> bytes:
         """The guest's screen as a PNG at its own resolution, from QEMU (not a viewer)."""
-        visit = self.keeper.visit(session_id)
-        if visit is None or visit.phase in {Phase.ENDING, Phase.ENDED}:
-            raise SessionEndedError("This machine has ended.")
-        machine = self.machine(session_id)
-        if machine is None:
-            raise SessionBusyError("The machine is not running just now; try again in a moment.")
+        machine = self._machine_running(session_id)
         # The file is the portal's, handed to QEMU (which may run as another user).
         target = machine.run_dir / f"screenshot-{secrets.token_hex(8)}.png"
         try:
@@ -565,52 +467,15 @@ class Broker:
 
     async def watch_link_create(self, *, session_id: str) -> str:
         """A new watch link's token for a live visit."""
-        if not self.keeper.is_live(session_id):
-            raise SessionEndedError("This machine has ended.")
+        self.keeper.require(session_id, *LIVE_PHASES)
         return await watch_link_create(session_id=session_id)
 
     async def watch_links_revoke(self, *, session_id: str) -> int:
         """Forget every watch link of the visit and close its watchers' sockets (4401).
         Its watchers are on this node: their sockets are piped to the visit's holder."""
         forgotten = await watch_links_revoke(session_id=session_id)
-        self.keeper.watchers_revoke(session_id=session_id)
+        self.viewers.watchers_revoke(session_id=session_id)
         return forgotten
-
-    async def watcher_attach(self, *, session_id: str, watcher_id: str, revoke: Callable[[], None]) -> Path:
-        """Let a watch-link socket in (capped; never a viewer that keeps the machine)
-        and return the VNC socket once the machine runs."""
-        return await self.keeper.watcher_attach(session_id=session_id, watcher_id=watcher_id,
-                                                revoke=revoke)
-
-    def watcher_detach(self, *, session_id: str, watcher_id: str) -> None:
-        self.keeper.watcher_detach(session_id=session_id, watcher_id=watcher_id)
-
-    def watcher_count(self, session_id: str) -> int:
-        return self.keeper.watcher_count(session_id)
-
-    def watchers(self, session_id: str) -> tuple[list[str], str | None]:
-        """The visit's watchers, oldest first, and which has the keyboard and mouse."""
-        return self.keeper.watchers(session_id)
-
-    def control_give(self, *, session_id: str, watcher_id: str) -> None:
-        self.keeper.control_give(session_id=session_id, watcher_id=watcher_id)
-
-    def control_take(self, *, session_id: str) -> None:
-        self.keeper.control_take(session_id=session_id)
-
-    def in_control(self, session_id: str, watcher_id: str) -> bool:
-        return self.keeper.in_control(session_id, watcher_id)
-
-    def watch_attach(self, *, session_id: str) -> bool:
-        """Count someone watching the session (its display or its events) in."""
-        return self.keeper.watch_attach(session_id=session_id)
-
-    def watch_detach(self, *, session_id: str) -> None:
-        self.keeper.watch_detach(session_id=session_id)
-
-    async def session_wait_ended(self, *, session_id: str, timeout_s: float) -> bool:
-        """True once the session has ended (or is not live), False on timeout."""
-        return await self.keeper.wait_ended(session_id=session_id, timeout_s=timeout_s)
 
     # --- the end -----------------------------------------------------------------
 
@@ -691,19 +556,6 @@ class Broker:
 
     # --- events for the pages ----------------------------------------------------
 
-    async def _deliver_events(self) -> None:
-        """Hand the broker's events to the pages watching each session."""
-        layer = get_channel_layer()
-        while True:
-            session_id, event = await self._events.get()
-            if layer is None:
-                continue
-            try:
-                await layer.group_send(session_group(session_id),
-                                       {"type": "session.event", "event": event})
-            except Exception:  # a full channel must not stop every other page's events
-                logger.exception("session %s: could not deliver %s", session_id, event)
-
     # --- housekeeping ------------------------------------------------------------
 
     def background_start(self) -> None:
@@ -711,7 +563,7 @@ class Broker:
         if self._background:
             return
         self._background = [
-            task_new(self._deliver_events(), name="broker-events"),
+            task_new(self.records.deliver(), name="broker-events"),
             task_new(self._clock(), name="broker-clock"),
             task_new(self._reaper(), name="broker-reaper"),
             task_new(self._heartbeat(), name="broker-heartbeat"),
@@ -755,7 +607,7 @@ class Broker:
         idle = {visit.session_id: idle for visit in self.keeper.visits()
                 if (idle := self.keeper.idle_s(visit.session_id)) is not None}
         known = await sync_to_async(node_heartbeat)(
-            name=config.install, capacity=config.capacity, sessions=self.running_count,
+            name=config.install, capacity=config.capacity, sessions=self.keeper.running_count,
             accelerator=config.machines.accelerator, address=config.node_address, idle_s=idle)
         mine = [visit.session_id for visit in self.keeper.visits()]
         for session_id, (state, node) in (await sync_to_async(rows_of)(mine)).items():
@@ -774,7 +626,7 @@ class Broker:
         if judge:
             for session_id in await sync_to_async(nodes_dead_end)(
                     own=config.install, dead_after_s=config.node_dead_s):
-                self._notify_changed(session_id)
+                self.records.changed(session_id)
         self._nodes = await sync_to_async(nodes_list)(dead_after_s=config.node_dead_s)
 
     # --- the nodes' messages to each other -----------------------------------------
@@ -846,7 +698,7 @@ class Broker:
         REAPER_RUNS.inc()
         try:
             count = await sync_to_async(reap_once)(
-                run_root=self.config.machines.run_root, is_live=self.is_live,
+                run_root=self.config.machines.run_root, is_live=self.keeper.is_live,
                 cgroups=self.config.machines.cgroups, lease_dir=self.config.machines.leases,
                 node=self.config.install,
             )
@@ -861,20 +713,9 @@ class Broker:
 
 
 # The API's error code of each refused start (docs/api.md), as /metrics counts them.
-REFUSAL_CODES: dict[type[SessionError], str] = {
-    SessionExistsError: "session_exists", CapacityError: "capacity", AddressLimitError: "address_limit",
-    RateLimitedError: "rate_limited", ExhibitUnavailableError: "exhibit_unavailable",
-}
-
-
 def node_group(node: str) -> str:
     """The channel-layer group of one node, for the other nodes' messages."""
     return f"portal.node.{node}"
-
-
-def session_group(session_id: str) -> str:
-    """The channel-layer group of the pages watching one session."""
-    return f"session.{session_id}"
 
 
 _broker: Broker | None = None
@@ -920,7 +761,7 @@ async def _broker_make(loop: asyncio.AbstractEventLoop) -> Broker:
         config = BrokerConfig.from_settings()
         broker = Broker(config)
         await sync_to_async(_sweep_on_start)(config)
-        await asyncio.to_thread(broker.qemu_version)
+        await asyncio.to_thread(broker.launcher.qemu_version)
         broker.background_start()
         _stop_with_server(broker)
         _broker, _broker_loop = broker, loop

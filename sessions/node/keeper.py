@@ -1,15 +1,15 @@
 """The keeper: this node's live visits and their machines.
 
-Owns: the node's `Visit`s and every change of their phase; starting a visit's
-machine (through the machine factory it is given) and ending it (machine
-stopped, run directory deleted, leases let go once the end is recorded); the
-viewers, displays and listeners of each visit and the grace period after the last one
-leaves; its watchers (watch-link sockets, never viewers: they keep no machine
-alive), which one has the keyboard and mouse, and their closing on revoke;
+Owns: the node's `Visit`s and every change of their phase; the guard every
+action on a visit takes (`Keeper.require`, `Visit.require`); starting a visit's
+machine (through the machine factory it is given) and ending it (the machine
+stopped, which deletes its own run directory, the visit's lease let go once the
+end is recorded); the grace period after the last viewer leaves (the viewers
+themselves: `sessions.node.viewers`; the sandbox: `sessions.node.sandboxes`);
 typing for the visitor, one request at a time; the idle and time limits with
 their warnings; reset (the old machine killed before the new one starts); the
-watch for a QEMU that exits by itself or pauses on a disk error. Every task it starts is kept, cancelled and
-awaited by it.
+watch for a QEMU that exits by itself or pauses on a disk error. Every task it
+starts is kept, cancelled and awaited by it.
 
 Must not: touch the database, the waiting line or the catalogue. What the rest
 of the portal learns (rows, the scheduler, the pages' events) goes out through
@@ -22,33 +22,22 @@ import asyncio
 import contextlib
 import logging
 import math
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 from sessions.errors import (
-    DisplayUnavailableError,
     SessionBusyError,
     SessionEndedError,
-    ViewerLimitError,
-    WatcherLimitError,
-    WatcherUnknownError,
 )
 from sessions.machines.host import Lease
 from sessions.machines.keys import KeyedMachine, Keystroke, TypingPace, keystrokes_send
 from sessions.machines.machine import MachineError, MachineStartError
 from sessions.machines.overlay import OverlayError
 from sessions.machines.sandbox import (
-    Checkpoint,
-    MediaResult,
-    Sandbox,
     SandboxConfig,
-    SandboxError,
-    SandboxMachine,
-    Upload,
 )
 from sessions.node.metrics import MACHINE_STARTS
 from sessions.node.visit import EndReason, Phase, Visit
@@ -195,7 +184,7 @@ class Keeper:
         (the row is that node's now), nothing to end."""
         if visit.phase is not Phase.QUEUED:
             return
-        self._grace_cancel(visit)
+        self.grace_cancel(visit)
         self._visits.pop(visit.session_id, None)
         if visit.lease is not None:
             visit.lease.release()
@@ -204,7 +193,7 @@ class Keeper:
     def visit_begin(self, visit: Visit) -> None:
         """Start its machine, or, in line, keep its place only while someone watches."""
         if visit.phase is Phase.QUEUED:
-            self._grace_start(visit)
+            self.grace_start(visit)
         else:
             self._launch_begin(visit, from_queue=False)
 
@@ -214,7 +203,7 @@ class Keeper:
         if visit is None or visit.phase is not Phase.QUEUED:
             return False
         visit.move(Phase.STARTING)
-        self._grace_cancel(visit)
+        self.grace_cancel(visit)
         self._launch_begin(visit, from_queue=True)
         return True
 
@@ -278,13 +267,13 @@ class Keeper:
         logger.error("session %s could not start: %s", visit.session_id, logged)
         # A run directory or disk the server could not make is the server's fault.
         reason = EndReason.SERVER if isinstance(error, OverlayError) else EndReason.CRASHED
-        self._finish_soon(visit, reason=reason, detail=start_failure(error))
+        self.end_soon(visit, reason=reason, detail=start_failure(error))
 
     def _running(self, visit: Visit) -> None:
         visit.move(Phase.RUNNING)
         visit.watch_task = task_new(self._watch(visit), name=f"watch-{visit.session_id}")
         if visit.viewers == 0:
-            self._grace_start(visit)
+            self.grace_start(visit)
 
     async def _watch(self, visit: Visit) -> None:
         """End the visit when its QEMU exits by itself or cannot use its disk."""
@@ -307,7 +296,7 @@ class Keeper:
             full = bool(io_error.get("nospace"))
             detail = ("The server ran out of disk space, so this visit had to end."
                       if full else "The machine's disk failed on the server, so this visit had to end.")
-            self._finish_soon(visit, reason=EndReason.SERVER, detail=detail)
+            self.end_soon(visit, reason=EndReason.SERVER, detail=detail)
             return
         logger.warning("session %s: QEMU exited by itself with code %s", visit.session_id, code)
         if code == 0:
@@ -318,7 +307,7 @@ class Keeper:
                                                  "on this server, so it was stopped.")
         else:
             reason, detail = EndReason.CRASHED, "The machine stopped unexpectedly."
-        self._finish_soon(visit, reason=reason, detail=detail)
+        self.end_soon(visit, reason=reason, detail=detail)
 
     # --- reset -------------------------------------------------------------------
 
@@ -328,11 +317,7 @@ class Keeper:
         The old machine is killed before the new one starts; the generation
         changes, so displays of the old machine know to reconnect.
         """
-        visit = self._visits.get(session_id)
-        if visit is None or visit.phase in {Phase.ENDING, Phase.ENDED}:
-            raise SessionEndedError("This machine has ended.")
-        if visit.phase is not Phase.RUNNING:
-            raise SessionBusyError("The machine is still starting.")
+        visit = self.require(session_id, Phase.RUNNING)
         if exhibit is not None:
             visit.exhibit = exhibit
         sandbox, visit.sandbox = visit.sandbox, None
@@ -346,9 +331,9 @@ class Keeper:
             await self._replace(visit)
         except BaseException:
             # The phase is what it is now: other tasks move it while this one awaits.
-            if visit.phase is Phase.RESETTING:  # type: ignore[comparison-overlap]
+            if visit.phase is Phase.RESETTING:
                 # Neither machine runs: the visit cannot go on.
-                self._finish_soon(visit, reason=EndReason.SERVER,
+                self.end_soon(visit, reason=EndReason.SERVER,
                                   detail="The machine could not be reset.")
             raise
 
@@ -380,113 +365,24 @@ class Keeper:
             raise started
         if visit.phase is not Phase.RESETTING:
             await started.stop()  # ended meanwhile
-            raise SessionEndedError("This machine has ended.")
+            raise SessionEndedError()
         # A reset is input: the visitor is there. The visit's time limit stays.
         visit.last_input = self._clock()
-        self._warning_clear(visit, "idle")
-        self._grace_cancel(visit)
+        self.warning_clear(visit, "idle")
+        self.grace_cancel(visit)
         self._running(visit)
         await self._recorder.visit_replaced(visit)
 
-    # --- the sandbox: checkpoints, files in and out --------------------------------
-
-    def _sandbox(self, session_id: str, *, busy_ok: bool = False) -> tuple[Visit, Sandbox]:
-        """The running visit and its machine's sandbox (made at the first use)."""
-        visit = self._visits.get(session_id)
-        if visit is None or visit.phase in {Phase.ENDING, Phase.ENDED}:
-            raise SessionEndedError("This machine has ended.")
-        if visit.phase is not Phase.RUNNING and not (busy_ok and visit.phase is Phase.RESTORING):
-            raise SessionBusyError("The machine is busy (starting, resetting or going back to a "
-                                   "checkpoint); try again in a moment.")
-        if self.config.sandbox is None or visit.machine is None:
-            raise SandboxError("This server keeps no checkpoints or visitors' files.")
-        if visit.sandbox is None or visit.sandbox.machine is not cast(SandboxMachine, visit.machine):
-            visit.sandbox = Sandbox(machine=cast(SandboxMachine, visit.machine),
-                                    run_dir=visit.machine.run_dir, config=self.config.sandbox)
-        return visit, visit.sandbox
-
-    def checkpoints(self, *, session_id: str) -> list[Checkpoint]:
-        visit = self._visits.get(session_id)
-        if visit is None or visit.phase in {Phase.ENDING, Phase.ENDED}:
-            raise SessionEndedError("This machine has ended.")
-        return list(visit.sandbox.checkpoints) if visit.sandbox is not None else []
-
-    async def checkpoint_save(self, *, session_id: str, label: str = "") -> Checkpoint:
-        """Save the running machine whole; the visit goes on."""
-        _, sandbox = self._sandbox(session_id)
-        try:
-            return await sandbox.checkpoint_save(label=label)
-        except MachineError as error:
-            logger.error("session %s: saving a checkpoint failed: %s", session_id, error)
-            raise SandboxError("The checkpoint could not be saved.") from error
-
-    async def checkpoint_restore(self, *, session_id: str, checkpoint_id: str) -> None:
-        """Bring the machine back to a checkpoint, in the same QEMU: displays stay
-        connected and are sent the restored screen."""
-        visit, sandbox = self._sandbox(session_id)
-        sandbox.checkpoint(checkpoint_id)  # an unknown one is refused before anything moves
-        visit.move(Phase.RESTORING)
-        try:
-            await sandbox.checkpoint_restore(checkpoint_id)
-        except (MachineError, SandboxError) as error:
-            if visit.phase is Phase.RESTORING:
-                logger.error("session %s: going back to a checkpoint failed: %s", session_id, error)
-                # The machine is neither as it was nor at the checkpoint.
-                self._finish_soon(visit, reason=EndReason.SERVER,
-                                  detail="The machine could not go back to the checkpoint.")
-            raise SessionEndedError("The machine could not go back to the checkpoint.") from error
-        except BaseException:
-            if visit.phase is Phase.RESTORING:
-                self._finish_soon(visit, reason=EndReason.SERVER,
-                                  detail="The machine could not go back to the checkpoint.")
-            raise
-        if visit.phase is not Phase.RESTORING:
-            raise SessionEndedError("This machine has ended.")
-        visit.move(Phase.RUNNING)
-        # Going back is input: the visitor is there.
-        visit.last_input = self._clock()
-        self._warning_clear(visit, "idle")
-        self._recorder.notify(visit.session_id, {"type": "changed"})
-
-    async def checkpoint_delete(self, *, session_id: str, checkpoint_id: str) -> None:
-        _, sandbox = self._sandbox(session_id)
-        try:
-            await sandbox.checkpoint_delete(checkpoint_id)
-        except MachineError as error:
-            logger.error("session %s: deleting a checkpoint failed: %s", session_id, error)
-            raise SandboxError("The checkpoint could not be deleted.") from error
-
-    async def media_insert(self, *, session_id: str, uploads: list[Upload], drive: str) -> MediaResult:
-        """Put a floppy holding the visitor's files into the drive for them."""
-        visit, sandbox = self._sandbox(session_id)
-        try:
-            result = await sandbox.media_insert(uploads, drive_letter=drive)
-        except MachineError as error:
-            logger.error("session %s: inserting the visitor's disk failed: %s", session_id, error)
-            raise SandboxError("The disk with the files could not be put into the machine.") from error
-        visit.last_input = self._clock()
-        self._warning_clear(visit, "idle")
-        return result
-
-    async def files_out(self, *, session_id: str) -> BinaryIO:
-        """A zip of the files the visit created or changed on the machine's FAT disks: an
-        unnamed file in the run directory, gone once closed, read from its start."""
-        _, sandbox = self._sandbox(session_id)
-        # Handed to the caller, whose response closes it once sent.
-        archive = tempfile.TemporaryFile(dir=sandbox.run_dir)  # noqa: SIM115
-        try:
-            await sandbox.files_out(archive)
-        except MachineError as error:
-            archive.close()
-            logger.error("session %s: reading the visitor's files failed: %s", session_id, error)
-            raise SandboxError("The machine's files could not be read; please try again.") from error
-        except BaseException:
-            archive.close()
-            raise
-        archive.seek(0)
-        return archive
-
     # --- visitor input and time limits -------------------------------------------
+
+    def input_seen(self, visit: Visit) -> None:
+        """The visitor did something (typed, pointed, went back, put a disk in)."""
+        visit.last_input = self._clock()
+        self.warning_clear(visit, "idle")
+
+    def notify(self, session_id: str, event: dict[str, Any]) -> None:
+        """An event for the pages watching the visit."""
+        self._recorder.notify(session_id, event)
 
     def session_input(self, *, session_id: str) -> None:
         """The visitor used the keyboard or mouse (or answered an idle warning)."""
@@ -494,7 +390,7 @@ class Keeper:
         if visit is None:
             return
         visit.last_input = self._clock()
-        self._warning_clear(visit, "idle")
+        self.warning_clear(visit, "idle")
 
     async def keys_send(self, *, session_id: str, strokes: list[Keystroke], pace: TypingPace,
                         stored: bool = True) -> None:
@@ -502,7 +398,7 @@ class Keeper:
         `stored`: each keystroke types a character (text, not a combination)."""
         visit = self._running_visit(session_id)
         visit.last_input = self._clock()
-        self._warning_clear(visit, "idle")
+        self.warning_clear(visit, "idle")
         async with visit.typing:
             machine = self._running_visit(session_id).machine
             try:
@@ -514,17 +410,18 @@ class Keeper:
 
     def _running_visit(self, session_id: str) -> Visit:
         """The visit if its machine runs now; else why not, as the API's errors."""
-        visit = self._visits.get(session_id)
-        if visit is None or visit.phase in {Phase.ENDING, Phase.ENDED}:
-            raise SessionEndedError("This machine has ended.")
-        if visit.phase is Phase.QUEUED:
-            raise SessionBusyError("This visit is still waiting in line for a machine.")
-        if visit.phase is not Phase.RUNNING or visit.machine is None:
-            raise SessionBusyError("The machine is busy (starting, resetting or going back to a "
-                                   "checkpoint); try again in a moment.")
-        return visit
+        return self.require(session_id, Phase.RUNNING)
 
-    def _warning_clear(self, visit: Visit, reason: str) -> None:
+    def require(self, session_id: str, *phases: Phase) -> Visit:
+        """The guard every action on a visit takes: the live visit if it is in one of
+        `phases` (with its machine, when that phase has one), else one of the runtime's
+        errors saying why not (`Visit.require`)."""
+        visit = self._visits.get(session_id)
+        if visit is None:
+            raise SessionEndedError()
+        return visit.require(*phases)
+
+    def warning_clear(self, visit: Visit, reason: str) -> None:
         if visit.warning == reason:
             visit.warning = None
             self._recorder.notify(visit.session_id, {"type": "warning_cleared", "reason": reason})
@@ -543,173 +440,19 @@ class Keeper:
                 detail = (f"The visit reached its time limit of {minutes(self.config.session_max_s)}."
                           if reason == EndReason.TIMEOUT else
                           f"Nobody used the machine for {minutes(self.config.idle_s)}.")
-                self._finish_soon(visit, reason=reason, detail=detail)
+                self.end_soon(visit, reason=reason, detail=detail)
             elif left <= self.config.warning_s and visit.warning != reason:
                 visit.warning = reason
                 self._recorder.notify(visit.session_id, {"type": "warning", "reason": str(reason),
                                                          "seconds_left": max(1, math.ceil(left))})
 
-    # --- viewers and the grace period --------------------------------------------
+    # --- the grace period -------------------------------------------------------
 
-    async def display_attach(self, *, session_id: str) -> Path:
-        """Count a viewer in and return the VNC socket once the machine runs."""
-        return await self._socket_attach(session_id, sound=False)
-
-    def display_detach(self, *, session_id: str) -> None:
-        self._socket_detach(session_id, sound=False)
-
-    async def sound_attach(self, *, session_id: str) -> Path:
-        """Count a listener in and return the VNC socket (which also carries the
-        sound) once the machine runs. Listeners have a limit of their own, as
-        large as the displays'; a page has one of each."""
-        return await self._socket_attach(session_id, sound=True)
-
-    def sound_detach(self, *, session_id: str) -> None:
-        self._socket_detach(session_id, sound=True)
-
-    async def _socket_attach(self, session_id: str, *, sound: bool) -> Path:
-        visit = self._visits.get(session_id)
-        if visit is None:
-            raise SessionEndedError("This machine has ended.")
-        if visit.phase is Phase.QUEUED:
-            raise SessionBusyError("This visit is still waiting for a machine.")
-        if (visit.listeners if sound else visit.displays) >= self.config.displays_per_session:
-            raise ViewerLimitError(self.config.displays_per_session)
-        if sound:
-            visit.listeners += 1
-        else:
-            visit.displays += 1
-        self.watch_attach(session_id=session_id)
-        try:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.config.display_wait_s):
-                    await visit.until_display()
-            if visit.phase in {Phase.ENDING, Phase.ENDED}:
-                raise SessionEndedError("This machine has ended.")
-            if not visit.display_ready() or visit.machine is None:
-                raise DisplayUnavailableError("The machine did not start in time.")
-            return visit.machine.vnc_path
-        except BaseException:
-            self._socket_detach(session_id, sound=sound)
-            raise
-
-    def _socket_detach(self, session_id: str, *, sound: bool) -> None:
-        visit = self._visits.get(session_id)
-        if visit is not None and sound:
-            visit.listeners = max(0, visit.listeners - 1)
-        elif visit is not None:
-            visit.displays = max(0, visit.displays - 1)
-        self.watch_detach(session_id=session_id)
-
-    def watch_attach(self, *, session_id: str) -> bool:
-        """Count someone watching the visit (its display or its events) in."""
-        visit = self._visits.get(session_id)
-        if visit is None:
-            return False
-        visit.viewers += 1
-        self._grace_cancel(visit)
-        return True
-
-    def watch_detach(self, *, session_id: str) -> None:
-        visit = self._visits.get(session_id)
-        if visit is None:
-            return
-        visit.viewers = max(0, visit.viewers - 1)
-        if visit.viewers == 0 and visit.phase in {Phase.RUNNING, Phase.QUEUED}:
-            self._grace_start(visit)
-
-    # --- watch links -----------------------------------------------------------
-
-    async def watcher_attach(self, *, session_id: str, watcher_id: str, revoke: Callable[[], None]) -> Path:
-        """Let a watch-link socket in and return the VNC socket once the machine runs.
-
-        A watcher is not a viewer: it never holds off the grace period after the
-        owner's last page left, so watchers alone never keep a machine alive.
-        `revoke` closes it when the owner revokes the links. `watcher_id` names it
-        to the owner (who may hand it the keyboard and mouse) and to its own page.
-        """
-        visit = self._visits.get(session_id)
-        if visit is None or visit.phase in {Phase.ENDING, Phase.ENDED}:
-            raise SessionEndedError("This machine has ended.")
-        if visit.phase is Phase.QUEUED:
-            raise SessionBusyError("This visit is still waiting for a machine.")
-        if watcher_id in visit.watchers:
-            raise WatcherUnknownError("A watcher of that name is watching already.")
-        if len(visit.watchers) >= self.config.watchers_per_session:
-            raise WatcherLimitError(self.config.watchers_per_session)
-        visit.watchers[watcher_id] = revoke
-        self._watchers_changed(visit)
-        try:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.config.display_wait_s):
-                    await visit.until(Phase.RUNNING, Phase.ENDING, Phase.ENDED)
-            if visit.phase in {Phase.ENDING, Phase.ENDED}:
-                raise SessionEndedError("This machine has ended.")
-            if visit.phase is not Phase.RUNNING or visit.machine is None:
-                raise DisplayUnavailableError("The machine did not start in time.")
-            return visit.machine.vnc_path
-        except BaseException:
-            self.watcher_detach(session_id=session_id, watcher_id=watcher_id)
-            raise
-
-    def watcher_detach(self, *, session_id: str, watcher_id: str) -> None:
-        visit = self._visits.get(session_id)
-        if visit is not None and visit.watchers.pop(watcher_id, None) is not None:
-            if visit.control == watcher_id:
-                visit.control = None
-            self._watchers_changed(visit)
-
-    def watchers_revoke(self, *, session_id: str) -> int:
-        """Close every watch-link socket of the visit; returns how many there were."""
-        visit = self._visits.get(session_id)
-        if visit is None:
-            return 0
-        watchers, visit.watchers = visit.watchers, {}
-        visit.control = None
-        for revoke in watchers.values():
-            revoke()
-        if watchers:
-            self._watchers_changed(visit)
-        return len(watchers)
-
-    def watcher_count(self, session_id: str) -> int:
-        visit = self._visits.get(session_id)
-        return len(visit.watchers) if visit is not None else 0
-
-    def watchers(self, session_id: str) -> tuple[list[str], str | None]:
-        """The visit's watchers, oldest first, and which of them has the keyboard and mouse."""
-        visit = self._visits.get(session_id)
-        return (list(visit.watchers), visit.control) if visit is not None else ([], None)
-
-    def control_give(self, *, session_id: str, watcher_id: str) -> None:
-        """Hand the keyboard and mouse to one watcher (taken from any other)."""
-        visit = self._running_visit(session_id)
-        if watcher_id not in visit.watchers:
-            raise WatcherUnknownError("Nobody of that name is watching this machine.")
-        visit.control = watcher_id
-        self._watchers_changed(visit)
-
-    def control_take(self, *, session_id: str) -> None:
-        """Take the keyboard and mouse back from the watcher who has them."""
-        visit = self._visits.get(session_id)
-        if visit is not None and visit.control is not None:
-            visit.control = None
-            self._watchers_changed(visit)
-
-    def in_control(self, session_id: str, watcher_id: str) -> bool:
-        visit = self._visits.get(session_id)
-        return visit is not None and visit.control == watcher_id
-
-    def _watchers_changed(self, visit: Visit) -> None:
-        self._recorder.notify(visit.session_id, {"type": "watchers", "count": len(visit.watchers),
-                                                 "watchers": list(visit.watchers),
-                                                 "control": visit.control})
-
-    def _grace_start(self, visit: Visit) -> None:
-        if visit.grace_task is None and visit.phase not in {Phase.ENDING, Phase.ENDED}:
+    def grace_start(self, visit: Visit) -> None:
+        if visit.grace_task is None and visit.live:
             visit.grace_task = task_new(self._grace(visit), name=f"grace-{visit.session_id}")
 
-    def _grace_cancel(self, visit: Visit) -> None:
+    def grace_cancel(self, visit: Visit) -> None:
         grace, visit.grace_task = visit.grace_task, None
         if grace is not None:
             grace.cancel()
@@ -717,7 +460,7 @@ class Keeper:
     async def _grace(self, visit: Visit) -> None:
         await asyncio.sleep(self.config.grace_s)
         visit.grace_task = None
-        self._finish_soon(visit, reason=EndReason.VISITOR,
+        self.end_soon(visit, reason=EndReason.VISITOR,
                           detail=f"The page was closed for more than {self.config.grace_s:g} s.")
 
     # --- the end -----------------------------------------------------------------
@@ -727,7 +470,7 @@ class Keeper:
         visit = self._visits.get(session_id)
         if visit is None:
             return
-        await asyncio.shield(self._finish_soon(visit, reason=reason, detail=detail))
+        await asyncio.shield(self.end_soon(visit, reason=reason, detail=detail))
 
     async def wait_ended(self, *, session_id: str, timeout_s: float) -> bool:
         """True once the visit has ended (or is not live), False on timeout."""
@@ -742,10 +485,10 @@ class Keeper:
     async def end_all(self, *, reason: str, detail: str) -> None:
         """End every visit on the node and wait for all of it."""
         visits = list(self._visits.values())
-        await asyncio.gather(*(self._finish_soon(visit, reason=reason, detail=detail)
+        await asyncio.gather(*(self.end_soon(visit, reason=reason, detail=detail)
                                for visit in visits), return_exceptions=True)
 
-    def _finish_soon(self, visit: Visit, *, reason: str, detail: str) -> asyncio.Task[None]:
+    def end_soon(self, visit: Visit, *, reason: str, detail: str) -> asyncio.Task[None]:
         if visit.finish_task is None:
             visit.move(Phase.ENDING)
             visit.finish_task = task_new(self._finish(visit, reason=reason, detail=detail),
@@ -754,7 +497,7 @@ class Keeper:
 
     async def _finish(self, visit: Visit, *, reason: str, detail: str) -> None:
         current = asyncio.current_task()
-        self._grace_cancel(visit)
+        self.grace_cancel(visit)
         try:
             for other in (visit.launch_task, visit.watch_task):
                 if other is not None and other is not current and not other.done():

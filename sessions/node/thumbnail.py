@@ -83,7 +83,7 @@ async def _settled_screen(broker: Broker, *, session_id: str) -> bytes | None:
     deadline = broker.config.machines.start_timeout_s + broker.config.machines.qemu_img_timeout_s
     async with asyncio.timeout(deadline):
         while (machine := broker.machine(session_id)) is None:
-            if broker.session_generation(session_id) is None:
+            if broker.keeper.generation(session_id) is None:
                 return None  # ended before it ran
             await asyncio.sleep(POLL_S / 4)
     try:

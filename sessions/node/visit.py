@@ -21,11 +21,12 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import InitVar, dataclass, field
-from enum import Enum, StrEnum
+from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sessions.errors import SessionError
+from sessions.errors import SessionBusyError, SessionEndedError, SessionError
+from sessions.models import VisitorSession
 
 if TYPE_CHECKING:
     from sessions.machines.host import Lease
@@ -54,14 +55,8 @@ class Phase(Enum):
     ENDED = "ended"
 
 
-class EndReason(StrEnum):
-    """Why a visit ended (the API's `ended_reason`)."""
-
-    VISITOR = "visitor"
-    TIMEOUT = "timeout"
-    IDLE = "idle"
-    CRASHED = "crashed"
-    SERVER = "server"
+#: Why a visit ended (the API's `ended_reason`): the row's own vocabulary, one enum.
+EndReason = VisitorSession.EndedReason
 
 
 #: Every move a visit may make. A visit may end from every phase before ENDING;
@@ -82,6 +77,31 @@ FIRST_PHASES = frozenset({Phase.QUEUED, Phase.STARTING})
 #: Phases in which a visit is alive and may still be ended.
 LIVE_PHASES = frozenset({Phase.QUEUED, Phase.STARTING, Phase.RUNNING, Phase.RESETTING,
                          Phase.RESTORING})
+
+#: Phases with a machine, or one being made: what a display may wait for.
+MACHINE_PHASES = LIVE_PHASES - {Phase.QUEUED}
+
+State = VisitorSession.State
+#: The row's state (the API's `state`) for each phase: the one translation between
+#: the node's vocabulary and the database's.
+ROW_STATES: dict[Phase, str] = {
+    Phase.QUEUED: State.QUEUED,
+    Phase.STARTING: State.STARTING,
+    Phase.RUNNING: State.RUNNING,
+    Phase.RESETTING: State.RUNNING,
+    Phase.RESTORING: State.RUNNING,
+    Phase.ENDING: State.RUNNING,
+    Phase.ENDED: State.ENDED,
+}
+
+#: Why a live visit cannot do what needs another phase, for the person who asked.
+BUSY: dict[Phase, str] = {
+    Phase.QUEUED: "This visit is still waiting in line for a machine.",
+    Phase.STARTING: "The machine is still starting; try again in a moment.",
+    Phase.RUNNING: "The machine is running.",
+    Phase.RESETTING: "The machine is being reset; try again in a moment.",
+    Phase.RESTORING: "The machine is going back to a checkpoint; try again in a moment.",
+}
 
 
 class VisitStateError(SessionError):
@@ -155,6 +175,21 @@ class Visit:
         return self._phase
 
     @property
+    def live(self) -> bool:
+        """Not ending or ended."""
+        return self._phase in LIVE_PHASES
+
+    def require(self, *phases: Phase) -> Visit:
+        """The guard of every action on a visit (as `qemu.qmp`'s `@require(Runstate)`):
+        the visit itself if it is in one of `phases`; else `SessionEndedError` once it
+        is ending or over, or `SessionBusyError` saying which phase it is in."""
+        if not self.live:
+            raise SessionEndedError()
+        if self._phase not in phases:
+            raise SessionBusyError(BUSY[self._phase])
+        return self
+
+    @property
     def run_dir(self) -> Path | None:
         """Where the visit's files are: its current machine's run directory (None
         before it has one). Everything asks here, or the machine itself."""
@@ -191,6 +226,6 @@ class Visit:
 
     async def until_display(self) -> Phase:
         """Wait until its display can be shown (`display_ready`) or it ends; its phase."""
-        while not self.display_ready() and self._phase not in {Phase.ENDING, Phase.ENDED}:
+        while not self.display_ready() and self.live:
             await self._changed.wait()
         return self._phase

@@ -17,6 +17,7 @@ import secrets
 from asgiref.sync import sync_to_async
 from django.db import DatabaseError, connection
 
+from sessions.errors import SessionError
 from sessions.models import VisitorSession, WatchLink
 
 # Tokens are secrets.token_urlsafe(24): 32 characters of the URL-safe alphabet.
@@ -35,7 +36,10 @@ def watch_token_hash(token: str) -> str:
 WATCH_LINKS_PER_VISIT = 20
 
 
-class WatchLinkLimitError(Exception):
+class WatchLinkLimitError(SessionError):
+    code = "watch_link_limit"
+    status = 409
+
     def __init__(self) -> None:
         super().__init__(f"This visit has {WATCH_LINKS_PER_VISIT} watch links already, the most it may "
                          "have. Revoke them to make a new one.")

@@ -38,28 +38,15 @@ from portal.importer import ImageError
 from portal.models import Exhibit
 from portal.record import agent_staff
 from portal.visitor import visitor_id
+from sessions.errors import SessionError
 from sessions.ids import session_id_valid
 from sessions.machines.sandbox import (
-    CheckpointLimitError,
-    CheckpointNotFoundError,
-    MediaRefusedError,
-    SandboxError,
     Upload,
 )
 from sessions.models import VisitorSession
-from sessions.node.broker import (
-    AddressLimitError,
-    Broker,
-    CapacityError,
-    ExhibitUnavailableError,
-    NodeUnreachableError,
-    RateLimitedError,
-    SessionBusyError,
-    SessionEndedError,
-    SessionExistsError,
-    get_broker,
-)
+from sessions.node.broker import Broker, get_broker
 from sessions.node.thumbnail import thumbnail_take_soon
+from sessions.web.errors import error_response
 from sessions.web.representation import session_json
 
 
@@ -157,24 +144,8 @@ async def _session_start(
     try:
         session = await broker.session_create(exhibit=exhibit, owner=owner,
                                               address=request.META.get("REMOTE_ADDR") or "")
-    except SessionExistsError as error:
-        return json_error(409, "session_exists", str(error), id=error.session_id,
-                          page_url=f"/sessions/{error.session_id}/")
-    except CapacityError as error:
-        response = json_error(503, "capacity", str(error))
-        response["Retry-After"] = str(error.retry_after_s)
-        return response
-    except AddressLimitError as error:
-        response = json_error(429, "address_limit", str(error))
-        response["Retry-After"] = str(error.retry_after_s)
-        return response
-    except RateLimitedError as error:
-        response = json_error(429, "rate_limited", str(error))
-        response["Retry-After"] = str(error.retry_after_s)
-        return response
-    except ExhibitUnavailableError as error:
-        # 409: the exhibit's state (a damaged master) forbids starting it until a curator acts.
-        return json_error(409, "exhibit_unavailable", str(error))
+    except SessionError as error:
+        return error_response(error)
     session.exhibit = exhibit
     return session, broker
 
@@ -189,10 +160,8 @@ async def session_detail(request: HttpRequest, session_id: str) -> HttpResponse:
         try:
             await broker.session_end(session_id=session.id, reason=VisitorSession.EndedReason.VISITOR,
                                      detail="The visitor ended the session.")
-        except NodeUnreachableError as error:
-            response = json_error(503, "node_unreachable", str(error))
-            response["Retry-After"] = "5"
-            return response
+        except SessionError as error:
+            return error_response(error)
         return HttpResponse(status=204)
     return JsonResponse(await session_json(session, await get_broker()))
 
@@ -206,10 +175,8 @@ async def session_reset(request: HttpRequest, session_id: str) -> JsonResponse:
     broker = await get_broker()
     try:
         await broker.session_reset(session_id=session.id, exhibit=exhibit)
-    except SessionEndedError as error:
-        return json_error(409, "session_ended", str(error))
-    except SessionBusyError as error:
-        return json_error(409, "session_busy", str(error))
+    except SessionError as error:
+        return error_response(error)
     session = await VisitorSession.objects.select_related("exhibit").aget(id=session.id)
     return JsonResponse(await session_json(session, broker))
 
@@ -236,8 +203,8 @@ async def session_save_master(request: HttpRequest, session_id: str) -> HttpResp
         derived = await broker.session_save_master(
             session_id=session.id, exhibit=exhibit, derivation=derivation,
             agent=agent_staff(user.get_username()))
-    except SessionBusyError as error:
-        return json_error(409, "session_busy", str(error))
+    except SessionError as error:
+        return error_response(error)
     except DerivationError as error:
         return json_error(400, "bad_derivation", str(error))
     except ImageError as error:
@@ -270,20 +237,8 @@ async def _sandbox_call(request: HttpRequest, session_id: str,
     broker = await get_broker()
     try:
         return await act(broker, session)
-    except CheckpointNotFoundError as error:
-        return json_error(404, "not_found", str(error))
-    except CheckpointLimitError as error:
-        return json_error(409, "checkpoint_limit", str(error))
-    except MediaRefusedError as error:
-        return json_error(error.status, error.code, str(error))
-    except SessionEndedError as error:
-        return json_error(409, "session_ended", str(error))
-    except SessionBusyError as error:
-        return json_error(409, "session_busy", str(error))
-    except SandboxError as error:
-        response = json_error(503, "sandbox_failed", str(error))
-        response["Retry-After"] = "5"
-        return response
+    except SessionError as error:
+        return error_response(error)
 
 
 @require_http_methods(["GET", "POST"])
@@ -294,9 +249,9 @@ async def checkpoints(request: HttpRequest, session_id: str) -> HttpResponseBase
             if not session.is_live:
                 return JsonResponse({"checkpoints": []})
             return JsonResponse({"checkpoints": [checkpoint.as_json() for checkpoint
-                                                 in broker.checkpoints(session_id=session.id)]})
+                                                 in broker.sandboxes.checkpoints(session_id=session.id)]})
         label = (json_object(request) or {}).get("label")
-        checkpoint = await broker.checkpoint_save(session_id=session.id,
+        checkpoint = await broker.sandboxes.checkpoint_save(session_id=session.id,
                                                   label=label if isinstance(label, str) else "")
         return JsonResponse(checkpoint.as_json(), status=201)
 
@@ -306,7 +261,7 @@ async def checkpoints(request: HttpRequest, session_id: str) -> HttpResponseBase
 @require_POST
 async def checkpoint_restore(request: HttpRequest, session_id: str, checkpoint_id: str) -> HttpResponseBase:
     async def act(broker: Broker, session: VisitorSession) -> HttpResponse:
-        await broker.checkpoint_restore(session_id=session.id, checkpoint_id=checkpoint_id)
+        await broker.sandboxes.checkpoint_restore(session_id=session.id, checkpoint_id=checkpoint_id)
         row = await VisitorSession.objects.select_related("exhibit").aget(id=session.id)
         return JsonResponse(await session_json(row, broker))
 
@@ -316,7 +271,7 @@ async def checkpoint_restore(request: HttpRequest, session_id: str, checkpoint_i
 @require_http_methods(["DELETE"])
 async def checkpoint_detail(request: HttpRequest, session_id: str, checkpoint_id: str) -> HttpResponseBase:
     async def act(broker: Broker, session: VisitorSession) -> HttpResponse:
-        await broker.checkpoint_delete(session_id=session.id, checkpoint_id=checkpoint_id)
+        await broker.sandboxes.checkpoint_delete(session_id=session.id, checkpoint_id=checkpoint_id)
         return HttpResponse(status=204)
 
     return await _sandbox_call(request, session_id, act)
@@ -333,7 +288,8 @@ async def media(request: HttpRequest, session_id: str) -> HttpResponseBase:
             uploads = [Upload(name=str(upload.name or "FILE"), path=await _on_disk(upload, held),
                               size=int(upload.size or 0)) for upload in files]
             exhibit = await Exhibit.objects.aget(pk=session.exhibit_id)
-            result = await broker.media_insert(session_id=session.id, exhibit=exhibit, uploads=uploads)
+            result = await broker.sandboxes.media_insert(
+                session_id=session.id, uploads=uploads, drive=exhibit.machine_profile().files_in)
         return JsonResponse(result.as_json(), status=201)
 
     return await _sandbox_call(request, session_id, act)
@@ -343,7 +299,7 @@ async def media(request: HttpRequest, session_id: str) -> HttpResponseBase:
 async def files_zip(request: HttpRequest, session_id: str) -> HttpResponseBase:
     """The files the visit created or changed on the machine's FAT disks, as a zip."""
     async def act(broker: Broker, session: VisitorSession) -> HttpResponseBase:
-        archive = await broker.files_out(session_id=session.id)
+        archive = await broker.sandboxes.files_out(session_id=session.id)
         name = re.sub(r"[^A-Za-z0-9_-]", "", session.exhibit.slug) or "machine"
         response = FileResponse(archive, content_type="application/zip", as_attachment=True,
                                 filename=f"{name}-files.zip")

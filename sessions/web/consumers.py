@@ -39,21 +39,14 @@ from sessions.display.audio import (
     audio_open,
 )
 from sessions.display.rfb import ClientStream, ViewerGate, ViewerRefusedError
+from sessions.errors import SessionError
 from sessions.ids import session_id_valid
 from sessions.machines.machine import vnc_refresh_soon
 from sessions.models import VisitorSession
-from sessions.node.broker import (
-    DisplayUnavailableError,
-    SessionBusyError,
-    SessionEndedError,
-    ViewerLimitError,
-    WatcherLimitError,
-    WatcherUnknownError,
-    get_broker,
-    session_group,
-)
+from sessions.node.broker import get_broker, session_group
 from sessions.node.metrics import DISPLAY_FROM_BROWSER, DISPLAY_TO_BROWSER
 from sessions.placement.watch import watch_session
+from sessions.web.errors import error_close
 from sessions.web.representation import session_json
 
 logger = logging.getLogger(__name__)
@@ -271,23 +264,14 @@ class MachineSocket(PortalSocket):
         broker = await get_broker()
         try:
             if self.sound:
-                vnc_path = await broker.sound_attach(session_id=self.session_id)
+                vnc_path = await broker.viewers.sound_attach(session_id=self.session_id)
             else:
-                vnc_path = await broker.display_attach(session_id=self.session_id)
-        except SessionEndedError:
-            await self.close_with(CLOSE_ENDED)
-            return None
-        except SessionBusyError:
-            await self.close_with(CLOSE_TRY_LATER)
-            return None
-        except ViewerLimitError as error:
-            await self.close_with(CLOSE_TOO_MANY_VIEWERS, str(error))
-            return None
-        except DisplayUnavailableError:
-            await self.close_with(CLOSE_UNREACHABLE)
+                vnc_path = await broker.viewers.display_attach(session_id=self.session_id)
+        except SessionError as error:
+            await self.close_with(*error_close(error))
             return None
         self._attached = True
-        self.generation = broker.session_generation(self.session_id)
+        self.generation = broker.keeper.generation(self.session_id)
         return session, vnc_path
 
     async def close_with(self, code: int, reason: str | None = None) -> None:
@@ -309,22 +293,22 @@ class MachineSocket(PortalSocket):
             self._attached = False
             broker = await get_broker()
             if self.sound:
-                broker.sound_detach(session_id=self.session_id)
+                broker.viewers.sound_detach(session_id=self.session_id)
             else:
-                broker.display_detach(session_id=self.session_id)
+                broker.viewers.display_detach(session_id=self.session_id)
 
     async def _close_after_machine_end(self) -> None:
         """The machine's socket went away: say whether the session ended, the machine
         was replaced, or the display broke."""
         broker = await get_broker()
-        current = broker.session_generation(self.session_id)
+        current = broker.keeper.generation(self.session_id)
         if current is not None and current != self.generation:
             await self.close_with(CLOSE_RESTARTED)
             return
-        ended = await broker.session_wait_ended(
+        ended = await broker.keeper.wait_ended(
             session_id=self.session_id, timeout_s=broker.config.machines.stop_timeout_s
         )
-        if not ended and broker.session_generation(self.session_id) not in {None, self.generation}:
+        if not ended and broker.keeper.generation(self.session_id) not in {None, self.generation}:
             await self.close_with(CLOSE_RESTARTED)  # a reset began while it was waiting
             return
         await self.close_with(CLOSE_ENDED if ended else CLOSE_UNREACHABLE)
@@ -422,7 +406,7 @@ class VncConsumer(MachineSocket):
             return
         DISPLAY_FROM_BROWSER.inc(len(bytes_data))
         if self._input.feed(bytes_data):
-            (await get_broker()).session_input(session_id=self.session_id)
+            (await get_broker()).keeper.session_input(session_id=self.session_id)
         try:
             await self._pipe.write(bytes_data)
         except (ConnectionError, OSError):
@@ -485,25 +469,13 @@ class WatchConsumer(VncConsumer):
             return None
         broker = await get_broker()
         try:
-            vnc_path = await broker.watcher_attach(session_id=self.session_id, watcher_id=self.watcher_id,
-                                                   revoke=self._revoked)
-        except WatcherUnknownError as error:
-            await self.close_with(CLOSE_UNSUPPORTED_DATA, str(error))
-            return None
-        except SessionEndedError:
-            await self.close_with(CLOSE_ENDED)
-            return None
-        except SessionBusyError:
-            await self.close_with(CLOSE_TRY_LATER)
-            return None
-        except WatcherLimitError as error:
-            await self.close_with(CLOSE_TOO_MANY_VIEWERS, str(error))
-            return None
-        except DisplayUnavailableError:
-            await self.close_with(CLOSE_UNREACHABLE)
+            vnc_path = await broker.viewers.watcher_attach(
+                session_id=self.session_id, watcher_id=self.watcher_id, revoke=self._revoked)
+        except SessionError as error:
+            await self.close_with(*error_close(error))
             return None
         self._watching = True
-        self.generation = broker.session_generation(self.session_id)
+        self.generation = broker.keeper.generation(self.session_id)
         return session, vnc_path
 
     def _revoked(self) -> None:
@@ -514,7 +486,8 @@ class WatchConsumer(VncConsumer):
     async def _detach(self) -> None:
         if self._watching:
             self._watching = False
-            (await get_broker()).watcher_detach(session_id=self.session_id, watcher_id=self.watcher_id)
+            broker = await get_broker()
+            broker.viewers.watcher_detach(session_id=self.session_id, watcher_id=self.watcher_id)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self._pipe is None:
@@ -526,7 +499,7 @@ class WatchConsumer(VncConsumer):
             await self.close_with(CLOSE_TOO_BIG)
             return
         broker = await get_broker()
-        self._gate.control = broker.in_control(self.session_id, self.watcher_id)
+        self._gate.control = broker.viewers.in_control(self.session_id, self.watcher_id)
         try:
             passed = self._gate.feed(bytes_data)
         except ViewerRefusedError as error:
@@ -535,7 +508,7 @@ class WatchConsumer(VncConsumer):
             return
         if self._gate.saw_input:
             # The watcher the owner handed the keyboard and mouse is using them.
-            broker.session_input(session_id=self.session_id)
+            broker.keeper.session_input(session_id=self.session_id)
         if not passed:
             return
         DISPLAY_FROM_BROWSER.inc(len(passed))
@@ -669,7 +642,7 @@ class EventsConsumer(PortalSocket):
             # Joined before the first state is read, so no change can fall between.
             self._group = session_group(self.session_id)
             await self.channel_layer.group_add(self._group, self.channel_name)
-            self._attached = broker.watch_attach(session_id=self.session_id)
+            self._attached = broker.viewers.watch_attach(session_id=self.session_id)
         await self._send_state(session)
 
     async def _send_state(self, session: VisitorSession | None = None, *,
@@ -707,7 +680,7 @@ class EventsConsumer(PortalSocket):
             await self._send({"type": "error", "error": "bad_message",
                               "detail": 'This socket accepts only {"type": "active"}.'})
             return
-        (await get_broker()).session_input(session_id=self.session_id)
+        (await get_broker()).keeper.session_input(session_id=self.session_id)
 
     async def disconnect(self, code: int) -> None:
         if self._group is not None:
@@ -715,7 +688,7 @@ class EventsConsumer(PortalSocket):
             self._group = None
         if self._attached:
             self._attached = False
-            (await get_broker()).watch_detach(session_id=self.session_id)
+            (await get_broker()).viewers.watch_detach(session_id=self.session_id)
 
 
 class UnknownPathConsumer(PortalSocket):

@@ -19,11 +19,13 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from portal.errors import json_error, json_object
+from sessions.errors import SessionEndedError, SessionError, SessionQueuedError
 from sessions.machines.keys import KeysError, Keystroke, combo_keystroke, text_keystrokes
 from sessions.models import VisitorSession
-from sessions.node.broker import SessionBusyError, SessionEndedError, WatcherUnknownError, get_broker
-from sessions.placement.watch import WatchLinkLimitError, watch_session
+from sessions.node.broker import get_broker
+from sessions.placement.watch import watch_session
 from sessions.web.api import owned_session
+from sessions.web.errors import error_response
 
 
 def _not_found() -> JsonResponse:
@@ -33,9 +35,9 @@ def _not_found() -> JsonResponse:
 def _not_live(session: VisitorSession) -> JsonResponse | None:
     """409 with a sentence when the visit has no machine to use: waiting or ended."""
     if session.state == VisitorSession.State.QUEUED:
-        return json_error(409, "session_queued", "This visit is still waiting in line for a machine.")
+        return error_response(SessionQueuedError())
     if not session.is_live:
-        return json_error(409, "session_ended", "This machine has ended.")
+        return error_response(SessionEndedError())
     return None
 
 
@@ -67,16 +69,14 @@ async def keys(request: HttpRequest, session_id: str) -> HttpResponse:
                 return json_error(400, "bad_request", '"combo" must be the name of a key combination.')
             strokes = [combo_keystroke(combo)]
     except KeysError as error:
-        return json_error(400, "unsupported_keys", str(error))
+        return error_response(error)
     refused = _not_live(session)
     if refused is not None:
         return refused
     try:
         await broker.keys_send(session_id=session.id, strokes=strokes, stored="text" in data)
-    except SessionEndedError as error:
-        return json_error(409, "session_ended", str(error))
-    except SessionBusyError as error:
-        return json_error(409, "session_busy", str(error))
+    except SessionError as error:
+        return error_response(error)
     return HttpResponse(status=204)
 
 
@@ -92,10 +92,8 @@ async def screenshot(request: HttpRequest, session_id: str) -> HttpResponse:
         return refused
     try:
         png = await (await get_broker()).screenshot(session_id=session.id)
-    except SessionEndedError as error:
-        return json_error(409, "session_ended", str(error))
-    except SessionBusyError as error:
-        return json_error(409, "session_busy", str(error))
+    except SessionError as error:
+        return error_response(error)
     name = re.sub(r"[^A-Za-z0-9_-]", "", session.exhibit.slug) or "machine"
     when = timezone.localtime().strftime("%Y-%m-%d-%H%M")
     response = HttpResponse(png, content_type="image/png")
@@ -116,16 +114,14 @@ async def watchers(request: HttpRequest, session_id: str) -> HttpResponse:
         await broker.watch_links_revoke(session_id=session.id)
         return HttpResponse(status=204)
     if request.method == "GET":
-        names, control = broker.watchers(session.id)
+        names, control = broker.viewers.watchers(session.id)
         return JsonResponse({"watchers": len(names), "names": names, "control": control})
     if not session.is_live:
-        return json_error(409, "session_ended", "This machine has ended; there is nothing to watch.")
+        return error_response(SessionEndedError("This machine has ended; there is nothing to watch."))
     try:
         token = await broker.watch_link_create(session_id=session.id)
-    except SessionEndedError as error:
-        return json_error(409, "session_ended", str(error))
-    except WatchLinkLimitError as error:
-        return json_error(409, "watch_link_limit", str(error))
+    except SessionError as error:
+        return error_response(error)
     return JsonResponse({"watch_url": f"/watch/{token}/", "token": token}, status=201)
 
 
@@ -138,7 +134,7 @@ async def watchers_control(request: HttpRequest, session_id: str) -> HttpRespons
         return _not_found()
     broker = await get_broker()
     if request.method == "DELETE":
-        broker.control_take(session_id=session.id)
+        broker.viewers.control_take(session_id=session.id)
         return HttpResponse(status=204)
     data = json_object(request)
     if data is None or not isinstance(data.get("watcher"), str):
@@ -147,13 +143,9 @@ async def watchers_control(request: HttpRequest, session_id: str) -> HttpRespons
     if refused is not None:
         return refused
     try:
-        broker.control_give(session_id=session.id, watcher_id=data["watcher"])
-    except WatcherUnknownError as error:
-        return json_error(404, "not_found", str(error))
-    except SessionEndedError as error:
-        return json_error(409, "session_ended", str(error))
-    except SessionBusyError as error:
-        return json_error(409, "session_busy", str(error))
+        broker.viewers.control_give(session_id=session.id, watcher_id=data["watcher"])
+    except SessionError as error:
+        return error_response(error)
     return HttpResponse(status=204)
 
 
@@ -176,7 +168,7 @@ async def watch_page(request: HttpRequest, token: str) -> HttpResponse:
     broker = await get_broker()
     return render(request, "portal/watch.html", {
         "session": session, "exhibit": session.exhibit,
-        "watch_json": {**_watch_state(session, broker.watcher_count(session.id)),
+        "watch_json": {**_watch_state(session, broker.viewers.watcher_count(session.id)),
                        "vnc_path": f"/ws/watch/{token}/vnc", "state_path": f"/watch/{token}/state"},
     })
 
@@ -189,7 +181,7 @@ async def watch_state(request: HttpRequest, token: str) -> JsonResponse:
     if session is None:
         return json_error(404, "not_found", "This watch link was revoked, or never existed.")
     broker = await get_broker()
-    state = _watch_state(session, broker.watcher_count(session.id))
+    state = _watch_state(session, broker.viewers.watcher_count(session.id))
     name = request.GET.get("watcher", "")
-    state["control"] = bool(name) and broker.in_control(session.id, name)
+    state["control"] = bool(name) and broker.viewers.in_control(session.id, name)
     return JsonResponse(state)

@@ -413,8 +413,8 @@ async def test_extra_media_are_attached_through_their_own_overlays(
     assert response.status_code == 201, response.content
     session_id = response.json()["id"]
     try:
-        await broker.display_attach(session_id=session_id)
-        broker.display_detach(session_id=session_id)
+        await broker.viewers.display_attach(session_id=session_id)
+        broker.viewers.display_detach(session_id=session_id)
         machine = broker.machine(session_id)
         assert machine is not None
         blocks = {block["device"]: block for block in await machine.execute("query-block")}

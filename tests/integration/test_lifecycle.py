@@ -251,8 +251,8 @@ async def test_the_reaper_ends_what_no_broker_owns_every_interval(
     # While it is being set up, the reaper is told it is live, so that it finds
     # the whole orphan at once.
     orphan_id = "orphan" + "0" * 26
-    owns = broker.is_live
-    broker.is_live = lambda session_id: session_id == orphan_id or owns(session_id)  # type: ignore[method-assign]
+    owns = broker.keeper.is_live
+    broker.keeper.is_live = lambda session_id: session_id == orphan_id or owns(session_id)  # type: ignore[method-assign]
     orphan = await VisitorSession.objects.acreate(
         id=orphan_id, exhibit=freedos, owner="gone", state="running",
         run_dir=str(broker.config.machines.run_root / orphan_id),
@@ -263,12 +263,12 @@ async def test_the_reaper_ends_what_no_broker_owns_every_interval(
     machine = Machine(MachineProfile(), run_dir=run_dir, disk_path=run_dir / "disk.qcow2",
                       qemu_binary="qemu-system-i386", accelerator="tcg", start_timeout_s=20,
                       qmp_timeout_s=5, stop_timeout_s=5,
-                      confinement=broker.confinement_for(memory_mb=16, run_as=(1800000999,) * 2))
+                      confinement=broker.launcher.confinement_for(memory_mb=16, run_as=(1800000999,) * 2))
     await machine.start()
     stray = broker.config.machines.run_root / "stray-overlay"
     stray.mkdir()
     (stray / "disk.qcow2").write_bytes(b"x")
-    del broker.is_live  # the broker's own answer again
+    del broker.keeper.is_live  # the broker's own answer again
     try:
         async with asyncio.timeout(30):
             assert await machine.wait() == -signal.SIGKILL
@@ -291,7 +291,7 @@ async def test_the_reaper_ends_what_no_broker_owns_every_interval(
 
 
 async def ended_session(browser: AsyncClient, session_id: str, broker: Broker) -> dict[str, Any]:
-    assert await broker.session_wait_ended(session_id=session_id, timeout_s=30)
+    assert await broker.keeper.wait_ended(session_id=session_id, timeout_s=30)
     return (await browser.get(f"/api/sessions/{session_id}")).json()  # type: ignore[no-any-return]
 
 
@@ -313,8 +313,8 @@ async def test_it_tells_the_visitor_when_the_disk_is_full_and_leaves_nothing(
         filler.unlink()
         other = visitor()
         second = await start(other)
-        await broker.display_attach(session_id=second["id"])
-        broker.display_detach(session_id=second["id"])
+        await broker.viewers.display_attach(session_id=second["id"])
+        broker.viewers.display_detach(session_id=second["id"])
         await other.delete(f"/api/sessions/{second['id']}")
         assert list(run_root.iterdir()) == []
 
@@ -349,8 +349,8 @@ async def test_it_ends_a_running_visit_whose_disk_fills_up_and_says_why(
             filler.unlink()
             neighbour = visitor()
             second = (await neighbour.post("/api/exhibits/demo/sessions")).json()
-            await broker.display_attach(session_id=second["id"])
-            broker.display_detach(session_id=second["id"])
+            await broker.viewers.display_attach(session_id=second["id"])
+            broker.viewers.display_detach(session_id=second["id"])
             await neighbour.delete(f"/api/sessions/{second['id']}")
         finally:
             await broker.shutdown()  # nothing may hold the filesystem when it is unmounted
@@ -410,8 +410,8 @@ async def test_machines_run_as_their_own_unprivileged_users_with_a_memory_limit(
     sessions = [await start(browser) for browser in browsers]
     uids = set()
     for session in sessions:
-        await broker.display_attach(session_id=session["id"])
-        broker.display_detach(session_id=session["id"])
+        await broker.viewers.display_attach(session_id=session["id"])
+        broker.viewers.display_detach(session_id=session["id"])
         pid = (await VisitorSession.objects.aget(id=session["id"])).pid
         assert pid is not None
         assert process_alive(pid)
@@ -422,7 +422,7 @@ async def test_machines_run_as_their_own_unprivileged_users_with_a_memory_limit(
         uids.add(real)
         groups = next(line for line in status.splitlines() if line.startswith("Groups:"))
         assert "0" not in groups.split()[1:]
-        limits = broker.confinement_for(memory_mb=16, run_as=None)
+        limits = broker.launcher.confinement_for(memory_mb=16, run_as=None)
         cgroups = broker.config.machines.cgroups
         if cgroups is not None:
             cgroup = next(
@@ -456,8 +456,8 @@ async def test_a_machine_keeps_kvm_after_dropping_root(
     browser = visitor()
     response = await browser.post("/api/exhibits/demo/sessions")
     session = response.json()
-    await broker.display_attach(session_id=session["id"])
-    broker.display_detach(session_id=session["id"])
+    await broker.viewers.display_attach(session_id=session["id"])
+    broker.viewers.display_detach(session_id=session["id"])
     machine = broker.machine(session["id"])
     assert machine is not None
     assert machine.pid is not None

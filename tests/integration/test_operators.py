@@ -60,7 +60,7 @@ async def test_it_serves_metrics_that_move_with_a_real_visit(broker: Broker, fre
     before = await scrape()
     assert value(before, "portal_visits", state="running") == 0
     assert value(before, "portal_node_info", node=broker.config.install,
-                 accelerator=broker.config.machines.accelerator, qemu=broker.qemu_version()) == 1
+                 accelerator=broker.config.machines.accelerator, qemu=broker.launcher.qemu_version()) == 1
     assert value(before, "portal_masters", fixity="ok") == 1
 
     browser = visitor()

@@ -90,8 +90,8 @@ async def test_it_runs_a_tcg_exhibit_in_software_even_on_a_kvm_host(
     assert exhibit["machine"]["accelerator"] == "tcg"
     browser = visitor()
     session = (await browser.post("/api/exhibits/freedos/sessions")).json()
-    await broker.display_attach(session_id=session["id"])
-    broker.display_detach(session_id=session["id"])
+    await broker.viewers.display_attach(session_id=session["id"])
+    broker.viewers.display_detach(session_id=session["id"])
     machine = broker.machine(session["id"])
     assert (await machine.execute("query-kvm"))["enabled"] is False
     await browser.delete(f"/api/sessions/{session['id']}")

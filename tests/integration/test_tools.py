@@ -268,7 +268,7 @@ async def test_a_watcher_sees_the_machine_but_no_key_of_theirs_reaches_it(broker
         await watcher.first_update()
         assert (watcher.width, watcher.height) == (one.rfb.width, one.rfb.height)
         assert watcher.lit_pixels() > 0, "the prompt, as the owner sees it"
-        assert broker.watcher_count(one.id) == 1
+        assert broker.viewers.watcher_count(one.id) == 1
         # Watchers are not viewers: they keep no machine alive.
         assert broker.keeper.visit(one.id).viewers == 1
         watcher.start()
@@ -354,7 +354,7 @@ async def test_a_watcher_sees_the_machine_but_no_key_of_theirs_reaches_it(broker
         with pytest.raises(ConnectionError):
             await watcher.wait_closed()
         assert watcher.transport.close_code == CLOSE_REVOKED  # type: ignore[attr-defined]
-        assert broker.watcher_count(one.id) == 0
+        assert broker.viewers.watcher_count(one.id) == 0
         late, late_transport = await watcher_open(vnc)
         with pytest.raises(ConnectionError):
             await late.handshake()

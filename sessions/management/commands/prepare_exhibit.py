@@ -59,4 +59,4 @@ class Command(BaseCommand):
 
 async def _usable(exhibit: Exhibit) -> bool:
     broker = Broker(BrokerConfig.from_settings())
-    return await broker.start_state_usable(exhibit) is not None
+    return await broker.launcher.start_state_usable(exhibit) is not None
