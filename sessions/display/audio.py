@@ -15,6 +15,14 @@ client that enabled audio, as it plays, in the format the client asked for:
 about every 10 ms (QEMU's audio timer) while a sound device is active, nothing
 while none is. An AdLib card stays active from the guest's first write to it
 on, playing zeros when no note sounds; `SilenceGate` drops those.
+
+Why QEMU's VNC audio: it is QEMU's own mechanism, on the socket the portal
+already has, with no file in the run directory (QEMU's uid cannot write there,
+and its seccomp sandbox forbids spawning) and no service on the host.
+Considered instead: `-audiodev wav` into a FIFO (QEMU writes on its own clock,
+so a reader that lags loses sound or stalls QEMU's audio timer), QEMU's D-Bus
+audio (a bus per machine or per host), and a PulseAudio or PipeWire server (a
+service on every node, and their protocols in the portal).
 """
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ parent cgroup named for the install, and the step that runs in the child
 between fork and exec to join that cgroup and arm the parent-death signal.
 
 Must not: import Django, choose or lease a uid, name the install, or decide
-when a machine starts or ends. The caller (sessions/host.py) gives the uid,
+when a machine starts or ends. The caller (sessions/machines/host.py) gives the uid,
 the parent's name and the byte limit; this module only applies them.
 """
 from __future__ import annotations

@@ -6,7 +6,7 @@ fresh overlay over the exhibit's master, or over its start state to resume
 it, plus an overlay over each extra medium; its uid lease and confinement),
 which the machine owns from then on and lets go of once it has stopped; the
 keeper's machine factory (`MachineSource`: a machine from the warm pool when
-it holds one, sessions/pool.py, else a new one); the start states' keys and
+it holds one, sessions/machines/pool.py, else a new one); the start states' keys and
 which state is usable here; and preparing a start state (`exhibit_prepare`).
 
 A machine is found the same way however it was made: its files are where its

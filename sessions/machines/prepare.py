@@ -6,7 +6,7 @@ script of waiting for text and pressing keys), saving the machine state, and
 freezing the overlay (what booting wrote) as the read-only warm layer.
 
 Must not: touch the master, or leave anything behind when preparing fails.
-Its caller owns the machine (holds its lease, sessions/host.py) meanwhile.
+Its caller owns the machine (holds its lease, sessions/machines/host.py) meanwhile.
 """
 from __future__ import annotations
 

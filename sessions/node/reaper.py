@@ -9,7 +9,7 @@ rows of such sessions ended with reason `server`. Runs at start-up and every
 PORTAL_REAPER_INTERVAL_S.
 
 Must not: touch anything of a machine whose lease a living process holds
-(sessions/host.py), in this process or another; or look outside this
+(sessions/machines/host.py), in this process or another; or look outside this
 install's run root, cgroup parent and lease directory.
 """
 from __future__ import annotations
