@@ -55,7 +55,7 @@ REAPER_CLEANED = Counter("portal_reaper_cleaned_sessions", "Sessions whose machi
                          "ended or deleted because no living process owned them.", registry=REGISTRY)
 
 # The phases of a visit on a node (sessions.node.visit.Phase), all reported, zero or not.
-PHASES = ("queued", "starting", "running", "resetting", "ending")
+PHASES = ("queued", "starting", "running", "resetting", "restoring", "ending")
 
 
 @dataclass(frozen=True)
