@@ -62,11 +62,13 @@ cluster: setup-test
 	$(PY) -m deploy.cluster --port $(PORT) --nodes $(NODES) --dir $(CLUSTER_DIR) \
 	  --demo-image $(DEMO_IMAGE) --demo-description "$(DEMO_DESCRIPTION)"
 
-# ruff, mypy --strict, the runtime's layers (import-linter's contracts in pyproject.toml).
+# ruff, mypy --strict, the runtime's layers (import-linter's contracts in pyproject.toml),
+# and no block of six or more lines repeated in sessions/ or portal/ (pylint's duplicate-code).
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/pylint --disable=all --enable=duplicate-code --score=n sessions portal
 
 # Four workers on two cores: most of a test is waiting (for QEMU, a guest, a browser),
 # so the suite takes about 6 minutes here instead of 13; each worker's tests are

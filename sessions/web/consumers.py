@@ -297,6 +297,15 @@ class MachineSocket(PortalSocket):
             else:
                 broker.viewers.display_detach(session_id=self.session_id)
 
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels runs close_old_connections() in a worker thread before every
+        # message; the pipe touches no database per message, and that thread hop
+        # was most of the latency a keystroke or an update request spent here.
+        if message["type"] == "websocket.receive":
+            await self.websocket_receive(message)
+            return
+        await super().dispatch(message)
+
     async def _close_after_machine_end(self) -> None:
         """The machine's socket went away: say whether the session ended, the machine
         was replaced, or the display broke."""
@@ -380,15 +389,6 @@ class VncConsumer(MachineSocket):
         if pipe.error is not None:
             logger.info("session %s: VNC read ended: %s", self.session_id, pipe.error)
         await self._close_after_machine_end()
-
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        # Channels runs close_old_connections() in a worker thread before every
-        # message; the pipe touches no database per message, and that thread hop
-        # was most of the latency a keystroke or an update request spent here.
-        if message["type"] == "websocket.receive":
-            await self.websocket_receive(message)
-            return
-        await super().dispatch(message)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self._pipe is None:
@@ -594,13 +594,6 @@ class AudioConsumer(MachineSocket):
         if connection.error is not None:
             logger.info("session %s: VNC read for sound ended: %s", self.session_id, connection.error)
         await self._close_after_machine_end()
-
-    async def dispatch(self, message: dict[str, Any]) -> None:
-        # As the display: no database, so no thread hop, for a message.
-        if message["type"] == "websocket.receive":
-            await self.websocket_receive(message)
-            return
-        await super().dispatch(message)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self._attached:
