@@ -8,13 +8,12 @@ format: the base's format is always given explicitly.
 """
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import errno
 import os
 import shutil
-import subprocess
 from pathlib import Path
+
+from sessions.machines.tool import tool_run
 
 OVERLAY_FILE = "disk.qcow2"
 
@@ -86,27 +85,16 @@ async def overlay_create(
         os.fspath(overlay_path),
     ]
     try:
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        result = await tool_run(*argv, timeout_s=timeout_s)
     except FileNotFoundError as error:
         raise OverlayError("The disk tool is not installed on this server.",
                            log_detail=f"{qemu_img} not found") from error
-    try:
-        async with asyncio.timeout(timeout_s):
-            _, stderr = await process.communicate()
     except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
         overlay_path.unlink(missing_ok=True)
         raise
-    if process.returncode != 0:
+    if result.returncode != 0:
         overlay_path.unlink(missing_ok=True)
-        said = stderr.decode("utf-8", "replace").strip() or f"exit code {process.returncode}"
+        said = result.said
         visitor_reason = "the server's disk is full" if "No space left" in said else "see the log"
         raise OverlayError(f"The server could not create this visit's disk ({visitor_reason}).",
                            log_detail=f"qemu-img create {overlay_path}: {said}")

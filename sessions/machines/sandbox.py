@@ -23,7 +23,6 @@ or write anything outside the run directory and its scratch files.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
@@ -47,6 +46,7 @@ from typing import Any, BinaryIO, Protocol
 from sessions.errors import SessionError
 from sessions.machines.machine import FILES_DISK
 from sessions.machines.overlay import OverlayError
+from sessions.machines.tool import tool_run
 
 logger = logging.getLogger(__name__)
 
@@ -639,18 +639,8 @@ def _fat_listing(image: str, *, deadline: float) -> list[str]:
 
 async def qemu_img(binary: str, *arguments: str, timeout_s: float) -> str:
     """Run qemu-img; returns what it printed. Raises SandboxError when it fails."""
-    process = await asyncio.create_subprocess_exec(
-        binary, *arguments, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
-    try:
-        async with asyncio.timeout(timeout_s):
-            stdout, stderr = await process.communicate()
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
-        raise
-    if process.returncode != 0:
-        logger.error("qemu-img %s failed: %s", arguments[0], stderr.decode("utf-8", "replace").strip())
+    result = await tool_run(binary, *arguments, timeout_s=timeout_s)
+    if result.returncode != 0:
+        logger.error("qemu-img %s failed: %s", arguments[0], result.said)
         raise SandboxError("The machine's disks could not be read; please try again.")
-    return stdout.decode("utf-8", "replace")
+    return result.stdout
