@@ -3,7 +3,7 @@ visits (with a button that ends one, and the node's warm pool), and the exhibit 
 machine (preparing a start state).
 
 `portal.admin` registers the exhibits' admin without importing the runtime;
-this module extends it with the prepare actions and registers it again.
+this module adds the prepare actions to it through `exhibit_actions_add`.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from django.urls import URLPattern, path, reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_protect
 
-from portal.admin import ExhibitAdmin
+from portal.admin import exhibit_actions_add
 from portal.models import Exhibit
 from sessions.ids import session_id_valid
 from sessions.machines.launcher import exhibit_prepare
@@ -123,17 +123,16 @@ def _prepare(request: HttpRequest, exhibits: QuerySet[Exhibit], condition: Start
                                   f"{start.prepare_seconds:.1f} s ({start.method}).")
 
 
-class ExhibitStartStateAdmin(ExhibitAdmin):
-    actions = [*ExhibitAdmin.actions, "prepare_desktop", "prepare_dos_prompt"]
-
-    @admin.action(description="Prepare start state: boot to the desktop, save once it is still")
-    def prepare_desktop(self, request: HttpRequest, queryset: QuerySet[Exhibit]) -> None:
-        _prepare(request, queryset, PREPARE_DESKTOP)
-
-    @admin.action(description="Prepare start state: boot to the DOS prompt, save once it is still")
-    def prepare_dos_prompt(self, request: HttpRequest, queryset: QuerySet[Exhibit]) -> None:
-        _prepare(request, queryset, PREPARE_DOS_PROMPT)
+@admin.action(description="Prepare start state: boot to the desktop, save once it is still")
+def prepare_desktop(modeladmin: admin.ModelAdmin[Exhibit], request: HttpRequest,
+                    queryset: QuerySet[Exhibit]) -> None:
+    _prepare(request, queryset, PREPARE_DESKTOP)
 
 
-admin.site.unregister(Exhibit)
-admin.site.register(Exhibit, ExhibitStartStateAdmin)
+@admin.action(description="Prepare start state: boot to the DOS prompt, save once it is still")
+def prepare_dos_prompt(modeladmin: admin.ModelAdmin[Exhibit], request: HttpRequest,
+                       queryset: QuerySet[Exhibit]) -> None:
+    _prepare(request, queryset, PREPARE_DOS_PROMPT)
+
+
+exhibit_actions_add(prepare_desktop, prepare_dos_prompt)

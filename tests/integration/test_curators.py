@@ -441,3 +441,16 @@ def test_extra_media_must_fit_the_pc_and_cannot_be_prepared(portal_dirs: Path) -
                  "--extra", str(FREEDOS_2048))
     with pytest.raises(CommandError, match="extra media"):
         call_command("prepare_exhibit", "one", "--after", "1")
+
+
+def test_the_exhibit_admin_offers_the_runtimes_prepare_actions(rf: Any, admin_user: Any) -> None:
+    """The catalogue's exhibit admin, extended by the runtime (not replaced): its own
+    action and the start-state actions are offered together."""
+    from django.contrib import admin
+
+    from portal.models import Exhibit
+
+    request = rf.get("/admin/portal/exhibit/")
+    request.user = admin_user
+    offered = admin.site._registry[Exhibit].get_actions(request)
+    assert {"export_bags", "prepare_desktop", "prepare_dos_prompt"} <= set(offered)
