@@ -7,7 +7,6 @@ text that survives a reboot of the same overlay but not a new visitor.
 from __future__ import annotations
 
 import asyncio
-
 from pathlib import Path
 from typing import Any
 
