@@ -251,7 +251,12 @@ class Supervisor:
         item.restart_at = None
         try:
             item.start()
-        except ServiceError as error:
+        except Stopping:
+            raise
+        except Exception as error:
+            # Whatever kept it from starting (PostgreSQL's database step, no file
+            # descriptor left), it alone is down: what the start left goes first.
+            item.service.stop()
             self._failed(item, f"did not start again ({error})")
             return
         self._watch(item)
