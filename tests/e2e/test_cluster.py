@@ -116,7 +116,15 @@ class Cluster:
         wait_until(lambda: all(self.pid(name) is not None for name in SUPERVISED),
                    timeout_s=60, what="every process running")
         both = {self.node_name(name) for name in NODES}
-        wait_until(lambda: self.alive() == both, timeout_s=30, what="both nodes alive")
+        try:
+            wait_until(lambda: self.alive() == both, timeout_s=30, what="both nodes alive")
+        except AssertionError as error:
+            logs = "\n".join(f"{name}: ...{self.log_tail(name)}" for name in NODES)
+            raise AssertionError(f"{error}: {both}, /healthz: {self.front().request('GET', '/healthz')}"
+                                 f"\n{logs}") from None
+
+    def log_tail(self, name: str, size: int = 3000) -> str:
+        return (self.directory / name / f"{name}.log").read_text(errors="replace")[-size:]
 
     def descendants(self) -> set[int]:
         try:
