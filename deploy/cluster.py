@@ -26,6 +26,7 @@ import os
 import secrets
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -45,7 +46,6 @@ from deploy.services import (
     Redis,
     Service,
     ServiceError,
-    port_free,
 )
 
 NODE_STOP_TIMEOUT_S = 30.0
@@ -323,6 +323,30 @@ def machines_end(node_dir: Path) -> None:
         processes_end(found)
 
 
+def ports_free(count: int, *, besides: int) -> list[int]:
+    """count different loopback ports nothing listens on now, none of them `besides`
+    (nginx's, which is taken last): each probe stays bound until all are chosen."""
+    ports: list[int] = []
+    with contextlib.ExitStack() as probes:
+        while len(ports) < count:
+            probe = probes.enter_context(socket.socket())
+            probe.bind((LOOPBACK, 0))
+            if (found := int(probe.getsockname()[1])) != besides:
+                ports.append(found)
+    return ports
+
+
+def port_taken(port: int) -> bool:
+    """Whether something listens on the loopback port (nginx could not bind it)."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((LOOPBACK, port))
+        except OSError:
+            return True
+    return False
+
+
 def _stopping(signum: int, frame: FrameType | None) -> None:
     raise Stopping(signal.Signals(signum).name)
 
@@ -332,12 +356,17 @@ def cluster_run(*, port: int, nodes: int, directory: Path, demo_image: Path,
     if nodes < 1:
         print(f"make cluster needs at least one node (NODES={nodes}).", file=sys.stderr)
         return 2
+    if port_taken(port):
+        print(f"make cluster cannot listen on {LOOPBACK}:{port}: something else does "
+              f"(PORT=... chooses another).", file=sys.stderr)
+        return 2
     # Others may pass through (PostgreSQL and Redis run as their own users when
     # this is root), not list it; everything inside is private to its owner.
     directory.mkdir(parents=True, exist_ok=True)
     os.chmod(directory, 0o711)
-    postgresql = PostgreSQL(name="postgresql", directory=directory / "postgresql", port=port_free())
-    redis = Redis(name="redis", directory=directory / "redis", port=port_free())
+    postgresql_port, redis_port, *node_ports = ports_free(2 + nodes, besides=port)
+    postgresql = PostgreSQL(name="postgresql", directory=directory / "postgresql", port=postgresql_port)
+    redis = Redis(name="redis", directory=directory / "redis", port=redis_port)
     supervisor = Supervisor(directory / "pids")
     for signum in STOP_SIGNALS:
         signal.signal(signum, _stopping)
@@ -353,9 +382,8 @@ def cluster_run(*, port: int, nodes: int, directory: Path, demo_image: Path,
             "DJANGO_SECRET_KEY": secret_key(directory / "secret_key"),
             "DJANGO_ALLOWED_HOSTS": os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost"),
         }
-        for number in range(1, nodes + 1):
+        for number, node_port in enumerate(node_ports, start=1):
             node_dir = directory / f"node-{number}"
-            node_port = port_free()
             node = Node(name=f"node-{number}", directory=node_dir, port=node_port, env={
                 **os.environ, **shared, "PORTAL_DATA_DIR": str(node_dir),
                 "PORTAL_NODE_ADDRESS": f"{LOOPBACK}:{node_port}",
