@@ -56,8 +56,9 @@ run: setup
 	@echo "Serving the portal on http://127.0.0.1:$(PORT)/"
 	$(PY) -m portal.server -b 127.0.0.1 -p $(PORT) portal.asgi:application
 
-# PostgreSQL, Redis, $(NODES) nodes and nginx, privately under $(CLUSTER_DIR), on 127.0.0.1:$(PORT);
-# Ctrl-C or SIGTERM stops them all.
+# PostgreSQL, Redis, $(NODES) nodes and nginx, privately under $(CLUSTER_DIR), on 127.0.0.1:$(PORT).
+# One that dies is started again (2 s later; given up after 5 failures in a minute) while the
+# rest serve on; Ctrl-C, SIGTERM or SIGHUP stops them all (make passes SIGTERM on).
 cluster: setup-test
 	$(PY) -m deploy.cluster --port $(PORT) --nodes $(NODES) --dir $(CLUSTER_DIR) \
 	  --demo-image $(DEMO_IMAGE) --demo-description "$(DEMO_DESCRIPTION)"
