@@ -7,23 +7,33 @@ PY := $(VENV)/bin/python
 DEMO_IMAGE := build/demo.img
 NODES ?= 2
 CLUSTER_DIR ?= var-cluster
-# postgresql, redis-server and nginx: what a node runs on in production (make cluster, their tests).
-APT_PACKAGES := qemu-system-x86 qemu-utils nasm mtools chromium postgresql redis-server nginx
+# What serving needs (make run): QEMU and qemu-img, NASM (the demo guest), mtools (visitors'
+# files); nodejs and npm (noVNC) are added when there is no npm.
+APT_RUN := qemu-system-x86 qemu-utils nasm mtools
+# What the tests, make cluster and make bench add: Chromium (browser tests) and what a node
+# runs on in production (PostgreSQL, Redis, nginx).
+APT_TEST := chromium postgresql redis-server nginx
 DEMO_DESCRIPTION := A free stand-in for a Windows 3.1 desktop, written for this portal and built from its source. It boots from its hard disk like an installed Windows 3.1 PC. Click the icons, type in Notepad and save: your text stays on this visit's own disk, and the next visitor starts fresh.
 
-.PHONY: setup run cluster test lint fuzz bench bench-density clean
+.PHONY: setup setup-test apt-run apt-test run cluster test lint fuzz bench bench-density clean
 
-setup: apt $(VENV)/.installed node_modules/.package-lock.json $(DEMO_IMAGE)
+# What serving needs; setup-test adds what the tests, make cluster and make bench need.
+setup: apt-run $(VENV)/.installed node_modules/.package-lock.json $(DEMO_IMAGE)
+setup-test: setup apt-test
 
 # Debian packages: installed only when missing (apt-get needs root or sudo).
-apt:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
-	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
+apt_install = missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "Installing Debian packages:" $$missing; \
 	  sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -q --no-install-recommends $$missing; \
 	fi
+
+apt-run:
+	@$(call apt_install,$(APT_RUN) $$(command -v npm >/dev/null || echo nodejs npm))
+
+apt-test:
+	@$(call apt_install,$(APT_TEST))
 
 $(VENV)/.installed: requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -46,22 +56,27 @@ run: setup
 	@echo "Serving the portal on http://127.0.0.1:$(PORT)/"
 	$(PY) -m portal.server -b 127.0.0.1 -p $(PORT) portal.asgi:application
 
-# PostgreSQL, Redis, the nodes and nginx, privately under $(CLUSTER_DIR), on 127.0.0.1:$(PORT);
-# Ctrl-C or SIGTERM stops them all. One node until the multi-node scheduler lands.
-cluster: setup
+# PostgreSQL, Redis, $(NODES) nodes and nginx, privately under $(CLUSTER_DIR), on 127.0.0.1:$(PORT).
+# One that dies is started again (2 s later; given up after 5 failures in a minute) while the
+# rest serve on; Ctrl-C, SIGTERM or SIGHUP stops them all (make passes SIGTERM on).
+cluster: setup-test
 	$(PY) -m deploy.cluster --port $(PORT) --nodes $(NODES) --dir $(CLUSTER_DIR) \
 	  --demo-image $(DEMO_IMAGE) --demo-description "$(DEMO_DESCRIPTION)"
 
+# ruff, mypy --strict, the runtime's layers (import-linter's contracts in pyproject.toml),
+# and no block of six or more lines repeated in sessions/ or portal/ (pylint's duplicate-code).
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy .
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/pylint --disable=all --enable=duplicate-code --score=n sessions portal
 
 # Four workers on two cores: most of a test is waiting (for QEMU, a guest, a browser),
 # so the suite takes about 6 minutes here instead of 13; each worker's tests are
 # installs of their own (data directory, ports, cgroups), so they do not meet.
 TEST_WORKERS ?= 4
 
-test: setup lint
+test: setup-test lint
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 # Every fuzz target (tests/fuzz/: the RFB stream, the keys API, the media upload, the
@@ -70,10 +85,10 @@ test: setup lint
 # are merged into tests/fuzz/corpus/, findings kept in tests/fuzz/crashes/ (see docs/developers.md).
 FUZZ_SECONDS ?= 600
 
-fuzz: apt $(VENV)/.installed
+fuzz: apt-run $(VENV)/.installed
 	$(PY) -m tests.fuzz.campaign --seconds $(FUZZ_SECONDS) --keep-corpus
 
-bench: setup
+bench: setup-test
 	$(PY) bench/run.py
 
 # Only the density benchmark (the last of `make bench`): 100, 300 and 500 idle machines,

@@ -72,7 +72,7 @@ def portal_environment(*, exhibits: bool) -> Iterator[Path]:
 
 
 def machine_facts() -> dict[str, Any]:
-    from sessions.machine import kvm_usable, qemu_version
+    from sessions.machines.machine import kvm_usable, qemu_version
 
     memory_kib = 0
     with open("/proc/meminfo") as meminfo:

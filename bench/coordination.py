@@ -278,8 +278,8 @@ def placements(cluster: Cluster) -> dict[str, list[float]]:
 
     from portal.models import Exhibit
     from sessions.models import Node, VisitorSession, new_session_id
-    from sessions.nodes import node_heartbeat, node_leave
-    from sessions.scheduler import RedisStartLimiter, SchedulerConfig, visit_place
+    from sessions.placement.nodes import node_heartbeat, node_leave
+    from sessions.placement.scheduler import RedisStartLimiter, SchedulerConfig, visit_place
 
     server = cluster.postgresql.pid
     assert server is not None
@@ -383,7 +383,7 @@ def redis_bench_user(redis: Redis) -> Iterator[tuple[Any, str]]:
 def redis_ceilings(redis: Redis) -> dict[str, dict[str, float]]:
     """Requests a second redis-benchmark gets from the same Redis (10 clients), and
     the server's CPU seconds per request."""
-    from sessions.scheduler import _REDIS_TAKE
+    from sessions.placement.scheduler import _REDIS_TAKE
 
     found = {}
     with redis_bench_user(redis) as (client, password):

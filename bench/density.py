@@ -163,8 +163,8 @@ async def ksm_unmerged() -> None:
 
 async def measure(run_root: Path) -> dict[str, Any]:
     from portal.models import Exhibit
-    from sessions.broker import CapacityError, exhibit_prepare, get_broker
-    from sessions.prepare import StartCondition
+    from sessions.machines.prepare import StartCondition
+    from sessions.node.broker import CapacityError, exhibit_prepare, get_broker
 
     exhibit = await Exhibit.objects.select_related("image").aget(slug="demo")
     await exhibit_prepare(exhibit, StartCondition(wait_graphics=True, still_s=1.0))
@@ -221,7 +221,7 @@ async def measure(run_root: Path) -> dict[str, Any]:
     assert not leftovers, f"QEMU processes left running: {leftovers}"
     assert not left_dirs, f"run directories left behind: {left_dirs}"
     return {"steps": steps, "ksm": ksm, "capacity_note": capacity_note,
-            "accelerator": broker.accelerator_for(exhibit)}
+            "accelerator": broker.launcher.accelerator_for(exhibit)}
 
 
 async def _running(broker: Any, session_ids: list[str], timeout_s: float = 60) -> None:
@@ -286,11 +286,11 @@ def report(results: dict[str, Any]) -> list[Table]:
         capacity_table = Table(
             f"The default capacity this host would get from what was measured at N = {counts} "
             "(the dearest, KSM off); reference: the capacity in force "
-            "(sessions.host: MACHINE_MEMORY_MIB, MACHINE_IDLE_CPU_PERCENT)",
+            "(sessions.machines.host: MACHINE_MEMORY_MIB, MACHINE_IDLE_CPU_PERCENT)",
             ["memory MiB/machine", "idle CPU %/machine", "by memory", "by CPU", "derived", "in force",
              "ratio"],
         )
-        from sessions.host import capacity_default
+        from sessions.machines.host import capacity_default
 
         in_force = capacity_default()
         capacity_table.row(f"{memory_mib:.1f}", f"{cpu_percent:.2f}", derived["by_memory"],
@@ -307,8 +307,8 @@ def report(results: dict[str, Any]) -> list[Table]:
 
 
 def capacity_from(*, memory_mib: float, idle_cpu_percent: float) -> dict[str, int]:
-    """What `sessions.host.capacity_default` computes, from measured costs per machine."""
-    from sessions.host import capacity_limits
+    """What `sessions.machines.host.capacity_default` computes, from measured costs per machine."""
+    from sessions.machines.host import capacity_limits
 
     by_memory, by_cpu = capacity_limits(memory_per_machine_mib=memory_mib,
                                         idle_cpu_percent=idle_cpu_percent)

@@ -104,9 +104,9 @@ async def reset_times(broker: Any, slug: str, runs: int) -> list[float]:
 
 async def measure() -> dict[str, Any]:
     from portal.models import Exhibit, StartState
-    from sessions.broker import exhibit_prepare, get_broker
-    from sessions.machine import kvm_usable
-    from sessions.prepare import StartCondition
+    from sessions.machines.machine import kvm_usable
+    from sessions.machines.prepare import StartCondition
+    from sessions.node.broker import exhibit_prepare, get_broker
 
     accelerators = ["kvm", "tcg"] if kvm_usable() else ["tcg"]
     samples: dict[tuple[str, str, str], Sample] = {}
@@ -344,7 +344,7 @@ def visitor_measure() -> dict[str, Any]:
     """Pool, start state only and cold, each in a Daphne-served portal of its own, in
     this run; on KVM where the host has it, and on TCG."""
     from bench.common import served_portal
-    from sessions.machine import kvm_usable
+    from sessions.machines.machine import kvm_usable
 
     accelerators = ["kvm", "tcg"] if kvm_usable() else ["tcg"]
     series: dict[tuple[str, str], dict[str, Any]] = {}

@@ -89,8 +89,8 @@ async def measure(reference: Path) -> dict[str, Any]:
     from django.core.management import call_command
 
     from portal.models import Exhibit
-    from sessions.broker import get_broker
-    from sessions.machine import kvm_usable
+    from sessions.machines.machine import kvm_usable
+    from sessions.node.broker import get_broker
     from tests.conftest import visitor, ws_communicator
 
     await asyncio.to_thread(

@@ -74,7 +74,7 @@ def queries(step: Any) -> int:
 
 
 def measure() -> dict[str, Any]:
-    from sessions.scheduler import SchedulerConfig, line_place, line_places
+    from sessions.placement.scheduler import SchedulerConfig, line_place, line_places
 
     config = SchedulerConfig(node="bench", capacity=PLACED, queue_max=2 * PLACED)
     results: dict[str, Any] = {"lines": []}

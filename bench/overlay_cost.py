@@ -42,7 +42,7 @@ async def timed(step: Any) -> float:
 
 
 async def create_delete_times(warm: Path, qemu_img: str, run_root: Path) -> dict[str, list[float]]:
-    from sessions.overlay import OVERLAY_FILE, overlay_create, run_dir_create, run_dir_remove
+    from sessions.machines.overlay import OVERLAY_FILE, overlay_create, run_dir_create, run_dir_remove
 
     times: dict[str, list[float]] = {"create": [], "delete": [], "qemu-img info": []}
     for index in range(CREATES):
@@ -108,8 +108,8 @@ async def measure() -> dict[str, Any]:
     from django.conf import settings
 
     from portal.models import Exhibit
-    from sessions.broker import exhibit_prepare, get_broker
-    from sessions.prepare import StartCondition
+    from sessions.machines.prepare import StartCondition
+    from sessions.node.broker import exhibit_prepare, get_broker
 
     exhibit = await Exhibit.objects.select_related("image").aget(slug="demo")
     start = await exhibit_prepare(exhibit, StartCondition(wait_graphics=True, still_s=1.0))

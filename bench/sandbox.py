@@ -173,8 +173,8 @@ async def measure(root: Path) -> dict[str, Any]:
     from django.core.management import call_command
 
     from portal.models import Exhibit
-    from sessions.broker import exhibit_prepare, get_broker
-    from sessions.prepare import StartCondition
+    from sessions.machines.prepare import StartCondition
+    from sessions.node.broker import exhibit_prepare, get_broker
 
     games = await Exhibit.objects.select_related("image").aget(slug="freedos-games")
     await Exhibit.objects.filter(pk=games.pk).aupdate(accelerator="tcg")

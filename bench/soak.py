@@ -172,8 +172,8 @@ def leaks(root: Path) -> dict[str, int]:
     sockets = sum(1 for line in Path("/proc/net/unix").read_text().splitlines()
                   if str(run) + "/" in line)
     files = sum(1 for _ in run.rglob("*")) if run.exists() else 0
-    from sessions.confine import memory_cgroups_find
-    from sessions.host import cgroup_parent_name, install_id_derive, machine_lease_names
+    from sessions.machines.confine import memory_cgroups_find
+    from sessions.machines.host import cgroup_parent_name, install_id_derive, machine_lease_names
 
     # The served portal's install, by the identity it derives from its data directory.
     install = os.environ.get("PORTAL_INSTALL_ID") or install_id_derive(root)

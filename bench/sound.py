@@ -4,7 +4,7 @@ and what it costs the host.
 One prepared demo with its AdLib, served by Daphne as `make run` serves it. The
 visitor's side: the display on the portal's WebSocket (to press F5, the speaker
 tune, and F6, the AdLib tune) and the sound socket. The reference: an RFB audio
-client straight on the machine's own VNC socket (`sessions.audio`, no portal in
+client straight on the machine's own VNC socket (`sessions.display.audio`, no portal in
 between), in the same process, on the same clock.
 
 - Latency. QEMU tells its audio clients the moment the first sound device starts
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Table, median, ms, p95, ratio, runs, served_portal, verdict, write_results
-from sessions.audio import BEGIN, END, AudioConnection, audio_format_for, audio_open
+from sessions.display.audio import BEGIN, END, AudioConnection, audio_format_for, audio_open
 from tests.support.portal_http import PortalVisitor
 from tests.support.processes import processes_naming
 from tests.support.rfb import RfbClient

@@ -72,8 +72,8 @@ async def one_speed(broker: Any, speed: str, accelerator: str) -> dict[str, Any]
 async def measure(root: Path) -> dict[str, Any]:
     from django.core.management import call_command
 
-    from sessions.broker import get_broker
-    from sessions.machine import kvm_usable
+    from sessions.machines.machine import kvm_usable
+    from sessions.node.broker import get_broker
     from tests.support.speed import TARGETS
 
     await asyncio.to_thread(call_command, "add_exhibit", str(busy_disk(root)), slug="busy", title="Busy",

@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--viewers", type=int, nargs="+", default=[1, 10])
     args = parser.parse_args()
     with portal_environment(exhibits=False):
-        from sessions.consumers import DISPLAY_BUFFER_BYTES
+        from sessions.web.consumers import DISPLAY_BUFFER_BYTES
     bound = 64 * 1024 + 256 * 1024 + DISPLAY_BUFFER_BYTES
     environment = {
         # The whole window stuck: the viewer is closed (4408) only after it.

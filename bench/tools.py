@@ -37,8 +37,8 @@ def line_of(length: int) -> str:
 
 async def measure(root: Path) -> dict[str, Any]:
     from portal.models import Exhibit
-    from sessions.broker import exhibit_prepare, get_broker
-    from sessions.prepare import StartCondition
+    from sessions.machines.prepare import StartCondition
+    from sessions.node.broker import exhibit_prepare, get_broker
     from tests.conftest import display_watch, visitor
     from tests.support.guest import wait_for_screen, wait_for_text
 

@@ -355,7 +355,16 @@ class Nginx(Service):
         self._spawn([shutil.which("nginx") or "/usr/sbin/nginx", "-p", f"{self.directory}/",
                      "-c", str(self.directory / "nginx.conf"),
                      "-e", str(self.directory / "error.log")])
-        self._wait_ready(lambda: port_answers(self.port))
+        self._wait_ready(self._listening)
+
+    def _listening(self) -> bool:
+        """nginx writes its pid file once its listening socket is bound: another program
+        answering on the port is not this nginx, which will exit for want of it."""
+        try:
+            written = int((self.directory / "nginx.pid").read_text())
+        except (OSError, ValueError):
+            return False
+        return written == self.pid and port_answers(self.port)
 
     # Graceful would wait for every display socket to end.
     stop_signal: signal.Signals = signal.SIGTERM

@@ -1,10 +1,11 @@
 """The curators' side: masters with their fixity, uploads, exhibits, previews, start states.
 
 Preparing a start state boots a machine, so that action is the runtime's: see
-`sessions.admin`, which extends `ExhibitAdmin` with it.
+`sessions.web.admin`, which extends `ExhibitAdmin` with it.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -359,6 +360,16 @@ class ExhibitAdmin(admin.ModelAdmin):
         return format_html(
             '<button type="submit" form="preview-form" class="button">{}</button> {}', "Start a preview",
             "Runs this exhibit as visitors would get it (drafts too) and takes its thumbnail.")
+
+
+ExhibitAction = Callable[[admin.ModelAdmin, HttpRequest, "QuerySet[Exhibit]"], None]
+
+
+def exhibit_actions_add(*actions: ExhibitAction) -> None:
+    """The runtime's actions on exhibits (booting one to prepare its start state),
+    added by `sessions.web.admin` when Django loads the admin: the catalogue offers
+    them without importing the runtime."""
+    ExhibitAdmin.actions = [*ExhibitAdmin.actions, *actions]
 
 
 @admin.register(StartState)

@@ -62,10 +62,10 @@ from channels.sessions import SessionMiddlewareStack  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
 from portal.relay import Relay  # noqa: E402
-from sessions.host import install_id  # noqa: E402
-from sessions.nodes import visit_holder_address  # noqa: E402
-from sessions.routing import websocket_urlpatterns  # noqa: E402
-from sessions.watch import watch_session_id  # noqa: E402
+from sessions.machines.host import install_id  # noqa: E402
+from sessions.placement.nodes import visit_holder_address  # noqa: E402
+from sessions.placement.watch import watch_session_id  # noqa: E402
+from sessions.web.routing import websocket_urlpatterns  # noqa: E402
 
 # Static files change only with a release (noVNC is pinned by package-lock.json),
 # so browsers may keep them for an hour: the machine page then loads noVNC's

@@ -2,7 +2,7 @@
 
 Owns: `MachineProfile` and the kinds it may name (CPU, boot device, VGA,
 mouse, sound, media). It lies below both the catalogue (`portal.models`
-hands one out for each exhibit) and the runtime (`sessions.machine` turns
+hands one out for each exhibit) and the runtime (`sessions.machines.machine` turns
 one into a QEMU command line), so neither imports the other for it.
 
 Must not: import Django or anything of `portal` or `sessions`.

@@ -83,7 +83,7 @@ _HANDSHAKE_SKIP = _REQUEST_SKIP | _WEBSOCKET_HANDSHAKE
 # Only the visitor's own headers go on: none that the client library would add.
 _AUTOMATIC_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
-# The API's close codes the relay chooses itself (shared/API.md).
+# The API's close codes the relay chooses itself (docs/api.md).
 CLOSE_UNREACHABLE = 1011
 CLOSE_TOO_SLOW = 4408
 UNREACHABLE_DETAIL = "The server running this machine cannot be reached; try again in a moment."

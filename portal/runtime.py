@@ -20,10 +20,10 @@ class Runtime(Protocol):
     def accelerator_for(self, exhibit: Exhibit) -> str:
         """The accelerator the exhibit's machines get here: "kvm" or "tcg"."""
 
-    async def start_state_usable(self, exhibit: Exhibit) -> object | None:
+    def start_state_usable(self, exhibit: Exhibit) -> Awaitable[object | None]:
         """The exhibit's start state if machines here may resume it (instant start)."""
 
-    async def health(self) -> dict[str, Any]:
+    def health(self) -> Awaitable[dict[str, Any]]:
         """`/healthz`'s answer."""
 
 
@@ -40,3 +40,18 @@ async def runtime() -> Runtime:
     if _runtime_get is None:
         raise LookupError("no runtime is registered (is the sessions app installed?)")
     return await _runtime_get()
+
+
+_shutdown: Callable[[], Awaitable[bool]] | None = None
+
+
+def runtime_shutdown_register(shutdown: Callable[[], Awaitable[bool]]) -> None:
+    """Called once by the runtime's app: how to end its visits when the server stops."""
+    global _shutdown
+    _shutdown = shutdown
+
+
+async def runtime_shutdown() -> bool:
+    """End the runtime's visits if it was started in this process (the server is
+    stopping); True if it was."""
+    return await _shutdown() if _shutdown is not None else False

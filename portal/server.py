@@ -46,6 +46,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
+from portal.runtime import runtime_shutdown
+
 logger = logging.getLogger("portal.server")  # also when run as __main__
 
 SEND_FLOW_EXTENSION = "portal.send_flow"
@@ -283,11 +285,7 @@ class PortalServer(Server):
         return Deferred.fromFuture(asyncio.ensure_future(self._visits_end_then_applications()))
 
     async def _visits_end_then_applications(self) -> None:
-        from sessions.broker import broker_made
-
-        broker = broker_made()
-        if broker is not None:
-            await broker.shutdown()
+        if await runtime_shutdown():
             # The pages' sockets close (4410) once each has been told; a page that
             # does not read is not waited for past PAGES_TOLD_S.
             with contextlib.suppress(TimeoutError):

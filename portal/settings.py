@@ -87,6 +87,8 @@ MIDDLEWARE = [
     "portal.framing.PartitionedCookiesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # A method an API address does not take: the API's JSON error, not Django's empty 405.
+    "portal.errors.method_not_allowed_json",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -237,7 +239,7 @@ PORTAL_WARNING_S = _env_float("PORTAL_WARNING_S", 60.0)
 PORTAL_STARTS_PER_BROWSER = int(os.environ.get("PORTAL_STARTS_PER_BROWSER", "10"))
 PORTAL_STARTS_PER_ADDRESS = int(os.environ.get("PORTAL_STARTS_PER_ADDRESS", "120"))
 PORTAL_START_WINDOW_S = _env_float("PORTAL_START_WINDOW_S", 60.0)
-# How often a node writes its heartbeat (sessions.nodes), and how long a node
+# How often a node writes its heartbeat (sessions.placement.nodes), and how long a node
 # may go without one before another node ends its visits (reason server).
 PORTAL_NODE_HEARTBEAT_S = _env_float("PORTAL_NODE_HEARTBEAT_S", 3.0)
 PORTAL_NODE_DEAD_S = _env_float("PORTAL_NODE_DEAD_S", 10.0)

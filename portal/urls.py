@@ -16,7 +16,7 @@ urlpatterns = [
     path("thumbnails/<str:name>", views.thumbnail),
     # The runtime's routes (sessions, their pages and API), by name: the site
     # does not import the runtime.
-    path("", include("sessions.urls")),
+    path("", include("sessions.web.urls")),
     path("admin/", admin.site.urls),
 ]
 

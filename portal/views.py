@@ -11,10 +11,11 @@ from django.conf import settings
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.utils.html import escape
+from django.views import defaults
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET
 
-from .errors import json_error, wants_json
+from .errors import bad_request_answer, json_error, wants_json
 from .framing import embeddable
 from .models import Exhibit
 from .runtime import Runtime, runtime
@@ -155,11 +156,11 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpR
 
 
 def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
-    """What Django answers a request it cannot read (a malformed form, say): the API's shape."""
-    if wants_json(request):
-        return json_error(400, "bad_request", "The request could not be read.")
-    return render(request, "portal/error.html", {"title": "Bad request",
-                  "message": "The request could not be read."}, status=400)
+    answer = bad_request_answer(request)
+    if answer is not None:
+        return answer
+    # Django's own page: it asks nothing of the request (whose Host may be the problem).
+    return defaults.bad_request(request, exception or Exception())
 
 
 def server_error(request: HttpRequest) -> HttpResponse:

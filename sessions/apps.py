@@ -13,8 +13,11 @@ class VisitorSessionsConfig(AppConfig):
         # The catalogue's pages reach the runtime through this slot, so `portal`
         # never imports `sessions`. Nothing starts here: the broker is made on
         # first use, inside the running event loop.
-        from portal.runtime import runtime_register
+        from portal.runtime import Runtime, runtime_register, runtime_shutdown_register
+        from sessions.node.broker import broker_shutdown_if_made, get_broker
 
-        from .broker import get_broker
+        async def catalogue_runtime() -> Runtime:
+            return (await get_broker()).catalogue
 
-        runtime_register(get_broker)
+        runtime_register(catalogue_runtime)
+        runtime_shutdown_register(broker_shutdown_if_made)

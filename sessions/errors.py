@@ -1,31 +1,79 @@
 """The runtime's errors: one base, `SessionError`, whose message is for a person.
 
-Owns: the domain errors the broker, scheduler and keeper raise. Views and
-consumers translate them once, at their edge, into an HTTP status or a close
-code. Must not: import anything of the runtime, so every module may use it.
+Owns: the domain errors the node, the scheduler and the machines raise, each
+carrying its own meaning: its machine-readable `code` (the API's `error`, and
+the metric label of a refusal), its HTTP `status`, and the WebSocket `close_code`
+a socket closes with. Each edge translates them in one place
+(`sessions.web.errors`: HTTP and WebSocket; the metrics read `code`).
+
+Must not: import anything of the runtime, so every module may use it.
 """
 from __future__ import annotations
 
+from typing import Any
+
+ENDED = "This machine has ended."
+
 
 class SessionError(Exception):
-    """Base of the broker's errors; the message is for a person."""
+    """Base of the runtime's errors; the message is for a person."""
+
+    code: str = "server_error"
+    status: int = 500
+    # 1011: an unexpected server error (docs/api.md, "Close codes").
+    close_code: int = 1011
+    # Seconds a client should wait before asking again (Retry-After), if any.
+    retry_after_s: int | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """More fields of the API's error object, beside `error` and `detail`."""
+        return {}
 
 
 class SessionEndedError(SessionError):
-    pass
+    code = "session_ended"
+    status = 409
+    close_code = 4410
+
+    def __init__(self, message: str = ENDED) -> None:
+        super().__init__(message)
 
 
 class SessionExistsError(SessionError):
+    code = "session_exists"
+    status = 409
+
     def __init__(self, session_id: str) -> None:
         super().__init__("This browser already has a machine running.")
         self.session_id = session_id
 
+    def fields(self) -> dict[str, Any]:
+        return {"id": self.session_id, "page_url": f"/sessions/{self.session_id}/"}
+
 
 class SessionBusyError(SessionError):
-    pass
+    """The visit is alive but not in a phase that can do this now (in line, starting,
+    being reset): try again."""
+
+    code = "session_busy"
+    status = 409
+    close_code = 4409
+
+
+class SessionQueuedError(SessionBusyError):
+    """The visit is still waiting in line: it has no machine to use yet."""
+
+    code = "session_queued"
+
+    def __init__(self) -> None:
+        super().__init__("This visit is still waiting in line for a machine.")
 
 
 class CapacityError(SessionError):
+    code = "capacity"
+    status = 503
+    retry_after_s: int
+
     def __init__(self, retry_after_s: int) -> None:
         super().__init__("Every machine on this server is in use and the waiting line is full. "
                          "Please try again shortly.")
@@ -33,33 +81,19 @@ class CapacityError(SessionError):
 
 
 class RateLimitedError(SessionError):
+    code = "rate_limited"
+    status = 429
+    retry_after_s: int
+
     def __init__(self, retry_after_s: int) -> None:
         super().__init__("Too many machines were started from here in a short time. "
                          "Please wait a moment and try again.")
         self.retry_after_s = retry_after_s
 
 
-class DisplayUnavailableError(SessionError):
-    pass
-
-
-class ViewerLimitError(SessionError):
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"This machine is already shown in {limit} places, the most it may be. "
-                         "Close one of them and try again.")
-
-
-class WatcherLimitError(SessionError):
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"{limit} people are watching this machine already, the most there may be. "
-                         "Try again when someone has left.")
-
-
-class WatcherUnknownError(SessionError):
-    """No watcher of that name watches the visit (or one does already, when attaching)."""
-
-
 class AddressLimitError(RateLimitedError):
+    code = "address_limit"
+
     def __init__(self, limit: int, retry_after_s: int) -> None:
         SessionError.__init__(
             self, f"Your network already has {limit} machines running or waiting, the most one "
@@ -67,12 +101,52 @@ class AddressLimitError(RateLimitedError):
         self.retry_after_s = retry_after_s
 
 
+class DisplayUnavailableError(SessionError):
+    code = "display_unavailable"
+    status = 503
+    close_code = 1011
+
+
+class ViewerLimitError(SessionError):
+    code = "viewer_limit"
+    status = 429
+    close_code = 4429
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"This machine is already shown in {limit} places, the most it may be. "
+                         "Close one of them and try again.")
+
+
+class WatcherLimitError(ViewerLimitError):
+    code = "watcher_limit"
+
+    def __init__(self, limit: int) -> None:
+        SessionError.__init__(
+            self, f"{limit} people are watching this machine already, the most there may be. "
+                  "Try again when someone has left.")
+
+
+class WatcherUnknownError(SessionError):
+    """No watcher of that name watches the visit (or one does already, when attaching)."""
+
+    code = "not_found"
+    status = 404
+    close_code = 4400
+
+
 class ExhibitUnavailableError(SessionError):
     """The exhibit cannot start: a master it needs failed its fixity check."""
+
+    code = "exhibit_unavailable"
+    status = 409
 
 
 class NodeUnreachableError(SessionError):
     """The node that holds a visit did not do what it was asked in time."""
+
+    code = "node_unreachable"
+    status = 503
+    retry_after_s = 5
 
     def __init__(self) -> None:
         super().__init__("The server running this machine did not answer. Please try again.")

@@ -37,14 +37,14 @@ class VisitorSession(models.Model):
     # The random visitor id kept in the browser's (signed) session cookie.
     owner = models.CharField(max_length=64, db_index=True)
     state = models.CharField(max_length=8, choices=State.choices, default=State.STARTING)
-    # Null until the visit ends, as the API's `ended_reason` is (shared/API.md).
+    # Null until the visit ends, as the API's `ended_reason` is (docs/api.md).
     ended_reason = models.CharField(  # noqa: DJ001
         max_length=8, choices=EndedReason.choices, null=True, blank=True)
     detail = models.TextField(blank=True, help_text="What a person should know about the end.")
     accelerator = models.CharField(max_length=8, blank=True)
     run_dir = models.CharField(max_length=512, blank=True)
     pid = models.IntegerField(null=True, blank=True)
-    # The node (install identity, sessions.host) whose machine this is; only that
+    # The node (install identity, sessions.machines.host) whose machine this is; only that
     # node's reaper, or the sweep after that node died, ends the row.
     node = models.CharField(max_length=40, blank=True, default="", db_index=True)
     # The network address the visit was started from (its live visits are capped).

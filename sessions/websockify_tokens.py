@@ -26,7 +26,7 @@ import logging
 import os
 from pathlib import Path
 
-from .ids import session_id_valid
+from sessions.ids import session_id_valid
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def session_vnc_socket(session_id: str) -> Path | None:
     """The VNC socket of a running session, or None. Synchronous: one indexed read."""
     from django.db import close_old_connections
 
-    from .models import VisitorSession
+    from sessions.models import VisitorSession
 
     if not session_id_valid(session_id):
         return None

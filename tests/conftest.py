@@ -20,7 +20,7 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient
 
-from sessions.machine import kvm_usable
+from sessions.machines.machine import kvm_usable
 from tests.support.processes import processes_naming
 
 if TYPE_CHECKING:
@@ -37,9 +37,6 @@ FREEDOS_GAMES_SHA256 = "3bb19897b734d638a2f8c855bc1105648a97f88df8f498a1fee7e5d3
 DEMO_IMAGE = REPO / "build" / "demo.img"
 
 KVM = kvm_usable()
-# Portals the tests serve (Daphne, a cluster's nodes) keep no warm pool unless a test
-# asks for one: pooled machines would cost every other test time and places.
-os.environ.setdefault("PORTAL_POOL_SIZE", "0")
 needs_kvm = pytest.mark.skipif(not KVM, reason="needs a usable /dev/kvm; this host has none")
 
 
@@ -52,11 +49,10 @@ def portal_dirs(settings: Any) -> Iterator[Path]:
     settings.PORTAL_RUN_DIR = root / "run"
     settings.PORTAL_IMAGE_DIR = root / "images"
     settings.PORTAL_THUMBNAIL_DIR = root / "thumbnails"
-    # No warm pool, except in the tests of the pool: pooled machines would cost every
-    # other test time and places.
-    settings.PORTAL_POOL_SIZE = 0
+    # The warm pool is on, as in every install (PORTAL_POOL_SIZE's default): a test
+    # about starting without it says so.
     yield root
-    from sessions.host import install_id, lease_dir, machine_lease_names, memory_cgroups
+    from sessions.machines.host import install_id, lease_dir, machine_lease_names, memory_cgroups
 
     run = root / "run"
     leftovers = sorted(p.name for p in run.iterdir()) if run.exists() else []
@@ -75,7 +71,7 @@ def portal_dirs(settings: Any) -> Iterator[Path]:
 
 @pytest.fixture
 async def broker(portal_dirs: Path) -> AsyncIterator[Any]:
-    from sessions.broker import get_broker
+    from sessions.node.broker import get_broker
 
     instance = await get_broker()
     yield instance

@@ -9,7 +9,7 @@
 // socket and its own thread, and any failure only shows on the button.
 
 const MUTED_KEY = "portal.sound.muted";
-// Close codes of the API (shared/API.md) that this socket may get.
+// Close codes of the API (docs/api.md) that this socket may get.
 const CLOSE = { TOO_SLOW: 4408, QUEUED: 4409, ENDED: 4410, REPLACED: 4412, TOO_MANY: 4429,
   FORBIDDEN: 4403, UNKNOWN: 4404 };
 const FINAL = new Set([CLOSE.ENDED, CLOSE.FORBIDDEN, CLOSE.UNKNOWN]);

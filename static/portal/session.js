@@ -213,7 +213,7 @@ async function refresh() {
   return data;
 }
 
-// What the display socket's close code (shared/API.md) means for this page.
+// What the display socket's close code (docs/api.md) means for this page.
 const CLOSE = {
   TOO_SLOW: 4408, QUEUED: 4409, ENDED: 4410, REPLACED: 4412, TOO_MANY: 4429,
   FORBIDDEN: 4403, UNKNOWN: 4404, UNSUPPORTED: 4400, TOO_BIG: 4413,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from tests.conftest import REPO, service_stopped
-from tests.support.processes import processes_naming
+from tests.support.processes import processes_naming, visit_machine
 
 if TYPE_CHECKING:
     from deploy.services import Nginx
@@ -42,6 +42,11 @@ class Portal:
     @property
     def run_dir(self) -> Path:
         return self.root / "run"
+
+    def machine(self, session_id: str) -> tuple[int, Path]:
+        """The pid and run directory of a running visit's machine (the run root also
+        holds the warm pool's)."""
+        return visit_machine(self.env, session_id)
 
     def manage(self, *args: str) -> str:
         return subprocess.run(
@@ -150,8 +155,6 @@ def portal_make(demo_image: Path, request: pytest.FixtureRequest) -> Iterator[Po
             "PORTAL_DATA_DIR": str(root),
             "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
             "PYTHONUNBUFFERED": "1",
-            # No warm pool unless a test asks for one.
-            "PORTAL_POOL_SIZE": "0",
             **(settings or {}),
         }
         site = Portal(url=f"http://127.0.0.1:{port}", root=root, env=env, port=port,
@@ -185,8 +188,8 @@ def portal_make(demo_image: Path, request: pytest.FixtureRequest) -> Iterator[Po
 
 def _leftovers(site: Portal) -> list[str]:
     """What a stopped portal left behind (removed here, and reported)."""
-    from sessions.confine import cgroup_remove, memory_cgroups_find
-    from sessions.host import cgroup_parent_name, install_id_derive, machine_lease_names
+    from sessions.machines.confine import cgroup_remove, memory_cgroups_find
+    from sessions.machines.host import cgroup_parent_name, install_id_derive, machine_lease_names
 
     problems = []
     leftovers = processes_naming(site.run_dir)

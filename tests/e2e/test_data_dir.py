@@ -19,7 +19,6 @@ import pytest
 
 from tests.e2e.conftest import Portal
 from tests.support.portal_http import PortalVisitor
-from tests.support.processes import processes_naming
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0,
@@ -105,10 +104,9 @@ def test_it_keeps_the_data_directory_from_a_running_machines_uid(
     # The machine booted from its master (through the start state's warm layer)
     # and shows its desktop, although its uid can reach none of those files.
     asyncio.run(display_shows_the_desktop(visitor, session["vnc_path"]))
-    (pid,) = processes_naming(portal.run_dir)
+    pid, run_dir = portal.machine(session["id"])
     uid = machine_uid(pid)
     assert uid != 0
-    run_dir = portal.run_dir / session["id"]
 
     # The uid can look around the checkout: what stops it below is the portal's modes.
     assert as_user(uid, "ls", os.fspath(checkout)).returncode == 0

@@ -16,8 +16,8 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from sessions.host import machine_lease_take
-from sessions.machine import process_alive
+from sessions.machines.host import machine_lease_take
+from sessions.machines.machine import process_alive
 from tests.conftest import REPO
 from tests.e2e.conftest import Portal, PortalFactory
 from tests.support.portal_http import PortalVisitor
@@ -85,7 +85,7 @@ def test_two_installs_on_one_host_keep_each_others_machines_through_reaper_inter
         for _ in range(2):
             visitor = PortalVisitor(site.url)
             session = visitor.session_start("demo")
-            (pid,) = processes_naming(site.run_dir / session["id"])
+            pid, _ = site.machine(session["id"])
             machines.append((site, visitor, session["id"], pid))
 
     def all_running() -> None:

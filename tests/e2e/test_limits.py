@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from sessions.machines.machine import process_alive
 from tests.e2e.conftest import Portal
 from tests.support.portal_http import PortalVisitor
 from tests.support.processes import processes_naming
@@ -36,7 +37,8 @@ async def event_where(events: WebSocketTransport, wanted: dict[str, Any], *,
 def test_a_stopping_server_ends_every_live_visit_as_server_and_tells_its_page(portal: Portal) -> None:
     visitors = [PortalVisitor(portal.url) for _ in range(2)]
     sessions = [visitor.session_start("demo") for visitor in visitors]
-    assert len(processes_naming(portal.run_dir)) == 2
+    machines = [portal.machine(session["id"]) for session in sessions]
+    assert all(process_alive(pid) for pid, _ in machines)
 
     async def stop_while_watching() -> dict[str, Any]:
         events = await visitors[0].websocket(sessions[0]["events_path"])
@@ -46,7 +48,9 @@ def test_a_stopping_server_ends_every_live_visit_as_server_and_tells_its_page(po
 
     told = asyncio.run(stop_while_watching())
     assert told["reason"] == "server"
+    # Every machine went, the warm pool's too.
     assert processes_naming(portal.run_dir) == []
+    assert not any(process_alive(pid) for pid, _ in machines)
     assert sorted(portal.run_dir.iterdir()) == []
     portal.serve()
     for visitor, session in zip(visitors, sessions, strict=True):
@@ -83,7 +87,8 @@ def test_a_place_in_line_given_up_goes_to_the_next_in_line(portal: Portal) -> No
         # The machine frees: it goes to the one still waiting, not to the one who left.
         assert await asyncio.to_thread(holder.session_end, running["id"]) == 204
         await event_where(sockets["next"], {"type": "state", "state": "running"})
-        assert len(processes_naming(portal.run_dir)) == 1
+        pid, _ = portal.machine(lines["next"]["id"])
+        assert process_alive(pid)
         await holding.close()
         assert await asyncio.to_thread(next_one.session_end, lines["next"]["id"]) == 204
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from deploy.services import Nginx, PostgreSQL, Redis
-from sessions.machine import process_alive
+from sessions.machines.machine import process_alive
 from tests.e2e.conftest import NginxFactory, Portal, PortalFactory
 from tests.support.portal_http import PortalVisitor
 from tests.support.processes import processes_naming
@@ -147,7 +147,9 @@ def test_a_killed_nodes_visits_end_and_new_machines_start_on_a_live_node(
     lost = lost_visitor.session_start("demo")
     assert (kept["node"], lost["node"]) == (survivor, doomed)
     kept_visitor.base_url = lost_visitor.base_url = edge.url
-    (machine,) = processes_naming(second.run_dir)
+    machine, _ = second.machine(lost["id"])
+    # The visit's machine and the warm pool's: all the node's, to end once it is back.
+    leftovers = processes_naming(second.run_dir)
 
     second.crash()
     killed = time.monotonic()
@@ -169,5 +171,6 @@ def test_a_killed_nodes_visits_end_and_new_machines_start_on_a_live_node(
     # Back, the node ends its own leftover machine (nobody else touched it).
     assert process_alive(machine), "a machine of the killed node was ended by another node"
     second.serve()
-    wait_until(lambda: not process_alive(machine) and not processes_naming(second.run_dir),
-               timeout_s=30, what="the node back to end its own leftover machine")
+    assert machine in leftovers
+    wait_until(lambda: not any(map(process_alive, leftovers)), timeout_s=30,
+               what="the node back to end its own leftover machines")

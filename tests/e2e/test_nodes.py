@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sessions.machine import process_alive
+from sessions.machines.machine import process_alive
 from tests.e2e.conftest import PortalFactory
 from tests.e2e.test_installs import orphan
 from tests.support.portal_http import PortalVisitor
@@ -54,7 +54,9 @@ def two_nodes_one_dies(portal_make: PortalFactory, shared: Path) -> None:
 
     wait_until(lambda: sorted(n["name"] for n in nodes_seen() if n["alive"])
                == sorted([kept["node"], lost["node"]]), timeout_s=15, what="both nodes alive")
-    (machine,) = processes_naming(second.run_dir)
+    machine, _ = second.machine(lost["id"])
+    # The visit's machine and the warm pool's: all the node's, to end once it is back.
+    leftovers = processes_naming(second.run_dir)
     # While both live, neither's reaper takes the other's visit for its own orphan.
     with orphan(first) as (process, _):
         assert process.wait(timeout=30) != 0
@@ -80,8 +82,9 @@ def two_nodes_one_dies(portal_make: PortalFactory, shared: Path) -> None:
 
     # Back, the node cleans up after itself.
     second.serve()
-    wait_until(lambda: not process_alive(machine) and not processes_naming(second.run_dir),
-               timeout_s=30, what="the node back to end its own leftover machine")
+    assert machine in leftovers
+    wait_until(lambda: not any(map(process_alive, leftovers)), timeout_s=30,
+               what="the node back to end its own leftover machines")
 
     # The portal goes on: the visit kept runs, and the visitor who lost theirs starts anew.
     fresh = there.session_start("demo")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import urllib.request
 from typing import Any
 
@@ -44,6 +45,8 @@ def test_a_start_gets_a_pooled_machine_whose_first_picture_is_the_desktop(
     running = processes_naming(site.run_dir)
     assert pooled in running
     assert len(running) == 2
+    # Adopted as it was made: the visit's row names the pooled machine's own directory.
+    assert site.machine(session["id"])[0] == pooled
     assert visitor.session_end(session["id"]) == 204
     wait_until(lambda: pooled not in processes_naming(site.run_dir), timeout_s=10,
                what="the visit's machine gone, not pooled again")
@@ -67,4 +70,4 @@ def test_after_a_server_crash_the_pool_is_swept_and_made_anew(portal_make: Porta
     # The orphan's run directory went with it: only the new pooled machine's is there.
     left = [path.name for path in site.run_dir.iterdir()]
     assert len(left) == 1, left
-    assert left[0].startswith("pool-"), left
+    assert re.fullmatch(r"m-[0-9a-f]{16}", left[0]), left

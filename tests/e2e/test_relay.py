@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from sessions.machine import process_alive
+from sessions.machines.machine import process_alive
 from tests.e2e.conftest import Portal, PortalFactory
 from tests.e2e.test_hostile_clients import MIB, SCREEN_LIT, close_code_of, log_says, rss_bytes
 from tests.e2e.test_sound import F5, peak
@@ -87,6 +87,7 @@ def test_a_visit_held_by_one_node_is_whole_through_another(
                                       other_node: f"127.0.0.1:{other.port}"}
     assert other_node != session["node"]
 
+    visit_dirs = [holder.machine(session_id)[1]]
     # The Session through B is A's, node and all; a stranger gets A's 404 through B.
     assert there.request("GET", api) == here.request("GET", api) == (200, session)
     assert stranger.request("GET", api) == stranger_here.request("GET", api)
@@ -141,6 +142,7 @@ def test_a_visit_held_by_one_node_is_whole_through_another(
         assert reset["id"] == session_id
         assert reset["node"] == session["node"]
         assert (await close_code_of(rfb.transport))[0] == 4412  # type: ignore[arg-type]
+        visit_dirs.append(holder.machine(session_id)[1])
         watching = await there.display(session["vnc_path"])
         watching_here = await here.display(session["vnc_path"])
         assert watching.lit_pixels() > 10000
@@ -163,7 +165,10 @@ def test_a_visit_held_by_one_node_is_whole_through_another(
     assert ended[1]["state"] == "ended"
     # Ended, the visit is B's to answer from the database: the same answer.
     assert there.request("GET", api) == ended
-    assert not processes_naming(holder.run_dir)
+    # Both of the visit's machines are gone (the warm pool's wait beside them).
+    for run_dir in visit_dirs:
+        assert not processes_naming(run_dir)
+        assert not run_dir.exists()
     for site in (holder, other):
         assert "Exception inside application" not in daphne_log(site)
         assert "Traceback" not in daphne_log(site)
@@ -224,7 +229,9 @@ def test_a_display_through_another_node_outlives_nothing_when_the_holder_dies(
     session = here.session_start("demo")
     api = f"/api/sessions/{session['id']}"
     there = PortalVisitor(other.url, cookies=here.cookies)
-    (machine,) = processes_naming(holder.run_dir)
+    machine, _ = holder.machine(session["id"])
+    # The visit's machine and the warm pool's: all the holder's, to end once it is back.
+    leftovers = processes_naming(holder.run_dir)
 
     async def display_while_the_holder_dies() -> tuple[int | None, str]:
         rfb = await there.display(session["vnc_path"])
@@ -255,8 +262,9 @@ def test_a_display_through_another_node_outlives_nothing_when_the_holder_dies(
 
     # Back, the holder ends its own leftover machine.
     holder.serve()
-    wait_until(lambda: not process_alive(machine) and not processes_naming(holder.run_dir),
-               timeout_s=30, what="the holder back to end its leftover machine")
+    assert machine in leftovers
+    wait_until(lambda: not any(map(process_alive, leftovers)), timeout_s=30,
+               what="the holder back to end its leftover machines")
 
 
 def test_the_page_served_by_another_node_shows_and_drives_the_holders_machine(
@@ -268,6 +276,7 @@ def test_the_page_served_by_another_node_shows_and_drives_the_holders_machine(
     context = browser.new_context(viewport={"width": 1024, "height": 768})
     context.add_cookies([{"name": cookie.name, "value": cookie.value or "", "url": other.url}
                          for cookie in here.cookies])
+    _, run_dir = holder.machine(session["id"])
     page = context.new_page()
     page.goto(other.url + session["page_url"])
     page.wait_for_selector('#state[data-state="running"]', timeout=30_000)
@@ -288,5 +297,5 @@ def test_the_page_served_by_another_node_shows_and_drives_the_holders_machine(
     page.get_by_role("button", name="End").click()
     page.wait_for_selector('#state[data-state="ended"]', timeout=30_000)
     assert here.request("GET", f"/api/sessions/{session['id']}")[1]["state"] == "ended"
-    wait_until(lambda: not processes_naming(holder.run_dir), timeout_s=15, what="A's machine to end")
+    wait_until(lambda: not processes_naming(run_dir), timeout_s=15, what="A's machine to end")
     context.close()

@@ -147,7 +147,7 @@ def test_a_visit_outlives_a_redis_and_a_postgresql_restart(
 ) -> None:
     import redis as redis_client
 
-    from sessions.broker import session_group
+    from sessions.node.broker import session_group
 
     node = node_make()
     edge = nginx_make(node)

@@ -51,7 +51,8 @@ def test_it_lets_a_visitor_start_use_and_end_a_machine(portal: Portal, browser: 
     )
     stats = page.evaluate(CANVAS_STATS, WHOLE)
     assert (stats["width"], stats["height"]) == (640, 480)
-    (pid,) = processes_naming(portal.run_dir)
+    session_id = page.url.rstrip("/").rsplit("/", 1)[1]
+    pid, run_dir = portal.machine(session_id)
 
     # The mouse reaches the guest: clicking the About icon, where noVNC shows it
     # scaled to the window, opens the About window (its title bar turns from teal).
@@ -85,16 +86,19 @@ def test_it_lets_a_visitor_start_use_and_end_a_machine(portal: Portal, browser: 
         f" && s.hash !== typed; }}",
         arg=typed, timeout=30_000,
     )
-    (new_pid,) = processes_naming(portal.run_dir)
+    new_pid, new_run_dir = portal.machine(session_id)
     assert new_pid != pid
+    assert new_run_dir != run_dir
 
     page.get_by_role("button", name="End").click()
     page.wait_for_selector('#state[data-state="ended"]', timeout=15_000)
     assert "This machine has ended" in page.locator("#notice").inner_text()
 
-    # Nothing of the visit is left: process, sockets, overlay.
-    assert processes_naming(portal.run_dir) == []
-    assert list(portal.run_dir.iterdir()) == []
+    # Nothing of the visit is left: processes, sockets, overlays (the warm pool's
+    # machines wait beside it).
+    for gone in (run_dir, new_run_dir):
+        assert not gone.exists()
+        assert processes_naming(gone) == []
     try:
         os.kill(pid, 0)
         alive = True

@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.test import AsyncClient
 
-from sessions.host import install_id
-from sessions.machine import process_alive
+from sessions.machines.host import install_id
+from sessions.machines.machine import process_alive
 from sessions.models import VisitorSession
 from tests.conftest import FREEDOS_2048, ExhibitFactory, visitor
 
@@ -24,8 +25,8 @@ async def start(client: AsyncClient, slug: str = "freedos") -> dict[str, Any]:
 
 async def running(broker: Any, session_id: str) -> VisitorSession:
     """Wait for the broker's launch to finish, as the page's WebSocket does."""
-    await broker.display_attach(session_id=session_id)
-    broker.display_detach(session_id=session_id)
+    await broker.viewers.display_attach(session_id=session_id)
+    broker.viewers.display_detach(session_id=session_id)
     return await VisitorSession.objects.aget(id=session_id)
 
 
@@ -38,7 +39,7 @@ async def test_it_lists_published_exhibits_only(broker: Any, exhibit_create: Exh
     assert exhibit["slug"] == "freedos"
     assert exhibit["url"] == "http://testserver/exhibits/freedos/"
     assert exhibit["machine"] == {"cpu": "486", "memory_mb": 16,
-                                  "accelerator": broker.config.accelerator, "boot": "floppy",
+                                  "accelerator": broker.config.machines.accelerator, "boot": "floppy",
                                   "sound": ["pcspk"], "speed": "host"}
     # A floppy exhibit takes visitors' files in its second drive.
     assert exhibit["files_in"] == "b"
@@ -92,7 +93,7 @@ async def test_it_runs_a_session_and_discards_everything_at_delete(
     health = (await visitor().get("/healthz")).json()
     assert health["ok"] is True
     assert health["sessions"] == 1
-    assert health["kvm"] is (broker.config.accelerator == "kvm")
+    assert health["kvm"] is (broker.config.machines.accelerator == "kvm")
     assert health["qemu"].startswith("7.")
     assert health["capacity"] >= 1
     assert health["install"] == install_id(), "which install answered"
@@ -163,7 +164,7 @@ async def test_it_ends_a_machine_whose_base_is_missing_as_a_server_fault_and_ser
 
     sad, happy = visitor(), visitor()
     session = await start(sad, "broken")
-    assert await broker.session_wait_ended(session_id=session["id"], timeout_s=10)
+    assert await broker.keeper.wait_ended(session_id=session["id"], timeout_s=10)
     ended = (await sad.get(f"/api/sessions/{session['id']}")).json()
     assert ended["state"] == "ended"
     assert ended["ended_reason"] == "server"
@@ -181,10 +182,11 @@ async def test_it_ends_a_machine_that_qemu_refuses_as_crashed_without_leaking_de
     broker: Any, exhibit_create: ExhibitFactory, portal_dirs: Path, settings: Any
 ) -> None:
     await exhibit_create(FREEDOS_2048, slug="freedos")
-    broker.config = type(broker.config)(**{**broker.config.__dict__, "qemu_binary": "false"})
+    broker.config = dataclasses.replace(
+        broker.config, machines=dataclasses.replace(broker.config.machines, qemu_binary="false"))
     browser = visitor()
     session = await start(browser)
-    assert await broker.session_wait_ended(session_id=session["id"], timeout_s=10)
+    assert await broker.keeper.wait_ended(session_id=session["id"], timeout_s=10)
     ended = (await browser.get(f"/api/sessions/{session['id']}")).json()
     assert ended["ended_reason"] == "crashed"
     assert "could not start" in ended["detail"]
@@ -215,7 +217,7 @@ async def test_it_ends_a_session_nobody_watches_after_the_grace_period(
     browser = visitor()
     session = await start(browser)
     await running(broker, session["id"])
-    assert await broker.session_wait_ended(session_id=session["id"], timeout_s=10)
+    assert await broker.keeper.wait_ended(session_id=session["id"], timeout_s=10)
     ended = (await browser.get(f"/api/sessions/{session['id']}")).json()
     assert ended["ended_reason"] == "visitor"
     assert "closed" in ended["detail"]

@@ -413,12 +413,13 @@ async def test_extra_media_are_attached_through_their_own_overlays(
     assert response.status_code == 201, response.content
     session_id = response.json()["id"]
     try:
-        await broker.display_attach(session_id=session_id)
-        broker.display_detach(session_id=session_id)
+        await broker.viewers.display_attach(session_id=session_id)
+        broker.viewers.display_detach(session_id=session_id)
         machine = broker.machine(session_id)
         assert machine is not None
         blocks = {block["device"]: block for block in await machine.execute("query-block")}
-        run_dir = portal_dirs / "run" / session_id
+        run_dir = machine.run_dir
+        assert run_dir.parent == portal_dirs / "run"
         floppy_b, cd = blocks["floppy1"]["inserted"], blocks["ide1-cd0"]["inserted"]
         assert floppy_b["file"] == str(run_dir / "extra-0.qcow2")
         assert floppy_b["backing_file"].endswith(".qcow2")
@@ -440,3 +441,16 @@ def test_extra_media_must_fit_the_pc_and_cannot_be_prepared(portal_dirs: Path) -
                  "--extra", str(FREEDOS_2048))
     with pytest.raises(CommandError, match="extra media"):
         call_command("prepare_exhibit", "one", "--after", "1")
+
+
+def test_the_exhibit_admin_offers_the_runtimes_prepare_actions(rf: Any, admin_user: Any) -> None:
+    """The catalogue's exhibit admin, extended by the runtime (not replaced): its own
+    action and the start-state actions are offered together."""
+    from django.contrib import admin
+
+    from portal.models import Exhibit
+
+    request = rf.get("/admin/portal/exhibit/")
+    request.user = admin_user
+    offered = admin.site._registry[Exhibit].get_actions(request)
+    assert {"export_bags", "prepare_desktop", "prepare_dos_prompt"} <= set(offered)

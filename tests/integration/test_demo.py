@@ -6,6 +6,7 @@ text that survives a reboot of the same overlay but not a new visitor.
 """
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +43,16 @@ class DemoVisit:
 
     async def desktop(self) -> Font:
         await self.rfb.wait_for(desktop_shown, timeout_s=BOOT_TIMEOUT_S)
-        self.font = await Font.from_guest(self.broker.machine(self.session["id"]))
-        return self.font
+        # The desktop's background may be drawn before the guest has copied its font
+        # into RAM (just after a reboot, on a busy host): wait for the font too.
+        machine = self.broker.machine(self.session["id"])
+        async with asyncio.timeout(BOOT_TIMEOUT_S):
+            while True:
+                try:
+                    self.font = await Font.from_guest(machine)
+                    return self.font
+                except AssertionError:
+                    await asyncio.sleep(0.1)
 
     async def sees(self, text: str, rows: tuple[int, int], *,
                    ink: tuple[int, int, int] = BLACK, timeout_s: float = 15) -> None:

@@ -135,7 +135,7 @@ async def test_a_file_written_in_a_preview_is_in_the_derivative_over_an_untouche
     assert (creation.agent, creation.related_sha256, creation.digest, creation.exhibit_id) == \
         ("staff user curator", base.sha256, derived.sha256, child.pk)
     # Instant start goes by the whole chain.
-    assert f"master={base.sha256}+{derived.sha256}" in broker.start_state_key(child)
+    assert f"master={base.sha256}+{derived.sha256}" in broker.launcher.start_state_key(child)
 
     # A new visit of the derivative boots with the file there.
     await Exhibit.objects.filter(slug="freedos-hi").aupdate(published=True)
@@ -201,8 +201,8 @@ async def test_the_admin_shows_a_masters_family_and_disk_use(
 async def test_a_derivative_of_a_prepared_exhibit_starts_instantly_from_its_own_state(
     broker: Any, exhibit_create: ExhibitFactory, staff: AsyncClient
 ) -> None:
-    from sessions.broker import exhibit_prepare
-    from sessions.prepare import StartCondition
+    from sessions.machines.prepare import StartCondition
+    from sessions.node.broker import exhibit_prepare
 
     at_prompt = StartCondition(wait_text="A:\\>", still_s=1.0)
     games = await exhibit_create(FREEDOS_GAMES, slug="games", accelerator="tcg")
@@ -227,7 +227,7 @@ async def test_a_derivative_of_a_prepared_exhibit_starts_instantly_from_its_own_
     child = await Exhibit.objects.select_related("image").aget(slug="games-mine")
     assert child.image.layers() == [games.image.sha256, child.image.sha256]
     state = await exhibit_prepare(child, at_prompt)
-    assert state.key == broker.start_state_key(child)
+    assert state.key == broker.launcher.start_state_key(child)
     assert f"master={games.image.sha256}+{child.image.sha256}" in state.key
     await Exhibit.objects.filter(pk=child.pk).aupdate(published=True)
     assert (await visitor().get("/api/exhibits/games-mine")).json()["instant_start"] is True

@@ -1,6 +1,6 @@
 """A real DOS, end to end: two visitors on one master, each on a throwaway overlay.
 
-Boots ../shared/guests/freedos-2048.img through the JSON API, drives it over
+Boots tests/guests/freedos-2048.img through the JSON API, drives it over
 RFB through the portal's WebSocket like a visitor's noVNC does, and proves that
 what one visitor writes lands in that visitor's overlay only: never in the
 master, never in another visitor's machine.

@@ -11,9 +11,9 @@ import pytest
 from django.test import AsyncClient
 
 from portal.models import StartState
-from sessions.broker import exhibit_prepare
+from sessions.machines.prepare import StartCondition
 from sessions.models import VisitorSession
-from sessions.prepare import StartCondition
+from sessions.node.broker import exhibit_prepare
 from tests.conftest import FREEDOS_GAMES, ExhibitFactory, display_watch, needs_kvm, visitor
 from tests.support.guest import disk_file, sha256_file, wait_for_text
 from tests.support.rfb import RfbClient
@@ -134,7 +134,7 @@ async def test_it_boots_cold_when_resuming_fails(
     # the ASGI application's import configures logging anew, so it comes first.
     import portal.asgi  # noqa: F401
 
-    keeper_log = logging.getLogger("sessions.keeper")
+    keeper_log = logging.getLogger("sessions.node.keeper")
     keeper_log.addHandler(caplog.handler)
     cold = await visit(broker)
     try:

@@ -21,11 +21,11 @@ from django.test import AsyncClient
 
 from portal.models import Exhibit
 from portal.profile import MachineProfile
-from sessions.broker import Broker, get_broker
-from sessions.machine import Machine, process_alive
+from sessions.machines.machine import Machine, process_alive
+from sessions.machines.overlay import overlay_create, run_dir_create
 from sessions.models import VisitorSession
-from sessions.overlay import overlay_create, run_dir_create
-from sessions.visit import Phase
+from sessions.node.broker import Broker, get_broker
+from sessions.node.visit import Phase
 from tests.conftest import FREEDOS_2048, ExhibitFactory, needs_kvm, visitor, ws_communicator
 from tests.support.boot_floppy import GUESTS, boot_floppy_build
 from tests.support.filesystem import fill, small_filesystem
@@ -251,24 +251,24 @@ async def test_the_reaper_ends_what_no_broker_owns_every_interval(
     # While it is being set up, the reaper is told it is live, so that it finds
     # the whole orphan at once.
     orphan_id = "orphan" + "0" * 26
-    owns = broker.is_live
-    broker.is_live = lambda session_id: session_id == orphan_id or owns(session_id)  # type: ignore[method-assign]
+    owns = broker.keeper.is_live
+    broker.keeper.is_live = lambda session_id: session_id == orphan_id or owns(session_id)  # type: ignore[method-assign]
     orphan = await VisitorSession.objects.acreate(
         id=orphan_id, exhibit=freedos, owner="gone", state="running",
-        run_dir=str(broker.config.run_root / orphan_id),
+        run_dir=str(broker.config.machines.run_root / orphan_id),
     )
-    run_dir = run_dir_create(root=broker.config.run_root, name=orphan.id)
+    run_dir = run_dir_create(root=broker.config.machines.run_root, name=orphan.id)
     await overlay_create(base_path=Path(freedos.image.path), base_format=freedos.image.format,
                          overlay_path=run_dir / "disk.qcow2", qemu_img="qemu-img", timeout_s=30)
     machine = Machine(MachineProfile(), run_dir=run_dir, disk_path=run_dir / "disk.qcow2",
                       qemu_binary="qemu-system-i386", accelerator="tcg", start_timeout_s=20,
                       qmp_timeout_s=5, stop_timeout_s=5,
-                      confinement=broker.confinement_for(memory_mb=16, run_as=(1800000999,) * 2))
+                      confinement=broker.launcher.confinement_for(memory_mb=16, run_as=(1800000999,) * 2))
     await machine.start()
-    stray = broker.config.run_root / "stray-overlay"
+    stray = broker.config.machines.run_root / "stray-overlay"
     stray.mkdir()
     (stray / "disk.qcow2").write_bytes(b"x")
-    del broker.is_live  # the broker's own answer again
+    del broker.keeper.is_live  # the broker's own answer again
     try:
         async with asyncio.timeout(30):
             assert await machine.wait() == -signal.SIGKILL
@@ -280,8 +280,8 @@ async def test_the_reaper_ends_what_no_broker_owns_every_interval(
         await eventually(cleaned, timeout_s=30)
         record = await VisitorSession.objects.aget(id=orphan.id)
         assert record.ended_reason == "server"
-        if broker.config.cgroups is not None:
-            assert not any(name.startswith(orphan.id) for name in broker.config.cgroups.names())
+        if broker.config.machines.cgroups is not None:
+            assert not any(name.startswith(orphan.id) for name in broker.config.machines.cgroups.names())
         # The broker's own visitor was not touched.
         assert (await VisitorSession.objects.aget(id=kept["id"])).state == "running"
         assert broker.machine(kept["id"]) is not None
@@ -291,7 +291,7 @@ async def test_the_reaper_ends_what_no_broker_owns_every_interval(
 
 
 async def ended_session(browser: AsyncClient, session_id: str, broker: Broker) -> dict[str, Any]:
-    assert await broker.session_wait_ended(session_id=session_id, timeout_s=30)
+    assert await broker.keeper.wait_ended(session_id=session_id, timeout_s=30)
     return (await browser.get(f"/api/sessions/{session_id}")).json()  # type: ignore[no-any-return]
 
 
@@ -313,8 +313,8 @@ async def test_it_tells_the_visitor_when_the_disk_is_full_and_leaves_nothing(
         filler.unlink()
         other = visitor()
         second = await start(other)
-        await broker.display_attach(session_id=second["id"])
-        broker.display_detach(session_id=second["id"])
+        await broker.viewers.display_attach(session_id=second["id"])
+        broker.viewers.display_detach(session_id=second["id"])
         await other.delete(f"/api/sessions/{second['id']}")
         assert list(run_root.iterdir()) == []
 
@@ -349,8 +349,8 @@ async def test_it_ends_a_running_visit_whose_disk_fills_up_and_says_why(
             filler.unlink()
             neighbour = visitor()
             second = (await neighbour.post("/api/exhibits/demo/sessions")).json()
-            await broker.display_attach(session_id=second["id"])
-            broker.display_detach(session_id=second["id"])
+            await broker.viewers.display_attach(session_id=second["id"])
+            broker.viewers.display_detach(session_id=second["id"])
             await neighbour.delete(f"/api/sessions/{second['id']}")
         finally:
             await broker.shutdown()  # nothing may hold the filesystem when it is unmounted
@@ -410,37 +410,41 @@ async def test_machines_run_as_their_own_unprivileged_users_with_a_memory_limit(
     sessions = [await start(browser) for browser in browsers]
     uids = set()
     for session in sessions:
-        await broker.display_attach(session_id=session["id"])
-        broker.display_detach(session_id=session["id"])
+        await broker.viewers.display_attach(session_id=session["id"])
+        broker.viewers.display_detach(session_id=session["id"])
         pid = (await VisitorSession.objects.aget(id=session["id"])).pid
         assert pid is not None
         assert process_alive(pid)
         status = Path(f"/proc/{pid}/status").read_text()
         uid_line = next(line for line in status.splitlines() if line.startswith("Uid:"))
         real, effective, saved, filesystem = (int(value) for value in uid_line.split()[1:])
-        assert real == effective == saved == filesystem >= broker.config.uid_base  # type: ignore[operator]
+        assert real == effective == saved == filesystem >= broker.config.machines.uid_base  # type: ignore[operator]
         uids.add(real)
         groups = next(line for line in status.splitlines() if line.startswith("Groups:"))
         assert "0" not in groups.split()[1:]
-        limits = broker.confinement_for(memory_mb=16, run_as=None)
-        if broker.config.cgroups is not None:
+        limits = broker.launcher.confinement_for(memory_mb=16, run_as=None)
+        cgroups = broker.config.machines.cgroups
+        if cgroups is not None:
             cgroup = next(
-                broker.config.cgroups.path_for(name) for name in broker.config.cgroups.names()
-                if str(pid) in (broker.config.cgroups.path_for(name) / "cgroup.procs").read_text().split()
+                cgroups.path_for(name) for name in cgroups.names()
+                if str(pid) in (cgroups.path_for(name) / "cgroup.procs").read_text().split()
             )
-            assert cgroup.name.startswith(session["id"] + ".")
-            assert int((cgroup / broker.config.cgroups.limit_file).read_text()) == limits.memory_bytes
+            # Named by the machine's run directory, which the visit's row records.
+            run_dir = Path((await VisitorSession.objects.aget(id=session["id"])).run_dir)
+            assert cgroup.name.startswith(run_dir.name + ".")
+            assert int((cgroup / cgroups.limit_file).read_text()) == limits.memory_bytes
         else:
             assert f"{limits.memory_bytes}" in Path(f"/proc/{pid}/limits").read_text().replace(" ", "")
     assert len(uids) == 2, "two machines never share a user"
     health = (await browsers[0].get("/healthz")).json()
     assert health["qemu_runs_as"] == "per-machine uid"
-    expected = f"cgroup-v{broker.config.cgroups.version}" if broker.config.cgroups else "rlimit-as"
+    cgroups = broker.config.machines.cgroups
+    expected = f"cgroup-v{cgroups.version}" if cgroups else "rlimit-as"
     assert health["memory_limit"] == expected
     for browser, session in zip(browsers, sessions, strict=True):
         await browser.delete(f"/api/sessions/{session['id']}")
-    if broker.config.cgroups is not None:
-        assert broker.config.cgroups.names() == []
+    if broker.config.machines.cgroups is not None:
+        assert broker.config.machines.cgroups.names() == []
 
 
 @needs_kvm
@@ -452,8 +456,8 @@ async def test_a_machine_keeps_kvm_after_dropping_root(
     browser = visitor()
     response = await browser.post("/api/exhibits/demo/sessions")
     session = response.json()
-    await broker.display_attach(session_id=session["id"])
-    broker.display_detach(session_id=session["id"])
+    await broker.viewers.display_attach(session_id=session["id"])
+    broker.viewers.display_detach(session_id=session["id"])
     machine = broker.machine(session["id"])
     assert machine is not None
     assert machine.pid is not None
@@ -469,7 +473,7 @@ async def test_a_machine_that_passes_its_memory_limit_is_stopped_and_its_visitor
     """The hog guest writes to all of its 128 MiB; with no room for QEMU's own
     memory on top, the kernel stops it, and the page says why."""
     broker = await make_broker(PORTAL_QEMU_MEMORY_OVERHEAD_MB=0)
-    assert broker.config.cgroups is not None, "this host limits machines' memory with cgroups"
+    assert broker.config.machines.cgroups is not None, "this host limits machines' memory with cgroups"
     exhibit = await exhibit_create(boot_floppy_build(GUESTS / "hog.asm", tmp_path), slug="hog",
                                    accelerator="tcg")  # a floppy boot, as for FreeDOS
     await Exhibit.objects.filter(pk=exhibit.pk).aupdate(memory_mb=128)
@@ -484,5 +488,5 @@ async def test_a_machine_that_passes_its_memory_limit_is_stopped_and_its_visitor
                                "so it was stopped.")
     row = await VisitorSession.objects.aget(id=session["id"])
     assert (row.state, row.ended_reason) == ("ended", "crashed")
-    assert broker.config.cgroups.names() == []
+    assert broker.config.machines.cgroups.names() == []
     await page.disconnect()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from portal.profile import MachineProfile
-from sessions.machine import Machine, MachineStartError, process_alive
+from sessions.machines.machine import Machine, MachineStartError, process_alive
 from tests.conftest import FREEDOS_2048, KVM
 from tests.support.processes import processes_naming
 

@@ -11,8 +11,8 @@ from asgiref.sync import sync_to_async
 from django.test import AsyncClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from sessions.broker import Broker
 from sessions.models import VisitorSession
+from sessions.node.broker import Broker
 from tests.conftest import FREEDOS_2048, ExhibitFactory, display_watch, visitor, ws_communicator
 from tests.support.wait import eventually
 
@@ -60,7 +60,7 @@ async def test_it_serves_metrics_that_move_with_a_real_visit(broker: Broker, fre
     before = await scrape()
     assert value(before, "portal_visits", state="running") == 0
     assert value(before, "portal_node_info", node=broker.config.install,
-                 accelerator=broker.config.accelerator, qemu=broker.qemu_version()) == 1
+                 accelerator=broker.config.machines.accelerator, qemu=broker.launcher.qemu_version()) == 1
     assert value(before, "portal_masters", fixity="ok") == 1
 
     browser = visitor()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sessions.overlay import (
+from sessions.machines.overlay import (
     OverlayError,
     overlay_create,
     run_dir_create,

@@ -62,7 +62,7 @@ async def test_it_shows_the_sound_hardware_a_curator_chose(
 async def test_it_says_whether_the_machine_runs_on_kvm_or_in_software(
     settings: Any, portal_dirs: Any, exhibit_create: ExhibitFactory, setting: str, label: str
 ) -> None:
-    from sessions.broker import get_broker
+    from sessions.node.broker import get_broker
 
     settings.PORTAL_ACCELERATOR = setting
     broker = await get_broker()
@@ -90,8 +90,8 @@ async def test_it_runs_a_tcg_exhibit_in_software_even_on_a_kvm_host(
     assert exhibit["machine"]["accelerator"] == "tcg"
     browser = visitor()
     session = (await browser.post("/api/exhibits/freedos/sessions")).json()
-    await broker.display_attach(session_id=session["id"])
-    broker.display_detach(session_id=session["id"])
+    await broker.viewers.display_attach(session_id=session["id"])
+    broker.viewers.display_detach(session_id=session["id"])
     machine = broker.machine(session["id"])
     assert (await machine.execute("query-kvm"))["enabled"] is False
     await browser.delete(f"/api/sessions/{session['id']}")

@@ -11,12 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from portal.models import StartState
-from sessions.broker import exhibit_prepare
+from sessions.machines.prepare import StartCondition
 from sessions.models import VisitorSession
-from sessions.prepare import StartCondition
+from sessions.node.broker import exhibit_prepare
 from tests.conftest import FREEDOS_2048, FREEDOS_GAMES, ExhibitFactory, display_watch, visitor
 from tests.support.guest import wait_for_text
 from tests.support.processes import processes_naming
@@ -31,7 +32,7 @@ AT_PROMPT = StartCondition(wait_text="A:\\>", still_s=1.0)
 @pytest.fixture
 async def pool_broker(settings: Any, portal_dirs: Path) -> Any:
     """The broker of a node that keeps two machines per exhibit in its pool."""
-    from sessions.broker import get_broker
+    from sessions.node.broker import get_broker
 
     settings.PORTAL_POOL_SIZE = 2
     settings.PORTAL_MAX_SESSIONS = getattr(settings, "POOL_TEST_CAPACITY", 6)
@@ -91,6 +92,8 @@ async def test_it_hands_a_visitor_a_pooled_machine_running_on_a_fresh_overlay_at
     # Each waits with its first viewer's VNC connection open, greeting not yet read.
     for entry in pool_broker.pool._machines[games.pk]:
         assert await vnc_clients(entry.machine) == 1
+    pooled_dirs = {entry.machine.pid: entry.machine.run_dir
+                   for entry in pool_broker.pool._machines[games.pk]}
     browser, session = await start()
     rfb = await display_watch(browser, session["vnc_path"])
     try:
@@ -107,8 +110,13 @@ async def test_it_hands_a_visitor_a_pooled_machine_running_on_a_fresh_overlay_at
                                           str(overlay)], capture_output=True, check=True).stdout)
         warm = (await StartState.objects.aget(exhibit=games)).warm_path
         assert info["backing-filename"] == warm
-        assert Path(row.run_dir).name == session["id"]
-        assert machine.run_dir == Path(row.run_dir)
+        # The visit adopted the machine's own run directory as it was in the pool,
+        # named by the machine alone: nothing on its command line names the pool.
+        assert machine.run_dir == Path(row.run_dir) == pooled_dirs[machine.pid]
+        assert re.fullmatch(r"m-[0-9a-f]{16}", machine.run_dir.name)
+        command_line = " ".join(psutil.Process(machine.pid).cmdline())
+        assert "pool" not in command_line
+        assert f"{machine.run_dir}/vnc.sock" in command_line
         # The prompt, at once: nothing booted.
         assert "A:\\>" in await machine.text_screen()
         said = await guest_time(machine, rfb)
@@ -225,7 +233,7 @@ async def test_a_stale_start_state_empties_the_pool(pool_broker: Any, games: Any
 async def test_pools_never_take_a_visitors_place(
     settings: Any, pool_capacity: int, portal_dirs: Path, exhibit_create: ExhibitFactory
 ) -> None:
-    from sessions.broker import get_broker
+    from sessions.node.broker import get_broker
 
     settings.PORTAL_POOL_SIZE = 2
     settings.PORTAL_MAX_SESSIONS = pool_capacity
@@ -270,13 +278,13 @@ async def test_pools_never_take_a_visitors_place(
 
 
 async def test_pools_come_back_after_the_node_restarts(pool_broker: Any, games: Any) -> None:
-    from sessions.broker import get_broker
+    from sessions.node.broker import get_broker
 
     before = set(await pooled(pool_broker, "games", 2))
     await pool_broker.shutdown()
     assert not any(Path(f"/proc/{pid}").exists() for pid in before)
     assert pool_broker.pool.count() == 0
-    import sessions.broker as module
+    import sessions.node.broker as module
 
     module._broker = None
     again = await get_broker()

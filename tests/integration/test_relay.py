@@ -1,4 +1,4 @@
-"""Where a visit's requests are served: the holder's look-up (sessions.nodes) and the
+"""Where a visit's requests are served: the holder's look-up (sessions.placement.nodes) and the
 relay's rules (portal.relay) around the real application, on the real database.
 
 A request is piped only for a live visit that another live node with an address
@@ -21,9 +21,9 @@ from channels.testing import HttpCommunicator, WebsocketCommunicator
 from django.utils import timezone
 
 from portal.relay import Relay
-from sessions.host import install_id
+from sessions.machines.host import install_id
 from sessions.models import Node, VisitorSession
-from sessions.nodes import node_holding_address, visit_holder_address
+from sessions.placement.nodes import node_holding_address, visit_holder_address
 from tests.conftest import FREEDOS_2048, ExhibitFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -242,7 +242,7 @@ async def test_a_watch_link_is_piped_to_the_node_that_holds_its_visit(
     held_elsewhere: VisitorSession,
 ) -> None:
     """A watch link names its visit by a token: any node finds the visit, then its holder."""
-    from sessions.watch import watch_link_create
+    from sessions.placement.watch import watch_link_create
 
     token = await watch_link_create(session_id=held_elsewhere.id)
     for path in (f"/watch/{token}/", f"/watch/{token}/state"):

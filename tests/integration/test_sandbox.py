@@ -19,10 +19,10 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import AsyncClient
 
 from portal.models import Exhibit
-from sessions.broker import exhibit_prepare
+from sessions.machines.prepare import StartCondition
+from sessions.machines.sandbox import SandboxError, fat_extract, floppy_build
 from sessions.models import VisitorSession
-from sessions.prepare import StartCondition
-from sessions.sandbox import SandboxError, fat_extract, floppy_build
+from sessions.node.broker import exhibit_prepare
 from tests.conftest import FREEDOS_GAMES, ExhibitFactory, display_watch, visitor
 from tests.support.guest import disk_file, sha256_file, wait_for_screen, wait_for_text
 from tests.support.rfb import RfbClient

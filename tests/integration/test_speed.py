@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from portal.models import Exhibit, StartState
-from sessions.broker import exhibit_prepare
-from sessions.prepare import StartCondition
+from sessions.machines.prepare import StartCondition
+from sessions.node.broker import exhibit_prepare
 from tests.conftest import ExhibitFactory, display_watch, visitor
 from tests.support.guest import wait_for_screen
 from tests.support.speed import TARGETS, pace, results, speed_guest_build

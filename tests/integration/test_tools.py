@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from django.test import AsyncClient
 
-from sessions.broker import exhibit_prepare
-from sessions.consumers import CLOSE_REVOKED, CLOSE_TOO_MANY_VIEWERS, CLOSE_UNSUPPORTED_DATA
+from sessions.machines.prepare import StartCondition
 from sessions.models import VisitorSession
-from sessions.prepare import StartCondition
-from sessions.watch import WATCH_LINKS_PER_VISIT
+from sessions.node.broker import exhibit_prepare
+from sessions.placement.watch import WATCH_LINKS_PER_VISIT
+from sessions.web.consumers import CLOSE_REVOKED, CLOSE_TOO_MANY_VIEWERS, CLOSE_UNSUPPORTED_DATA
 from tests.conftest import FREEDOS_GAMES, ExhibitFactory, display_watch, visitor, ws_communicator
 from tests.support.guest import disk_file, wait_for_screen, wait_for_text
 from tests.support.rfb import CommunicatorTransport, RfbClient
@@ -268,7 +268,7 @@ async def test_a_watcher_sees_the_machine_but_no_key_of_theirs_reaches_it(broker
         await watcher.first_update()
         assert (watcher.width, watcher.height) == (one.rfb.width, one.rfb.height)
         assert watcher.lit_pixels() > 0, "the prompt, as the owner sees it"
-        assert broker.watcher_count(one.id) == 1
+        assert broker.viewers.watcher_count(one.id) == 1
         # Watchers are not viewers: they keep no machine alive.
         assert broker.keeper.visit(one.id).viewers == 1
         watcher.start()
@@ -354,7 +354,7 @@ async def test_a_watcher_sees_the_machine_but_no_key_of_theirs_reaches_it(broker
         with pytest.raises(ConnectionError):
             await watcher.wait_closed()
         assert watcher.transport.close_code == CLOSE_REVOKED  # type: ignore[attr-defined]
-        assert broker.watcher_count(one.id) == 0
+        assert broker.viewers.watcher_count(one.id) == 0
         late, late_transport = await watcher_open(vnc)
         with pytest.raises(ConnectionError):
             await late.handshake()

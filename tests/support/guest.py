@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from portal.importer import sha256_path as sha256_file
-from sessions.machine import Machine
+from sessions.machines.machine import Machine
 from tests.support.rfb import RfbClient
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sessions.machine import Machine
+from sessions.machines.machine import Machine
 from tests.support.rfb import RfbClient
 
 # Where the demo keeps its RAM copy of the font: see demo/vars.asm

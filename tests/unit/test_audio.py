@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from sessions.audio import (
+from sessions.display.audio import (
     BEGIN,
     END,
     AudioError,

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from sessions.host import (
+from sessions.machines.host import (
     LeaseHeldError,
     UidsExhaustedError,
     cgroup_parent_name,
@@ -80,7 +80,7 @@ def test_it_leases_each_uid_once_and_the_first_free_one_again(tmp_path: Path) ->
 
 
 def test_it_derives_capacity_from_a_machines_cost_keeping_a_reserve_and_half_the_cpu() -> None:
-    from sessions.host import capacity_limits
+    from sessions.machines.host import capacity_limits
 
     # 4 GiB: 1 GiB kept for the host; 40 MiB a machine.
     by_memory, by_cpu = capacity_limits(memory_per_machine_mib=40, idle_cpu_percent=0.5,

@@ -16,7 +16,7 @@ from portal.importer import (
     size_text,
     vmdk_header_check,
 )
-from sessions.thumbnail import png_has_content
+from sessions.node.thumbnail import png_has_content
 
 
 def write(path: Path, data: bytes, *, size: int | None = None) -> Path:

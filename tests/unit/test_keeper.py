@@ -1,12 +1,13 @@
 """The keeper with fake machines: no QEMU, no database, no sleeping.
 
-The fakes implement what the keeper uses of `sessions.machine.Machine`; time
+The fakes implement what the keeper uses of `sessions.machines.machine.Machine`; time
 limits run on a clock the test sets, and the grace period is zero or long, so
 each test awaits a condition instead of waiting for time to pass.
 """
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,11 @@ from sessions.errors import (
     WatcherLimitError,
     WatcherUnknownError,
 )
-from sessions.host import Lease, machine_lease_names, machine_lease_take
-from sessions.keeper import Keeper, KeeperConfig
-from sessions.machine import MachineStartError
-from sessions.visit import Phase, Visit
+from sessions.machines.host import Lease, machine_lease_names, machine_lease_take
+from sessions.machines.machine import MachineStartError
+from sessions.node.keeper import Keeper, KeeperConfig
+from sessions.node.viewers import Viewers
+from sessions.node.visit import Phase, Visit
 
 WAIT_S = 5.0  # only a broken keeper ever waits this long
 
@@ -33,6 +35,7 @@ class FakeMachine:
 
     def __init__(self, name: str, run_dir: Path, log: list[str], *, fail: bool = False) -> None:
         self.name, self.run_dir, self.log, self.fail = name, run_dir, log, fail
+        self.last_words = ""
         self.gate = asyncio.Event()  # start() returns once this is set
         self.gate.set()
         self._exit: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -64,6 +67,8 @@ class FakeMachine:
             self.log.append(f"stop {self.name}")
         await self.stop_gate.wait()
         self.exit(0)
+        # A machine deletes its own run directory once it has stopped.
+        shutil.rmtree(self.run_dir, ignore_errors=True)
 
     async def kill_now(self) -> None:
         self.log.append(f"kill {self.name}")
@@ -87,9 +92,11 @@ class FakeMachine:
 
 
 class FakeFactory:
-    """Hands out machines m1, m2, ... in order; no start state unless `warm`."""
+    """Hands out machines m1, m2, ... in order, each in a run directory of its own
+    under `run_root`; no start state unless `warm`."""
 
-    def __init__(self) -> None:
+    def __init__(self, run_root: Path) -> None:
+        self.run_root = run_root
         self.log: list[str] = []
         self.machines: list[FakeMachine] = []
         self.warm = False
@@ -101,7 +108,9 @@ class FakeFactory:
         if warm and not self.warm:
             return None
         name = f"m{len(self.machines) + 1}"
-        machine = FakeMachine(name, visit.run_dir, self.log, fail=name in self.failing)
+        run_dir = self.run_root / name
+        run_dir.mkdir(parents=True)
+        machine = FakeMachine(name, run_dir, self.log, fail=name in self.failing)
         if name in self.gated:
             machine.gate.clear()
         self.machines.append(machine)
@@ -153,7 +162,7 @@ class Node:
 
     def __init__(self, root: Path, **config: Any) -> None:
         self.root = root
-        self.factory = FakeFactory()
+        self.factory = FakeFactory(root / "run")
         self.recorder = FakeRecorder()
         self.clock = Clock()
         settings: dict[str, Any] = {"run_root": root / "run", "grace_s": 60.0, "display_wait_s": WAIT_S,
@@ -162,6 +171,7 @@ class Node:
         settings.update(config)
         self.keeper = Keeper(KeeperConfig(**settings), machine_factory=self.factory,
                              recorder=self.recorder, clock=self.clock)
+        self.viewers = Viewers(self.keeper)
         self.count = 0
 
     def lease(self, name: str) -> Lease:
@@ -217,6 +227,7 @@ async def test_it_starts_a_visit_on_its_machine_and_records_it_running(node: Nod
     assert visit.expires == node.clock.now + 600
     assert node.keeper.machine("v1") is node.factory.machines[0]
     assert node.keeper.running_count == 1
+    assert visit.run_dir == node.root / "run" / "m1"
     assert visit.run_dir.is_dir()
 
 
@@ -231,6 +242,7 @@ async def test_it_ends_a_visit_once_stopped_recorded_and_only_then_lets_its_leas
     assert node.recorder.leases_held_when_recorded == [True]
     assert visit.lease is not None
     assert not visit.lease.held
+    assert visit.run_dir is not None
     assert not visit.run_dir.exists()
     assert ("v1", {"type": "changed"}) in node.recorder.events
 
@@ -281,12 +293,12 @@ async def test_it_stops_a_machine_whose_visit_ends_while_it_starts(node: Node) -
 async def test_it_keeps_a_place_in_line_only_while_someone_watches(tmp_path: Path) -> None:
     node = Node(tmp_path, grace_s=0.0)
     waiting = node.open(queued=True)
-    assert node.keeper.watch_attach(session_id="v1")  # the page opened its events socket
+    assert node.viewers.watch_attach(session_id="v1")  # the page opened its events socket
     assert waiting.grace_task is None
     await soon(asyncio.sleep(0))
     assert waiting.phase is Phase.QUEUED
     assert node.factory.log == []
-    node.keeper.watch_detach(session_id="v1")  # and closed it
+    node.viewers.watch_detach(session_id="v1")  # and closed it
     await until(waiting, Phase.ENDED)
     assert node.recorder.ended["v1"] == ("visitor", "The page was closed for more than 0 s.")
     assert node.factory.log == []  # it never had a machine
@@ -295,7 +307,7 @@ async def test_it_keeps_a_place_in_line_only_while_someone_watches(tmp_path: Pat
 async def test_it_starts_a_promoted_visit_and_records_that_it_left_the_line(node: Node) -> None:
     waiting = node.open(queued=True)
     with pytest.raises(SessionBusyError, match="still waiting"):
-        await node.keeper.display_attach(session_id="v1")
+        await node.viewers.display_attach(session_id="v1")
     assert node.keeper.promote("v1")
     await until(waiting, Phase.RUNNING)
     assert node.recorder.steps == [("starting", "v1"), ("running", "v1")]
@@ -313,13 +325,13 @@ async def test_it_ends_a_running_visit_after_the_grace_period_without_a_viewer(t
 
 async def test_a_viewer_coming_back_within_the_grace_period_cancels_it(node: Node) -> None:
     visit = await node.running()
-    path = await soon(node.keeper.display_attach(session_id="v1"))
+    path = await soon(node.viewers.display_attach(session_id="v1"))
     assert path == node.factory.machines[0].vnc_path
     assert visit.grace_task is None
-    node.keeper.display_detach(session_id="v1")
+    node.viewers.display_detach(session_id="v1")
     grace = visit.grace_task
     assert grace is not None
-    assert node.keeper.watch_attach(session_id="v1")
+    assert node.viewers.watch_attach(session_id="v1")
     with pytest.raises(asyncio.CancelledError):
         await soon(grace)
     assert visit.grace_task is None
@@ -333,11 +345,11 @@ async def test_it_limits_the_displays_of_one_visit(tmp_path: Path) -> None:
     node = Node(tmp_path, displays_per_session=2)
     await node.running()
     for _ in range(2):
-        await soon(node.keeper.display_attach(session_id="v1"))
+        await soon(node.viewers.display_attach(session_id="v1"))
     with pytest.raises(ViewerLimitError, match="2 places"):
-        await node.keeper.display_attach(session_id="v1")
-    node.keeper.display_detach(session_id="v1")
-    await soon(node.keeper.display_attach(session_id="v1"))
+        await node.viewers.display_attach(session_id="v1")
+    node.viewers.display_detach(session_id="v1")
+    await soon(node.viewers.display_attach(session_id="v1"))
     assert node.keeper.visit("v1").displays == 2  # type: ignore[union-attr]
     await soon(node.keeper.end_all(reason="server", detail=""))
 
@@ -345,15 +357,15 @@ async def test_it_limits_the_displays_of_one_visit(tmp_path: Path) -> None:
 async def test_it_counts_sound_sockets_apart_from_displays_and_as_watching(tmp_path: Path) -> None:
     node = Node(tmp_path, displays_per_session=1)
     visit = await node.running()
-    path = await soon(node.keeper.sound_attach(session_id="v1"))
+    path = await soon(node.viewers.sound_attach(session_id="v1"))
     assert path == node.factory.machines[0].vnc_path
     with pytest.raises(ViewerLimitError):
-        await node.keeper.sound_attach(session_id="v1")
-    await soon(node.keeper.display_attach(session_id="v1"))
+        await node.viewers.sound_attach(session_id="v1")
+    await soon(node.viewers.display_attach(session_id="v1"))
     assert (visit.listeners, visit.displays, visit.viewers) == (1, 1, 2)
-    node.keeper.display_detach(session_id="v1")
+    node.viewers.display_detach(session_id="v1")
     assert visit.grace_task is None  # the listener still counts as someone there
-    node.keeper.sound_detach(session_id="v1")
+    node.viewers.sound_detach(session_id="v1")
     assert visit.listeners == 0
     assert visit.grace_task is not None
     await soon(node.keeper.end_all(reason="server", detail=""))
@@ -406,7 +418,7 @@ async def test_a_display_attached_during_a_reset_gets_the_new_machine(node: Node
     assert node.keeper.machine("v1") is None
     with pytest.raises(SessionBusyError):
         await node.keeper.reset(session_id="v1")  # one reset at a time
-    display = asyncio.ensure_future(node.keeper.display_attach(session_id="v1"))
+    display = asyncio.ensure_future(node.viewers.display_attach(session_id="v1"))
     await made(node, 2)
     assert not display.done()
     (await made(node, 2)).gate.set()
@@ -449,12 +461,12 @@ async def test_a_reset_whose_new_machine_fails_ends_the_visit(node: Node) -> Non
 async def test_a_watcher_is_let_in_but_never_holds_off_the_grace_period(node: Node) -> None:
     visit = await node.running()
     closed: list[str] = []
-    path = await soon(node.keeper.watcher_attach(session_id="v1", watcher_id="w1",
+    path = await soon(node.viewers.watcher_attach(session_id="v1", watcher_id="w1",
                                                  revoke=lambda: closed.append("w1")))
     assert path == node.factory.machines[0].vnc_path
     assert visit.viewers == 0
     assert visit.grace_task is not None
-    assert node.keeper.watcher_count("v1") == 1
+    assert node.viewers.watcher_count("v1") == 1
     assert node.recorder.events[-1] == ("v1", {"type": "watchers", "count": 1, "watchers": ["w1"],
                                                "control": None})
 
@@ -464,18 +476,18 @@ async def test_watchers_are_capped_and_revoke_closes_every_one(tmp_path: Path) -
     try:
         await node.running()
         closed: list[str] = []
-        await soon(node.keeper.watcher_attach(session_id="v1", watcher_id="first",
+        await soon(node.viewers.watcher_attach(session_id="v1", watcher_id="first",
                                               revoke=lambda: closed.append("first")))
-        await soon(node.keeper.watcher_attach(session_id="v1", watcher_id="second",
+        await soon(node.viewers.watcher_attach(session_id="v1", watcher_id="second",
                                               revoke=lambda: closed.append("second")))
         with pytest.raises(WatcherLimitError, match="2 people"):
-            await soon(node.keeper.watcher_attach(session_id="v1", watcher_id="third", revoke=lambda: None))
-        node.keeper.watcher_detach(session_id="v1", watcher_id="first")
-        await soon(node.keeper.watcher_attach(session_id="v1", watcher_id="first",
+            await soon(node.viewers.watcher_attach(session_id="v1", watcher_id="third", revoke=lambda: None))
+        node.viewers.watcher_detach(session_id="v1", watcher_id="first")
+        await soon(node.viewers.watcher_attach(session_id="v1", watcher_id="first",
                                               revoke=lambda: closed.append("first")))
-        assert node.keeper.watchers_revoke(session_id="v1") == 2
+        assert node.viewers.watchers_revoke(session_id="v1") == 2
         assert sorted(closed) == ["first", "second"]
-        assert node.keeper.watcher_count("v1") == 0
+        assert node.viewers.watcher_count("v1") == 0
         assert node.recorder.events[-1] == ("v1", {"type": "watchers", "count": 0, "watchers": [],
                                                    "control": None})
     finally:
@@ -485,27 +497,27 @@ async def test_watchers_are_capped_and_revoke_closes_every_one(tmp_path: Path) -
 async def test_one_watcher_at_a_time_gets_the_keyboard_and_mouse_until_taken_back(node: Node) -> None:
     await node.running()
     for name in ("one", "two"):
-        await soon(node.keeper.watcher_attach(session_id="v1", watcher_id=name, revoke=lambda: None))
+        await soon(node.viewers.watcher_attach(session_id="v1", watcher_id=name, revoke=lambda: None))
     with pytest.raises(WatcherUnknownError):
-        node.keeper.control_give(session_id="v1", watcher_id="three")
+        node.viewers.control_give(session_id="v1", watcher_id="three")
     with pytest.raises(WatcherUnknownError):  # a name is one socket's
-        await soon(node.keeper.watcher_attach(session_id="v1", watcher_id="one", revoke=lambda: None))
-    node.keeper.control_give(session_id="v1", watcher_id="one")
-    assert node.keeper.in_control("v1", "one")
-    assert not node.keeper.in_control("v1", "two")
-    node.keeper.control_give(session_id="v1", watcher_id="two")
-    assert node.keeper.watchers("v1") == (["one", "two"], "two")
-    node.keeper.control_take(session_id="v1")
-    assert node.keeper.watchers("v1") == (["one", "two"], None)
+        await soon(node.viewers.watcher_attach(session_id="v1", watcher_id="one", revoke=lambda: None))
+    node.viewers.control_give(session_id="v1", watcher_id="one")
+    assert node.viewers.in_control("v1", "one")
+    assert not node.viewers.in_control("v1", "two")
+    node.viewers.control_give(session_id="v1", watcher_id="two")
+    assert node.viewers.watchers("v1") == (["one", "two"], "two")
+    node.viewers.control_take(session_id="v1")
+    assert node.viewers.watchers("v1") == (["one", "two"], None)
     # A watcher who leaves takes nothing with them.
-    node.keeper.control_give(session_id="v1", watcher_id="one")
-    node.keeper.watcher_detach(session_id="v1", watcher_id="one")
-    assert node.keeper.watchers("v1") == (["two"], None)
+    node.viewers.control_give(session_id="v1", watcher_id="one")
+    node.viewers.watcher_detach(session_id="v1", watcher_id="one")
+    assert node.viewers.watchers("v1") == (["two"], None)
 
 
 async def test_a_watcher_of_an_ended_or_waiting_visit_is_refused(node: Node) -> None:
     with pytest.raises(SessionEndedError):
-        await soon(node.keeper.watcher_attach(session_id="nobody", watcher_id="w", revoke=lambda: None))
+        await soon(node.viewers.watcher_attach(session_id="nobody", watcher_id="w", revoke=lambda: None))
     node.open(queued=True)
     with pytest.raises(SessionBusyError):
-        await soon(node.keeper.watcher_attach(session_id="v1", watcher_id="w", revoke=lambda: None))
+        await soon(node.viewers.watcher_attach(session_id="v1", watcher_id="w", revoke=lambda: None))

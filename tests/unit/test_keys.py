@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from sessions.keys import COMBOS, KeysError, combo_keystroke, text_keystrokes
+from sessions.machines.keys import COMBOS, KeysError, combo_keystroke, text_keystrokes
 
 
 def test_it_types_shifted_characters_with_shift_and_others_without() -> None:

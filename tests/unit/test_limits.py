@@ -6,9 +6,9 @@ from pathlib import Path
 import pytest
 
 from portal.profile import MachineProfile
-from sessions.broker import StartLimiter, runas_choose
-from sessions.confine import Confinement, MemoryCgroups, uid_range_valid
-from sessions.machine import build_argv, state_key
+from sessions.machines.confine import Confinement, MemoryCgroups, uid_range_valid
+from sessions.machines.machine import build_argv, state_key
+from sessions.node.broker import StartLimiter, runas_choose
 
 
 def test_it_allows_starts_up_to_each_limit_and_says_when_to_retry() -> None:

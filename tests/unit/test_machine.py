@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from portal.profile import MachineProfile, sound_devices
-from sessions.machine import accelerator_resolve, build_argv, state_key
+from sessions.machines.machine import accelerator_resolve, build_argv, state_key
 
 
 def argv_for(profile: MachineProfile, accelerator: str = "kvm") -> list[str]:

@@ -5,7 +5,7 @@ import struct
 
 import pytest
 
-from sessions.rfb import ClientStream
+from sessions.display.rfb import ClientStream
 
 HANDSHAKE_38 = b"RFB 003.008\n" + bytes([1]) + bytes([1])  # security None, shared
 UPDATE_REQUEST = struct.pack(">BBHHHH", 3, 1, 0, 0, 640, 480)
@@ -71,7 +71,7 @@ QEMU_AUDIO = struct.pack(">BBH", 255, 1, 0)
 
 
 def test_a_viewer_gate_passes_the_handshake_and_picture_requests_byte_for_byte() -> None:
-    from sessions.rfb import ViewerGate
+    from sessions.display.rfb import ViewerGate
 
     viewer = HANDSHAKE_38 + PIXEL_FORMAT + SET_ENCODINGS + UPDATE_REQUEST + CONTINUOUS + FENCE
     for cut in range(1, len(viewer)):
@@ -80,7 +80,7 @@ def test_a_viewer_gate_passes_the_handshake_and_picture_requests_byte_for_byte()
 
 
 def test_a_viewer_gate_refuses_every_kind_of_input() -> None:
-    from sessions.rfb import ViewerGate, ViewerRefusedError
+    from sessions.display.rfb import ViewerGate, ViewerRefusedError
 
     for message in (KEY, POINTER, QEMU_KEY, XVP_SHUTDOWN, DESKTOP_SIZE, QEMU_AUDIO, bytes([77, 0, 0, 0])):
         gate = ViewerGate()
@@ -92,7 +92,7 @@ def test_a_viewer_gate_refuses_every_kind_of_input() -> None:
 
 
 def test_a_viewer_gate_drops_clipboard_text_however_it_is_split() -> None:
-    from sessions.rfb import ViewerGate
+    from sessions.display.rfb import ViewerGate
 
     data = HANDSHAKE_38 + CLIPBOARD_CAPS + CUT_TEXT + struct.pack(">Bxxxi", 6, 6) + b"\x04\x05" * 3 \
         + UPDATE_REQUEST
@@ -102,7 +102,7 @@ def test_a_viewer_gate_drops_clipboard_text_however_it_is_split() -> None:
 
 
 def test_a_viewer_gate_makes_every_watcher_shared_and_refuses_passwords() -> None:
-    from sessions.rfb import ViewerGate, ViewerRefusedError
+    from sessions.display.rfb import ViewerGate, ViewerRefusedError
 
     assert ViewerGate().feed(b"RFB 003.008\n\x01\x00") == b"RFB 003.008\n\x01\x01"
     assert ViewerGate().feed(b"RFB 003.003\n\x00") == b"RFB 003.003\n\x01"
@@ -113,7 +113,7 @@ def test_a_viewer_gate_makes_every_watcher_shared_and_refuses_passwords() -> Non
 
 
 def test_a_viewer_gate_passes_input_only_while_its_watcher_has_control() -> None:
-    from sessions.rfb import ViewerGate, ViewerRefusedError
+    from sessions.display.rfb import ViewerGate, ViewerRefusedError
 
     gate = ViewerGate()
     gate.feed(HANDSHAKE_38)

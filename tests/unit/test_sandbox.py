@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from sessions.sandbox import Checkpoint, dos_names, fat_partitions
+from sessions.machines.sandbox import Checkpoint, dos_names, fat_partitions
 
 
 def test_it_makes_dos_names_from_any_names() -> None:

@@ -13,7 +13,7 @@ from django.utils import timezone
 from portal.models import DiskImage, Exhibit
 from sessions.errors import AddressLimitError, CapacityError, SessionExistsError
 from sessions.models import Node, VisitorSession
-from sessions.scheduler import (
+from sessions.placement.scheduler import (
     SchedulerConfig,
     StartLimiter,
     line_ids,

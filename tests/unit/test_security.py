@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 from django.test import override_settings
 
-from sessions.consumers import origin_allowed
 from sessions.ids import session_id_valid
 from sessions.models import new_session_id
+from sessions.web.consumers import origin_allowed
 
 
 def scope(origin: str | None, host: str = "portal.example:8000") -> dict[str, object]:

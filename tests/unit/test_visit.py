@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 import pytest
 
 from sessions.errors import SessionError
-from sessions.visit import FIRST_PHASES, MOVES, Phase, Visit, VisitStateError
+from sessions.node.visit import FIRST_PHASES, MOVES, Phase, Visit, VisitStateError
 
 
 def visit(first: Phase = Phase.QUEUED) -> Visit:
-    return Visit(session_id="v1", run_dir=Path("/nonexistent/v1"), first=first)
+    return Visit(session_id="v1", first=first)
 
 
 def test_it_begins_in_line_or_starting_only() -> None:

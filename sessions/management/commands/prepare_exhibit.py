@@ -7,8 +7,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from portal.models import Exhibit
-from sessions.broker import Broker, BrokerConfig, exhibit_prepare
-from sessions.prepare import PrepareError, StartCondition
+from sessions.machines.prepare import PrepareError, StartCondition
+from sessions.node.broker import Broker, BrokerConfig, exhibit_prepare
 
 
 class Command(BaseCommand):
@@ -59,4 +59,4 @@ class Command(BaseCommand):
 
 async def _usable(exhibit: Exhibit) -> bool:
     broker = Broker(BrokerConfig.from_settings())
-    return await broker.start_state_usable(exhibit) is not None
+    return await broker.launcher.start_state_usable(exhibit) is not None

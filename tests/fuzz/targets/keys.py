@@ -90,7 +90,7 @@ class KeysTarget:
             raise RuntimeError(f"the ended visit should answer 409, not {status}")
 
     def teardown(self) -> None:
-        from sessions.broker import get_broker
+        from sessions.node.broker import get_broker
 
         requests = logging.getLogger("django.request")
         requests.removeHandler(self.errors)

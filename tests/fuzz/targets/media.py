@@ -10,7 +10,7 @@ body (multipart). Each goes two ways:
 - as the view takes the files once a machine runs: Django's request and upload
   handlers (the portal's size limit, files past the memory threshold in
   temporary files) give the files of the field `files`, and
-  `sessions.sandbox.dos_names` names them. Findings: an exception but Django's
+  `sessions.machines.sandbox.dos_names` names them. Findings: an exception but Django's
   own refusals of a malformed request (the ones it answers 400); a DOS name
   that is not a valid 8.3 name of DOS's characters, a device name, or the same
   as another; a temporary file left behind once the request is closed. One in
@@ -101,7 +101,7 @@ class MediaTarget(KeysTarget):
         from django.http.multipartparser import MultiPartParserError
 
         from portal.asgi import django_application
-        from sessions.sandbox import dos_names, floppy_build
+        from sessions.machines.sandbox import dos_names, floppy_build
 
         scope: dict[str, Any] = {
             "type": "http", "method": "POST", "path": self.path, "query_string": b"", "root_path": "",
@@ -148,7 +148,7 @@ class MediaTarget(KeysTarget):
                       if line.startswith("::/"))
 
     def _names_check(self, names: list[str], dos: list[str], held: list[str] | None) -> None:
-        from sessions.sandbox import DOS_DEVICES
+        from sessions.machines.sandbox import DOS_DEVICES
 
         if len(dos) != len(names):
             raise OracleError(f"DOS names: {len(names)} files got {len(dos)} names")
@@ -171,7 +171,7 @@ def main() -> None:
     with atheris.instrument_imports(include=["portal", "sessions"]):
         root = private_install()
         import portal.asgi  # noqa: F401
-        import sessions.sandbox  # noqa: F401
+        import sessions.machines.sandbox  # noqa: F401
     django_instrumented()
     fuzz_main(MediaTarget(private_root=root))
 

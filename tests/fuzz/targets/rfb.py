@@ -1,4 +1,4 @@
-"""Fuzz target: the browser's side of an RFB stream, as `sessions.rfb` reads it.
+"""Fuzz target: the browser's side of an RFB stream, as `sessions.display.rfb` reads it.
 
 Each input is a stream and how it arrives: byte 0 says when the watcher has the
 keyboard and mouse (never, always, or a pattern over the WebSocket messages),
@@ -206,7 +206,7 @@ def allow_list_check(outputs: list[bytes], controls: list[bool]) -> None:
 
 
 def client_stream_said(chunks: list[bytes]) -> tuple[bool, bool, bool]:
-    from sessions.rfb import ClientStream
+    from sessions.display.rfb import ClientStream
 
     watcher = ClientStream()
     saw_input = False
@@ -228,7 +228,7 @@ class RfbTarget:
         return None
 
     def case(self, data: bytes) -> None:
-        from sessions.rfb import ViewerGate, ViewerRefusedError
+        from sessions.display.rfb import ViewerGate, ViewerRefusedError
 
         arriving = arrival(data)
         gate = ViewerGate()
@@ -262,8 +262,8 @@ class RfbTarget:
 def main() -> None:
     import atheris
 
-    with atheris.instrument_imports(include=["sessions.rfb"]):
-        import sessions.rfb  # noqa: F401
+    with atheris.instrument_imports(include=["sessions.display.rfb"]):
+        import sessions.display.rfb  # noqa: F401
     fuzz_main(RfbTarget())
 
 

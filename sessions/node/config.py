@@ -1,0 +1,115 @@
+"""The runtime's settings on this node, read once from Django's settings.
+
+Owns: `BrokerConfig` and how it is made from settings (capacity defaults,
+limits, time limits, the sandbox's, this install's identity). It is composed of
+the machines' own config (`machines`: how machines are made, run and held);
+the scheduler and keeper get the parts they need as configs of their own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from sessions.machines.config import MachinesConfig
+from sessions.machines.host import capacity_default, install_id
+from sessions.machines.sandbox import SandboxConfig
+from sessions.node.keeper import KeeperConfig
+from sessions.placement.scheduler import SchedulerConfig
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    machines: MachinesConfig
+    grace_s: float
+    capacity: int
+    queue_max: int = 0
+    session_max_s: float = 30 * 60.0
+    idle_s: float = 10 * 60.0
+    warning_s: float = 60.0
+    reaper_interval_s: float = 30.0
+    # How often this node writes its heartbeat, and after how long without one a
+    # node counts as dead (its visits are then ended by whichever node sees it).
+    node_heartbeat_s: float = 3.0
+    node_dead_s: float = 10.0
+    starts_per_browser: int = 10
+    starts_per_address: int = 120
+    start_window_s: float = 60.0
+    # Live visits (waiting, starting, running) one network address may hold.
+    live_per_address: int = 50
+    displays_per_session: int = 4
+    watchers_per_session: int = 10
+    keys_max_chars: int = 1000
+    key_hold_ms: int = 10
+    keys_interval_s: float = 0.01
+    # This install's name on the host (the node's name in a portal of several).
+    install: str = "default"
+    # Where the other nodes reach this node's server (host:port).
+    node_address: str = ""
+    # Where the start limits of all nodes are kept (empty: in this process).
+    redis_url: str = ""
+    # The visitor's sandbox: checkpoints per visit, visitors' disks.
+    checkpoints_per_visit: int = 5
+    media_max_bytes: int = 1457664
+    media_per_visit: int = 10
+    sandbox_job_timeout_s: float = 60.0
+    files_out_timeout_s: float = 120.0
+    # Machines kept resumed and paused per exhibit with a start state (0: no pool).
+    pool_size: int = 0
+
+    @classmethod
+    def from_settings(cls) -> BrokerConfig:
+        capacity = settings.PORTAL_MAX_SESSIONS or capacity_default()
+        return cls(
+            machines=MachinesConfig.from_settings(),
+            install=install_id(),
+            grace_s=settings.PORTAL_GRACE_S,
+            capacity=capacity,
+            queue_max=settings.PORTAL_QUEUE_MAX or 2 * capacity,
+            session_max_s=settings.PORTAL_SESSION_MAX_S,
+            idle_s=settings.PORTAL_IDLE_S,
+            warning_s=settings.PORTAL_WARNING_S,
+            reaper_interval_s=settings.PORTAL_REAPER_INTERVAL_S,
+            node_heartbeat_s=settings.PORTAL_NODE_HEARTBEAT_S,
+            node_dead_s=settings.PORTAL_NODE_DEAD_S,
+            node_address=settings.PORTAL_NODE_ADDRESS,
+            redis_url=settings.PORTAL_REDIS_URL,
+            checkpoints_per_visit=settings.PORTAL_CHECKPOINTS_PER_VISIT,
+            media_max_bytes=settings.PORTAL_MEDIA_MAX_BYTES,
+            media_per_visit=settings.PORTAL_MEDIA_PER_VISIT,
+            sandbox_job_timeout_s=settings.PORTAL_SANDBOX_JOB_TIMEOUT_S,
+            files_out_timeout_s=settings.PORTAL_FILES_OUT_TIMEOUT_S,
+            pool_size=max(0, settings.PORTAL_POOL_SIZE),
+            starts_per_browser=settings.PORTAL_STARTS_PER_BROWSER,
+            starts_per_address=settings.PORTAL_STARTS_PER_ADDRESS,
+            start_window_s=settings.PORTAL_START_WINDOW_S,
+            live_per_address=settings.PORTAL_LIVE_PER_ADDRESS or max(1, capacity // 2),
+            displays_per_session=settings.PORTAL_DISPLAYS_PER_SESSION,
+            watchers_per_session=settings.PORTAL_WATCHERS_PER_SESSION,
+            keys_max_chars=settings.PORTAL_KEYS_MAX_CHARS,
+            key_hold_ms=settings.PORTAL_KEY_HOLD_MS,
+            keys_interval_s=settings.PORTAL_KEYS_INTERVAL_S,
+        )
+
+    def scheduler_config(self) -> SchedulerConfig:
+        return SchedulerConfig(
+            node=self.install, capacity=self.capacity, queue_max=self.queue_max,
+            session_max_s=self.session_max_s,
+            starts_per_browser=self.starts_per_browser, starts_per_address=self.starts_per_address,
+            start_window_s=self.start_window_s, live_per_address=self.live_per_address,
+            node_dead_s=self.node_dead_s,
+        )
+
+    def keeper_config(self) -> KeeperConfig:
+        machines = self.machines
+        return KeeperConfig(
+            run_root=machines.run_root, grace_s=self.grace_s,
+            display_wait_s=machines.start_timeout_s + machines.qemu_img_timeout_s,
+            session_max_s=self.session_max_s, idle_s=self.idle_s, warning_s=self.warning_s,
+            displays_per_session=self.displays_per_session,
+            watchers_per_session=self.watchers_per_session,
+            sandbox=SandboxConfig(
+                qemu_img=machines.qemu_img_binary, checkpoints_max=self.checkpoints_per_visit,
+                media_max_bytes=self.media_max_bytes, media_per_visit=self.media_per_visit,
+                job_timeout_s=self.sandbox_job_timeout_s, read_timeout_s=self.files_out_timeout_s),
+        )
