@@ -293,8 +293,9 @@ def report(results: dict[str, Any]) -> list[Table]:
         from sessions.machines.host import capacity_default
 
         in_force = capacity_default()
+        by_cpu = "no bound" if derived["by_cpu"] == sys.maxsize else derived["by_cpu"]
         capacity_table.row(f"{memory_mib:.1f}", f"{cpu_percent:.2f}", derived["by_memory"],
-                           derived["by_cpu"], derived["capacity"], in_force,
+                           by_cpu, derived["capacity"], in_force,
                            ratio(derived["capacity"], in_force))
         capacity_table.print()
         tables.append(capacity_table)
