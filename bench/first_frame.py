@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bench.common import Table, ms, p95, portal_environment, ratio, runs, verdict, write_results
+from deploy import teardown
 
 RUNS = runs(10, 3)
 COLD_RUNS = runs(10, 3)
@@ -128,7 +129,8 @@ async def measure() -> dict[str, Any]:
                 await _sample(broker, samples, slug, accelerator, "prepared", ready, RUNS)
                 resets[(slug, accelerator)] = await reset_times(broker, slug, RUNS)
     finally:
-        await broker.shutdown()
+        with teardown.deferred():
+            await broker.shutdown()
 
     reference_key = ("demo", accelerators[0], "cold")
     reference = statistics.median(samples[reference_key].first_update_s)

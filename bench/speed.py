@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Table, portal_environment, ratio, runs, write_results
+from deploy import teardown
 
 WINDOW_S = float(runs(10, 4))
 GUEST_TIMEOUT_S = 90.0
@@ -85,7 +86,8 @@ async def measure(root: Path) -> dict[str, Any]:
         for speed, accelerator in [*hosts, ("host", "tcg"), *((name, "auto") for name in TARGETS)]:
             rows.append(await one_speed(broker, speed, accelerator))
     finally:
-        await broker.shutdown()
+        with teardown.deferred():
+            await broker.shutdown()
     reference = rows[0]
     table = Table(f"A busy guest's host CPU by speed ({WINDOW_S:g} s windows, one machine at a time); "
                   f"reference: host speed on {reference['accelerator'].upper()}",
