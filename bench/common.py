@@ -30,8 +30,10 @@ from deploy import teardown
 from tests.support.processes import processes_naming
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
 QUICK = os.environ.get("BENCH_QUICK", "") not in {"", "0"}
+# Quick runs keep to a place of their own (git-ignored, with a summary of its own):
+# the kept results and bench/results/SUMMARY.md are full runs' alone.
+RESULTS = REPO / "bench" / "results" / "quick" if QUICK else REPO / "bench" / "results"
 
 
 def runs(full: int, quick: int) -> int:
@@ -158,7 +160,8 @@ class Table:
 
 
 def write_results(name: str, results: dict[str, Any], *, tables: Sequence[Table] = ()) -> Path:
-    """The one results writer: bench/results/<name>-<UTC stamp>.json with the machine's facts."""
+    """The one results writer: bench/results/<name>-<UTC stamp>.json (quick runs:
+    bench/results/quick/) with the machine's facts."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     path = RESULTS / f"{name}-{stamp}.json"

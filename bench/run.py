@@ -4,8 +4,9 @@ Each script writes its own JSON (with the machine's facts) to bench/results/;
 bench/results/SUMMARY.md is then generated from the newest of each. The density
 of idle machines (bench/density.py, up to 500 of them, loading the host fully for
 minutes) comes last; `make bench-density` runs it alone. `BENCH_QUICK=1 make bench`
-tries every script with few runs (minutes, not the better part of an hour); its
-figures are not the ones to quote.
+tries every script with few runs (minutes, not the better part of an hour; CI runs
+it on every submission); its figures are not the ones to quote, and go to
+bench/results/quick/ with a summary of their own, leaving the kept ones alone.
 """
 from __future__ import annotations
 
