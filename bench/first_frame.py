@@ -16,11 +16,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.common import Table, ms, p95, portal_environment, ratio, runs, verdict, write_results
+from bench.common import QUICK, Table, ms, p95, portal_environment, ratio, runs, verdict, write_results
 from deploy import teardown
 
-RUNS = runs(10, 3)
-COLD_RUNS = runs(10, 3)
+RUNS = runs(10, 2)
+COLD_RUNS = runs(10, 2)
 GUEST_TIMEOUT_S = 30.0
 
 
@@ -103,13 +103,19 @@ async def reset_times(broker: Any, slug: str, runs: int) -> list[float]:
     return times
 
 
+def accelerators_measured(*, kvm: bool) -> list[str]:
+    """KVM (where this host has it) and TCG; a quick run tries the first alone."""
+    found = ["kvm", "tcg"] if kvm else ["tcg"]
+    return found[:1] if QUICK else found
+
+
 async def measure() -> dict[str, Any]:
     from portal.models import Exhibit, StartState
     from sessions.machines.machine import kvm_usable
     from sessions.machines.prepare import StartCondition
     from sessions.node.broker import exhibit_prepare, get_broker
 
-    accelerators = ["kvm", "tcg"] if kvm_usable() else ["tcg"]
+    accelerators = accelerators_measured(kvm=kvm_usable())
     samples: dict[tuple[str, str, str], Sample] = {}
     resets: dict[tuple[str, str], list[float]] = {}
     broker = await get_broker()
@@ -190,7 +196,7 @@ async def _sample(broker: Any, samples: dict[tuple[str, str, str], Sample], slug
 
 # --- What a visitor sees, through the real server: warm pool, start state, cold ----
 
-VISITOR_RUNS = runs(10, 3)
+VISITOR_RUNS = runs(10, 2)
 VISITOR_COLD_RUNS = runs(3, 1)
 POOL_SIZE = 2
 POOL_COST_WINDOW_S = runs(10, 3)
@@ -348,7 +354,7 @@ def visitor_measure() -> dict[str, Any]:
     from bench.common import served_portal
     from sessions.machines.machine import kvm_usable
 
-    accelerators = ["kvm", "tcg"] if kvm_usable() else ["tcg"]
+    accelerators = accelerators_measured(kvm=kvm_usable())
     series: dict[tuple[str, str], dict[str, Any]] = {}
     costs: dict[str, dict[str, Any]] = {}
     for accelerator in accelerators:

@@ -26,7 +26,7 @@ from typing import Any
 from bench.common import Table, median, ms, p95, portal_environment, ratio, runs, write_results
 from deploy import teardown
 
-RUNS = runs(10, 3)
+RUNS = runs(10, 2)
 GUEST_TIMEOUT_S = 90.0
 
 

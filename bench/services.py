@@ -61,7 +61,7 @@ from tests.support.portal_http import PortalVisitor
 from tests.support.rfb import RfbClient
 from tests.support.websocket import WebSocketTransport
 
-RUNS = runs(10, 3)
+RUNS = runs(10, 2)
 TURNS = runs(3, 1)
 ROUND_TRIPS = {"stand-in": runs(300, 50), "qemu": runs(30, 10)}
 PLAIN = "plain portal (SQLite, in memory, Daphne)"

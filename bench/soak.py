@@ -191,7 +191,7 @@ def live_rows(server: ServedPortal) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cycles", type=int, default=runs(1000, 100))
+    parser.add_argument("--cycles", type=int, default=runs(1000, 50))
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--kills", type=int, default=runs(10, 3))
     args = parser.parse_args()

@@ -37,7 +37,7 @@ from tests.support.processes import processes_naming
 from tests.support.rfb import RfbClient
 from tests.support.websocket import WebSocketTransport
 
-RUNS = runs(20, 5)
+RUNS = runs(20, 3)
 WINDOW_S = float(runs(10, 3))
 QUIET_S = float(runs(5, 2))
 F5, F6 = 0xFFC2, 0xFFC3
