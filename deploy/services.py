@@ -468,23 +468,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 # without the services around it.
                 process = subprocess.Popen(command, env={
                     **os.environ, "PORTAL_DATABASE_URL": postgresql.url, "PORTAL_REDIS_URL": redis.url})
-                stops.callback(command_stop, process)
+                stops.callback(teardown.command_stop, process, timeout_s=COMMAND_STOP_TIMEOUT_S)
             return process.wait()
     except teardown.Stopping as stopping:
         return stopping.exit_code
-
-
-def command_stop(process: subprocess.Popen[bytes], *, timeout_s: float = COMMAND_STOP_TIMEOUT_S) -> None:
-    """Pass the stop signal this process got on to the command it runs, and wait
-    (a test run tears its own fixtures down first); killed after timeout_s."""
-    if process.poll() is not None:
-        return
-    process.send_signal(teardown.signal_received() or signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 if __name__ == "__main__":

@@ -77,11 +77,6 @@ def handlers_install() -> None:
     _state.installed = True
 
 
-def signal_received() -> int | None:
-    """The stop signal this process got, if any (a starter passes it on to a command it runs)."""
-    return _state.received
-
-
 def _on_signal(signum: int, frame: FrameType | None) -> None:
     if _state.received is not None:
         return  # already stopping: a second Ctrl-C must not cut a stop short
@@ -148,3 +143,10 @@ def process_stop(process: subprocess.Popen[bytes], *, timeout_s: float,
         process.wait()
         return False
     return True
+
+
+def command_stop(process: subprocess.Popen[bytes], *, timeout_s: float) -> bool:
+    """Stop a command a starter runs in its own stead (a test run, a benchmark script):
+    with the stop signal this process got, passed on (SIGTERM if none), and wait while
+    it stops what it started in turn."""
+    return process_stop(process, timeout_s=timeout_s, signum=_state.received or signal.SIGTERM)
