@@ -27,7 +27,7 @@ from typing import Any
 import psutil
 
 from deploy import teardown
-from tests.support.processes import processes_naming
+from tests.support.processes import processes_naming, visit_machine
 
 REPO = Path(__file__).resolve().parent.parent
 QUICK = os.environ.get("BENCH_QUICK", "") not in {"", "0"}
@@ -205,6 +205,11 @@ class ServedPortal:
 
     def manage(self, *args: str) -> str:
         return _manage(self.env, *args)
+
+    def machine(self, session_id: str) -> tuple[int, Path]:
+        """The pid and run directory of a running visit's machine (a machine owns its
+        run directory, which its visit adopts: its row records where)."""
+        return visit_machine(self.env, session_id)
 
     def stop(self) -> None:
         """Stop Daphne as a service manager does (SIGTERM); safe to call twice."""

@@ -255,7 +255,7 @@ def main() -> None:
     with served_portal(environment={"PORTAL_GRACE_S": "3600"}) as portal:
         visitor = PortalVisitor(portal.url)
         session = visitor.session_start("demo")
-        vnc_socket = Path(portal.run_dir) / session["id"] / "vnc.sock"
+        vnc_socket = portal.machine(session["id"])[1] / "vnc.sock"
         try:
             with websockify_running(portal.env, portal.root / "websockify.log") as (proxy, proxy_pid):
                 pids = {"direct": None, "websockify": proxy_pid, "channels": portal.pid}

@@ -319,7 +319,7 @@ async def pool_cost(portal: Any) -> dict[str, Any]:
     _, session, visitor = await visitor_start(portal.url)
     try:
         await _pool_waits(portal.url, POOL_SIZE)
-        pooled, running = await asyncio.to_thread(_machines_by_kind, portal)
+        pooled, running = await asyncio.to_thread(_machines_by_kind, portal, session["id"])
         cpu, _ = await window(pooled + running)
         memory = [memory_kib(pid) for pid in pooled + running]
     finally:
@@ -333,19 +333,13 @@ async def pool_cost(portal: Any) -> dict[str, Any]:
     return {"pooled": part(cpu[:count], memory[:count]), "visit": part(cpu[count:], memory[count:])}
 
 
-def _machines_by_kind(portal: Any) -> tuple[list[int], list[int]]:
-    """The portal's QEMU pids: those still in the pool, and the visits' (a pooled
-    machine's command line names its pool directory, which a visit's is renamed from)."""
+def _machines_by_kind(portal: Any, session_id: str) -> tuple[list[int], list[int]]:
+    """The portal's QEMU pids: those still in the pool, and the visit's (its row says
+    which machine it adopted; every machine has a run directory of its own)."""
     from tests.support.processes import processes_naming
 
-    pooled: list[int] = []
-    visits: list[int] = []
-    for pid in processes_naming(portal.run_dir):
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            argv = handle.read().split(b"\0")
-        names = [arg[arg.find(b"/pool-") + 1:].split(b"/")[0].decode() for arg in argv if b"/pool-" in arg]
-        (pooled if names and (portal.run_dir / names[0]).exists() else visits).append(pid)
-    return pooled, visits
+    visit, _ = portal.machine(session_id)
+    return [pid for pid in processes_naming(portal.run_dir) if pid != visit], [visit]
 
 
 def visitor_measure() -> dict[str, Any]:

@@ -27,7 +27,6 @@ import http.client
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 from bench.common import (
@@ -139,7 +138,7 @@ def main() -> None:
                      for name, portal in ((DIRECT, holder), (RELAYED, other))}
             pids: dict[str, int | None] = {DIRECT: holder.pid, RELAYED: other.pid}
             measured: dict[str, Any] = {"display": {}}
-            with standin_at(Path(holder.run_dir) / session["id"] / "vnc.sock"):
+            with standin_at(holder.machine(session["id"])[1] / "vnc.sock"):
                 measured["display"]["stand-in"] = asyncio.run(
                     measure(paths, server="stand-in", proxy_pids=pids))
             measured["display"]["qemu"] = asyncio.run(measure(paths, server="qemu", proxy_pids=pids))

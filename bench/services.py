@@ -212,7 +212,7 @@ def measure(plain: ServedPortal, node: Cluster, two: Cluster) -> dict[str, Any]:
             for name, (url, visitor, session, holder) in visits.items():
                 opener = display_opener(url, visitor, session["vnc_path"])
                 for server in ("stand-in", "qemu"):
-                    with (standin_at(Path(holder.run_dir) / session["id"] / "vnc.sock")
+                    with (standin_at(holder.machine(session["id"])[1] / "vnc.sock")
                           if server == "stand-in" else contextlib.nullcontext()):
                         # Through two nodes, two sockets: nginx's turns put one on each.
                         for _ in range(2 if name == TWO else 1):
