@@ -14,12 +14,10 @@ import io
 import json
 import os
 import platform
-import shutil
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
@@ -28,11 +26,14 @@ from typing import Any
 
 import psutil
 
-from tests.support.processes import processes_naming
+from deploy import teardown
+from tests.support.processes import processes_naming, visit_machine
 
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
 QUICK = os.environ.get("BENCH_QUICK", "") not in {"", "0"}
+# Quick runs keep to a place of their own (git-ignored, with a summary of its own):
+# the kept results and bench/results/SUMMARY.md are full runs' alone.
+RESULTS = REPO / "bench" / "results" / "quick" if QUICK else REPO / "bench" / "results"
 
 
 def runs(full: int, quick: int) -> int:
@@ -42,33 +43,33 @@ def runs(full: int, quick: int) -> int:
 
 @contextlib.contextmanager
 def portal_environment(*, exhibits: bool) -> Iterator[Path]:
-    """A portal with its own data directory, migrated, with the demo and FreeDOS published."""
-    root = Path(tempfile.mkdtemp(prefix="pb-", dir="/tmp"))
-    os.environ["PORTAL_DATA_DIR"] = str(root)
-    # No warm pool (as in served_portal): its paused machines would be counted with
-    # the benchmark's, and a "prepared" start would sometimes be a pooled one.
-    os.environ.setdefault("PORTAL_POOL_SIZE", "0")
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
-    sys.path.insert(0, str(REPO))
-    import django
+    """A portal with its own data directory, migrated, with the demo and FreeDOS published.
+    Its machines run in this process: a benchmark shuts its broker down in a `finally`
+    (inside `teardown.deferred()`), which a stop signal reaches as it unwinds."""
+    with teardown.Stops() as stops:
+        root = stops.directory("pb-")
+        os.environ["PORTAL_DATA_DIR"] = str(root)
+        # No warm pool (as in served_portal): its paused machines would be counted with
+        # the benchmark's, and a "prepared" start would sometimes be a pooled one.
+        os.environ.setdefault("PORTAL_POOL_SIZE", "0")
+        os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+        sys.path.insert(0, str(REPO))
+        import django
 
-    django.setup()
-    from django.core.management import call_command
-    from django.test.utils import setup_test_environment
+        django.setup()
+        from django.core.management import call_command
+        from django.test.utils import setup_test_environment
 
-    setup_test_environment()
-    call_command("migrate", "--no-input", verbosity=0)
-    if exhibits:
-        call_command("add_exhibit", str(REPO / "build" / "demo.img"), slug="demo", title="Demo",
-                     boot="hdd", publish=True, stdout=io.StringIO())
-        guests = Path(os.environ.get("PORTAL_GUESTS_DIR", REPO / "tests" / "guests"))
-        for name in ("freedos-2048", "freedos-games"):
-            call_command("add_exhibit", str(guests / f"{name}.img"), slug=name, title=name,
-                         boot="floppy", publish=True, stdout=io.StringIO())
-    try:
+        setup_test_environment()
+        call_command("migrate", "--no-input", verbosity=0)
+        if exhibits:
+            call_command("add_exhibit", str(REPO / "build" / "demo.img"), slug="demo", title="Demo",
+                         boot="hdd", publish=True, stdout=io.StringIO())
+            guests = Path(os.environ.get("PORTAL_GUESTS_DIR", REPO / "tests" / "guests"))
+            for name in ("freedos-2048", "freedos-games"):
+                call_command("add_exhibit", str(guests / f"{name}.img"), slug=name, title=name,
+                             boot="floppy", publish=True, stdout=io.StringIO())
         yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def machine_facts() -> dict[str, Any]:
@@ -159,7 +160,8 @@ class Table:
 
 
 def write_results(name: str, results: dict[str, Any], *, tables: Sequence[Table] = ()) -> Path:
-    """The one results writer: bench/results/<name>-<UTC stamp>.json with the machine's facts."""
+    """The one results writer: bench/results/<name>-<UTC stamp>.json (quick runs:
+    bench/results/quick/) with the machine's facts."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     path = RESULTS / f"{name}-{stamp}.json"
@@ -204,6 +206,11 @@ class ServedPortal:
     def manage(self, *args: str) -> str:
         return _manage(self.env, *args)
 
+    def machine(self, session_id: str) -> tuple[int, Path]:
+        """The pid and run directory of a running visit's machine (a machine owns its
+        run directory, which its visit adopts: its row records where)."""
+        return visit_machine(self.env, session_id)
+
     def stop(self) -> None:
         """Stop Daphne as a service manager does (SIGTERM); safe to call twice."""
         if self.process.poll() is None:
@@ -228,53 +235,57 @@ def served_portal(*, prepare: bool = True, accelerator: str = "auto",
     """The portal as `make run` serves it (Daphne, prepared demo), in a throwaway data
     directory (proxy_headers: as a node behind nginx; demo=False: another node of a
     portal whose shared database has the demo already; demo_sound: the demo's sound
-    cards, as add_exhibit --sound takes them). On the way out: Daphne stopped, and
-    no QEMU or file of it left."""
-    root = Path(tempfile.mkdtemp(prefix="pb-", dir="/tmp"))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
-    # No warm pool unless a benchmark asks for one (bench/first_frame.py): its paused
-    # machines would be counted with the visits' (processes, CPU, leftovers).
-    env = {**os.environ, "PORTAL_DATA_DIR": str(root), "PORTAL_ACCELERATOR": accelerator,
-           "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost", "PYTHONUNBUFFERED": "1",
-           "PORTAL_POOL_SIZE": "0", **(environment or {})}
-    env.pop("DJANGO_SETTINGS_MODULE", None)
-    served: ServedPortal | None = None
-    try:
+    cards, as add_exhibit --sound takes them). On the way out, also on a stop signal
+    (deploy/teardown.py): Daphne stopped, and no QEMU or file of it left."""
+    with teardown.Stops() as stops:
+        root = stops.directory("pb-")
+        stops.callback(_leftovers_kill, root)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        # No warm pool unless a benchmark asks for one (bench/first_frame.py): its paused
+        # machines would be counted with the visits' (processes, CPU, leftovers).
+        env = {**os.environ, "PORTAL_DATA_DIR": str(root), "PORTAL_ACCELERATOR": accelerator,
+               "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost", "PYTHONUNBUFFERED": "1",
+               "PORTAL_POOL_SIZE": "0", **(environment or {})}
+        env.pop("DJANGO_SETTINGS_MODULE", None)
         _manage(env, "migrate", "--no-input", "-v", "0")
         if demo:
             _manage(env, "add_exhibit", str(REPO / "build" / "demo.img"), "--slug", "demo",
                     "--title", "Demo", "--boot", "hdd", "--sound", demo_sound, "--publish")
         if demo and prepare:
             _manage(env, "prepare_exhibit", "demo", "--wait-graphics", "--still", "1")
-        with (root / "daphne.log").open("wb") as log:
+        with teardown.deferred(), (root / "daphne.log").open("wb") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "portal.server", "-b", "127.0.0.1", "-p", str(port),
                  *(["--proxy-headers"] if proxy_headers else []), "portal.asgi:application"],
                 cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                # Its own session: a Ctrl-C in the terminal reaches this process alone,
+                # which stops what it started in order.
+                start_new_session=True,
             )
-        url = f"http://127.0.0.1:{port}"
-        served = ServedPortal(url=url, root=root, env=env, process=process)
+            served = ServedPortal(url=f"http://127.0.0.1:{port}", root=root, env=env, process=process)
+            stops.callback(served.stop)
         deadline = time.monotonic() + 30
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"Daphne exited with code {process.returncode}")
             try:
-                with urllib.request.urlopen(url + "/healthz", timeout=2):
+                with urllib.request.urlopen(served.url + "/healthz", timeout=2):
                     break
             except OSError:
                 if time.monotonic() > deadline:
                     raise RuntimeError("Daphne did not serve in time") from None
                 time.sleep(0.1)
         yield served
-    finally:
-        if served is not None:
-            served.stop()
-        leftovers = processes_naming(root)
-        for pid in leftovers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 9)
-        shutil.rmtree(root, ignore_errors=True)
-        if leftovers:
-            print(f"WARNING: processes outlived the served portal and were killed: {leftovers}")
+
+
+def _leftovers_kill(root: Path) -> None:
+    """What outlived a stopped portal (a QEMU switched to another user, whose parent's
+    death no longer ends it), killed and said."""
+    leftovers = processes_naming(root)
+    for pid in leftovers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
+    if leftovers:
+        print(f"WARNING: processes outlived the served portal and were killed: {leftovers}")

@@ -46,7 +46,6 @@ import re
 import secrets
 import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,6 +61,7 @@ from bench.common import (
     write_results,
 )
 from bench.services import Cluster, nodes_behind_nginx
+from deploy import teardown
 from deploy.services import LOOPBACK, PostgreSQL, Redis, postgresql_bin_dir
 from tests.support.portal_http import PortalVisitor
 
@@ -266,7 +266,11 @@ def placements(cluster: Cluster) -> dict[str, list[float]]:
     """visit_place's transaction, timed PLACEMENTS times as a third node with room
     (each visit ended straight after, outside the timing), and a new connection with
     its first query; each with PostgreSQL's CPU time for it."""
-    data = Path(tempfile.mkdtemp(prefix="pbc-", dir="/tmp"))
+    with teardown.Stops() as stops:
+        return _placements_in(cluster, stops.directory("pbc-"))
+
+
+def _placements_in(cluster: Cluster, data: Path) -> dict[str, list[float]]:
     os.environ.update({"DJANGO_SETTINGS_MODULE": "portal.settings", "PORTAL_DATA_DIR": str(data),
                        "PORTAL_DATABASE_URL": cluster.postgresql.url,
                        "PORTAL_REDIS_URL": cluster.redis.url})
@@ -320,9 +324,9 @@ def placements(cluster: Cluster) -> dict[str, list[float]]:
         found["connect_server_cpu_s"] = [(server_cpu_s(server) - cpu) / CONNECTIONS]
         node_leave(name=name)
     finally:
-        connection.close()
-        redis_limiter.close()
-        shutil.rmtree(data, ignore_errors=True)
+        with teardown.deferred():
+            connection.close()
+            redis_limiter.close()
     return {**found, "limiter_s": limiter.times}
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import psutil
 
 from bench.common import QUICK, Table, median, portal_environment, ratio, runs, verdict, write_results
+from deploy import teardown
 from tests.support.processes import processes_naming
 
 STEPS = [1, 5] if QUICK else [1, 100, 300, 500]
@@ -143,13 +144,14 @@ async def ksm_merged(pids: list[int], baseline: float, ksmd: int | None) -> dict
             last = sharing
         return await snapshot(pids, baseline, ksmd=ksmd)
     finally:
-        # Unmerge first when it was off, so the host is left as it was.
-        if saved["run"] == "0":
-            with contextlib.suppress(OSError):
-                (KSM / "run").write_text("2")
-        for name, value in saved.items():
-            with contextlib.suppress(OSError):
-                (KSM / name).write_text(value)
+        with teardown.deferred():
+            # Unmerge first when it was off, so the host is left as it was.
+            if saved["run"] == "0":
+                with contextlib.suppress(OSError):
+                    (KSM / "run").write_text("2")
+            for name, value in saved.items():
+                with contextlib.suppress(OSError):
+                    (KSM / name).write_text(value)
 
 
 async def ksm_unmerged() -> None:
@@ -212,10 +214,11 @@ async def measure(run_root: Path) -> dict[str, Any]:
             if capacity_note:
                 break
     finally:
-        await broker.shutdown()
-        if reason is None:
-            with contextlib.suppress(OSError):
-                (KSM / "run").write_text(ksm_saved)
+        with teardown.deferred():
+            await broker.shutdown()
+            if reason is None:
+                with contextlib.suppress(OSError):
+                    (KSM / "run").write_text(ksm_saved)
     leftovers = processes_naming(run_root)
     left_dirs = sorted(p.name for p in run_root.iterdir()) if run_root.exists() else []
     assert not leftovers, f"QEMU processes left running: {leftovers}"
@@ -293,8 +296,9 @@ def report(results: dict[str, Any]) -> list[Table]:
         from sessions.machines.host import capacity_default
 
         in_force = capacity_default()
+        by_cpu = "no bound" if derived["by_cpu"] == sys.maxsize else derived["by_cpu"]
         capacity_table.row(f"{memory_mib:.1f}", f"{cpu_percent:.2f}", derived["by_memory"],
-                           derived["by_cpu"], derived["capacity"], in_force,
+                           by_cpu, derived["capacity"], in_force,
                            ratio(derived["capacity"], in_force))
         capacity_table.print()
         tables.append(capacity_table)

@@ -47,6 +47,7 @@ from bench.common import (
     verdict,
     write_results,
 )
+from deploy import teardown
 from tests.support.portal_http import PortalVisitor
 from tests.support.rfb import RfbClient, SocketTransport, Transport
 from tests.support.websocket import WebSocketTransport
@@ -195,26 +196,21 @@ async def measure(paths: dict[str, Callable[[], Awaitable[Any]]], *, server: str
 def standin_at(vnc_socket: Path) -> Iterator[None]:
     """Put the stand-in RFB server in QEMU's place on the socket, and QEMU back after."""
     aside = vnc_socket.with_name("vnc.sock.qemu")
-    os.rename(vnc_socket, aside)
-    process = subprocess.Popen([sys.executable, "-m", "bench.rfb_standin", str(vnc_socket)],
-                               cwd=Path(__file__).resolve().parent.parent,
-                               stdin=subprocess.DEVNULL)
-    try:
+    with teardown.Stops() as stops:
+        with teardown.deferred():
+            os.rename(vnc_socket, aside)
+            stops.callback(os.rename, aside, vnc_socket)
+            stops.callback(vnc_socket.unlink, missing_ok=True)
+            process = subprocess.Popen([sys.executable, "-m", "bench.rfb_standin", str(vnc_socket)],
+                                       cwd=Path(__file__).resolve().parent.parent,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+            stops.callback(teardown.process_stop, process, timeout_s=10)
         deadline = time.monotonic() + 10
         while not vnc_socket.is_socket():
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the stand-in RFB server did not start")
             time.sleep(0.02)
         yield
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        vnc_socket.unlink(missing_ok=True)
-        os.rename(aside, vnc_socket)
 
 
 def report(measured: dict[str, Any], *, server: str) -> list[Table]:
@@ -259,7 +255,7 @@ def main() -> None:
     with served_portal(environment={"PORTAL_GRACE_S": "3600"}) as portal:
         visitor = PortalVisitor(portal.url)
         session = visitor.session_start("demo")
-        vnc_socket = Path(portal.run_dir) / session["id"] / "vnc.sock"
+        vnc_socket = portal.machine(session["id"])[1] / "vnc.sock"
         try:
             with websockify_running(portal.env, portal.root / "websockify.log") as (proxy, proxy_pid):
                 pids = {"direct": None, "websockify": proxy_pid, "channels": portal.pid}

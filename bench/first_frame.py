@@ -16,10 +16,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.common import Table, ms, p95, portal_environment, ratio, runs, verdict, write_results
+from bench.common import QUICK, Table, ms, p95, portal_environment, ratio, runs, verdict, write_results
+from deploy import teardown
 
-RUNS = runs(10, 3)
-COLD_RUNS = runs(10, 3)
+RUNS = runs(10, 2)
+COLD_RUNS = runs(10, 2)
 GUEST_TIMEOUT_S = 30.0
 
 
@@ -102,13 +103,19 @@ async def reset_times(broker: Any, slug: str, runs: int) -> list[float]:
     return times
 
 
+def accelerators_measured(*, kvm: bool) -> list[str]:
+    """KVM (where this host has it) and TCG; a quick run tries the first alone."""
+    found = ["kvm", "tcg"] if kvm else ["tcg"]
+    return found[:1] if QUICK else found
+
+
 async def measure() -> dict[str, Any]:
     from portal.models import Exhibit, StartState
     from sessions.machines.machine import kvm_usable
     from sessions.machines.prepare import StartCondition
     from sessions.node.broker import exhibit_prepare, get_broker
 
-    accelerators = ["kvm", "tcg"] if kvm_usable() else ["tcg"]
+    accelerators = accelerators_measured(kvm=kvm_usable())
     samples: dict[tuple[str, str, str], Sample] = {}
     resets: dict[tuple[str, str], list[float]] = {}
     broker = await get_broker()
@@ -128,7 +135,8 @@ async def measure() -> dict[str, Any]:
                 await _sample(broker, samples, slug, accelerator, "prepared", ready, RUNS)
                 resets[(slug, accelerator)] = await reset_times(broker, slug, RUNS)
     finally:
-        await broker.shutdown()
+        with teardown.deferred():
+            await broker.shutdown()
 
     reference_key = ("demo", accelerators[0], "cold")
     reference = statistics.median(samples[reference_key].first_update_s)
@@ -188,7 +196,7 @@ async def _sample(broker: Any, samples: dict[tuple[str, str, str], Sample], slug
 
 # --- What a visitor sees, through the real server: warm pool, start state, cold ----
 
-VISITOR_RUNS = runs(10, 3)
+VISITOR_RUNS = runs(10, 2)
 VISITOR_COLD_RUNS = runs(3, 1)
 POOL_SIZE = 2
 POOL_COST_WINDOW_S = runs(10, 3)
@@ -311,7 +319,7 @@ async def pool_cost(portal: Any) -> dict[str, Any]:
     _, session, visitor = await visitor_start(portal.url)
     try:
         await _pool_waits(portal.url, POOL_SIZE)
-        pooled, running = await asyncio.to_thread(_machines_by_kind, portal)
+        pooled, running = await asyncio.to_thread(_machines_by_kind, portal, session["id"])
         cpu, _ = await window(pooled + running)
         memory = [memory_kib(pid) for pid in pooled + running]
     finally:
@@ -325,19 +333,13 @@ async def pool_cost(portal: Any) -> dict[str, Any]:
     return {"pooled": part(cpu[:count], memory[:count]), "visit": part(cpu[count:], memory[count:])}
 
 
-def _machines_by_kind(portal: Any) -> tuple[list[int], list[int]]:
-    """The portal's QEMU pids: those still in the pool, and the visits' (a pooled
-    machine's command line names its pool directory, which a visit's is renamed from)."""
+def _machines_by_kind(portal: Any, session_id: str) -> tuple[list[int], list[int]]:
+    """The portal's QEMU pids: those still in the pool, and the visit's (its row says
+    which machine it adopted; every machine has a run directory of its own)."""
     from tests.support.processes import processes_naming
 
-    pooled: list[int] = []
-    visits: list[int] = []
-    for pid in processes_naming(portal.run_dir):
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            argv = handle.read().split(b"\0")
-        names = [arg[arg.find(b"/pool-") + 1:].split(b"/")[0].decode() for arg in argv if b"/pool-" in arg]
-        (pooled if names and (portal.run_dir / names[0]).exists() else visits).append(pid)
-    return pooled, visits
+    visit, _ = portal.machine(session_id)
+    return [pid for pid in processes_naming(portal.run_dir) if pid != visit], [visit]
 
 
 def visitor_measure() -> dict[str, Any]:
@@ -346,7 +348,7 @@ def visitor_measure() -> dict[str, Any]:
     from bench.common import served_portal
     from sessions.machines.machine import kvm_usable
 
-    accelerators = ["kvm", "tcg"] if kvm_usable() else ["tcg"]
+    accelerators = accelerators_measured(kvm=kvm_usable())
     series: dict[tuple[str, str], dict[str, Any]] = {}
     costs: dict[str, dict[str, Any]] = {}
     for accelerator in accelerators:

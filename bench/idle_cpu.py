@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Table, portal_environment, runs, verdict, write_results
+from deploy import teardown
 
 WINDOW_S = float(runs(10, 3))
 SETTLE_S = 2.0
@@ -141,10 +142,11 @@ async def measure(reference: Path) -> dict[str, Any]:
             await listener.disconnect()
         memory = {name: rss_mib(pid) for name, pid in pids.items()}
     finally:
-        for browser, session, viewer in machines.values():
-            await viewer.close()
-            await browser.delete(f"/api/sessions/{session['id']}")
-        await broker.shutdown()
+        with teardown.deferred():
+            for browser, session, viewer in machines.values():
+                await viewer.close()
+                await browser.delete(f"/api/sessions/{session['id']}")
+            await broker.shutdown()
 
     table = Table(
         f"Idle host CPU and memory per machine ({WINDOW_S:g} s windows, all machines at once); "

@@ -20,7 +20,6 @@ import random
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.common import Table, median, ratio, runs, write_results  # noqa: E402
+from deploy import teardown  # noqa: E402
 from portal.importer import ImportLimits, image_import  # noqa: E402
 
 MIB = 1024 * 1024
@@ -99,8 +99,8 @@ def plain_store(source: Path, store: Path) -> None:
 
 def main() -> int:
     limits = ImportLimits(max_file_bytes=8 * 1024 * MIB, max_virtual_bytes=8 * 1024 * MIB)
-    root = Path(tempfile.mkdtemp(prefix="pb-import-", dir="/tmp"))
-    try:
+    with teardown.Stops() as stops:
+        root = stops.directory("pb-import-")
         floppy = disk(root / "floppy.ima", 1440 * 1024)
         hard = disk(root / "hard.img", 100 * MIB)
         vmdk = root / "hard.vmdk"
@@ -136,8 +136,6 @@ def main() -> int:
                             "stored_bytes": stored, "plain_copy_s": plain})
         table.print()
         write_results("import_image", {"imports": results}, tables=[table])
-    finally:
-        shutil.rmtree(root)
     return 0
 
 

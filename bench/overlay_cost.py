@@ -29,6 +29,7 @@ from bench.common import (
     runs,
     write_results,
 )
+from deploy import teardown
 
 CREATES = runs(20, 5)
 VISITS = runs(3, 1)
@@ -124,7 +125,8 @@ async def measure() -> dict[str, Any]:
             visits.append(typed)
             visits.append(await one_visit(broker, typing=False, hold_s=typed["seconds"]))
     finally:
-        await broker.shutdown()
+        with teardown.deferred():
+            await broker.shutdown()
     return {"times_s": times, "visits": visits}
 
 

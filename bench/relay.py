@@ -25,11 +25,8 @@ import asyncio
 import contextlib
 import http.client
 import secrets
-import shutil
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 from bench.common import (
@@ -45,6 +42,7 @@ from bench.common import (
     write_results,
 )
 from bench.display_path import SMALL, WINDOW_S, measure, standin_at
+from deploy import teardown
 from tests.support.portal_http import PortalVisitor
 from tests.support.websocket import WebSocketTransport
 
@@ -57,16 +55,14 @@ ENVIRONMENT = {"PORTAL_GRACE_S": "3600", "PORTAL_STARTS_PER_ADDRESS": "1000"}
 @contextlib.contextmanager
 def two_nodes() -> Iterator[tuple[ServedPortal, ServedPortal]]:
     """The holder (with the prepared demo) and another node, on one database; stopped afterwards."""
-    shared = Path(tempfile.mkdtemp(prefix="pbr-", dir="/tmp"))
-    environment = {**ENVIRONMENT, "PORTAL_DATABASE_PATH": str(shared / "portal.sqlite3"),
-                   "PORTAL_IMAGE_DIR": str(shared / "images"),
-                   "DJANGO_SECRET_KEY": secrets.token_urlsafe(50)}
-    try:
-        with served_portal(environment=environment) as holder, \
-                served_portal(environment=environment, demo=False) as other:
-            yield holder, other
-    finally:
-        shutil.rmtree(shared, ignore_errors=True)
+    with teardown.Stops() as stops:
+        shared = stops.directory("pbr-")
+        environment = {**ENVIRONMENT, "PORTAL_DATABASE_PATH": str(shared / "portal.sqlite3"),
+                       "PORTAL_IMAGE_DIR": str(shared / "images"),
+                       "DJANGO_SECRET_KEY": secrets.token_urlsafe(50)}
+        holder = stops.enter_context(served_portal(environment=environment))
+        other = stops.enter_context(served_portal(environment=environment, demo=False))
+        yield holder, other
 
 
 def display_opener(url: str, visitor: PortalVisitor, path: str) -> Callable[[], Awaitable[Any]]:
@@ -142,7 +138,7 @@ def main() -> None:
                      for name, portal in ((DIRECT, holder), (RELAYED, other))}
             pids: dict[str, int | None] = {DIRECT: holder.pid, RELAYED: other.pid}
             measured: dict[str, Any] = {"display": {}}
-            with standin_at(Path(holder.run_dir) / session["id"] / "vnc.sock"):
+            with standin_at(holder.machine(session["id"])[1] / "vnc.sock"):
                 measured["display"]["stand-in"] = asyncio.run(
                     measure(paths, server="stand-in", proxy_pids=pids))
             measured["display"]["qemu"] = asyncio.run(measure(paths, server="qemu", proxy_pids=pids))

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Table, median, ms, p95, portal_environment, ratio, runs, write_results
+from deploy import teardown
 
-RUNS = runs(10, 3)
+RUNS = runs(10, 2)
 GUEST_TIMEOUT_S = 90.0
 
 
@@ -190,7 +191,8 @@ async def measure(root: Path) -> dict[str, Any]:
         checkpoints = await checkpoints_beside_reset(broker)
         files = {slug: await files_zip_times(broker, slug) for slug in ("floppy-full", "disk-100mb")}
     finally:
-        await broker.shutdown()
+        with teardown.deferred():
+            await broker.shutdown()
 
     reset = median(checkpoints["reset"])
     table = Table(f"Checkpoints on the prepared FreeDOS (TCG, {RUNS} runs); reference: Reset "

@@ -36,8 +36,6 @@ import contextlib
 import dataclasses
 import os
 import secrets
-import shutil
-import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -57,12 +55,13 @@ from bench.common import (
     write_results,
 )
 from bench.display_path import round_trips, standin_at
+from deploy import teardown
 from deploy.services import Nginx, PostgreSQL, Redis, port_free
 from tests.support.portal_http import PortalVisitor
 from tests.support.rfb import RfbClient
 from tests.support.websocket import WebSocketTransport
 
-RUNS = runs(10, 3)
+RUNS = runs(10, 2)
 TURNS = runs(3, 1)
 ROUND_TRIPS = {"stand-in": runs(300, 50), "qemu": runs(30, 10)}
 PLAIN = "plain portal (SQLite, in memory, Daphne)"
@@ -129,45 +128,43 @@ class Cluster:
 
 @contextlib.contextmanager
 def nodes_behind_nginx(count: int, *, environment: dict[str, str] | None = None,
-                       postgresql_settings: dict[str, str] | None = None) -> Iterator[Cluster]:
+                       postgresql_settings: dict[str, str] | None = None,
+                       prepare: bool = True) -> Iterator[Cluster]:
     """count nodes of one portal (one database, Redis, image store and secret key; the
-    first prepares the demo for all) on private PostgreSQL and Redis, nginx in front;
-    all stopped afterwards."""
-    root = Path(tempfile.mkdtemp(prefix="pbs-", dir="/tmp"))
-    os.chmod(root, 0o711)
-    postgresql = PostgreSQL(name="postgresql", directory=root / "postgresql", port=port_free(),
-                            settings=dict(postgresql_settings or {}))
-    redis = Redis(name="redis", directory=root / "redis", port=port_free())
-    nginx: Nginx | None = None
-    try:
+    first prepares the demo for all, unless not prepare) on private PostgreSQL and
+    Redis, nginx in front; all stopped afterwards, also on a stop signal
+    (deploy/teardown.py), in reverse order."""
+    with teardown.Stops() as stops:
+        root = stops.directory("pbs-")
+        os.chmod(root, 0o711)
+        postgresql = PostgreSQL(name="postgresql", directory=root / "postgresql", port=port_free(),
+                                settings=dict(postgresql_settings or {}))
+        stops.callback(postgresql.stop)
         postgresql.start()
+        redis = Redis(name="redis", directory=root / "redis", port=port_free())
+        stops.callback(redis.stop)
         redis.start()
         shared = {**ENVIRONMENT, **(environment or {}),
                   "PORTAL_DATABASE_URL": postgresql.url, "PORTAL_REDIS_URL": redis.url,
                   "PORTAL_IMAGE_DIR": str(root / "images"),
                   "DJANGO_SECRET_KEY": secrets.token_urlsafe(50)}
-        with contextlib.ExitStack() as stack:
-            nodes = [stack.enter_context(served_portal(environment=shared, proxy_headers=True,
-                                                       demo=index == 0))
-                     for index in range(count)]
-            nginx = Nginx(name="nginx", directory=root / "nginx", port=port_free(),
-                          nodes=[node.url.removeprefix("http://") for node in nodes])
-            nginx.start()
-            named = {PortalVisitor(node.url).request("GET", "/healthz")[1]["node"]: node
-                     for node in nodes}
-            deadline = time.monotonic() + 30
-            # Every node knows every other's address once each has written a heartbeat.
-            while sum(node["alive"] for node in PortalVisitor(nginx.url).request(
-                    "GET", "/healthz")[1]["nodes"]) < count:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"not all of {count} nodes alive in time")
-                time.sleep(0.2)
-            yield Cluster(nodes=named, nginx=nginx, postgresql=postgresql, redis=redis)
-    finally:
-        for service in (nginx, redis, postgresql):
-            if service is not None:
-                service.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        nodes = [stops.enter_context(served_portal(environment=shared, proxy_headers=True,
+                                                   demo=index == 0, prepare=prepare))
+                 for index in range(count)]
+        nginx = Nginx(name="nginx", directory=root / "nginx", port=port_free(),
+                      nodes=[node.url.removeprefix("http://") for node in nodes])
+        stops.callback(nginx.stop)
+        nginx.start()
+        named = {PortalVisitor(node.url).request("GET", "/healthz")[1]["node"]: node
+                 for node in nodes}
+        deadline = time.monotonic() + 30
+        # Every node knows every other's address once each has written a heartbeat.
+        while sum(node["alive"] for node in PortalVisitor(nginx.url).request(
+                "GET", "/healthz")[1]["nodes"]) < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"not all of {count} nodes alive in time")
+            time.sleep(0.2)
+        yield Cluster(nodes=named, nginx=nginx, postgresql=postgresql, redis=redis)
 
 
 def display_opener(url: str, visitor: PortalVisitor, path: str) -> Callable[[], Awaitable[Any]]:
@@ -215,7 +212,7 @@ def measure(plain: ServedPortal, node: Cluster, two: Cluster) -> dict[str, Any]:
             for name, (url, visitor, session, holder) in visits.items():
                 opener = display_opener(url, visitor, session["vnc_path"])
                 for server in ("stand-in", "qemu"):
-                    with (standin_at(Path(holder.run_dir) / session["id"] / "vnc.sock")
+                    with (standin_at(holder.machine(session["id"])[1] / "vnc.sock")
                           if server == "stand-in" else contextlib.nullcontext()):
                         # Through two nodes, two sockets: nginx's turns put one on each.
                         for _ in range(2 if name == TWO else 1):

@@ -150,14 +150,14 @@ def cycles_run(url: str, total: int, clients: int) -> tuple[list[tuple[float, fl
     return timings, failures
 
 
-def kill_detection(url: str, run_dir: Path, kills: int) -> list[float]:
+def kill_detection(server: ServedPortal, kills: int) -> list[float]:
     """SIGKILL a running machine; seconds until the API reports it crashed."""
-    client = Client(url)
+    client = Client(server.url)
     detected = []
     for _ in range(kills):
         session = client.start()
         client.until_state(session["id"], {"running"})
-        (pid,) = processes_naming(run_dir / session["id"])
+        pid, _ = server.machine(session["id"])
         killed = time.monotonic()
         os.kill(pid, signal.SIGKILL)
         ended = client.until_state(session["id"], {"ended"}, timeout_s=30)
@@ -191,7 +191,7 @@ def live_rows(server: ServedPortal) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cycles", type=int, default=runs(1000, 100))
+    parser.add_argument("--cycles", type=int, default=runs(1000, 50))
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--kills", type=int, default=runs(10, 3))
     args = parser.parse_args()
@@ -212,7 +212,7 @@ def main() -> None:
         if not timings:
             raise RuntimeError(f"every cycle failed, for example: {failures[:3]}")
         elapsed = time.monotonic() - began
-        detection = kill_detection(server.url, server.run_dir, args.kills)
+        detection = kill_detection(server, args.kills)
         descriptors_after, rss_after = descriptors(server.pid), rss_kib(server.pid)
         leaked = leaks(server.root)
         rows = live_rows(server)

@@ -33,11 +33,10 @@ from typing import Any
 from bench.common import Table, median, ms, p95, ratio, runs, served_portal, verdict, write_results
 from sessions.display.audio import BEGIN, END, AudioConnection, audio_format_for, audio_open
 from tests.support.portal_http import PortalVisitor
-from tests.support.processes import processes_naming
 from tests.support.rfb import RfbClient
 from tests.support.websocket import WebSocketTransport
 
-RUNS = runs(20, 5)
+RUNS = runs(20, 3)
 WINDOW_S = float(runs(10, 3))
 QUIET_S = float(runs(5, 2))
 F5, F6 = 0xFFC2, 0xFFC3
@@ -209,9 +208,9 @@ async def cpu_window(pids: dict[str, int], rfb: RfbClient, key: int | None) -> d
 async def measure(served: Any) -> dict[str, Any]:
     visitor = PortalVisitor(served.url)
     session = visitor.session_start("demo")
-    (qemu_pid,) = processes_naming(served.run_dir)
+    qemu_pid, run_dir = served.machine(session["id"])
     pids = {"qemu": qemu_pid, "portal": served.pid}
-    vnc_path = served.run_dir / session["id"] / "vnc.sock"
+    vnc_path = run_dir / "vnc.sock"
     sound = ("pcspk", "adlib")
     rfb = await visitor.display(session["vnc_path"])
     rfb.start()

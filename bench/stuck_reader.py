@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from bench.common import (
+    QUICK,
     ServedPortal,
     Table,
     portal_environment,
@@ -99,8 +100,9 @@ async def measure(server: ServedPortal, count: int, seconds: float, *, reading: 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--window", type=float, default=runs(30, 10))
-    parser.add_argument("--viewers", type=int, nargs="+", default=[1, 10])
+    parser.add_argument("--window", type=float, default=runs(30, 5))
+    # A quick run tries one visitor (two fresh servers instead of four).
+    parser.add_argument("--viewers", type=int, nargs="+", default=[1] if QUICK else [1, 10])
     args = parser.parse_args()
     with portal_environment(exhibits=False):
         from sessions.web.consumers import DISPLAY_BUFFER_BYTES

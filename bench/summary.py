@@ -3,7 +3,9 @@
 Generated (by `make bench` after its runs, or `python -m bench.summary`) from the
 JSON files the benchmarks write, so the numbers the docs point to are always
 those of a real run, with the machine and commit they were measured on. Quick
-runs (`BENCH_QUICK=1`) are used only where a benchmark has no full run.
+runs (`BENCH_QUICK=1`, as CI runs every script) write to bench/results/quick/ and
+get their summary there: they never change the kept one. (A quick result left in
+bench/results/ by an older version is used only where a benchmark has no full run.)
 """
 from __future__ import annotations
 

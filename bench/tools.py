@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Table, median, ms, p95, portal_environment, ratio, runs, write_results
+from deploy import teardown
 
 RUNS = runs(5, 2)
 GUEST_TIMEOUT_S = 90.0
@@ -109,9 +110,10 @@ async def measure(root: Path) -> dict[str, Any]:
             target.unlink()
         times["screenshot"], times["screendump_ppm"] = shots, dumps
     finally:
-        await rfb.close()
-        await browser.delete(base)
-        await broker.shutdown()
+        with teardown.deferred():
+            await rfb.close()
+            await browser.delete(base)
+            await broker.shutdown()
 
     typing = Table(f"Typing on the prepared FreeDOS (TCG, {RUNS} runs); reference: the same line typed "
                    "over the display as a browser does, until on screen",

@@ -34,10 +34,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from deploy import teardown
+
 REPO = Path(__file__).resolve().parent.parent
 NGINX_TEMPLATE = REPO / "deploy" / "nginx" / "portal.conf"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
+# What main's command may take to stop on the signal passed on (a test run's teardown).
+COMMAND_STOP_TIMEOUT_S = 120.0
 LOOPBACK = "127.0.0.1"
 
 
@@ -137,7 +141,8 @@ class Service:
         """Start argv with its output to the log (opened here, so the service needs
         no right to its own log's path) and wait for nothing."""
         as_other = account is not None and not account.is_caller()
-        with self.log.open("ab") as log:
+        # Deferred: a stop signal cannot land between the start and its record.
+        with teardown.deferred(), self.log.open("ab") as log:
             self.process = subprocess.Popen(
                 list(argv), cwd=cwd or self.directory, env=env, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.PIPE if stdin_text is not None else subprocess.DEVNULL,
@@ -437,9 +442,10 @@ def nginx_site_render(template: str, *, listen: str, nodes: Sequence[str], reque
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m deploy.services COMMAND…`: run COMMAND with a private PostgreSQL and
     Redis (PORTAL_DATABASE_URL and PORTAL_REDIS_URL in its environment), then stop them.
-    The in-process test suites run on the production services this way."""
+    The in-process test suites run on the production services this way. On SIGTERM,
+    SIGINT or SIGHUP, COMMAND gets the same signal and is waited for, then Redis and
+    PostgreSQL stop and their directory goes."""
     import sys
-    import tempfile
 
     command = list(sys.argv[1:] if argv is None else argv)
     if command[:1] == ["--"]:
@@ -447,24 +453,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not command:
         print(main.__doc__, file=sys.stderr)
         return 2
-    root = Path(tempfile.mkdtemp(prefix="ps-", dir="/tmp"))
-    os.chmod(root, 0o711)  # passable (not listable) for the services' own users
-    postgresql = PostgreSQL(name="postgresql", directory=root / "postgresql", port=port_free())
-    redis = Redis(name="redis", directory=root / "redis", port=port_free())
-
-    def stopping(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stopping)
     try:
-        postgresql.start()
-        redis.start()
-        return subprocess.call(command, env={**os.environ, "PORTAL_DATABASE_URL": postgresql.url,
-                                             "PORTAL_REDIS_URL": redis.url})
-    finally:
-        redis.stop()
-        postgresql.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        with teardown.Stops() as stops:
+            root = stops.directory("ps-")
+            os.chmod(root, 0o711)  # passable (not listable) for the services' own users
+            postgresql = PostgreSQL(name="postgresql", directory=root / "postgresql", port=port_free())
+            stops.callback(postgresql.stop)
+            postgresql.start()
+            redis = Redis(name="redis", directory=root / "redis", port=port_free())
+            stops.callback(redis.stop)
+            redis.start()
+            with teardown.deferred():
+                # In this process's group: a terminal's Ctrl-C reaches it as it would
+                # without the services around it.
+                process = subprocess.Popen(command, env={
+                    **os.environ, "PORTAL_DATABASE_URL": postgresql.url, "PORTAL_REDIS_URL": redis.url})
+                stops.callback(teardown.command_stop, process, timeout_s=COMMAND_STOP_TIMEOUT_S)
+            return process.wait()
+    except teardown.Stopping as stopping:
+        return stopping.exit_code
 
 
 if __name__ == "__main__":

@@ -2,11 +2,13 @@
 
 Every test that runs machines gets its own short run directory; afterwards
 the fixture fails the test if any QEMU process, socket or overlay it made is
-still there.
+still there. A test run stopped by SIGTERM, SIGINT or SIGHUP ends as on Ctrl-C
+(deploy/teardown.py): its fixtures stop what they started, in reverse order.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -15,11 +17,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psutil
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.test import AsyncClient
 
+from deploy import teardown
 from sessions.machines.machine import kvm_usable
 from tests.support.processes import processes_naming
 
@@ -40,6 +44,28 @@ KVM = kvm_usable()
 needs_kvm = pytest.mark.skipif(not KVM, reason="needs a usable /dev/kvm; this host has none")
 
 
+# This run's configuration (pytest_configure): the xdist controller passes a stop signal on.
+_config: pytest.Config | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _config
+    _config = config
+    teardown.handlers_install()
+
+
+def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+    """Under pytest-xdist a stop signal may reach the controller alone (`kill PID`), which
+    runs no test: it passes it on to its workers, which tear their fixtures down before
+    the controller's shutdown kills them (10 s later)."""
+    controller = (_config is not None and not hasattr(_config, "workerinput")
+                  and _config.getoption("dist", "no") != "no")
+    if controller and isinstance(excinfo.value, teardown.Stopping):
+        for worker in psutil.Process().children():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker.send_signal(excinfo.value.signum)
+
+
 @pytest.fixture
 def portal_dirs(settings: Any) -> Iterator[Path]:
     # Short, so socket paths stay under the unix limit.
@@ -54,15 +80,16 @@ def portal_dirs(settings: Any) -> Iterator[Path]:
     yield root
     from sessions.machines.host import install_id, lease_dir, machine_lease_names, memory_cgroups
 
-    run = root / "run"
-    leftovers = sorted(p.name for p in run.iterdir()) if run.exists() else []
-    leases = machine_lease_names(lease_dir())
-    cgroups = memory_cgroups(install_id())
-    cgroup_left = cgroups is not None and cgroups.parent.exists()
-    pids = processes_naming(run)
-    for pid in pids:
-        os.kill(pid, 9)
-    shutil.rmtree(root, ignore_errors=True)
+    with teardown.deferred():
+        run = root / "run"
+        leftovers = sorted(p.name for p in run.iterdir()) if run.exists() else []
+        leases = machine_lease_names(lease_dir())
+        cgroups = memory_cgroups(install_id())
+        cgroup_left = cgroups is not None and cgroups.parent.exists()
+        pids = processes_naming(run)
+        for pid in pids:
+            os.kill(pid, 9)
+        shutil.rmtree(root, ignore_errors=True)
     assert not pids, f"QEMU processes left running: {pids}"
     assert not leftovers, f"run directories left behind: {leftovers}"
     assert not leases, f"machine leases left behind: {leases}"
@@ -75,7 +102,8 @@ async def broker(portal_dirs: Path) -> AsyncIterator[Any]:
 
     instance = await get_broker()
     yield instance
-    await instance.shutdown()
+    with teardown.deferred():
+        await instance.shutdown()
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -160,10 +188,10 @@ def services_root() -> Iterator[Path]:
     """A private directory for one test's services. Others may pass through it (not
     list it): PostgreSQL and Redis run as their packages' users when the tests are root,
     each in a 0700 directory of its own inside."""
-    root = Path(tempfile.mkdtemp(prefix="ps-", dir="/tmp"))
-    os.chmod(root, 0o711)
-    yield root
-    shutil.rmtree(root, ignore_errors=True)
+    with teardown.Stops() as stops:
+        root = stops.directory("ps-")
+        os.chmod(root, 0o711)
+        yield root
 
 
 def service_stopped(service: Service) -> None:
@@ -184,11 +212,12 @@ def postgresql(services_root: Path) -> Iterator[PostgreSQL]:
     from deploy.services import PostgreSQL, port_free
 
     service = PostgreSQL(name="postgresql", directory=services_root / "postgresql", port=port_free())
-    service.start()
     try:
+        service.start()
         yield service
     finally:
-        service_stopped(service)
+        with teardown.deferred():
+            service_stopped(service)
 
 
 @pytest.fixture
@@ -197,8 +226,9 @@ def redis(services_root: Path) -> Iterator[Redis]:
     from deploy.services import Redis, port_free
 
     service = Redis(name="redis", directory=services_root / "redis", port=port_free())
-    service.start()
     try:
+        service.start()
         yield service
     finally:
-        service_stopped(service)
+        with teardown.deferred():
+            service_stopped(service)

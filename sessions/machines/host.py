@@ -22,6 +22,7 @@ import fcntl
 import hashlib
 import os
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,13 +105,16 @@ IDLE_CPU_SHARE = 0.5
 def capacity_limits(*, memory_per_machine_mib: float, idle_cpu_percent: float,
                     memory_mib: int | None = None, cores: int | None = None) -> tuple[int, int]:
     """How many machines this host carries by its memory (less a reserve) and by its
-    CPU (idle machines within `IDLE_CPU_SHARE` of it), given what one costs."""
+    CPU (idle machines within `IDLE_CPU_SHARE` of it), given what one costs. Idle
+    machines measured at no CPU at all (a short window) leave the CPU no bound:
+    `sys.maxsize`."""
     if memory_mib is None:
         memory_mib = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (1024 * 1024)
     cores = cores or os.cpu_count() or 1
     reserve = max(MEMORY_RESERVE_MIN_MIB, memory_mib * MEMORY_RESERVE_SHARE)
     by_memory = int(max(0.0, memory_mib - reserve) // memory_per_machine_mib)
-    by_cpu = int(cores * 100 * IDLE_CPU_SHARE // idle_cpu_percent)
+    by_cpu = (int(cores * 100 * IDLE_CPU_SHARE // idle_cpu_percent) if idle_cpu_percent > 0
+              else sys.maxsize)
     return max(1, by_memory), max(1, by_cpu)
 
 

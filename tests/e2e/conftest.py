@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from deploy import teardown
 from tests.conftest import REPO, service_stopped
 from tests.support.processes import processes_naming, visit_machine
 
@@ -56,24 +57,21 @@ class Portal:
 
     def serve(self) -> None:
         """Start Daphne as `make run` does, and wait until it answers."""
-        with (self.root / "daphne.log").open("ab") as log:
+        with teardown.deferred(), (self.root / "daphne.log").open("ab") as log:
             self.process = subprocess.Popen(
                 daphne_argv(self.port, proxy_headers=self.proxy_headers), cwd=REPO, env=self.env,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                # Its own session: a Ctrl-C in the terminal reaches the test run alone,
+                # whose fixtures stop what they started in order.
+                start_new_session=True,
             )
         _wait_until_serving(self.url, self.process, timeout_s=30)
 
     def stop(self) -> None:
         """Stop Daphne the way a service manager does (SIGTERM), and wait."""
         process, self.process = self.process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            teardown.process_stop(process, timeout_s=30)
 
     def crash(self) -> None:
         """Kill Daphne outright (SIGKILL), as a crash or the OOM killer would."""
@@ -148,18 +146,20 @@ def portal_make(demo_image: Path, request: pytest.FixtureRequest) -> Iterator[Po
              data_dir: Path | None = None, proxy_headers: bool = False,
              demo: bool = True, sound: str = "") -> Portal:
         """sound: the demo's sound cards (add_exhibit --sound), besides the PC speaker."""
-        root = data_dir or Path(tempfile.mkdtemp(prefix="pe-", dir="/tmp"))
         port = _free_port()
-        env = {
-            **os.environ,
-            "PORTAL_DATA_DIR": str(root),
-            "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "PYTHONUNBUFFERED": "1",
-            **(settings or {}),
-        }
-        site = Portal(url=f"http://127.0.0.1:{port}", root=root, env=env, port=port,
-                      proxy_headers=proxy_headers)
-        made.append(site)
+        # Deferred: a stop signal cannot land between the directory and its record.
+        with teardown.deferred():
+            root = data_dir or Path(tempfile.mkdtemp(prefix="pe-", dir="/tmp"))
+            env = {
+                **os.environ,
+                "PORTAL_DATA_DIR": str(root),
+                "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+                "PYTHONUNBUFFERED": "1",
+                **(settings or {}),
+            }
+            site = Portal(url=f"http://127.0.0.1:{port}", root=root, env=env, port=port,
+                          proxy_headers=proxy_headers)
+            made.append(site)
         site.manage("migrate", "--no-input", "-v", "0")
         if not demo:
             # Another node of the same portal: the database already has the demo.
@@ -176,13 +176,14 @@ def portal_make(demo_image: Path, request: pytest.FixtureRequest) -> Iterator[Po
     try:
         yield make
     finally:
-        for site in made:
-            site.stop()
-        report = getattr(request.node, "report_call", None)
-        if report is None or report.failed:
-            for site in made:
-                _log_told(site)
-        problems = [problem for site in made for problem in _leftovers(site)]
+        with teardown.deferred():
+            for site in reversed(made):
+                site.stop()
+            report = getattr(request.node, "report_call", None)
+            if report is None or report.failed:
+                for site in made:
+                    _log_told(site)
+            problems = [problem for site in made for problem in _leftovers(site)]
         assert not problems, "; ".join(problems)
 
 
@@ -270,5 +271,6 @@ def nginx_make(services_root: Path) -> Iterator[NginxFactory]:
     try:
         yield make
     finally:
-        for service in made:
-            service_stopped(service)
+        with teardown.deferred():
+            for service in reversed(made):
+                service_stopped(service)

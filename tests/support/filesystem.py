@@ -1,27 +1,28 @@
 """Filesystems of a test's own, so the real kernel says 'No space left' or 'Read-only'.
 
-Needs root (the suite runs as root in CI); everything mounted is unmounted again.
+Needs root (the suite runs as root in CI); everything mounted is unmounted again,
+also on a stop signal (deploy/teardown.py).
 """
 from __future__ import annotations
 
 import contextlib
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from deploy import teardown
 
 
 @contextlib.contextmanager
 def small_filesystem(*options: str, size: str = "512k") -> Iterator[Path]:
     """A tmpfs of its own: the real kernel says 'No space left' or 'Read-only'."""
-    mount_point = Path(tempfile.mkdtemp(prefix="pf-", dir="/tmp"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join((f"size={size}", *options)), "tmpfs",
-                    str(mount_point)], check=True)
-    try:
+    with teardown.Stops() as stops:
+        mount_point = stops.directory("pf-")
+        with teardown.deferred():
+            subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join((f"size={size}", *options)),
+                            "tmpfs", str(mount_point)], check=True)
+            stops.callback(subprocess.run, ["umount", str(mount_point)], check=True)
         yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
-        mount_point.rmdir()
 
 
 def fill(filesystem: Path) -> Path:
