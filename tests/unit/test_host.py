@@ -100,7 +100,7 @@ def test_it_derives_capacity_from_a_machines_cost_keeping_a_reserve_and_half_the
 def test_it_leaves_the_cpu_no_bound_when_idle_machines_measured_no_cpu() -> None:
     import sys
 
-    from sessions.host import capacity_limits
+    from sessions.machines.host import capacity_limits
 
     # A short window can measure idle machines at 0.00 %: memory alone decides.
     by_memory, by_cpu = capacity_limits(memory_per_machine_mib=40, idle_cpu_percent=0.0,
