@@ -18,6 +18,7 @@ import pytest
 
 from deploy import teardown
 from tests.conftest import REPO, service_stopped
+from tests.support.install_stores import InstallStores, install_stores_allot
 from tests.support.processes import processes_naming, visit_machine
 
 if TYPE_CHECKING:
@@ -139,8 +140,14 @@ def _log_told(site: Portal, lines: int = 60) -> None:
 def portal_make(demo_image: Path, request: pytest.FixtureRequest) -> Iterator[PortalFactory]:
     """Make served portals, each an install of its own (its own data directory);
     afterwards each is stopped and must have left nothing behind. A failed test's
-    report ends with each portal's log."""
+    report ends with each portal's log.
+
+    On the production services (deploy.services: PORTAL_DATABASE_URL in the
+    environment) each install also gets a database and a Redis database of its own
+    (tests/support/install_stores.py), dropped after it stops; a portal made with
+    demo=False after another is another node of that portal and shares its own."""
     made: list[Portal] = []
+    allotted: list[InstallStores] = []
 
     def make(settings: dict[str, str] | None = None, *, prepare: bool = True,
              data_dir: Path | None = None, proxy_headers: bool = False,
@@ -150,11 +157,19 @@ def portal_make(demo_image: Path, request: pytest.FixtureRequest) -> Iterator[Po
         # Deferred: a stop signal cannot land between the directory and its record.
         with teardown.deferred():
             root = data_dir or Path(tempfile.mkdtemp(prefix="pe-", dir="/tmp"))
+            if not demo and made:
+                # Another node of the portal made before: its database and Redis.
+                stores = {name: made[-1].env[name] for name in ("PORTAL_DATABASE_URL", "PORTAL_REDIS_URL")
+                          if name in made[-1].env}
+            else:
+                allotted.append(install_stores_allot(os.environ, named=settings or {}))
+                stores = allotted[-1].settings
             env = {
                 **os.environ,
                 "PORTAL_DATA_DIR": str(root),
                 "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
                 "PYTHONUNBUFFERED": "1",
+                **stores,
                 **(settings or {}),
             }
             site = Portal(url=f"http://127.0.0.1:{port}", root=root, env=env, port=port,
@@ -183,7 +198,11 @@ def portal_make(demo_image: Path, request: pytest.FixtureRequest) -> Iterator[Po
             if report is None or report.failed:
                 for site in made:
                     _log_told(site)
-            problems = [problem for site in made for problem in _leftovers(site)]
+            try:
+                problems = [problem for site in made for problem in _leftovers(site)]
+            finally:
+                for stores in allotted:
+                    stores.release()
         assert not problems, "; ".join(problems)
 
 
