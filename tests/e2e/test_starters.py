@@ -132,8 +132,15 @@ def left_running(processes: list[psutil.Process]) -> list[str]:
     return left
 
 
+# What the starters' command lines name but did not make: this checkout and its
+# Python (a clone may live under /tmp itself).
+NOT_MADE = {Path(*REPO.parts[:3]), Path(*Path(sys.prefix).resolve().parts[:3]),
+            Path(*Path(sys.executable).parts[:3])}
+
+
 def named_directories(processes: list[psutil.Process]) -> set[Path]:
-    """The directories under /tmp that the processes' command lines name."""
+    """The directories under /tmp that the processes' command lines name (but the
+    checkout's and its Python's)."""
     found = set()
     for process in processes:
         for argument in command_line(process):
@@ -141,7 +148,7 @@ def named_directories(processes: list[psutil.Process]) -> set[Path]:
                 path = word.split("=")[-1]
                 if path.startswith("/tmp/") and len(Path(path).parts) > 2:
                     found.add(Path(*Path(path).parts[:3]))
-    return found
+    return found - NOT_MADE
 
 
 def assert_stopped_all(starter: Starter, how: signal.Signals, reported: list[Path]) -> int:
