@@ -396,21 +396,17 @@ class Keeper:
                         stored: bool = True) -> None:
         """Type keystrokes for the visitor on the running machine; typing is input.
         `stored`: each keystroke types a character (text, not a combination)."""
-        visit = self._running_visit(session_id)
+        visit = self.require(session_id, Phase.RUNNING)
         visit.last_input = self._clock()
         self.warning_clear(visit, "idle")
         async with visit.typing:
-            machine = self._running_visit(session_id).machine
+            machine = self.require(session_id, Phase.RUNNING).machine
             try:
                 await keystrokes_send(cast(KeyedMachine, machine), strokes, pace=pace, stored=stored)
             except MachineError as error:
-                self._running_visit(session_id)  # ended or replaced meanwhile: say so
+                self.require(session_id, Phase.RUNNING)  # ended or replaced meanwhile: say so
                 raise SessionBusyError("The machine did not take the keys; try again.") from error
         visit.last_input = self._clock()
-
-    def _running_visit(self, session_id: str) -> Visit:
-        """The visit if its machine runs now; else why not, as the API's errors."""
-        return self.require(session_id, Phase.RUNNING)
 
     def require(self, session_id: str, *phases: Phase) -> Visit:
         """The guard every action on a visit takes: the live visit if it is in one of
