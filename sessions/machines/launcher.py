@@ -126,7 +126,7 @@ class Launcher:
         try:
             run_dir = run_dir_create(root=config.run_root, name=name)
             uid_lease = self.uid_lease()
-            machine = await self.machine_make(run_dir, exhibit, base=base, base_format=base_format,
+            machine = await self._machine_make(run_dir, exhibit, base=base, base_format=base_format,
                                               incoming_state=incoming_state, uid_lease=uid_lease)
         except BaseException:
             try:
@@ -143,13 +143,12 @@ class Launcher:
                                *(held.release for held in (uid_lease, lease) if held is not None)]
         return machine
 
-    async def machine_make(self, run_dir: Path, exhibit: Exhibit, *, base: Path, base_format: str,
+    async def _machine_make(self, run_dir: Path, exhibit: Exhibit, *, base: Path, base_format: str,
                            incoming_state: Path | None = None,
                            uid_lease: UidLease | None = None) -> Machine:
         """An unstarted machine of the exhibit in `run_dir`, on a fresh overlay over
         `base` (and over each extra medium), running as `uid_lease`'s uid."""
         overlay_path = run_dir / OVERLAY_FILE
-        overlay_path.unlink(missing_ok=True)
         await overlay_create(
             base_path=base, base_format=base_format, overlay_path=overlay_path,
             qemu_img=self.config.qemu_img_binary, timeout_s=self.config.qemu_img_timeout_s,
@@ -185,7 +184,6 @@ class Launcher:
             raise OverlayError("The exhibit's media changed while it started; please try again.")
         for number, medium in enumerate(media):
             path = run_dir / f"extra-{number}.qcow2"
-            path.unlink(missing_ok=True)
             await overlay_create(
                 base_path=Path(medium.image.path), base_format=medium.image.format, overlay_path=path,
                 qemu_img=self.config.qemu_img_binary, timeout_s=self.config.qemu_img_timeout_s,
