@@ -40,6 +40,8 @@ MAX_COLUMNS = 132
 MAX_ROWS = 60
 # The BIOS's text modes: 40x25 (0, 1), 80x25 (2, 3) and monochrome 80x25 (7).
 TEXT_MODES = frozenset({0, 1, 2, 3, 7})
+# What QEMU's VGA BIOS (SeaVGABIOS) writes as the mode for a VESA mode.
+VESA_MODE = 0xFF
 # The standard graphics modes' sizes, for when the display's own size is unknown.
 GRAPHICS_SIZES = {4: (320, 200), 5: (320, 200), 6: (640, 200), 0x0D: (320, 200),
                   0x0E: (640, 200), 0x0F: (640, 350), 0x10: (640, 350), 0x11: (640, 480),
@@ -117,7 +119,9 @@ def bios_video(area: bytes) -> BiosVideo:
     def word(address: int) -> int:
         return int.from_bytes(area[address - BDA_START:address - BDA_START + 2], "little")
 
-    mode = byte(_MODE) & 0x7F
+    # Bit 7 is the "keep video memory" flag of a mode set, which some BIOSes leave
+    # here; QEMU's VGA BIOS writes 0xFF for any VESA mode (graphics, on QEMU's VGAs).
+    mode = byte(_MODE) if byte(_MODE) == VESA_MODE else byte(_MODE) & 0x7F
     columns = word(_COLUMNS)
     if not 1 <= columns <= MAX_COLUMNS:
         columns = 80
@@ -169,15 +173,19 @@ def screen_from(video: BiosVideo, cells: bytes, *, code_page: int,
 
     A text mode whose display does not show that many characters (a program that
     set a graphics mode through the VGA's registers, past the BIOS) is graphics;
-    a mode the BIOS does not know as text whose display fits the BIOS's columns
-    and rows exactly (an SVGA text mode such as 132x43) is text.
+    a mode the BIOS does not know as text, nor as graphics, whose display fits the
+    BIOS's columns and rows exactly (an SVGA BIOS's text mode such as 132x43) is
+    text. A VESA mode set through QEMU's VGA BIOS is graphics: it also writes
+    columns and rows for it (80x30 at 640x480), so its size alone would fit.
     """
     width, height = display or (0, 0)
     if display is None:
         text = video.text
     else:
+        svga_text = video.mode not in GRAPHICS_SIZES and video.mode != VESA_MODE and (
+            video.columns > 80 or video.rows > 25)
         text = text_fits(width, height, columns=video.columns, rows=video.rows) and (
-            video.text or video.columns > 80 or video.rows > 25)
+            video.text or svga_text)
     if not text:
         if display is None:
             width, height = GRAPHICS_SIZES.get(video.mode, (0, 0))

@@ -134,6 +134,11 @@ def test_graphics_modes_by_the_bios_and_by_the_display() -> None:
     # the display does not show 80x25 characters.
     past_bios = screen_from(bios_video(area(mode=3)), blank, code_page=437, display=(640, 480))
     assert not past_bios.text
+    # A VESA mode through QEMU's VGA BIOS: mode 0xFF, and the columns and rows of
+    # its 8x16 font, which a 640x480 display would fit.
+    vesa = screen_from(bios_video(area(mode=0xFF, rows_less_one=29)), cells("", length=80 * 30),
+                       code_page=437, display=(640, 480))
+    assert (vesa.text, vesa.width, vesa.height) == (False, 640, 480)
     # An SVGA text mode the BIOS knows by another number: the display fits 132x43.
     svga = screen_from(bios_video(area(mode=0x54, columns=132, rows_less_one=42)),
                        cells("", length=132 * 43), code_page=437, display=(1056, 344))
