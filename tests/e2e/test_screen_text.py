@@ -5,8 +5,8 @@ in on a floppy and shown with DOS's TYPE on a FreeDOS machine from the warm pool
 `screen.txt` holds the line exactly, as Unicode, with the cursor where DOS left
 it; the page's Screen as text panel shows it and its live region announces the
 new line; the page says the machine runs in text mode 80x25; a watcher reads the
-same text, over the API and on the watch page; someone else's browser gets 404; the demo's Windows desktop answers
-`409 graphics_mode`.
+same text, over the API and on the watch page; someone else's browser gets 404;
+the demo's Windows desktop answers `409 graphics_mode`.
 """
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ TIMEOUT_S = 60
 # the glyphs the PC draws for control characters (0x01, 0x03).
 MARKER = "╔═╡ Café Ñandú ½ ░▒▓ ☺♥ ╞═╗"
 PROMPT = "A:\\>"
+# The page's words for the machine's state (80 by 25, with a multiplication sign).
+RUNNING_TEXT = "Running · text mode 80\u00d725"
 
 
 def test_a_dos_screen_read_as_text_by_its_owner_its_page_and_a_watcher(
@@ -49,7 +51,7 @@ def test_a_dos_screen_read_as_text_by_its_owner_its_page_and_a_watcher(
     text_path = f"{portal.url}/api/sessions/{session_id}/screen.txt"
 
     # The page says, in words, that the machine runs and in which mode.
-    page.wait_for_selector("#machine-state:has-text('Running · text mode 80×25')", timeout=30_000)
+    page.wait_for_selector(f"#machine-state:has-text('{RUNNING_TEXT}')", timeout=30_000)
 
     # The panel: the prompt, read over the events socket while the panel is open.
     page.get_by_role("button", name="Screen as text").click()
@@ -86,7 +88,8 @@ def test_a_dos_screen_read_as_text_by_its_owner_its_page_and_a_watcher(
         raise AssertionError("\n".join(screen()[0])) from None
     lines, cursor = screen()
     # One line per row, trailing spaces removed, each ended by a newline.
-    assert len(lines) == 26 and lines[-1] == ""
+    assert len(lines) == 26
+    assert lines[-1] == ""
     assert all(line == line.rstrip() for line in lines)
     assert lines[lines.index(MARKER)] == MARKER
     prompt_row = max(row for row, line in enumerate(lines) if line == PROMPT)
@@ -118,7 +121,7 @@ def test_a_dos_screen_read_as_text_by_its_owner_its_page_and_a_watcher(
     watching.get_by_role("button", name="Screen as text").click()
     watching.wait_for_function("(marker) => document.getElementById('screen-text-pre').textContent"
                                ".includes(marker)", arg=MARKER, timeout=15_000)
-    watching.wait_for_selector("#machine-state:has-text('Running · text mode 80×25')", timeout=15_000)
+    watching.wait_for_selector(f"#machine-state:has-text('{RUNNING_TEXT}')", timeout=15_000)
     other.close()
     stranger = PortalVisitor(portal.url)
     status, body = stranger.request("GET", f"/api/sessions/{session_id}/screen.txt")
