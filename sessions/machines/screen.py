@@ -17,6 +17,7 @@ from __future__ import annotations
 import codecs
 import functools
 import re
+import struct
 from dataclasses import dataclass, field
 
 from portal.profile import CODE_PAGES
@@ -65,21 +66,24 @@ def code_page_table(code_page: int) -> str:
     return CONTROL_GLYPHS + printable + DEL_GLYPH + upper
 
 
+@functools.cache
+def _translation(code_page: int) -> dict[int, str]:
+    """str.translate's table from a byte (as Latin-1 decodes it) to what the PC draws."""
+    return dict(enumerate(code_page_table(code_page)))
+
+
 def cells_decode(cells: bytes, *, columns: int, rows: int, code_page: int) -> list[str]:
     """Character cells (character, attribute) as lines, trailing spaces removed.
     A short read leaves the missing cells blank."""
-    table = code_page_table(code_page)
-    characters = cells[0::2]
-    lines = []
-    for row in range(rows):
-        line = characters[row * columns:(row + 1) * columns]
-        lines.append("".join(table[byte] for byte in line).rstrip(" \u00a0"))
-    return lines
+    # Latin-1 turns each byte into the code point of its value, which the table maps.
+    characters = cells[0::2].decode("latin-1").translate(_translation(code_page))
+    return [characters[row * columns:(row + 1) * columns].rstrip(" \u00a0") for row in range(rows)]
 
 
 def monitor_bytes(output: str) -> bytes:
     """The bytes of the monitor's `xp /Ngx` answer (8-byte words, little-endian)."""
-    return b"".join(int(word, 16).to_bytes(8, "little") for word in _HEX_WORD.findall(output))
+    words = _HEX_WORD.findall(output)
+    return struct.pack(f"<{len(words)}Q", *(int(word, 16) for word in words))
 
 
 @dataclass(frozen=True)
