@@ -536,7 +536,7 @@ class Broker:
             task.cancel()
         await asyncio.gather(*pool_task, return_exceptions=True)
         await self.pool.close()
-        self.screens.close()
+        await asyncio.gather(*self.screens.close(), return_exceptions=True)
         await self.keeper.end_all(reason=VisitorSession.EndedReason.SERVER, detail="The server stopped.")
         tasks: list[asyncio.Task[Any]] = [*self._background, *self._helpers]
         self._background = []

@@ -180,9 +180,13 @@ class ScreenReaders:
             before = screen
             await asyncio.sleep(self._interval_s())
 
-    def close(self, session_id: str | None = None) -> None:
-        """Stop one visit's reader (it ended), or every reader (the node shuts down)."""
+    def close(self, session_id: str | None = None) -> list[asyncio.Task[None]]:
+        """Stop one visit's reader (it ended), or every reader (the node shuts down);
+        returns their tasks, cancelled, for the caller to wait for."""
+        stopped = []
         for number in [session_id] if session_id is not None else list(self._readers):
             reader = self._readers.pop(number, None)
             if reader is not None and reader.task is not None:
                 reader.task.cancel()
+                stopped.append(reader.task)
+        return stopped
