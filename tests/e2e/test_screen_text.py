@@ -6,7 +6,8 @@ in on a floppy and shown with DOS's TYPE on a FreeDOS machine from the warm pool
 it; the page's Screen as text panel shows it and its live region announces the
 new line; the page says the machine runs in text mode 80x25; a watcher reads the
 same text, over the API and on the watch page; someone else's browser gets 404;
-the demo's Windows desktop answers `409 graphics_mode`.
+on the demo's Windows desktop the page says the machine shows graphics at 640x480,
+and screen.txt answers `409 graphics_mode`.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ MARKER = "╔═╡ Café Ñandú ½ ░▒▓ ☺♥ ╞═╗"
 PROMPT = "A:\\>"
 # The page's words for the machine's state (80 by 25, with a multiplication sign).
 RUNNING_TEXT = "Running · text mode 80\u00d725"
+RUNNING_GRAPHICS = "Running · graphics 640\u00d7480"
 
 
 def test_a_dos_screen_read_as_text_by_its_owner_its_page_and_a_watcher(
@@ -129,17 +131,25 @@ def test_a_dos_screen_read_as_text_by_its_owner_its_page_and_a_watcher(
     status, body = stranger.request("GET", "/api/watch/no-such-link/screen.txt")
     assert status == 404
 
-    # The demo's Windows desktop is graphics: 409, with its size.
-    status, demo = stranger.request("POST", "/api/exhibits/demo/sessions")
-    assert status == 201, demo
-    wait_until(lambda: stranger.session_state(demo["id"]) == "running", timeout_s=TIMEOUT_S,
-               what="the demo running")
-    status, body = stranger.request("GET", f"/api/sessions/{demo['id']}/screen.txt")
-    assert status == 409, body
+    # The demo's Windows desktop is graphics: the page says so, and so does the API.
+    windows = browser.new_context(viewport={"width": 1000, "height": 700})
+    desktop = windows.new_page()
+    desktop.goto(portal.url + "/exhibits/demo/")
+    desktop.get_by_role("button", name="Start").click()
+    desktop.wait_for_url(re.compile(r"/sessions/[A-Za-z0-9_-]{32}/$"))
+    desktop.wait_for_selector(f"#machine-state:has-text('{RUNNING_GRAPHICS}')", timeout=30_000)
+    desktop.get_by_role("button", name="Screen as text").click()
+    desktop.wait_for_selector("#screen-text-graphics:has-text('graphics')", timeout=15_000)
+    assert desktop.locator("#screen-text-pre").is_hidden()
+    answer = desktop.request.get(desktop.url.replace("/sessions/", "/api/sessions/") + "screen.txt")
+    assert answer.status == 409, answer.text()
+    body = answer.json()
     assert body["error"] == "graphics_mode"
     assert (body["width"], body["height"]) == (640, 480)
     assert body["detail"]
-    assert stranger.session_end(demo["id"]) == 204
+    desktop.get_by_role("button", name="End").click()
+    desktop.wait_for_selector('#state[data-state="ended"]', timeout=15_000)
+    windows.close()
 
     page.get_by_role("button", name="End").click()
     page.wait_for_selector('#state[data-state="ended"]', timeout=15_000)
