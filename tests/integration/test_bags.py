@@ -81,8 +81,8 @@ def test_an_exported_and_reimported_exhibit_is_bit_exact(exhibit: Exhibit, tmp_p
                               back.image.path], capture_output=True, text=True, timeout=60)
     assert compare.returncode == 0, compare.stdout
     for name in ("title", "year", "publisher", "description", "boot", "accelerator", "memory_mb",
-                 "code_page", "provenance_source", "provenance_donor", "provenance_acquired", "provenance_notes",
-                 "thumbnail"):
+                 "code_page", "provenance_source", "provenance_donor", "provenance_acquired",
+                 "provenance_notes", "thumbnail"):
         assert getattr(back, name) == getattr(exhibit, name), name
     assert not back.published  # a draft until a curator publishes it
     assert (settings.PORTAL_THUMBNAIL_DIR / back.thumbnail).read_bytes() == PNG
