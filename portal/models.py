@@ -12,7 +12,7 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from django.utils import timezone
 
-from .profile import MachineProfile, sound_devices
+from .profile import CODE_PAGES, MachineProfile, sound_devices
 
 # What the exhibit page calls each piece of sound hardware.
 SOUND_NAMES = {"pcspk": "PC speaker", "adlib": "AdLib", "sb16": "Sound Blaster 16"}
@@ -187,6 +187,12 @@ class Exhibit(models.Model):
     files_in = models.CharField(
         max_length=4, choices=FilesIn.choices, default=FilesIn.AUTO, verbose_name="visitors' files",
         help_text="The floppy drive a visitor's own files go into, on a disk built for them.",
+    )
+    code_page = models.PositiveSmallIntegerField(
+        choices=sorted(CODE_PAGES.items()), default=437,
+        help_text="The DOS code page the guest's text screen is read in (Screen as text, "
+                  "screen.txt): 437 for most DOS software, 850 for Western European "
+                  "installs, or the page the guest's COUNTRY and CHCP set.",
     )
     provenance_source = models.CharField(max_length=300, blank=True,
                                          help_text="Where the image comes from (archive, collection).")
