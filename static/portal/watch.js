@@ -14,6 +14,8 @@ const notice = document.getElementById("notice");
 const watchersLabel = document.getElementById("watchers");
 const controlLabel = document.getElementById("control");
 const enter = document.getElementById("screen-enter");
+const controlSaid = document.getElementById("control-said");
+const t = (text) => (window.gettext || ((s) => s))(text);
 
 const STATE_EVERY_MS = 2000;
 const CLOSE = { REVOKED: 4401, UNKNOWN: 4404, QUEUED: 4409, ENDED: 4410, REPLACED: 4412, TOO_MANY: 4429 };
@@ -40,9 +42,12 @@ function showControl(control) {
   inControl = control;
   if (rfb) {
     rfb.viewOnly = !control;
-    if (control) rfb.focus();
+    // The owner's doing, not this watcher's: the keyboard moves only if the page's focus was nowhere.
+    if (control && screenFocus.idle()) rfb.focus();
   }
   controlLabel.hidden = !control;
+  controlSaid.textContent = control ? t("You have the keyboard and mouse: press Type into the machine, or click the screen.")
+    : t("The owner has the keyboard and mouse.");
   enter.disabled = !control;
 }
 
