@@ -161,18 +161,28 @@ let lastPosition = null;
 
 function showQueued(data) {
   showState("queued", `waiting: number ${data.queue_position} in line`);
-  // The notice (a live region) says it the first time; each move up the line is said again.
-  if (lastPosition !== null && data.queue_position !== lastPosition) {
-    announce(t("You are now number %s in line.").replace("%s", data.queue_position));
+  const minutes = Math.max(1, Math.round((data.queue_wait_s || 0) / 60));
+  const wait = `${minutes} minute${minutes === 1 ? "" : "s"}`;
+  const place = document.getElementById("queue-position");
+  if (place && !notice.hidden) {
+    // Still in line: the numbers change in place, unannounced by the notice (its
+    // own live region would say them without their sentence); a move up the line
+    // is said once, as a sentence.
+    if (data.queue_position !== lastPosition) {
+      announce(t("You are now number %s in line.").replace("%s", data.queue_position));
+    }
+    place.textContent = `number ${data.queue_position}`;
+    document.getElementById("queue-wait").textContent = wait;
+  } else {
+    // The notice (a live region) says the whole of it the first time.
+    showNotice(
+      `<p><strong>Every machine is in use.</strong></p>` +
+      `<p>You are <strong id="queue-position" aria-live="off">number ${data.queue_position}</strong> in line; ` +
+      `the wait is about <span id="queue-wait" aria-live="off">${wait}</span>.</p>` +
+      `<p>Keep this page open: your machine starts here by itself.</p>`
+    );
   }
   lastPosition = data.queue_position;
-  const minutes = Math.max(1, Math.round((data.queue_wait_s || 0) / 60));
-  showNotice(
-    `<p><strong>Every machine is in use.</strong></p>` +
-    `<p>You are <strong id="queue-position">number ${data.queue_position}</strong> in line; ` +
-    `the wait is about ${minutes} minute${minutes === 1 ? "" : "s"}.</p>` +
-    `<p>Keep this page open: your machine starts here by itself.</p>`
-  );
 }
 
 function hideWarning() {

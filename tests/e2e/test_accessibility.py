@@ -141,6 +141,9 @@ def test_every_visitor_page_in_every_state_passes_axe_on_a_desktop_and_a_phone(
     _, second_phone = _both(browser, second.url.removeprefix(portal.url), portal, like=second)
     second_phone.wait_for_selector('#state[data-state="queued"]', timeout=10_000)
     _axe_clean(second_phone, "waiting in line on a phone")
+    third = _start(browser, portal)
+    third.wait_for_selector('#state[data-state="queued"]', timeout=10_000)
+    assert third.locator("#queue-position").inner_text() == "number 2"
 
     # The first visit ends: its pages say so; the second visitor's machine starts.
     first.get_by_role("button", name="End").click()
@@ -149,6 +152,11 @@ def test_every_visitor_page_in_every_state_passes_axe_on_a_desktop_and_a_phone(
         _axe_clean(page, f"ended on the {where}")
     second.wait_for_function(SCREEN_SHOWN, timeout=60_000)
     assert second.locator("#announce").inner_text() == "The machine is running."
+    # The third visitor moves up the line, and hears it said once, as a sentence.
+    third.wait_for_function("() => document.getElementById('announce').textContent"
+                            " === 'You are now number 1 in line.'", timeout=10_000)
+    assert third.locator("#queue-position").inner_text() == "number 1"
+    third.context.close()
 
     # The machine crashes.
     pid, _ = portal.machine(second.url.rstrip("/").rsplit("/", 1)[1])
