@@ -185,10 +185,10 @@ function showQueued(data) {
   lastPosition = data.queue_position;
 }
 
-function hideWarning() {
+function hideWarning({ replaced = false } = {}) {
   if (warningTimer) clearInterval(warningTimer);
   warningTimer = null;
-  if (!warningBox.hidden) {
+  if (!warningBox.hidden && !replaced) {
     // The button that had the focus goes; the focus goes back where the keyboard's way in is.
     const hadFocus = warningBox.contains(document.activeElement);
     warningBox.hidden = true;
@@ -197,7 +197,9 @@ function hideWarning() {
 }
 
 function showWarning(reason, secondsLeft) {
-  hideWarning();
+  // A warning in place of another: a focus on its button stays on the new one.
+  const onStillHere = document.activeElement?.id === "still-here";
+  hideWarning({ replaced: true });
   let left = secondsLeft;
   // The countdown ticks on the page only; a screen reader hears the warning once,
   // with what to do about it. The time limit is the shared machine's essential
@@ -212,6 +214,7 @@ function showWarning(reason, secondsLeft) {
       announce(t("The machine stays on."));
       if (rfb) rfb.focus();
     });
+    if (onStillHere) document.getElementById("still-here").focus();
     announce(t("Nobody has used this machine for a while. It switches off in %s seconds. " +
       "Press any key on the machine, or the I'm still here button, to keep it.").replace("%s", left),
     { urgent: true });
@@ -219,6 +222,7 @@ function showWarning(reason, secondsLeft) {
     warningBox.innerHTML =
       `<span id="warning-text">${escapeHtml(t("This visit reaches its time limit: the machine switches off in"))} ` +
       `<strong id="countdown">${left}</strong> s.</span>`;
+    if (onStillHere) document.getElementById("screen-enter").focus();
     announce(t("This visit reaches its time limit: the machine switches off in %s seconds.")
       .replace("%s", left), { urgent: true });
   }
