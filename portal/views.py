@@ -17,6 +17,7 @@ from django.views.decorators.http import require_GET
 
 from .errors import bad_request_answer, json_error, wants_json
 from .framing import embeddable
+from .limits import visit_limits_sentence
 from .models import Exhibit
 from .runtime import Runtime, runtime
 
@@ -118,7 +119,7 @@ async def exhibit_page_response(request: HttpRequest, exhibit: Exhibit, *, messa
          "unavailable": await exhibit.fixity_problem(),
          "message": message, "message_link": link,
          "embed_url": embed_url, "embed_snippet": embed_snippet(exhibit, embed_url),
-         "embed_sites": settings.PORTAL_EMBED_ORIGINS},
+         "embed_sites": settings.PORTAL_EMBED_ORIGINS, "limits": visit_limits_sentence()},
         status=status,
     )
     if embed:

@@ -3,11 +3,17 @@
 // WebSocket, the machine's sound (audio.js, on its own socket), and the
 // visitor's controls (sound, fullscreen, Ctrl+Alt+Del, Reset, End,
 // checkpoints, files in through a drop zone, files out as a zip), with touch
-// (touch.js) and the on-screen keyboard (osk.js) for phones and tablets.
+// (touch.js) and the on-screen keyboard (osk.js) for phones and tablets, the
+// keyboard's way into and out of the screen (screen-focus.js) and the toolbar's
+// More menu (toolbar.js). State changes, the place in line and the time-limit
+// warnings are announced through live regions; the focus moves only when the
+// visitor asked for it or had it nowhere.
 import RFB from "/static/novnc/core/rfb.js";
 import { Speaker } from "./audio.js";
 import { api, csrfToken } from "./csrf.js";
 import { OnScreenKeyboard } from "./osk.js";
+import { ScreenFocus } from "./screen-focus.js";
+import { toolbarStart } from "./toolbar.js";
 import { Touchpad } from "./touch.js";
 import { toolsStart } from "./tools.js";
 
@@ -26,6 +32,9 @@ const sandboxPanel = document.getElementById("sandbox");
 const checkpointList = document.getElementById("checkpoint-list");
 const checkpointStatus = document.getElementById("checkpoint-status");
 const drop = document.getElementById("drop");
+const announcer = document.getElementById("announce");
+const urgentAnnouncer = document.getElementById("announce-urgent");
+const t = (text) => (window.gettext || ((s) => s))(text);
 
 const REASONS = {
   visitor: "You ended this visit.",
@@ -52,12 +61,37 @@ const machinePage = (url) => (embedded ? `${url}?embed=1` : url);
 const display = () => rfb;
 new Touchpad({ screen, display, button: document.getElementById("touchpad-toggle"), mouse: screen.dataset.mouse });
 new OnScreenKeyboard({ panel: document.getElementById("osk"), toggle: document.getElementById("osk-toggle"), display });
+const screenFocus = new ScreenFocus({
+  screen, enter: document.getElementById("screen-enter"), display, also: [document.getElementById("osk")],
+});
+toolbarStart({ toggle: document.getElementById("more-toggle"), menu: document.getElementById("more-menu") });
 // Where the page may not fill the screen (an iframe without allow="fullscreen", an iPhone).
 if (!document.fullscreenEnabled) fullscreenButton.hidden = true;
+
+// What a screen reader hears when the state changes (the notice says the rest).
+const STATE_WORDS = {
+  running: "The machine is running.",
+  starting: "The machine is starting.",
+  ending: "Ending the visit…",
+};
+
+function announce(text, { urgent = false } = {}) {
+  const region = urgent ? urgentAnnouncer : announcer;
+  // Emptied first, so the same words said again are heard again.
+  region.textContent = "";
+  setTimeout(() => { region.textContent = text; }, 50);
+}
+
+let announcedState = null;
 
 function showState(state, text) {
   stateLabel.dataset.state = state;
   stateLabel.textContent = text || state;
+  // Said once it is so ("running" once the screen is there, not while connecting).
+  if ((!text || text === state) && state !== announcedState && STATE_WORDS[state]) {
+    announcedState = state;
+    announce(t(STATE_WORDS[state]));
+  }
 }
 
 function showNotice(html) {
@@ -84,7 +118,10 @@ function showEnded(data) {
     `<p><button id="restart" class="primary">Start a new machine</button> ` +
     `<a href="/exhibits/${encodeURIComponent(data.exhibit || session.exhibit)}/${embedded ? "embed" : ""}">Back to the exhibit</a></p>`
   );
-  document.getElementById("restart").addEventListener("click", restart);
+  const restartButton = document.getElementById("restart");
+  restartButton.addEventListener("click", restart);
+  // The screen (and any focus in it) is gone: the focus goes to what comes next.
+  const focusLost = screenFocus.idle();
   hideWarning();
   if (events) {
     const old = events;
@@ -102,6 +139,8 @@ function showEnded(data) {
     rfb = null;
     old.disconnect();
   }
+  screenFocus.label(null);
+  if (focusLost) restartButton.focus();
 }
 
 async function restart() {
@@ -118,43 +157,75 @@ async function restart() {
   document.getElementById("restart").addEventListener("click", restart);
 }
 
+let lastPosition = null;
+
 function showQueued(data) {
   showState("queued", `waiting: number ${data.queue_position} in line`);
   const minutes = Math.max(1, Math.round((data.queue_wait_s || 0) / 60));
-  showNotice(
-    `<p><strong>Every machine is in use.</strong></p>` +
-    `<p>You are <strong id="queue-position">number ${data.queue_position}</strong> in line; ` +
-    `the wait is about ${minutes} minute${minutes === 1 ? "" : "s"}.</p>` +
-    `<p>Keep this page open: your machine starts here by itself.</p>`
-  );
+  const wait = `${minutes} minute${minutes === 1 ? "" : "s"}`;
+  const place = document.getElementById("queue-position");
+  if (place && !notice.hidden) {
+    // Still in line: the numbers change in place, unannounced by the notice (its
+    // own live region would say them without their sentence); a move up the line
+    // is said once, as a sentence.
+    if (data.queue_position !== lastPosition) {
+      announce(t("You are now number %s in line.").replace("%s", data.queue_position));
+    }
+    place.textContent = `number ${data.queue_position}`;
+    document.getElementById("queue-wait").textContent = wait;
+  } else {
+    // The notice (a live region) says the whole of it the first time.
+    showNotice(
+      `<p><strong>Every machine is in use.</strong></p>` +
+      `<p>You are <strong id="queue-position" aria-live="off">number ${data.queue_position}</strong> in line; ` +
+      `the wait is about <span id="queue-wait" aria-live="off">${wait}</span>.</p>` +
+      `<p>Keep this page open: your machine starts here by itself.</p>`
+    );
+  }
+  lastPosition = data.queue_position;
 }
 
-function hideWarning() {
+function hideWarning({ replaced = false } = {}) {
   if (warningTimer) clearInterval(warningTimer);
   warningTimer = null;
-  warningBox.hidden = true;
+  if (!warningBox.hidden && !replaced) {
+    // The button that had the focus goes; the focus goes back where the keyboard's way in is.
+    const hadFocus = warningBox.contains(document.activeElement);
+    warningBox.hidden = true;
+    if (hadFocus) document.getElementById("screen-enter").focus();
+  }
 }
 
 function showWarning(reason, secondsLeft) {
-  hideWarning();
+  // A warning in place of another: a focus on its button stays on the new one.
+  const onStillHere = document.activeElement?.id === "still-here";
+  hideWarning({ replaced: true });
   let left = secondsLeft;
-  const render = () => {
-    if (reason === "idle") {
-      warningBox.innerHTML =
-        `<span>Nobody has used this machine for a while. It switches off in ` +
-        `<strong id="countdown">${left}</strong> s.</span> ` +
-        `<button id="still-here" class="primary">I'm still here</button>`;
-      document.getElementById("still-here").addEventListener("click", () => {
-        if (events && events.readyState === WebSocket.OPEN) events.send(JSON.stringify({ type: "active" }));
-        if (rfb) rfb.focus();
-      });
-    } else {
-      warningBox.innerHTML =
-        `<span>This visit reaches its time limit: the machine switches off in ` +
-        `<strong id="countdown">${left}</strong> s.</span>`;
-    }
-  };
-  render();
+  // The countdown ticks on the page only; a screen reader hears the warning once,
+  // with what to do about it. The time limit is the shared machine's essential
+  // limit: no button extends it.
+  if (reason === "idle") {
+    warningBox.innerHTML =
+      `<span id="warning-text">${escapeHtml(t("Nobody has used this machine for a while. It switches off in"))} ` +
+      `<strong id="countdown">${left}</strong> s.</span> ` +
+      `<button id="still-here" type="button" class="primary">${escapeHtml(t("I'm still here"))}</button>`;
+    document.getElementById("still-here").addEventListener("click", () => {
+      if (events && events.readyState === WebSocket.OPEN) events.send(JSON.stringify({ type: "active" }));
+      announce(t("The machine stays on."));
+      if (rfb) rfb.focus();
+    });
+    if (onStillHere) document.getElementById("still-here").focus();
+    announce(t("Nobody has used this machine for a while. It switches off in %s seconds. " +
+      "Press any key on the machine, or the I'm still here button, to keep it.").replace("%s", left),
+    { urgent: true });
+  } else {
+    warningBox.innerHTML =
+      `<span id="warning-text">${escapeHtml(t("This visit reaches its time limit: the machine switches off in"))} ` +
+      `<strong id="countdown">${left}</strong> s.</span>`;
+    if (onStillHere) document.getElementById("screen-enter").focus();
+    announce(t("This visit reaches its time limit: the machine switches off in %s seconds.")
+      .replace("%s", left), { urgent: true });
+  }
   warningBox.dataset.reason = reason;
   warningBox.hidden = false;
   warningTimer = setInterval(() => {
@@ -261,8 +332,10 @@ function connect() {
   rfb.addEventListener("connect", () => {
     reconnectDelayMs = 500;
     notice.hidden = true;
+    const giveKeys = screenFocus.idle();
+    screenFocus.label(rfb);
     showState("running", "running");
-    rfb.focus();
+    if (giveKeys) rfb.focus();
   });
   rfb.addEventListener("disconnect", async () => {
     rfb = null;
@@ -316,6 +389,8 @@ resetButton.addEventListener("click", async () => {
   resetButton.disabled = true;
   resetting = true;
   showState("starting", "resetting…");
+  announcedState = null;
+  announce(t("Resetting the machine…"));
   if (rfb) {
     const old = rfb;
     rfb = null;

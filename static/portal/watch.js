@@ -5,6 +5,7 @@
 // owner revokes the link; when the owner hands this watcher the keyboard and
 // mouse, it lets noVNC send them until the owner takes them back.
 import RFB from "/static/novnc/core/rfb.js";
+import { ScreenFocus } from "./screen-focus.js";
 
 const watch = JSON.parse(document.getElementById("watch-data").textContent);
 const screen = document.getElementById("screen");
@@ -12,6 +13,9 @@ const stateLabel = document.getElementById("state");
 const notice = document.getElementById("notice");
 const watchersLabel = document.getElementById("watchers");
 const controlLabel = document.getElementById("control");
+const enter = document.getElementById("screen-enter");
+const controlSaid = document.getElementById("control-said");
+const t = (text) => (window.gettext || ((s) => s))(text);
 
 const STATE_EVERY_MS = 2000;
 const CLOSE = { REVOKED: 4401, UNKNOWN: 4404, QUEUED: 4409, ENDED: 4410, REPLACED: 4412, TOO_MANY: 4429 };
@@ -24,6 +28,8 @@ let stateTimer = null;
 // keyboard and mouse (a new one for every connection).
 let watcherId = "";
 let inControl = false;
+// The screen's name, and the way out for the keyboard (a watcher given control types into it).
+const screenFocus = new ScreenFocus({ screen, enter, display: () => rfb });
 
 function newWatcherId() {
   const bytes = new Uint8Array(16);
@@ -36,9 +42,13 @@ function showControl(control) {
   inControl = control;
   if (rfb) {
     rfb.viewOnly = !control;
-    if (control) rfb.focus();
+    // The owner's doing, not this watcher's: the keyboard moves only if the page's focus was nowhere.
+    if (control && screenFocus.idle()) rfb.focus();
   }
   controlLabel.hidden = !control;
+  controlSaid.textContent = control ? t("You have the keyboard and mouse: press Type into the machine, or click the screen.")
+    : t("The owner has the keyboard and mouse.");
+  enter.disabled = !control;
 }
 
 function say(text) {
@@ -96,6 +106,7 @@ function connect() {
   watcherId = newWatcherId();
   inControl = false;
   controlLabel.hidden = true;
+  enter.disabled = true;
   const socket = new WebSocket(`${scheme}${window.location.host}${watch.vnc_path}?watcher=${watcherId}`,
     ["binary"]);
   socket.binaryType = "arraybuffer";
@@ -109,6 +120,8 @@ function connect() {
   rfb.background = "#000";
   rfb.addEventListener("connect", () => {
     retryMs = 500;
+    screenFocus.label(rfb);
+    enter.disabled = !inControl;
     say("");
     refresh();
   });
