@@ -36,6 +36,7 @@ async def exhibit_json(exhibit: Exhibit, request: HttpRequest, *, here: Runtime)
             "boot": exhibit.boot,
             "sound": list(exhibit.machine_profile().sound),
             "speed": exhibit.speed,
+            "keyboard": exhibit.keyboard,
         },
         # The floppy drive ("a" or "b") visitors' own files go into, or null when off.
         "files_in": None if (drive := exhibit.machine_profile().files_in) == "off" else drive,

@@ -16,7 +16,7 @@ from django.db import transaction
 from portal.images import disk_image_import
 from portal.importer import QEMU_FORMATS, ImageError
 from portal.models import DiskImage, Exhibit, ExhibitMedia
-from portal.profile import SOUND_CARDS
+from portal.profile import KEYBOARD_LAYOUTS, SOUND_CARDS, keyboard_refusal
 from portal.record import agent_command
 
 BOOT_FOR_MEDIA = {"floppy": "floppy", "disk": "hdd", "cdrom": "cdrom"}
@@ -74,10 +74,17 @@ class Command(BaseCommand):
             "--files-in", choices=[c.value for c in Exhibit.FilesIn], default="auto",
             help="The floppy drive visitors' own files go into (auto: the first free one), or off.",
         )
+        parser.add_argument(
+            "--keyboard", default="us", metavar="LAYOUT",
+            help=f"The guest's keyboard layout: {', '.join(KEYBOARD_LAYOUTS)} (default us).",
+        )
         parser.add_argument("--publish", action="store_true", help="Make it visible to visitors.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         source: Path = options["image"]
+        refusal = keyboard_refusal(options["keyboard"])
+        if refusal is not None:
+            raise CommandError(refusal)
         if not source.is_file():
             raise CommandError(f"{source} is not a file")
         extras: list[DiskImage] = []
@@ -108,6 +115,7 @@ class Command(BaseCommand):
                     "accelerator": options["accelerator"],
                     "speed": options["speed"],
                     "files_in": options["files_in"],
+                    "keyboard": options["keyboard"],
                     "provenance_source": options["source"],
                     "provenance_donor": options["donor"],
                     "provenance_acquired": options["acquired"],
