@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import codecs
 import functools
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from portal.profile import KEYBOARD_LAYOUTS
 
-KEYMAPS_DIR = Path(os.environ.get("PORTAL_QEMU_KEYMAPS_DIR", "/usr/share/qemu/keymaps"))
-KEYSYMDEF = Path(os.environ.get("PORTAL_X11_KEYSYMDEF", "/usr/include/X11/keysymdef.h"))
+KEYMAPS_DIR = Path("/usr/share/qemu/keymaps")
+KEYSYMDEF = Path("/usr/include/X11/keysymdef.h")
 
 # The PC's keys a layout's characters need besides their own (QEMU's key numbers:
 # the XT scancode, 0x80 added for an 0xE0-prefixed key).
