@@ -35,6 +35,11 @@ ENTER = 0x1C
 TAB = 0x0F
 
 _DEFINE = re.compile(r"^#define XK_(\w+)\s+0x([0-9a-fA-F]+)\s*(?:/\*\s*(?:\(?U\+([0-9A-Fa-f]{4,6}))?)?")
+# Keys a layout's keymap names that its PCs do not have: QEMU's keymaps describe
+# the 105-key PC, but a US PC has 104 keys, without the one beside the left Shift
+# (0x56), which a US BIOS and DOS read as a second backslash key, not as "<" and
+# ">" as X11's us layout on a 105-key PC does (docs/curators.md lists the differences).
+_KEYS_ABSENT = {"us": frozenset({0x56})}
 # The DOS code pages' glyphs for the control bytes 0x14 and 0x15 (¶ and §), which
 # Python's codecs read as control characters; KEYB types them (German Shift+3: §).
 _CODE_PAGE_GLYPHS = {"\u00b6": 0x14, "\u00a7": 0x15}
@@ -154,10 +159,13 @@ def layout_for(name: str, code_page: int = 437) -> Layout:
         raise LayoutError(f"There is no keyboard layout called {name[:40]!r}; these are known: "
                           f"{', '.join(KEYBOARD_LAYOUTS)}.")
     characters: dict[str, Stroke] = {"\n": Stroke(ENTER), "\t": Stroke(TAB)}
+    absent = _KEYS_ABSENT.get(name, frozenset())
     for words in _keymap_lines(keymap):
         try:
             key = int(words[1], 16)
         except ValueError:
+            continue
+        if key in absent:
             continue
         flags = set(words[2:])
         if not flags <= {"shift", "altgr", "addupper"} or key >= 0x80:
