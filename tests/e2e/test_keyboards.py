@@ -213,7 +213,13 @@ def test_what_is_printed_on_the_visitors_keys_arrives_on_the_guests_layout(porta
 
 # --- The display socket's allow-list, on the wire ---------------------------------
 
-HANDSHAKE_REPLIES = b"RFB 003.008\n", b"\x01", b"\x01"
+async def stream_read(transport: WebSocketTransport, stream: bytearray, count: int) -> bytes:
+    """The next count bytes of the server's stream (what came beyond them stays in stream)."""
+    while len(stream) < count:
+        stream.extend(await transport.receive())
+    taken = bytes(stream[:count])
+    del stream[:count]
+    return taken
 
 
 async def display_open(visitor: PortalVisitor, path: str) -> tuple[WebSocketTransport, bytearray]:
@@ -221,44 +227,32 @@ async def display_open(visitor: PortalVisitor, path: str) -> tuple[WebSocketTran
     server sent beyond it is returned as the start of the stream."""
     transport = await visitor.websocket(path)
     stream = bytearray()
-
-    async def read(count: int) -> bytes:
-        while len(stream) < count:
-            stream.extend(await transport.receive())
-        taken = bytes(stream[:count])
-        del stream[:count]
-        return taken
-
-    await read(12)
+    await stream_read(transport, stream, 12)
     await transport.send(b"RFB 003.008\n")
-    count = (await read(1))[0]
-    await read(count)
+    count = (await stream_read(transport, stream, 1))[0]
+    await stream_read(transport, stream, count)
     await transport.send(b"\x01")
-    await read(4)
+    await stream_read(transport, stream, 4)
     await transport.send(b"\x01")
-    header = await read(24)
-    await read(struct.unpack(">I", header[20:24])[0])
+    header = await stream_read(transport, stream, 24)
+    await stream_read(transport, stream, struct.unpack(">I", header[20:24])[0])
     return transport, stream
 
 
-async def update_rectangles(transport: WebSocketTransport, stream: bytearray) -> list[tuple[int, ...]]:
-    """The rectangles of the next FramebufferUpdate (Raw, 32 bits a pixel)."""
-    async def read(count: int) -> bytes:
-        while len(stream) < count:
-            stream.extend(await transport.receive())
-        taken = bytes(stream[:count])
-        del stream[:count]
-        return taken
+Rectangle = tuple[int, int, int, int]
 
-    while (await read(1))[0] != 0:
-        raise AssertionError("the server sent something other than an update")
-    (count,) = struct.unpack(">xH", await read(3))
+
+async def update_rectangles(transport: WebSocketTransport, stream: bytearray) -> list[Rectangle]:
+    """The rectangles of the next FramebufferUpdate (Raw, 32 bits a pixel)."""
+    kind = (await stream_read(transport, stream, 1))[0]
+    assert kind == 0, f"the server sent message {kind}, not an update"
+    (count,) = struct.unpack(">xH", await stream_read(transport, stream, 3))
     rectangles = []
     for _ in range(count):
-        x, y, width, height, encoding = struct.unpack(">HHHHi", await read(12))
+        x, y, width, height, encoding = struct.unpack(">HHHHi", await stream_read(transport, stream, 12))
         assert encoding == 0
-        await read(width * height * 4)
-        rectangles.append((x, y, width, height))
+        await stream_read(transport, stream, width * height * 4)
+        rectangles.append((int(x), int(y), int(width), int(height)))
     return rectangles
 
 
