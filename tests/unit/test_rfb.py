@@ -156,3 +156,13 @@ def test_a_viewer_gate_passes_input_only_while_its_watcher_has_control() -> None
     gate.control = False
     with pytest.raises(ViewerRefusedError):
         gate.feed(KEY)
+
+
+def test_a_watcher_in_control_has_its_keys_translated_as_the_owners_are() -> None:
+    from sessions.display.rfb import ViewerGate
+
+    gate = ViewerGate()
+    gate.feed(HANDSHAKE_38)
+    gate.control = True
+    gate.key_filter = lambda message: b"<" + message + b">"
+    assert gate.feed(KEY + POINTER + QEMU_KEY) == b"<" + KEY + b">" + POINTER + b"<" + QEMU_KEY + b">"
