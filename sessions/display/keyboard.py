@@ -36,6 +36,10 @@ _SHIFT_KEYSYMS = {0xFFE1: LEFT_SHIFT, 0xFFE2: RIGHT_SHIFT}
 # these held is a command, not a character.
 _COMMAND_KEYSYMS = frozenset({0xFFE3, 0xFFE4, 0xFFE7, 0xFFE8, 0xFFE9, 0xFFEA, 0xFFEB, 0xFFEC,
                               0xFFED, 0xFFEE})
+# How many pressed keys one connection remembers: a PC has about a hundred keys, and
+# a client that presses ever new ones without letting go (a hostile one) must not
+# make the memory grow.
+HELD_MAX = 128
 # AltGr as browsers report it (ISO_Level3_Shift, Mode_switch), and Caps Lock.
 _SWALLOWED_KEYSYMS = frozenset({0xFE03, 0xFF7E, 0xFFE5})
 
@@ -80,6 +84,8 @@ class KeyTranslator:
         if not down or character is None or self._commands:
             return message, None
         stroke = self.layout.stroke(character)
+        if len(self._translated) >= HELD_MAX:
+            del self._translated[next(iter(self._translated))]
         if stroke is None:
             self._translated[identity] = None
             return b"", character
@@ -89,6 +95,8 @@ class KeyTranslator:
 
     def _held_track(self, keysym: int, identity: tuple[int, int], *, down: bool) -> None:
         if keysym in _COMMAND_KEYSYMS:
+            if down and len(self._commands) >= HELD_MAX:
+                self._commands.clear()
             (self._commands.add if down else self._commands.discard)(identity[1])
         elif keysym in _SHIFT_KEYSYMS:
             shift = _SHIFT_KEYSYMS[keysym]

@@ -129,6 +129,17 @@ def test_a_burst_of_keys_leaves_nothing_held_that_the_visitor_let_go() -> None:
     assert not held
 
 
+def test_keys_pressed_and_never_let_go_hold_a_bounded_memory() -> None:
+    translator = KeyTranslator(layout_for("us"))
+    for keycode in range(1, 50_001):
+        translator.translate(key(ord("a"), keycode, down=True), CHARACTERS)
+    assert len(translator._translated) == 128
+    for keycode in range(1, 50_001):
+        translator.translate(key(0xFFE3, keycode, down=True), CHARACTERS)  # Ctrl
+    assert len(translator._translated) <= 128
+    assert len(translator._commands) <= 128
+
+
 def test_an_unknown_layout_is_refused_naming_the_known_ones() -> None:
     with pytest.raises(LayoutError, match="us, uk, de, fr"):
         layout_for("klingon")
