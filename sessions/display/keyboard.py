@@ -11,8 +11,9 @@ visit's key mode:
   holds them; a character the guest's layout cannot type sends nothing and is
   reported. Keys that type no character (Enter, the arrows, function keys,
   anything with Ctrl, Alt or the Windows key held) pass as the physical keys.
-  AltGr and Caps Lock themselves do not reach the guest: the keysym already says
-  what they chose, and a guest's own Caps Lock would turn the case back.
+  AltGr, Caps Lock and the visitor's dead keys themselves do not reach the guest:
+  the keysym already says what they chose (a dead key's character comes with
+  the next key), and a guest's own Caps Lock would turn the case back.
 - "positions": every key message passes unchanged (the physical keys).
 
 Must not: do anything with messages other than keys, or keep state beyond what
@@ -42,6 +43,9 @@ _COMMAND_KEYSYMS = frozenset({0xFFE3, 0xFFE4, 0xFFE7, 0xFFE8, 0xFFE9, 0xFFEA, 0x
 HELD_MAX = 128
 # AltGr as browsers report it (ISO_Level3_Shift, Mode_switch), and Caps Lock.
 _SWALLOWED_KEYSYMS = frozenset({0xFE03, 0xFF7E, 0xFFE5})
+# The visitor's dead keys (dead_grave ... dead_greek): the character they make with
+# the next key comes as a keysym of its own; the dead key itself is no key to press.
+_DEAD_KEYSYMS = (0xFE50, 0xFE8F)
 
 
 def _key_message(key: int, keysym: int, *, down: bool) -> bytes:
@@ -78,7 +82,7 @@ class KeyTranslator:
         if not down and identity in self._translated:
             key = self._translated.pop(identity)
             return (b"" if key is None else _key_message(key, keysym, down=False)), None
-        if keysym in _SWALLOWED_KEYSYMS:
+        if keysym in _SWALLOWED_KEYSYMS or _DEAD_KEYSYMS[0] <= keysym <= _DEAD_KEYSYMS[1]:
             return b"", None
         character = keysym_character(keysym)
         if not down or character is None or self._commands:

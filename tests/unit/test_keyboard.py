@@ -93,6 +93,19 @@ def test_keys_that_type_no_character_and_commands_pass_as_the_physical_keys() ->
     assert translator.translate(z, CHARACTERS) == (z, None)
 
 
+def test_a_visitors_dead_key_sends_nothing_and_its_accented_letter_arrives() -> None:
+    translator = KeyTranslator(layout_for("fr"))
+    # A French visitor's ^ (dead) then e: the browser gives dead_circumflex, then ê;
+    # on a French guest without dead keys ê has no key of its own.
+    sent, refused = typed(translator, [(0xFE52, 0x1A, True), (0xFE52, 0x1A, False),
+                                       (0xEA, 0x12, True), (0xEA, 0x12, False)])
+    assert sent == []
+    assert refused == ["ê"]
+    sent, refused = typed(KeyTranslator(layout_for("de")), [(0xFE52, 0x29, True), (0xFE52, 0x29, False),
+                                                            (0xFC, 0x16, True), (0xFC, 0x16, False)])
+    assert sent == [("down", 0x1A), ("up", 0x1A)]  # ü, composed on the visitor's side
+
+
 def test_keys_by_position_pass_every_key_unchanged() -> None:
     translator = KeyTranslator(layout_for("us"))
     for message in (key(SHIFT_KEYSYM, SHIFT_L, down=True), key(ord("/"), 0x08, down=True),
