@@ -23,7 +23,7 @@ function keyboardStart() {
   const data = document.getElementById("session-data");
   const toggle = document.getElementById("key-mode");
   const notice = document.getElementById("keys-notice");
-  if (!data || !toggle) return;
+  if (!data) return;
   const session = JSON.parse(data.textContent);
   const path = `/api/sessions/${session.id}/key_mode`;
   let mode = session.key_mode || "characters";
@@ -31,6 +31,7 @@ function keyboardStart() {
 
   function show(current) {
     mode = current;
+    if (!toggle) return;  // a chrome-less (embedded) page: the remembered choice still applies
     toggle.setAttribute("aria-pressed", String(mode === "positions"));
     toggle.dataset.mode = mode;
   }
@@ -54,10 +55,12 @@ function keyboardStart() {
   }
 
   show(mode);
-  toggle.addEventListener("click", async () => {
-    const wanted = mode === "positions" ? "characters" : "positions";
-    if (await choose(wanted)) store(wanted);
-  });
+  if (toggle) {
+    toggle.addEventListener("click", async () => {
+      const wanted = mode === "positions" ? "characters" : "positions";
+      if (await choose(wanted)) store(wanted);
+    });
+  }
   const remembered = stored();
   if ((remembered === "positions" || remembered === "characters") && remembered !== mode) {
     choose(remembered);
