@@ -1,4 +1,6 @@
 import { api, csrfToken } from "./csrf.js";
+import { displaySocketDrop, displaySocketOpen } from "./early-display.js";
+import { pageBecome } from "./page-swap.js";
 
 const article = document.querySelector("article.exhibit");
 const form = document.getElementById("start-form");
@@ -24,9 +26,26 @@ if (embed && form && !csrfToken()) {
     `<a href="/exhibits/${article.dataset.slug}/" target="_blank" rel="noopener">Open it in a new tab</a>.`);
 }
 
-// Fetch the display client while the visitor reads, so the machine's page
-// starts streaming without first loading it.
+// Fetch the display client while the visitor reads (the machine page's own
+// modules are preloaded by this page's links), so the machine's page starts
+// streaming without first loading anything.
 window.addEventListener("load", () => { import("/static/novnc/core/rfb.js").catch(() => {}); });
+
+// The machine's page, in place of this one: its display socket opened at once
+// (the session's id is known), the page's HTML fetched meanwhile. A page that
+// cannot be had so is navigated to instead.
+async function machineShow(data) {
+  const url = machinePage(data.page_url);
+  if (data.state !== "queued" && data.state !== "ended") displaySocketOpen(data.vnc_path);
+  try {
+    const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" } });
+    if (!response.ok) throw new Error(`status ${response.status}`);
+    await pageBecome(await response.text(), url);
+  } catch {
+    displaySocketDrop(data.vnc_path);
+    window.location.assign(url);
+  }
+}
 
 // No button: the exhibit cannot be started now, and the page says why. The button
 // is a plain form too, so a press before this script ran still starts the machine.
@@ -36,7 +55,7 @@ form?.addEventListener("submit", async (event) => {
   button.textContent = "Starting…";
   const { status, data } = await api("POST", `/api/exhibits/${article.dataset.slug}/sessions`);
   if (status === 201) {
-    window.location.assign(machinePage(data.page_url));
+    await machineShow(data);
     return;
   }
   button.disabled = false;

@@ -11,6 +11,10 @@
 import RFB from "/static/novnc/core/rfb.js";
 import { Speaker } from "./audio.js";
 import { api, csrfToken } from "./csrf.js";
+import { displaySocketTake } from "./early-display.js";
+// Back and Forward to an address of this same document (the exhibit page this one
+// was made from in place) load that page.
+import "./page-swap.js";
 import { OnScreenKeyboard } from "./osk.js";
 import { ScreenFocus } from "./screen-focus.js";
 import { toolbarStart } from "./toolbar.js";
@@ -319,8 +323,10 @@ function showReconnectOffer(words) {
 
 function connect() {
   const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
-  // The socket is made here, not by noVNC, so the page can read its close code.
-  const socket = new WebSocket(scheme + window.location.host + session.vnc_path, ["binary"]);
+  // The socket is made here, not by noVNC, so the page can read its close code; after
+  // a start on the exhibit page, it is the one that page opened (early-display.js).
+  const socket = displaySocketTake(session.vnc_path)
+    || new WebSocket(scheme + window.location.host + session.vnc_path, ["binary"]);
   socket.binaryType = "arraybuffer";
   lastClose = null;
   socket.addEventListener("close", (event) => { lastClose = { code: event.code, reason: event.reason }; });

@@ -1,0 +1,69 @@
+// One page of the portal becomes another in place: the exhibit page becomes the
+// machine's page after Start, without a navigation. The new page's HTML (as the
+// server renders it for its address) replaces the body and the head's title and
+// viewport; its scripts run as they would have on a load (modules by import, so
+// those the page preloaded start at once; scripts the page has already are not
+// run twice). The address becomes the new page's, in the history: a reload or a
+// shared link gives the same page, and Back returns to the one before.
+function scriptRun(old) {
+  return new Promise((resolve) => {
+    const script = document.createElement("script");
+    for (const { name, value } of old.attributes) script.setAttribute(name, value);
+    if (old.src) {
+      script.addEventListener("load", resolve);
+      script.addEventListener("error", resolve);
+    } else {
+      script.textContent = old.textContent;
+    }
+    old.replaceWith(script);
+    if (!old.src) resolve();
+  });
+}
+
+export async function pageBecome(html, url) {
+  const next = new DOMParser().parseFromString(html, "text/html");
+  for (const { name, value } of next.documentElement.attributes) document.documentElement.setAttribute(name, value);
+  document.title = next.title;
+  const viewport = next.querySelector('meta[name="viewport"]');
+  const ours = document.querySelector('meta[name="viewport"]');
+  if (viewport && ours) ours.content = viewport.content;
+  // What the new head has and this one lacks (a style sheet, a script), in its order.
+  const heads = [];
+  for (const element of next.head.querySelectorAll("link[rel=stylesheet], script[src]")) {
+    const address = element.href || element.src;
+    const present = [...document.head.querySelectorAll("link[rel=stylesheet], script[src]")]
+      .some((mine) => (mine.href || mine.src) === address);
+    if (!present) heads.push(element);
+  }
+  for (const element of heads) {
+    document.head.appendChild(document.adoptNode(element));
+    if (element.tagName === "SCRIPT") await scriptRun(element);
+  }
+  const loaded = new Set([...document.scripts].map((script) => script.src).filter(Boolean));
+  const body = document.adoptNode(next.body);
+  const scripts = [...body.querySelectorAll("script")].filter((script) => {
+    const type = (script.type || "text/javascript").toLowerCase();
+    return type === "module" || type === "text/javascript";
+  });
+  document.body.replaceWith(body);
+  window.history.pushState({ page: url }, "", url);
+  shown = window.location.pathname + window.location.search;
+  window.scrollTo(0, 0);
+  for (const script of scripts) {
+    if (script.type === "module") {
+      if (script.src) await import(script.src);
+      else await scriptRun(script);
+    } else if (!script.src || !loaded.has(script.src)) {
+      await scriptRun(script);
+    }
+  }
+}
+
+// A page changed in place has the address of its own: going back or forward to
+// another address of the same document (also after a reload, which keeps the
+// entries before it) loads that one, as after a navigation.
+let shown = window.location.pathname + window.location.search;
+window.addEventListener("popstate", () => {
+  const here = window.location.pathname + window.location.search;
+  if (here !== shown) window.location.reload();
+});

@@ -1,0 +1,98 @@
+"""Start without leaving the page, in Chromium through Daphne: the exhibit page (and
+the embed page) turns into the machine's page in place, with the machine's address,
+so that reload and Back behave as after a navigation; Reset on it; and the plain
+form, without scripts, still reaches the machine's page."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from tests.e2e.conftest import Portal
+
+SESSION_URL = re.compile(r"/sessions/([A-Za-z0-9_-]{32})/(\?embed=1)?$")
+# The demo's own desktop: teal at the right edge of its 640x480 screen.
+DESKTOP_DRAWN = """() => {
+  const canvas = document.querySelector('#screen canvas');
+  if (!canvas || canvas.width !== 640 || canvas.height !== 480) return false;
+  const [r, g] = canvas.getContext('2d').getImageData(630, 300, 1, 1).data;
+  return g > 120 && r < 40;
+}"""
+# Set on the page before Start: still there afterwards only if the page was not left.
+MARK = "() => { window.portalTestMark = 'exhibit page'; }"
+MARKED = "() => window.portalTestMark === 'exhibit page'"
+
+
+def _machine_shown(page: Any) -> str:
+    """The machine's page is there, its desktop drawn; the session's id."""
+    page.wait_for_url(SESSION_URL, timeout=30_000)
+    page.wait_for_selector('#state[data-state="running"]', timeout=30_000)
+    page.wait_for_function(DESKTOP_DRAWN, timeout=30_000)
+    match = SESSION_URL.search(page.url)
+    assert match
+    return match.group(1)
+
+
+def test_start_turns_the_exhibit_page_into_the_machines_page(portal: Portal, browser: Any) -> None:
+    page = browser.new_page(viewport={"width": 1024, "height": 768})
+    page.goto(portal.url + "/exhibits/demo/")
+    page.evaluate(MARK)
+    page.get_by_role("button", name="Start").click()
+    session_id = _machine_shown(page)
+    # The same page, changed: not a navigation to another one.
+    assert page.evaluate(MARKED)
+    assert page.title().startswith("Portal demo")
+    # As on a loaded machine page: the keyboard goes to the screen, the toolbar is there.
+    page.wait_for_function("() => document.getElementById('screen').contains(document.activeElement)")
+    assert page.get_by_role("button", name="End").is_visible()
+    assert page.locator("#announce").inner_text() == "The machine is running."
+
+    # Reset in place: the machine's clean start is drawn again.
+    page.get_by_role("button", name="Reset").click()
+    page.wait_for_selector('#state[data-state="running"]', timeout=30_000)
+    page.wait_for_function(DESKTOP_DRAWN, timeout=30_000)
+    assert page.evaluate(MARKED)
+
+    # Reload: the same machine, from its address.
+    page.reload()
+    assert _machine_shown(page) == session_id
+    assert not page.evaluate(MARKED)
+
+    # Back: the exhibit page, as it was before the start.
+    page.go_back()
+    page.wait_for_url(portal.url + "/exhibits/demo/")
+    page.get_by_role("heading", name="Portal demo").wait_for()
+    page.get_by_role("button", name="Start").wait_for()
+    # And Forward: the machine again.
+    page.go_forward()
+    assert _machine_shown(page) == session_id
+    page.get_by_role("button", name="End").click()
+    page.wait_for_selector('#state[data-state="ended"]', timeout=15_000)
+
+    # The embed page (chrome-less, for other sites' frames) does the same.
+    embed = browser.new_page(viewport={"width": 800, "height": 640})
+    embed.goto(portal.url + "/exhibits/demo/embed")
+    embed.evaluate(MARK)
+    embed.get_by_role("button", name="Start").click()
+    _machine_shown(embed)
+    assert embed.url.endswith("?embed=1")
+    assert embed.evaluate(MARKED)
+    assert embed.locator("body.embedded").count() == 1
+    embed.reload()
+    _machine_shown(embed)
+    embed.get_by_role("button", name="End").click()
+    embed.wait_for_selector('#state[data-state="ended"]', timeout=15_000)
+
+
+def test_start_without_scripts_still_reaches_the_machines_page(portal: Portal, browser: Any) -> None:
+    context = browser.new_context(java_script_enabled=False)
+    page = context.new_page()
+    page.goto(portal.url + "/exhibits/demo/")
+    page.get_by_role("button", name="Start").click()
+    page.wait_for_url(SESSION_URL, timeout=30_000)
+    match = SESSION_URL.search(page.url)
+    assert match
+    assert page.locator("#notice").inner_text() == "Starting the machine…"
+    # The machine runs: the visitor's cookie owns it.
+    answer = context.request.get(f"{portal.url}/api/sessions/{match.group(1)}")
+    assert answer.status == 200 and answer.json()["state"] in {"starting", "running"}, answer.text()
+    context.close()
