@@ -23,7 +23,7 @@ from deploy import teardown  # noqa: E402
 # What a script may take to stop what it started (served portals, services) on a signal.
 SCRIPT_STOP_TIMEOUT_S = 300.0
 BENCHMARKS = [
-    "bench.first_frame", "bench.display_path", "bench.overlay_cost", "bench.idle_cpu",
+    "bench.first_frame", "bench.browser_start", "bench.display_path", "bench.overlay_cost", "bench.idle_cpu",
     "bench.import_image", "bench.soak", "bench.stuck_reader", "bench.services", "bench.relay",
     "bench.coordination",
     "bench.sound", "bench.sandbox", "bench.speed", "bench.tools", "bench.screen_text", "bench.keys",
