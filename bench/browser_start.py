@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -132,6 +134,15 @@ END = """async () => {
 }"""
 
 
+def _off_loop(make: Callable[[], Awaitable[Any]]) -> Any:
+    """An asyncio step run in a thread of its own (Playwright's sync API holds this one's loop)."""
+    async def run() -> Any:
+        return await make()
+
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, run()).result()
+
+
 @dataclass
 class Row:
     """The times of one kind of start, in seconds from the click."""
@@ -184,7 +195,7 @@ class Browser:
 
     def start(self, page: Any, path: str, *, in_place: bool) -> dict[str, float]:
         if self.pool:
-            asyncio.run(_pool_waits(self.url, self.pool))
+            _off_loop(lambda: _pool_waits(self.url, self.pool))
         page.goto(self.url + path, wait_until="networkidle")
         if in_place:
             page.evaluate(CLICK_START)
@@ -194,7 +205,7 @@ class Browser:
 
     def reset(self, page: Any) -> dict[str, float]:
         if self.pool:
-            asyncio.run(_pool_waits(self.url, self.pool))
+            _off_loop(lambda: _pool_waits(self.url, self.pool))
         page.evaluate(CLICK_RESET)
         return _drawn(page)
 
@@ -254,7 +265,7 @@ def measure() -> dict[str, Any]:
     with sync_playwright() as playwright:
         for start, pool in starts:
             with served_portal(environment={"PORTAL_POOL_SIZE": str(pool)}) as portal:
-                raw[start] = asyncio.run(raw_series(portal.url, pool, RAW_RUNS))
+                raw[start] = _off_loop(lambda: raw_series(portal.url, pool, RAW_RUNS))
                 browser = Browser(playwright, portal.url, pool)
                 try:
                     browser.reference_read()
