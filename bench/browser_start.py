@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 import statistics
 import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from bench.common import QUICK, Table, ms, p95, ratio, runs, served_portal, verdict, write_results
@@ -60,7 +61,8 @@ WATCH = """
     }
     return grid.every(([x, y], i) => {
       const at = (y * 640 + x) * 4;
-      return data[at] === reference[i][0] && data[at + 1] === reference[i][1] && data[at + 2] === reference[i][2];
+      const [r, g, b] = reference[i];
+      return data[at] === r && data[at + 1] === g && data[at + 2] === b;
     });
   }
   function check() {
@@ -89,7 +91,10 @@ WATCH = """
         else if (stage === 1) { stage = 2; need = part[0]; }
         else if (stage === 2) { stage = 3; need = 4; }
         else if (stage === 3) { stage = 4; need = 24; }
-        else if (stage === 4) { stage = 5; need = ((part[20] << 24) | (part[21] << 16) | (part[22] << 8) | part[23]) >>> 0; }
+        else if (stage === 4) {
+          stage = 5;
+          need = ((part[20] << 24) | (part[21] << 16) | (part[22] << 8) | part[23]) >>> 0;
+        }
         else { stage = 6; }
       }
       if (stage === 6 && have.length) arrived();
@@ -124,7 +129,8 @@ CLICK_RESET = """() => {
 TIMES = """() => {
   const click = Number(sessionStorage.getItem("portalBenchClick"));
   const m = window.portalBench;
-  return { socket: (m.socket - click) / 1000, first: (m.firstFrame - click) / 1000, drawn: (m.drawn - click) / 1000 };
+  const since = (at) => (at - click) / 1000;
+  return { socket: since(m.socket), first: since(m.firstFrame), drawn: since(m.drawn) };
 }"""
 END = """async () => {
   const id = window.location.pathname.split("/")[2];
@@ -265,7 +271,7 @@ def measure() -> dict[str, Any]:
     with sync_playwright() as playwright:
         for start, pool in starts:
             with served_portal(environment={"PORTAL_POOL_SIZE": str(pool)}) as portal:
-                raw[start] = _off_loop(lambda: raw_series(portal.url, pool, RAW_RUNS))
+                raw[start] = _off_loop(partial(raw_series, portal.url, pool, RAW_RUNS))
                 browser = Browser(playwright, portal.url, pool)
                 try:
                     browser.reference_read()
