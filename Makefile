@@ -5,11 +5,16 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_IMAGE := build/demo.img
+# The translations (locale/<language>/LC_MESSAGES/*.po) compile into the .mo files Django
+# reads; they are made here rather than kept in git, so they never lag their .po.
+PO_FILES := $(wildcard locale/*/LC_MESSAGES/*.po)
+MO_FILES := $(PO_FILES:.po=.mo)
 NODES ?= 2
 CLUSTER_DIR ?= var-cluster
 # What serving needs (make run): QEMU and qemu-img, NASM (the demo guest), mtools (visitors'
-# files); nodejs and npm (noVNC) are added when there is no npm.
-APT_RUN := qemu-system-x86 qemu-utils nasm mtools
+# files), gettext (msgfmt compiles the pages' translations); nodejs and npm (noVNC) are
+# added when there is no npm.
+APT_RUN := qemu-system-x86 qemu-utils nasm mtools gettext
 # What the tests, make cluster and make bench add: Chromium (browser tests) and what a node
 # runs on in production (PostgreSQL, Redis, nginx).
 APT_TEST := chromium postgresql redis-server nginx
@@ -18,7 +23,7 @@ DEMO_DESCRIPTION := A free stand-in for a Windows 3.1 desktop, written for this 
 .PHONY: setup setup-test apt-run apt-test run cluster test lint fuzz bench bench-density clean
 
 # What serving needs; setup-test adds what the tests, make cluster and make bench need.
-setup: apt-run $(VENV)/.installed node_modules/.package-lock.json $(DEMO_IMAGE)
+setup: apt-run $(VENV)/.installed node_modules/.package-lock.json $(DEMO_IMAGE) $(MO_FILES)
 setup-test: setup apt-test
 
 # Debian packages: installed only when missing (apt-get needs root or sudo).
@@ -43,6 +48,11 @@ $(VENV)/.installed: requirements.lock
 
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund
+
+# Each translation compiled by msgfmt (what manage.py compilemessages runs), checked as it
+# is compiled (placeholders and plural forms agree with the English).
+$(MO_FILES): %.mo: %.po | apt-run
+	msgfmt --check -o $@ $<
 
 $(DEMO_IMAGE): demo/build.sh $(wildcard demo/*.asm)
 	bash demo/build.sh $@
