@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import resource
 import struct
 import subprocess
@@ -356,6 +357,9 @@ def qemu_img_run(argv: Sequence[str], *, limits: ImportLimits, long: bool = Fals
         raise ImageError(f"qemu-img is not installed ({limits.qemu_img} not found)") from error
 
 
+_HOST_PATH = re.compile(r"'/[^']*'|(?<![\w.])/[^\s:,']+")
+
+
 def _failure(result: subprocess.CompletedProcess[str], what: str) -> ImageRejectedError:
     if result.returncode < 0:
         return ImageRejectedError(
@@ -364,6 +368,8 @@ def _failure(result: subprocess.CompletedProcess[str], what: str) -> ImageReject
             "CVE-2015-5162).")
     message = (result.stderr.strip().splitlines() or ["no message"])[-1]
     message = message.removeprefix("qemu-img: ")
+    # qemu-img names the files it was given: the portal's own paths are not the curator's business.
+    message = _HOST_PATH.sub("the image", message)
     return ImageRejectedError("corrupt", f"qemu-img could not read the image while {what}: "
                                          f"{message}")
 

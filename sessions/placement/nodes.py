@@ -15,8 +15,9 @@ its own: it ends them itself, through its reaper, when it comes back.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -28,6 +29,8 @@ from sessions.errors import gettext_noop
 from sessions.ids import session_id_valid
 from sessions.machines.host import install_id
 from sessions.models import Node, VisitorSession
+
+T = TypeVar("T")
 
 DEAD_NODE_DETAIL = gettext_noop("The server running this machine stopped, so this visit had to end.")
 
@@ -103,15 +106,29 @@ def node_holding_address(*, session_id: str, own: str, dead_after_s: float) -> s
     return found[0] if found else None
 
 
-def _holder_address_here(session_id: str) -> str | None:
+def lookup_reconnecting(lookup: Callable[[], T]) -> T:
+    """Run a relay's look-up in its own thread, once more on a fresh connection if
+    the database connection failed.
+
+    The thread keeps its connection between look-ups (no request closes it), so
+    the first look-up after a database restart meets a broken one: it is dropped
+    and the look-up made again, rather than the visit served by a node that does
+    not hold it (which would tell the visitor it had ended).
+    """
     try:
-        return node_holding_address(session_id=session_id, own=install_id(),
-                                    dead_after_s=settings.PORTAL_NODE_DEAD_S)
+        return lookup()
     except DatabaseError:
-        # This thread keeps its connection between look-ups (no request closes it):
-        # one that a database restart broke is dropped, and the next connects anew.
+        connection.close()
+    try:
+        return lookup()
+    except DatabaseError:
         connection.close()
         raise
+
+
+def _holder_address_here(session_id: str) -> str | None:
+    return lookup_reconnecting(lambda: node_holding_address(
+        session_id=session_id, own=install_id(), dead_after_s=settings.PORTAL_NODE_DEAD_S))
 
 
 async def visit_holder_address(session_id: str) -> str | None:

@@ -15,10 +15,10 @@ import re
 import secrets
 
 from asgiref.sync import sync_to_async
-from django.db import DatabaseError, connection
 
 from sessions.errors import SessionError, gettext_noop
 from sessions.models import VisitorSession, WatchLink
+from sessions.placement.nodes import lookup_reconnecting
 
 # Tokens are secrets.token_urlsafe(24): 32 characters of the URL-safe alphabet.
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{32}")
@@ -72,14 +72,8 @@ async def watch_session(token: str) -> VisitorSession | None:
 def _watch_session_id(token: str) -> str | None:
     if not watch_token_valid(token):
         return None
-    try:
-        return WatchLink.objects.filter(token_sha256=watch_token_hash(token)).values_list(
-            "session_id", flat=True).first()
-    except DatabaseError:
-        # As the relay's other look-up (sessions.placement.nodes): a connection a database
-        # restart broke is dropped, and the next look-up connects anew.
-        connection.close()
-        raise
+    return lookup_reconnecting(lambda: WatchLink.objects.filter(
+        token_sha256=watch_token_hash(token)).values_list("session_id", flat=True).first())
 
 
 async def watch_session_id(token: str) -> str | None:

@@ -8,9 +8,11 @@ import pytest
 
 from portal.importer import (
     ImageRejectedError,
+    ImportLimits,
     format_claimed,
     format_match,
     format_sniff,
+    image_probe,
     media_for,
     qcow2_header_check,
     size_text,
@@ -179,3 +181,17 @@ def png(pixels: bytes, width: int, height: int) -> bytes:
 def test_it_tells_a_blank_screen_from_one_with_something_on_it() -> None:
     assert not png_has_content(png(b"\0" * 16 * 16 * 3, 16, 16))
     assert png_has_content(png(bytes(range(256)) * 3, 16, 16))
+
+
+def test_its_refusals_do_not_show_the_hosts_paths(tmp_path: Path) -> None:
+    # A qcow2 whose tables point past its end: qemu-img names the file it was given.
+    upload = write(tmp_path / "upload-secret-dir.qcow2", qcow2_header()[:-8], size=4096)
+    struct_l1 = bytearray(upload.read_bytes())
+    struct.pack_into(">IQ", struct_l1, 36, 1, 1 << 40)  # l1_size, l1_table_offset far away
+    upload.write_bytes(bytes(struct_l1))
+    limits = ImportLimits(max_file_bytes=1 << 30, max_virtual_bytes=1 << 30)
+    with pytest.raises(ImageRejectedError) as refused:
+        image_probe(upload, qemu_format="qcow2", limits=limits)
+    assert "qemu-img could not read the image" in str(refused.value)
+    assert str(tmp_path) not in str(refused.value)
+    assert "upload-secret-dir" not in str(refused.value)
