@@ -12,12 +12,12 @@ from django.db import models
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from django.utils import timezone, translation
-from django.utils.translation import gettext_noop
+from django.utils.translation import gettext_lazy, gettext_noop
 
 from .profile import MachineProfile, sound_devices
 
 # What the exhibit page calls each piece of sound hardware.
-SOUND_NAMES = {"pcspk": "PC speaker", "adlib": "AdLib", "sb16": "Sound Blaster 16"}
+SOUND_NAMES = {"pcspk": gettext_lazy("PC speaker"), "adlib": "AdLib", "sb16": "Sound Blaster 16"}
 
 
 class DiskImage(models.Model):
@@ -273,8 +273,8 @@ class Exhibit(models.Model):
                 if chosen]
 
     def sound_names(self) -> list[str]:
-        """The exhibit's sound hardware as a visitor reads it."""
-        return [SOUND_NAMES[device] for device in self.machine_profile().sound]
+        """The exhibit's sound hardware as a visitor reads it (in the active language)."""
+        return [str(SOUND_NAMES[device]) for device in self.machine_profile().sound]
 
     async def fixity_problem(self) -> str | None:
         """Why this exhibit must not start (a master failed its fixity check), or None."""
