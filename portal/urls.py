@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import include, path
-from django.views.i18n import set_language
 
 from . import views
 
@@ -14,7 +13,7 @@ urlpatterns = [
     # The page scripts' catalogue, one address per language (pages name theirs), and
     # the language switcher's form (Django's set_language: the cookie, then `next`).
     path("jsi18n/<str:language>.js", views.script_catalogue, name="script-catalogue"),
-    path("i18n/setlang/", set_language, name="set_language"),
+    path("i18n/setlang/", views.language_choose, name="set_language"),
     path("api/csrf", views.api_csrf),
     path("api/exhibits", views.api_exhibit_list),
     path("api/exhibits/<slug:slug>", views.api_exhibit_detail),

@@ -17,8 +17,8 @@ from django.utils.html import escape
 from django.utils.translation import gettext
 from django.views import defaults
 from django.views.decorators.csrf import ensure_csrf_cookie
-from django.views.decorators.http import last_modified, require_GET
-from django.views.i18n import JavaScriptCatalog
+from django.views.decorators.http import last_modified, require_GET, require_POST
+from django.views.i18n import JavaScriptCatalog, set_language
 
 from .errors import bad_request_answer, json_error, wants_json
 from .framing import embeddable
@@ -151,6 +151,13 @@ def script_catalogue(request: HttpRequest, language: str) -> HttpResponseBase:
         response = JavaScriptCatalog.as_view(packages=["portal"])(request)
     response["Cache-Control"] = "public, max-age=3600"
     return response
+
+
+@require_POST
+def language_choose(request: HttpRequest) -> HttpResponseBase:
+    """The language switcher's form: Django's set_language (the language cookie, then
+    back to `next`, a path on this portal)."""
+    return set_language(request)
 
 
 def _catalogue_changed(language: str) -> datetime | None:
