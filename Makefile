@@ -20,7 +20,7 @@ APT_RUN := qemu-system-x86 qemu-utils nasm mtools gettext
 APT_TEST := chromium postgresql redis-server nginx
 DEMO_DESCRIPTION := A free stand-in for a Windows 3.1 desktop, written for this portal and built from its source. It boots from its hard disk like an installed Windows 3.1 PC. Click the icons, type in Notepad and save: your text stays on this visit's own disk, and the next visitor starts fresh.
 
-.PHONY: setup setup-test apt-run apt-test run cluster test lint fuzz bench bench-density clean
+.PHONY: setup setup-test apt-run apt-test run cluster test lint fuzz bench bench-density messages clean
 
 # What serving needs; setup-test adds what the tests, make cluster and make bench need.
 setup: apt-run $(VENV)/.installed node_modules/.package-lock.json $(DEMO_IMAGE) $(MO_FILES)
@@ -53,6 +53,19 @@ node_modules/.package-lock.json: package.json package-lock.json
 # is compiled (placeholders and plural forms agree with the English).
 $(MO_FILES): %.mo: %.po | apt-run
 	msgfmt --check -o $@ $<
+
+# The catalogues brought up to date with the code: every sentence marked in the templates,
+# the page scripts and the Python code, in each language's .po (then fill in the new ones;
+# docs/developers.md, "How to add a language"). The curators' admin scripts stay English.
+MESSAGES_IGNORE := .venv node_modules build tests bench var var-cluster deploy demo \
+	static/portal/upload.js static/portal/live-visits.js
+LANGUAGES := $(notdir $(wildcard locale/*))
+
+messages: $(VENV)/.installed
+	for domain in django djangojs; do \
+	  $(PY) manage.py makemessages --domain $$domain --no-obsolete $(LANGUAGES:%=--locale=%) \
+	    $(MESSAGES_IGNORE:%=--ignore=%); \
+	done
 
 $(DEMO_IMAGE): demo/build.sh $(wildcard demo/*.asm)
 	bash demo/build.sh $@
