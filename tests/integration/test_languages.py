@@ -33,7 +33,7 @@ class Speaking(AsyncClient):
         super().__init__()
         self.accept_language = f"{language},en;q=0.5"
 
-    def generic(self, *args: Any, headers: Mapping[str, Any] | None = None,  # type: ignore[override]
+    def generic(self, *args: Any, headers: Mapping[str, Any] | None = None,
                 **kwargs: Any) -> Any:
         return super().generic(*args, headers={"accept-language": self.accept_language, **(headers or {})},
                                **kwargs)
