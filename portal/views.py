@@ -150,6 +150,8 @@ def script_catalogue(request: HttpRequest, language: str) -> HttpResponseBase:
     with translation.override(language):
         response = JavaScriptCatalog.as_view(packages=["portal"])(request)
     response["Cache-Control"] = "public, max-age=3600"
+    # The catalogue's language, not the visitor's (which LocaleMiddleware would name).
+    response["Content-Language"] = language
     return response
 
 

@@ -112,6 +112,18 @@ async def test_it_answers_the_apis_errors_in_the_visitors_language_with_english_
     assert (exhibit["title"], exhibit["language"]) == ("FreeDOS 2048", "en")
 
 
+async def test_it_serves_the_scripts_catalogue_per_language_for_caches(broker: Any) -> None:
+    catalogue = await speaking("fr").get("/jsi18n/de.js")
+    assert catalogue.status_code == 200
+    assert catalogue["Content-Language"] == "de"
+    assert "public" in catalogue["Cache-Control"]
+    script = catalogue.content.decode()
+    assert '"Every machine is in use.": "Alle Maschinen sind belegt."' in script
+    again = await speaking("fr").get("/jsi18n/de.js", headers={"if-modified-since": catalogue["Last-Modified"]})
+    assert again.status_code == 304
+    assert (await visitor().get("/jsi18n/xx.js")).status_code == 404
+
+
 async def test_it_closes_a_socket_with_a_reason_in_the_visitors_language(broker: Any) -> None:
     client = visitor()
     client.cookies["django_language"] = "fr"
