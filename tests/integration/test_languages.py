@@ -119,7 +119,8 @@ async def test_it_serves_the_scripts_catalogue_per_language_for_caches(broker: A
     assert "public" in catalogue["Cache-Control"]
     script = catalogue.content.decode()
     assert '"Every machine is in use.": "Alle Maschinen sind belegt."' in script
-    again = await speaking("fr").get("/jsi18n/de.js", headers={"if-modified-since": catalogue["Last-Modified"]})
+    again = await speaking("fr").get("/jsi18n/de.js",
+                                     headers={"if-modified-since": catalogue["Last-Modified"]})
     assert again.status_code == 304
     assert (await visitor().get("/jsi18n/xx.js")).status_code == 404
 
