@@ -29,7 +29,7 @@ from django.conf import settings
 from django.utils import translation
 from django.utils.translation import gettext
 
-from portal.language import scope_language
+from portal.language import close_reason, scope_language
 from portal.server import SEND_FLOW_EXTENSION
 from portal.visitor import visitor_id
 from sessions.display.audio import (
@@ -49,7 +49,7 @@ from sessions.models import VisitorSession
 from sessions.node.broker import get_broker, session_group
 from sessions.node.metrics import DISPLAY_FROM_BROWSER, DISPLAY_TO_BROWSER
 from sessions.placement.watch import watch_session
-from sessions.web.errors import close_reason, error_close, stored_sentence
+from sessions.web.errors import error_close, stored_sentence
 from sessions.web.representation import session_json
 
 logger = logging.getLogger(__name__)

@@ -15,11 +15,9 @@ from django.http import JsonResponse
 from django.utils.translation import gettext, ngettext
 
 from portal.errors import json_error
+from portal.language import close_reason
 from sessions.errors import SessionError
 from sessions.node.keeper import END_TEMPLATES
-
-# A WebSocket close frame's reason is at most 123 bytes of UTF-8 (RFC 6455, 5.5).
-CLOSE_REASON_MAX_BYTES = 123
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 _MINUTES = re.compile(r"(\d+) minutes?")
@@ -92,13 +90,3 @@ def error_close(error: SessionError) -> tuple[int, str]:
     """The close code and reason a socket closes with for a runtime error."""
     return error.close_code, close_reason(error_detail(error))
 
-
-def close_reason(text: str) -> str:
-    """A close frame's reason: the sentence, cut at a character boundary (ending in
-    "…") when its UTF-8 is longer than a close frame may carry."""
-    encoded = text.encode()
-    if len(encoded) <= CLOSE_REASON_MAX_BYTES:
-        return text
-    ellipsis = "…".encode()
-    cut = encoded[:CLOSE_REASON_MAX_BYTES - len(ellipsis)].decode("utf-8", "ignore")
-    return cut.rstrip() + "…"

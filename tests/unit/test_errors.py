@@ -6,16 +6,11 @@ from __future__ import annotations
 import pytest
 from django.utils import translation
 
+from portal.language import CLOSE_REASON_MAX_BYTES, close_reason
 from sessions.errors import AddressLimitError, SessionEndedError, ViewerLimitError
 from sessions.machines.sandbox import MediaRefusedError
 from sessions.node.keeper import END_GRACE, END_IDLE, END_TIME_LIMIT, START_FAILED, minutes
-from sessions.web.errors import (
-    CLOSE_REASON_MAX_BYTES,
-    close_reason,
-    error_close,
-    error_detail,
-    stored_sentence,
-)
+from sessions.web.errors import error_close, error_detail, stored_sentence
 
 
 def test_it_keeps_the_english_sentence_with_its_values_for_logs() -> None:
