@@ -4,7 +4,9 @@ German, the page scripts' messages too, then another language chosen with the
 page's switcher and kept from then on."""
 from __future__ import annotations
 
+import json
 import re
+import socket
 from typing import Any
 
 from tests.e2e.conftest import Portal
@@ -68,3 +70,15 @@ def test_it_speaks_german_to_a_german_browser_and_remembers_another_choice(
     assert page.get_by_role("button", name="Démarrer").is_visible()
     assert page.locator("h1").get_attribute("lang") == "en", "the original title, marked as English"
     context.close()
+
+    # The server's own refusal, before any of Django runs, in the asker's language too.
+    with socket.create_connection(("127.0.0.1", portal.port), timeout=30) as connection:
+        connection.sendall(b"POST /api/csrf HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept-Language: es\r\n"
+                           b"Content-Length: 314572800\r\n\r\n")
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 413")
+    refusal = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert refusal["error"] == "body_too_large"
+    assert refusal["detail"].startswith("El cuerpo de la solicitud (314572800 bytes) supera el límite")
