@@ -54,7 +54,7 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # The exhibit's own fields a bag carries (and an import sets), beside its masters.
 EXHIBIT_FIELDS: tuple[str, ...] = (
     "slug", "title", "year", "publisher", "description", "boot", "cpu", "memory_mb", "vga", "mouse",
-    "sound_adlib", "sound_sb16", "accelerator", "speed", "files_in", "provenance_source",
+    "sound_adlib", "sound_sb16", "accelerator", "speed", "files_in", "code_page", "provenance_source",
     "provenance_donor", "provenance_acquired", "provenance_notes")
 # The title and description in more languages, and the language of the originals.
 EXHIBIT_FIELDS += ("language", "translations")

@@ -14,7 +14,7 @@ from django.dispatch import receiver
 from django.utils import timezone, translation
 from django.utils.translation import gettext_lazy, gettext_noop
 
-from .profile import MachineProfile, sound_devices
+from .profile import CODE_PAGES, MachineProfile, sound_devices
 
 # What the exhibit page calls each piece of sound hardware.
 SOUND_NAMES = {"pcspk": gettext_lazy("PC speaker"), "adlib": "AdLib", "sb16": "Sound Blaster 16"}
@@ -199,6 +199,12 @@ class Exhibit(models.Model):
     files_in = models.CharField(
         max_length=4, choices=FilesIn.choices, default=FilesIn.AUTO, verbose_name="visitors' files",
         help_text="The floppy drive a visitor's own files go into, on a disk built for them.",
+    )
+    code_page = models.PositiveSmallIntegerField(
+        choices=sorted(CODE_PAGES.items()), default=437,
+        help_text="The DOS code page the guest's text screen is read in (Screen as text, "
+                  "screen.txt): 437 for most DOS software, 850 for Western European "
+                  "installs, or the page the guest's COUNTRY and CHCP set.",
     )
     provenance_source = models.CharField(max_length=300, blank=True,
                                          help_text="Where the image comes from (archive, collection).")

@@ -41,6 +41,27 @@ SPEEDS = {"host", *SPEED_SHIFTS}
 # Where a visitor's own files go in (a FAT floppy built for them): drive A: or B:
 # (a drive that holds a disk at start has it changed), or "off".
 FILES_IN_DRIVES = {"a", "b", "off"}
+# The DOS code pages a guest's text screen may be read in (the characters of
+# 0x80-0xFF; 0x01-0x1F and 0x7F draw the same glyphs in every one), by number,
+# with the name a curator chooses from. Each is one of Python's own codecs
+# ("cp437" ...). Left out: those that draw other glyphs below 0x20 (864, Arabic).
+CODE_PAGES = {
+    437: "437: United States (the original IBM PC)",
+    737: "737: Greek",
+    775: "775: Baltic",
+    850: "850: Western Europe (multilingual Latin 1)",
+    852: "852: Central Europe (Latin 2)",
+    855: "855: Cyrillic (IBM)",
+    857: "857: Turkish",
+    858: "858: Western Europe with the euro sign",
+    860: "860: Portuguese",
+    861: "861: Icelandic",
+    862: "862: Hebrew",
+    863: "863: Canadian French",
+    865: "865: Nordic",
+    866: "866: Russian (Cyrillic, DOS)",
+    869: "869: Greek (modern)",
+}
 
 
 @dataclass(frozen=True)

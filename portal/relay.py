@@ -71,7 +71,7 @@ VISIT_PATHS = {
 }
 # The paths that name a visit by a watch link's token (the group), by scope type.
 WATCH_PATHS = {
-    "http": re.compile(r"/watch/([^/]+)(?:/.*)?", re.DOTALL),
+    "http": re.compile(r"/(?:api/)?watch/([^/]+)(?:/.*)?", re.DOTALL),
     "websocket": re.compile(r"/ws/watch/([^/]+)/.*", re.DOTALL),
 }
 # Headers of one connection (RFC 9110, 7.6.1), and those the relay sets itself.

@@ -327,6 +327,9 @@ PORTAL_FILES_OUT_TIMEOUT_S = _env_float("PORTAL_FILES_OUT_TIMEOUT_S", 120.0)
 PORTAL_KEYS_MAX_CHARS = int(os.environ.get("PORTAL_KEYS_MAX_CHARS", "1000"))
 PORTAL_KEY_HOLD_MS = int(os.environ.get("PORTAL_KEY_HOLD_MS", "10"))
 PORTAL_KEYS_INTERVAL_S = _env_float("PORTAL_KEYS_INTERVAL_S", 0.01)
+# The screen as text: the shortest time between two reads of one machine's text
+# screen, however many listen or ask (none while nobody does).
+PORTAL_SCREEN_TEXT_INTERVAL_MS = int(os.environ.get("PORTAL_SCREEN_TEXT_INTERVAL_MS", "250"))
 # Watch-link sockets one visit may have open at once; one more is closed with 4429.
 PORTAL_WATCHERS_PER_SESSION = int(os.environ.get("PORTAL_WATCHERS_PER_SESSION", "10"))
 # Origins (scheme://host[:port]) besides the portal's own that may open the

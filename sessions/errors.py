@@ -173,3 +173,25 @@ class NodeUnreachableError(SessionError):
 
     def __init__(self) -> None:
         super().__init__(gettext_noop("The server running this machine did not answer. Please try again."))
+
+
+class GraphicsModeError(SessionError):
+    """The guest's screen is in a graphics mode: there is no text to read."""
+
+    code = "graphics_mode"
+    status = 409
+    close_code = 4409
+
+    def __init__(self, *, width: int, height: int) -> None:
+        if width and height:
+            super().__init__(gettext_noop("The machine's screen is in a graphics mode "
+                                          "(%(width)sx%(height)s): it shows a picture, not text."),
+                             width=width, height=height)
+        else:
+            super().__init__(gettext_noop("The machine's screen is in a graphics mode: it shows a picture, "
+                                          "not text."))
+        self.width = width
+        self.height = height
+
+    def fields(self) -> dict[str, Any]:
+        return {"width": self.width, "height": self.height}

@@ -32,9 +32,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sessions.display.greeting import rfb_greet
+
 # RFB (RFC 6143) and QEMU's extension, as QEMU 7.2's ui/vnc.c speaks them.
-RFB_VERSION = b"RFB 003.008\n"
-SECURITY_NONE = 1
 ENCODING_QEMU_AUDIO = -259
 # Pseudo-encodings QEMU may acknowledge with an empty rectangle.
 _PSEUDO_ENCODINGS = {ENCODING_QEMU_AUDIO}
@@ -309,24 +309,7 @@ async def audio_open(vnc_path: Path, audio_format: AudioFormat, *, timeout_s: fl
 
 async def _handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      audio_format: AudioFormat) -> None:
-    version = await reader.readexactly(12)
-    if not version.startswith(b"RFB 003."):
-        raise AudioError(f"not an RFB server: {version!r}")
-    writer.write(RFB_VERSION)
-    count = (await reader.readexactly(1))[0]
-    if count == 0:
-        length = int.from_bytes(await reader.readexactly(4), "big")
-        reason = (await reader.readexactly(min(length, 1024))).decode("utf-8", "replace")
-        raise AudioError(f"the VNC server refused the connection: {reason}")
-    if SECURITY_NONE not in await reader.readexactly(count):
-        raise AudioError("the VNC server asks for authentication")
-    writer.write(bytes([SECURITY_NONE]))
-    if int.from_bytes(await reader.readexactly(4), "big") != 0:
-        raise AudioError("the VNC server refused the connection")
-    writer.write(b"\x01")  # ClientInit: shared, beside the visitor's displays
-    await reader.readexactly(2 + 2 + 16)  # ServerInit: size and pixel format
-    name_length = int.from_bytes(await reader.readexactly(4), "big")
-    await reader.readexactly(name_length)
+    await rfb_greet(reader, writer, AudioError)
     writer.write(
         struct.pack(">BxHi", _CLIENT_SET_ENCODINGS, 1, ENCODING_QEMU_AUDIO)
         + struct.pack(">BBHBBI", _QEMU_MESSAGE, _QEMU_AUDIO, _AUDIO_SET_FORMAT, _FORMAT_S16,

@@ -31,6 +31,16 @@ from qemu.qmp import EventListener, QMPClient, QMPError
 
 from portal.profile import CPU_MODELS, MachineProfile
 from sessions.machines.confine import ConfineError, Confinement, cgroup_remove
+from sessions.machines.screen import (
+    BDA_LENGTH,
+    BDA_START,
+    COLOUR_TEXT,
+    DEFAULT_CODE_PAGE,
+    BiosVideo,
+    bios_video,
+    monitor_bytes,
+    screen_from,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -288,6 +298,10 @@ class Machine:
         # The first viewer's connection to QEMU's VNC server, opened before the
         # guest runs (see `display_connection_open`); None once taken or closed.
         self._display_connection: socket.socket | None = None
+        # Where the last read of the text screen found the active page's cells
+        # (address, bytes), where the next one reads them at the same time as the
+        # BIOS data area (`screen_cells`).
+        self._screen_place = (COLOUR_TEXT, 80 * 25 * 2)
 
     @property
     def vnc_path(self) -> Path:
@@ -714,15 +728,38 @@ class Machine:
         except TimeoutError:
             raise MachineError(f"QMP {command} did not answer in {self.qmp_timeout_s:g} s") from None
 
+    async def screen_cells(self) -> tuple[BiosVideo, bytes]:
+        """The BIOS's video fields and the active page's character cells, read from
+        guest memory over the monitor (`xp`), in one round trip where it can.
+
+        Both reads are sent at once, the cells from where the last read found the
+        active page; only when the BIOS data area says the page moved or changed
+        size are they read again from there. What is read is bounded by
+        `screen.bios_video`: never more than the largest text mode, never outside
+        the text window.
+        """
+        area_read = self.execute("human-monitor-command",
+                                 {"command-line": f"xp /{BDA_LENGTH // 8}gx {BDA_START:#x}"})
+        guess = self._screen_place
+        cells_read = self._cells_read(*guess)
+        area, cells = await asyncio.gather(area_read, cells_read)
+        video = bios_video(monitor_bytes(str(area)))
+        place = (video.address, video.length)
+        if place != guess:
+            self._screen_place = place
+            cells = await self._cells_read(*place)
+        return video, monitor_bytes(str(cells))
+
+    async def _cells_read(self, address: int, length: int) -> Any:
+        return await self.execute("human-monitor-command",
+                                  {"command-line": f"xp /{(length + 7) // 8}gx {address:#x}"})
+
     async def text_screen(self) -> str:
-        """The guest's 80x25 text screen as lines, read from video memory over QMP."""
-        columns, rows = 80, 25
-        output = await self.execute(
-            "human-monitor-command", {"command-line": f"xp /{columns * rows}hx 0xb8000"}
-        )
-        cells = [int(value, 16) for value in re.findall(r"0x([0-9a-f]{4})\b", str(output))]
-        chars = "".join(chr(c & 0xFF) if 32 <= c & 0xFF < 127 else " " for c in cells)
-        return "\n".join(chars[r * columns:(r + 1) * columns].rstrip() for r in range(rows))
+        """The guest's text screen as lines (code page 437), or "" in a graphics mode
+        as the BIOS reports it."""
+        video, cells = await self.screen_cells()
+        screen = screen_from(video, cells, code_page=DEFAULT_CODE_PAGE, display=None)
+        return "\n".join(screen.lines)
 
     async def paused_by_io_error(self) -> dict[str, Any]:
         """Wait until QEMU pauses the guest over a failed disk access (QMP

@@ -80,6 +80,7 @@ from sessions.node.metrics import (
 from sessions.node.reaper import reap_once
 from sessions.node.records import VisitRecords, session_group
 from sessions.node.sandboxes import Sandboxes
+from sessions.node.screen import ScreenReaders
 from sessions.node.viewers import Viewers
 from sessions.node.visit import LIVE_PHASES, Phase, Visit
 from sessions.placement.nodes import (
@@ -164,6 +165,7 @@ class Broker:
         # Who watches each visit, and each visit's sandbox: the web edge asks them directly.
         self.viewers = Viewers(self.keeper)
         self.sandboxes = Sandboxes(self.keeper)
+        self.screens = ScreenReaders(self.keeper, interval_s=lambda: self.config.screen_text_interval_s)
         # What the catalogue's pages ask of this node (portal.runtime).
         self.catalogue = CatalogueRuntime(accelerator_for=self.launcher.accelerator_for,
                                           start_state_usable=self.launcher.start_state_usable,
@@ -536,6 +538,7 @@ class Broker:
             task.cancel()
         await asyncio.gather(*pool_task, return_exceptions=True)
         await self.pool.close()
+        await asyncio.gather(*self.screens.close(), return_exceptions=True)
         await self.keeper.end_all(reason=VisitorSession.EndedReason.SERVER,
                                   detail=gettext_noop("The server stopped."))
         tasks: list[asyncio.Task[Any]] = [*self._background, *self._helpers]

@@ -42,6 +42,8 @@ class BrokerConfig:
     keys_max_chars: int = 1000
     key_hold_ms: int = 10
     keys_interval_s: float = 0.01
+    # The shortest time between two reads of one machine's text screen.
+    screen_text_interval_s: float = 0.25
     # This install's name on the host (the node's name in a portal of several).
     install: str = "default"
     # Where the other nodes reach this node's server (host:port).
@@ -89,6 +91,7 @@ class BrokerConfig:
             keys_max_chars=settings.PORTAL_KEYS_MAX_CHARS,
             key_hold_ms=settings.PORTAL_KEY_HOLD_MS,
             keys_interval_s=settings.PORTAL_KEYS_INTERVAL_S,
+            screen_text_interval_s=max(0.01, settings.PORTAL_SCREEN_TEXT_INTERVAL_MS / 1000),
         )
 
     def scheduler_config(self) -> SchedulerConfig:

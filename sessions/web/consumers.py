@@ -18,7 +18,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -628,13 +628,17 @@ class EventsConsumer(PortalSocket):
     """`/ws/sessions/<id>/events`: the session's state, warnings and end, as JSON.
 
     The page may send `{"type": "active"}` (the visitor answered an idle
-    warning). Anything else gets an `error` message back; nothing is lost.
+    warning) and `{"type": "screen_text", "listen": true|false}` (its Screen as
+    text panel opened or closed: while it listens, `screen_text` messages say
+    when the text changed). Anything else gets an `error` message back; nothing
+    is lost.
     """
 
     channel_layer_alias = DEFAULT_CHANNEL_LAYER
     session_id: str = ""
     _group: str | None = None
     _attached = False
+    _screen_stop: Callable[[], None] | None = None
 
     async def connect(self) -> None:
         self.session_id = self.scope["url_route"]["kwargs"]["session_id"]
@@ -682,13 +686,34 @@ class EventsConsumer(PortalSocket):
         if data is not None and len(data) <= EVENTS_MAX_MESSAGE_BYTES:
             with contextlib.suppress(ValueError):
                 message = json.loads(data)
+        if isinstance(message, dict) and message.get("type") == "screen_text" \
+                and isinstance(message.get("listen"), bool):
+            await self._screen_listen(message["listen"])
+            return
         if not isinstance(message, dict) or message.get("type") != "active":
             await self._send({"type": "error", "error": "bad_message",
-                              "detail": 'This socket accepts only {"type": "active"}.'})
+                              "detail": 'This socket accepts only {"type": "active"} and '
+                                        '{"type": "screen_text", "listen": true|false}.'})
             return
         (await get_broker()).keeper.session_input(session_id=self.session_id)
 
+    async def _screen_listen(self, listen: bool) -> None:
+        """Start or stop listening to the screen's text (one reader per machine)."""
+        if self._screen_stop is not None:
+            self._screen_stop()
+            self._screen_stop = None
+        if not listen:
+            return
+        try:
+            self._screen_stop = (await get_broker()).screens.listen(session_id=self.session_id,
+                                                                    listener=self._send)
+        except SessionError as error:
+            await self._send({"type": "error", "error": error.code, "detail": str(error)})
+
     async def disconnect(self, code: int) -> None:
+        if self._screen_stop is not None:
+            self._screen_stop()
+            self._screen_stop = None
         if self._group is not None:
             await self.channel_layer.group_discard(self._group, self.channel_name)
             self._group = None

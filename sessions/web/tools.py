@@ -1,4 +1,5 @@
-"""The visitor's tools over HTTP: typing, the screenshot, watch links and their page.
+"""The visitor's tools over HTTP: typing, the screenshot, the screen as text, watch
+links and their page.
 
 Thin, as the rest of the API (`sessions.web.api`): validate, one broker call,
 respond, with the broker's errors translated here. Typing, the screenshot and
@@ -106,6 +107,42 @@ async def screenshot(request: HttpRequest, session_id: str) -> HttpResponse:
     return response
 
 
+async def _screen_text(session: VisitorSession) -> HttpResponse:
+    """The visit's text screen as text/plain with its cursor, or why there is none."""
+    refused = _not_live(session)
+    if refused is not None:
+        return refused
+    try:
+        screen = await (await get_broker()).screens.text(session_id=session.id)
+    except SessionError as error:
+        return error_response(error)
+    response = HttpResponse(screen.plain(), content_type="text/plain; charset=utf-8")
+    column, row = screen.cursor or (0, 0)
+    response["X-Cursor"] = f"{column},{row}"
+    # An extension: the text mode's size, columns x rows.
+    response["X-Screen-Size"] = f"{screen.columns}x{screen.rows}"
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@require_GET
+async def screen_text(request: HttpRequest, session_id: str) -> HttpResponse:
+    """The guest's text screen, one line per row (`X-Cursor: col,row`); 409 in graphics."""
+    session = await owned_session(request, session_id)
+    if session is None:
+        return _not_found()
+    return await _screen_text(session)
+
+
+@require_GET
+async def watch_screen_text(request: HttpRequest, token: str) -> HttpResponse:
+    """The watched visit's text screen, as its owner reads it."""
+    session = await watch_session(token)
+    if session is None:
+        return json_error(404, "not_found", gettext("This watch link was revoked, or never existed."))
+    return await _screen_text(session)
+
+
 @require_http_methods(["GET", "POST", "DELETE"])
 async def watchers(request: HttpRequest, session_id: str) -> HttpResponse:
     """POST: a new watch link (201 `{"watch_url", "token"}`); DELETE: revoke every
@@ -173,7 +210,7 @@ async def watch_page(request: HttpRequest, token: str) -> HttpResponse:
     session = await _watched(token)
     broker = await get_broker()
     return render(request, "portal/watch.html", {
-        "session": session, "exhibit": session.exhibit,
+        "session": session, "exhibit": session.exhibit, "token": token,
         "watch_json": {**_watch_state(session, broker.viewers.watcher_count(session.id)),
                        "vnc_path": f"/ws/watch/{token}/vnc", "state_path": f"/watch/{token}/state"},
     })

@@ -21,6 +21,8 @@ urlpatterns = [
     # The visitor's tools: typing, the screenshot, watch links and their page.
     path("api/sessions/<str:session_id>/keys", tools.keys),
     path("api/sessions/<str:session_id>/screenshot.png", tools.screenshot),
+    path("api/sessions/<str:session_id>/screen.txt", tools.screen_text),
+    path("api/watch/<str:token>/screen.txt", tools.watch_screen_text),
     path("api/sessions/<str:session_id>/watchers", tools.watchers),
     path("api/sessions/<str:session_id>/watchers/control", tools.watchers_control),
     path("watch/<str:token>/", tools.watch_page, name="watch"),

@@ -190,10 +190,19 @@ function onSessionState(data) {
   }
 }
 
+// What other modules (screen-text.js) send on the events socket.
+window.addEventListener("portal:events-send", (event) => {
+  if (events && events.readyState === WebSocket.OPEN) events.send(JSON.stringify(event.detail));
+});
+
 function listen() {
   const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
   events = new WebSocket(scheme + window.location.host + session.events_path);
-  events.addEventListener("open", () => { eventsDelayMs = 500; });
+  events.addEventListener("open", () => {
+    eventsDelayMs = 500;
+    // Other modules (screen-text.js) say what they listen to again on a new socket.
+    window.dispatchEvent(new CustomEvent("portal:events-open"));
+  });
   events.addEventListener("message", (message) => {
     let data;
     try { data = JSON.parse(message.data); } catch { return; }

@@ -34,7 +34,7 @@ def exhibit(portal_dirs: Path) -> Exhibit:
     call_command("fixity")
     return Exhibit.objects.create(
         slug="dos", title="FreeDOS 2048", year=1994, publisher="FreeDOS", description="A game.",
-        image=image, boot="floppy", accelerator="tcg", memory_mb=8, thumbnail=name,
+        image=image, boot="floppy", accelerator="tcg", memory_mb=8, thumbnail=name, code_page=850,
         provenance_source="Museum archive, box 12", provenance_donor="A. Donor",
         provenance_acquired=date(2024, 5, 1), provenance_notes="Floppy in its sleeve.", published=True,
         translations={"de": {"title": "FreeDOS 2048 (Spiel)", "description": "Ein Spiel."},
@@ -83,8 +83,8 @@ def test_an_exported_and_reimported_exhibit_is_bit_exact(exhibit: Exhibit, tmp_p
                               back.image.path], capture_output=True, text=True, timeout=60)
     assert compare.returncode == 0, compare.stdout
     for name in ("title", "year", "publisher", "description", "boot", "accelerator", "memory_mb",
-                 "provenance_source", "provenance_donor", "provenance_acquired", "provenance_notes",
-                 "thumbnail", "language", "translations"):
+                 "code_page", "provenance_source", "provenance_donor", "provenance_acquired",
+                 "provenance_notes", "thumbnail", "language", "translations"):
         assert getattr(back, name) == getattr(exhibit, name), name
     assert not back.published  # a draft until a curator publishes it
     assert (settings.PORTAL_THUMBNAIL_DIR / back.thumbnail).read_bytes() == PNG

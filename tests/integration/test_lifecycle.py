@@ -389,7 +389,8 @@ async def test_it_closes_an_oversized_display_message_and_the_machine_lives_on(
 
     page = await events(browser, session["id"])
     await next_event(page, "state")
-    for bad in ("not json", json.dumps({"type": "reset-everything"}), "[1, 2]", "x" * 10000):
+    for bad in ("not json", json.dumps({"type": "reset-everything"}), "[1, 2]", "x" * 10000,
+                json.dumps({"type": "screen_text", "listen": "yes"})):
         await page.send_to(text_data=bad)
         error = await next_event(page, "error")
         assert error["error"] == "bad_message"

@@ -256,7 +256,8 @@ async def test_a_watch_link_is_piped_to_the_node_that_holds_its_visit(
     from sessions.placement.watch import watch_link_create
 
     token = await watch_link_create(session_id=held_elsewhere.id)
-    for path in (f"/watch/{token}/", f"/watch/{token}/state"):
+    for path in (f"/watch/{token}/", f"/watch/{token}/state", f"/api/watch/{token}/screen.txt",
+                 f"/api/sessions/{held_elsewhere.id}/screen.txt"):
         response = await http_get(path)
         assert response["status"] == 502, path
         assert json.loads(response["body"])["error"] == "node_unreachable"

@@ -16,7 +16,7 @@ from django.db import transaction
 from portal.images import disk_image_import
 from portal.importer import QEMU_FORMATS, ImageError
 from portal.models import DiskImage, Exhibit, ExhibitMedia
-from portal.profile import SOUND_CARDS
+from portal.profile import CODE_PAGES, SOUND_CARDS
 from portal.record import agent_command
 
 BOOT_FOR_MEDIA = {"floppy": "floppy", "disk": "hdd", "cdrom": "cdrom"}
@@ -89,6 +89,11 @@ class Command(BaseCommand):
             "--files-in", choices=[c.value for c in Exhibit.FilesIn], default="auto",
             help="The floppy drive visitors' own files go into (auto: the first free one), or off.",
         )
+        parser.add_argument(
+            "--code-page", type=int, choices=sorted(CODE_PAGES), default=437, metavar="N",
+            help="The DOS code page the guest's text screen is read in: "
+                 + ", ".join(str(number) for number in sorted(CODE_PAGES)) + " (default 437).",
+        )
         parser.add_argument("--publish", action="store_true", help="Make it visible to visitors.")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -125,6 +130,7 @@ class Command(BaseCommand):
                     "accelerator": options["accelerator"],
                     "speed": options["speed"],
                     "files_in": options["files_in"],
+                    "code_page": options["code_page"],
                     "provenance_source": options["source"],
                     "provenance_donor": options["donor"],
                     "provenance_acquired": options["acquired"],
