@@ -22,6 +22,7 @@ from django.views.i18n import JavaScriptCatalog, set_language
 
 from .errors import bad_request_answer, json_error, wants_json
 from .framing import embeddable
+from .limits import visit_limits_sentence
 from .models import Exhibit
 from .runtime import Runtime, runtime
 
@@ -126,7 +127,7 @@ async def exhibit_page_response(request: HttpRequest, exhibit: Exhibit, *, messa
          "unavailable": gettext(problem) if (problem := await exhibit.fixity_problem()) else None,
          "message": message, "message_link": link,
          "embed_url": embed_url, "embed_snippet": embed_snippet(exhibit, embed_url),
-         "embed_sites": settings.PORTAL_EMBED_ORIGINS},
+         "embed_sites": settings.PORTAL_EMBED_ORIGINS, "limits": visit_limits_sentence()},
         status=status,
     )
     if embed:

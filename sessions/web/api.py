@@ -36,6 +36,7 @@ from portal.errors import json_error, json_object
 from portal.framing import EMBED_FLAG, embed_requested, embeddable
 from portal.images import Derivation, DerivationError
 from portal.importer import ImageError
+from portal.limits import visit_limits_sentence
 from portal.models import Exhibit
 from portal.record import agent_staff
 from portal.visitor import visitor_id
@@ -344,5 +345,6 @@ async def session_page(request: HttpRequest, session_id: str) -> HttpResponse:
         "session_json": await session_json(session, await get_broker()),
         # Reached from an embed page: chrome-less, and frameable by the embedding sites.
         "embed": embed,
+        "limits": visit_limits_sentence(),
     })
     return embeddable(response) if embed else response

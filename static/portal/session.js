@@ -3,11 +3,17 @@
 // WebSocket, the machine's sound (audio.js, on its own socket), and the
 // visitor's controls (sound, fullscreen, Ctrl+Alt+Del, Reset, End,
 // checkpoints, files in through a drop zone, files out as a zip), with touch
-// (touch.js) and the on-screen keyboard (osk.js) for phones and tablets.
+// (touch.js) and the on-screen keyboard (osk.js) for phones and tablets, the
+// keyboard's way into and out of the screen (screen-focus.js) and the toolbar's
+// More menu (toolbar.js). State changes, the place in line and the time-limit
+// warnings are announced through live regions; the focus moves only when the
+// visitor asked for it or had it nowhere.
 import RFB from "/static/novnc/core/rfb.js";
 import { Speaker } from "./audio.js";
 import { api, csrfToken } from "./csrf.js";
 import { OnScreenKeyboard } from "./osk.js";
+import { ScreenFocus } from "./screen-focus.js";
+import { toolbarStart } from "./toolbar.js";
 import { Touchpad } from "./touch.js";
 import { toolsStart } from "./tools.js";
 import { format, gettext, ngettext } from "./i18n.js";
@@ -27,6 +33,8 @@ const sandboxPanel = document.getElementById("sandbox");
 const checkpointList = document.getElementById("checkpoint-list");
 const checkpointStatus = document.getElementById("checkpoint-status");
 const drop = document.getElementById("drop");
+const announcer = document.getElementById("announce");
+const urgentAnnouncer = document.getElementById("announce-urgent");
 
 const REASONS = {
   visitor: gettext("You ended this visit."),
@@ -61,12 +69,37 @@ const machinePage = (url) => (embedded ? `${url}?embed=1` : url);
 const display = () => rfb;
 new Touchpad({ screen, display, button: document.getElementById("touchpad-toggle"), mouse: screen.dataset.mouse });
 new OnScreenKeyboard({ panel: document.getElementById("osk"), toggle: document.getElementById("osk-toggle"), display });
+const screenFocus = new ScreenFocus({
+  screen, enter: document.getElementById("screen-enter"), display, also: [document.getElementById("osk")],
+});
+toolbarStart({ toggle: document.getElementById("more-toggle"), menu: document.getElementById("more-menu") });
 // Where the page may not fill the screen (an iframe without allow="fullscreen", an iPhone).
 if (!document.fullscreenEnabled) fullscreenButton.hidden = true;
+
+// What a screen reader hears when the state changes (the notice says the rest).
+const STATE_WORDS = {
+  running: gettext("The machine is running."),
+  starting: gettext("The machine is starting."),
+  ending: gettext("Ending the visit…"),
+};
+
+function announce(text, { urgent = false } = {}) {
+  const region = urgent ? urgentAnnouncer : announcer;
+  // Emptied first, so the same words said again are heard again.
+  region.textContent = "";
+  setTimeout(() => { region.textContent = text; }, 50);
+}
+
+let announcedState = null;
 
 function showState(state, text) {
   stateLabel.dataset.state = state;
   stateLabel.textContent = text || STATES[state] || state;
+  // Said once it is so ("running" once the screen is there, not while connecting).
+  if ((!text || text === STATES[state]) && state !== announcedState && STATE_WORDS[state]) {
+    announcedState = state;
+    announce(STATE_WORDS[state]);
+  }
 }
 
 function showNotice(html) {
@@ -93,7 +126,10 @@ function showEnded(data) {
     `<a href="/exhibits/${encodeURIComponent(data.exhibit || session.exhibit)}/${embedded ? "embed" : ""}">` +
     `${escapeHtml(gettext("Back to the exhibit"))}</a></p>`
   );
-  document.getElementById("restart").addEventListener("click", restart);
+  const restartButton = document.getElementById("restart");
+  restartButton.addEventListener("click", restart);
+  // The screen (and any focus in it) is gone: the focus goes to what comes next.
+  const focusLost = screenFocus.idle();
   hideWarning();
   if (events) {
     const old = events;
@@ -111,6 +147,8 @@ function showEnded(data) {
     rfb = null;
     old.disconnect();
   }
+  screenFocus.label(null);
+  if (focusLost) restartButton.focus();
 }
 
 async function restart() {
@@ -128,47 +166,79 @@ async function restart() {
   document.getElementById("restart").addEventListener("click", restart);
 }
 
+let lastPosition = null;
+
 function showQueued(data) {
   const position = data.queue_position;
   showState("queued", format(gettext("waiting: number %(position)s in line"), { position }));
   const minutes = Math.max(1, Math.round((data.queue_wait_s || 0) / 60));
-  const wait = format(ngettext("the wait is about %(minutes)s minute.", "the wait is about %(minutes)s minutes.",
-    minutes), { minutes });
-  showNotice(
-    `<p><strong>${escapeHtml(gettext("Every machine is in use."))}</strong></p>` +
-    `<p>${format(escapeHtml(gettext("You are %(place)s in line;")), {
-      place: `<strong id="queue-position">${escapeHtml(format(gettext("number %(position)s"), { position }))}</strong>`,
-    })} ${escapeHtml(wait)}</p>` +
-    `<p>${escapeHtml(gettext("Keep this page open: your machine starts here by itself."))}</p>`
-  );
+  const wait = format(ngettext("%(minutes)s minute", "%(minutes)s minutes", minutes), { minutes });
+  const number = format(gettext("number %(position)s"), { position });
+  const place = document.getElementById("queue-position");
+  if (place && !notice.hidden) {
+    // Still in line: the numbers change in place, unannounced by the notice (its
+    // own live region would say them without their sentence); a move up the line
+    // is said once, as a sentence.
+    if (position !== lastPosition) {
+      announce(format(gettext("You are now number %(position)s in line."), { position }));
+    }
+    place.textContent = number;
+    document.getElementById("queue-wait").textContent = wait;
+  } else {
+    // The notice (a live region) says the whole of it the first time.
+    showNotice(
+      `<p><strong>${escapeHtml(gettext("Every machine is in use."))}</strong></p>` +
+      `<p>${format(escapeHtml(gettext("You are %(place)s in line; the wait is about %(wait)s.")), {
+        place: `<strong id="queue-position" aria-live="off">${escapeHtml(number)}</strong>`,
+        wait: `<span id="queue-wait" aria-live="off">${escapeHtml(wait)}</span>`,
+      })}</p>` +
+      `<p>${escapeHtml(gettext("Keep this page open: your machine starts here by itself."))}</p>`
+    );
+  }
+  lastPosition = data.queue_position;
 }
 
-function hideWarning() {
+function hideWarning({ replaced = false } = {}) {
   if (warningTimer) clearInterval(warningTimer);
   warningTimer = null;
-  warningBox.hidden = true;
+  if (!warningBox.hidden && !replaced) {
+    // The button that had the focus goes; the focus goes back where the keyboard's way in is.
+    const hadFocus = warningBox.contains(document.activeElement);
+    warningBox.hidden = true;
+    if (hadFocus) document.getElementById("screen-enter").focus();
+  }
 }
 
 function showWarning(reason, secondsLeft) {
-  hideWarning();
+  // A warning in place of another: a focus on its button stays on the new one.
+  const onStillHere = document.activeElement?.id === "still-here";
+  hideWarning({ replaced: true });
   let left = secondsLeft;
-  const render = () => {
-    if (reason === "idle") {
-      warningBox.innerHTML =
-        `<span>${format(escapeHtml(gettext("Nobody has used this machine for a while. " +
-          "It switches off in %(seconds)s s.")), { seconds: `<strong id="countdown">${left}</strong>` })}</span> ` +
-        `<button id="still-here" class="primary">${escapeHtml(gettext("I'm still here"))}</button>`;
-      document.getElementById("still-here").addEventListener("click", () => {
-        if (events && events.readyState === WebSocket.OPEN) events.send(JSON.stringify({ type: "active" }));
-        if (rfb) rfb.focus();
-      });
-    } else {
-      warningBox.innerHTML =
-        `<span>${format(escapeHtml(gettext("This visit reaches its time limit: the machine switches off " +
-          "in %(seconds)s s.")), { seconds: `<strong id="countdown">${left}</strong>` })}</span>`;
-    }
-  };
-  render();
+  // The countdown ticks on the page only; a screen reader hears the warning once,
+  // with what to do about it. The time limit is the shared machine's essential
+  // limit: no button extends it.
+  if (reason === "idle") {
+    warningBox.innerHTML =
+      `<span id="warning-text">${format(escapeHtml(gettext("Nobody has used this machine for a while. " +
+        "It switches off in %(seconds)s s.")), { seconds: `<strong id="countdown">${left}</strong>` })}</span> ` +
+      `<button id="still-here" type="button" class="primary">${escapeHtml(gettext("I'm still here"))}</button>`;
+    document.getElementById("still-here").addEventListener("click", () => {
+      if (events && events.readyState === WebSocket.OPEN) events.send(JSON.stringify({ type: "active" }));
+      announce(gettext("The machine stays on."));
+      if (rfb) rfb.focus();
+    });
+    if (onStillHere) document.getElementById("still-here").focus();
+    announce(format(gettext("Nobody has used this machine for a while. It switches off in %(seconds)s " +
+      "seconds. Press any key on the machine, or the I'm still here button, to keep it."), { seconds: left }),
+    { urgent: true });
+  } else {
+    warningBox.innerHTML =
+      `<span id="warning-text">${format(escapeHtml(gettext("This visit reaches its time limit: the machine " +
+        "switches off in %(seconds)s s.")), { seconds: `<strong id="countdown">${left}</strong>` })}</span>`;
+    if (onStillHere) document.getElementById("screen-enter").focus();
+    announce(format(gettext("This visit reaches its time limit: the machine switches off in %(seconds)s " +
+      "seconds."), { seconds: left }), { urgent: true });
+  }
   warningBox.dataset.reason = reason;
   warningBox.hidden = false;
   warningTimer = setInterval(() => {
@@ -275,8 +345,10 @@ function connect() {
   rfb.addEventListener("connect", () => {
     reconnectDelayMs = 500;
     notice.hidden = true;
+    const giveKeys = screenFocus.idle();
+    screenFocus.label(rfb);
     showState("running", STATES.running);
-    rfb.focus();
+    if (giveKeys) rfb.focus();
   });
   rfb.addEventListener("disconnect", async () => {
     rfb = null;
@@ -330,6 +402,8 @@ resetButton.addEventListener("click", async () => {
   resetButton.disabled = true;
   resetting = true;
   showState("starting", gettext("resetting…"));
+  announcedState = null;
+  announce(gettext("Resetting the machine…"));
   if (rfb) {
     const old = rfb;
     rfb = null;

@@ -6,6 +6,7 @@
 // mouse, it lets noVNC send them until the owner takes them back.
 import RFB from "/static/novnc/core/rfb.js";
 import { format, gettext, ngettext } from "./i18n.js";
+import { ScreenFocus } from "./screen-focus.js";
 
 const watch = JSON.parse(document.getElementById("watch-data").textContent);
 const screen = document.getElementById("screen");
@@ -13,6 +14,8 @@ const stateLabel = document.getElementById("state");
 const notice = document.getElementById("notice");
 const watchersLabel = document.getElementById("watchers");
 const controlLabel = document.getElementById("control");
+const enter = document.getElementById("screen-enter");
+const controlSaid = document.getElementById("control-said");
 
 const STATE_EVERY_MS = 2000;
 // The visit's states as the bar shows them to a watcher.
@@ -33,6 +36,8 @@ let stateTimer = null;
 // keyboard and mouse (a new one for every connection).
 let watcherId = "";
 let inControl = false;
+// The screen's name, and the way out for the keyboard (a watcher given control types into it).
+const screenFocus = new ScreenFocus({ screen, enter, display: () => rfb });
 
 function newWatcherId() {
   const bytes = new Uint8Array(16);
@@ -45,9 +50,14 @@ function showControl(control) {
   inControl = control;
   if (rfb) {
     rfb.viewOnly = !control;
-    if (control) rfb.focus();
+    // The owner's doing, not this watcher's: the keyboard moves only if the page's focus was nowhere.
+    if (control && screenFocus.idle()) rfb.focus();
   }
   controlLabel.hidden = !control;
+  controlSaid.textContent = control
+    ? gettext("You have the keyboard and mouse: press Type into the machine, or click the screen.")
+    : gettext("The owner has the keyboard and mouse.");
+  enter.disabled = !control;
 }
 
 function say(text) {
@@ -105,6 +115,7 @@ function connect() {
   watcherId = newWatcherId();
   inControl = false;
   controlLabel.hidden = true;
+  enter.disabled = true;
   const socket = new WebSocket(`${scheme}${window.location.host}${watch.vnc_path}?watcher=${watcherId}`,
     ["binary"]);
   socket.binaryType = "arraybuffer";
@@ -118,6 +129,8 @@ function connect() {
   rfb.background = "#000";
   rfb.addEventListener("connect", () => {
     retryMs = 500;
+    screenFocus.label(rfb);
+    enter.disabled = !inControl;
     say("");
     refresh();
   });

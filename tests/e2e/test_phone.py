@@ -133,7 +133,7 @@ def test_it_drives_a_relative_mouse_like_a_touchpad(portal: Portal, browser: Any
                   "--boot", "hdd", "--mouse", "ps2", "--publish")
     page = _phone(browser)
     _start(page, portal, slug="demo-ps2")
-    touchpad = page.get_by_role("button", name="Touchpad")
+    touchpad = page.locator("#touchpad-toggle")
     assert touchpad.get_attribute("aria-pressed") == "true"
     box = _fits(page)
     scale = box["width"] / 640
@@ -155,7 +155,9 @@ def test_it_drives_a_relative_mouse_like_a_touchpad(portal: Portal, browser: Any
     page.touchscreen.tap(box["x"] + box["width"] - 10, box["y"] + box["height"] - 10)
     page.wait_for_function(ABOUT_OPEN, timeout=15_000)
 
-    # Switched off, the fingers go to noVNC's own gestures again.
+    # Switched off (from the toolbar's More menu, on a phone held upright), the
+    # fingers go to noVNC's own gestures again.
+    page.get_by_role("button", name="More actions").tap()
     touchpad.tap()
     assert touchpad.get_attribute("aria-pressed") == "false"
     assert page.locator(".touchpad").is_hidden()
