@@ -26,8 +26,8 @@ BENCHMARKS = [
     "bench.first_frame", "bench.display_path", "bench.overlay_cost", "bench.idle_cpu",
     "bench.import_image", "bench.soak", "bench.stuck_reader", "bench.services", "bench.relay",
     "bench.coordination",
-    "bench.sound", "bench.sandbox", "bench.speed", "bench.tools", "bench.screen_text", "bench.line",
-    "bench.density",
+    "bench.sound", "bench.sandbox", "bench.speed", "bench.tools", "bench.screen_text", "bench.keys",
+    "bench.line", "bench.density",
 ]
 
 

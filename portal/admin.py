@@ -312,7 +312,7 @@ class ExhibitAdmin(admin.ModelAdmin):
         ("Provenance", {"fields": ("provenance_source", "provenance_donor", "provenance_acquired",
                                    "provenance_notes")}),
         ("Machine profile", {"fields": ("image", "boot", "cpu", "memory_mb", "vga", "mouse",
-                                        "accelerator", "speed", "code_page")}),
+                                        "accelerator", "speed", "code_page", "keyboard")}),
         ("Sound", {"fields": ("sound_adlib", "sound_sb16"),
                    "description": "Every exhibit has a PC speaker. Add the cards its software "
                                   "plays music and sound on; visitors hear them in the browser."}),

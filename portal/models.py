@@ -14,7 +14,7 @@ from django.dispatch import receiver
 from django.utils import timezone, translation
 from django.utils.translation import gettext_lazy, gettext_noop
 
-from .profile import CODE_PAGES, MachineProfile, sound_devices
+from .profile import CODE_PAGES, KEYBOARD_LAYOUTS, MachineProfile, sound_devices
 
 # What the exhibit page calls each piece of sound hardware.
 SOUND_NAMES = {"pcspk": gettext_lazy("PC speaker"), "adlib": "AdLib", "sb16": "Sound Blaster 16"}
@@ -121,6 +121,25 @@ class PreservationEvent(models.Model):
         return f"{self.event_type} {self.outcome} {about} at {self.at:%Y-%m-%d %H:%M}"
 
 
+# The guest keyboard layouts' names as visitors read them, in KEYBOARD_LAYOUTS' order.
+KEYBOARD_LABELS = {
+    "us": gettext_lazy("US English (QWERTY)"),
+    "uk": gettext_lazy("UK English (QWERTY)"),
+    "de": gettext_lazy("German (QWERTZ)"),
+    "fr": gettext_lazy("French (AZERTY)"),
+    "es": gettext_lazy("Spanish (QWERTY)"),
+    "it": gettext_lazy("Italian (QWERTY)"),
+    "ch-de": gettext_lazy("Swiss German (QWERTZ)"),
+    "be": gettext_lazy("Belgian (AZERTY)"),
+    "nl": gettext_lazy("Dutch (QWERTY)"),
+    "se": gettext_lazy("Swedish and Finnish (QWERTY)"),
+    "no": gettext_lazy("Norwegian (QWERTY)"),
+    "dk": gettext_lazy("Danish (QWERTY)"),
+    "pt": gettext_lazy("Portuguese (QWERTY)"),
+}
+assert list(KEYBOARD_LABELS) == list(KEYBOARD_LAYOUTS)
+
+
 class Exhibit(models.Model):
     class Boot(models.TextChoices):
         FLOPPY = "floppy", "Floppy disk"
@@ -205,6 +224,15 @@ class Exhibit(models.Model):
         help_text="The DOS code page the guest's text screen is read in (Screen as text, "
                   "screen.txt): 437 for most DOS software, 850 for Western European "
                   "installs, or the page the guest's COUNTRY and CHCP set.",
+    )
+    keyboard = models.CharField(
+        max_length=8, default="us",
+        # The guest's layouts by the names the API uses (portal.profile).
+        choices=list(KEYBOARD_LABELS.items()),
+        error_messages={"invalid_choice": "There is no keyboard layout called %(value)r; these are "
+                                          f"known: {', '.join(KEYBOARD_LAYOUTS)}."},
+        help_text="The keyboard layout the guest was set up with (its DOS KEYB or Windows 3.1 "
+                  "setting): what a visitor types arrives as the keys that type it on this layout.",
     )
     provenance_source = models.CharField(max_length=300, blank=True,
                                          help_text="Where the image comes from (archive, collection).")

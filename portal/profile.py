@@ -63,6 +63,25 @@ CODE_PAGES = {
     869: "869: Greek (modern)",
 }
 
+# The guest's keyboard layouts (what its DOS KEYB or Windows 3.1 was set up with), by
+# the portal's names, each with the QEMU keymap (Debian's qemu-system-data,
+# /usr/share/qemu/keymaps) that describes it; the runtime types with it
+# (sessions.machines.layouts). "us" is the PC's own. Their labels are the catalogue's.
+KEYBOARD_LAYOUTS = {
+    "us": "en-us", "uk": "en-gb", "de": "de", "fr": "fr", "es": "es", "it": "it",
+    "ch-de": "de-ch", "be": "fr-be", "nl": "nl", "se": "sv", "no": "no", "dk": "da", "pt": "pt",
+}
+
+
+def keyboard_refusal(name: object) -> str | None:
+    """Why a keyboard layout name is not one the portal knows (a sentence naming the
+    known ones), or None for a known one."""
+    if isinstance(name, str) and name in KEYBOARD_LAYOUTS:
+        return None
+    shown = repr(name)[:40]
+    return (f"There is no keyboard layout called {shown}; these are known: "
+            f"{', '.join(KEYBOARD_LAYOUTS)}.")
+
 
 @dataclass(frozen=True)
 class MachineProfile:

@@ -47,6 +47,7 @@ async def exhibit_json(exhibit: Exhibit, request: HttpRequest, *, here: Runtime)
             "speed": exhibit.speed,
             # The DOS code page the screen as text is read in.
             "code_page": exhibit.code_page,
+            "keyboard": exhibit.keyboard,
         },
         # The floppy drive ("a" or "b") visitors' own files go into, or null when off.
         "files_in": None if (drive := exhibit.machine_profile().files_in) == "off" else drive,

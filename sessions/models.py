@@ -30,6 +30,10 @@ class VisitorSession(models.Model):
         CRASHED = "crashed"
         SERVER = "server"
 
+    class KeyMode(models.TextChoices):
+        CHARACTERS = "characters"
+        POSITIONS = "positions"
+
     LIVE_STATES = (State.QUEUED, State.STARTING, State.RUNNING)
 
     id = models.CharField(primary_key=True, max_length=32, default=new_session_id, editable=False)
@@ -49,6 +53,10 @@ class VisitorSession(models.Model):
     node = models.CharField(max_length=40, blank=True, default="", db_index=True)
     # The network address the visit was started from (its live visits are capped).
     address = models.CharField(max_length=45, blank=True, default="", db_index=True)
+    # How the visitor's keys reach the guest: "characters" (what the visitor's key
+    # prints, typed on the guest's layout) or "positions" (the physical keys). On the
+    # row, so every node that serves the visit translates the same way.
+    key_mode = models.CharField(max_length=10, choices=KeyMode.choices, default=KeyMode.CHARACTERS)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)

@@ -1,20 +1,22 @@
-"""Reading the browser's side of an RFB stream: the owner's input told apart, and
-a watcher's stream let through only as far as a viewer needs.
+"""Reading the browser's side of an RFB stream: the owner's messages framed and
+checked, and a watcher's stream let through only as far as a viewer needs.
 
 Owns: framing the client-to-server RFB messages (RFC 6143 and the QEMU and
-common extensions noVNC uses) so that key and pointer events can be told from
-housekeeping such as update requests, which a viewer sends even when nobody
-is at the keyboard (`ClientStream`); and the gate on a watch link's stream
-(`ViewerGate`), which passes on the handshake and the messages that only ask
-for pictures, and refuses everything else.
+common extensions noVNC uses) against an allow-list with bounded lengths
+(`message_size`, one framing for both gates); the owner's stream cut into whole
+messages, each checked, so the display socket can re-send them (and translate
+keys) and tell input from housekeeping such as update requests, which a viewer
+sends even when nobody is at the keyboard (`ClientStream`); and the gate on a
+watch link's stream (`ViewerGate`), which passes on the handshake and the
+messages that only ask for pictures, and refuses everything else.
 
-Must not: change, hold back or reorder a byte of the owner's stream. It goes to
-QEMU as it came; `ClientStream` only watches it. A message it cannot frame ends
-the watching (the visit then counts as idle unless input arrives by another
-way), never the stream.
+Must not: change a message it passes (translation is the display socket's, with
+`sessions.display.keyboard`), or hold more than one unfinished message, whose
+size it has checked before waiting for it.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # Fixed sizes of client messages, by type, including the type byte.
@@ -30,96 +32,192 @@ _INPUT_TYPES = {4, 5}
 _QEMU = 255
 _QEMU_EXTENDED_KEY_EVENT = 0
 _QEMU_AUDIO = 1
+KEY_EVENT = 4
+POINTER_EVENT = 5
+UPDATE_REQUEST = 3
+QEMU_MESSAGE = _QEMU
+
+# Bounds on the messages whose length is in the message: noVNC lists about 20
+# encodings; clipboard text beyond this is no visitor's paste (the page's Paste
+# types, it does not use the clipboard); a screen layout names a few screens.
+ENCODINGS_MAX = 256
+CUT_TEXT_MAX_BYTES = 1024 * 1024
+SCREENS_MAX = 16
+FENCE_PAYLOAD_MAX = 64
+# What the owner's viewer may send after the handshake (the allow-list): SetPixelFormat,
+# SetEncodings, FramebufferUpdateRequest, KeyEvent, PointerEvent, ClientCutText,
+# EnableContinuousUpdates, SetDesktopSize, and QEMU's extended key event and audio.
+# (QEMU ends a connection at a fence or an xvp command: they are not passed.)
+OWNER_TYPES = frozenset({0, 2, 3, 4, 5, 6, 150, 251, _QEMU})
+
+_TYPE_NAMES = {
+    0: "SetPixelFormat", 2: "SetEncodings", 3: "FramebufferUpdateRequest", 4: "KeyEvent",
+    5: "PointerEvent", 6: "ClientCutText", 150: "EnableContinuousUpdates", 248: "ClientFence",
+    250: "xvp", 251: "SetDesktopSize", _QEMU: "QEMU",
+}
+
+
+class RfbRefusedError(ValueError):
+    """A client message the portal does not pass to the machine; the message is a
+    sentence, `close_code` the display socket's (4400, or 4413 for one too large)."""
+
+    close_code = 4400
+
+
+class RfbTooBigError(RfbRefusedError):
+    close_code = 4413
+
+
+def _type_name(message_type: int) -> str:
+    name = _TYPE_NAMES.get(message_type)
+    return f"an RFB message of type {message_type}" + (f" ({name})" if name else "")
+
+
+def _encodings_size(buffer: bytes | bytearray | memoryview, offset: int) -> int | None:
+    """SetEncodings: a u16 count of s32."""
+    if len(buffer) - offset < 4:
+        return None
+    count = int.from_bytes(buffer[offset + 2:offset + 4], "big")
+    if count > ENCODINGS_MAX:
+        raise RfbTooBigError(f"The viewer listed {count} encodings; at most {ENCODINGS_MAX} are taken.")
+    return 4 + 4 * count
+
+
+def _cut_text_size(buffer: bytes | bytearray | memoryview, offset: int) -> int | None:
+    """ClientCutText: an s32 length (negative: the extended clipboard's)."""
+    if len(buffer) - offset < 8:
+        return None
+    length = abs(int.from_bytes(buffer[offset + 4:offset + 8], "big", signed=True))
+    if length > CUT_TEXT_MAX_BYTES:
+        raise RfbTooBigError(f"The viewer announced {length} bytes of clipboard text; at most "
+                             f"{CUT_TEXT_MAX_BYTES} are taken.")
+    return 8 + length
+
+
+def _fence_size(buffer: bytes | bytearray | memoryview, offset: int) -> int | None:
+    """ClientFence: a u8 payload length at offset 8."""
+    if len(buffer) - offset < 9:
+        return None
+    if buffer[offset + 8] > FENCE_PAYLOAD_MAX:
+        raise RfbRefusedError("The viewer sent a fence with more than 64 bytes of payload.")
+    return 9 + buffer[offset + 8]
+
+
+def _screens_size(buffer: bytes | bytearray | memoryview, offset: int) -> int | None:
+    """SetDesktopSize: a u8 screen count at offset 6, 16 bytes a screen."""
+    if len(buffer) - offset < 8:
+        return None
+    if buffer[offset + 6] > SCREENS_MAX:
+        raise RfbTooBigError(f"The viewer asked for a layout of {buffer[offset + 6]} screens.")
+    return 8 + 16 * buffer[offset + 6]
+
+
+def _qemu_size(buffer: bytes | bytearray | memoryview, offset: int) -> int | None:
+    """QEMU's messages: the extended key event, and audio (enable, disable, format)."""
+    available = len(buffer) - offset
+    if available < 2:
+        return None
+    if buffer[offset + 1] == _QEMU_EXTENDED_KEY_EVENT:
+        return 12
+    if buffer[offset + 1] != _QEMU_AUDIO:
+        raise RfbRefusedError(f"The viewer sent a QEMU message of unknown kind {buffer[offset + 1]}.")
+    if available < 4:
+        return None
+    operation = int.from_bytes(buffer[offset + 2:offset + 4], "big")
+    if operation not in {0, 1, 2}:
+        raise RfbRefusedError(f"The viewer sent a QEMU audio message of unknown kind {operation}.")
+    return 10 if operation == 2 else 4
+
+
+_VARIABLE = {2: _encodings_size, 6: _cut_text_size, 248: _fence_size, 251: _screens_size,
+             _QEMU: _qemu_size}
+
+
+def message_size(buffer: bytes | bytearray | memoryview, offset: int = 0) -> int | None:
+    """Bytes in the client message at `offset`; None if more are needed to tell.
+
+    Raises RfbTooBigError for a length over its bound, RfbRefusedError for a message
+    of no type this framing knows (or a QEMU message of an unknown kind).
+    """
+    if len(buffer) <= offset:
+        return None
+    message_type = buffer[offset]
+    fixed = _FIXED.get(message_type)
+    if fixed is not None:
+        return fixed
+    variable = _VARIABLE.get(message_type)
+    if variable is None:
+        raise RfbRefusedError(f"The viewer sent {_type_name(message_type)}, which this portal does not "
+                              "pass to the machine.")
+    return variable(buffer, offset)
+
+
+def is_input(message: bytes) -> bool:
+    """Whether a whole client message is the visitor's input (a key or the mouse)."""
+    return message[0] in _INPUT_TYPES or (message[0] == _QEMU and message[1] == _QEMU_EXTENDED_KEY_EVENT)
 
 
 @dataclass
 class ClientStream:
-    """Feed it the browser's bytes in order; it says whether they held input."""
+    """The owner's stream, fed in order: each feed returns the whole messages it
+    completed (the handshake's parts as they come, then one per client message),
+    each checked against the allow-list (`OWNER_TYPES`) and its bounds; raises
+    RfbRefusedError (or RfbTooBigError) at the first message it does not pass,
+    after which the socket is to be closed."""
 
     _buffer: bytearray = field(default_factory=bytearray)
-    _handshake_left: int | None = None
-    _skip: int = 0
-    lost: bool = False
+    # 0: ProtocolVersion; 1: security type (3.7, 3.8); 2: ClientInit; 3: messages.
+    _stage: int = 0
     # Whether the viewer has asked for a screen update yet: what QEMU sends next is one.
     update_requested: bool = False
 
-    def feed(self, data: bytes) -> bool:
-        if self.lost:
-            return False
-        self._buffer += data
-        saw_input = False
-        while True:
-            if self._skip:
-                taken = min(self._skip, len(self._buffer))
-                del self._buffer[:taken]
-                self._skip -= taken
-                if self._skip:
-                    return saw_input
-            if self._handshake_left is None:
-                if len(self._buffer) < 12:
-                    return saw_input
-                version = bytes(self._buffer[:12])
-                # 3.3: the server picks the security type, the client only sends
-                # ClientInit; 3.7 and 3.8: the client picks (1 byte) first.
-                self._handshake_left = 1 if version == b"RFB 003.003\n" else 2
-                self._skip = 12
-                continue
-            if self._handshake_left:
-                if not self._buffer:
-                    return saw_input
-                if self._handshake_left == 2 and self._buffer[0] == 2:
-                    # VNC authentication: a 16-byte response before ClientInit.
-                    self._skip = 1 + 16
-                else:
-                    self._skip = 1
-                self._handshake_left -= 1
-                continue
-            size = self._message_size()
-            if size is None:
-                return saw_input
-            if size < 0:
-                self.lost = True
-                self._buffer.clear()
-                return saw_input
-            message_type = self._buffer[0]
-            if message_type == 3:
-                self.update_requested = True
-            if message_type in _INPUT_TYPES or (
-                message_type == _QEMU and self._buffer[1] == _QEMU_EXTENDED_KEY_EVENT
-            ):
-                saw_input = True
-            self._skip = size
+    def feed(self, data: bytes) -> list[bytes]:
+        if self._buffer:
+            self._buffer += data
+            source: bytes | bytearray = self._buffer
+        else:
+            source = data
+        messages: list[bytes] = []
+        offset = 0
+        total = len(source)
+        while offset < total:
+            if self._stage < 3:
+                size = self._handshake_size(source, offset)
+            else:
+                message_type = source[offset]
+                if message_type not in OWNER_TYPES:
+                    raise RfbRefusedError(f"The viewer sent {_type_name(message_type)}, which this "
+                                          "portal does not pass to the machine.")
+                size = message_size(source, offset)
+            if size is None or offset + size > total:
+                break
+            message = bytes(source[offset:offset + size])
+            messages.append(message)
+            if self._stage == 3:
+                if message[0] == UPDATE_REQUEST:
+                    self.update_requested = True
+            elif self._stage == 0 and message == b"RFB 003.003\n":
+                self._stage = 2  # 3.3: the server picks the security type
+            else:
+                self._stage += 1
+            offset += size
+        if source is self._buffer:
+            del self._buffer[:offset]
+        elif offset < total:
+            self._buffer += source[offset:]
+        return messages
 
-    def _message_size(self) -> int | None:
-        """Bytes in the message at the buffer's head; None if more are needed
-        to tell, -1 if it is not a message this knows."""
-        buffer = self._buffer
-        if not buffer:
-            return None
-        message_type = buffer[0]
-        if message_type in _FIXED:
-            return _FIXED[message_type]
-        if message_type == 2:  # SetEncodings: u16 count of s32
-            return None if len(buffer) < 4 else 4 + 4 * int.from_bytes(buffer[2:4], "big")
-        if message_type == 6:  # ClientCutText: s32 length (negative: extended clipboard)
-            if len(buffer) < 8:
+    def _handshake_size(self, source: bytes | bytearray, offset: int) -> int | None:
+        if self._stage == 0:
+            if len(source) - offset < 12:
                 return None
-            return 8 + abs(int.from_bytes(buffer[4:8], "big", signed=True))
-        if message_type == 248:  # ClientFence: u8 payload length at offset 8
-            return None if len(buffer) < 9 else 9 + buffer[8]
-        if message_type == 251:  # SetDesktopSize: u8 screen count at offset 6
-            return None if len(buffer) < 8 else 8 + 16 * buffer[6]
-        if message_type == _QEMU:
-            if len(buffer) < 2:
-                return None
-            if buffer[1] == _QEMU_EXTENDED_KEY_EVENT:
-                return 12
-            if buffer[1] == _QEMU_AUDIO:
-                if len(buffer) < 4:
-                    return None
-                operation = int.from_bytes(buffer[2:4], "big")
-                return 10 if operation == 2 else 4
-        return -1
+            if bytes(source[offset:offset + 12]) not in {b"RFB 003.003\n", b"RFB 003.007\n",
+                                                         b"RFB 003.008\n"}:
+                raise RfbRefusedError("The viewer does not speak RFB 3.3, 3.7 or 3.8.")
+            return 12
+        if self._stage == 1 and source[offset] == 2:
+            return 17  # VNC authentication: the type and a 16-byte response
+        return 1
 
 
 # What a watcher's viewer may send after the handshake, by type: SetPixelFormat,
@@ -129,8 +227,6 @@ _REFUSED_WORDS = {
     4: "a key", 5: "a mouse event", 250: "a power command",
     251: "a screen size change", _QEMU: "a key or a sound request",
 }
-# SetEncodings longer than this is no viewer's (noVNC sends about 20).
-_VIEWER_ENCODINGS_MAX = 256
 
 
 class ViewerRefusedError(ValueError):
@@ -155,6 +251,9 @@ class ViewerGate:
     # then keys and pointer events go on too, and the last feed says it held some.
     control: bool = False
     saw_input: bool = False
+    # What a key message of a watcher in control becomes on its way (the display
+    # socket's key translation); None: as it came.
+    key_filter: Callable[[bytes], bytes] | None = None
 
     def feed(self, data: bytes) -> bytes:
         self._buffer += data
@@ -223,7 +322,7 @@ class ViewerGate:
             raise ViewerRefusedError(f"This is a watch link: it shows the machine and takes no input, "
                                      f"but the viewer sent {what}.")
         if message_type == 2 and len(buffer) >= 4 \
-                and int.from_bytes(buffer[2:4], "big") > _VIEWER_ENCODINGS_MAX:
+                and int.from_bytes(buffer[2:4], "big") > ENCODINGS_MAX:
             raise ViewerRefusedError("The viewer asked for more encodings than any viewer needs.")
         size = self._message_size()
         if size is None or len(buffer) < size:
@@ -236,18 +335,16 @@ class ViewerGate:
         if len(self._buffer) < input_size:
             return None
         self.saw_input = True
-        return self._take(input_size)
+        taken = self._take(input_size)
+        if self.key_filter is not None and message_type != POINTER_EVENT:
+            return self.key_filter(taken)
+        return taken
 
     def _message_size(self) -> int | None:
-        buffer = self._buffer
-        message_type = buffer[0]
-        if message_type in _FIXED:
-            return _FIXED[message_type]
-        if message_type == 2:
-            return None if len(buffer) < 4 else 4 + 4 * int.from_bytes(buffer[2:4], "big")
-        if message_type == 248:
-            return None if len(buffer) < 9 else 9 + buffer[8]
-        return None
+        try:
+            return message_size(self._buffer)
+        except RfbRefusedError as error:
+            raise ViewerRefusedError(str(error)) from None
 
     def _take(self, count: int) -> bytes:
         taken = bytes(self._buffer[:count])

@@ -1,7 +1,8 @@
 """Typing for the visitor: text and key combinations as a PC keyboard would send them.
 
-Owns: turning text into keystrokes on a US keyboard (QEMU's key names, with
-Shift where the character needs it), the table of key combinations a DOS or
+Owns: turning text into keystrokes on the guest's keyboard layout (the key
+that types each character there, with Shift and AltGr where it needs them,
+from `sessions.display.layouts`), the table of key combinations a DOS or
 Windows 3.1 user needs, and sending keystrokes to a machine over QMP at a
 pace the guest keeps up with: each key held for a moment (`send-key` with
 `hold-time`), a pause between keys, and, when the guest uses the BIOS's
@@ -19,25 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sessions.errors import SessionError
-
-# Characters on a US keyboard without Shift, by QEMU key name (qcode).
-_PLAIN = {
-    **{letter: letter for letter in "abcdefghijklmnopqrstuvwxyz"},
-    **{digit: digit for digit in "0123456789"},
-    " ": "spc", "\n": "ret", "\t": "tab",
-    "`": "grave_accent", "-": "minus", "=": "equal", "[": "bracket_left",
-    "]": "bracket_right", "\\": "backslash", ";": "semicolon", "'": "apostrophe",
-    ",": "comma", ".": "dot", "/": "slash",
-}
-# Characters that need Shift, by the key they are on.
-_SHIFTED = {
-    **{letter.upper(): letter for letter in "abcdefghijklmnopqrstuvwxyz"},
-    "~": "grave_accent", "!": "1", "@": "2", "#": "3", "$": "4", "%": "5", "^": "6",
-    "&": "7", "*": "8", "(": "9", ")": "0", "_": "minus", "+": "equal",
-    "{": "bracket_left", "}": "bracket_right", "|": "backslash", ":": "semicolon",
-    '"': "apostrophe", "<": "comma", ">": "dot", "?": "slash",
-}
+from sessions.display.layouts import Layout, character_describe, layout_for
+from sessions.errors import SessionError, gettext_noop
 
 #: The key combinations the API takes (`{"combo": name}`), as QEMU key names
 #: pressed together in this order and released together.
@@ -59,7 +43,8 @@ COMBOS: dict[str, tuple[str, ...]] = {
     "f1": ("f1",),
 }
 
-Keystroke = tuple[str, ...]
+# The keys pressed together: QEMU's key names (qcodes) or its key numbers (scancodes).
+Keystroke = tuple[str | int, ...]
 
 
 class KeysError(SessionError, ValueError):
@@ -69,41 +54,45 @@ class KeysError(SessionError, ValueError):
     status = 400
 
 
-def text_keystrokes(text: str) -> list[Keystroke]:
-    """The keystrokes that type text on a US keyboard ("\\r\\n" and "\\r" are Enter).
+def text_keystrokes(text: str, layout: Layout | None = None) -> list[Keystroke]:
+    """The keystrokes that type text on the guest's layout (US where none is given;
+    "\\r\\n" and "\\r" are Enter).
 
-    Raises KeysError naming every character there is no key for.
+    Raises KeysError naming every character the layout (or the guest's code page) has
+    no key for; then nothing is to be typed.
     """
+    layout = layout or layout_for("us")
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     strokes: list[Keystroke] = []
     missing: list[str] = []
     for character in text:
-        if character in _PLAIN:
-            strokes.append((_PLAIN[character],))
-        elif character in _SHIFTED:
-            strokes.append(("shift", _SHIFTED[character]))
+        stroke = layout.stroke(character)
+        if stroke is not None:
+            strokes.append(("shift",) * stroke.shift + ("alt_r",) * stroke.altgr + (stroke.key,))
         elif character not in missing:
             missing.append(character)
     if missing:
-        shown = ", ".join(_describe(character) for character in missing[:10])
-        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-        raise KeysError(f"These characters have no key on the machine's US keyboard: {shown}{more}. "
-                        "Letters, digits, space, Enter, Tab and the punctuation printed on a US "
-                        "keyboard can be typed.")
+        shown = ", ".join(character_describe(character) for character in missing[:10])
+        if len(missing) > 10:
+            raise KeysError(gettext_noop("These characters cannot be typed on the machine's keyboard "
+                                         "(%(layout)s layout, code page %(code_page)s): %(characters)s and "
+                                         "%(more)s more. Nothing was typed."),
+                            layout=layout.name, code_page=layout.code_page, characters=shown,
+                            more=len(missing) - 10)
+        raise KeysError(gettext_noop("These characters cannot be typed on the machine's keyboard "
+                                     "(%(layout)s layout, code page %(code_page)s): %(characters)s. "
+                                     "Nothing was typed."),
+                        layout=layout.name, code_page=layout.code_page, characters=shown)
     return strokes
 
 
 def combo_keystroke(name: str) -> Keystroke:
     keys = COMBOS.get(name.strip().lower())
     if keys is None:
-        raise KeysError(f"There is no key combination called {name[:40]!r}. "
-                        f"These can be sent: {', '.join(COMBOS)}.")
+        raise KeysError(gettext_noop("There is no key combination called %(name)s. These can be sent: "
+                                     "%(combinations)s."),
+                        name=repr(name[:40]), combinations=", ".join(COMBOS))
     return keys
-
-
-def _describe(character: str) -> str:
-    code = f"U+{ord(character):04X}"
-    return code if not character.isprintable() else f"{character!r} ({code})"
 
 
 class KeyedMachine(Protocol):
@@ -166,7 +155,8 @@ async def keystrokes_send(machine: KeyedMachine, strokes: list[Keystroke], *, pa
         before = await _buffer_room(machine, pace) if watch else None
         sent = loop.time()
         await machine.execute("send-key", {
-            "keys": [{"type": "qcode", "data": key} for key in stroke],
+            "keys": [{"type": "number", "data": key} if isinstance(key, int)
+                     else {"type": "qcode", "data": key} for key in stroke],
             "hold-time": pace.hold_ms,
         })
         if before is not None:

@@ -453,6 +453,12 @@ class Broker:
         pace = TypingPace(hold_ms=self.config.key_hold_ms, interval_s=self.config.keys_interval_s)
         await self.keeper.keys_send(session_id=session_id, strokes=strokes, pace=pace, stored=stored)
 
+    async def session_key_mode_set(self, *, session_id: str, key_mode: str) -> None:
+        """Write how the visit's keys reach its guest ("characters" or "positions") on
+        its row, which every node reads, and into this node's visit at once."""
+        await VisitorSession.objects.filter(id=session_id).aupdate(key_mode=key_mode)
+        self.viewers.key_mode_set(session_id=session_id, key_mode=key_mode)
+
     async def screenshot(self, *, session_id: str) -> bytes:
         """The guest's screen as a PNG at its own resolution, from QEMU (not a viewer)."""
         machine = self._machine_running(session_id)

@@ -171,6 +171,22 @@ class Viewers:
         visit = self._keeper.visit(session_id)
         return visit is not None and visit.control == watcher_id
 
+    def key_mode(self, session_id: str) -> str:
+        """How the visit's keys reach its guest now ("characters" where it has no visit here)."""
+        visit = self._keeper.visit(session_id)
+        return visit.key_mode if visit is not None else "characters"
+
+    def key_mode_set(self, *, session_id: str, key_mode: str) -> None:
+        """Take the row's key mode (the broker wrote it) for the display sockets here."""
+        visit = self._keeper.visit(session_id)
+        if visit is not None:
+            visit.key_mode = key_mode
+
+    def keys_untypable(self, *, session_id: str, characters: list[str], detail: str) -> None:
+        """Tell the visit's page that keys it sent type nothing on the guest's layout."""
+        self._keeper.notify(session_id, {"type": "untypable", "characters": characters,
+                                         "detail": detail})
+
     def _watchers_changed(self, visit: Visit) -> None:
         self._keeper.notify(visit.session_id, {"type": "watchers", "count": len(visit.watchers),
                                                  "watchers": list(visit.watchers),

@@ -137,6 +137,9 @@ class Visit:
     # owner revokes; and the one the owner handed the keyboard and mouse, if any.
     watchers: dict[str, Callable[[], None]] = field(default_factory=dict)
     control: str | None = None
+    # How the visitor's keys reach the guest ("characters" or "positions"), as the
+    # row says: the display sockets read it at each key.
+    key_mode: str = "characters"
     # Held while keys are typed for the visitor, so two pastes never interleave.
     typing: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     launch_task: asyncio.Task[None] | None = None

@@ -41,16 +41,27 @@ from sessions.display.audio import (
     audio_format_for,
     audio_open,
 )
-from sessions.display.rfb import ClientStream, ViewerGate, ViewerRefusedError
+from sessions.display.keyboard import KeyTranslator
+from sessions.display.layouts import LayoutError, character_describe
+from sessions.display.rfb import (
+    KEY_EVENT,
+    QEMU_MESSAGE,
+    ClientStream,
+    RfbRefusedError,
+    ViewerGate,
+    ViewerRefusedError,
+    is_input,
+)
 from sessions.errors import SessionError, gettext_noop
 from sessions.ids import session_id_valid
 from sessions.machines.machine import vnc_refresh_soon
 from sessions.models import VisitorSession
-from sessions.node.broker import get_broker, session_group
+from sessions.node.broker import Broker, get_broker, session_group
 from sessions.node.metrics import DISPLAY_FROM_BROWSER, DISPLAY_TO_BROWSER
 from sessions.placement.watch import watch_session
 from sessions.web.errors import error_close, stored_sentence
 from sessions.web.representation import session_json
+from sessions.web.tools import exhibit_layout
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +109,8 @@ EVENTS_MAX_MESSAGE_BYTES = 4096
 # the VNC socket (and so QEMU stops writing); the server's own buffer for the
 # browser is bounded separately (SEND_FLOW_EXTENSION).
 DISPLAY_BUFFER_BYTES = 2 * 1024 * 1024
+# At most one notice a second that keys typed characters the guest's layout lacks.
+UNTYPABLE_NOTICE_INTERVAL_S = 1.0
 
 
 class VncPipe(asyncio.Protocol):
@@ -342,13 +355,27 @@ class VncConsumer(MachineSocket):
     _vnc_path: Path | None = None
     # The viewer's first update request has not reached QEMU yet (see vnc_refresh_soon).
     _refresh_due = True
+    # The visitor's keys on the guest's layout; None where the layout cannot be read.
+    _keys: KeyTranslator | None = None
+    _untypable: list[str]
+    _untypable_told = -UNTYPABLE_NOTICE_INTERVAL_S
+
+    def _keys_prepare(self, session: VisitorSession) -> None:
+        """The guest's layout, and the row's key mode for the sockets of this node."""
+        try:
+            self._keys = KeyTranslator(exhibit_layout(session.exhibit))
+        except LayoutError as error:
+            logger.warning("session %s: keys go by position: %s", self.session_id, error)
 
     async def connect(self) -> None:
         self._input = ClientStream()
+        self._untypable = []
         attached = await self.machine_attach()
         if attached is None:
             return
-        _, vnc_path = attached
+        session, vnc_path = attached
+        self._keys_prepare(session)
+        (await get_broker()).viewers.key_mode_set(session_id=self.session_id, key_mode=session.key_mode)
         self._vnc_path = vnc_path
         # The machine's first viewer takes the connection opened before it ran
         # (its first picture comes without waiting for QEMU's refresh timer).
@@ -416,10 +443,23 @@ class VncConsumer(MachineSocket):
                                                                                 "limit": limit})
             return
         DISPLAY_FROM_BROWSER.inc(len(bytes_data))
-        if self._input.feed(bytes_data):
-            (await get_broker()).keeper.session_input(session_id=self.session_id)
         try:
-            await self._pipe.write(bytes_data)
+            messages = self._input.feed(bytes_data)
+        except RfbRefusedError as error:
+            logger.info("session %s: a display was closed: %s", self.session_id, error)
+            await self.close_with(error.close_code, str(error))
+            return
+        if not messages:
+            return
+        broker = await get_broker()
+        if any(is_input(message) for message in messages if len(message) in {6, 8, 12}):
+            broker.keeper.session_input(session_id=self.session_id)
+            passed = b"".join(self._key_translated(message, broker) for message in messages)
+        else:
+            passed = b"".join(messages)
+        try:
+            if passed:
+                await self._pipe.write(passed)
         except (ConnectionError, OSError):
             await self._close_after_machine_end()
             return
@@ -427,6 +467,33 @@ class VncConsumer(MachineSocket):
             # QEMU answers the request at its next refresh; that it comes at once.
             self._refresh_due = False
             await vnc_refresh_soon(self._vnc_path)
+
+    def _key_translated(self, message: bytes, broker: Broker) -> bytes:
+        """A whole client message as it goes to QEMU: keys through the visit's key mode
+        on the guest's layout, anything else as it came."""
+        is_key = (message[0] == KEY_EVENT and len(message) == 8) \
+            or (message[0] == QEMU_MESSAGE and len(message) == 12)
+        if self._keys is None or not is_key:
+            return message
+        passed, untypable = self._keys.translate(message, broker.viewers.key_mode(self.session_id))
+        if untypable is not None:
+            self._untypable_report(untypable, broker)
+        return passed
+
+    def _untypable_report(self, character: str, broker: Broker) -> None:
+        """Tell the page (its events socket) which characters typed nothing, at most
+        once a second, so a burst of keys makes a few notices, not thousands."""
+        if character not in self._untypable:
+            self._untypable.append(character)
+        now = asyncio.get_running_loop().time()
+        if now - self._untypable_told < UNTYPABLE_NOTICE_INTERVAL_S:
+            return
+        self._untypable_told = now
+        characters, self._untypable = self._untypable[:10], []
+        shown = ", ".join(character_describe(character) for character in characters)
+        broker.viewers.keys_untypable(session_id=self.session_id, characters=characters, detail=gettext(
+            "The machine's keyboard layout cannot type these characters, so nothing was sent: "
+            "%(characters)s.") % {"characters": shown})
 
     async def disconnect(self, code: int) -> None:
         task, self._reader_task = self._reader_task, None
@@ -512,6 +579,8 @@ class WatchConsumer(VncConsumer):
             return
         broker = await get_broker()
         self._gate.control = broker.viewers.in_control(self.session_id, self.watcher_id)
+        # A watcher handed the keyboard types as the owner does.
+        self._gate.key_filter = lambda message: self._key_translated(message, broker)
         try:
             passed = self._gate.feed(bytes_data)
         except ViewerRefusedError as error:

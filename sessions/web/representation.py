@@ -44,4 +44,6 @@ async def session_json(session: VisitorSession, broker: Broker | None = None, *,
         "accelerator": session.accelerator,
         # The node that runs (or ran) the machine: an extension for portals of several nodes.
         "node": session.node or None,
+        # How the visitor's keys reach the guest: "characters" or "positions".
+        "key_mode": session.key_mode,
     }

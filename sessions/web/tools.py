@@ -21,6 +21,8 @@ from django.utils.translation import gettext
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from portal.errors import json_error, json_object
+from portal.models import Exhibit
+from sessions.display.layouts import Layout, code_page_number, layout_for
 from sessions.errors import SessionEndedError, SessionError, SessionQueuedError, gettext_noop
 from sessions.machines.keys import KeysError, Keystroke, combo_keystroke, text_keystrokes
 from sessions.models import VisitorSession
@@ -28,10 +30,17 @@ from sessions.node.broker import get_broker
 from sessions.placement.watch import watch_session
 from sessions.web.api import owned_session
 from sessions.web.errors import error_response
+from sessions.web.representation import session_json
 
 
 def _not_found() -> JsonResponse:
     return json_error(404, "not_found", gettext("There is no such session."))
+
+
+def exhibit_layout(exhibit: Exhibit) -> Layout:
+    """The guest's keyboard layout, for the DOS code page the exhibit names (437 where
+    it names none)."""
+    return layout_for(exhibit.keyboard, code_page_number(getattr(exhibit, "code_page", 437)))
 
 
 def _not_live(session: VisitorSession) -> JsonResponse | None:
@@ -45,7 +54,7 @@ def _not_live(session: VisitorSession) -> JsonResponse | None:
 
 @require_POST
 async def keys(request: HttpRequest, session_id: str) -> HttpResponse:
-    """`{"text": …}` typed as keystrokes (US layout), or `{"combo": name}` pressed: 204."""
+    """`{"text": …}` typed as keystrokes (on the guest's layout), or `{"combo": name}` pressed: 204."""
     session = await owned_session(request, session_id)
     if session is None:
         return _not_found()
@@ -66,7 +75,7 @@ async def keys(request: HttpRequest, session_id: str) -> HttpResponse:
                 return json_error(400, "too_long", gettext(
                     "That is %(count)s characters; at most %(limit)s can be typed at once.")
                     % {"count": len(text), "limit": limit}, limit=limit)
-            strokes = text_keystrokes(text)
+            strokes = text_keystrokes(text, exhibit_layout(session.exhibit))
         else:
             combo = data["combo"]
             if not isinstance(combo, str):
@@ -83,6 +92,25 @@ async def keys(request: HttpRequest, session_id: str) -> HttpResponse:
     except SessionError as error:
         return error_response(error)
     return HttpResponse(status=204)
+
+
+@require_http_methods(["PUT"])
+async def key_mode(request: HttpRequest, session_id: str) -> HttpResponse:
+    """`{"key_mode": "characters"|"positions"}`: how the visitor's keys reach the guest
+    (what they print, or the physical keys); 200 and the Session."""
+    session = await owned_session(request, session_id)
+    if session is None:
+        return _not_found()
+    data = json_object(request)
+    mode = data.get("key_mode") if data is not None else None
+    if mode not in VisitorSession.KeyMode.values:
+        return json_error(400, "bad_key_mode", gettext(
+            'Send {"key_mode": "characters"} (what the visitor\'s keys print arrives) or '
+            '{"key_mode": "positions"} (the physical keys arrive).'))
+    broker = await get_broker()
+    await broker.session_key_mode_set(session_id=session.id, key_mode=str(mode))
+    session.key_mode = str(mode)
+    return JsonResponse(await session_json(session, broker))
 
 
 @require_GET

@@ -20,6 +20,7 @@ urlpatterns = [
     path("api/sessions/<str:session_id>/files.zip", api.files_zip),
     # The visitor's tools: typing, the screenshot, watch links and their page.
     path("api/sessions/<str:session_id>/keys", tools.keys),
+    path("api/sessions/<str:session_id>/key_mode", tools.key_mode),
     path("api/sessions/<str:session_id>/screenshot.png", tools.screenshot),
     path("api/sessions/<str:session_id>/screen.txt", tools.screen_text),
     path("api/watch/<str:token>/screen.txt", tools.watch_screen_text),

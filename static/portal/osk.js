@@ -149,8 +149,12 @@ export class OnScreenKeyboard {
     for (const character of now.slice(same)) {
       if (character === "\n") this.send(KeyTable.XK_Return, "Enter");
       else {
-        if (SHIFTED.test(character) && !this.held.has("ShiftLeft")) this.held.set("ShiftLeft", [KeyTable.XK_Shift_L, null]);
-        this.send(keysyms.lookup(character.codePointAt(0)), null);
+        // The latched Shift makes a letter a capital: the keysym says the character,
+        // and the portal types what it says on the machine's layout.
+        const upper = character.toUpperCase();
+        const typed = this.held.has("ShiftLeft") && upper.length === 1 ? upper : character;
+        if (SHIFTED.test(typed) && !this.held.has("ShiftLeft")) this.held.set("ShiftLeft", [KeyTable.XK_Shift_L, null]);
+        this.send(keysyms.lookup(typed.codePointAt(0)), null);
       }
     }
     this.text.value = SENTINEL;

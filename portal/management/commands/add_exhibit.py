@@ -16,7 +16,7 @@ from django.db import transaction
 from portal.images import disk_image_import
 from portal.importer import QEMU_FORMATS, ImageError
 from portal.models import DiskImage, Exhibit, ExhibitMedia
-from portal.profile import CODE_PAGES, SOUND_CARDS
+from portal.profile import CODE_PAGES, KEYBOARD_LAYOUTS, SOUND_CARDS, keyboard_refusal
 from portal.record import agent_command
 
 BOOT_FOR_MEDIA = {"floppy": "floppy", "disk": "hdd", "cdrom": "cdrom"}
@@ -94,10 +94,17 @@ class Command(BaseCommand):
             help="The DOS code page the guest's text screen is read in: "
                  + ", ".join(str(number) for number in sorted(CODE_PAGES)) + " (default 437).",
         )
+        parser.add_argument(
+            "--keyboard", default="us", metavar="LAYOUT",
+            help=f"The guest's keyboard layout: {', '.join(KEYBOARD_LAYOUTS)} (default us).",
+        )
         parser.add_argument("--publish", action="store_true", help="Make it visible to visitors.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         source: Path = options["image"]
+        refusal = keyboard_refusal(options["keyboard"])
+        if refusal is not None:
+            raise CommandError(refusal)
         if not source.is_file():
             raise CommandError(f"{source} is not a file")
         extras: list[DiskImage] = []
@@ -131,6 +138,7 @@ class Command(BaseCommand):
                     "speed": options["speed"],
                     "files_in": options["files_in"],
                     "code_page": options["code_page"],
+                    "keyboard": options["keyboard"],
                     "provenance_source": options["source"],
                     "provenance_donor": options["donor"],
                     "provenance_acquired": options["acquired"],
