@@ -250,7 +250,9 @@ class PortalSocket(AsyncWebsocketConsumer):
 
     async def close_with(self, code: int, reason: str | None = None) -> None:
         """Close with the API's code and its sentence, in the visitor's language."""
-        await self.close(code, reason=close_reason(gettext(reason or CLOSE_REASONS.get(code, ""))))
+        text = reason or CLOSE_REASONS.get(code, "")
+        # gettext("") is the catalogue's header, never a reason.
+        await self.close(code, reason=close_reason(gettext(text)) if text else "")
 
 
 class MachineSocket(PortalSocket):
