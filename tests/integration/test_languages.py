@@ -11,6 +11,7 @@ import pytest
 from django.conf import settings
 from django.test import AsyncClient
 
+from sessions.models import VisitorSession
 from sessions.web.consumers import CLOSE_UNKNOWN
 from tests.conftest import FREEDOS_2048, ExhibitFactory, visitor, ws_communicator
 from tests.support.english import english_left
@@ -82,13 +83,20 @@ async def test_it_shows_every_visitor_page_in_the_browsers_language(
         exhibit_page = (await speaking(language).get("/exhibits/freedos/")).content.decode()
         assert f"<h1>{TITLES[language]}</h1>" in exhibit_page
 
-    # The machine's page in each of its states the server writes: running, then ended.
+    # The machine's page in each of its states the server writes: running (above), ended,
+    # and, as its row says, waiting in line and starting.
     await owner.delete(f"/api/sessions/{session['id']}")
-    for language in TRANSLATED:
-        client = speaking(language)
-        client.cookies = owner.cookies
-        page = (await client.get(session["page_url"])).content.decode()
-        assert english_left(page, language) == [], language
+    labels = {"ended": {"de": "beendet", "fr": "terminée", "es": "terminada"},
+              "queued": {"de": "wartet", "fr": "en attente", "es": "en espera"},
+              "starting": {"de": "startet", "fr": "démarrage", "es": "arrancando"}}
+    for state, label in labels.items():
+        await VisitorSession.objects.filter(id=session["id"]).aupdate(state=state)
+        for language in TRANSLATED:
+            client = speaking(language)
+            client.cookies = owner.cookies
+            page = (await client.get(session["page_url"])).content.decode()
+            assert english_left(page, language) == [], (state, language)
+            assert f'data-state="{state}">{label[language]}' in page, (state, language)
 
 
 async def test_it_answers_the_apis_errors_in_the_visitors_language_with_english_codes(
