@@ -89,4 +89,3 @@ def error_response(error: SessionError) -> JsonResponse:
 def error_close(error: SessionError) -> tuple[int, str]:
     """The close code and reason a socket closes with for a runtime error."""
     return error.close_code, close_reason(error_detail(error))
-
