@@ -1,29 +1,120 @@
 // The machine's display socket, opened by the exhibit page as soon as a start
-// gives the session's id, before the machine's page is in place: the guest's
-// first picture is on its way while the page changes. The display client
-// (noVNC, in session.js) takes the socket over; what the server sent before it
-// did is handed to it first, in order.
+// gives the session's id, before the machine's page is in place. This socket
+// speaks the start of RFB itself (the version, no security, a shared ClientInit)
+// and asks at once for the first update, in noVNC's own pixel format and
+// encodings, so the guest's first picture is on its way while the page changes.
+// The display client (noVNC, in session.js) then takes the socket over: it is
+// given everything the server sent, from the first byte, and what it says of the
+// opening this socket already said is not said twice. A server that speaks
+// another version is left to noVNC from the start.
 const opened = new Map();
+
+const VERSION = "RFB 003.008\n";
+const SECURITY_NONE = 1;
+// noVNC's SetPixelFormat (32 bits a pixel, depth 24, true colour, red first) and
+// SetEncodings (core/rfb.js _sendEncodings at depth 24, its default quality 6
+// and compression 2), as noVNC sends them after ServerInit.
+const PIXEL_FORMAT = [0, 0, 0, 0, 32, 24, 0, 1, 0, 255, 0, 255, 0, 255, 0, 8, 16, 0, 0, 0];
+const ENCODINGS = [1, 7, -260, 16, 21, 5, 2, 6, 0, -26, -254, -223, -224, -258, -261, -308, -309,
+  -312, -313, -307, 0xc0a1e5ce, -316, 0x574d5664, -239];
+
+function encodingsMessage() {
+  const view = new DataView(new ArrayBuffer(4 + 4 * ENCODINGS.length));
+  view.setUint8(0, 2);
+  view.setUint16(2, ENCODINGS.length);
+  ENCODINGS.forEach((encoding, i) => view.setUint32(4 + 4 * i, encoding >>> 0));
+  return new Uint8Array(view.buffer);
+}
+
+function updateRequest(width, height) {
+  const view = new DataView(new ArrayBuffer(10));
+  view.setUint8(0, 3);
+  view.setUint16(6, width);
+  view.setUint16(8, height);
+  return new Uint8Array(view.buffer);
+}
 
 export function displaySocketOpen(path) {
   const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
   const socket = new WebSocket(scheme + window.location.host + path, ["binary"]);
   socket.binaryType = "arraybuffer";
+  const send = (bytes) => WebSocket.prototype.send.call(socket, bytes);
   const early = [];
-  const keep = (event) => early.push(event);
-  socket.addEventListener("message", keep);
-  // noVNC listens through the on* handlers: the first one set is given what came early.
+  // The opening as this socket reads it: 0 the version, 1 the number of security
+  // types, 2 the types, 3 the security result, 4 ServerInit, 5 the desktop's name,
+  // 6 done; and how many of the client's opening bytes (12 + 1 + 1) it has sent.
+  let stage = 0;
+  let need = 12;
+  let have = new Uint8Array(0);
+  let said = 0;
+  let handedOver = false;
+  const opening = (event) => {
+    early.push(event);
+    if (handedOver || stage === 6) return;
+    const bytes = new Uint8Array(event.data);
+    const joined = new Uint8Array(have.length + bytes.length);
+    joined.set(have);
+    joined.set(bytes, have.length);
+    have = joined;
+    while (stage < 6 && have.length >= need) {
+      const part = have.subarray(0, need);
+      have = have.subarray(need);
+      if (stage === 0) {
+        if (String.fromCharCode(...part) !== VERSION) { stage = 6; return; }
+        send(new TextEncoder().encode(VERSION));
+        said = 12;
+        stage = 1; need = 1;
+      } else if (stage === 1) {
+        if (!part[0]) { socket.close(); return; }
+        stage = 2; need = part[0];
+      } else if (stage === 2) {
+        if (!part.includes(SECURITY_NONE)) { socket.close(); return; }
+        send(new Uint8Array([SECURITY_NONE]));
+        said = 13;
+        stage = 3; need = 4;
+      } else if (stage === 3) {
+        if (part.some((byte) => byte)) { socket.close(); return; }
+        send(new Uint8Array([1]));  // shared, as session.js asks
+        said = 14;
+        stage = 4; need = 24;
+      } else if (stage === 4) {
+        const view = new DataView(part.buffer, part.byteOffset, 24);
+        const width = view.getUint16(0);
+        const height = view.getUint16(2);
+        send(new Uint8Array(PIXEL_FORMAT));
+        send(encodingsMessage());
+        send(updateRequest(width, height));
+        stage = 5; need = view.getUint32(20);
+      } else {
+        stage = 6;
+      }
+    }
+  };
+  socket.addEventListener("message", opening);
+  // What noVNC sends of the opening already sent is dropped.
+  socket.send = (data) => {
+    let bytes = data instanceof Uint8Array ? data : new Uint8Array(data);
+    if (said > 0) {
+      const dropped = Math.min(said, bytes.length);
+      said -= dropped;
+      bytes = bytes.subarray(dropped);
+      if (!bytes.length) return;
+    }
+    send(bytes);
+  };
+  // noVNC listens through the on* handlers: the first one set is handed the
+  // whole stream so far, in order, once its own set-up is done.
   let handler = null;
   Object.defineProperty(socket, "onmessage", {
     configurable: true,
     get: () => handler,
     set(value) {
       handler = value;
-      socket.removeEventListener("message", keep);
+      handedOver = true;
+      socket.removeEventListener("message", opening);
       delete socket.onmessage;
       socket.onmessage = value;
       const waiting = early.splice(0);
-      // After the client's own set-up (it is made and listened to in one go).
       if (waiting.length) queueMicrotask(() => { for (const event of waiting) value(event); });
     },
   });
