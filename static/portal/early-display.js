@@ -34,6 +34,8 @@ function updateRequest(width, height) {
   return new Uint8Array(view.buffer);
 }
 
+// Resolves once the first update is asked for (or this socket cannot ask: another
+// version, a close), so that what keeps the page busy can wait for it.
 export function displaySocketOpen(path) {
   const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
   const socket = new WebSocket(scheme + window.location.host + path, ["binary"]);
@@ -48,6 +50,9 @@ export function displaySocketOpen(path) {
   let have = new Uint8Array(0);
   let said = 0;
   let handedOver = false;
+  let asked = null;
+  const askedOrNot = new Promise((resolve) => { asked = resolve; });
+  socket.addEventListener("close", () => asked());
   const opening = (event) => {
     early.push(event);
     if (handedOver || stage === 6) return;
@@ -60,7 +65,7 @@ export function displaySocketOpen(path) {
       const part = have.subarray(0, need);
       have = have.subarray(need);
       if (stage === 0) {
-        if (String.fromCharCode(...part) !== VERSION) { stage = 6; return; }
+        if (String.fromCharCode(...part) !== VERSION) { stage = 6; asked(); return; }
         send(new TextEncoder().encode(VERSION));
         said = 12;
         stage = 1; need = 1;
@@ -84,6 +89,7 @@ export function displaySocketOpen(path) {
         send(new Uint8Array(PIXEL_FORMAT));
         send(encodingsMessage());
         send(updateRequest(width, height));
+        asked();
         stage = 5; need = view.getUint32(20);
       } else {
         stage = 6;
@@ -111,6 +117,7 @@ export function displaySocketOpen(path) {
     set(value) {
       handler = value;
       handedOver = true;
+      asked();
       socket.removeEventListener("message", opening);
       delete socket.onmessage;
       socket.onmessage = value;
@@ -118,20 +125,20 @@ export function displaySocketOpen(path) {
       if (waiting.length) queueMicrotask(() => { for (const event of waiting) value(event); });
     },
   });
-  opened.set(path, socket);
-  return socket;
+  opened.set(path, { socket, asked: askedOrNot });
+  return askedOrNot;
 }
 
 // The socket opened early for this path, once, while it is still good.
 export function displaySocketTake(path) {
-  const socket = opened.get(path);
+  const socket = opened.get(path)?.socket;
   opened.delete(path);
   if (socket && (socket.readyState === WebSocket.CONNECTING || socket.readyState === WebSocket.OPEN)) return socket;
   return null;
 }
 
 export function displaySocketDrop(path) {
-  const socket = opened.get(path);
+  const socket = opened.get(path)?.socket;
   opened.delete(path);
   if (socket) socket.close();
 }

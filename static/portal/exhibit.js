@@ -38,16 +38,24 @@ if (embed && form && !csrfToken()) {
 // streaming without first loading anything.
 window.addEventListener("load", () => { import("/static/novnc/core/rfb.js").catch(() => {}); });
 
+// How long the page's change waits for the display's first update to be asked for.
+const ASK_WAIT_MS = 100;
+
 // The machine's page, in place of this one: its display socket opened at once
 // (the session's id is known), the page's HTML fetched meanwhile. A page that
 // cannot be had so is navigated to instead.
 async function machineShow(data) {
   const url = machinePage(data.page_url);
-  if (data.state !== "queued" && data.state !== "ended") displaySocketOpen(data.vnc_path);
+  const asked = data.state === "queued" || data.state === "ended" ? null : displaySocketOpen(data.vnc_path);
   try {
     const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" } });
     if (!response.ok) throw new Error(`status ${response.status}`);
-    await pageBecome(await response.text(), url);
+    const html = await response.text();
+    // The page's change keeps this thread busy for a while: the display's opening
+    // (a few round trips, each answered on this thread) goes first, so the server
+    // makes the first picture meanwhile; not for long, should the socket be slow.
+    if (asked) await Promise.race([asked, new Promise((resolve) => { setTimeout(resolve, ASK_WAIT_MS); })]);
+    await pageBecome(html, url);
   } catch {
     displaySocketDrop(data.vnc_path);
     window.location.assign(url);

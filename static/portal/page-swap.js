@@ -5,6 +5,8 @@
 // those the page preloaded start at once; scripts the page has already are not
 // run twice). The address becomes the new page's, in the history: a reload or a
 // shared link gives the same page, and Back returns to the one before.
+let shown = window.location.pathname + window.location.search;
+
 function scriptRun(old) {
   return new Promise((resolve) => {
     const script = document.createElement("script");
@@ -62,7 +64,6 @@ export async function pageBecome(html, url) {
 // A page changed in place has the address of its own: going back or forward to
 // another address of the same document (also after a reload, which keeps the
 // entries before it) loads that one, as after a navigation.
-let shown = window.location.pathname + window.location.search;
 window.addEventListener("popstate", () => {
   const here = window.location.pathname + window.location.search;
   if (here !== shown) window.location.reload();
