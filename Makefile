@@ -9,7 +9,7 @@ NODES ?= 2
 CLUSTER_DIR ?= var-cluster
 # What serving needs (make run): QEMU and qemu-img, NASM (the demo guest), mtools (visitors'
 # files); nodejs and npm (noVNC) are added when there is no npm.
-APT_RUN := qemu-system-x86 qemu-system-data qemu-utils nasm mtools x11proto-dev
+APT_RUN := qemu-system-x86 qemu-system-data qemu-utils nasm mtools x11proto-dev ghostscript fonts-dejavu-core
 # What the tests, make cluster and make bench add: Chromium (browser tests) and what a node
 # runs on in production (PostgreSQL, Redis, nginx).
 APT_TEST := chromium postgresql redis-server nginx
