@@ -205,6 +205,8 @@ LOGGING = {
         "sessions": {"handlers": ["console"], "level": "INFO", "propagate": False},
         # A QMP connection ending after quit is the normal end, not news.
         "qemu.qmp": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+        # fpdf2's font subsetting names every table it touches.
+        "fontTools": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },
 }
 

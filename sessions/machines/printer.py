@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 import time
 from collections.abc import Callable
@@ -40,7 +41,9 @@ def job_kind(data: bytes, *, fallback: str = "text") -> str:
         return "pcl"
     if head.startswith(b"%!"):
         return "postscript"
-    if head.startswith(b"@PJL") or head.startswith(b"\x1bE"):
+    # PCL's reset, then one of its parameterised commands (Epson's ESC E is bold, and
+    # text follows it).
+    if head.startswith(b"@PJL") or re.match(rb"\x1bE\x1b[&*(%)]", head):
         return "pcl"
     return fallback
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
 from typing import BinaryIO, cast
 
 from sessions.errors import SessionEndedError
@@ -35,6 +38,8 @@ class Sandboxes:
 
     def __init__(self, keeper: Keeper) -> None:
         self._keeper = keeper
+        # More of the visit's files for its zip, (name, path) (its prints).
+        self.extra_files: Callable[..., list[tuple[str, Path]]] | None = None
 
     def _sandbox(self, session_id: str, *, busy_ok: bool = False) -> tuple[Visit, Sandbox]:
         """The running visit and its machine's sandbox (made at the first use)."""
@@ -112,6 +117,12 @@ class Sandboxes:
         archive = tempfile.TemporaryFile(dir=sandbox.run_dir)  # noqa: SIM115
         try:
             await sandbox.files_out(archive)
+            if self.extra_files is not None and (extra := self.extra_files(session_id=session_id)):
+                archive.seek(0)
+                with zipfile.ZipFile(archive, "a", compression=zipfile.ZIP_DEFLATED) as zipped:
+                    for name, path in extra:
+                        if path.exists():
+                            zipped.write(path, arcname=name)
         except MachineError as error:
             archive.close()
             logger.error("session %s: reading the visitor's files failed: %s", session_id, error)
