@@ -11,6 +11,7 @@ reach, and gone with the visit.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
 import json
 import subprocess
@@ -160,11 +161,28 @@ async def printing(visitor: PortalVisitor, stranger: PortalVisitor, session: dic
         "PRINTS/print-01.pdf", "PRINTS/print-02.pdf", "PRINTS/print-03.pdf"]
 
 
-def test_what_freedos_prints_arrives_as_pdfs_and_goes_with_the_visit(portal: Portal, tmp_path: Path) -> None:
+def test_what_freedos_prints_arrives_as_pdfs_and_goes_with_the_visit(portal: Portal, browser: Any,
+                                                                     tmp_path: Path) -> None:
     visitor = PortalVisitor(portal.url)
     stranger = PortalVisitor(portal.url)
     session = visitor.session_start(SLUG, timeout_s=TIMEOUT_S)
-    asyncio.run(printing(visitor, stranger, session, tmp_path))
+    # In a thread of its own: the browser's driver runs an event loop in this one.
+    with concurrent.futures.ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, printing(visitor, stranger, session, tmp_path)).result()
+
+    # The visitor's page (reloaded: it asks the list) says what was printed last, with
+    # its PDF to open or download, and lists every print.
+    context = browser.new_context(viewport={"width": 1024, "height": 768})
+    context.add_cookies([{"name": cookie.name, "value": cookie.value or "", "url": portal.url}
+                         for cookie in visitor.cookies])
+    page = context.new_page()
+    page.goto(portal.url + session["page_url"])
+    latest = page.locator("#prints-latest")
+    latest.get_by_text("Printed: 2 pages").wait_for(timeout=30_000)
+    assert latest.get_by_role("link", name="Open the PDF").get_attribute("href").endswith(".pdf")
+    assert latest.get_by_role("link", name="Download").get_attribute("download") == ""
+    assert page.locator("#prints-list li").count() == 3
+    context.close()
     prints_dir = portal.run_dir / session["id"]
     assert prints_dir.is_dir()
     status, listed = visitor.request("GET", f"/api/sessions/{session['id']}/prints")
