@@ -54,8 +54,8 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # The exhibit's own fields a bag carries (and an import sets), beside its masters.
 EXHIBIT_FIELDS = ("slug", "title", "year", "publisher", "description", "boot", "cpu", "memory_mb", "vga",
                   "mouse", "sound_adlib", "sound_sb16", "accelerator", "speed", "files_in", "code_page",
-                  "keyboard", "printer", "paper", "provenance_source", "provenance_donor", "provenance_acquired",
-                  "provenance_notes")
+                  "keyboard", "printer", "paper", "provenance_source", "provenance_donor",
+                  "provenance_acquired", "provenance_notes")
 MASTER_FIELDS = ("sha256", "original_name", "source_format", "source_sha256", "source_size_bytes",
                  "guest_sha256", "virtual_size_bytes", "media")
 

@@ -93,9 +93,9 @@ class JobCutter:
                 if job := self._cut(now):
                     jobs.append(job)
         self._take(data[start:])
-        if self._buffer.endswith(PS_ENDS) and job_kind(bytes(self._buffer[:64])) == "postscript":
-            if job := self._cut(now):
-                jobs.append(job)
+        ended = self._buffer.endswith(PS_ENDS) and job_kind(bytes(self._buffer[:64])) == "postscript"
+        if ended and (job := self._cut(now)):
+            jobs.append(job)
         return jobs
 
     def deadline(self) -> float | None:

@@ -131,93 +131,102 @@ def text_pdf(data: bytes, *, paper: str = "a4", code_page: int = 437,
     pdf.set_creator("museum portal")
     for style, name in FONTS.items():
         pdf.add_font("mono", style, os.fspath(FONT_DIR / name))
-    page = _Page(pdf, paper, max_pages)
-    style = _Style()
-    codec = f"cp{code_page}"
-    run: list[str] = []
-    run_x = page.x
+    _TextPrinter(pdf, _Page(pdf, paper, max_pages), f"cp{code_page}").print(data)
+    if pdf.page == 0:
+        return b"", 0
+    return bytes(pdf.output()), pdf.page
 
-    def flush() -> None:
-        nonlocal run_x
-        text = "".join(run).rstrip(" ")
-        run.clear()
-        if not text or not page.ensure():
-            return
-        size = INCH / style.pitch / MONO_ADVANCE
-        pdf.set_font("mono", ("B" if style.bold else "") + ("I" if style.italic else ""), size)
-        pdf.set_text_color(0, 0, 0)
-        baseline = page.y + page.line * 0.78
-        pdf.set_stretching(100.0)
-        pdf.text(run_x, baseline, text)
-        if style.underline:
-            pdf.set_line_width(0.5)
-            pdf.line(run_x, baseline + 1.5, run_x + len(text) * INCH / style.pitch, baseline + 1.5)
 
-    def restyle() -> None:
-        nonlocal run_x
-        flush()
-        run_x = page.x
+class _TextPrinter:
+    """An Epson-compatible printer's head over a PDF: characters placed on a grid of
+    the pitch in force, runs of one style written together."""
 
-    index = 0
-    size = len(data)
-    while index < size and not page.full:
-        byte = data[index]
-        index += 1
-        if byte >= 0x20 and byte != 0x7F:
-            advance = INCH / style.pitch
-            if page.x + advance > page.width - page.left + 0.01:
-                flush()
-                page.newline()
-                run_x = page.x
-            if not run:
-                run_x = page.x
-            run.append(bytes([byte]).decode(codec, "replace"))
-            page.x += advance
-        elif byte == 0x0A:  # line feed (and carriage return: DOS sends both)
-            flush()
+    def __init__(self, pdf: FPDF, page: _Page, codec: str) -> None:
+        self.pdf = pdf
+        self.page = page
+        self.codec = codec
+        self.style = _Style()
+        self.run: list[str] = []
+        self.run_x = page.x
+
+    @property
+    def advance(self) -> float:
+        return INCH / self.style.pitch
+
+    def print(self, data: bytes) -> None:
+        index, size = 0, len(data)
+        while index < size and not self.page.full:
+            byte = data[index]
+            index += 1
+            if byte >= 0x20 and byte != 0x7F:
+                self.character(byte)
+                continue
+            self.flush()
+            if byte == ESC and index < size:
+                index = _escape(data[index], data, index + 1, self.style, self.page)
+            else:
+                self.control(byte)
+            self.run_x = self.page.x
+        self.flush()
+
+    def character(self, byte: int) -> None:
+        page = self.page
+        if page.x + self.advance > page.width - page.left + 0.01:
+            self.flush()
+            page.newline()
+        if not self.run:
+            self.run_x = page.x
+        self.run.append(bytes([byte]).decode(self.codec, "replace"))
+        page.x += self.advance
+
+    def control(self, byte: int) -> None:
+        page, style = self.page, self.style
+        if byte == 0x0A:  # line feed (and carriage return: DOS sends both)
             style.wide_line = False
             page.newline()
-            run_x = page.x
         elif byte == 0x0D:
-            flush()
             page.x = page.left
-            run_x = page.x
         elif byte == 0x0C:
-            flush()
             page.form_feed()
-            run_x = page.x
         elif byte == 0x09:
-            flush()
-            column = round((page.x - page.left) * style.pitch / INCH)
-            page.x = page.left + (column // 8 + 1) * 8 * INCH / style.pitch
-            run_x = page.x
+            column = round((page.x - page.left) / self.advance)
+            page.x = page.left + (column // 8 + 1) * 8 * self.advance
         elif byte == 0x08:
-            flush()
-            page.x = max(page.left, page.x - INCH / style.pitch)
-            run_x = page.x
-        elif byte == 0x0E:  # double width for the rest of the line
-            restyle()
-            style.wide_line = True
-        elif byte == 0x14:
-            restyle()
-            style.wide_line = False
-        elif byte == 0x0F:  # condensed
-            restyle()
-            style.condensed = True
-        elif byte == 0x12:
-            restyle()
-            style.condensed = False
-        elif byte == ESC and index < size:
-            command = data[index]
-            index += 1
-            restyle()
-            index = _escape(command, data, index, style, page)
-            run_x = page.x
-    flush()
-    pages = pdf.page
-    if pages == 0:
-        return b"", 0
-    return bytes(pdf.output()), pages
+            page.x = max(page.left, page.x - self.advance)
+        elif byte in _CONTROL_STYLES:
+            name, value = _CONTROL_STYLES[byte]
+            setattr(style, name, value)
+
+    def flush(self) -> None:
+        text = "".join(self.run).rstrip(" ")
+        self.run.clear()
+        if not text or not self.page.ensure():
+            return
+        style, pdf = self.style, self.pdf
+        pdf.set_font("mono", ("B" if style.bold else "") + ("I" if style.italic else ""),
+                     self.advance / MONO_ADVANCE)
+        baseline = self.page.y + self.page.line * 0.78
+        pdf.text(self.run_x, baseline, text)
+        if style.underline:
+            pdf.set_line_width(0.5)
+            pdf.line(self.run_x, baseline + 1.5, self.run_x + len(text) * self.advance, baseline + 1.5)
+
+
+# Control characters that change the style: SO and DC4 (double width for the line),
+# SI and DC2 (condensed on and off).
+_CONTROL_STYLES = {0x0E: ("wide_line", True), 0x14: ("wide_line", False),
+                   0x0F: ("condensed", True), 0x12: ("condensed", False)}
+# ESC commands that set a style: the attribute and its value.
+_ESC_STYLES = {"E": ("bold", True), "G": ("bold", True), "F": ("bold", False), "H": ("bold", False),
+               "4": ("italic", True), "5": ("italic", False), "M": ("elite", True),
+               "P": ("elite", False), "g": ("elite", False)}
+# ESC commands that switch a style by their parameter (1 or "1": on).
+_ESC_SWITCHES = {"-": "underline", "W": "wide"}
+# ESC commands that set the line spacing: a fixed one, or the parameter in units of an inch.
+_ESC_SPACING = {"0": (0, 8), "2": (0, 6), "3": (1, 180), "A": (1, 60)}
+# ESC ! n: the bits of the master select and the styles they set.
+_MASTER_BITS = (("elite", 0x01), ("condensed", 0x04), ("bold", 0x18), ("wide", 0x20),
+                ("italic", 0x40), ("underline", 0x80))
 
 
 def _escape(command: int, data: bytes, index: int, style: _Style, page: _Page) -> int:
@@ -226,62 +235,41 @@ def _escape(command: int, data: bytes, index: int, style: _Style, page: _Page) -
         return data[index + offset] if index + offset < len(data) else 0
 
     letter = chr(command)
-    if letter in "EG":
-        style.bold = True
-    elif letter in "FH":
-        style.bold = False
-    elif letter == "4":
-        style.italic = True
-    elif letter == "5":
-        style.italic = False
-    elif letter == "-":
-        style.underline = param() in (1, 0x31)
-    elif letter == "W":
-        style.wide = param() in (1, 0x31)
-    elif letter == "M":
-        style.elite = True
-    elif letter in "Pg":
-        style.elite = False
-    elif letter == "0":
-        page.line = INCH / 8
-    elif letter == "2":
-        page.line = INCH / 6
-    elif letter == "3":
-        page.line = max(1, param()) * INCH / 180
-    elif letter == "A":
-        page.line = max(1, param()) * INCH / 60
+    if letter in _ESC_STYLES:
+        name, value = _ESC_STYLES[letter]
+        setattr(style, name, value)
+    elif letter in _ESC_SWITCHES:
+        setattr(style, _ESC_SWITCHES[letter], param() in (1, 0x31))
+    elif letter in _ESC_SPACING:
+        takes, per_inch = _ESC_SPACING[letter]
+        page.line = (max(1, param()) if takes else 1) * INCH / per_inch
     elif letter == "J":
         page.y += param() * INCH / 180
     elif letter == "!":
-        mode = param()
-        style.elite = bool(mode & 0x01)
-        style.condensed = bool(mode & 0x04)
-        style.bold = bool(mode & 0x18)
-        style.wide = bool(mode & 0x20)
-        style.italic = bool(mode & 0x40)
-        style.underline = bool(mode & 0x80)
+        for name, bits in _MASTER_BITS:
+            setattr(style, name, bool(param() & bits))
     elif letter == "@":
-        fresh = _Style()
-        style.__dict__.update(fresh.__dict__)
+        style.__dict__.update(_Style().__dict__)
         page.line = INCH / 6
-    elif command in _ESC_GRAPHICS:
-        columns = param() + 256 * param(1)
-        return index + 2 + columns
-    elif letter == "*":
-        mode, columns = param(), param(1) + 256 * param(2)
-        per_column = 3 if mode >= 32 else 1
-        return index + 3 + columns * per_column
-    elif letter == "(":
-        # ESC/P2's extended commands: ESC ( c nL nH data.
-        length = param(1) + 256 * param(2)
-        return index + 3 + length
-    elif letter == "D":  # tab stops, ended by a NUL
-        end = data.find(b"\x00", index)
-        return len(data) if end < 0 else end + 1
-    elif letter == "B":
-        end = data.find(b"\x00", index)
-        return len(data) if end < 0 else end + 1
+    else:
+        return _escape_skip(letter, data, index, param)
     return index + _ESC_PARAMS.get(command, 0)
+
+
+def _escape_skip(letter: str, data: bytes, index: int, param: Callable[[int], int]) -> int:
+    """Where an ESC/P command that prints nothing here (graphics, tab stops) ends."""
+    if ord(letter) in _ESC_GRAPHICS:
+        return index + 2 + param(0) + 256 * param(1)
+    if letter == "*":
+        per_column = 3 if param(0) >= 32 else 1
+        return index + 3 + (param(1) + 256 * param(2)) * per_column
+    if letter == "(":
+        # ESC/P2's extended commands: ESC ( c nL nH data.
+        return index + 3 + param(1) + 256 * param(2)
+    if letter in "DB":  # tab stops, ended by a NUL
+        end = data.find(b"\x00", index)
+        return len(data) if end < 0 else end + 1
+    return index + _ESC_PARAMS.get(ord(letter), 0)
 
 
 # PCL: ESC, a parameterised character (!-/), a group character, then values each

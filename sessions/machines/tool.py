@@ -44,7 +44,8 @@ async def tool_run(*argv: str | Path, timeout_s: float, preexec: Callable[[], No
             if output_limit is None:
                 stdout, stderr = await process.communicate()
             else:
-                assert process.stdout is not None and process.stderr is not None
+                assert process.stdout is not None
+                assert process.stderr is not None
                 stdout, stderr = await asyncio.gather(_tail(process.stdout, output_limit),
                                                       _tail(process.stderr, output_limit))
                 await process.wait()

@@ -76,9 +76,9 @@ from sessions.node.metrics import (
     STARTS,
     NodeSnapshot,
 )
+from sessions.node.prints import Prints
 from sessions.node.reaper import reap_once
 from sessions.node.records import VisitRecords, session_group
-from sessions.node.prints import Prints
 from sessions.node.sandboxes import Sandboxes
 from sessions.node.screen import ScreenReaders
 from sessions.node.viewers import Viewers

@@ -7,7 +7,7 @@ the scheduler and keeper get the parts they need as configs of their own.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings
 
@@ -60,7 +60,7 @@ class BrokerConfig:
     # Machines kept resumed and paused per exhibit with a start state (0: no pool).
     pool_size: int = 0
     # What each visit's prints and each conversion may use (the paper: the default).
-    prints: PrintLimits = PrintLimits()
+    prints: PrintLimits = field(default_factory=PrintLimits)
 
     @classmethod
     def from_settings(cls) -> BrokerConfig:

@@ -19,7 +19,8 @@ urlpatterns = [
     path("api/sessions/<str:session_id>/media", api.media),
     path("api/sessions/<str:session_id>/files.zip", api.files_zip),
     path("api/sessions/<str:session_id>/prints", prints.prints),
-    path("api/sessions/<str:session_id>/prints/<str:print_id>.<str:suffix>", prints.print_file),
+    path("api/sessions/<str:session_id>/prints/<str:print_id>.pdf", prints.print_file, {"suffix": "pdf"}),
+    path("api/sessions/<str:session_id>/prints/<str:print_id>.raw", prints.print_file, {"suffix": "raw"}),
     # The visitor's tools: typing, the screenshot, watch links and their page.
     path("api/sessions/<str:session_id>/keys", tools.keys),
     path("api/sessions/<str:session_id>/key_mode", tools.key_mode),

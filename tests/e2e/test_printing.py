@@ -102,9 +102,11 @@ async def printing(visitor: PortalVisitor, stranger: PortalVisitor, session: dic
         event = await next_print_event(events)
         assert event["type"] == "printed", event
         first = event["print"]
-        assert first["kind"] == "text" and first["pages"] == 1
+        assert first["kind"] == "text"
+        assert first["pages"] == 1
         status, pdf = visitor.request("GET", first["url"])
-        assert status == 200 and pdf.startswith(b"%PDF")
+        assert status == 200
+        assert pdf.startswith(b"%PDF")
         assert visitor.last_headers["Content-Type"] == "application/pdf"
         assert "PRN-MARKER-1" in pdf_text(pdf, tmp_path)
 
@@ -117,8 +119,10 @@ async def printing(visitor: PortalVisitor, stranger: PortalVisitor, session: dic
         assert event["type"] == "printed", event
         status, pdf = visitor.request("GET", event["print"]["url"])
         text = pdf_text(pdf, tmp_path)
-        assert "BOLD-HEADING" in text and "TEXT-MARKER-2" in text
-        assert "╔═══╗" in text and "╚═══╝" in text, text
+        assert "BOLD-HEADING" in text
+        assert "TEXT-MARKER-2" in text
+        assert "╔═══╗" in text, text
+        assert "╚═══╝" in text, text
         fonts = subprocess.run(["pdffonts", str(tmp_path / "print.pdf")], capture_output=True,
                                text=True, check=True).stdout
         assert "Bold" in fonts, fonts
@@ -136,10 +140,12 @@ async def printing(visitor: PortalVisitor, stranger: PortalVisitor, session: dic
         event = await next_print_event(events)
         assert event["type"] == "printed", event
         made = event["print"]
-        assert made["kind"] == "postscript" and made["pages"] == 2
+        assert made["kind"] == "postscript"
+        assert made["pages"] == 2
         status, pdf = visitor.request("GET", made["url"])
         text = pdf_text(pdf, tmp_path)
-        assert "PS-MARKER-ONE" in text and "PS-MARKER-TWO" in text
+        assert "PS-MARKER-ONE" in text
+        assert "PS-MARKER-TWO" in text
     finally:
         await events.close()
 
@@ -185,7 +191,7 @@ def test_what_freedos_prints_arrives_as_pdfs_and_goes_with_the_visit(portal: Por
     context.close()
     prints_dir = portal.run_dir / session["id"]
     assert prints_dir.is_dir()
-    status, listed = visitor.request("GET", f"/api/sessions/{session['id']}/prints")
+    _status, listed = visitor.request("GET", f"/api/sessions/{session['id']}/prints")
     url = listed["prints"][0]["url"]
 
     assert visitor.session_end(session["id"]) == 204

@@ -110,7 +110,7 @@ def test_it_gives_the_guest_the_vga_of_its_profile(vga: str) -> None:
 ])
 def test_it_gives_the_guest_the_sound_of_its_profile(cards: tuple[str, ...], devices: list[str]) -> None:
     argv = argv_for(MachineProfile(sound=sound_devices(cards)))
-    assert option(argv, "-device") == devices
+    assert option(argv, "-device") == [*devices, "isa-parallel,chardev=lpt1"]
     # The PC speaker is always there.
     assert option(argv, "-machine") == ["pc,vmport=on,pcspk-audiodev=audio0"]
     # Everything plays into the silent backend, which QEMU's VNC server captures.
@@ -154,7 +154,7 @@ def test_every_choice_of_a_full_profile_reaches_the_argv() -> None:
     assert option(argv, "-m") == ["32"]
     assert option(argv, "-vga") == ["cirrus"]
     assert option(argv, "-machine") == ["pc,vmport=off,pcspk-audiodev=audio0"]  # the PS/2 mouse alone
-    assert option(argv, "-device") == ["sb16,audiodev=audio0"]
+    assert option(argv, "-device") == ["sb16,audiodev=audio0", "isa-parallel,chardev=lpt1"]
     (drive,) = option(argv, "-drive")
     assert "media=cdrom" in drive
     assert "readonly=on" in drive
