@@ -129,8 +129,6 @@ def text_pdf(data: bytes, *, paper: str = "a4", code_page: int = 437,
     pdf = FPDF(unit="pt", format=PAPERS[paper])
     pdf.set_auto_page_break(False)
     pdf.set_creator("museum portal")
-    for style, name in FONTS.items():
-        pdf.add_font("mono", style, os.fspath(FONT_DIR / name))
     _TextPrinter(pdf, _Page(pdf, paper, max_pages), f"cp{code_page}").print(data)
     if pdf.page == 0:
         return b"", 0
@@ -148,6 +146,8 @@ class _TextPrinter:
         self.style = _Style()
         self.run: list[str] = []
         self.run_x = page.x
+        # Each face is read (and later subset) only once a run uses it.
+        self.faces: set[str] = set()
 
     @property
     def advance(self) -> float:
@@ -203,8 +203,11 @@ class _TextPrinter:
         if not text or not self.page.ensure():
             return
         style, pdf = self.style, self.pdf
-        pdf.set_font("mono", ("B" if style.bold else "") + ("I" if style.italic else ""),
-                     self.advance / MONO_ADVANCE)
+        face = ("B" if style.bold else "") + ("I" if style.italic else "")
+        if face not in self.faces:
+            pdf.add_font("mono", face, os.fspath(FONT_DIR / FONTS[face]))
+            self.faces.add(face)
+        pdf.set_font("mono", face, self.advance / MONO_ADVANCE)
         baseline = self.page.y + self.page.line * 0.78
         pdf.text(self.run_x, baseline, text)
         if style.underline:
