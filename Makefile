@@ -5,20 +5,25 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_IMAGE := build/demo.img
+# The translations (locale/<language>/LC_MESSAGES/*.po) compile into the .mo files Django
+# reads; they are made here rather than kept in git, so they never lag their .po.
+PO_FILES := $(wildcard locale/*/LC_MESSAGES/*.po)
+MO_FILES := $(PO_FILES:.po=.mo)
 NODES ?= 2
 CLUSTER_DIR ?= var-cluster
 # What serving needs (make run): QEMU and qemu-img, NASM (the demo guest), mtools (visitors'
-# files); nodejs and npm (noVNC) are added when there is no npm.
-APT_RUN := qemu-system-x86 qemu-system-data qemu-utils nasm mtools x11proto-dev ghostscript fonts-dejavu-core
+# files), gettext (msgfmt compiles the pages' translations), Ghostscript and DejaVu Sans Mono
+# (prints); nodejs and npm (noVNC) are added when there is no npm.
+APT_RUN := qemu-system-x86 qemu-system-data qemu-utils nasm mtools x11proto-dev gettext ghostscript fonts-dejavu-core
 # What the tests, make cluster and make bench add: Chromium (browser tests) and what a node
 # runs on in production (PostgreSQL, Redis, nginx).
 APT_TEST := chromium postgresql redis-server nginx
 DEMO_DESCRIPTION := A free stand-in for a Windows 3.1 desktop, written for this portal and built from its source. It boots from its hard disk like an installed Windows 3.1 PC. Click the icons, type in Notepad and save: your text stays on this visit's own disk, and the next visitor starts fresh.
 
-.PHONY: setup setup-test apt-run apt-test run cluster test lint fuzz bench bench-density clean
+.PHONY: setup setup-test apt-run apt-test run cluster test lint fuzz bench bench-density messages clean
 
 # What serving needs; setup-test adds what the tests, make cluster and make bench need.
-setup: apt-run $(VENV)/.installed node_modules/.package-lock.json $(DEMO_IMAGE)
+setup: apt-run $(VENV)/.installed node_modules/.package-lock.json $(DEMO_IMAGE) $(MO_FILES)
 setup-test: setup apt-test
 
 # Debian packages: installed only when missing (apt-get needs root or sudo).
@@ -43,6 +48,24 @@ $(VENV)/.installed: requirements.lock
 
 node_modules/.package-lock.json: package.json package-lock.json
 	npm ci --no-audit --no-fund
+
+# Each translation compiled by msgfmt (what manage.py compilemessages runs), checked as it
+# is compiled (placeholders and plural forms agree with the English).
+$(MO_FILES): %.mo: %.po | apt-run
+	msgfmt --check -o $@ $<
+
+# The catalogues brought up to date with the code: every sentence marked in the templates,
+# the page scripts and the Python code, in each language's .po (then fill in the new ones;
+# docs/developers.md, "How to add a language"). The curators' admin scripts stay English.
+MESSAGES_IGNORE := .venv node_modules build tests bench var var-cluster deploy demo \
+	static/portal/upload.js static/portal/live-visits.js
+LANGUAGES := $(notdir $(wildcard locale/*))
+
+messages: $(VENV)/.installed
+	for domain in django djangojs; do \
+	  $(PY) manage.py makemessages --domain $$domain --no-obsolete $(LANGUAGES:%=--locale=%) \
+	    $(MESSAGES_IGNORE:%=--ignore=%); \
+	done
 
 $(DEMO_IMAGE): demo/build.sh $(wildcard demo/*.asm)
 	bash demo/build.sh $@

@@ -235,8 +235,64 @@ class ExhibitMediaInline(admin.TabularInline):
     verbose_name = "extra medium (second floppy, CD-ROM, second hard disk)"
 
 
+def _translation_field(code: str, field: str) -> str:
+    return f"{field}_{code}"
+
+
+def _translation_form_fields() -> dict[str, forms.Field]:
+    fields: dict[str, forms.Field] = {}
+    for code, name in settings.LANGUAGES:
+        fields[_translation_field(code, "title")] = forms.CharField(
+            label=f"Title ({name})", max_length=200, required=False)
+        fields[_translation_field(code, "description")] = forms.CharField(
+            label=f"Description ({name})", required=False, widget=forms.Textarea(attrs={"rows": 4}))
+    return fields
+
+
+class _ExhibitFormBase(forms.ModelForm):
+    """The exhibit's form, with its title and description in each of the portal's
+    languages as fields of their own (kept together in `Exhibit.translations`)."""
+
+    class Meta:
+        model = Exhibit
+        # The admin names the fields (ExhibitAdmin.fieldsets); `translations` is
+        # written from the per-language fields.
+        fields: tuple[str, ...] = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        given = self.instance.translations if isinstance(self.instance.translations, dict) else {}
+        for code, _ in settings.LANGUAGES:
+            texts = given.get(code)
+            if not isinstance(texts, dict):
+                texts = {}
+            for field in ("title", "description"):
+                self.initial.setdefault(_translation_field(code, field), texts.get(field, ""))
+
+    def save(self, commit: bool = True) -> Exhibit:
+        translations = {}
+        for code, _ in settings.LANGUAGES:
+            texts = {field: str(self.cleaned_data.get(_translation_field(code, field)) or "").strip()
+                     for field in ("title", "description")}
+            if any(texts.values()):
+                translations[code] = {field: text for field, text in texts.items() if text}
+        self.instance.translations = translations
+        exhibit: Exhibit = super().save(commit=commit)
+        return exhibit
+
+
+# The form class with one title and one description field per language.
+ExhibitForm = type("ExhibitForm", (_ExhibitFormBase,), _translation_form_fields())
+
+
+def translation_fields() -> tuple[str, ...]:
+    return tuple(_translation_field(code, field) for code, _ in settings.LANGUAGES
+                 for field in ("title", "description"))
+
+
 @admin.register(Exhibit)
 class ExhibitAdmin(admin.ModelAdmin):
+    form = ExhibitForm
     list_display = ("title", "slug", "year", "boot", "accelerator", "instant_start", "master_fixity",
                     "published")
     list_filter = ("published", "boot")
@@ -249,6 +305,10 @@ class ExhibitAdmin(admin.ModelAdmin):
     fieldsets = [
         ("Description", {"fields": ("title", "slug", "year", "publisher", "description",
                                     "thumbnail_picture")}),
+        ("Translations", {"fields": ("language", *translation_fields()), "classes": ("collapse",),
+                          "description": "The title and description in more languages. A visitor "
+                                         "whose browser or choice asks for one of these reads it; "
+                                         "everyone else reads the original above, in its language."}),
         ("Provenance", {"fields": ("provenance_source", "provenance_donor", "provenance_acquired",
                                    "provenance_notes")}),
         ("Machine profile", {"fields": ("image", "boot", "cpu", "memory_mb", "vga", "mouse",

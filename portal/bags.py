@@ -52,10 +52,12 @@ CHECKSUMS = ["sha256", "sha512"]
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # The exhibit's own fields a bag carries (and an import sets), beside its masters.
-EXHIBIT_FIELDS = ("slug", "title", "year", "publisher", "description", "boot", "cpu", "memory_mb", "vga",
-                  "mouse", "sound_adlib", "sound_sb16", "accelerator", "speed", "files_in", "code_page",
-                  "keyboard", "printer", "paper", "provenance_source", "provenance_donor",
-                  "provenance_acquired", "provenance_notes")
+EXHIBIT_FIELDS: tuple[str, ...] = (
+    "slug", "title", "year", "publisher", "description", "boot", "cpu", "memory_mb", "vga", "mouse",
+    "sound_adlib", "sound_sb16", "accelerator", "speed", "files_in", "code_page", "keyboard",
+    "printer", "paper", "provenance_source", "provenance_donor", "provenance_acquired", "provenance_notes")
+# The title and description in more languages, and the language of the originals.
+EXHIBIT_FIELDS += ("language", "translations")
 MASTER_FIELDS = ("sha256", "original_name", "source_format", "source_sha256", "source_size_bytes",
                  "guest_sha256", "virtual_size_bytes", "media")
 
@@ -253,10 +255,30 @@ def _exhibit_fields(given: Any, *, slug: str | None) -> dict[str, Any]:
             fields["provenance_acquired"] = date.fromisoformat(acquired)
         except ValueError:
             raise BagError("The bag's exhibit.json has a date acquired that is not a date.") from None
+    if not translations_valid(fields.get("translations", {})):
+        raise BagError("The bag's exhibit.json has translations that are not a title and a description "
+                       "(each text of at most 200 and 100,000 characters) by language code.")
     if Exhibit.objects.filter(slug=fields.get("slug", "")).exists():
         raise BagError(f"An exhibit with the slug {fields.get('slug')!r} exists already; import the "
                        "bag under another slug (--slug).")
     return fields
+
+
+def translations_valid(translations: Any) -> bool:
+    """Whether an exhibit's translations have the form {"de": {"title": …, "description": …}}."""
+    if not isinstance(translations, dict):
+        return False
+    for code, texts in translations.items():
+        if not (isinstance(code, str) and 0 < len(code) <= 16 and isinstance(texts, dict)):
+            return False
+        for field, text in texts.items():
+            if field not in TRANSLATION_LIMITS or not isinstance(text, str) or \
+                    len(text) > TRANSLATION_LIMITS[field]:
+                return False
+    return True
+
+
+TRANSLATION_LIMITS = {"title": 200, "description": 100_000}
 
 
 def _master_import(data: Path, entry: Any, *, agent: str,

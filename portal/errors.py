@@ -10,6 +10,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.http.request import RawPostDataException
 from django.utils.decorators import sync_and_async_middleware
+from django.utils.translation import gettext
 
 
 def json_error(status: int, error: str, detail: str, **extra: Any) -> JsonResponse:
@@ -44,7 +45,9 @@ def _method_refusal_as_json(request: HttpRequest, response: HttpResponseBase) ->
     if response.status_code != 405 or not wants_json(request) or isinstance(response, JsonResponse):
         return response
     allowed = response.get("Allow", "")
-    answer = json_error(405, "method_not_allowed", f"This address takes {allowed or 'no method'} only.")
+    answer = json_error(405, "method_not_allowed",
+                        gettext("This address takes %(methods)s only.") % {"methods": allowed}
+                        if allowed else gettext("This address takes no method."))
     answer["Allow"] = allowed
     return answer
 
@@ -72,5 +75,5 @@ def bad_request_answer(request: HttpRequest) -> HttpResponse | None:
     """The API's answer to a request Django refused as bad (a Host it does not serve)."""
     if not wants_json(request):
         return None
-    return json_error(400, "bad_request", "The request was refused (its Host header is not one "
-                                          "this portal serves, or it was malformed).")
+    return json_error(400, "bad_request", gettext("The request was refused (its Host header is not one "
+                                                  "this portal serves, or it was malformed)."))

@@ -9,8 +9,9 @@ the portal itself and the listed sites may frame it and a browser refuses
 every other site.
 
 It also owns the cookies' part in embedding: with cross-site cookies on
-(`PORTAL_COOKIES_CROSS_SITE`, from `PORTAL_EMBED_CROSS_SITE`), the visitor and
-CSRF cookies are SameSite=None; Secure (settings) and Partitioned (here).
+(`PORTAL_COOKIES_CROSS_SITE`, from `PORTAL_EMBED_CROSS_SITE`), the visitor,
+CSRF and language cookies are SameSite=None; Secure (settings) and Partitioned
+(here), so a language chosen inside an embedded exhibit stays chosen there.
 
 Must not: make any other page frameable, or decide anything about sessions.
 """
@@ -50,7 +51,7 @@ def embeddable(response: Response) -> Response:
 
 
 class PartitionedCookiesMiddleware(MiddlewareMixin):
-    """Marks the visitor and CSRF cookies Partitioned when they are cross-site.
+    """Marks the visitor, CSRF and language cookies Partitioned when they are cross-site.
 
     Browsers that block other sites' cookies inside frames (Chromium does by
     default now, Firefox and Safari partition or block them) still keep a
@@ -62,7 +63,8 @@ class PartitionedCookiesMiddleware(MiddlewareMixin):
 
     def process_response(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
         if settings.PORTAL_COOKIES_CROSS_SITE:
-            for name in {settings.SESSION_COOKIE_NAME, settings.CSRF_COOKIE_NAME} & response.cookies.keys():
+            names = {settings.SESSION_COOKIE_NAME, settings.CSRF_COOKIE_NAME, settings.LANGUAGE_COOKIE_NAME}
+            for name in names & response.cookies.keys():
                 morsel = response.cookies[name]
                 if morsel["samesite"] == "None":
                     morsel["samesite"] = "None; Partitioned"

@@ -129,7 +129,8 @@ def derived_record(exhibit: Exhibit, *, made: DerivedImage, derivation: Derivati
             "chain": "" if derivation.flatten else "+".join([*parent.layers(), made.sha256]),
         })
         derived = Exhibit.objects.create(
-            **{field: getattr(exhibit, field) for field in DERIVED_FIELDS},
+            **{field: getattr(exhibit, field) for field in DERIVED_FIELDS if field != "translations"},
+            translations=description_translations(exhibit),
             slug=derivation.slug, title=derivation.title, image=image, published=False, parent=exhibit)
         for medium in ExhibitMedia.objects.filter(exhibit=exhibit).order_by("position", "pk"):
             ExhibitMedia.objects.create(exhibit=derived, image_id=medium.image_id, position=medium.position)
@@ -140,10 +141,19 @@ def derived_record(exhibit: Exhibit, *, made: DerivedImage, derivation: Derivati
 
 
 # The fields a derivative exhibit takes from the exhibit it was saved from.
-DERIVED_FIELDS = ("year", "publisher", "description", "boot", "cpu", "memory_mb", "vga", "mouse",
-                  "sound_adlib", "sound_sb16", "accelerator", "speed", "files_in", "code_page",
-                  "keyboard", "printer", "paper", "provenance_source", "provenance_donor",
-                  "provenance_acquired", "provenance_notes", "thumbnail")
+DERIVED_FIELDS: tuple[str, ...] = (
+    "year", "publisher", "description", "boot", "cpu", "memory_mb", "vga", "mouse", "sound_adlib",
+    "sound_sb16", "accelerator", "speed", "files_in", "code_page", "keyboard", "printer", "paper",
+    "provenance_source", "provenance_donor", "provenance_acquired", "provenance_notes", "thumbnail")
+# A derivative keeps the translations of the description; its title is new (untranslated).
+DERIVED_FIELDS += ("language", "translations")
+
+
+def description_translations(exhibit: Exhibit) -> dict[str, dict[str, str]]:
+    """The exhibit's translations without their titles (a derivative has a title of its own)."""
+    given = exhibit.translations if isinstance(exhibit.translations, dict) else {}
+    return {code: {"description": texts["description"]} for code, texts in given.items()
+            if isinstance(texts, dict) and texts.get("description")}
 
 
 class DerivationError(ImageError):

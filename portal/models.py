@@ -7,16 +7,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.db import models
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
-from django.utils import timezone
-from django.utils.translation import gettext_lazy
+from django.utils import timezone, translation
+from django.utils.translation import gettext_lazy, gettext_noop
 
 from .profile import CODE_PAGES, KEYBOARD_LAYOUTS, MachineProfile, sound_devices
 
 # What the exhibit page calls each piece of sound hardware.
-SOUND_NAMES = {"pcspk": "PC speaker", "adlib": "AdLib", "sb16": "Sound Blaster 16"}
+SOUND_NAMES = {"pcspk": gettext_lazy("PC speaker"), "adlib": "AdLib", "sb16": "Sound Blaster 16"}
 
 
 class DiskImage(models.Model):
@@ -189,6 +190,16 @@ class Exhibit(models.Model):
     year = models.PositiveSmallIntegerField(null=True, blank=True)
     publisher = models.CharField(max_length=200, blank=True)
     description = models.TextField(blank=True)
+    # The language the title and description are written in, and the same two in
+    # more languages ({"de": {"title": …, "description": …}}): a visitor reads the
+    # one in their language where the curators gave it, the original otherwise.
+    language = models.CharField(
+        max_length=16, default="en",
+        help_text="The language the title and description above are written in (a code such as "
+                  "en, de, fr, es).")
+    translations = models.JSONField(
+        default=dict, blank=True,
+        help_text="The title and description in more languages, by language code.")
     image = models.ForeignKey(DiskImage, on_delete=models.PROTECT, related_name="exhibits")
     boot = models.CharField(max_length=8, choices=Boot.choices, default=Boot.FLOPPY)
     cpu = models.CharField(max_length=8, choices=Cpu.choices, default=Cpu.I486)
@@ -266,6 +277,35 @@ class Exhibit(models.Model):
     def __str__(self) -> str:
         return self.title
 
+    def _translated(self, field: str) -> tuple[str, str] | None:
+        language = (translation.get_language() or settings.LANGUAGE_CODE).split("-")[0]
+        given = self.translations.get(language) if isinstance(self.translations, dict) else None
+        text = given.get(field) if isinstance(given, dict) else None
+        return (text, language) if isinstance(text, str) and text.strip() else None
+
+    @property
+    def shown_title(self) -> str:
+        """The title in the active language where the curators gave it, else the original."""
+        found = self._translated("title")
+        return found[0] if found else self.title
+
+    @property
+    def shown_description(self) -> str:
+        """The description in the active language where given, else the original."""
+        found = self._translated("description")
+        return found[0] if found else self.description
+
+    @property
+    def shown_title_language(self) -> str:
+        """The language the shown title is in (the page marks it when it is not the page's)."""
+        found = self._translated("title")
+        return found[1] if found else self.language
+
+    @property
+    def shown_description_language(self) -> str:
+        found = self._translated("description")
+        return found[1] if found else self.language
+
     def machine_profile(self) -> MachineProfile:
         extra_media = tuple(filter(None, self.extra_media_kinds.split(",")))
         return MachineProfile(cpu=self.cpu, memory_mb=self.memory_mb, vga=self.vga, boot=self.boot,
@@ -287,8 +327,8 @@ class Exhibit(models.Model):
                 if chosen]
 
     def sound_names(self) -> list[str]:
-        """The exhibit's sound hardware as a visitor reads it."""
-        return [SOUND_NAMES[device] for device in self.machine_profile().sound]
+        """The exhibit's sound hardware as a visitor reads it (in the active language)."""
+        return [str(SOUND_NAMES[device]) for device in self.machine_profile().sound]
 
     async def fixity_problem(self) -> str | None:
         """Why this exhibit must not start (a master failed its fixity check), or None."""
@@ -301,8 +341,8 @@ class Exhibit(models.Model):
         failed = await DiskImage.objects.filter(
             models.Q(pk__in=images) | models.Q(sha256__in=layers), fixity=DiskImage.Fixity.FAILED).aexists()
         if failed:
-            return ("This exhibit cannot be started: its disk image failed an integrity check. "
-                    "The curators have been told.")
+            return gettext_noop("This exhibit cannot be started: its disk image failed an integrity "
+                                "check. The curators have been told.")
         return None
 
 

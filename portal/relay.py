@@ -43,9 +43,12 @@ from urllib.parse import quote
 
 import aiohttp
 from django.conf import settings
+from django.utils import translation
+from django.utils.translation import gettext, gettext_noop
 from multidict import CIMultiDict
 from yarl import URL
 
+from .language import close_reason, scope_language
 from .server import SEND_FLOW_EXTENSION
 
 logger = logging.getLogger(__name__)
@@ -86,9 +89,11 @@ _AUTOMATIC_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 # The API's close codes the relay chooses itself (docs/api.md).
 CLOSE_UNREACHABLE = 1011
 CLOSE_TOO_SLOW = 4408
-UNREACHABLE_DETAIL = "The server running this machine cannot be reached; try again in a moment."
-HOLDER_GONE_REASON = "The server running this machine stopped answering."
-TOO_SLOW_REASON = "The browser did not keep up with the display; connect again."
+# Sentences for the visitor, in their language when sent (the relay runs before Django's
+# middleware: it reads the language from the request itself, as the sockets do).
+UNREACHABLE_DETAIL = gettext_noop("The server running this machine cannot be reached; try again in a moment.")
+HOLDER_GONE_REASON = gettext_noop("The server running this machine stopped answering.")
+TOO_SLOW_REASON = gettext_noop("The browser did not keep up with the display; connect again.")
 # Largest message taken from the holder: a display message is one read of its
 # VNC socket (at most 256 KiB), an events message a few hundred bytes.
 HOLDER_MESSAGE_MAX_BYTES = 4 * 1024 * 1024
@@ -116,10 +121,12 @@ class Relay:
         address = await self.holder_address(scope)
         if address is None:
             await self.application(scope, receive, send)
-        elif scope["type"] == "http":
-            await self._http(scope, receive, send, address)
         else:
-            await self._websocket(scope, receive, send, address)
+            with translation.override(scope_language(scope)):
+                if scope["type"] == "http":
+                    await self._http(scope, receive, send, address)
+                else:
+                    await self._websocket(scope, receive, send, address)
 
     async def holder_address(self, scope: Scope) -> str | None:
         """Where to pipe this request; None to serve it here."""
@@ -253,7 +260,8 @@ class Relay:
             logger.warning("node %s, holding %s, cannot be reached: %s", address, scope["path"],
                            error or type(error).__name__)
             await send({"type": "websocket.accept"})
-            await send({"type": "websocket.close", "code": CLOSE_UNREACHABLE, "reason": UNREACHABLE_DETAIL})
+            await send({"type": "websocket.close", "code": CLOSE_UNREACHABLE,
+                        "reason": close_reason(gettext(UNREACHABLE_DETAIL))})
             return
         try:
             await send({"type": "websocket.accept", "subprotocol": holder.protocol})
@@ -287,7 +295,7 @@ class Relay:
                 logger.warning("node holding %s: the socket ended without a close (%s)",
                                scope["path"], holder.exception() or message.type.name)
                 await send({"type": "websocket.close", "code": CLOSE_UNREACHABLE,
-                            "reason": HOLDER_GONE_REASON})
+                            "reason": close_reason(gettext(HOLDER_GONE_REASON))})
                 return
             # Past the server's buffer for the visitor, the holder's socket is not read
             # (so the holder stops reading the machine's display for it) until the
@@ -298,7 +306,7 @@ class Relay:
                     logger.warning("%s: a viewer read nothing for %g s; closing it (%d)",
                                    scope["path"], stuck_s, CLOSE_TOO_SLOW)
                     await send({"type": "websocket.close", "code": CLOSE_TOO_SLOW,
-                                "reason": TOO_SLOW_REASON})
+                                "reason": close_reason(gettext(TOO_SLOW_REASON))})
                     await holder.close(code=CLOSE_TOO_SLOW, message=TOO_SLOW_REASON.encode())
                     return
 
@@ -342,7 +350,7 @@ async def _http_disconnected(receive: Receive) -> None:
 
 
 async def _node_unreachable(send: Send) -> None:
-    body = json.dumps({"error": "node_unreachable", "detail": UNREACHABLE_DETAIL}).encode()
+    body = json.dumps({"error": "node_unreachable", "detail": gettext(UNREACHABLE_DETAIL)}).encode()
     await send({"type": "http.response.start", "status": 502,
                 "headers": [(b"content-type", b"application/json"),
                             (b"content-length", str(len(body)).encode())]})

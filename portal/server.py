@@ -203,17 +203,27 @@ class PortalWebRequest(WebRequest):
             return
         super().requestReceived(command, path, version)
 
+    def _refusal(self, length: int, limit: int) -> str:
+        """The 413's sentence, in the language the request asks for (no middleware has
+        run yet: it is read from the request's headers, as the sockets read theirs)."""
+        from django.utils import translation
+        from django.utils.translation import gettext
+
+        from portal.language import scope_language
+
+        headers = [(name.lower(), value) for name, values in self.requestHeaders.getAllRawHeaders()
+                   for value in values]
+        with translation.override(scope_language({"headers": headers})):
+            return gettext("The request body (%(size)s bytes) is over this address's limit of "
+                           "%(limit)s bytes.") % {"size": length, "limit": limit}
+
     def _refuse(self, length: int) -> None:
         """Answer 413 at once and hang up, reading nothing more of the body."""
         self._refused = True
         # Twisted would answer "Expect: 100-continue" right after this hook.
         self.requestHeaders.removeHeader(b"expect")
         limit = self._body_limit or 0
-        body = json.dumps({
-            "error": "body_too_large",
-            "detail": f"The request body ({length} bytes) is over this address's limit of "
-                      f"{limit} bytes.",
-        }).encode()
+        body = json.dumps({"error": "body_too_large", "detail": self._refusal(length, limit)}).encode()
         transport = self.channel.transport if self.channel is not None else None
         if transport is None:
             return

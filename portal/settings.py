@@ -86,6 +86,10 @@ MIDDLEWARE = [
     # Above the session and CSRF middleware: it sees the cookies they set.
     "portal.framing.PartitionedCookiesMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    # The visitor's language (the language cookie, else Accept-Language): after the
+    # session middleware, as Django asks, and above everything that answers with
+    # words (CommonMiddleware's redirects, the API's JSON 405 below, the views).
+    "django.middleware.locale.LocaleMiddleware",
     "django.middleware.common.CommonMiddleware",
     # A method an API address does not take: the API's JSON error, not Django's empty 405.
     "portal.errors.method_not_allowed_json",
@@ -108,6 +112,8 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "django.template.context_processors.i18n",
+                "portal.language.languages",
             ],
         },
     },
@@ -183,8 +189,21 @@ SESSION_COOKIE_AGE = 60 * 60 * 24
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LANGUAGE_CODE = "en"
+# The languages the pages, the page scripts and the API's error details come in
+# (locale/<code>/LC_MESSAGES; docs/developers.md says how to add one). The
+# visitor's browser chooses (Accept-Language) and the page's switcher overrides
+# it, remembered in the language cookie.
+LANGUAGES = [
+    ("en", "English"),
+    ("de", "German"),
+    ("fr", "French"),
+    ("es", "Spanish"),
+]
+LOCALE_PATHS = [BASE_DIR / "locale"]
+# The switcher's choice, kept for a year.
+LANGUAGE_COOKIE_AGE = 60 * 60 * 24 * 365
 TIME_ZONE = "UTC"
-USE_I18N = False
+USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "/static/"
@@ -381,8 +400,8 @@ if PORTAL_EMBED_CROSS_SITE not in {"auto", "on", "off"}:
 PORTAL_COOKIES_CROSS_SITE = PORTAL_EMBED_CROSS_SITE == "on" or (
     PORTAL_EMBED_CROSS_SITE == "auto" and any(o.startswith("https://") for o in PORTAL_EMBED_ORIGINS))
 if PORTAL_COOKIES_CROSS_SITE:
-    SESSION_COOKIE_SAMESITE = CSRF_COOKIE_SAMESITE = "None"
-    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SESSION_COOKIE_SAMESITE = CSRF_COOKIE_SAMESITE = LANGUAGE_COOKIE_SAMESITE = "None"
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = LANGUAGE_COOKIE_SECURE = True
 
 # Who may read /metrics: addresses or networks, comma-separated (the address is
 # the client's as the server sees it: behind nginx, with --proxy-headers, the

@@ -10,6 +10,10 @@ urlpatterns = [
     path("exhibits/<slug:slug>/", views.exhibit_page, name="exhibit"),
     path("exhibits/<slug:slug>/embed", views.exhibit_embed_page, name="exhibit-embed"),
     path("healthz", views.healthz),
+    # The page scripts' catalogue, one address per language (pages name theirs), and
+    # the language switcher's form (Django's set_language: the cookie, then `next`).
+    path("jsi18n/<str:language>.js", views.script_catalogue, name="script-catalogue"),
+    path("i18n/setlang/", views.language_choose, name="set_language"),
     path("api/csrf", views.api_csrf),
     path("api/exhibits", views.api_exhibit_list),
     path("api/exhibits/<slug:slug>", views.api_exhibit_detail),

@@ -5,15 +5,20 @@ Thin: validate, one call, respond.
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import render
+from django.utils import translation
 from django.utils.html import escape
+from django.utils.translation import gettext
 from django.views import defaults
 from django.views.decorators.csrf import ensure_csrf_cookie
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import last_modified, require_GET, require_POST
+from django.views.i18n import JavaScriptCatalog, set_language
 
 from .errors import bad_request_answer, json_error, wants_json
 from .framing import embeddable
@@ -25,10 +30,13 @@ from .runtime import Runtime, runtime
 async def exhibit_json(exhibit: Exhibit, request: HttpRequest, *, here: Runtime) -> dict[str, Any]:
     return {
         "slug": exhibit.slug,
-        "title": exhibit.title,
+        # In the visitor's language where the curators gave one, else the original.
+        "title": exhibit.shown_title,
         "year": exhibit.year,
         "publisher": exhibit.publisher,
-        "description": exhibit.description,
+        "description": exhibit.shown_description,
+        # An extension: the language the title is in (a code such as "en").
+        "language": exhibit.shown_title_language,
         "url": request.build_absolute_uri(f"/exhibits/{exhibit.slug}/"),
         "machine": {
             "cpu": exhibit.cpu,
@@ -67,7 +75,7 @@ async def api_exhibit_list(request: HttpRequest) -> JsonResponse:
 async def api_exhibit_detail(request: HttpRequest, slug: str) -> JsonResponse:
     exhibit = await _published(slug)
     if exhibit is None:
-        return json_error(404, "not_found", "There is no such exhibit.")
+        return json_error(404, "not_found", gettext("There is no such exhibit."))
     here = await runtime()
     return JsonResponse(await exhibit_json(exhibit, request, here=here))
 
@@ -94,7 +102,7 @@ async def exhibit_list_page(request: HttpRequest) -> HttpResponse:
 async def exhibit_page(request: HttpRequest, slug: str) -> HttpResponse:
     exhibit = await _published(slug)
     if exhibit is None:
-        raise Http404("There is no such exhibit.")
+        raise Http404(gettext("There is no such exhibit."))
     return await exhibit_page_response(request, exhibit)
 
 
@@ -105,7 +113,7 @@ async def exhibit_embed_page(request: HttpRequest, slug: str) -> HttpResponse:
     button, then the machine in the same frame."""
     exhibit = await _published(slug)
     if exhibit is None:
-        raise Http404("There is no such exhibit.")
+        raise Http404(gettext("There is no such exhibit."))
     return await exhibit_page_response(request, exhibit, embed=True)
 
 
@@ -119,7 +127,7 @@ async def exhibit_page_response(request: HttpRequest, exhibit: Exhibit, *, messa
         request, "portal/embed.html" if embed else "portal/exhibit_detail.html",
         {"exhibit": exhibit, "accelerator": here.accelerator_for(exhibit),
          "instant_start": await here.start_state_usable(exhibit) is not None,
-         "unavailable": await exhibit.fixity_problem(),
+         "unavailable": gettext(problem) if (problem := await exhibit.fixity_problem()) else None,
          "message": message, "message_link": link,
          "embed_url": embed_url, "embed_snippet": embed_snippet(exhibit, embed_url),
          "embed_sites": settings.PORTAL_EMBED_ORIGINS, "limits": visit_limits_sentence()},
@@ -135,6 +143,37 @@ def embed_snippet(exhibit: Exhibit, embed_url: str) -> str:
     return (f'<iframe src="{escape(embed_url)}" title="{escape(exhibit.title)}" width="800" height="640" '
             'style="border:0; max-width:100%" allow="fullscreen; clipboard-read; clipboard-write; autoplay" '
             'allowfullscreen></iframe>')
+
+
+@require_GET
+@last_modified(lambda request, language: _catalogue_changed(language))
+def script_catalogue(request: HttpRequest, language: str) -> HttpResponseBase:
+    """The page scripts' catalogue (gettext, ngettext, interpolate) in one language:
+    its address names the language, so browsers and caches may keep it (an hour,
+    then a conditional request that the catalogue's file date answers)."""
+    if language not in dict(settings.LANGUAGES):
+        raise Http404(gettext("There is no such language."))
+    with translation.override(language):
+        response = JavaScriptCatalog.as_view(packages=["portal"])(request)
+    response["Cache-Control"] = "public, max-age=3600"
+    # The catalogue's language, not the visitor's (which LocaleMiddleware would name).
+    response["Content-Language"] = language
+    return response
+
+
+@require_POST
+def language_choose(request: HttpRequest) -> HttpResponseBase:
+    """The language switcher's form: Django's set_language (the language cookie, then
+    back to `next`, a path on this portal)."""
+    return set_language(request)
+
+
+def _catalogue_changed(language: str) -> datetime | None:
+    compiled = Path(settings.LOCALE_PATHS[0]) / language / "LC_MESSAGES" / "djangojs.mo"
+    try:
+        return datetime.fromtimestamp(compiled.stat().st_mtime, tz=UTC)
+    except OSError:
+        return None
 
 
 THUMBNAIL_NAME = re.compile(r"[0-9a-f]{64}\.png")
@@ -156,9 +195,9 @@ def thumbnail(request: HttpRequest, name: str) -> FileResponse:
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     if wants_json(request):
-        return json_error(404, "not_found", "Nothing is here.")
-    return render(request, "portal/error.html", {"title": "Not found",
-                  "message": "There is nothing at this address."}, status=404)
+        return json_error(404, "not_found", gettext("Nothing is here."))
+    return render(request, "portal/error.html", {"title": gettext("Not found"),
+                  "message": gettext("There is nothing at this address.")}, status=404)
 
 
 def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
@@ -171,14 +210,14 @@ def bad_request(request: HttpRequest, exception: Exception | None = None) -> Htt
 
 def server_error(request: HttpRequest) -> HttpResponse:
     if wants_json(request):
-        return json_error(500, "server_error", "Something went wrong on the server.")
-    return render(request, "portal/error.html", {"title": "Server error",
-                  "message": "Something went wrong on our side."}, status=500)
+        return json_error(500, "server_error", gettext("Something went wrong on the server."))
+    return render(request, "portal/error.html", {"title": gettext("Server error"),
+                  "message": gettext("Something went wrong on our side.")}, status=500)
 
 
 def csrf_failure(request: HttpRequest, reason: str = "") -> HttpResponse:
     if wants_json(request):
         return json_error(403, "csrf_failed",
-                          "Send the csrftoken cookie's value in the X-CSRFToken header.")
-    return render(request, "portal/error.html", {"title": "Forbidden",
-                  "message": "The form was stale; reload the page."}, status=403)
+                          gettext("Send the csrftoken cookie's value in the X-CSRFToken header."))
+    return render(request, "portal/error.html", {"title": gettext("Forbidden"),
+                  "message": gettext("The form was stale; reload the page.")}, status=403)

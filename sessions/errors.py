@@ -6,17 +6,35 @@ the metric label of a refusal), its HTTP `status`, and the WebSocket `close_code
 a socket closes with. Each edge translates them in one place
 (`sessions.web.errors`: HTTP and WebSocket; the metrics read `code`).
 
-Must not: import anything of the runtime, so every module may use it.
+A message is an English sentence with named placeholders (`%(limit)s`) and
+its values apart: `str(error)` is the English sentence (logs, tests), and the
+web edge translates the sentence into the visitor's language before it fills
+in the values. Every such sentence is marked with `gettext_noop` where it is
+written, so that `manage.py makemessages` puts it in the catalogue.
+
+Must not: import anything of the runtime, so every module may use it; nor
+Django's translation machinery (the layers below the web edge never ask which
+language a visitor reads).
 """
 from __future__ import annotations
 
 from typing import Any
 
-ENDED = "This machine has ended."
+
+def gettext_noop(message: str) -> str:
+    """Marks a sentence for the catalogue (makemessages finds it by this name)."""
+    return message
+
+
+ENDED = gettext_noop("This machine has ended.")
 
 
 class SessionError(Exception):
-    """Base of the runtime's errors; the message is for a person."""
+    """Base of the runtime's errors; the message is for a person.
+
+    `message` is the sentence with `%(name)s` placeholders and `params` their
+    values; `str(error)` is the two put together, in English.
+    """
 
     code: str = "server_error"
     status: int = 500
@@ -24,6 +42,11 @@ class SessionError(Exception):
     close_code: int = 1011
     # Seconds a client should wait before asking again (Retry-After), if any.
     retry_after_s: int | None = None
+
+    def __init__(self, message: str = "", /, **params: Any) -> None:
+        self.message = message
+        self.params = params
+        super().__init__(message % params if params else message)
 
     def fields(self) -> dict[str, Any]:
         """More fields of the API's error object, beside `error` and `detail`."""
@@ -44,7 +67,7 @@ class SessionExistsError(SessionError):
     status = 409
 
     def __init__(self, session_id: str) -> None:
-        super().__init__("This browser already has a machine running.")
+        super().__init__(gettext_noop("This browser already has a machine running."))
         self.session_id = session_id
 
     def fields(self) -> dict[str, Any]:
@@ -66,7 +89,7 @@ class SessionQueuedError(SessionBusyError):
     code = "session_queued"
 
     def __init__(self) -> None:
-        super().__init__("This visit is still waiting in line for a machine.")
+        super().__init__(gettext_noop("This visit is still waiting in line for a machine."))
 
 
 class CapacityError(SessionError):
@@ -75,8 +98,8 @@ class CapacityError(SessionError):
     retry_after_s: int
 
     def __init__(self, retry_after_s: int) -> None:
-        super().__init__("Every machine on this server is in use and the waiting line is full. "
-                         "Please try again shortly.")
+        super().__init__(gettext_noop("Every machine on this server is in use and the waiting line is "
+                                      "full. Please try again shortly."))
         self.retry_after_s = retry_after_s
 
 
@@ -86,8 +109,8 @@ class RateLimitedError(SessionError):
     retry_after_s: int
 
     def __init__(self, retry_after_s: int) -> None:
-        super().__init__("Too many machines were started from here in a short time. "
-                         "Please wait a moment and try again.")
+        super().__init__(gettext_noop("Too many machines were started from here in a short time. "
+                                      "Please wait a moment and try again."))
         self.retry_after_s = retry_after_s
 
 
@@ -96,8 +119,8 @@ class AddressLimitError(RateLimitedError):
 
     def __init__(self, limit: int, retry_after_s: int) -> None:
         SessionError.__init__(
-            self, f"Your network already has {limit} machines running or waiting, the most one "
-                  "network may have at once. Please end one of them first.")
+            self, gettext_noop("Your network already has %(limit)s machines running or waiting, the most "
+                               "one network may have at once. Please end one of them first."), limit=limit)
         self.retry_after_s = retry_after_s
 
 
@@ -113,8 +136,8 @@ class ViewerLimitError(SessionError):
     close_code = 4429
 
     def __init__(self, limit: int) -> None:
-        super().__init__(f"This machine is already shown in {limit} places, the most it may be. "
-                         "Close one of them and try again.")
+        super().__init__(gettext_noop("This machine is already shown in %(limit)s places, the most it "
+                                      "may be. Close one of them and try again."), limit=limit)
 
 
 class WatcherLimitError(ViewerLimitError):
@@ -122,8 +145,8 @@ class WatcherLimitError(ViewerLimitError):
 
     def __init__(self, limit: int) -> None:
         SessionError.__init__(
-            self, f"{limit} people are watching this machine already, the most there may be. "
-                  "Try again when someone has left.")
+            self, gettext_noop("%(limit)s people are watching this machine already, the most there may "
+                               "be. Try again when someone has left."), limit=limit)
 
 
 class WatcherUnknownError(SessionError):
@@ -149,7 +172,7 @@ class NodeUnreachableError(SessionError):
     retry_after_s = 5
 
     def __init__(self) -> None:
-        super().__init__("The server running this machine did not answer. Please try again.")
+        super().__init__(gettext_noop("The server running this machine did not answer. Please try again."))
 
 
 class GraphicsModeError(SessionError):
@@ -160,9 +183,13 @@ class GraphicsModeError(SessionError):
     close_code = 4409
 
     def __init__(self, *, width: int, height: int) -> None:
-        size = f" ({width}x{height})" if width and height else ""
-        super().__init__(f"The machine's screen is in a graphics mode{size}: it shows a "
-                         "picture, not text.")
+        if width and height:
+            super().__init__(gettext_noop("The machine's screen is in a graphics mode "
+                                          "(%(width)sx%(height)s): it shows a picture, not text."),
+                             width=width, height=height)
+        else:
+            super().__init__(gettext_noop("The machine's screen is in a graphics mode: it shows a picture, "
+                                          "not text."))
         self.width = width
         self.height = height
 

@@ -52,6 +52,21 @@ def pytest_configure(config: pytest.Config) -> None:
     global _config
     _config = config
     teardown.handlers_install()
+    # Only the xdist controller (or a run without workers): its workers start after it.
+    if not hasattr(config, "workerinput"):
+        catalogues_compile()
+
+
+def catalogues_compile() -> None:
+    """Compile each translation whose .mo is missing or older than its .po, as
+    `make setup` does, so that a run straight after editing a catalogue tests it."""
+    for source in (REPO / "locale").glob("*/LC_MESSAGES/*.po"):
+        compiled = source.with_suffix(".mo")
+        if compiled.exists() and compiled.stat().st_mtime >= source.stat().st_mtime:
+            continue
+        partial = compiled.with_suffix(f".mo.{os.getpid()}")
+        subprocess.run(["msgfmt", "--check", "-o", str(partial), str(source)], check=True)
+        os.replace(partial, compiled)
 
 
 def pytest_keyboard_interrupt(excinfo: pytest.ExceptionInfo[BaseException]) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sessions.display.layouts import Layout, character_describe, layout_for
-from sessions.errors import SessionError
+from sessions.errors import SessionError, gettext_noop
 
 #: The key combinations the API takes (`{"combo": name}`), as QEMU key names
 #: pressed together in this order and released together.
@@ -73,17 +73,25 @@ def text_keystrokes(text: str, layout: Layout | None = None) -> list[Keystroke]:
             missing.append(character)
     if missing:
         shown = ", ".join(character_describe(character) for character in missing[:10])
-        more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
-        raise KeysError(f"These characters cannot be typed on the machine's keyboard ({layout.name} "
-                        f"layout, code page {layout.code_page}): {shown}{more}. Nothing was typed.")
+        if len(missing) > 10:
+            raise KeysError(gettext_noop("These characters cannot be typed on the machine's keyboard "
+                                         "(%(layout)s layout, code page %(code_page)s): %(characters)s and "
+                                         "%(more)s more. Nothing was typed."),
+                            layout=layout.name, code_page=layout.code_page, characters=shown,
+                            more=len(missing) - 10)
+        raise KeysError(gettext_noop("These characters cannot be typed on the machine's keyboard "
+                                     "(%(layout)s layout, code page %(code_page)s): %(characters)s. "
+                                     "Nothing was typed."),
+                        layout=layout.name, code_page=layout.code_page, characters=shown)
     return strokes
 
 
 def combo_keystroke(name: str) -> Keystroke:
     keys = COMBOS.get(name.strip().lower())
     if keys is None:
-        raise KeysError(f"There is no key combination called {name[:40]!r}. "
-                        f"These can be sent: {', '.join(COMBOS)}.")
+        raise KeysError(gettext_noop("There is no key combination called %(name)s. These can be sent: "
+                                     "%(combinations)s."),
+                        name=repr(name[:40]), combinations=", ".join(COMBOS))
     return keys
 
 

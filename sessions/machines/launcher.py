@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from django.conf import settings
 
 from portal.models import Exhibit, ExhibitMedia, StartState
+from sessions.errors import gettext_noop
 from sessions.machines.config import MachinesConfig
 from sessions.machines.confine import Confinement
 from sessions.machines.host import HostError, UidLease, machine_lease, machine_lease_take, uid_lease_take
@@ -183,7 +184,8 @@ class Launcher:
         media = [medium async for medium in
                  ExhibitMedia.objects.filter(exhibit_id=exhibit.pk).select_related("image")]
         if len(media) != count:
-            raise OverlayError("The exhibit's media changed while it started; please try again.")
+            raise OverlayError(gettext_noop(
+                "The exhibit's media changed while it started; please try again."))
         for number, medium in enumerate(media):
             path = run_dir / f"extra-{number}.qcow2"
             await overlay_create(

@@ -13,6 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
+from sessions.errors import gettext_noop
 from sessions.machines.tool import tool_run
 
 OVERLAY_FILE = "disk.qcow2"
@@ -41,9 +42,10 @@ def run_dir_create(*, root: Path, name: str) -> Path:
         # mkdir's mode is masked by the umask; the directory must be private.
         os.chmod(path, 0o700)
     except OSError as error:
-        reason = "the server's disk is full" if error.errno == errno.ENOSPC else error.strerror
         raise OverlayError(
-            f"The server could not make room for this visit ({reason}).",
+            gettext_noop("The server could not make room for this visit (its disk is full).")
+            if error.errno == errno.ENOSPC else
+            gettext_noop("The server could not make room for this visit."),
             log_detail=f"run directory under {root}: {error}",
         ) from error
     return path
@@ -71,13 +73,13 @@ async def overlay_create(
     partial overlay is left behind.
     """
     if not base_path.is_absolute():
-        raise OverlayError("The exhibit's disk image is misconfigured.",
+        raise OverlayError(gettext_noop("The exhibit's disk image is misconfigured."),
                            log_detail=f"base image path must be absolute: {base_path}")
     if not base_path.is_file():
-        raise OverlayError("The exhibit's disk image is missing.",
+        raise OverlayError(gettext_noop("The exhibit's disk image is missing."),
                            log_detail=f"base image missing: {base_path}")
     if not os.access(base_path, os.R_OK):
-        raise OverlayError("The exhibit's disk image cannot be read.",
+        raise OverlayError(gettext_noop("The exhibit's disk image cannot be read."),
                            log_detail=f"base image unreadable: {base_path}")
     argv = [
         qemu_img, "create", "-q", "-f", "qcow2",
@@ -87,7 +89,7 @@ async def overlay_create(
     try:
         result = await tool_run(*argv, timeout_s=timeout_s)
     except FileNotFoundError as error:
-        raise OverlayError("The disk tool is not installed on this server.",
+        raise OverlayError(gettext_noop("The disk tool is not installed on this server."),
                            log_detail=f"{qemu_img} not found") from error
     except BaseException:
         overlay_path.unlink(missing_ok=True)
@@ -95,6 +97,7 @@ async def overlay_create(
     if result.returncode != 0:
         overlay_path.unlink(missing_ok=True)
         said = result.said
-        visitor_reason = "the server's disk is full" if "No space left" in said else "see the log"
-        raise OverlayError(f"The server could not create this visit's disk ({visitor_reason}).",
+        raise OverlayError(gettext_noop("The server could not create this visit's disk (its disk is full).")
+                           if "No space left" in said else
+                           gettext_noop("The server could not create this visit's disk."),
                            log_detail=f"qemu-img create {overlay_path}: {said}")

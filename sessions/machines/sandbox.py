@@ -43,7 +43,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
-from sessions.errors import SessionError
+from sessions.errors import SessionError, gettext_noop
 from sessions.machines.machine import FILES_DISK
 from sessions.machines.overlay import OverlayError
 from sessions.machines.tool import tool_run
@@ -79,8 +79,8 @@ class CheckpointLimitError(SandboxError):
     retry_after_s = None
 
     def __init__(self, limit: int) -> None:
-        super().__init__(f"This visit already has {limit} checkpoints, the most it may keep. "
-                         "Delete one first.")
+        super().__init__(gettext_noop("This visit already has %(limit)s checkpoints, the most it may "
+                                      "keep. Delete one first."), limit=limit)
 
 
 class CheckpointNotFoundError(SandboxError):
@@ -94,8 +94,9 @@ class MediaRefusedError(SandboxError):
 
     retry_after_s = None
 
-    def __init__(self, message: str, *, code: str = "media_refused", status: int = 400) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, code: str = "media_refused", status: int = 400,
+                 **params: Any) -> None:
+        super().__init__(message, **params)
         self.code = code
         self.status = status
 
@@ -242,7 +243,7 @@ class Sandbox:
     def checkpoint(self, checkpoint_id: str) -> Checkpoint:
         found = next((c for c in self.checkpoints if c.id == checkpoint_id), None)
         if found is None:
-            raise CheckpointNotFoundError("There is no such checkpoint.")
+            raise CheckpointNotFoundError(gettext_noop("There is no such checkpoint."))
         return found
 
     async def checkpoint_save(self, *, label: str) -> Checkpoint:
@@ -305,27 +306,27 @@ class Sandbox:
         """Build a floppy holding the files and put it into the drive for visitors' files
         ("a" or "b"; "off" refuses them)."""
         if drive_letter == "off":
-            raise MediaRefusedError("This exhibit does not take visitors' files.",
+            raise MediaRefusedError(gettext_noop("This exhibit does not take visitors' files."),
                                     code="media_off", status=409)
         if not uploads:
-            raise MediaRefusedError("Send one or more files in the form field \"files\".",
+            raise MediaRefusedError(gettext_noop("Send one or more files in the form field \"files\"."),
                                     code="no_files")
         total = sum(upload.size for upload in uploads)
         if total > self.config.media_max_bytes:
             raise MediaRefusedError(
-                f"The files take {total} bytes; a floppy for them holds at most "
-                f"{self.config.media_max_bytes}.", code="media_too_large", status=413)
+                gettext_noop("The files take %(total)s bytes; a floppy for them holds at most %(limit)s."),
+                total=total, limit=self.config.media_max_bytes, code="media_too_large", status=413)
         names = dos_names([upload.name for upload in uploads])
         async with self.lock:
             if self.media_count >= self.config.media_per_visit:
                 raise MediaRefusedError(
-                    f"This visit has brought in {self.media_count} disks, the most it may.",
-                    code="media_limit", status=409)
+                    gettext_noop("This visit has brought in %(count)s disks, the most it may."),
+                    count=self.media_count, code="media_limit", status=409)
             await self._describe()
             if f"floppy{'ab'.index(drive_letter)}" not in self.drives:
                 # The exhibit's drive changed since this machine started.
-                raise MediaRefusedError("This machine has no such drive; reset it to get the "
-                                        "exhibit's new one.", code="media_off", status=409)
+                raise MediaRefusedError(gettext_noop("This machine has no such drive; reset it to get the "
+                                                     "exhibit's new one."), code="media_off", status=409)
             number = self.media_count + 1
             image = self.run_dir / f"{MEDIA_PREFIX}-{number}.img"
             overlay = self.run_dir / f"{MEDIA_PREFIX}-{number}.qcow2"
@@ -508,9 +509,9 @@ def floppy_build(image: Path, files: Sequence[tuple[Path, str]], *, label: str =
     except subprocess.CalledProcessError as error:
         said = error.stderr.decode("utf-8", "replace")
         if "full" in said.lower():
-            raise MediaRefusedError("The files do not fit on one 1.44 MB floppy.",
+            raise MediaRefusedError(gettext_noop("The files do not fit on one 1.44 MB floppy."),
                                     code="media_too_large", status=413) from error
-        raise SandboxError("The floppy for the files could not be made.") from error
+        raise SandboxError(gettext_noop("The floppy for the files could not be made.")) from error
 
 
 async def files_disk_create(run_dir: Path, *, qemu_img_binary: str, timeout_s: float) -> Path:
@@ -529,7 +530,7 @@ async def files_disk_create(run_dir: Path, *, qemu_img_binary: str, timeout_s: f
         await qemu_img(qemu_img_binary, "create", "-q", "-f", "qcow2", "-F", "raw", "-b", image.name,
                        os.fspath(overlay), timeout_s=timeout_s)
     except (OSError, subprocess.SubprocessError, SandboxError) as error:
-        raise OverlayError("The server could not make this visit's floppy disk.",
+        raise OverlayError(gettext_noop("The server could not make this visit's floppy disk."),
                            log_detail=f"blank floppy in {run_dir}: {error}") from error
     return overlay
 
@@ -607,7 +608,7 @@ FAT_ENTRIES_MAX = 500_000
 def _fat_listing(image: str, *, deadline: float) -> list[str]:
     """Every file's path on a FAT file system (no directories), read from `mdir -/ -b`
     as it prints and stopped as soon as it cannot be a real file system."""
-    damaged = SandboxError("The machine's disk could not be read: its file system is damaged.")
+    damaged = SandboxError(gettext_noop("The machine's disk could not be read: its file system is damaged."))
     process = subprocess.Popen(["mdir", "-/", "-b", "-a", "-i", image, "::"], env=_mtools_environment(),
                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert process.stdout is not None
@@ -642,5 +643,5 @@ async def qemu_img(binary: str, *arguments: str, timeout_s: float) -> str:
     result = await tool_run(binary, *arguments, timeout_s=timeout_s)
     if result.returncode != 0:
         logger.error("qemu-img %s failed: %s", arguments[0], result.said)
-        raise SandboxError("The machine's disks could not be read; please try again.")
+        raise SandboxError(gettext_noop("The machine's disks could not be read; please try again."))
     return result.stdout

@@ -58,6 +58,7 @@ from sessions.errors import (
     ViewerLimitError,
     WatcherLimitError,
     WatcherUnknownError,
+    gettext_noop,
 )
 from sessions.machines.host import machine_lease_take, runas_choose, uid_leases_tidy
 from sessions.machines.keys import Keystroke, TypingPace
@@ -214,7 +215,7 @@ class Broker:
         """The visit's QEMU, under the guard every action takes (`Keeper.require`)."""
         machine = self.keeper.require(session_id, Phase.RUNNING).machine
         if not isinstance(machine, Machine):
-            raise SessionBusyError("This machine cannot do that.")
+            raise SessionBusyError(gettext_noop("This machine cannot do that."))
         return machine
 
     def machine(self, session_id: str) -> Machine | None:
@@ -472,7 +473,8 @@ class Broker:
             return await asyncio.to_thread(target.read_bytes)
         except (MachineError, OSError) as error:
             logger.warning("session %s: the screenshot failed: %s", session_id, error)
-            raise SessionBusyError("The machine's screen could not be read; try again.") from error
+            raise SessionBusyError(
+                gettext_noop("The machine's screen could not be read; try again.")) from error
         finally:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(target.unlink)
@@ -547,7 +549,8 @@ class Broker:
         await asyncio.gather(*pool_task, return_exceptions=True)
         await self.pool.close()
         await asyncio.gather(*self.screens.close(), return_exceptions=True)
-        await self.keeper.end_all(reason=VisitorSession.EndedReason.SERVER, detail="The server stopped.")
+        await self.keeper.end_all(reason=VisitorSession.EndedReason.SERVER,
+                                  detail=gettext_noop("The server stopped."))
         tasks: list[asyncio.Task[Any]] = [*self._background, *self._helpers]
         self._background = []
         for task in tasks:

@@ -31,6 +31,7 @@ from typing import Any, Protocol, TypeVar, cast
 from sessions.errors import (
     SessionBusyError,
     SessionEndedError,
+    gettext_noop,
 )
 from sessions.machines.host import Lease
 from sessions.machines.keys import KeyedMachine, Keystroke, TypingPace, keystrokes_send
@@ -45,6 +46,15 @@ from sessions.tasks import task_new
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+
+# The sentences a visit's end is told with that carry a value: stored in English
+# with the value filled in, and read back in the visitor's language by the web
+# edge, which finds the value again by these templates (END_TEMPLATES).
+END_TIME_LIMIT = gettext_noop("The visit reached its time limit of %(duration)s.")
+END_IDLE = gettext_noop("Nobody used the machine for %(duration)s.")
+END_GRACE = gettext_noop("The page was closed for more than %(seconds)s s.")
+START_FAILED = gettext_noop("The machine could not start: %(reason)s")
+END_TEMPLATES = (END_TIME_LIMIT, END_IDLE, END_GRACE, START_FAILED)
 
 
 class KeptMachine(Protocol):
@@ -300,19 +310,20 @@ class Keeper:
         if io_error is not None and code is None:
             logger.error("session %s: disk error, the guest is paused: %s", visit.session_id, io_error)
             full = bool(io_error.get("nospace"))
-            detail = ("The server ran out of disk space, so this visit had to end."
-                      if full else "The machine's disk failed on the server, so this visit had to end.")
+            detail = (gettext_noop("The server ran out of disk space, so this visit had to end.")
+                      if full else
+                      gettext_noop("The machine's disk failed on the server, so this visit had to end."))
             self.end_soon(visit, reason=EndReason.SERVER, detail=detail)
             return
         logger.warning("session %s: QEMU exited by itself with code %s", visit.session_id, code)
         if code == 0:
-            reason, detail = EndReason.VISITOR, "The machine was switched off."
+            reason, detail = EndReason.VISITOR, gettext_noop("The machine was switched off.")
         elif machine.out_of_memory():
             logger.warning("session %s: QEMU passed its memory limit and was killed", visit.session_id)
-            reason, detail = EndReason.CRASHED, ("The machine needed more memory than it may use "
-                                                 "on this server, so it was stopped.")
+            reason, detail = EndReason.CRASHED, gettext_noop("The machine needed more memory than it may "
+                                                             "use on this server, so it was stopped.")
         else:
-            reason, detail = EndReason.CRASHED, "The machine stopped unexpectedly."
+            reason, detail = EndReason.CRASHED, gettext_noop("The machine stopped unexpectedly.")
         self.end_soon(visit, reason=reason, detail=detail)
 
     # --- reset -------------------------------------------------------------------
@@ -340,7 +351,7 @@ class Keeper:
             if visit.phase is Phase.RESETTING:
                 # Neither machine runs: the visit cannot go on.
                 self.end_soon(visit, reason=EndReason.SERVER,
-                                  detail="The machine could not be reset.")
+                                  detail=gettext_noop("The machine could not be reset."))
             raise
 
     async def _replace(self, visit: Visit) -> None:
@@ -411,7 +422,8 @@ class Keeper:
                 await keystrokes_send(cast(KeyedMachine, machine), strokes, pace=pace, stored=stored)
             except MachineError as error:
                 self.require(session_id, Phase.RUNNING)  # ended or replaced meanwhile: say so
-                raise SessionBusyError("The machine did not take the keys; try again.") from error
+                raise SessionBusyError(
+                    gettext_noop("The machine did not take the keys; try again.")) from error
         visit.last_input = self._clock()
 
     def require(self, session_id: str, *phases: Phase) -> Visit:
@@ -439,9 +451,9 @@ class Keeper:
                                 else (EndReason.IDLE, idle_end))
             left = deadline - now
             if left <= 0:
-                detail = (f"The visit reached its time limit of {minutes(self.config.session_max_s)}."
-                          if reason == EndReason.TIMEOUT else
-                          f"Nobody used the machine for {minutes(self.config.idle_s)}.")
+                detail = (END_TIME_LIMIT if reason == EndReason.TIMEOUT else END_IDLE) % {
+                    "duration": minutes(self.config.session_max_s if reason == EndReason.TIMEOUT
+                                        else self.config.idle_s)}
                 self.end_soon(visit, reason=reason, detail=detail)
             elif left <= self.config.warning_s and visit.warning != reason:
                 visit.warning = reason
@@ -463,7 +475,7 @@ class Keeper:
         await asyncio.sleep(self.config.grace_s)
         visit.grace_task = None
         self.end_soon(visit, reason=EndReason.VISITOR,
-                          detail=f"The page was closed for more than {self.config.grace_s:g} s.")
+                          detail=END_GRACE % {"seconds": f"{self.config.grace_s:g}"})
 
     # --- the end -----------------------------------------------------------------
 
@@ -541,7 +553,7 @@ def minutes(seconds: float) -> str:
 def start_failure(error: OverlayError | MachineError) -> str:
     """A sentence for the visitor: what failed, never a host path or a command line."""
     if isinstance(error, OverlayError):
-        return f"The machine could not start: {error.args[0]}"
+        return START_FAILED % {"reason": error.args[0]}
     if isinstance(error, MachineStartError) and "not installed" in str(error.args[0]):
-        return "The machine could not start: the emulator is not installed on this server."
-    return "The machine could not start. The error has been logged; please try again later."
+        return gettext_noop("The machine could not start: the emulator is not installed on this server.")
+    return gettext_noop("The machine could not start. The error has been logged; please try again later.")

@@ -25,6 +25,7 @@ from pathlib import Path
 import psutil
 from django.utils import timezone
 
+from sessions.errors import gettext_noop
 from sessions.machines.confine import MemoryCgroups, cgroup_remove
 from sessions.machines.host import machine_lease_names, machine_lease_try
 from sessions.machines.machine import VNC_SOCKET
@@ -128,7 +129,7 @@ def _clean(name: str, *, pid: int | None, run_root: Path, cgroups: MemoryCgroups
         ).update(
             state=VisitorSession.State.ENDED,
             ended_reason=VisitorSession.EndedReason.SERVER,
-            detail="The server restarted and this machine was lost.",
+            detail=gettext_noop("The server restarted and this machine was lost."),
             ended_at=timezone.now(),
             pid=None,
         ) > 0 or found

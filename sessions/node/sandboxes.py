@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, cast
 
-from sessions.errors import SessionEndedError
+from sessions.errors import SessionEndedError, gettext_noop
 from sessions.machines.machine import MachineError
 from sessions.machines.sandbox import (
     Checkpoint,
@@ -45,7 +45,7 @@ class Sandboxes:
         """The running visit and its machine's sandbox (made at the first use)."""
         visit = self._keeper.require(session_id, Phase.RUNNING, *((Phase.RESTORING,) if busy_ok else ()))
         if self._keeper.config.sandbox is None or visit.machine is None:
-            raise SandboxError("This server keeps no checkpoints or visitors' files.")
+            raise SandboxError(gettext_noop("This server keeps no checkpoints or visitors' files."))
         if visit.sandbox is None or visit.sandbox.machine is not cast(SandboxMachine, visit.machine):
             visit.sandbox = Sandbox(machine=cast(SandboxMachine, visit.machine),
                                     run_dir=visit.machine.run_dir, config=self._keeper.config.sandbox)
@@ -62,7 +62,7 @@ class Sandboxes:
             return await sandbox.checkpoint_save(label=label)
         except MachineError as error:
             logger.error("session %s: saving a checkpoint failed: %s", session_id, error)
-            raise SandboxError("The checkpoint could not be saved.") from error
+            raise SandboxError(gettext_noop("The checkpoint could not be saved.")) from error
 
     async def checkpoint_restore(self, *, session_id: str, checkpoint_id: str) -> None:
         """Bring the machine back to a checkpoint, in the same QEMU: displays stay
@@ -77,12 +77,13 @@ class Sandboxes:
                 logger.error("session %s: going back to a checkpoint failed: %s", session_id, error)
                 # The machine is neither as it was nor at the checkpoint.
                 self._keeper.end_soon(visit, reason=EndReason.SERVER,
-                                  detail="The machine could not go back to the checkpoint.")
-            raise SessionEndedError("The machine could not go back to the checkpoint.") from error
+                                  detail=gettext_noop("The machine could not go back to the checkpoint."))
+            raise SessionEndedError(
+                gettext_noop("The machine could not go back to the checkpoint.")) from error
         except BaseException:
             if visit.phase is Phase.RESTORING:
                 self._keeper.end_soon(visit, reason=EndReason.SERVER,
-                                  detail="The machine could not go back to the checkpoint.")
+                                  detail=gettext_noop("The machine could not go back to the checkpoint."))
             raise
         visit.require(Phase.RESTORING)
         visit.move(Phase.RUNNING)
@@ -96,7 +97,7 @@ class Sandboxes:
             await sandbox.checkpoint_delete(checkpoint_id)
         except MachineError as error:
             logger.error("session %s: deleting a checkpoint failed: %s", session_id, error)
-            raise SandboxError("The checkpoint could not be deleted.") from error
+            raise SandboxError(gettext_noop("The checkpoint could not be deleted.")) from error
 
     async def media_insert(self, *, session_id: str, uploads: list[Upload], drive: str) -> MediaResult:
         """Put a floppy holding the visitor's files into the drive for them."""
@@ -105,7 +106,8 @@ class Sandboxes:
             result = await sandbox.media_insert(uploads, drive_letter=drive)
         except MachineError as error:
             logger.error("session %s: inserting the visitor's disk failed: %s", session_id, error)
-            raise SandboxError("The disk with the files could not be put into the machine.") from error
+            raise SandboxError(
+                gettext_noop("The disk with the files could not be put into the machine.")) from error
         self._keeper.input_seen(visit)
         return result
 
@@ -126,7 +128,8 @@ class Sandboxes:
         except MachineError as error:
             archive.close()
             logger.error("session %s: reading the visitor's files failed: %s", session_id, error)
-            raise SandboxError("The machine's files could not be read; please try again.") from error
+            raise SandboxError(
+                gettext_noop("The machine's files could not be read; please try again.")) from error
         except BaseException:
             archive.close()
             raise

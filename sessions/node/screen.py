@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sessions.display.greeting import GreetingError, display_size
-from sessions.errors import GraphicsModeError, SessionBusyError, SessionEndedError, SessionError
+from sessions.errors import GraphicsModeError, SessionBusyError, SessionEndedError, SessionError, gettext_noop
 from sessions.machines.machine import Machine, MachineError
 from sessions.machines.screen import DEFAULT_CODE_PAGE, Screen, screen_from
 from sessions.node.keeper import Keeper
@@ -80,7 +80,7 @@ class ScreenReaders:
         visit = self._keeper.require(session_id, Phase.RUNNING)
         machine = visit.machine
         if not isinstance(machine, Machine):
-            raise SessionBusyError("This machine cannot do that.")
+            raise SessionBusyError(gettext_noop("This machine cannot do that."))
         for gone in [other for other in self._readers if self._keeper.visit(other) is None]:
             self.close(gone)
         reader = self._readers.get(session_id)
@@ -103,7 +103,8 @@ class ScreenReaders:
                 video, cells = await reader.machine.screen_cells()
             except MachineError as error:
                 logger.warning("session %s: the text screen could not be read: %s", session_id, error)
-                raise SessionBusyError("The machine's screen could not be read; try again.") from error
+                raise SessionBusyError(
+                    gettext_noop("The machine's screen could not be read; try again.")) from error
             self.reads += 1
             now = time.monotonic()
             key = (video.mode, video.columns, video.rows)

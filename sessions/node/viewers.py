@@ -15,7 +15,13 @@ import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
-from sessions.errors import DisplayUnavailableError, ViewerLimitError, WatcherLimitError, WatcherUnknownError
+from sessions.errors import (
+    DisplayUnavailableError,
+    ViewerLimitError,
+    WatcherLimitError,
+    WatcherUnknownError,
+    gettext_noop,
+)
 from sessions.node.keeper import Keeper
 from sessions.node.visit import MACHINE_PHASES, Phase, Visit
 
@@ -57,7 +63,7 @@ class Viewers:
                     await visit.until_display()
             visit.require(*MACHINE_PHASES)
             if not visit.display_ready() or visit.machine is None:
-                raise DisplayUnavailableError("The machine did not start in time.")
+                raise DisplayUnavailableError(gettext_noop("The machine did not start in time."))
             return visit.machine.vnc_path
         except BaseException:
             self._socket_detach(session_id, sound=sound)
@@ -100,7 +106,7 @@ class Viewers:
         """
         visit = self._keeper.require(session_id, *MACHINE_PHASES)
         if watcher_id in visit.watchers:
-            raise WatcherUnknownError("A watcher of that name is watching already.")
+            raise WatcherUnknownError(gettext_noop("A watcher of that name is watching already."))
         if len(visit.watchers) >= self._keeper.config.watchers_per_session:
             raise WatcherLimitError(self._keeper.config.watchers_per_session)
         visit.watchers[watcher_id] = revoke
@@ -111,7 +117,7 @@ class Viewers:
                     await visit.until(Phase.RUNNING, Phase.ENDING, Phase.ENDED)
             visit.require(*MACHINE_PHASES)
             if visit.phase is not Phase.RUNNING or visit.machine is None:
-                raise DisplayUnavailableError("The machine did not start in time.")
+                raise DisplayUnavailableError(gettext_noop("The machine did not start in time."))
             return visit.machine.vnc_path
         except BaseException:
             self.watcher_detach(session_id=session_id, watcher_id=watcher_id)
@@ -150,7 +156,7 @@ class Viewers:
         """Hand the keyboard and mouse to one watcher (taken from any other)."""
         visit = self._keeper.require(session_id, Phase.RUNNING)
         if watcher_id not in visit.watchers:
-            raise WatcherUnknownError("Nobody of that name is watching this machine.")
+            raise WatcherUnknownError(gettext_noop("Nobody of that name is watching this machine."))
         visit.control = watcher_id
         self._watchers_changed(visit)
 

@@ -25,7 +25,7 @@ from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sessions.errors import SessionBusyError, SessionEndedError, SessionError
+from sessions.errors import SessionBusyError, SessionEndedError, SessionError, gettext_noop
 from sessions.models import VisitorSession
 
 if TYPE_CHECKING:
@@ -97,11 +97,11 @@ ROW_STATES: dict[Phase, str] = {
 
 #: Why a live visit cannot do what needs another phase, for the person who asked.
 BUSY: dict[Phase, str] = {
-    Phase.QUEUED: "This visit is still waiting in line for a machine.",
-    Phase.STARTING: "The machine is still starting; try again in a moment.",
-    Phase.RUNNING: "The machine is running.",
-    Phase.RESETTING: "The machine is being reset; try again in a moment.",
-    Phase.RESTORING: "The machine is going back to a checkpoint; try again in a moment.",
+    Phase.QUEUED: gettext_noop("This visit is still waiting in line for a machine."),
+    Phase.STARTING: gettext_noop("The machine is still starting; try again in a moment."),
+    Phase.RUNNING: gettext_noop("The machine is running."),
+    Phase.RESETTING: gettext_noop("The machine is being reset; try again in a moment."),
+    Phase.RESTORING: gettext_noop("The machine is going back to a checkpoint; try again in a moment."),
 }
 
 

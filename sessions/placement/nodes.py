@@ -25,13 +25,14 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import Subquery
 from django.db.models.functions import Now
 
+from sessions.errors import gettext_noop
 from sessions.ids import session_id_valid
 from sessions.machines.host import install_id
 from sessions.models import Node, VisitorSession
 
 T = TypeVar("T")
 
-DEAD_NODE_DETAIL = "The server running this machine stopped, so this visit had to end."
+DEAD_NODE_DETAIL = gettext_noop("The server running this machine stopped, so this visit had to end.")
 
 
 def node_heartbeat(*, name: str, capacity: int, sessions: int, accelerator: str,
@@ -56,7 +57,8 @@ def node_leave(*, name: str) -> None:
         Node.objects.filter(name=name).delete()
         VisitorSession.objects.filter(node=name, state=VisitorSession.State.STARTING, run_dir="").update(
             state=VisitorSession.State.ENDED, ended_reason=VisitorSession.EndedReason.SERVER,
-            detail="The server stopped before this machine could start.", ended_at=Now(), pid=None)
+            detail=gettext_noop("The server stopped before this machine could start."),
+            ended_at=Now(), pid=None)
 
 
 def nodes_dead_end(*, own: str, dead_after_s: float) -> list[str]:

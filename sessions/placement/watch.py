@@ -16,7 +16,7 @@ import secrets
 
 from asgiref.sync import sync_to_async
 
-from sessions.errors import SessionError
+from sessions.errors import SessionError, gettext_noop
 from sessions.models import VisitorSession, WatchLink
 from sessions.placement.nodes import lookup_reconnecting
 
@@ -41,8 +41,8 @@ class WatchLinkLimitError(SessionError):
     status = 409
 
     def __init__(self) -> None:
-        super().__init__(f"This visit has {WATCH_LINKS_PER_VISIT} watch links already, the most it may "
-                         "have. Revoke them to make a new one.")
+        super().__init__(gettext_noop("This visit has %(limit)s watch links already, the most it may "
+                                      "have. Revoke them to make a new one."), limit=WATCH_LINKS_PER_VISIT)
 
 
 async def watch_link_create(*, session_id: str) -> str:

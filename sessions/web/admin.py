@@ -22,6 +22,7 @@ from django.views.decorators.csrf import csrf_protect
 
 from portal.admin import exhibit_actions_add
 from portal.models import Exhibit
+from sessions.errors import gettext_noop
 from sessions.ids import session_id_valid
 from sessions.machines.launcher import exhibit_prepare
 from sessions.machines.prepare import PrepareError, StartCondition
@@ -30,7 +31,7 @@ from sessions.node.broker import NodeUnreachableError, get_broker
 
 logger = logging.getLogger(__name__)
 
-STAFF_END_DETAIL = "The portal's staff ended this visit."
+STAFF_END_DETAIL = gettext_noop("The portal's staff ended this visit.")
 
 PREPARE_DESKTOP = StartCondition(wait_graphics=True, still_s=2.0)
 PREPARE_DOS_PROMPT = StartCondition(wait_text=":\\>", still_s=1.0)

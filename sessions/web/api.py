@@ -28,6 +28,7 @@ from django.http import (
 )
 from django.http.response import HttpResponseBase
 from django.shortcuts import render
+from django.utils.translation import gettext
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
@@ -39,7 +40,7 @@ from portal.limits import visit_limits_sentence
 from portal.models import Exhibit
 from portal.record import agent_staff
 from portal.visitor import visitor_id
-from sessions.errors import SessionError
+from sessions.errors import SessionError, gettext_noop
 from sessions.ids import session_id_valid
 from sessions.machines.sandbox import (
     Upload,
@@ -67,7 +68,7 @@ logger = logging.getLogger(__name__)
 
 
 def _not_found() -> JsonResponse:
-    return json_error(404, "not_found", "There is no such session.")
+    return json_error(404, "not_found", gettext("There is no such session."))
 
 
 @require_POST
@@ -80,7 +81,7 @@ async def session_create(request: HttpRequest, slug: str) -> HttpResponse:
         slug=slug, published=True
     ).afirst()
     if exhibit is None:
-        return json_error(404, "not_found", "There is no such exhibit.")
+        return json_error(404, "not_found", gettext("There is no such exhibit."))
     started = await _session_start(request, exhibit)
     if _wants_page(request):
         # The embed page's form says so: its machine stays chrome-less and frameable.
@@ -123,7 +124,7 @@ async def session_preview(request: HttpRequest, slug: str) -> HttpResponse:
     user = await request.auser()
     exhibit = await Exhibit.objects.select_related("image").filter(slug=slug).afirst()
     if exhibit is None or not (user.is_active and user.is_staff):
-        return json_error(404, "not_found", "There is no such exhibit.")
+        return json_error(404, "not_found", gettext("There is no such exhibit."))
     started = await _session_start(request, exhibit)
     if isinstance(started, JsonResponse):
         return started
@@ -160,7 +161,7 @@ async def session_detail(request: HttpRequest, session_id: str) -> HttpResponse:
         broker = await get_broker()
         try:
             await broker.session_end(session_id=session.id, reason=VisitorSession.EndedReason.VISITOR,
-                                     detail="The visitor ended the session.")
+                                     detail=gettext_noop("The visitor ended the session."))
         except SessionError as error:
             return error_response(error)
         return HttpResponse(status=204)
@@ -193,7 +194,7 @@ async def session_save_master(request: HttpRequest, session_id: str) -> HttpResp
         return _not_found()
     fields = _form_or_json(request)
     if fields is None:
-        return json_error(400, "bad_request", "Send a JSON object or a form.")
+        return json_error(400, "bad_request", gettext("Send a JSON object or a form."))
     slug, title = str(fields.get("slug") or ""), str(fields.get("title") or "")
     flatten = fields.get("flatten") in {True, "true", "on", "1"}
     exhibit = await Exhibit.objects.select_related("image").aget(pk=session.exhibit_id)

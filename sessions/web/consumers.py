@@ -26,8 +26,10 @@ from urllib.parse import parse_qs, urlsplit
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import DEFAULT_CHANNEL_LAYER
 from django.conf import settings
+from django.utils import translation
 from django.utils.translation import gettext
 
+from portal.language import close_reason, scope_language
 from portal.server import SEND_FLOW_EXTENSION
 from portal.visitor import visitor_id
 from sessions.display.audio import (
@@ -50,14 +52,14 @@ from sessions.display.rfb import (
     ViewerRefusedError,
     is_input,
 )
-from sessions.errors import SessionError
+from sessions.errors import SessionError, gettext_noop
 from sessions.ids import session_id_valid
 from sessions.machines.machine import vnc_refresh_soon
 from sessions.models import VisitorSession
 from sessions.node.broker import Broker, get_broker, session_group
 from sessions.node.metrics import DISPLAY_FROM_BROWSER, DISPLAY_TO_BROWSER
 from sessions.placement.watch import watch_session
-from sessions.web.errors import error_close
+from sessions.web.errors import error_close, stored_sentence
 from sessions.web.representation import session_json
 from sessions.web.tools import exhibit_layout
 
@@ -86,17 +88,17 @@ CLOSE_REVOKED = 4401
 # The sentence sent with each code, for a person reading a client's log; the
 # page has its own words for each code.
 CLOSE_REASONS = {
-    CLOSE_FORBIDDEN: "This machine belongs to another browser, or this page may not open it.",
-    CLOSE_UNKNOWN: "There is no such session.",
-    CLOSE_ENDED: "This machine has ended.",
-    CLOSE_UNREACHABLE: "The machine's display cannot be reached.",
-    CLOSE_RESTARTED: "The machine was replaced; connect again.",
-    CLOSE_UNSUPPORTED_DATA: "This socket takes binary RFB messages only.",
-    CLOSE_TOO_BIG: "A message was over the size limit.",
-    CLOSE_TRY_LATER: "This visit is still waiting in line for a machine.",
-    CLOSE_TOO_MANY_VIEWERS: "This machine is open in too many places; close one and try again.",
-    CLOSE_TOO_SLOW: "The browser did not keep up with the display; connect again.",
-    CLOSE_REVOKED: "The machine's owner revoked this watch link.",
+    CLOSE_FORBIDDEN: gettext_noop("This machine belongs to another browser, or this page may not open it."),
+    CLOSE_UNKNOWN: gettext_noop("There is no such session."),
+    CLOSE_ENDED: gettext_noop("This machine has ended."),
+    CLOSE_UNREACHABLE: gettext_noop("The machine's display cannot be reached."),
+    CLOSE_RESTARTED: gettext_noop("The machine was replaced; connect again."),
+    CLOSE_UNSUPPORTED_DATA: gettext_noop("This socket takes binary RFB messages only."),
+    CLOSE_TOO_BIG: gettext_noop("A message was over the size limit."),
+    CLOSE_TRY_LATER: gettext_noop("This visit is still waiting in line for a machine."),
+    CLOSE_TOO_MANY_VIEWERS: gettext_noop("This machine is open in too many places; close one and try again."),
+    CLOSE_TOO_SLOW: gettext_noop("The browser did not keep up with the display; connect again."),
+    CLOSE_REVOKED: gettext_noop("The machine's owner revoked this watch link."),
 }
 # A watcher's name as its page gives it (`?watcher=…` on a watch link's socket).
 WATCHER_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
@@ -240,8 +242,17 @@ class PortalSocket(AsyncWebsocketConsumer):
 
     channel_layer_alias = NO_CHANNEL_LAYER
 
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        # The socket speaks the language its page does (the language cookie, else
+        # Accept-Language), as the HTTP API does under Django's LocaleMiddleware.
+        with translation.override(scope_language(scope)):
+            await super().__call__(scope, receive, send)
+
     async def close_with(self, code: int, reason: str | None = None) -> None:
-        await self.close(code, reason=reason or CLOSE_REASONS.get(code, ""))
+        """Close with the API's code and its sentence, in the visitor's language."""
+        text = reason or CLOSE_REASONS.get(code, "")
+        # gettext("") is the catalogue's header, never a reason.
+        await self.close(code, reason=close_reason(gettext(text)) if text else "")
 
 
 class MachineSocket(PortalSocket):
@@ -429,8 +440,9 @@ class VncConsumer(MachineSocket):
             # Dropping part of an RFB stream would garble it: the connection ends,
             # the machine does not (the page reconnects).
             limit = settings.PORTAL_WS_MAX_MESSAGE_BYTES
-            await self.close_with(CLOSE_TOO_BIG, f"A message of {len(bytes_data)} bytes is over "
-                                                 f"the limit of {limit} bytes.")
+            await self.close_with(CLOSE_TOO_BIG, gettext("A message of %(size)s bytes is over the limit of "
+                                                         "%(limit)s bytes.") % {"size": len(bytes_data),
+                                                                                "limit": limit})
             return
         DISPLAY_FROM_BROWSER.inc(len(bytes_data))
         try:
@@ -529,7 +541,8 @@ class WatchConsumer(VncConsumer):
             return None
         session = await watch_session(self.scope["url_route"]["kwargs"]["token"])
         if session is None:
-            await self.close_with(CLOSE_UNKNOWN, "This watch link was revoked, or never existed.")
+            await self.close_with(CLOSE_UNKNOWN,
+                                  gettext_noop("This watch link was revoked, or never existed."))
             return None
         self.session_id = session.id
         if not session.is_live:
@@ -667,7 +680,8 @@ class AudioConsumer(MachineSocket):
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self._attached:
-            await self.close_with(CLOSE_UNSUPPORTED_DATA, "This socket sends sound; it takes no messages.")
+            await self.close_with(CLOSE_UNSUPPORTED_DATA,
+                                  gettext_noop("This socket sends sound; it takes no messages."))
 
     async def disconnect(self, code: int) -> None:
         task, self._reader_task = self._reader_task, None
@@ -722,7 +736,7 @@ class EventsConsumer(PortalSocket):
         await self._send({"type": "state", **await session_json(session, broker, place=place)})
         if not session.is_live:
             await self._send({"type": "ended", "reason": session.ended_reason,
-                              "detail": session.detail})
+                              "detail": stored_sentence(session.detail)})
             await self.close_with(CLOSE_ENDED)
 
     async def session_event(self, message: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from sessions.models import VisitorSession
 from sessions.node.broker import Broker
+from sessions.web.errors import stored_sentence
 
 
 async def session_json(session: VisitorSession, broker: Broker | None = None, *,
@@ -39,7 +40,7 @@ async def session_json(session: VisitorSession, broker: Broker | None = None, *,
         "started_at": when(session.started_at),
         "expires_at": when(session.expires_at),
         "ended_reason": session.ended_reason,
-        "detail": session.detail,
+        "detail": stored_sentence(session.detail),
         "accelerator": session.accelerator,
         # The node that runs (or ran) the machine: an extension for portals of several nodes.
         "node": session.node or None,

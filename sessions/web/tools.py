@@ -23,7 +23,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from portal.errors import json_error, json_object
 from portal.models import Exhibit
 from sessions.display.layouts import Layout, code_page_number, layout_for
-from sessions.errors import SessionEndedError, SessionError, SessionQueuedError
+from sessions.errors import SessionEndedError, SessionError, SessionQueuedError, gettext_noop
 from sessions.machines.keys import KeysError, Keystroke, combo_keystroke, text_keystrokes
 from sessions.models import VisitorSession
 from sessions.node.broker import get_broker
@@ -34,7 +34,7 @@ from sessions.web.representation import session_json
 
 
 def _not_found() -> JsonResponse:
-    return json_error(404, "not_found", "There is no such session.")
+    return json_error(404, "not_found", gettext("There is no such session."))
 
 
 def exhibit_layout(exhibit: Exhibit) -> Layout:
@@ -61,23 +61,26 @@ async def keys(request: HttpRequest, session_id: str) -> HttpResponse:
     broker = await get_broker()
     data = json_object(request)
     if data is None or len({"text", "combo"} & data.keys()) != 1:
-        return json_error(400, "bad_request",
-                          'Send a JSON object with either "text" (to type) or "combo" (a key combination).')
+        return json_error(400, "bad_request", gettext(
+            'Send a JSON object with either "text" (to type) or "combo" (a key combination).'))
     strokes: list[Keystroke]
     try:
         if "text" in data:
             text = data["text"]
             if not isinstance(text, str) or not text:
-                return json_error(400, "bad_request", '"text" must be a string with something to type.')
+                return json_error(400, "bad_request",
+                                  gettext('"text" must be a string with something to type.'))
             limit = broker.config.keys_max_chars
             if len(text) > limit:
-                return json_error(400, "too_long", f"That is {len(text)} characters; at most {limit} "
-                                                   "can be typed at once.", limit=limit)
+                return json_error(400, "too_long", gettext(
+                    "That is %(count)s characters; at most %(limit)s can be typed at once.")
+                    % {"count": len(text), "limit": limit}, limit=limit)
             strokes = text_keystrokes(text, exhibit_layout(session.exhibit))
         else:
             combo = data["combo"]
             if not isinstance(combo, str):
-                return json_error(400, "bad_request", '"combo" must be the name of a key combination.')
+                return json_error(400, "bad_request",
+                                  gettext('"combo" must be the name of a key combination.'))
             strokes = [combo_keystroke(combo)]
     except KeysError as error:
         return error_response(error)
@@ -164,7 +167,7 @@ async def watch_screen_text(request: HttpRequest, token: str) -> HttpResponse:
     """The watched visit's text screen, as its owner reads it."""
     session = await watch_session(token)
     if session is None:
-        return json_error(404, "not_found", "This watch link was revoked, or never existed.")
+        return json_error(404, "not_found", gettext("This watch link was revoked, or never existed."))
     return await _screen_text(session)
 
 
@@ -183,7 +186,8 @@ async def watchers(request: HttpRequest, session_id: str) -> HttpResponse:
         names, control = broker.viewers.watchers(session.id)
         return JsonResponse({"watchers": len(names), "names": names, "control": control})
     if not session.is_live:
-        return error_response(SessionEndedError("This machine has ended; there is nothing to watch."))
+        return error_response(SessionEndedError(
+            gettext_noop("This machine has ended; there is nothing to watch.")))
     try:
         token = await broker.watch_link_create(session_id=session.id)
     except SessionError as error:
@@ -204,7 +208,8 @@ async def watchers_control(request: HttpRequest, session_id: str) -> HttpRespons
         return HttpResponse(status=204)
     data = json_object(request)
     if data is None or not isinstance(data.get("watcher"), str):
-        return json_error(400, "bad_request", 'Send a JSON object with "watcher": the name of a watcher.')
+        return json_error(400, "bad_request",
+                          gettext('Send a JSON object with "watcher": the name of a watcher.'))
     refused = _not_live(session)
     if refused is not None:
         return refused
@@ -245,7 +250,7 @@ async def watch_state(request: HttpRequest, token: str) -> JsonResponse:
     `?watcher=<name>`, whether that watcher has the keyboard and mouse."""
     session = await watch_session(token)
     if session is None:
-        return json_error(404, "not_found", "This watch link was revoked, or never existed.")
+        return json_error(404, "not_found", gettext("This watch link was revoked, or never existed."))
     broker = await get_broker()
     state = _watch_state(session, broker.viewers.watcher_count(session.id))
     name = request.GET.get("watcher", "")

@@ -9,6 +9,8 @@
 // socket and its own thread, and any failure only shows on the button.
 
 const MUTED_KEY = "portal.sound.muted";
+import { gettext } from "./i18n.js";
+
 // Close codes of the API (docs/api.md) that this socket may get.
 const CLOSE = { TOO_SLOW: 4408, QUEUED: 4409, ENDED: 4410, REPLACED: 4412, TOO_MANY: 4429,
   FORBIDDEN: 4403, UNKNOWN: 4404 };
@@ -49,11 +51,11 @@ export class Speaker {
 
   show(state) {
     const words = {
-      waiting: ["Sound", "Sound starts when you click or press a key on this page."],
-      on: ["Sound on", "Mute the machine's sound"],
-      muted: ["Sound off", "Hear the machine's sound"],
-      busy: ["Sound off", "This machine's sound is playing in too many tabs; click to try again."],
-      unavailable: ["No sound", "The machine's sound is not available."],
+      waiting: [gettext("Sound"), gettext("Sound starts when you click or press a key on this page.")],
+      on: [gettext("Sound on"), gettext("Mute the machine's sound")],
+      muted: [gettext("Sound off"), gettext("Hear the machine's sound")],
+      busy: [gettext("Sound off"), gettext("This machine's sound is playing in too many tabs; click to try again.")],
+      unavailable: [gettext("No sound"), gettext("The machine's sound is not available.")],
     }[state];
     this.button.dataset.state = state;
     this.button.setAttribute("aria-pressed", String(state === "muted"));

@@ -1,4 +1,5 @@
 import { api, csrfToken } from "./csrf.js";
+import { format, gettext } from "./i18n.js";
 
 const article = document.querySelector("article.exhibit");
 const form = document.getElementById("start-form");
@@ -10,6 +11,12 @@ const message = document.getElementById("message");
 const embed = article.dataset.embed === "1";
 const machinePage = (url) => (embed ? `${url}?embed=1` : url);
 
+function escapeHtml(text) {
+  const div = document.createElement("div");
+  div.textContent = text;
+  return div.innerHTML;
+}
+
 function say(html) {
   message.innerHTML = html;
   message.hidden = false;
@@ -20,8 +27,8 @@ function say(html) {
 // visitor's machine: say so, and offer the exhibit in a tab of its own.
 if (embed && form && !csrfToken()) {
   button.disabled = true;
-  say(`This browser does not let the exhibit run inside this page. ` +
-    `<a href="/exhibits/${article.dataset.slug}/" target="_blank" rel="noopener">Open it in a new tab</a>.`);
+  say(`${escapeHtml(gettext("This browser does not let the exhibit run inside this page."))} ` +
+    `<a href="/exhibits/${article.dataset.slug}/" target="_blank" rel="noopener">${escapeHtml(gettext("Open it in a new tab"))}</a>.`);
 }
 
 // Fetch the display client while the visitor reads, so the machine's page
@@ -33,23 +40,24 @@ window.addEventListener("load", () => { import("/static/novnc/core/rfb.js").catc
 form?.addEventListener("submit", async (event) => {
   event.preventDefault();
   button.disabled = true;
-  button.textContent = "Starting…";
+  button.textContent = gettext("Starting…");
   const { status, data } = await api("POST", `/api/exhibits/${article.dataset.slug}/sessions`);
   if (status === 201) {
     window.location.assign(machinePage(data.page_url));
     return;
   }
   button.disabled = false;
-  button.textContent = "Start";
+  button.textContent = gettext("Start");
   if (status === 409 && data && data.error === "exhibit_unavailable") {
-    say(data.detail);
+    say(escapeHtml(data.detail));
     button.disabled = true;
   } else if (status === 409) {
-    say(`You already have a machine running. <a href="${machinePage(data.page_url)}">Go back to it</a>, or end it there to start this one.`);
+    say(format(escapeHtml(gettext("You already have a machine running. %(link)s, or end it there to start this one.")),
+      { link: `<a href="${machinePage(data.page_url)}">${escapeHtml(gettext("Go back to it"))}</a>` }));
   } else if (status === 503 || status === 429) {
-    say((data && data.detail) || "The server is busy. Please try again in a moment.");
+    say(escapeHtml((data && data.detail) || gettext("The server is busy. Please try again in a moment.")));
   } else {
-    say((data && data.detail) || "The machine could not be started. Please try again.");
+    say(escapeHtml((data && data.detail) || gettext("The machine could not be started. Please try again.")));
   }
 });
 
@@ -60,9 +68,9 @@ copyButton?.addEventListener("click", async () => {
   const status = document.getElementById("copy-embed-status");
   try {
     await navigator.clipboard.writeText(snippet.value);
-    status.textContent = "Copied.";
+    status.textContent = gettext("Copied.");
   } catch {
     snippet.select();
-    status.textContent = "Selected: copy it with your keyboard or menu.";
+    status.textContent = gettext("Selected: copy it with your keyboard or menu.");
   }
 });

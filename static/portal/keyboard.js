@@ -6,10 +6,10 @@
 // layout cannot type (the events socket's "untypable", passed on by session.js as
 // "portal:event").
 import { api } from "./csrf.js";
+import { format, gettext } from "./i18n.js";
 
 const STORE = "portal.keyMode";
 const NOTICE_MS = 6000;
-const t = (text) => (window.gettext || ((s) => s))(text);
 
 function stored() {
   try { return window.localStorage.getItem(STORE); } catch { return null; }
@@ -50,7 +50,7 @@ function keyboardStart() {
       show(answer.key_mode);
       return true;
     }
-    say((answer && answer.detail) || t("The keys could not be switched."));
+    say((answer && answer.detail) || gettext("The keys could not be switched."));
     return false;
   }
 
@@ -69,7 +69,8 @@ function keyboardStart() {
     const message = event.detail;
     if (!message || message.type !== "untypable") return;
     const characters = (message.characters || []).join(" ");
-    say(t("The machine's keyboard cannot type this, so nothing was sent:") + " " + characters);
+    say(format(gettext("The machine's keyboard cannot type this, so nothing was sent: %(characters)s"),
+      { characters }));
   });
 }
 

@@ -10,17 +10,24 @@
 // Must not: send anything but key events, or decide anything about the session.
 import KeyTable from "/static/novnc/core/input/keysym.js";
 import keysyms from "/static/novnc/core/input/keysymdef.js";
+import { gettext, pgettext } from "./i18n.js";
 
-// [label, keysym, code (the physical key, for QEMU's scancodes), accessible name]
+// [label, keysym, code (the physical key, for QEMU's scancodes), accessible name];
+// labels and names as keyboards in the page's language print and call the keys.
 const ROWS = [
-  [["Esc", KeyTable.XK_Escape, "Escape", "Escape"], ["Tab", KeyTable.XK_Tab, "Tab"],
-    ["Ctrl", KeyTable.XK_Control_L, "ControlLeft", "Control"], ["Alt", KeyTable.XK_Alt_L, "AltLeft"],
-    ["Shift", KeyTable.XK_Shift_L, "ShiftLeft"], ["⌫", KeyTable.XK_BackSpace, "Backspace", "Backspace"],
-    ["Del", KeyTable.XK_Delete, "Delete", "Delete"], ["Enter", KeyTable.XK_Return, "Enter"]],
-  [["Home", KeyTable.XK_Home, "Home"], ["End", KeyTable.XK_End, "End"],
-    ["PgUp", KeyTable.XK_Page_Up, "PageUp", "Page Up"], ["PgDn", KeyTable.XK_Page_Down, "PageDown", "Page Down"],
-    ["←", KeyTable.XK_Left, "ArrowLeft", "Left"], ["↑", KeyTable.XK_Up, "ArrowUp", "Up"],
-    ["↓", KeyTable.XK_Down, "ArrowDown", "Down"], ["→", KeyTable.XK_Right, "ArrowRight", "Right"]],
+  [[pgettext("key", "Esc"), KeyTable.XK_Escape, "Escape", pgettext("key", "Escape")],
+    [pgettext("key", "Tab"), KeyTable.XK_Tab, "Tab"],
+    [pgettext("key", "Ctrl"), KeyTable.XK_Control_L, "ControlLeft", pgettext("key", "Control")],
+    ["Alt", KeyTable.XK_Alt_L, "AltLeft"], [pgettext("key", "Shift"), KeyTable.XK_Shift_L, "ShiftLeft"],
+    ["⌫", KeyTable.XK_BackSpace, "Backspace", pgettext("key", "Backspace")],
+    [pgettext("key", "Del"), KeyTable.XK_Delete, "Delete", pgettext("key", "Delete")],
+    [pgettext("key", "Enter"), KeyTable.XK_Return, "Enter"]],
+  [[pgettext("key", "Home"), KeyTable.XK_Home, "Home"], [pgettext("key", "End"), KeyTable.XK_End, "End"],
+    [pgettext("key", "PgUp"), KeyTable.XK_Page_Up, "PageUp", pgettext("key", "Page Up")],
+    [pgettext("key", "PgDn"), KeyTable.XK_Page_Down, "PageDown", pgettext("key", "Page Down")],
+    ["←", KeyTable.XK_Left, "ArrowLeft", pgettext("key", "Left")], ["↑", KeyTable.XK_Up, "ArrowUp", pgettext("key", "Up")],
+    ["↓", KeyTable.XK_Down, "ArrowDown", pgettext("key", "Down")],
+    ["→", KeyTable.XK_Right, "ArrowRight", pgettext("key", "Right")]],
   [1, 2, 3, 4, 5, 6].map((n) => [`F${n}`, KeyTable[`XK_F${n}`], `F${n}`]),
   [7, 8, 9, 10, 11, 12].map((n) => [`F${n}`, KeyTable[`XK_F${n}`], `F${n}`]),
 ];
@@ -55,7 +62,7 @@ export class OnScreenKeyboard {
 
   render() {
     this.panel.setAttribute("role", "group");
-    this.panel.setAttribute("aria-label", "On-screen keyboard");
+    this.panel.setAttribute("aria-label", gettext("On-screen keyboard"));
     // One grid: as many keys a row as fit (four rows on a phone held upright, two across).
     const keys = document.createElement("div");
     keys.className = "osk-keys";
@@ -66,9 +73,9 @@ export class OnScreenKeyboard {
     this.text.setAttribute("autocapitalize", "off");
     this.text.setAttribute("autocorrect", "off");
     this.text.setAttribute("enterkeyhint", "enter");
-    this.text.setAttribute("aria-label", "Type text for the machine");
+    this.text.setAttribute("aria-label", gettext("Type text for the machine"));
     this.text.className = "osk-text";
-    const abc = this.key("Type text…", () => this.text.focus(), "Type text with your device's keyboard");
+    const abc = this.key(gettext("Type text…"), () => this.text.focus(), gettext("Type text with your device's keyboard"));
     abc.classList.add("osk-wide");
     abc.id = "osk-type";
     keys.append(abc);

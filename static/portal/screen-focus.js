@@ -12,8 +12,8 @@
 // held in the guest.
 //
 // Must not: send keys itself, or decide anything about the session.
+import { gettext } from "./i18n.js";
 
-const t = (text) => (window.gettext || ((s) => s))(text);
 const MODIFIER_KEYS = new Set(["Control", "Alt", "Shift"]);
 
 // Whether a keydown completes the release chord.
@@ -54,8 +54,8 @@ export class ScreenFocus {
     const canvas = this.screen.querySelector("canvas");
     if (!canvas) return;
     canvas.setAttribute("role", "application");
-    canvas.setAttribute("aria-roledescription", t("machine screen"));
-    canvas.setAttribute("aria-label", t("The machine's screen"));
+    canvas.setAttribute("aria-roledescription", gettext("machine screen"));
+    canvas.setAttribute("aria-label", gettext("The machine's screen"));
     canvas.setAttribute("aria-describedby", "screen-keys");
     this.enter.disabled = !rfb;
   }

@@ -16,6 +16,7 @@ import { ScreenFocus } from "./screen-focus.js";
 import { toolbarStart } from "./toolbar.js";
 import { Touchpad } from "./touch.js";
 import { toolsStart } from "./tools.js";
+import { format, gettext, ngettext } from "./i18n.js";
 
 const session = JSON.parse(document.getElementById("session-data").textContent);
 const screen = document.getElementById("screen");
@@ -34,14 +35,21 @@ const checkpointStatus = document.getElementById("checkpoint-status");
 const drop = document.getElementById("drop");
 const announcer = document.getElementById("announce");
 const urgentAnnouncer = document.getElementById("announce-urgent");
-const t = (text) => (window.gettext || ((s) => s))(text);
 
 const REASONS = {
-  visitor: "You ended this visit.",
-  timeout: "The visit reached its time limit.",
-  idle: "The machine was idle for too long.",
-  crashed: "The machine stopped.",
-  server: "The server stopped this machine.",
+  visitor: gettext("You ended this visit."),
+  timeout: gettext("The visit reached its time limit."),
+  idle: gettext("The machine was idle for too long."),
+  crashed: gettext("The machine stopped."),
+  server: gettext("The server stopped this machine."),
+};
+// The session's states as the bar shows them (docs/api.md, Session.state).
+const STATES = {
+  queued: gettext("waiting"),
+  starting: gettext("starting"),
+  running: gettext("running"),
+  ending: gettext("ending"),
+  ended: gettext("ended"),
 };
 
 let rfb = null;
@@ -70,9 +78,9 @@ if (!document.fullscreenEnabled) fullscreenButton.hidden = true;
 
 // What a screen reader hears when the state changes (the notice says the rest).
 const STATE_WORDS = {
-  running: "The machine is running.",
-  starting: "The machine is starting.",
-  ending: "Ending the visit…",
+  running: gettext("The machine is running."),
+  starting: gettext("The machine is starting."),
+  ending: gettext("Ending the visit…"),
 };
 
 function announce(text, { urgent = false } = {}) {
@@ -86,11 +94,11 @@ let announcedState = null;
 
 function showState(state, text) {
   stateLabel.dataset.state = state;
-  stateLabel.textContent = text || state;
+  stateLabel.textContent = text || STATES[state] || state;
   // Said once it is so ("running" once the screen is there, not while connecting).
-  if ((!text || text === state) && state !== announcedState && STATE_WORDS[state]) {
+  if ((!text || text === STATES[state]) && state !== announcedState && STATE_WORDS[state]) {
     announcedState = state;
-    announce(t(STATE_WORDS[state]));
+    announce(STATE_WORDS[state]);
   }
 }
 
@@ -108,15 +116,15 @@ function escapeHtml(text) {
 function showEnded(data) {
   ended = true;
   const reason = data.ended_reason || "visitor";
-  showState("ended", `ended: ${reason}`);
+  showState("ended", STATES.ended);
   const why = data.detail || REASONS[reason] || "";
-  const stopped = reason === "crashed" ? "<strong>The machine stopped.</strong>"
-    : "<strong>This machine has ended.</strong>";
+  const stopped = reason === "crashed" ? gettext("The machine stopped.") : gettext("This machine has ended.");
   showNotice(
-    `<p>${stopped}</p><p>${escapeHtml(why)}</p>` +
-    `<p>Everything done in this visit has been discarded.</p>` +
-    `<p><button id="restart" class="primary">Start a new machine</button> ` +
-    `<a href="/exhibits/${encodeURIComponent(data.exhibit || session.exhibit)}/${embedded ? "embed" : ""}">Back to the exhibit</a></p>`
+    `<p><strong>${escapeHtml(stopped)}</strong></p><p>${escapeHtml(why)}</p>` +
+    `<p>${escapeHtml(gettext("Everything done in this visit has been discarded."))}</p>` +
+    `<p><button id="restart" class="primary">${escapeHtml(gettext("Start a new machine"))}</button> ` +
+    `<a href="/exhibits/${encodeURIComponent(data.exhibit || session.exhibit)}/${embedded ? "embed" : ""}">` +
+    `${escapeHtml(gettext("Back to the exhibit"))}</a></p>`
   );
   const restartButton = document.getElementById("restart");
   restartButton.addEventListener("click", restart);
@@ -152,34 +160,39 @@ async function restart() {
     return;
   }
   button.disabled = false;
-  const detail = data && data.detail ? data.detail : "The machine could not be started.";
-  showNotice(`<p>${escapeHtml(detail)}</p><p><button id="restart" class="primary">Try again</button></p>`);
+  const detail = data && data.detail ? data.detail : gettext("The machine could not be started.");
+  showNotice(`<p>${escapeHtml(detail)}</p>` +
+    `<p><button id="restart" class="primary">${escapeHtml(gettext("Try again"))}</button></p>`);
   document.getElementById("restart").addEventListener("click", restart);
 }
 
 let lastPosition = null;
 
 function showQueued(data) {
-  showState("queued", `waiting: number ${data.queue_position} in line`);
+  const position = data.queue_position;
+  showState("queued", format(gettext("waiting: number %(position)s in line"), { position }));
   const minutes = Math.max(1, Math.round((data.queue_wait_s || 0) / 60));
-  const wait = `${minutes} minute${minutes === 1 ? "" : "s"}`;
+  const wait = format(ngettext("%(minutes)s minute", "%(minutes)s minutes", minutes), { minutes });
+  const number = format(gettext("number %(position)s"), { position });
   const place = document.getElementById("queue-position");
   if (place && !notice.hidden) {
     // Still in line: the numbers change in place, unannounced by the notice (its
     // own live region would say them without their sentence); a move up the line
     // is said once, as a sentence.
-    if (data.queue_position !== lastPosition) {
-      announce(t("You are now number %s in line.").replace("%s", data.queue_position));
+    if (position !== lastPosition) {
+      announce(format(gettext("You are now number %(position)s in line."), { position }));
     }
-    place.textContent = `number ${data.queue_position}`;
+    place.textContent = number;
     document.getElementById("queue-wait").textContent = wait;
   } else {
     // The notice (a live region) says the whole of it the first time.
     showNotice(
-      `<p><strong>Every machine is in use.</strong></p>` +
-      `<p>You are <strong id="queue-position" aria-live="off">number ${data.queue_position}</strong> in line; ` +
-      `the wait is about <span id="queue-wait" aria-live="off">${wait}</span>.</p>` +
-      `<p>Keep this page open: your machine starts here by itself.</p>`
+      `<p><strong>${escapeHtml(gettext("Every machine is in use."))}</strong></p>` +
+      `<p>${format(escapeHtml(gettext("You are %(place)s in line; the wait is about %(wait)s.")), {
+        place: `<strong id="queue-position" aria-live="off">${escapeHtml(number)}</strong>`,
+        wait: `<span id="queue-wait" aria-live="off">${escapeHtml(wait)}</span>`,
+      })}</p>` +
+      `<p>${escapeHtml(gettext("Keep this page open: your machine starts here by itself."))}</p>`
     );
   }
   lastPosition = data.queue_position;
@@ -206,25 +219,25 @@ function showWarning(reason, secondsLeft) {
   // limit: no button extends it.
   if (reason === "idle") {
     warningBox.innerHTML =
-      `<span id="warning-text">${escapeHtml(t("Nobody has used this machine for a while. It switches off in"))} ` +
-      `<strong id="countdown">${left}</strong> s.</span> ` +
-      `<button id="still-here" type="button" class="primary">${escapeHtml(t("I'm still here"))}</button>`;
+      `<span id="warning-text">${format(escapeHtml(gettext("Nobody has used this machine for a while. " +
+        "It switches off in %(seconds)s s.")), { seconds: `<strong id="countdown">${left}</strong>` })}</span> ` +
+      `<button id="still-here" type="button" class="primary">${escapeHtml(gettext("I'm still here"))}</button>`;
     document.getElementById("still-here").addEventListener("click", () => {
       if (events && events.readyState === WebSocket.OPEN) events.send(JSON.stringify({ type: "active" }));
-      announce(t("The machine stays on."));
+      announce(gettext("The machine stays on."));
       if (rfb) rfb.focus();
     });
     if (onStillHere) document.getElementById("still-here").focus();
-    announce(t("Nobody has used this machine for a while. It switches off in %s seconds. " +
-      "Press any key on the machine, or the I'm still here button, to keep it.").replace("%s", left),
+    announce(format(gettext("Nobody has used this machine for a while. It switches off in %(seconds)s " +
+      "seconds. Press any key on the machine, or the I'm still here button, to keep it."), { seconds: left }),
     { urgent: true });
   } else {
     warningBox.innerHTML =
-      `<span id="warning-text">${escapeHtml(t("This visit reaches its time limit: the machine switches off in"))} ` +
-      `<strong id="countdown">${left}</strong> s.</span>`;
+      `<span id="warning-text">${format(escapeHtml(gettext("This visit reaches its time limit: the machine " +
+        "switches off in %(seconds)s s.")), { seconds: `<strong id="countdown">${left}</strong>` })}</span>`;
     if (onStillHere) document.getElementById("screen-enter").focus();
-    announce(t("This visit reaches its time limit: the machine switches off in %s seconds.")
-      .replace("%s", left), { urgent: true });
+    announce(format(gettext("This visit reaches its time limit: the machine switches off in %(seconds)s " +
+      "seconds."), { seconds: left }), { urgent: true });
   }
   warningBox.dataset.reason = reason;
   warningBox.hidden = false;
@@ -241,7 +254,7 @@ function onSessionState(data) {
   } else if (data.state === "queued") {
     showQueued(data);
   } else if (!rfb && !resetting) {
-    showState(data.state, data.state === "running" ? "connecting…" : data.state);
+    showState(data.state, data.state === "running" ? gettext("connecting…") : null);
     notice.hidden = true;
     connect();
   }
@@ -282,7 +295,7 @@ function listen() {
 async function refresh() {
   const { status, data } = await api("GET", `/api/sessions/${session.id}`);
   if (status === 404) {
-    showEnded({ ended_reason: "server", detail: "This session no longer exists.", exhibit: session.exhibit });
+    showEnded({ ended_reason: "server", detail: gettext("This session no longer exists."), exhibit: session.exhibit });
     return null;
   }
   if (status === 200 && data.state === "ended") {
@@ -299,18 +312,18 @@ const CLOSE = {
   FORBIDDEN: 4403, UNKNOWN: 4404, UNSUPPORTED: 4400, TOO_BIG: 4413,
 };
 const CLOSE_WORDS = {
-  [CLOSE.TOO_SLOW]: "Your connection could not keep up with the screen. Reconnecting…",
-  [CLOSE.TOO_MANY]: "This machine is already open in too many tabs or windows. " +
-    "Close one of them, then press Reconnect.",
-  [CLOSE.FORBIDDEN]: "This machine belongs to another browser, or this page may not show it.",
-  [CLOSE.UNKNOWN]: "This machine no longer exists.",
-  [CLOSE.UNSUPPORTED]: "The screen's connection was refused by the server. Reconnecting…",
-  [CLOSE.TOO_BIG]: "Something sent to the machine was too large and was refused. Reconnecting…",
+  [CLOSE.TOO_SLOW]: gettext("Your connection could not keep up with the screen. Reconnecting…"),
+  [CLOSE.TOO_MANY]: gettext("This machine is already open in too many tabs or windows. " +
+    "Close one of them, then press Reconnect."),
+  [CLOSE.FORBIDDEN]: gettext("This machine belongs to another browser, or this page may not show it."),
+  [CLOSE.UNKNOWN]: gettext("This machine no longer exists."),
+  [CLOSE.UNSUPPORTED]: gettext("The screen's connection was refused by the server. Reconnecting…"),
+  [CLOSE.TOO_BIG]: gettext("Something sent to the machine was too large and was refused. Reconnecting…"),
 };
 let lastClose = null;
 
 function showReconnectOffer(words) {
-  showNotice(`<p>${escapeHtml(words)}</p><p><button id="reconnect" class="primary">Reconnect</button></p>`);
+  showNotice(`<p>${escapeHtml(words)}</p><p><button id="reconnect" class="primary">${escapeHtml(gettext("Reconnect"))}</button></p>`);
   document.getElementById("reconnect").addEventListener("click", () => {
     notice.hidden = true;
     if (!rfb && !ended) connect();
@@ -334,7 +347,7 @@ function connect() {
     notice.hidden = true;
     const giveKeys = screenFocus.idle();
     screenFocus.label(rfb);
-    showState("running", "running");
+    showState("running", STATES.running);
     if (giveKeys) rfb.focus();
   });
   rfb.addEventListener("disconnect", async () => {
@@ -347,7 +360,7 @@ function connect() {
       return;
     }
     if (code === CLOSE.TOO_MANY) {
-      showState("running", "not shown here");
+      showState("running", gettext("not shown here"));
       showReconnectOffer(CLOSE_WORDS[code]);
       return;
     }
@@ -365,7 +378,7 @@ function connect() {
     if (CLOSE_WORDS[code]) showNotice(`<p>${escapeHtml(CLOSE_WORDS[code])}</p>`);
     // The network dropped, or the display broke, but the machine lives: reconnect
     // within the grace period.
-    showState(data.state, "reconnecting…");
+    showState(data.state, gettext("reconnecting…"));
     setTimeout(() => { if (!ended && !rfb) connect(); }, reconnectDelayMs);
     reconnectDelayMs = Math.min(reconnectDelayMs * 2, 8000);
   });
@@ -373,7 +386,7 @@ function connect() {
 
 endButton.addEventListener("click", async () => {
   endButton.disabled = true;
-  showState("ending", "ending…");
+  showState("ending", gettext("ending…"));
   ended = true;
   if (rfb) {
     const old = rfb;
@@ -388,9 +401,9 @@ endButton.addEventListener("click", async () => {
 resetButton.addEventListener("click", async () => {
   resetButton.disabled = true;
   resetting = true;
-  showState("starting", "resetting…");
+  showState("starting", gettext("resetting…"));
   announcedState = null;
-  announce(t("Resetting the machine…"));
+  announce(gettext("Resetting the machine…"));
   if (rfb) {
     const old = rfb;
     rfb = null;
@@ -418,12 +431,13 @@ function renderCheckpoints(checkpoints) {
     const item = document.createElement("li");
     const when = new Date(checkpoint.created_at).toLocaleTimeString();
     item.innerHTML = `<span>${escapeHtml(checkpoint.label)}</span> <small>${escapeHtml(when)}</small>` +
-      `<button data-action="restore">Go back</button><button data-action="delete">Delete</button>`;
+      `<button data-action="restore">${escapeHtml(gettext("Go back"))}</button>` +
+      `<button data-action="delete">${escapeHtml(gettext("Delete"))}</button>`;
     item.querySelector('[data-action="restore"]').addEventListener("click", () => restoreCheckpoint(checkpoint));
     item.querySelector('[data-action="delete"]').addEventListener("click", () => deleteCheckpoint(checkpoint));
     checkpointList.appendChild(item);
   }
-  if (!checkpoints.length) checkpointList.innerHTML = "<li class=\"hint\">None yet.</li>";
+  if (!checkpoints.length) checkpointList.innerHTML = `<li class="hint">${escapeHtml(gettext("None yet."))}</li>`;
 }
 
 async function loadCheckpoints() {
@@ -445,25 +459,26 @@ async function saveCheckpoint() {
   // The list shows the new checkpoint by the time the status says it was saved.
   await showSandbox(true);
   checkpointStatus.textContent = status === 201
-    ? `Saved "${data.label}" in ${Math.round(performance.now() - began)} ms.`
-    : (data && data.detail) || "The checkpoint could not be saved.";
+    ? format(gettext("Saved “%(label)s” in %(ms)s ms."), { label: data.label, ms: Math.round(performance.now() - began) })
+    : (data && data.detail) || gettext("The checkpoint could not be saved.");
   if (rfb) rfb.focus();
 }
 
 async function restoreCheckpoint(checkpoint) {
   const began = performance.now();
-  checkpointStatus.textContent = `Going back to "${checkpoint.label}"…`;
+  checkpointStatus.textContent = format(gettext("Going back to “%(label)s”…"), { label: checkpoint.label });
   const { status, data } = await api("POST", `/api/sessions/${session.id}/checkpoints/${checkpoint.id}/restore`);
   // The machine is the same: the display stays connected and shows the screen of that moment.
   checkpointStatus.textContent = status === 200
-    ? `Back at "${checkpoint.label}" in ${Math.round(performance.now() - began)} ms.`
-    : (data && data.detail) || "The machine could not go back.";
+    ? format(gettext("Back at “%(label)s” in %(ms)s ms."),
+      { label: checkpoint.label, ms: Math.round(performance.now() - began) })
+    : (data && data.detail) || gettext("The machine could not go back.");
   if (rfb) rfb.focus();
 }
 
 async function deleteCheckpoint(checkpoint) {
   const { status, data } = await api("DELETE", `/api/sessions/${session.id}/checkpoints/${checkpoint.id}`);
-  if (status !== 204) checkpointStatus.textContent = (data && data.detail) || "It could not be deleted.";
+  if (status !== 204) checkpointStatus.textContent = (data && data.detail) || gettext("It could not be deleted.");
   loadCheckpoints();
 }
 
@@ -477,20 +492,22 @@ async function bringFiles(files) {
   if (!files.length) return;
   const form = new FormData();
   for (const file of files) form.append("files", file, file.name);
-  result.textContent = "Making a floppy with your files…";
+  result.textContent = gettext("Making a floppy with your files…");
   const response = await fetch(`/api/sessions/${session.id}/media`, {
     method: "POST", credentials: "same-origin", headers: { "X-CSRFToken": csrfToken() }, body: form,
   });
   let data = null;
   try { data = await response.json(); } catch { data = null; }
   if (response.status !== 201) {
-    result.textContent = (data && data.detail) || "The files could not be brought in.";
+    result.textContent = (data && data.detail) || gettext("The files could not be brought in.");
     return;
   }
   const rows = data.files.map((file) =>
     `<tr><td>${escapeHtml(file.dos_name)}</td><td>${escapeHtml(file.name)}</td><td>${file.bytes}</td></tr>`).join("");
-  result.innerHTML = `<p>In drive ${data.drive.toUpperCase()}: (DOS needs a moment to notice a new disk).</p>` +
-    `<table class="drop-map"><tr><th>DOS name</th><th>your file</th><th>bytes</th></tr>${rows}</table>`;
+  result.innerHTML = `<p>${escapeHtml(format(gettext("In drive %(drive)s: (DOS needs a moment to notice a new disk)."),
+    { drive: data.drive.toUpperCase() }))}</p>` +
+    `<table class="drop-map"><tr><th>${escapeHtml(gettext("DOS name"))}</th><th>${escapeHtml(gettext("your file"))}</th>` +
+    `<th>${escapeHtml(gettext("bytes"))}</th></tr>${rows}</table>`;
   if (rfb) rfb.focus();
 }
 
@@ -533,7 +550,7 @@ if (session.state === "ended") {
   if (session.state === "queued") {
     showQueued(session);
   } else {
-    showState(session.state, session.state === "running" ? "connecting…" : session.state);
+    showState(session.state, session.state === "running" ? gettext("connecting…") : null);
     connect();
   }
 }

@@ -5,6 +5,7 @@
 // keyboard and mouse and taking them back). session.js starts it and passes on
 // the session's events ("portal:event").
 import { api } from "./csrf.js";
+import { format, gettext, ngettext } from "./i18n.js";
 
 // How long the browser may take to hand over the clipboard before the text box
 // is offered instead (a permission prompt nobody answers).
@@ -34,13 +35,15 @@ export function toolsStart(session, currentRfb) {
   const focusMachine = () => { const rfb = currentRfb(); if (rfb) rfb.focus(); };
 
   async function type(text) {
-    pasteStatus.textContent = `Typing ${text.length} characters…`;
+    pasteStatus.textContent = format(ngettext("Typing %(count)s character…", "Typing %(count)s characters…",
+      text.length), { count: text.length });
     const { status, data } = await api("POST", keysPath, { text });
     if (status === 204) {
-      pasteStatus.textContent = `Typed ${text.length} characters.`;
+      pasteStatus.textContent = format(ngettext("Typed %(count)s character.", "Typed %(count)s characters.",
+        text.length), { count: text.length });
       return true;
     }
-    pasteStatus.textContent = (data && data.detail) || "The text could not be typed.";
+    pasteStatus.textContent = (data && data.detail) || gettext("The text could not be typed.");
     return false;
   }
 
@@ -73,8 +76,8 @@ export function toolsStart(session, currentRfb) {
           focusMachine();
         }
       } else {
-        showPasteBox(text === "" ? "The clipboard is empty: type or paste the text here."
-          : "This browser does not let the page read the clipboard: paste or type the text here.");
+        showPasteBox(text === "" ? gettext("The clipboard is empty: type or paste the text here.")
+          : gettext("This browser does not let the page read the clipboard: paste or type the text here."));
       }
     } finally {
       pasteButton.disabled = false;
@@ -101,7 +104,7 @@ export function toolsStart(session, currentRfb) {
     if (!name) return;
     const { status, data } = await api("POST", keysPath, { combo: name });
     if (status !== 204) {
-      showPasteBox((data && data.detail) || "The keys could not be sent.");
+      showPasteBox((data && data.detail) || gettext("The keys could not be sent."));
     }
     focusMachine();
   });
@@ -117,21 +120,22 @@ export function toolsStart(session, currentRfb) {
   function showWatchers(count, names, control) {
     watcherCount.hidden = !count;
     watcherCount.textContent = String(count);
-    watchersLine.textContent = count === 0 ? "Nobody is watching."
-      : count === 1 ? "1 person is watching." : `${count} people are watching.`;
+    watchersLine.textContent = count === 0 ? gettext("Nobody is watching.")
+      : format(ngettext("%(count)s person is watching.", "%(count)s people are watching.", count), { count });
     if (names === undefined) return;
     watcherList.innerHTML = "";
     names.forEach((name, index) => {
       const item = document.createElement("li");
       const label = document.createElement("span");
-      label.textContent = `Watcher ${index + 1}` + (name === control ? " has your keyboard and mouse" : "");
+      label.textContent = format(name === control ? gettext("Watcher %(number)s has your keyboard and mouse")
+        : gettext("Watcher %(number)s"), { number: index + 1 });
       const button = document.createElement("button");
       button.type = "button";
-      button.textContent = name === control ? "Take back" : "Give keyboard and mouse";
+      button.textContent = name === control ? gettext("Take back") : gettext("Give keyboard and mouse");
       button.addEventListener("click", async () => {
         const { status, data } = name === control
           ? await api("DELETE", controlPath) : await api("POST", controlPath, { watcher: name });
-        if (status !== 204) watchStatus.textContent = (data && data.detail) || "That did not work.";
+        if (status !== 204) watchStatus.textContent = (data && data.detail) || gettext("That did not work.");
       });
       item.append(label, " ", button);
       watcherList.appendChild(item);
@@ -143,10 +147,10 @@ export function toolsStart(session, currentRfb) {
     watchPanel.hidden = false;
     watchToggle.setAttribute("aria-expanded", "true");
     if (!watchUrl.value) {
-      watchStatus.textContent = "Making a link…";
+      watchStatus.textContent = gettext("Making a link…");
       const { status, data } = await api("POST", watchersPath);
       if (status !== 201) {
-        watchStatus.textContent = (data && data.detail) || "No link could be made.";
+        watchStatus.textContent = (data && data.detail) || gettext("No link could be made.");
         return;
       }
       watchUrl.value = new URL(data.watch_url, window.location.href).href;
@@ -170,9 +174,9 @@ export function toolsStart(session, currentRfb) {
     watchUrl.select();
     try {
       await navigator.clipboard.writeText(watchUrl.value);
-      watchStatus.textContent = "Copied.";
+      watchStatus.textContent = gettext("Copied.");
     } catch {
-      watchStatus.textContent = "Select the link and copy it.";
+      watchStatus.textContent = gettext("Select the link and copy it.");
     }
   });
   watchRevoke.addEventListener("click", async () => {
@@ -180,10 +184,10 @@ export function toolsStart(session, currentRfb) {
     if (status === 204) {
       watchUrl.value = "";
       showWatchers(0, [], null);
-      watchStatus.textContent = "The link no longer works, and everyone watching was disconnected. " +
-        "Close and open this panel for a new link.";
+      watchStatus.textContent = gettext("The link no longer works, and everyone watching was disconnected. " +
+        "Close and open this panel for a new link.");
     } else {
-      watchStatus.textContent = (data && data.detail) || "The link could not be revoked.";
+      watchStatus.textContent = (data && data.detail) || gettext("The link could not be revoked.");
     }
   });
 

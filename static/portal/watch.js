@@ -5,6 +5,7 @@
 // owner revokes the link; when the owner hands this watcher the keyboard and
 // mouse, it lets noVNC send them until the owner takes them back.
 import RFB from "/static/novnc/core/rfb.js";
+import { format, gettext, ngettext } from "./i18n.js";
 import { ScreenFocus } from "./screen-focus.js";
 
 const watch = JSON.parse(document.getElementById("watch-data").textContent);
@@ -15,9 +16,16 @@ const watchersLabel = document.getElementById("watchers");
 const controlLabel = document.getElementById("control");
 const enter = document.getElementById("screen-enter");
 const controlSaid = document.getElementById("control-said");
-const t = (text) => (window.gettext || ((s) => s))(text);
 
 const STATE_EVERY_MS = 2000;
+// The visit's states as the bar shows them to a watcher.
+const STATES = {
+  queued: gettext("waiting"),
+  starting: gettext("starting"),
+  running: gettext("live"),
+  ending: gettext("ending"),
+  ended: gettext("ended"),
+};
 const CLOSE = { REVOKED: 4401, UNKNOWN: 4404, QUEUED: 4409, ENDED: 4410, REPLACED: 4412, TOO_MANY: 4429 };
 
 let rfb = null;
@@ -46,8 +54,9 @@ function showControl(control) {
     if (control && screenFocus.idle()) rfb.focus();
   }
   controlLabel.hidden = !control;
-  controlSaid.textContent = control ? t("You have the keyboard and mouse: press Type into the machine, or click the screen.")
-    : t("The owner has the keyboard and mouse.");
+  controlSaid.textContent = control
+    ? gettext("You have the keyboard and mouse: press Type into the machine, or click the screen.")
+    : gettext("The owner has the keyboard and mouse.");
   enter.disabled = !control;
 }
 
@@ -58,10 +67,10 @@ function say(text) {
 
 function showState(data) {
   stateLabel.dataset.state = data.state;
-  stateLabel.textContent = data.state === "running" ? "live" : data.state;
+  stateLabel.textContent = STATES[data.state] || data.state;
   const count = data.watchers;
   watchersLabel.dataset.count = String(count);
-  watchersLabel.textContent = count === 1 ? "1 watching" : `${count} watching`;
+  watchersLabel.textContent = format(ngettext("%(count)s watching", "%(count)s watching", count), { count });
 }
 
 function finish(text) {
@@ -77,8 +86,8 @@ function finish(text) {
 
 function showEnded() {
   stateLabel.dataset.state = "ended";
-  stateLabel.textContent = "ended";
-  finish("This visit has ended: there is nothing more to watch.");
+  stateLabel.textContent = STATES.ended;
+  finish(gettext("This visit has ended: there is nothing more to watch."));
 }
 
 async function refresh() {
@@ -90,7 +99,7 @@ async function refresh() {
     return null;
   }
   if (response.status === 404) {
-    finish("This watch link was revoked by the machine's owner.");
+    finish(gettext("This watch link was revoked by the machine's owner."));
     return null;
   }
   if (response.status !== 200) return null;
@@ -129,7 +138,7 @@ function connect() {
     rfb = null;
     if (finished) return;
     if (closed === CLOSE.REVOKED || closed === CLOSE.UNKNOWN) {
-      finish("This watch link was revoked by the machine's owner.");
+      finish(gettext("This watch link was revoked by the machine's owner."));
       return;
     }
     if (closed === CLOSE.ENDED) {
@@ -137,9 +146,9 @@ function connect() {
       return;
     }
     if (closed === CLOSE.TOO_MANY) {
-      say("Too many people are watching this machine just now. Trying again in a moment…");
+      say(gettext("Too many people are watching this machine just now. Trying again in a moment…"));
     } else if (closed === CLOSE.QUEUED) {
-      say("The machine has not started yet. Waiting…");
+      say(gettext("The machine has not started yet. Waiting…"));
     }
     const data = await refresh();
     if (finished || !data) return;

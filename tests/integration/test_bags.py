@@ -36,7 +36,9 @@ def exhibit(portal_dirs: Path) -> Exhibit:
         slug="dos", title="FreeDOS 2048", year=1994, publisher="FreeDOS", description="A game.",
         image=image, boot="floppy", accelerator="tcg", memory_mb=8, thumbnail=name, code_page=850,
         provenance_source="Museum archive, box 12", provenance_donor="A. Donor",
-        provenance_acquired=date(2024, 5, 1), provenance_notes="Floppy in its sleeve.", published=True)
+        provenance_acquired=date(2024, 5, 1), provenance_notes="Floppy in its sleeve.", published=True,
+        translations={"de": {"title": "FreeDOS 2048 (Spiel)", "description": "Ein Spiel."},
+                      "fr": {"description": "Un jeu."}})
 
 
 def store(portal_dirs: Path) -> list[str]:
@@ -82,7 +84,7 @@ def test_an_exported_and_reimported_exhibit_is_bit_exact(exhibit: Exhibit, tmp_p
     assert compare.returncode == 0, compare.stdout
     for name in ("title", "year", "publisher", "description", "boot", "accelerator", "memory_mb",
                  "code_page", "provenance_source", "provenance_donor", "provenance_acquired",
-                 "provenance_notes", "thumbnail"):
+                 "provenance_notes", "thumbnail", "language", "translations"):
         assert getattr(back, name) == getattr(exhibit, name), name
     assert not back.published  # a draft until a curator publishes it
     assert (settings.PORTAL_THUMBNAIL_DIR / back.thumbnail).read_bytes() == PNG
@@ -177,6 +179,11 @@ def test_malformed_bags_are_refused_with_a_sentence(exhibit: Exhibit, tmp_path: 
     described.write_text(json.dumps(content))
     bagit.Bag(str(bag_dir)).save(manifests=True)
     refused(bag_dir, "not one this portal takes", "memory_mb")
+    content["exhibit"]["memory_mb"] = 8
+    content["exhibit"]["translations"] = {"de": {"title": ["not", "text"]}}
+    described.write_text(json.dumps(content))
+    bagit.Bag(str(bag_dir)).save(manifests=True)
+    refused(bag_dir, "translations")
     described.write_text("{not json")
     bagit.Bag(str(bag_dir)).save(manifests=True)
     refused(bag_dir, "not JSON")

@@ -3,6 +3,7 @@ drafts, staff previews and their thumbnails."""
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -454,3 +455,31 @@ def test_the_exhibit_admin_offers_the_runtimes_prepare_actions(rf: Any, admin_us
     request.user = admin_user
     offered = admin.site._registry[Exhibit].get_actions(request)
     assert {"export_bags", "prepare_desktop", "prepare_dos_prompt"} <= set(offered)
+
+
+def test_the_exhibit_admin_takes_the_title_and_description_in_more_languages(
+    curator_client: Client, portal_dirs: Path
+) -> None:
+    from django.forms.models import model_to_dict
+
+    call_command("add_exhibit", str(FREEDOS_2048), "--slug", "dos", "--title", "DOS", "--publish",
+                 "--title-in", "fr", "Le DOS")
+    exhibit = Exhibit.objects.get()
+    address = f"/admin/portal/exhibit/{exhibit.pk}/change/"
+    page = curator_client.get(address).content.decode()
+    for field in ("title_de", "description_de", "title_fr", "description_es"):
+        assert f'name="{field}"' in page, field
+    assert 'value="Le DOS"' in page
+    prefix = re.search(r'name="([\w-]+)-TOTAL_FORMS"', page)
+    assert prefix is not None
+    form = {name: value for name, value in model_to_dict(exhibit).items()
+            if value is not None and name not in {"translations", "id", "parent", "thumbnail"}}
+    form.update({"title_de": "Das DOS", "description_de": "Ein Spiel.", "title_fr": "",
+                 "description_es": "Un juego.", f"{prefix[1]}-TOTAL_FORMS": "0",
+                 f"{prefix[1]}-INITIAL_FORMS": "0"})
+    saved = curator_client.post(address, form)
+    assert saved.status_code == 302, saved.content.decode()[-3000:]
+    exhibit.refresh_from_db()
+    assert exhibit.translations == {"de": {"title": "Das DOS", "description": "Ein Spiel."},
+                                    "es": {"description": "Un juego."}}
+    assert (exhibit.title, exhibit.language) == ("DOS", "en")

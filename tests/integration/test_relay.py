@@ -155,6 +155,17 @@ async def test_a_holder_that_cannot_be_reached_is_said_as_the_api_says_errors(
         close = await websocket_close(f"/ws/sessions/{held_elsewhere.id}/{kind}")
         assert close["code"] == 1011
         assert "cannot be reached" in close["reason"]
+    # In the visitor's language (the language cookie, else Accept-Language), codes as they are.
+    german = [(b"accept-language", b"de-DE,de;q=0.9")]
+    body = json.loads((await http_get(f"/api/sessions/{held_elsewhere.id}", german))["body"])
+    assert body == {"error": "node_unreachable", "detail": "Der Server, auf dem diese Maschine läuft, ist "
+                    "nicht erreichbar. Versuchen Sie es gleich noch einmal."}
+    close = await websocket_close(f"/ws/sessions/{held_elsewhere.id}/vnc",
+                                  [(b"cookie", b"django_language=es")])
+    assert close["code"] == 1011
+    assert close["reason"] == ("No se puede contactar con el servidor que ejecuta esta máquina; vuelva a "
+                               "intentarlo en un momento.")
+    assert len(close["reason"].encode()) <= 123
 
 
 async def test_it_never_relays_what_another_node_relayed(held_elsewhere: VisitorSession) -> None:

@@ -32,6 +32,15 @@ def sound_cards(value: str) -> list[str]:
     return cards
 
 
+def translations_given(titles: list[list[str]], descriptions: list[list[str]]) -> dict[str, dict[str, str]]:
+    """--title-in and --description-in as an exhibit's translations."""
+    translations: dict[str, dict[str, str]] = {}
+    for field, given in (("title", titles), ("description", descriptions)):
+        for language, text in given:
+            translations.setdefault(language.strip().lower(), {})[field] = text
+    return translations
+
+
 class Command(BaseCommand):
     help = "Add or update an exhibit from a disk image (raw, qcow2, VMDK, VDI, VHD, VHDX, ISO)."
 
@@ -60,6 +69,12 @@ class Command(BaseCommand):
         parser.add_argument("--year", type=int)
         parser.add_argument("--publisher", default="")
         parser.add_argument("--description", default="")
+        parser.add_argument("--language", default="en",
+                            help="The language the title and description are written in (en, de, …).")
+        parser.add_argument("--title-in", nargs=2, action="append", default=[], metavar=("LANGUAGE", "TITLE"),
+                            help="The title in another language (repeat for more): --title-in de 'Titel'.")
+        parser.add_argument("--description-in", nargs=2, action="append", default=[],
+                            metavar=("LANGUAGE", "TEXT"), help="The description in another language.")
         parser.add_argument("--memory-mb", type=int, default=16)
         parser.add_argument("--cpu", choices=[c.value for c in Exhibit.Cpu], default="486")
         parser.add_argument(
@@ -117,6 +132,8 @@ class Command(BaseCommand):
                     "year": options["year"],
                     "publisher": options["publisher"],
                     "description": options["description"],
+                    "language": options["language"],
+                    "translations": translations_given(options["title_in"], options["description_in"]),
                     "image": image,
                     "boot": options["boot"] or BOOT_FOR_MEDIA[image.media],
                     "cpu": options["cpu"],

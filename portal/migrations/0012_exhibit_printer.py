@@ -7,6 +7,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('portal', '0010_exhibit_keyboard'),
+        ('portal', '0011_exhibit_translations'),
     ]
 
     operations = [
