@@ -41,8 +41,7 @@ async def one(job: bytes, pause_s: float, directory: Path) -> float:
     port.open()
     done: asyncio.Future[Print] = asyncio.get_running_loop().create_future()
     printout = Printout(directory=directory, limits=PrintLimits(),
-                        on_printed=done.set_result, on_failed=lambda said: done.set_exception(
-                            RuntimeError(said)))
+                        on_printed=done.set_result, on_failed=done.set_exception)
     port.on_job = printout.take
     try:
         qemu_end.sendall(job)

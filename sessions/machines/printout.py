@@ -33,6 +33,7 @@ from fpdf import FPDF
 from pypdf import PdfReader
 from pypdf.errors import PdfReadError
 
+from sessions.errors import SessionError, gettext_noop
 from sessions.machines.printer import Job, job_kind
 from sessions.machines.tool import tool_run
 
@@ -49,8 +50,10 @@ INCH = 72.0
 ESC = 0x1B
 
 
-class PrintError(Exception):
-    """A job could not be made into a PDF; its message is for the visitor."""
+class PrintError(SessionError):
+    """A job could not be made into a PDF; its message (and params) is for the visitor."""
+
+    code = "print_failed"
 
 
 @dataclass
@@ -362,10 +365,11 @@ async def postscript_pdf(source: Path, target: Path, *, limits: PrintLimits) -> 
                                 output_limit=256 * 1024)
     except TimeoutError as error:
         target.unlink(missing_ok=True)
-        raise PrintError("The PostScript job took too long to print and was stopped.") from error
+        raise PrintError(gettext_noop("The PostScript job took too long to print and was "
+                                      "stopped.")) from error
     except FileNotFoundError as error:
-        raise PrintError("PostScript cannot be printed: Ghostscript is not installed on this server.") \
-            from error
+        raise PrintError(gettext_noop("PostScript cannot be printed: Ghostscript is not installed "
+                                      "on this server.")) from error
     finally:
         await asyncio.to_thread(shutil.rmtree, scratch, True)
     said = (result.stdout + result.stderr)
@@ -376,14 +380,14 @@ async def postscript_pdf(source: Path, target: Path, *, limits: PrintLimits) -> 
         target.unlink(missing_ok=True)
         logger.info("Ghostscript refused a job (exit %s): %s", result.returncode, said[-600:])
         if "invalidfileaccess" in said:
-            raise PrintError("The PostScript job tried to reach files on the server, so it was "
-                             "not printed.")
+            raise PrintError(gettext_noop("The PostScript job tried to reach files on the server, so "
+                                          "it was not printed."))
         if result.returncode < 0 or "VMerror" in said or "limitcheck" in said:
-            raise PrintError("The PostScript job needed more time or memory than a print may use, "
-                             "so it was stopped.")
+            raise PrintError(gettext_noop("The PostScript job needed more time or memory than a print "
+                                          "may use, so it was stopped."))
         if pages == 0 and result.returncode == 0:
-            raise PrintError("The PostScript job printed no pages.")
-        raise PrintError("The PostScript job could not be converted: it has an error.")
+            raise PrintError(gettext_noop("The PostScript job printed no pages."))
+        raise PrintError(gettext_noop("The PostScript job could not be converted: it has an error."))
     return pages
 
 
@@ -419,13 +423,13 @@ class Print:
 class Printout:
     """One visit's prints: a directory of its own, jobs converted one at a time.
 
-    `on_printed(print)` and `on_failed(sentence)` say what became of each job.
+    `on_printed(print)` and `on_failed(error)` say what became of each job.
     """
 
     directory: Path
     limits: PrintLimits
     on_printed: Callable[[Print], None]
-    on_failed: Callable[[str], None]
+    on_failed: Callable[[PrintError], None]
     # Bounds the conversions the whole node runs at once.
     gate: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
     prints: list[Print] = field(default_factory=list)
@@ -438,7 +442,8 @@ class Printout:
         if self._closed:
             return
         if self._queue.qsize() >= 4:
-            self.on_failed("The printer is still busy with earlier jobs; this one was not printed.")
+            self.on_failed(PrintError(gettext_noop("The printer is still busy with earlier jobs; this "
+                                                   "one was not printed.")))
             return
         self._queue.put_nowait(job)
         if self._task is None:
@@ -468,11 +473,11 @@ class Printout:
                 async with self.gate:
                     made = await self.convert(job)
             except PrintError as error:
-                self.on_failed(str(error))
+                self.on_failed(error)
                 continue
             except Exception:
                 logger.exception("a print job could not be converted")
-                self.on_failed("The print job could not be converted.")
+                self.on_failed(PrintError(gettext_noop("The print job could not be converted.")))
                 continue
             if made is not None:
                 self.on_printed(made)
@@ -480,11 +485,12 @@ class Printout:
     async def convert(self, job: Job) -> Print | None:
         """The job as a print in the directory (None: it printed nothing)."""
         if len(self.prints) >= self.limits.prints_max:
-            raise PrintError(f"This visit has printed {self.limits.prints_max} times already; "
-                             "no more prints are kept.")
+            raise PrintError(gettext_noop("This visit has printed %(count)s times already; no more "
+                                          "prints are kept."), count=self.limits.prints_max)
         used = sum(entry.bytes for entry in self.prints)
         if used >= self.limits.bytes_max:
-            raise PrintError("This visit's prints fill the space they may use; no more are kept.")
+            raise PrintError(gettext_noop("This visit's prints fill the space they may use; no more are "
+                                          "kept."))
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         kind = job_kind(job.data, fallback=self.limits.fallback_kind)
         print_id = secrets.token_hex(8)
@@ -518,7 +524,8 @@ class Printout:
         if used + size > self.limits.bytes_max:
             target.unlink(missing_ok=True)
             (self.directory / f"{print_id}.raw").unlink(missing_ok=True)
-            raise PrintError("This visit's prints fill the space they may use; no more are kept.")
+            raise PrintError(gettext_noop("This visit's prints fill the space they may use; no more are "
+                                          "kept."))
         made = Print(id=print_id, kind=kind, pages=pages, bytes=size, truncated=job.truncated,
                      raw=raw, created_at=datetime.datetime.now(datetime.UTC).replace(microsecond=0))
         self.prints.append(made)

@@ -18,9 +18,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from sessions.errors import SessionError
+from sessions.errors import SessionError, gettext_noop
 from sessions.machines.printer import Job
-from sessions.machines.printout import Print, PrintLimits, Printout
+from sessions.machines.printout import Print, PrintError, PrintLimits, Printout
 from sessions.node.keeper import Keeper, KeptMachine
 from sessions.node.visit import LIVE_PHASES, Visit
 
@@ -32,6 +32,9 @@ class PrintNotFoundError(SessionError):
 
     code = "not_found"
     status = 404
+
+    def __init__(self) -> None:
+        super().__init__(gettext_noop("There is no such print."))
 
 
 class Prints:
@@ -75,8 +78,10 @@ class Prints:
         def printed(made: Print) -> None:
             self._keeper.notify(session_id, {"type": "printed", "print": made.as_json(base)})
 
-        def failed(sentence: str) -> None:
-            self._keeper.notify(session_id, {"type": "print_failed", "detail": sentence})
+        def failed(error: PrintError) -> None:
+            # The sentence and its values apart: the events socket says it in the page's language.
+            self._keeper.notify(session_id, {"type": "print_failed", "detail": str(error),
+                                             "message": error.message, "params": error.params})
 
         return Printout(directory=self._keeper.config.run_root / session_id, limits=limits,
                         on_printed=printed, on_failed=failed, gate=self._gate)
@@ -96,7 +101,7 @@ class Prints:
         visit = self._keeper.require(session_id, *LIVE_PHASES)
         path = visit.printout.path(print_id, suffix) if visit.printout is not None else None
         if path is None:
-            raise PrintNotFoundError("There is no such print.")
+            raise PrintNotFoundError()
         return path
 
     def files(self, *, session_id: str) -> list[tuple[str, Path]]:

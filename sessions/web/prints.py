@@ -12,6 +12,7 @@ import re
 
 from django.http import FileResponse, HttpRequest, JsonResponse
 from django.http.response import HttpResponseBase
+from django.utils.translation import gettext
 from django.views.decorators.http import require_GET
 
 from portal.errors import json_error
@@ -28,7 +29,7 @@ async def prints(request: HttpRequest, session_id: str) -> HttpResponseBase:
     """What the visit printed, oldest first (none once it has ended: prints go with it)."""
     session = await owned_session(request, session_id)
     if session is None:
-        return json_error(404, "not_found", "There is no such session.")
+        return json_error(404, "not_found", gettext("There is no such session."))
     if not session.is_live:
         return JsonResponse({"prints": []})
     broker = await get_broker()
@@ -44,9 +45,9 @@ async def print_file(request: HttpRequest, session_id: str, print_id: str, suffi
     """One print as a PDF (`pdf`), or a PCL job as the guest sent it (`raw`)."""
     session = await owned_session(request, session_id)
     if session is None:
-        return json_error(404, "not_found", "There is no such session.")
+        return json_error(404, "not_found", gettext("There is no such session."))
     if not session.is_live or not PRINT_ID.fullmatch(print_id) or suffix not in {"pdf", "raw"}:
-        return json_error(404, "not_found", "There is no such print.")
+        return json_error(404, "not_found", gettext("There is no such print."))
     broker = await get_broker()
     try:
         path = broker.prints.print_path(session_id=session.id, print_id=print_id, suffix=suffix)
@@ -54,7 +55,7 @@ async def print_file(request: HttpRequest, session_id: str, print_id: str, suffi
     except SessionError as error:
         return error_response(error)
     except FileNotFoundError:
-        return json_error(404, "not_found", "There is no such print.")
+        return json_error(404, "not_found", gettext("There is no such print."))
     name = re.sub(r"[^A-Za-z0-9_-]", "", session.exhibit.slug) or "machine"
     if suffix == "pdf":
         response = FileResponse(handle, content_type="application/pdf",

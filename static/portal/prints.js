@@ -4,9 +4,7 @@
 // sentence; the page shows "Printed: 2 pages" with the PDF to open or download,
 // announced politely, and lists the visit's prints. On load the list is asked
 // once (GET /api/sessions/<id>/prints), so a reloaded page still offers them.
-const _ = window.gettext || ((text) => text);
-const plural = window.ngettext || ((one, many, count) => (count === 1 ? one : many));
-const format = (text, values) => text.replace(/%\((\w+)\)s/g, (all, name) => String(values[name]));
+import { format, gettext as _, ngettext as plural } from "./i18n.js";
 
 const section = document.getElementById("prints");
 if (section) printsStart(section);
