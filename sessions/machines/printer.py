@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sessions.tasks import task_new
+
 logger = logging.getLogger(__name__)
 
 CTRL_D = 0x04
@@ -150,7 +152,7 @@ class PrinterPort:
         """Start reading (QEMU has its end by now)."""
         self.theirs.close()
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._read(), name="printer-port")
+            self._task = task_new(self._read(), name="printer-port")
 
     async def close(self) -> None:
         """Stop reading and close the portal's end; a job pending is dropped."""

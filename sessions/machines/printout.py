@@ -36,6 +36,7 @@ from pypdf.errors import PdfReadError
 from sessions.errors import SessionError, gettext_noop
 from sessions.machines.printer import Job, job_kind
 from sessions.machines.tool import tool_run
+from sessions.tasks import task_new
 
 logger = logging.getLogger(__name__)
 
@@ -132,8 +133,10 @@ def text_pdf(data: bytes, *, paper: str = "a4", code_page: int = 437,
     pdf = FPDF(unit="pt", format=PAPERS[paper])
     pdf.set_auto_page_break(False)
     pdf.set_creator("museum portal")
-    _TextPrinter(pdf, _Page(pdf, paper, max_pages), f"cp{code_page}").print(data)
-    if pdf.page == 0:
+    printer = _TextPrinter(pdf, _Page(pdf, paper, max_pages), f"cp{code_page}")
+    printer.print(data)
+    # Only feeds and blank lines: no print (DOS programs eject a page to start clean).
+    if pdf.page == 0 or not printer.faces:
         return b"", 0
     return bytes(pdf.output()), pdf.page
 
@@ -379,7 +382,9 @@ async def postscript_pdf(source: Path, target: Path, *, limits: PrintLimits) -> 
     if pages == 0:
         target.unlink(missing_ok=True)
         logger.info("Ghostscript refused a job (exit %s): %s", result.returncode, said[-600:])
-        if "invalidfileaccess" in said:
+        # File operators refused under -dSAFER: invalidfileaccess, or deletefile's and
+        # renamefile's ioerror with the system's "Permission denied".
+        if "invalidfileaccess" in said or ("ioerror" in said and "Permission denied" in said):
             raise PrintError(gettext_noop("The PostScript job tried to reach files on the server, so "
                                           "it was not printed."))
         if result.returncode < 0 or "VMerror" in said or "limitcheck" in said:
@@ -447,7 +452,7 @@ class Printout:
             return
         self._queue.put_nowait(job)
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._work(), name="printout")
+            self._task = task_new(self._work(), name="printout")
 
     def path(self, print_id: str, suffix: str) -> Path | None:
         for entry in self.prints:

@@ -10,6 +10,7 @@ start and end machines (the keeper does).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 import zipfile
@@ -120,11 +121,7 @@ class Sandboxes:
         try:
             await sandbox.files_out(archive)
             if self.extra_files is not None and (extra := self.extra_files(session_id=session_id)):
-                archive.seek(0)
-                with zipfile.ZipFile(archive, "a", compression=zipfile.ZIP_DEFLATED) as zipped:
-                    for name, path in extra:
-                        if path.exists():
-                            zipped.write(path, arcname=name)
+                await asyncio.to_thread(_zip_add, archive, extra)
         except MachineError as error:
             archive.close()
             logger.error("session %s: reading the visitor's files failed: %s", session_id, error)
@@ -135,3 +132,12 @@ class Sandboxes:
             raise
         archive.seek(0)
         return archive
+
+
+def _zip_add(archive: BinaryIO, files: list[tuple[str, Path]]) -> None:
+    """Add files to the end of a zip, each under its name (one gone meanwhile is left out)."""
+    archive.seek(0)
+    with zipfile.ZipFile(archive, "a", compression=zipfile.ZIP_DEFLATED) as zipped:
+        for name, path in files:
+            if path.exists():
+                zipped.write(path, arcname=name)
