@@ -15,6 +15,7 @@ import pytest
 
 from sessions.machines.printer import Job, PrinterPort
 from sessions.machines.printout import Print, PrintError, PrintLimits, Printout, postscript_pdf
+from tests.support.wait import eventually
 
 LIMITS = PrintLimits(cpu_s=1, timeout_s=4, memory_bytes=512 * 1024 * 1024)
 PAGE = b"%!PS\n/Helvetica findfont 20 scalefont setfont 72 700 moveto (STILL-PRINTS) show showpage\n"
@@ -78,8 +79,10 @@ async def test_a_visits_prints_are_bounded_and_a_pcl_job_keeps_its_own_bytes(tmp
         await printout.convert(job(b"third\r\n"))
     # The page's jobs go through the queue to the callbacks.
     printout.take(job(b"fourth\r\n"))
-    while not failed:
-        await asyncio.sleep(0.01)
+
+    async def told() -> bool:
+        return bool(failed)
+    await eventually(told, timeout_s=10)
     assert "printed 2 times" in str(failed[0])
     await printout.close()
     assert not (tmp_path / "visit").exists()
@@ -97,16 +100,18 @@ async def test_the_port_is_read_whether_anyone_takes_its_jobs_or_not() -> None:
         # Far more than a socket buffer holds, with nobody taking jobs yet...
         async with asyncio.timeout(10):
             await loop.sock_sendall(qemu_end, b"x" * (4 * 1024 * 1024))
-        while port.cutter.pending:
-            await asyncio.sleep(0.05)
+
+        async def discarded() -> bool:
+            return not port.cutter.pending
+        await eventually(discarded, timeout_s=10)
         port.on_job = jobs.append
         # ... then a job someone takes: cut at the limit, and said so.
         async with asyncio.timeout(10):
             await loop.sock_sendall(qemu_end, b"y" * (256 * 1024) + b"\x04")
-        for _ in range(200):
-            if jobs:
-                break
-            await asyncio.sleep(0.01)
+
+        async def taken() -> bool:
+            return bool(jobs)
+        await eventually(taken, timeout_s=10)
         assert len(jobs) == 1
         assert jobs[0].truncated
         assert jobs[0].data == b"y" * (64 * 1024)
