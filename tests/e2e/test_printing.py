@@ -191,8 +191,13 @@ def test_what_freedos_prints_arrives_as_pdfs_and_goes_with_the_visit(portal: Por
     context.close()
     prints_dir = portal.run_dir / session["id"]
     assert prints_dir.is_dir()
-    _status, listed = visitor.request("GET", f"/api/sessions/{session['id']}/prints")
+    # A reset gives the visit a fresh machine; what it printed stays.
+    status, _ = visitor.request("POST", f"/api/sessions/{session['id']}/reset")
+    assert status == 200
+    status, listed = visitor.request("GET", f"/api/sessions/{session['id']}/prints")
+    assert len(listed["prints"]) == 3
     url = listed["prints"][0]["url"]
+    assert visitor.request("GET", url)[0] == 200
 
     assert visitor.session_end(session["id"]) == 204
     assert not prints_dir.exists(), "the prints outlived the visit"
