@@ -61,9 +61,10 @@ MESSAGES_IGNORE := .venv node_modules build tests bench var var-cluster deploy d
 	static/portal/upload.js static/portal/live-visits.js
 LANGUAGES := $(notdir $(wildcard locale/*))
 
+# Entries name their files, not lines: a change elsewhere in a file moves no entry.
 messages: $(VENV)/.installed
 	for domain in django djangojs; do \
-	  $(PY) manage.py makemessages --domain $$domain --no-obsolete $(LANGUAGES:%=--locale=%) \
+	  $(PY) manage.py makemessages --domain $$domain --no-obsolete --add-location file $(LANGUAGES:%=--locale=%) \
 	    $(MESSAGES_IGNORE:%=--ignore=%); \
 	done
 

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('portal', '0008_exhibit_speed_files_in'),
+        ('portal', '0010_exhibit_keyboard'),
     ]
 
     operations = [

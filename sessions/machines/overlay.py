@@ -19,6 +19,15 @@ from sessions.machines.tool import tool_run
 OVERLAY_FILE = "disk.qcow2"
 
 
+# What a visitor is told when their run directory cannot be made, by the reason.
+_NO_ROOM = gettext_noop("The server could not make room for this visit.")
+_ROOM_REFUSED = {
+    errno.ENOSPC: gettext_noop("The server could not make room for this visit (its disk is full)."),
+    errno.EROFS: gettext_noop("The server could not make room for this visit (its disk is read-only)."),
+    errno.EACCES: gettext_noop("The server could not make room for this visit (it may not write there)."),
+}
+
+
 class OverlayError(Exception):
     """An overlay or run directory could not be made.
 
@@ -42,12 +51,8 @@ def run_dir_create(*, root: Path, name: str) -> Path:
         # mkdir's mode is masked by the umask; the directory must be private.
         os.chmod(path, 0o700)
     except OSError as error:
-        raise OverlayError(
-            gettext_noop("The server could not make room for this visit (its disk is full).")
-            if error.errno == errno.ENOSPC else
-            gettext_noop("The server could not make room for this visit."),
-            log_detail=f"run directory under {root}: {error}",
-        ) from error
+        raise OverlayError(_ROOM_REFUSED.get(error.errno or 0, _NO_ROOM),
+                           log_detail=f"run directory under {root}: {error}") from error
     return path
 
 

@@ -365,7 +365,7 @@ async def test_it_tells_the_visitor_when_the_run_directory_is_read_only(
         session = await start(browser)
         ended = await ended_session(browser, session["id"], broker)
         assert ended["ended_reason"] == "server"
-        assert "Read-only file system" in ended["detail"]
+        assert "its disk is read-only" in ended["detail"]
         assert list(mount_point.iterdir()) == []
 
 

@@ -32,6 +32,8 @@ VIEWER_MESSAGES: dict[int, int | None] = {0: 20, 2: None, 3: 10, 150: 10, 248: N
 INPUT_MESSAGES = {4: 8, 5: 6}
 QEMU_EXTENDED_KEY_EVENT_BYTES = 12
 ENCODINGS_MAX = 256
+# RFC 6143 (the fence extension): a fence carries at most 64 bytes.
+FENCE_PAYLOAD_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,8 @@ class _Model:
         if kind == 2 and len(stream) >= position + 4 \
                 and int.from_bytes(stream[position + 2:position + 4], "big") > ENCODINGS_MAX:
             return None, self.feed_of(position + 3)
+        if kind == 248 and len(stream) >= position + 9 and stream[position + 8] > FENCE_PAYLOAD_MAX:
+            return None, self.feed_of(position + 8)  # a fence's payload is at most 64 bytes
         size = _size(stream, position)
         if size is None or len(stream) < position + size:
             return None, None
