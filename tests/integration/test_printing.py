@@ -28,17 +28,20 @@ def job(data: bytes) -> Job:
 @pytest.mark.parametrize(("name", "body", "said"), [
     ("loop", b"{ 1 pop } loop", "more time or memory"),
     ("read", b"(/etc/passwd) (r) file 80 string readstring", "reach files"),
-    ("write", b"(/tmp/portal-print-escape) (w) file (x) writestring", "reach files"),
-    ("pipe", b"(%pipe%touch /tmp/portal-print-escape) (w) file", "reach files"),
-    ("delete", b"(/tmp/portal-print-victim) deletefile", "reach files"),
+    ("write", b"(ESCAPE) (w) file (x) writestring", "reach files"),
+    ("pipe", b"(%pipe%touch ESCAPE) (w) file", "reach files"),
+    ("delete", b"(VICTIM) deletefile", "reach files"),
     ("scratch", b"(../escape) (w) file (x) writestring", "reach files"),
     ("memory", b"/a 2000000000 string def", "more time or memory"),
     ("error", b"nosuchoperator", "has an error"),
 ])
 async def test_hostile_postscript_is_stopped_and_touches_nothing(tmp_path: Path, name: str, body: bytes,
                                                                 said: str) -> None:
-    victim = Path("/tmp/portal-print-victim")
+    # Outside the job's directory, where Ghostscript may write nothing.
+    victim = tmp_path.parent / f"{tmp_path.name}-victim"
+    escape = tmp_path.parent / f"{tmp_path.name}-escape"
     victim.write_text("kept")
+    body = body.replace(b"VICTIM", bytes(victim)).replace(b"ESCAPE", bytes(escape))
     source, target = tmp_path / f"{name}.ps", tmp_path / f"{name}.pdf"
     source.write_bytes(b"%!PS\n" + body + b"\nshowpage\n")
     began = time.monotonic()
@@ -48,7 +51,7 @@ async def test_hostile_postscript_is_stopped_and_touches_nothing(tmp_path: Path,
         assert time.monotonic() - began < LIMITS.timeout_s + 1
         assert not target.exists()
         assert victim.read_text() == "kept"
-        assert not Path("/tmp/portal-print-escape").exists()
+        assert not escape.exists()
         assert sorted(path.name for path in tmp_path.iterdir()) == [source.name]
     finally:
         victim.unlink(missing_ok=True)
