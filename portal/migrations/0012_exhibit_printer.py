@@ -6,7 +6,6 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('portal', '0010_exhibit_keyboard'),
         ('portal', '0011_exhibit_translations'),
     ]
 
