@@ -12,9 +12,9 @@ MO_FILES := $(PO_FILES:.po=.mo)
 NODES ?= 2
 CLUSTER_DIR ?= var-cluster
 # What serving needs (make run): QEMU and qemu-img, NASM (the demo guest), mtools (visitors'
-# files), gettext (msgfmt compiles the pages' translations); nodejs and npm (noVNC) are
-# added when there is no npm.
-APT_RUN := qemu-system-x86 qemu-system-data qemu-utils nasm mtools x11proto-dev gettext
+# files), gettext (msgfmt compiles the pages' translations), Ghostscript and DejaVu Sans Mono
+# (prints); nodejs and npm (noVNC) are added when there is no npm.
+APT_RUN := qemu-system-x86 qemu-system-data qemu-utils nasm mtools x11proto-dev gettext ghostscript fonts-dejavu-core
 # What the tests, make cluster and make bench add: Chromium (browser tests) and what a node
 # runs on in production (PostgreSQL, Redis, nginx).
 APT_TEST := chromium postgresql redis-server nginx

@@ -317,6 +317,10 @@ class ExhibitAdmin(admin.ModelAdmin):
                    "description": "Every exhibit has a PC speaker. Add the cards its software "
                                   "plays music and sound on; visitors hear them in the browser."}),
         ("Visitors' sandbox", {"fields": ("files_in",)}),
+        ("Printer", {"fields": ("printer", "paper"),
+                     "description": "Every machine has a printer on LPT1; what the guest prints "
+                                    "reaches the visitor as a PDF. See the curators' guide for "
+                                    "setting up Windows 3.1 to print to it."}),
         ("Publication", {"fields": ("published", "preview_button", "family")}),
         ("Fixity and provenance record", {"fields": ("record",), "classes": ("collapse",)}),
     ]

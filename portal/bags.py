@@ -55,7 +55,7 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EXHIBIT_FIELDS: tuple[str, ...] = (
     "slug", "title", "year", "publisher", "description", "boot", "cpu", "memory_mb", "vga", "mouse",
     "sound_adlib", "sound_sb16", "accelerator", "speed", "files_in", "code_page", "keyboard",
-    "provenance_source", "provenance_donor", "provenance_acquired", "provenance_notes")
+    "printer", "paper", "provenance_source", "provenance_donor", "provenance_acquired", "provenance_notes")
 # The title and description in more languages, and the language of the originals.
 EXHIBIT_FIELDS += ("language", "translations")
 MASTER_FIELDS = ("sha256", "original_name", "source_format", "source_sha256", "source_size_bytes",

@@ -143,8 +143,8 @@ def derived_record(exhibit: Exhibit, *, made: DerivedImage, derivation: Derivati
 # The fields a derivative exhibit takes from the exhibit it was saved from.
 DERIVED_FIELDS: tuple[str, ...] = (
     "year", "publisher", "description", "boot", "cpu", "memory_mb", "vga", "mouse", "sound_adlib",
-    "sound_sb16", "accelerator", "speed", "files_in", "code_page", "keyboard", "provenance_source",
-    "provenance_donor", "provenance_acquired", "provenance_notes", "thumbnail")
+    "sound_sb16", "accelerator", "speed", "files_in", "code_page", "keyboard", "printer", "paper",
+    "provenance_source", "provenance_donor", "provenance_acquired", "provenance_notes", "thumbnail")
 # A derivative keeps the translations of the description; its title is new (untranslated).
 DERIVED_FIELDS += ("language", "translations")
 

@@ -175,6 +175,16 @@ class Exhibit(models.Model):
         B = "b", "Drive B: (changes the disk in it)"
         OFF = "off", "Off: visitors cannot bring files"
 
+    class Printer(models.TextChoices):
+        TEXT = "text", "Text or Epson-compatible dot matrix (ESC/P)"
+        POSTSCRIPT = "postscript", "PostScript"
+        PCL = "pcl", "HP LaserJet (PCL)"
+
+    class Paper(models.TextChoices):
+        DEFAULT = "", "The server's default (PORTAL_PRINT_PAPER)"
+        A4 = "a4", "A4"
+        LETTER = "letter", "US Letter"
+
     slug = models.SlugField(unique=True)
     title = models.CharField(max_length=200)
     year = models.PositiveSmallIntegerField(null=True, blank=True)
@@ -233,6 +243,16 @@ class Exhibit(models.Model):
                                           f"known: {', '.join(KEYBOARD_LAYOUTS)}."},
         help_text="The keyboard layout the guest was set up with (its DOS KEYB or Windows 3.1 "
                   "setting): what a visitor types arrives as the keys that type it on this layout.",
+    )
+    printer = models.CharField(
+        max_length=12, choices=Printer.choices, default=Printer.TEXT,
+        help_text="The printer the guest's software was set up for on LPT1. What it prints "
+                  "reaches the visitor as a PDF: text in the exhibit's code page, PostScript "
+                  "through Ghostscript, PCL as its text (with the raw job beside it).",
+    )
+    paper = models.CharField(
+        max_length=8, choices=Paper.choices, default=Paper.DEFAULT, blank=True,
+        help_text="The paper text prints are laid out on (PostScript says its own).",
     )
     provenance_source = models.CharField(max_length=300, blank=True,
                                          help_text="Where the image comes from (archive, collection).")

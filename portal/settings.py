@@ -224,6 +224,8 @@ LOGGING = {
         "sessions": {"handlers": ["console"], "level": "INFO", "propagate": False},
         # A QMP connection ending after quit is the normal end, not news.
         "qemu.qmp": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+        # fpdf2's font subsetting names every table it touches.
+        "fontTools": {"handlers": ["console"], "level": "WARNING", "propagate": False},
     },
 }
 
@@ -322,6 +324,22 @@ PORTAL_CHECKPOINTS_PER_VISIT = int(os.environ.get("PORTAL_CHECKPOINTS_PER_VISIT"
 PORTAL_SANDBOX_JOB_TIMEOUT_S = _env_float("PORTAL_SANDBOX_JOB_TIMEOUT_S", 60.0)
 # How long reading the files of one disk for files.zip may take.
 PORTAL_FILES_OUT_TIMEOUT_S = _env_float("PORTAL_FILES_OUT_TIMEOUT_S", 120.0)
+# Printing (LPT1 to PDF). A job ends after this long without a byte from the guest
+# (sooner at a form feed, Ctrl-D or PostScript's end); past PORTAL_PRINT_JOB_BYTES
+# a job's further bytes are discarded. The paper text jobs are laid out on ("a4" or
+# "letter"; an exhibit may choose its own). A visit keeps at most PORTAL_PRINTS_PER_VISIT
+# prints, PORTAL_PRINTS_BYTES of them in all. Ghostscript's limits per PostScript job:
+# CPU seconds, wall seconds, memory (address space) and output size.
+PORTAL_PRINT_IDLE_S = _env_float("PORTAL_PRINT_IDLE_S", 2.0)
+PORTAL_PRINT_JOB_BYTES = int(os.environ.get("PORTAL_PRINT_JOB_BYTES", str(8 * 1024 * 1024)))
+PORTAL_PRINT_PAPER = os.environ.get("PORTAL_PRINT_PAPER", "a4")
+PORTAL_PRINTS_PER_VISIT = int(os.environ.get("PORTAL_PRINTS_PER_VISIT", "50"))
+PORTAL_PRINTS_BYTES = int(os.environ.get("PORTAL_PRINTS_BYTES", str(64 * 1024 * 1024)))
+PORTAL_PRINT_CPU_S = int(os.environ.get("PORTAL_PRINT_CPU_S", "10"))
+PORTAL_PRINT_TIMEOUT_S = _env_float("PORTAL_PRINT_TIMEOUT_S", 20.0)
+PORTAL_PRINT_MEMORY_BYTES = int(os.environ.get("PORTAL_PRINT_MEMORY_BYTES", str(768 * 1024 * 1024)))
+PORTAL_PRINT_OUTPUT_BYTES = int(os.environ.get("PORTAL_PRINT_OUTPUT_BYTES", str(32 * 1024 * 1024)))
+PORTAL_PRINT_PAGES_MAX = int(os.environ.get("PORTAL_PRINT_PAGES_MAX", "200"))
 # Visitor tools. Typing (POST /api/sessions/<id>/keys): the most characters one
 # request may type, how long each key is held down, and the pause after each.
 PORTAL_KEYS_MAX_CHARS = int(os.environ.get("PORTAL_KEYS_MAX_CHARS", "1000"))

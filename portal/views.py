@@ -48,6 +48,8 @@ async def exhibit_json(exhibit: Exhibit, request: HttpRequest, *, here: Runtime)
             # The DOS code page the screen as text is read in.
             "code_page": exhibit.code_page,
             "keyboard": exhibit.keyboard,
+            # LPT1's printer: "text" (Epson ESC/P), "postscript" or "pcl".
+            "printer": exhibit.printer,
         },
         # The floppy drive ("a" or "b") visitors' own files go into, or null when off.
         "files_in": None if (drive := exhibit.machine_profile().files_in) == "off" else drive,

@@ -34,6 +34,9 @@ class MachinesConfig:
     cgroups: MemoryCgroups | None = None
     # Where this install's processes lease machines.
     lease_dir: Path | None = None
+    # LPT1: the quiet that ends a print job, and the most bytes of one kept.
+    print_idle_s: float = 2.0
+    print_job_bytes: int = 8 * 1024 * 1024
 
     @classmethod
     def from_settings(cls) -> MachinesConfig:
@@ -53,6 +56,8 @@ class MachinesConfig:
             memory_overhead_mb=settings.PORTAL_QEMU_MEMORY_OVERHEAD_MB,
             cgroups=memory_cgroups(install_id()),
             lease_dir=lease_dir(),
+            print_idle_s=settings.PORTAL_PRINT_IDLE_S,
+            print_job_bytes=settings.PORTAL_PRINT_JOB_BYTES,
         )
 
     @property

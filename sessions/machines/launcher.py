@@ -172,6 +172,8 @@ class Launcher:
             incoming_state=incoming_state,
             confinement=self.confinement_for(memory_mb=profile.memory_mb, run_as=None,
                                              uid_lease=uid_lease),
+            print_idle_s=self.config.print_idle_s,
+            print_job_bytes=self.config.print_job_bytes,
         )
 
     async def _extra_overlays(self, run_dir: Path, exhibit: Exhibit, *, count: int) -> list[Path]:

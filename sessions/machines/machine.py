@@ -31,6 +31,7 @@ from qemu.qmp import EventListener, QMPClient, QMPError
 
 from portal.profile import CPU_MODELS, MachineProfile
 from sessions.machines.confine import ConfineError, Confinement, cgroup_remove
+from sessions.machines.printer import PrinterPort
 from sessions.machines.screen import (
     BDA_LENGTH,
     BDA_START,
@@ -91,6 +92,7 @@ def build_argv(
     disk_path: Path,
     run_dir: Path,
     qmp_fd: int,
+    printer_fd: int,
     incoming: bool = False,
     extra_paths: Sequence[Path] = (),
     run_as: tuple[int, int] | None = None,
@@ -101,6 +103,7 @@ def build_argv(
     the same order. With `incoming`, QEMU waits for a saved machine state
     instead of booting. With `run_as` (uid, gid), QEMU drops to that user once
     it has opened its devices, disks and sockets (so KVM keeps working).
+    `printer_fd` is QEMU's end of a connected socket pair: LPT1's printer.
     """
     if accelerator not in {"kvm", "tcg"}:
         raise ValueError(f"unknown accelerator {accelerator!r}")
@@ -174,6 +177,10 @@ def build_argv(
         "-mon", "chardev=qmp,mode=control",
         *drives,
         *sound,
+        # LPT1 (378h, IRQ 7) prints into a socket the portal reads for the machine's
+        # whole life (sessions.machines.printer): an unread port would stall the guest.
+        "-chardev", f"socket,id=lpt1,fd={printer_fd},server=off",
+        "-device", "isa-parallel,chardev=lpt1",
         "-boot", f"order={boot_order}",
         # elevateprivileges stays allowed: -runas needs setuid, and QEMU 7.2 dies
         # at start ("Bad system call") when both are given.
@@ -192,7 +199,8 @@ def state_key(profile: MachineProfile, *, accelerator: str, qemu: str, master_sh
     card is never resumed on a machine with one, nor the other way round.
     """
     argv = build_argv(profile, qemu_binary="qemu", accelerator=accelerator,
-                      disk_path=Path("/disk"), run_dir=Path("/run"), qmp_fd=3, incoming=True,
+                      disk_path=Path("/disk"), run_dir=Path("/run"), qmp_fd=3, printer_fd=4,
+                      incoming=True,
                       extra_paths=[Path(f"/extra{n}") for n in range(len(profile.extra_media))])
     argv_digest = hashlib.sha256("\0".join(argv).encode()).hexdigest()[:16]
     return (
@@ -269,8 +277,12 @@ class Machine:
         incoming_state: Path | None = None,
         confinement: Confinement | None = None,
         extra_paths: Sequence[Path] = (),
+        print_idle_s: float = 2.0,
+        print_job_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         self.profile = profile
+        # LPT1's printer: its jobs go to whoever sets `printer.on_job` (the visit).
+        self.printer = PrinterPort(idle_s=print_idle_s, limit_bytes=print_job_bytes)
         self.confinement = confinement or Confinement()
         self.cgroup: Path | None = None
         self.extra_paths = list(extra_paths)
@@ -365,6 +377,7 @@ class Machine:
                 disk_path=self.disk_path,
                 run_dir=self.run_dir,
                 qmp_fd=listener.fileno(),
+                printer_fd=self.printer.theirs.fileno(),
                 incoming=state_fd is not None,
                 run_as=self.confinement.run_as,
                 extra_paths=self.extra_paths,
@@ -375,7 +388,8 @@ class Machine:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    pass_fds=(listener.fileno(), *([state_fd] if state_fd is not None else []),
+                    pass_fds=(listener.fileno(), self.printer.theirs.fileno(),
+                              *([state_fd] if state_fd is not None else []),
                               *self.confinement.lease_fds),
                     start_new_session=True,
                     preexec_fn=self.confinement.child_setup(self.cgroup),
@@ -398,6 +412,8 @@ class Machine:
         finally:
             # QEMU holds its own copies; ours must go so a dead QEMU refuses connections.
             listener.close()
+        # Read from now on (QEMU holds its end): a guest that prints never waits.
+        self.printer.open()
         try:
             await self._connect_qmp()
             if state_fd is not None:
@@ -804,6 +820,7 @@ class Machine:
     async def stop(self) -> None:
         """QMP quit, wait, kill if it lingers, wait. Idempotent."""
         if self._process is None:
+            await self.printer.close()
             await self._cgroup_remove()
             await asyncio.to_thread(self._after_stop)
             return
@@ -842,6 +859,7 @@ class Machine:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await process.wait()
+            await self.printer.close()
             await self._cgroup_remove()
             await asyncio.to_thread(self._after_stop)
 

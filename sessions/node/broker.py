@@ -77,6 +77,7 @@ from sessions.node.metrics import (
     STARTS,
     NodeSnapshot,
 )
+from sessions.node.prints import Prints
 from sessions.node.reaper import reap_once
 from sessions.node.records import VisitRecords, session_group
 from sessions.node.sandboxes import Sandboxes
@@ -165,6 +166,9 @@ class Broker:
         # Who watches each visit, and each visit's sandbox: the web edge asks them directly.
         self.viewers = Viewers(self.keeper)
         self.sandboxes = Sandboxes(self.keeper)
+        self.prints = Prints(self.keeper, limits=config.prints)
+        # Take my files: the visit's prints go into its zip too.
+        self.sandboxes.extra_files = self.prints.files
         self.screens = ScreenReaders(self.keeper, interval_s=lambda: self.config.screen_text_interval_s)
         # What the catalogue's pages ask of this node (portal.runtime).
         self.catalogue = CatalogueRuntime(accelerator_for=self.launcher.accelerator_for,

@@ -7,12 +7,13 @@ the scheduler and keeper get the parts they need as configs of their own.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from django.conf import settings
 
 from sessions.machines.config import MachinesConfig
 from sessions.machines.host import capacity_default, install_id
+from sessions.machines.printout import PrintLimits
 from sessions.machines.sandbox import SandboxConfig
 from sessions.node.keeper import KeeperConfig
 from sessions.placement.scheduler import SchedulerConfig
@@ -58,6 +59,8 @@ class BrokerConfig:
     files_out_timeout_s: float = 120.0
     # Machines kept resumed and paused per exhibit with a start state (0: no pool).
     pool_size: int = 0
+    # What each visit's prints and each conversion may use (the paper: the default).
+    prints: PrintLimits = field(default_factory=PrintLimits)
 
     @classmethod
     def from_settings(cls) -> BrokerConfig:
@@ -92,6 +95,14 @@ class BrokerConfig:
             key_hold_ms=settings.PORTAL_KEY_HOLD_MS,
             keys_interval_s=settings.PORTAL_KEYS_INTERVAL_S,
             screen_text_interval_s=max(0.01, settings.PORTAL_SCREEN_TEXT_INTERVAL_MS / 1000),
+            prints=PrintLimits(
+                paper=settings.PORTAL_PRINT_PAPER if settings.PORTAL_PRINT_PAPER in ("a4", "letter")
+                else "a4",
+                prints_max=settings.PORTAL_PRINTS_PER_VISIT, bytes_max=settings.PORTAL_PRINTS_BYTES,
+                pages_max=settings.PORTAL_PRINT_PAGES_MAX, cpu_s=settings.PORTAL_PRINT_CPU_S,
+                timeout_s=settings.PORTAL_PRINT_TIMEOUT_S,
+                memory_bytes=settings.PORTAL_PRINT_MEMORY_BYTES,
+                output_bytes=settings.PORTAL_PRINT_OUTPUT_BYTES),
         )
 
     def scheduler_config(self) -> SchedulerConfig:

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar, cast
@@ -129,6 +129,10 @@ class Keeper:
         self._recorder = recorder
         self._clock = clock
         self._visits: dict[str, Visit] = {}
+        # Called with each machine a visit is given (before it starts), and awaited
+        # as each visit ends, once its machine has stopped (the prints, sessions.node.prints).
+        self.machine_hooks: list[Callable[[Visit, KeptMachine], None]] = []
+        self.end_hooks: list[Callable[[Visit], Awaitable[None]]] = []
 
     # --- queries -----------------------------------------------------------------
 
@@ -266,6 +270,8 @@ class Keeper:
     async def _machine_run(self, visit: Visit, machine: KeptMachine) -> KeptMachine:
         # Known before it starts, so an end meanwhile stops it.
         visit.machine = machine
+        for hook in self.machine_hooks:
+            hook(visit, machine)
         # A pooled machine's display is up already: its viewers may connect meanwhile.
         visit.machine_given()
         await machine.start()
@@ -517,6 +523,11 @@ class Keeper:
                 await visit.machine.stop()
                 if tail := visit.machine.last_words.replace("\n", " | "):
                     logger.info("session %s ended (%s); QEMU said: %s", visit.session_id, reason, tail)
+            for hook in self.end_hooks:
+                try:
+                    await hook(visit)
+                except Exception:
+                    logger.exception("session %s: letting go of what it kept failed", visit.session_id)
         finally:
             try:
                 # Recorded before the keeper lets go, so the reaper never sees a live

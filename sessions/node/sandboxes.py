@@ -10,8 +10,12 @@ start and end machines (the keeper does).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
 from typing import BinaryIO, cast
 
 from sessions.errors import SessionEndedError, gettext_noop
@@ -35,6 +39,8 @@ class Sandboxes:
 
     def __init__(self, keeper: Keeper) -> None:
         self._keeper = keeper
+        # More of the visit's files for its zip, (name, path) (its prints).
+        self.extra_files: Callable[..., list[tuple[str, Path]]] | None = None
 
     def _sandbox(self, session_id: str, *, busy_ok: bool = False) -> tuple[Visit, Sandbox]:
         """The running visit and its machine's sandbox (made at the first use)."""
@@ -114,6 +120,8 @@ class Sandboxes:
         archive = tempfile.TemporaryFile(dir=sandbox.run_dir)  # noqa: SIM115
         try:
             await sandbox.files_out(archive)
+            if self.extra_files is not None and (extra := self.extra_files(session_id=session_id)):
+                await asyncio.to_thread(_zip_add, archive, extra)
         except MachineError as error:
             archive.close()
             logger.error("session %s: reading the visitor's files failed: %s", session_id, error)
@@ -124,3 +132,12 @@ class Sandboxes:
             raise
         archive.seek(0)
         return archive
+
+
+def _zip_add(archive: BinaryIO, files: list[tuple[str, Path]]) -> None:
+    """Add files to the end of a zip, each under its name (one gone meanwhile is left out)."""
+    archive.seek(0)
+    with zipfile.ZipFile(archive, "a", compression=zipfile.ZIP_DEFLATED) as zipped:
+        for name, path in files:
+            if path.exists():
+                zipped.write(path, arcname=name)

@@ -30,6 +30,7 @@ from sessions.models import VisitorSession
 
 if TYPE_CHECKING:
     from sessions.machines.host import Lease
+    from sessions.machines.printout import Printout
     from sessions.machines.sandbox import Sandbox
     from sessions.node.keeper import KeptMachine
 
@@ -150,6 +151,8 @@ class Visit:
     generation: int = 0
     # The current machine's sandbox (checkpoints, visitors' disks): a new one per machine.
     sandbox: Sandbox | None = None
+    # What it printed (sessions.node.prints): outlives a reset, goes with the visit.
+    printout: Printout | None = None
     # Held from before the row exists until after every trace is gone: what tells
     # every reaper of the install that this session is owned. (Each of its machines
     # holds leases of its own: its run directory's and its uid's.)

@@ -745,6 +745,12 @@ class EventsConsumer(PortalSocket):
         if event.get("type") == "changed":
             # The broker's line read tells a waiting visit its place ([position, wait]).
             await self._send_state(place=event.get("line"))
+        elif event.get("type") == "print_failed":
+            # Its sentence in the page's language, its values put in after.
+            params = event.get("params") or {}
+            await self._send({"type": "print_failed",
+                              "detail": gettext(event["message"]) % params if params
+                              else gettext(event["message"])})
         else:
             await self._send(event)
 

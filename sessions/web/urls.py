@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import api, operators, tools
+from . import api, operators, prints, tools
 
 urlpatterns = [
     path("sessions/<str:session_id>/", api.session_page, name="session"),
@@ -18,6 +18,9 @@ urlpatterns = [
     path("api/sessions/<str:session_id>/checkpoints/<str:checkpoint_id>/restore", api.checkpoint_restore),
     path("api/sessions/<str:session_id>/media", api.media),
     path("api/sessions/<str:session_id>/files.zip", api.files_zip),
+    path("api/sessions/<str:session_id>/prints", prints.prints),
+    path("api/sessions/<str:session_id>/prints/<str:print_id>.pdf", prints.print_file, {"suffix": "pdf"}),
+    path("api/sessions/<str:session_id>/prints/<str:print_id>.raw", prints.print_file, {"suffix": "raw"}),
     # The visitor's tools: typing, the screenshot, watch links and their page.
     path("api/sessions/<str:session_id>/keys", tools.keys),
     path("api/sessions/<str:session_id>/key_mode", tools.key_mode),

@@ -41,7 +41,7 @@ async def test_it_lists_published_exhibits_only(broker: Any, exhibit_create: Exh
     assert exhibit["machine"] == {"cpu": "486", "memory_mb": 16,
                                   "accelerator": broker.config.machines.accelerator, "boot": "floppy",
                                   "sound": ["pcspk"], "speed": "host",
-                                  "code_page": 437, "keyboard": "us"}
+                                  "code_page": 437, "keyboard": "us", "printer": "text"}
     # A floppy exhibit takes visitors' files in its second drive.
     assert exhibit["files_in"] == "b"
     assert exhibit["instant_start"] is False

@@ -35,7 +35,7 @@ def test_it_counts_a_refused_start_against_nobody() -> None:
 
 def test_it_gives_qemu_its_user_without_changing_the_start_state_key() -> None:
     common = {"qemu_binary": "qemu", "accelerator": "kvm", "disk_path": Path("/d"),
-              "run_dir": Path("/r"), "qmp_fd": 3}
+              "run_dir": Path("/r"), "qmp_fd": 3, "printer_fd": 4}
     argv = build_argv(MachineProfile(), run_as=(1800000007, 1800000007), **common)  # type: ignore[arg-type]
     assert argv[argv.index("-runas") + 1] == "1800000007:1800000007"
     assert "-runas" not in build_argv(MachineProfile(), **common)  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from sessions.machines.machine import accelerator_resolve, build_argv, state_key
 def argv_for(profile: MachineProfile, accelerator: str = "kvm") -> list[str]:
     return build_argv(
         profile, qemu_binary="qemu-system-i386", accelerator=accelerator,
-        disk_path=Path("/run/s/disk.qcow2"), run_dir=Path("/run/s"), qmp_fd=7,
+        disk_path=Path("/run/s/disk.qcow2"), run_dir=Path("/run/s"), qmp_fd=7, printer_fd=8,
     )
 
 
@@ -39,7 +40,8 @@ def test_it_gives_the_guest_the_mouse_of_its_profile(mouse: str, machine: str) -
 def test_it_puts_both_sockets_in_the_run_directory() -> None:
     argv = argv_for(MachineProfile())
     assert option(argv, "-vnc") == ["unix:/run/s/vnc.sock,share=force-shared,audiodev=audio0"]
-    assert option(argv, "-chardev") == ["socket,id=qmp,fd=7,server=on,wait=off"]
+    assert option(argv, "-chardev") == ["socket,id=qmp,fd=7,server=on,wait=off",
+                                        "socket,id=lpt1,fd=8,server=off"]
     assert option(argv, "-display") == ["none"]
 
 
@@ -108,7 +110,7 @@ def test_it_gives_the_guest_the_vga_of_its_profile(vga: str) -> None:
 ])
 def test_it_gives_the_guest_the_sound_of_its_profile(cards: tuple[str, ...], devices: list[str]) -> None:
     argv = argv_for(MachineProfile(sound=sound_devices(cards)))
-    assert option(argv, "-device") == devices
+    assert option(argv, "-device") == [*devices, "isa-parallel,chardev=lpt1"]
     # The PC speaker is always there.
     assert option(argv, "-machine") == ["pc,vmport=on,pcspk-audiodev=audio0"]
     # Everything plays into the silent backend, which QEMU's VNC server captures.
@@ -126,7 +128,7 @@ def test_it_names_the_sound_hardware_in_one_order() -> None:
 def test_it_attaches_extra_media_in_free_slots_with_cds_read_only() -> None:
     profile = MachineProfile(boot="floppy", extra_media=("floppy", "cdrom", "disk"))
     argv = build_argv(profile, qemu_binary="qemu", accelerator="tcg", disk_path=Path("/r/disk.qcow2"),
-                      run_dir=Path("/r"), qmp_fd=3,
+                      run_dir=Path("/r"), qmp_fd=3, printer_fd=4,
                       extra_paths=[Path("/r/extra-0.qcow2"), Path("/r/extra-1.qcow2"),
                                    Path("/r/extra-2.qcow2")])
     assert option(argv, "-drive") == [
@@ -152,7 +154,7 @@ def test_every_choice_of_a_full_profile_reaches_the_argv() -> None:
     assert option(argv, "-m") == ["32"]
     assert option(argv, "-vga") == ["cirrus"]
     assert option(argv, "-machine") == ["pc,vmport=off,pcspk-audiodev=audio0"]  # the PS/2 mouse alone
-    assert option(argv, "-device") == ["sb16,audiodev=audio0"]
+    assert option(argv, "-device") == ["sb16,audiodev=audio0", "isa-parallel,chardev=lpt1"]
     (drive,) = option(argv, "-drive")
     assert "media=cdrom" in drive
     assert "readonly=on" in drive
@@ -210,6 +212,19 @@ def test_it_changes_b_when_both_floppy_drives_hold_disks() -> None:
     assert profile.floppy_slots == [0, 1]
     assert not profile.files_in_slot_free
     argv = build_argv(profile, qemu_binary="qemu", accelerator="tcg", disk_path=Path("/r/disk.qcow2"),
-                      run_dir=Path("/r"), qmp_fd=3,
+                      run_dir=Path("/r"), qmp_fd=3, printer_fd=4,
                       extra_paths=[Path("/r/extra-0.qcow2"), Path("/r/extra-1.qcow2")])
     assert len(option(argv, "-drive")) == 3
+
+
+def test_every_machine_has_a_printer_on_lpt1_and_the_start_state_key_says_so() -> None:
+    assert "isa-parallel,chardev=lpt1" in option(argv_for(MachineProfile()), "-device")
+    # The key digests the whole command line, printer included: a start state saved
+    # before the printer was wired is never resumed on a machine with one, so the
+    # pool and `make run` (prepare_exhibit --if-needed) prepare it again.
+    argv = build_argv(MachineProfile(), qemu_binary="qemu", accelerator="kvm", disk_path=Path("/disk"),
+                      run_dir=Path("/run"), qmp_fd=3, printer_fd=4, incoming=True)
+    assert "isa-parallel,chardev=lpt1" in argv
+    digest = hashlib.sha256("\0".join(argv).encode()).hexdigest()[:16]
+    assert f"argv={digest};" in state_key(MachineProfile(), accelerator="kvm", qemu="7.2",
+                                          master_sha256="m")

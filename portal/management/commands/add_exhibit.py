@@ -98,6 +98,14 @@ class Command(BaseCommand):
             "--keyboard", default="us", metavar="LAYOUT",
             help=f"The guest's keyboard layout: {', '.join(KEYBOARD_LAYOUTS)} (default us).",
         )
+        parser.add_argument(
+            "--printer", default="text", choices=[str(value) for value in Exhibit.Printer.values],
+            help="The printer the guest was set up for on LPT1 (default text: Epson ESC/P).",
+        )
+        parser.add_argument(
+            "--paper", default="", choices=["", "a4", "letter"],
+            help="The paper text prints are laid out on (default: the server's, PORTAL_PRINT_PAPER).",
+        )
         parser.add_argument("--publish", action="store_true", help="Make it visible to visitors.")
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -139,6 +147,8 @@ class Command(BaseCommand):
                     "files_in": options["files_in"],
                     "code_page": options["code_page"],
                     "keyboard": options["keyboard"],
+                    "printer": options["printer"],
+                    "paper": options["paper"],
                     "provenance_source": options["source"],
                     "provenance_donor": options["donor"],
                     "provenance_acquired": options["acquired"],
