@@ -44,7 +44,8 @@ def test_start_turns_the_exhibit_page_into_the_machines_page(portal: Portal, bro
     # As on a loaded machine page: the keyboard goes to the screen, the toolbar is there.
     page.wait_for_function("() => document.getElementById('screen').contains(document.activeElement)")
     assert page.get_by_role("button", name="End").is_visible()
-    assert page.locator("#announce").inner_text() == "The machine is running."
+    page.wait_for_function("() => document.getElementById('announce').textContent"
+                           " === 'The machine is running.'")
 
     # Reset in place: the machine's clean start is drawn again.
     page.get_by_role("button", name="Reset").click()
