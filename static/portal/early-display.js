@@ -1,12 +1,12 @@
 // The machine's display socket, opened by the exhibit page as soon as a start
 // gives the session's id, before the machine's page is in place. This socket
 // speaks the start of RFB itself (the version, no security, a shared ClientInit)
-// and asks at once for the first update, in noVNC's own pixel format and
-// encodings, so the guest's first picture is on its way while the page changes.
+// and asks for the first update in the same breath, in noVNC's own pixel format
+// and encodings, so the guest's first picture is on its way while the page changes.
 // The display client (noVNC, in session.js) then takes the socket over: it is
 // given everything the server sent, from the first byte, and what it says of the
 // opening this socket already said is not said twice. A server that speaks
-// another version is left to noVNC from the start.
+// another version has this socket closed, and noVNC opens its own.
 const opened = new Map();
 
 const VERSION = "RFB 003.008\n";
@@ -34,66 +34,47 @@ function updateRequest(width, height) {
   return new Uint8Array(view.buffer);
 }
 
-// Resolves once the first update is asked for (or this socket cannot ask: another
-// version, a close), so that what keeps the page busy can wait for it.
+// Resolves once the first update is asked for (or this socket cannot ask: a
+// close), so that what keeps the page busy can wait for it.
 export function displaySocketOpen(path) {
   const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
   const socket = new WebSocket(scheme + window.location.host + path, ["binary"]);
   socket.binaryType = "arraybuffer";
   const send = (bytes) => WebSocket.prototype.send.call(socket, bytes);
   const early = [];
-  // The opening as this socket reads it: 0 the version, 1 the number of security
-  // types, 2 the types, 3 the security result, 4 ServerInit, 5 the desktop's name,
-  // 6 done; and how many of the client's opening bytes (12 + 1 + 1) it has sent.
-  let stage = 0;
-  let need = 12;
-  let have = new Uint8Array(0);
+  // The whole opening goes at once, as soon as the socket is open: the version,
+  // no security, a shared ClientInit, noVNC's pixel format and encodings and a
+  // request for the whole screen (QEMU clips it to the screen's size). QEMU reads
+  // a client's bytes in order as far as they go, so nothing waits for a round
+  // trip: its greeting, security result, ServerInit and first picture come back
+  // in one go. Only the version is checked on the way back; another server's
+  // socket is closed, and noVNC opens its own.
   let said = 0;
+  let greeting = new Uint8Array(0);
   let handedOver = false;
   let asked = null;
   const askedOrNot = new Promise((resolve) => { asked = resolve; });
   socket.addEventListener("close", () => asked());
+  socket.addEventListener("open", () => {
+    const parts = [new TextEncoder().encode(VERSION), new Uint8Array([SECURITY_NONE, 1]),
+      new Uint8Array(PIXEL_FORMAT), encodingsMessage(), updateRequest(0xffff, 0xffff)];
+    const opening = new Uint8Array(parts.reduce((total, part) => total + part.length, 0));
+    let offset = 0;
+    for (const part of parts) { opening.set(part, offset); offset += part.length; }
+    send(opening);
+    said = 14;  // noVNC's version, security type and ClientInit are not said twice
+    asked();
+  });
   const opening = (event) => {
     early.push(event);
-    if (handedOver || stage === 6) return;
+    if (handedOver || greeting.length >= 12) return;
     const bytes = new Uint8Array(event.data);
-    const joined = new Uint8Array(have.length + bytes.length);
-    joined.set(have);
-    joined.set(bytes, have.length);
-    have = joined;
-    while (stage < 6 && have.length >= need) {
-      const part = have.subarray(0, need);
-      have = have.subarray(need);
-      if (stage === 0) {
-        if (String.fromCharCode(...part) !== VERSION) { stage = 6; asked(); return; }
-        send(new TextEncoder().encode(VERSION));
-        said = 12;
-        stage = 1; need = 1;
-      } else if (stage === 1) {
-        if (!part[0]) { socket.close(); return; }
-        stage = 2; need = part[0];
-      } else if (stage === 2) {
-        if (!part.includes(SECURITY_NONE)) { socket.close(); return; }
-        send(new Uint8Array([SECURITY_NONE]));
-        said = 13;
-        stage = 3; need = 4;
-      } else if (stage === 3) {
-        if (part.some((byte) => byte)) { socket.close(); return; }
-        send(new Uint8Array([1]));  // shared, as session.js asks
-        said = 14;
-        stage = 4; need = 24;
-      } else if (stage === 4) {
-        const view = new DataView(part.buffer, part.byteOffset, 24);
-        const width = view.getUint16(0);
-        const height = view.getUint16(2);
-        send(new Uint8Array(PIXEL_FORMAT));
-        send(encodingsMessage());
-        send(updateRequest(width, height));
-        asked();
-        stage = 5; need = view.getUint32(20);
-      } else {
-        stage = 6;
-      }
+    const joined = new Uint8Array(greeting.length + bytes.length);
+    joined.set(greeting);
+    joined.set(bytes, greeting.length);
+    greeting = joined;
+    if (greeting.length >= 12 && String.fromCharCode(...greeting.subarray(0, 12)) !== VERSION) {
+      socket.close();
     }
   };
   socket.addEventListener("message", opening);
