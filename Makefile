@@ -12,12 +12,13 @@ MO_FILES := $(PO_FILES:.po=.mo)
 NODES ?= 2
 CLUSTER_DIR ?= var-cluster
 # What serving needs (make run): QEMU and qemu-img, NASM (the demo guest), mtools (visitors'
-# files), gettext (msgfmt compiles the pages' translations), Ghostscript and DejaVu Sans Mono
-# (prints); nodejs and npm (noVNC) are added when there is no npm.
+# files), QEMU's keymaps and X11's keysym names (the guests' keyboard layouts), gettext (msgfmt
+# compiles the pages' translations), Ghostscript and DejaVu Sans Mono (prints); nodejs and npm
+# (noVNC) are added when there is no npm.
 APT_RUN := qemu-system-x86 qemu-system-data qemu-utils nasm mtools x11proto-dev gettext ghostscript fonts-dejavu-core
-# What the tests, make cluster and make bench add: Chromium (browser tests) and what a node
-# runs on in production (PostgreSQL, Redis, nginx).
-APT_TEST := chromium postgresql redis-server nginx
+# What the tests, make cluster and make bench add: Chromium (browser tests), pdftotext (what a
+# print says) and what a node runs on in production (PostgreSQL, Redis, nginx).
+APT_TEST := chromium poppler-utils postgresql redis-server nginx
 DEMO_DESCRIPTION := A free stand-in for a Windows 3.1 desktop, written for this portal and built from its source. It boots from its hard disk like an installed Windows 3.1 PC. Click the icons, type in Notepad and save: your text stays on this visit's own disk, and the next visitor starts fresh.
 
 .PHONY: setup setup-test apt-run apt-test run cluster test lint fuzz bench bench-density messages clean
