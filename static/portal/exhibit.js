@@ -1,7 +1,7 @@
 import { api, csrfToken } from "./csrf.js";
 import { displaySocketDrop, displaySocketOpen } from "./early-display.js";
 import { pageBecome } from "./page-swap.js";
-import { format, gettext } from "./i18n.js";
+import { escapeHtml, format, gettext } from "./i18n.js";
 
 const article = document.querySelector("article.exhibit");
 const form = document.getElementById("start-form");
@@ -12,12 +12,6 @@ const message = document.getElementById("message");
 // the same frame, chrome-less and frameable like this one.
 const embed = article.dataset.embed === "1";
 const machinePage = (url) => (embed ? `${url}?embed=1` : url);
-
-function escapeHtml(text) {
-  const div = document.createElement("div");
-  div.textContent = text;
-  return div.innerHTML;
-}
 
 function say(html) {
   message.innerHTML = html;

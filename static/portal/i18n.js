@@ -10,3 +10,10 @@ export function format(text, values) {
   return text.replace(/%\((\w+)\)s/g, (_, name) => String(values[name]));
 }
 export const pgettext = window.pgettext || ((context, text) => text);
+
+// A translated sentence as HTML text, for the notices that put a link inside one.
+export function escapeHtml(text) {
+  const div = document.createElement("div");
+  div.textContent = text;
+  return div.innerHTML;
+}

@@ -20,7 +20,7 @@ import { ScreenFocus } from "./screen-focus.js";
 import { toolbarStart } from "./toolbar.js";
 import { Touchpad } from "./touch.js";
 import { toolsStart } from "./tools.js";
-import { format, gettext, ngettext } from "./i18n.js";
+import { escapeHtml, format, gettext, ngettext } from "./i18n.js";
 
 const session = JSON.parse(document.getElementById("session-data").textContent);
 const screen = document.getElementById("screen");
@@ -109,12 +109,6 @@ function showState(state, text) {
 function showNotice(html) {
   notice.innerHTML = html;
   notice.hidden = false;
-}
-
-function escapeHtml(text) {
-  const div = document.createElement("div");
-  div.textContent = text;
-  return div.innerHTML;
 }
 
 function showEnded(data) {
