@@ -27,7 +27,7 @@ from django.http import (
     JsonResponse,
 )
 from django.http.response import HttpResponseBase
-from django.shortcuts import render
+from django.template.loader import render_to_string
 from django.utils.translation import gettext
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -93,7 +93,16 @@ async def session_create(request: HttpRequest, slug: str) -> HttpResponse:
     if isinstance(started, JsonResponse):
         return started
     session, broker = started
-    return JsonResponse(await session_json(session, broker), status=201)
+    data = await session_json(session, broker)
+    if request.GET.get(PAGE_FLAG) == "1":
+        # The exhibit page's Start (exhibit.js) turns that page into the machine's in
+        # place: the page comes with the answer, so nothing is fetched after it.
+        data["page_html"] = await _session_page_html(request, session, data, embed=embed_requested(request))
+    return JsonResponse(data, status=201)
+
+
+# `?page=1` on a start: the answer carries the machine's page (docs/api.md).
+PAGE_FLAG = "page"
 
 
 def _wants_page(request: HttpRequest) -> bool:
@@ -334,17 +343,28 @@ async def session_page(request: HttpRequest, session_id: str) -> HttpResponse:
     session = await owned_session(request, session_id)
     if session is None:
         raise Http404("There is no such session.")
+    embed = embed_requested(request)
+    html = await _session_page_html(request, session, await session_json(session, await get_broker()),
+                                    embed=embed)
+    response = HttpResponse(html)
+    return embeddable(response) if embed else response
+
+
+async def _session_page_html(request: HttpRequest, session: VisitorSession, data: dict[str, Any], *,
+                             embed: bool) -> str:
+    """The machine's page, as `GET /sessions/<id>/` (or with `?embed=1`) shows it."""
     user = await request.auser()
     drive = session.exhibit.machine_profile().files_in
-    embed = embed_requested(request)
-    response = render(request, "portal/session.html", {
+    return render_to_string("portal/session.html", {
         "staff": user.is_active and user.is_staff,
         "session": session,
         "exhibit": session.exhibit,
         "files_in": None if drive == "off" else drive,
-        "session_json": await session_json(session, await get_broker()),
+        "session_json": data,
         # Reached from an embed page: chrome-less, and frameable by the embedding sites.
         "embed": embed,
         "limits": visit_limits_sentence(),
-    })
-    return embeddable(response) if embed else response
+        # The page's own address (the language switcher comes back to it), also when
+        # the page comes with the start's answer.
+        "page_path": data["page_url"] + ("?embed=1" if embed else ""),
+    }, request=request)

@@ -7,6 +7,13 @@
 // given everything the server sent, from the first byte, and what it says of the
 // opening this socket already said is not said twice. A server that speaks
 // another version has this socket closed, and noVNC opens its own.
+//
+// The display client itself is made here too, as soon as its module is there
+// (the exhibit page has fetched it while the visitor read): it takes the socket
+// over at once and decodes the first picture into a screen element of its own
+// while the machine's page is fetched; the page change puts that element in
+// place of the new page's screen (displayScreen), and session.js adopts the
+// client (displayTake).
 const opened = new Map();
 
 const VERSION = "RFB 003.008\n";
@@ -106,20 +113,56 @@ export function displaySocketOpen(path) {
       if (waiting.length) queueMicrotask(() => { for (const event of waiting) value(event); });
     },
   });
-  opened.set(path, { socket, asked: askedOrNot });
+  const entry = { socket, asked: askedOrNot, client: null, closed: null, late: false };
+  socket.addEventListener("close", (event) => { entry.closed = { code: event.code, reason: event.reason }; });
+  opened.set(path, entry);
+  clientStart(path, entry);
   return askedOrNot;
 }
 
-// The socket opened early for this path, once, while it is still good.
-export function displaySocketTake(path) {
-  const socket = opened.get(path)?.socket;
+async function clientStart(path, entry) {
+  let RFB;
+  try {
+    ({ default: RFB } = await import("/static/novnc/core/rfb.js"));
+  } catch {
+    return;
+  }
+  const { socket } = entry;
+  if (entry.late || opened.get(path) !== entry || socket.readyState > WebSocket.OPEN) return;
+  const target = document.createElement("div");
+  target.id = "screen";  // the machine's page's screen element, which it replaces
+  const client = { rfb: null, target, connected: false, disconnected: null };
+  client.rfb = new RFB(target, socket, { shared: true });
+  client.rfb.addEventListener("connect", () => { client.connected = true; });
+  client.rfb.addEventListener("disconnect", (event) => { client.disconnected = event; });
+  entry.client = client;
+}
+
+// The early client's screen element, for the page change to put in place of the
+// new page's; none if the client is not made yet (the page then makes its own).
+export function displayScreen(path) {
+  const entry = opened.get(path);
+  if (!entry) return null;
+  entry.late = true;
+  return entry.client ? entry.client.target : null;
+}
+
+// What was opened early for this path, once: the socket while it is still good,
+// with the client made on it and the socket's close if it came already.
+export function displayTake(path) {
+  const entry = opened.get(path);
   opened.delete(path);
-  if (socket && (socket.readyState === WebSocket.CONNECTING || socket.readyState === WebSocket.OPEN)) return socket;
+  if (!entry) return null;
+  entry.late = true;
+  const { socket } = entry;
+  if (entry.client) return entry;
+  if (socket.readyState === WebSocket.CONNECTING || socket.readyState === WebSocket.OPEN) return entry;
   return null;
 }
 
 export function displaySocketDrop(path) {
-  const socket = opened.get(path)?.socket;
+  const entry = opened.get(path);
   opened.delete(path);
-  if (socket) socket.close();
+  if (entry?.client) entry.client.rfb.disconnect();
+  else if (entry) entry.socket.close();
 }

@@ -1,5 +1,5 @@
 import { api, csrfToken } from "./csrf.js";
-import { displaySocketDrop, displaySocketOpen } from "./early-display.js";
+import { displayScreen, displaySocketDrop, displaySocketOpen } from "./early-display.js";
 import { pageBecome } from "./page-swap.js";
 import { escapeHtml, format, gettext } from "./i18n.js";
 
@@ -36,20 +36,25 @@ window.addEventListener("load", () => { import("/static/novnc/core/rfb.js").catc
 const ASK_WAIT_MS = 100;
 
 // The machine's page, in place of this one: its display socket opened at once
-// (the session's id is known), the page's HTML fetched meanwhile. A page that
-// cannot be had so is navigated to instead.
+// (the session's id is known), the page itself in the start's answer (asked for
+// with `page=1`; fetched if it is not there). A page that cannot be had so is
+// navigated to instead.
 async function machineShow(data) {
   const url = machinePage(data.page_url);
   const asked = data.state === "queued" || data.state === "ended" ? null : displaySocketOpen(data.vnc_path);
   try {
-    const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" } });
-    if (!response.ok) throw new Error(`status ${response.status}`);
-    const html = await response.text();
+    let html = data.page_html;
+    if (!html) {
+      const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" } });
+      if (!response.ok) throw new Error(`status ${response.status}`);
+      html = await response.text();
+    }
     // The page's change keeps this thread busy for a while: the display's opening
-    // (a few round trips, each answered on this thread) goes first, so the server
-    // makes the first picture meanwhile; not for long, should the socket be slow.
+    // goes first, so the server makes the first picture meanwhile; not for long,
+    // should the socket be slow.
     if (asked) await Promise.race([asked, new Promise((resolve) => { setTimeout(resolve, ASK_WAIT_MS); })]);
-    await pageBecome(html, url);
+    const keep = asked ? displayScreen(data.vnc_path) : null;
+    await pageBecome(html, url, { keep });
   } catch {
     displaySocketDrop(data.vnc_path);
     window.location.assign(url);
@@ -62,7 +67,8 @@ form?.addEventListener("submit", async (event) => {
   event.preventDefault();
   button.disabled = true;
   button.textContent = gettext("Starting…");
-  const { status, data } = await api("POST", `/api/exhibits/${article.dataset.slug}/sessions`);
+  const { status, data } = await api("POST",
+    `/api/exhibits/${article.dataset.slug}/sessions?page=1${embed ? "&embed=1" : ""}`);
   if (status === 201) {
     await machineShow(data);
     return;

@@ -22,7 +22,10 @@ function scriptRun(old) {
   });
 }
 
-export async function pageBecome(html, url) {
+// `keep`: an element of this page that takes the place of the new page's element
+// of the same id (its attributes the new one's), as it is: the early display
+// client's screen, already drawing.
+export async function pageBecome(html, url, { keep = null } = {}) {
   const next = new DOMParser().parseFromString(html, "text/html");
   for (const { name, value } of next.documentElement.attributes) document.documentElement.setAttribute(name, value);
   document.title = next.title;
@@ -43,6 +46,12 @@ export async function pageBecome(html, url) {
   }
   const loaded = new Set([...document.scripts].map((script) => script.src).filter(Boolean));
   const body = document.adoptNode(next.body);
+  const slot = keep && keep.id ? body.querySelector(`#${CSS.escape(keep.id)}`) : null;
+  if (slot) {
+    for (const { name } of [...keep.attributes]) if (name !== "id") keep.removeAttribute(name);
+    for (const { name, value } of slot.attributes) keep.setAttribute(name, value);
+    slot.replaceWith(keep);
+  }
   const scripts = [...body.querySelectorAll("script")].filter((script) => {
     const type = (script.type || "text/javascript").toLowerCase();
     return type === "module" || type === "text/javascript";

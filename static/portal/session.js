@@ -11,7 +11,7 @@
 import RFB from "/static/novnc/core/rfb.js";
 import { Speaker } from "./audio.js";
 import { api, csrfToken } from "./csrf.js";
-import { displaySocketTake } from "./early-display.js";
+import { displayTake } from "./early-display.js";
 // Back and Forward to an address of this same document (the exhibit page this one
 // was made from in place) load that page.
 import "./page-swap.js";
@@ -331,27 +331,37 @@ function showReconnectOffer(words) {
 function connect() {
   const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
   // The socket is made here, not by noVNC, so the page can read its close code; after
-  // a start on the exhibit page, it is the one that page opened (early-display.js).
-  const socket = displaySocketTake(session.vnc_path)
-    || new WebSocket(scheme + window.location.host + session.vnc_path, ["binary"]);
-  socket.binaryType = "arraybuffer";
-  lastClose = null;
-  socket.addEventListener("close", (event) => { lastClose = { code: event.code, reason: event.reason }; });
-  rfb = new RFB(screen, socket, { shared: true });
+  // a start on the exhibit page, it is the one that page opened, with the display
+  // client it made on it (early-display.js), whose screen is this page's.
+  const early = displayTake(session.vnc_path);
+  const client = early && early.client && early.client.target === screen ? early.client : null;
+  if (early && early.client && !client) early.client.rfb.disconnect();
+  const socket = client ? null : (early ? early.socket
+    : new WebSocket(scheme + window.location.host + session.vnc_path, ["binary"]));
+  lastClose = client ? early.closed : null;
+  if (socket) {
+    socket.binaryType = "arraybuffer";
+    socket.addEventListener("close", (event) => { lastClose = { code: event.code, reason: event.reason }; });
+  } else {
+    early.socket.addEventListener("close", (event) => { lastClose = { code: event.code, reason: event.reason }; });
+  }
+  rfb = client ? client.rfb : new RFB(screen, socket, { shared: true });
+  const mine = rfb;
   rfb.scaleViewport = true;
   rfb.resizeSession = false;
   rfb.focusOnClick = true;
   rfb.background = "#000";
-  rfb.addEventListener("connect", () => {
+  const connected = () => {
     reconnectDelayMs = 500;
     notice.hidden = true;
     const giveKeys = screenFocus.idle();
-    screenFocus.label(rfb);
+    screenFocus.label(mine);
     showState("running", STATES.running);
-    if (giveKeys) rfb.focus();
-  });
-  rfb.addEventListener("disconnect", async () => {
-    rfb = null;
+    if (giveKeys) mine.focus();
+  };
+  const disconnected = async () => {
+    if (rfb === mine) rfb = null;
+    else return;
     const code = lastClose ? lastClose.code : null;
     if (ended || resetting) return;
     if (code === CLOSE.REPLACED) {
@@ -381,7 +391,14 @@ function connect() {
     showState(data.state, gettext("reconnecting…"));
     setTimeout(() => { if (!ended && !rfb) connect(); }, reconnectDelayMs);
     reconnectDelayMs = Math.min(reconnectDelayMs * 2, 8000);
-  });
+  };
+  if (client && client.disconnected) {
+    disconnected();
+    return;
+  }
+  rfb.addEventListener("connect", connected);
+  rfb.addEventListener("disconnect", disconnected);
+  if (client && client.connected) connected();
 }
 
 endButton.addEventListener("click", async () => {

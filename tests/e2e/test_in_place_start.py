@@ -98,3 +98,44 @@ def test_start_without_scripts_still_reaches_the_machines_page(portal: Portal, b
     assert answer.status == 200, answer.text()
     assert answer.json()["state"] in {"starting", "running"}
     context.close()
+
+
+# What differs between two renderings of one machine's page a moment apart: the
+# form's CSRF token, and the state (the machine may have come up in between).
+_MOMENT = [
+    (re.compile(r'name="csrfmiddlewaretoken" value="[^"]*"'), 'name="csrfmiddlewaretoken"'),
+    (re.compile(r'<span id="(machine-)?state".*?</span>', re.S), '<span id="state">'),
+    (re.compile(r'<script id="session-data" type="application/json">.*?</script>', re.S), "<script>"),
+]
+
+
+def _page_moment_free(html: str) -> str:
+    for pattern, replacement in _MOMENT:
+        html = pattern.sub(replacement, html)
+    return html
+
+
+def test_the_page_that_comes_with_a_start_is_the_one_its_address_serves(portal: Portal, browser: Any) -> None:
+    for embed in ("", "&embed=1"):
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(portal.url + "/exhibits/demo/")
+        token = next(c["value"] for c in context.cookies() if c["name"] == "csrftoken")
+        answer = context.request.post(f"{portal.url}/api/exhibits/demo/sessions?page=1{embed}",
+                                      headers={"X-CSRFToken": token, "Referer": portal.url + "/"})
+        assert answer.status == 201, answer.text()
+        started = answer.json()
+        served = context.request.get(portal.url + started["page_url"] + ("?embed=1" if embed else ""))
+        assert served.status == 200
+        assert _page_moment_free(started["page_html"]) == _page_moment_free(served.text())
+        assert f'"id": "{started["id"]}"' in started["page_html"]
+        assert ('class="machine embedded"' in started["page_html"]) == bool(embed)
+        # Without `page=1` the answer is the plain Session.
+        context.request.delete(f"{portal.url}/api/sessions/{started['id']}",
+                               headers={"X-CSRFToken": token, "Referer": portal.url + "/"})
+        plain = context.request.post(f"{portal.url}/api/exhibits/demo/sessions",
+                                     headers={"X-CSRFToken": token, "Referer": portal.url + "/"})
+        assert plain.status == 201 and "page_html" not in plain.json()
+        context.request.delete(f"{portal.url}/api/sessions/{plain.json()['id']}",
+                               headers={"X-CSRFToken": token, "Referer": portal.url + "/"})
+        context.close()
