@@ -1,6 +1,7 @@
 """A real portal served by Daphne, and Debian's Chromium driven by Playwright."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -31,6 +32,17 @@ CHROMIUM_ARGS = [
 ]
 
 
+# Management commands one after another, each as `manage.py <command> <args>` would run it.
+_COMMANDS_RUN = (
+    "import json, os, sys, django\n"
+    "os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'portal.settings')\n"
+    "django.setup()\n"
+    "from django.core.management import call_command\n"
+    "for command in json.loads(sys.argv[1]):\n"
+    "    call_command(*command)\n"
+)
+
+
 @dataclass
 class Portal:
     url: str
@@ -55,6 +67,11 @@ class Portal:
             [sys.executable, str(REPO / "manage.py"), *args],
             env=self.env, check=True, capture_output=True, text=True, cwd=REPO,
         ).stdout
+
+    def manage_each(self, *commands: list[str]) -> None:
+        """Several commands, as `manage.py` runs each, in one Python (one Django start)."""
+        subprocess.run([sys.executable, "-c", _COMMANDS_RUN, json.dumps(commands)],
+                       env=self.env, check=True, capture_output=True, text=True, cwd=REPO)
 
     def serve(self) -> None:
         """Start Daphne as `make run` does, and wait until it answers."""
@@ -136,8 +153,30 @@ def _log_told(site: Portal, lines: int = 60) -> None:
         print("\n".join(said[-lines:]))
 
 
+@pytest.fixture(scope="session")
+def migrated_database() -> Iterator[Callable[[dict[str, str]], Path]]:
+    """An empty SQLite database as `migrate` leaves it, made once per test process and
+    copied into each new install that has none (the same file, without a Django start
+    each time). Installs on PostgreSQL migrate their own."""
+    made: list[Path] = []
+
+    def database(env: dict[str, str]) -> Path:
+        if not made:
+            root = Path(tempfile.mkdtemp(prefix="pe-migrated-", dir="/tmp"))
+            made.append(root)
+            subprocess.run([sys.executable, str(REPO / "manage.py"), "migrate", "--no-input", "-v", "0"],
+                           env={**env, "PORTAL_DATA_DIR": str(root)}, check=True, capture_output=True,
+                           cwd=REPO)
+        return made[0] / "portal.sqlite3"
+
+    yield database
+    for root in made:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture
-def portal_make(demo_image: Path, request: pytest.FixtureRequest) -> Iterator[PortalFactory]:
+def portal_make(demo_image: Path, request: pytest.FixtureRequest,
+                migrated_database: Callable[[dict[str, str]], Path]) -> Iterator[PortalFactory]:
     """Make served portals, each an install of its own (its own data directory);
     afterwards each is stopped and must have left nothing behind. A failed test's
     report ends with each portal's log.
@@ -175,16 +214,23 @@ def portal_make(demo_image: Path, request: pytest.FixtureRequest) -> Iterator[Po
             site = Portal(url=f"http://127.0.0.1:{port}", root=root, env=env, port=port,
                           proxy_headers=proxy_headers)
             made.append(site)
-        site.manage("migrate", "--no-input", "-v", "0")
-        if not demo:
-            # Another node of the same portal: the database already has the demo.
-            site.serve()
-            return site
-        site.manage("add_exhibit", str(demo_image), "--slug", "demo", "--title", "Portal demo",
-                    "--boot", "hdd", "--year", "1992", "--sound", sound or "none", "--publish")
-        if prepare:
-            # As `make run` does: visitors resume the booted desktop.
-            site.manage("prepare_exhibit", "demo", "--wait-graphics", "--still", "1")
+        database = root / "portal.sqlite3"
+        # A data directory of the test's own (data_dir) is made as the portal makes it.
+        on_sqlite = not any(name in env for name in ("PORTAL_DATABASE_URL", "PORTAL_DATABASE_PATH"))
+        commands: list[list[str]] = []
+        if on_sqlite and data_dir is None and not database.exists():
+            shutil.copyfile(migrated_database(env), database)
+        else:
+            commands.append(["migrate", "--no-input", "-v", "0"])
+        if demo:
+            commands.append(["add_exhibit", str(demo_image), "--slug", "demo", "--title", "Portal demo",
+                             "--boot", "hdd", "--year", "1992", "--sound", sound or "none", "--publish"])
+            if prepare:
+                # As `make run` does: visitors resume the booted desktop.
+                commands.append(["prepare_exhibit", "demo", "--wait-graphics", "--still", "1"])
+        # Another node of the same portal (demo=False): the database already has the demo.
+        if commands:
+            site.manage_each(*commands)
         site.serve()
         return site
 

@@ -84,7 +84,8 @@ def test_start_turns_the_exhibit_page_into_the_machines_page(portal: Portal, bro
     embed.wait_for_selector('#state[data-state="ended"]', timeout=15_000)
 
 
-def test_start_without_scripts_still_reaches_the_machines_page(portal: Portal, browser: Any) -> None:
+def test_start_without_scripts_still_reaches_the_machines_page_and_with_them_the_page_comes_with_it(
+        portal: Portal, browser: Any) -> None:
     context = browser.new_context(java_script_enabled=False)
     page = context.new_page()
     page.goto(portal.url + "/exhibits/demo/")
@@ -98,6 +99,8 @@ def test_start_without_scripts_still_reaches_the_machines_page(portal: Portal, b
     assert answer.status == 200, answer.text()
     assert answer.json()["state"] in {"starting", "running"}
     context.close()
+    # With scripts, the start's answer carries the page (one portal for both checks).
+    _page_that_comes_with_a_start_checked(portal, browser)
 
 
 # What differs between two renderings of one machine's page a moment apart: the
@@ -115,7 +118,8 @@ def _page_moment_free(html: str) -> str:
     return html
 
 
-def test_the_page_that_comes_with_a_start_is_the_one_its_address_serves(portal: Portal, browser: Any) -> None:
+def _page_that_comes_with_a_start_checked(portal: Portal, browser: Any) -> None:
+    """The page a start with `page=1` carries is the one its address serves."""
     for embed in ("", "&embed=1"):
         context = browser.new_context()
         page = context.new_page()
