@@ -91,13 +91,14 @@ def portal(portal_make: PortalFactory, tmp_path: Path) -> Portal:
     (`dos`) and the keyboard guest on a German one (`keyb-gr`), each prepared."""
     site = portal_make(demo=False)
     # Software emulation: a floppy does not boot under nested KVM.
-    site.manage("add_exhibit", str(FREEDOS_GAMES), "--slug", "dos", "--title", "FreeDOS",
-                "--boot", "floppy", "--accelerator", "tcg", "--publish")
-    site.manage("add_exhibit", str(keyboard_guest_build(tmp_path)), "--slug", "keyb-gr",
-                "--title", "KEYB GR", "--boot", "floppy", "--accelerator", "tcg", "--keyboard", "de",
-                "--publish")
-    site.manage("prepare_exhibit", "dos", "--wait-text", "A:\\>", "--still", "1")
-    site.manage("prepare_exhibit", "keyb-gr", "--wait-text", "Keyboard guest", "--still", "1")
+    # Added and prepared in one Python, as each command alone would.
+    site.manage_each(
+        ["add_exhibit", str(FREEDOS_GAMES), "--slug", "dos", "--title", "FreeDOS", "--boot", "floppy",
+         "--accelerator", "tcg", "--publish"],
+        ["add_exhibit", str(keyboard_guest_build(tmp_path)), "--slug", "keyb-gr", "--title", "KEYB GR",
+         "--boot", "floppy", "--accelerator", "tcg", "--keyboard", "de", "--publish"],
+        ["prepare_exhibit", "dos", "--wait-text", "A:\\>", "--still", "1"],
+        ["prepare_exhibit", "keyb-gr", "--wait-text", "Keyboard guest", "--still", "1"])
     return site
 
 

@@ -35,9 +35,11 @@ def test_a_dos_screen_read_as_text_by_its_owner_its_page_and_a_watcher(
         portal_make: PortalFactory, browser: Any) -> None:
     portal = portal_make()
     # Software emulation: a floppy does not boot under nested KVM.
-    portal.manage("add_exhibit", str(FREEDOS_GAMES), "--slug", "dos", "--title", "FreeDOS",
-                  "--boot", "floppy", "--accelerator", "tcg", "--code-page", "437", "--publish")
-    portal.manage("prepare_exhibit", "dos", "--wait-text", PROMPT, "--still", "1")
+    # Added and prepared in one Python, as each command alone would.
+    portal.manage_each(
+        ["add_exhibit", str(FREEDOS_GAMES), "--slug", "dos", "--title", "FreeDOS", "--boot", "floppy",
+         "--accelerator", "tcg", "--code-page", "437", "--publish"],
+        ["prepare_exhibit", "dos", "--wait-text", PROMPT, "--still", "1"])
     visitor = PortalVisitor(portal.url)
     status, exhibit = visitor.request("GET", "/api/exhibits/dos")
     assert status == 200
