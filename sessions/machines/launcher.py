@@ -29,10 +29,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from django.conf import settings
 
-from portal.models import Exhibit, ExhibitMedia, StartState
+from portal.models import DiskImage, Exhibit, ExhibitDisk, ExhibitMedia, StartState
 from sessions.errors import gettext_noop
 from sessions.machines.config import MachinesConfig
 from sessions.machines.confine import Confinement
+from sessions.machines.drives import BOOT_DISK, BoxDisk
 from sessions.machines.host import HostError, UidLease, machine_lease, machine_lease_take, uid_lease_take
 from sessions.machines.machine import (
     Machine,
@@ -50,12 +51,15 @@ from sessions.machines.overlay import (
     run_dir_remove,
 )
 from sessions.machines.prepare import PrepareError, StartCondition, start_state_discard, start_state_prepare
-from sessions.machines.sandbox import files_disk_create
+from sessions.machines.sandbox import blank_disks_create
 
 if TYPE_CHECKING:
     from sessions.machines.pool import Pool
 
 logger = logging.getLogger(__name__)
+
+# What the disk box calls the disk a machine boots from (the web edge translates it).
+BOOT_LABEL = gettext_noop("The disk it starts from")
 
 # Every machine's run directory (and machine lease) is `m-<hex>`: named by the
 # machine alone, never by a visit or the pool, since a running QEMU's command
@@ -156,10 +160,9 @@ class Launcher:
         )
         profile = exhibit.machine_profile()
         extra_paths = await self._extra_overlays(run_dir, exhibit, count=len(profile.extra_media))
-        if profile.files_in_slot_free:
-            await files_disk_create(run_dir, qemu_img_binary=self.config.qemu_img_binary,
-                                    timeout_s=self.config.qemu_img_timeout_s)
-        return Machine(
+        await blank_disks_create(run_dir, profile, qemu_img_binary=self.config.qemu_img_binary,
+                                 timeout_s=self.config.qemu_img_timeout_s)
+        machine = Machine(
             profile,
             extra_paths=extra_paths,
             run_dir=run_dir,
@@ -175,6 +178,8 @@ class Launcher:
             print_idle_s=self.config.print_idle_s,
             print_job_bytes=self.config.print_job_bytes,
         )
+        machine.disk_set = await disk_set_of(exhibit)
+        return machine
 
     async def _extra_overlays(self, run_dir: Path, exhibit: Exhibit, *, count: int) -> list[Path]:
         """A throwaway overlay over each of the exhibit's extra media, in order."""
@@ -215,6 +220,26 @@ class Launcher:
             await StartState.objects.filter(pk=start.pk).aupdate(stale=True, stale_reason=reason)
             return None
         return start
+
+
+async def disk_set_of(exhibit: Exhibit) -> list[BoxDisk]:
+    """The disks of the exhibit's disk box: its disk set, in order, and the disk it
+    boots from when that drive is in the box. Each names its master's layers."""
+    profile = exhibit.machine_profile()
+    disks: list[BoxDisk] = []
+    if profile.boot_drive in profile.disk_drives:
+        disks.append(BoxDisk(id=BOOT_DISK, label=BOOT_LABEL, drive=profile.boot_drive or "a",
+                             media="floppy" if profile.boot == "floppy" else "cdrom", at_start=True))
+    async for disk in ExhibitDisk.objects.filter(exhibit_id=exhibit.pk).select_related("image"):
+        chain: list[tuple[Path, str]] = []
+        image: DiskImage | None = disk.image
+        while image is not None and len(chain) < 64:
+            chain.append((Path(image.path), image.format))
+            image = await DiskImage.objects.filter(pk=image.parent_id).afirst() if image.parent_id else None
+        disks.append(BoxDisk(id=str(disk.pk), label=disk.label, media=disk.media, drive=disk.drive,
+                             write_protected=disk.write_protected, at_start=disk.in_drive_at_start,
+                             master=tuple(chain)))
+    return disks
 
 
 class ExhibitVisit(Protocol):
