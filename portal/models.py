@@ -445,11 +445,40 @@ class ExhibitDisk(models.Model):
                 "write_protected": self.write_protected}
 
 
+# What a disk of a set is besides its exhibit and master: what derivatives and bags carry.
+DISK_FIELDS = ("position", "label", "drive", "in_drive_at_start", "write_protected")
+
+
 def disk_drives_refresh(exhibit_id: int) -> None:
     """Keep Exhibit.disk_drives in step with the exhibit's ExhibitDisk rows."""
     used = set(ExhibitDisk.objects.filter(exhibit_id=exhibit_id).values_list("drive", flat=True))
     Exhibit.objects.filter(pk=exhibit_id).update(
         disk_drives=",".join(drive for drive in DISK_DRIVES if drive in used))
+
+
+def extra_media_place(exhibit: Exhibit, images: list[DiskImage]) -> None:
+    """Give the exhibit these further media, in order: hard disks as extra media, floppies
+    and CD-ROMs as disks of its disk set, each in the drive a PC gives it (the first
+    free floppy drive, the CD drive), in it at start where the drive is free."""
+    taken = {"a"} if exhibit.boot == Exhibit.Boot.FLOPPY else set()
+    if exhibit.boot == Exhibit.Boot.CDROM:
+        taken.add("cd")
+    counts = {"floppy": 0, "cdrom": 0}
+    start = ExhibitDisk.objects.filter(exhibit=exhibit).count()
+    for position, image in enumerate(images):
+        if image.media == DiskImage.Media.DISK:
+            ExhibitMedia.objects.create(exhibit=exhibit, image=image, position=position)
+            continue
+        counts[image.media] += 1
+        if image.media == DiskImage.Media.FLOPPY:
+            drive = next((letter for letter in ("a", "b") if letter not in taken), "b")
+            label = f"Floppy disk {counts['floppy']}"
+        else:
+            drive = "cd"
+            label = "CD-ROM" if counts["cdrom"] == 1 else f"CD-ROM {counts['cdrom']}"
+        ExhibitDisk.objects.create(exhibit=exhibit, image=image, position=start + position, label=label,
+                                   drive=drive, in_drive_at_start=drive not in taken)
+        taken.add(drive)
 
 
 @receiver([post_save, post_delete], sender=ExhibitDisk)

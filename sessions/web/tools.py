@@ -255,4 +255,9 @@ async def watch_state(request: HttpRequest, token: str) -> JsonResponse:
     state = _watch_state(session, broker.viewers.watcher_count(session.id))
     name = request.GET.get("watcher", "")
     state["control"] = bool(name) and broker.viewers.in_control(session.id, name)
+    # Which disk is in each drive of the disk box (empty for a machine without one).
+    try:
+        state["drives"] = broker.sandboxes.drives(session_id=session.id)[0]
+    except SessionError:
+        state["drives"] = []
     return JsonResponse(state)
