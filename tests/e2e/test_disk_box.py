@@ -39,9 +39,10 @@ def test_a_visitor_changes_disks_from_the_page_and_dos_reads_them(
     portal.manage("prepare_exhibit", "dos", "--wait-text", "A:\\>", "--still", "1")
     status, exhibit = PortalVisitor(portal.url).request("GET", "/api/exhibits/dos")
     assert status == 200
-    assert [(disk["label"], disk["media"], disk["drive"], disk["write_protected"]) for disk in exhibit["disks"]] \
-        == [("Disk 1 — Setup", "floppy", "b", False), ("Disk 2 — Data", "floppy", "b", False),
-            ("CD-ROM", "cdrom", "cd", False)]
+    listed = [(disk["label"], disk["media"], disk["drive"], disk["write_protected"])
+              for disk in exhibit["disks"]]
+    assert listed == [("Disk 1 — Setup", "floppy", "b", False), ("Disk 2 — Data", "floppy", "b", False),
+                      ("CD-ROM", "cdrom", "cd", False)]
 
     phone = browser.new_context(**PHONE)
     page = phone.new_page()
