@@ -15,7 +15,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
 from django.test import AsyncClient, Client
 
-from portal.models import DiskImage, Exhibit, PreservationEvent
+from portal.models import DiskImage, Exhibit, ExhibitDisk, PreservationEvent
 from sessions.models import VisitorSession
 from tests.conftest import FREEDOS_2048, FREEDOS_2048_SHA256, ExhibitFactory, visitor
 from tests.support.wait import eventually
@@ -394,7 +394,7 @@ async def test_the_exhibit_page_says_a_damaged_exhibit_cannot_start(
     assert b'id="start"' not in page.content
 
 
-async def test_extra_media_are_attached_through_their_own_overlays(
+async def test_extra_floppies_and_cds_join_the_disk_set_each_in_its_own_layer(
     broker: Any, portal_dirs: Path, tmp_path: Path
 ) -> None:
     from tests.conftest import FREEDOS_GAMES
@@ -405,7 +405,12 @@ async def test_extra_media_are_attached_through_their_own_overlays(
         "add_exhibit", str(FREEDOS_GAMES), "--slug", "games", "--title", "Games", "--accelerator", "tcg",
         "--extra", str(FREEDOS_2048), "--extra", str(iso), "--publish")
     exhibit = await Exhibit.objects.select_related("image").aget(slug="games")
-    assert exhibit.machine_profile().extra_media == ("floppy", "cdrom")
+    profile = exhibit.machine_profile()
+    assert profile.extra_media == ()
+    assert profile.disk_drives == ("b", "cd")
+    disks = [disk async for disk in ExhibitDisk.objects.filter(exhibit=exhibit)]
+    assert [(disk.label, disk.drive, disk.in_drive_at_start) for disk in disks] \
+        == [("Floppy disk 1", "b", True), ("CD-ROM", "cd", True)]
     masters = {image.path: image.sha256 async for image in DiskImage.objects.all()}
     assert len(masters) == 3
 
@@ -422,11 +427,12 @@ async def test_extra_media_are_attached_through_their_own_overlays(
         run_dir = machine.run_dir
         assert run_dir.parent == portal_dirs / "run"
         floppy_b, cd = blocks["floppy1"]["inserted"], blocks["ide1-cd0"]["inserted"]
-        assert floppy_b["file"] == str(run_dir / "extra-0.qcow2")
-        assert floppy_b["backing_file"].endswith(".qcow2")
-        assert floppy_b["backing_file"] in masters
-        assert cd["file"] == str(run_dir / "extra-1.qcow2")
+        # Each disk in a layer of its own in the run directory (opened through descriptors).
+        for inserted, disk in ((floppy_b, disks[0]), (cd, disks[1])):
+            assert inserted["node-name"] == f"disk-{disk.pk}"
+            assert (run_dir / f"disk-{disk.pk}.qcow2").is_file()
         assert cd["ro"] is True
+        assert floppy_b["ro"] is False
         assert blocks["floppy0"]["inserted"]["file"] == str(run_dir / "disk.qcow2")
     finally:
         assert (await browser.delete(f"/api/sessions/{session_id}")).status_code == 204
@@ -434,14 +440,24 @@ async def test_extra_media_are_attached_through_their_own_overlays(
         assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == sha256
 
 
-def test_extra_media_must_fit_the_pc_and_cannot_be_prepared(portal_dirs: Path) -> None:
-    with pytest.raises(CommandError, match="do not fit"):
+def test_a_disk_set_must_fit_its_drives(portal_dirs: Path, tmp_path: Path) -> None:
+    from tests.integration.test_importer import iso_image
+
+    iso = iso_image(tmp_path / "extras.iso")
+    with pytest.raises(CommandError, match="takes a Floppy disk"):
         call_command("add_exhibit", str(FREEDOS_2048), "--slug", "two", "--title", "Two",
-                     "--extra", str(FREEDOS_2048), "--extra", str(FREEDOS_2048))
+                     "--disk", str(iso), "Setup CD", "b")
+    with pytest.raises(CommandError, match="one disk can be in each drive at start"):
+        call_command("add_exhibit", str(FREEDOS_2048), "--slug", "two", "--title", "Two",
+                     "--disk", str(FREEDOS_2048), "Disk 1", "in", "--disk", str(FREEDOS_2048), "Disk 2", "in")
+    with pytest.raises(CommandError, match="unknown word"):
+        call_command("add_exhibit", str(FREEDOS_2048), "--slug", "two", "--title", "Two",
+                     "--disk", str(FREEDOS_2048), "Disk 1", "c")
+    # Two more floppies than A: holds: both join the set for B:, the first in it at start.
     call_command("add_exhibit", str(FREEDOS_2048), "--slug", "one", "--title", "One",
-                 "--extra", str(FREEDOS_2048))
-    with pytest.raises(CommandError, match="extra media"):
-        call_command("prepare_exhibit", "one", "--after", "1")
+                 "--extra", str(FREEDOS_2048), "--extra", str(FREEDOS_2048))
+    disks = ExhibitDisk.objects.filter(exhibit__slug="one")
+    assert [(disk.drive, disk.in_drive_at_start) for disk in disks] == [("b", True), ("b", False)]
 
 
 def test_the_exhibit_admin_offers_the_runtimes_prepare_actions(rf: Any, admin_user: Any) -> None:
