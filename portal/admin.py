@@ -232,7 +232,8 @@ class ExhibitMediaInline(admin.TabularInline):
     formset = ExtraMediaFormSet
     extra = 0
     fields = ("image", "position")
-    verbose_name = "extra hard disk (floppies and CDs go into the disk set)"
+    verbose_name = "extra medium: a further hard disk"
+    verbose_name_plural = "extra media (further hard disks; floppies and CDs go into the disk set)"
 
 
 class DiskSetFormSet(forms.BaseInlineFormSet):
@@ -263,7 +264,8 @@ class ExhibitDiskInline(admin.TabularInline):
     formset = DiskSetFormSet
     extra = 0
     fields = ("position", "label", "image", "drive", "in_drive_at_start", "write_protected")
-    verbose_name = "disk of the disk set (software on several floppies or CDs, changed while it runs)"
+    verbose_name = "disk of the disk set"
+    verbose_name_plural = "disk set (software on several floppies or CDs, changed while it runs)"
 
 
 def _translation_field(code: str, field: str) -> str:

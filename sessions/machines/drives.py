@@ -3,9 +3,10 @@ changing them while the guest runs.
 
 Owns, for one machine (a reset makes a new one): the disks a visitor may put in
 (the exhibit's disk set, the disk it boots from when that drive is in the box, and
-the visitor's own files disks), each disk's throwaway layer, made when it first
-goes in (a qcow2 over its master, opened through descriptors) and kept attached
-for the machine's life, so what the guest wrote to "Disk 2" is there when Disk 2
+the visitor's own files disks), each disk's throwaway layer (a qcow2 over its
+master, `layer_file_create`; the launcher makes the files beside the machine's
+overlay), attached when the disk first goes in (opened through descriptors) and
+kept attached for the machine's life, so what the guest wrote to "Disk 2" is there when Disk 2
 goes back in, and a checkpoint saves every layer; and the changes themselves
 (QMP's tray and medium commands), a CD tray the guest locked refused. A
 write-protected disk's layer is opened read-only: the guest's writes fail as with
@@ -282,13 +283,12 @@ class DiskBox:
         if not disk.master:
             raise DiskNotFoundError()
         node = f"{LAYER_PREFIX}{disk.id}"
-        layer = self.sandbox.run_dir / f"{node}.qcow2"
-        top, top_format = disk.master[0]
-        layer.unlink(missing_ok=True)
+        layer = layer_path(self.sandbox.run_dir, disk)
         try:
-            config = self.sandbox.config
-            await qemu_img(config.qemu_img, "create", "-q", "-f", "qcow2", "-F", top_format,
-                           "-b", os.fspath(top), os.fspath(layer), timeout_s=config.read_timeout_s)
+            if not layer.exists():  # the launcher makes them with the machine
+                config = self.sandbox.config
+                await layer_file_create(self.sandbox.run_dir, disk, qemu_img_binary=config.qemu_img,
+                                        timeout_s=config.read_timeout_s)
             writable = disk.media == "floppy" and not disk.write_protected
             await self.machine.qcow2_add(node, layer, backing=disk.master, read_only=not writable)
         except BaseException:
@@ -309,6 +309,25 @@ class DiskBox:
             if disk.id not in self.nodes and disk.master and disk.media == "floppy" \
                     and not disk.write_protected:
                 await self._layer_make(disk)
+
+
+def layer_path(run_dir: Path, disk: BoxDisk) -> Path:
+    """Where the disk's throwaway layer is, in the machine's run directory."""
+    return run_dir / f"{LAYER_PREFIX}{disk.id}.qcow2"
+
+
+async def layer_file_create(run_dir: Path, disk: BoxDisk, *, qemu_img_binary: str, timeout_s: float) -> Path:
+    """The disk's throwaway layer: an empty qcow2 over its master (never written)."""
+    layer = layer_path(run_dir, disk)
+    top, top_format = disk.master[0]
+    layer.unlink(missing_ok=True)
+    try:
+        await qemu_img(qemu_img_binary, "create", "-q", "-f", "qcow2", "-F", top_format,
+                       "-b", os.fspath(top), os.fspath(layer), timeout_s=timeout_s)
+    except BaseException:
+        layer.unlink(missing_ok=True)
+        raise
+    return layer
 
 
 def drive_name(device: str) -> str | None:

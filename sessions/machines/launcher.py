@@ -33,7 +33,7 @@ from portal.models import DiskImage, Exhibit, ExhibitDisk, ExhibitMedia, StartSt
 from sessions.errors import gettext_noop
 from sessions.machines.config import MachinesConfig
 from sessions.machines.confine import Confinement
-from sessions.machines.drives import BOOT_DISK, BoxDisk
+from sessions.machines.drives import BOOT_DISK, BoxDisk, layer_file_create
 from sessions.machines.host import HostError, UidLease, machine_lease, machine_lease_take, uid_lease_take
 from sessions.machines.machine import (
     Machine,
@@ -154,10 +154,10 @@ class Launcher:
         """An unstarted machine of the exhibit in `run_dir`, on a fresh overlay over
         `base` (and over each extra medium), running as `uid_lease`'s uid."""
         overlay_path = run_dir / OVERLAY_FILE
-        await overlay_create(
-            base_path=base, base_format=base_format, overlay_path=overlay_path,
-            qemu_img=self.config.qemu_img_binary, timeout_s=self.config.qemu_img_timeout_s,
-        )
+        disk_set = await disk_set_of(exhibit)
+        # The disk set's layer files are made beside the boot disk's overlay, at once, so
+        # a disk's first insertion only attaches its layer (see sessions.machines.drives).
+        await self._disks_create(run_dir, overlay_path, disk_set, base=base, base_format=base_format)
         profile = exhibit.machine_profile()
         extra_paths = await self._extra_overlays(run_dir, exhibit, count=len(profile.extra_media))
         await blank_disks_create(run_dir, profile, qemu_img_binary=self.config.qemu_img_binary,
@@ -178,8 +178,29 @@ class Launcher:
             print_idle_s=self.config.print_idle_s,
             print_job_bytes=self.config.print_job_bytes,
         )
-        machine.disk_set = await disk_set_of(exhibit)
+        machine.disk_set = disk_set
         return machine
+
+    async def _disks_create(self, run_dir: Path, overlay_path: Path, disk_set: list[BoxDisk], *,
+                            base: Path, base_format: str) -> None:
+        """The boot disk's overlay and the disk set's layer files, made at once."""
+        qemu_img, timeout_s = self.config.qemu_img_binary, self.config.qemu_img_timeout_s
+        try:
+            # A task group: one that fails cancels the others; all have ended when it raises.
+            async with asyncio.TaskGroup() as group:
+                group.create_task(overlay_create(base_path=base, base_format=base_format,
+                                                 overlay_path=overlay_path, qemu_img=qemu_img,
+                                                 timeout_s=timeout_s))
+                for disk in disk_set:
+                    if disk.master:
+                        group.create_task(layer_file_create(run_dir, disk, qemu_img_binary=qemu_img,
+                                                            timeout_s=timeout_s))
+        except ExceptionGroup as failed:
+            first = failed.exceptions[0]
+            if isinstance(first, OverlayError):
+                raise first from None
+            raise OverlayError(gettext_noop("The server could not create this visit's disk."),
+                               log_detail=f"a disk of the set in {run_dir}: {first}") from first
 
     async def _extra_overlays(self, run_dir: Path, exhibit: Exhibit, *, count: int) -> list[Path]:
         """A throwaway overlay over each of the exhibit's extra media, in order."""

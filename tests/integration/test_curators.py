@@ -486,13 +486,15 @@ def test_the_exhibit_admin_takes_the_title_and_description_in_more_languages(
     for field in ("title_de", "description_de", "title_fr", "description_es"):
         assert f'name="{field}"' in page, field
     assert 'value="Le DOS"' in page
-    prefix = re.search(r'name="([\w-]+)-TOTAL_FORMS"', page)
-    assert prefix is not None
+    # Each inline's management form (the disk set, the extra media): none of them.
+    prefixes = re.findall(r'name="([\w-]+)-TOTAL_FORMS"', page)
+    assert len(prefixes) == 2
     form = {name: value for name, value in model_to_dict(exhibit).items()
             if value is not None and name not in {"translations", "id", "parent", "thumbnail"}}
     form.update({"title_de": "Das DOS", "description_de": "Ein Spiel.", "title_fr": "",
-                 "description_es": "Un juego.", f"{prefix[1]}-TOTAL_FORMS": "0",
-                 f"{prefix[1]}-INITIAL_FORMS": "0"})
+                 "description_es": "Un juego."})
+    for prefix in prefixes:
+        form.update({f"{prefix}-TOTAL_FORMS": "0", f"{prefix}-INITIAL_FORMS": "0"})
     saved = curator_client.post(address, form)
     assert saved.status_code == 302, saved.content.decode()[-3000:]
     exhibit.refresh_from_db()
