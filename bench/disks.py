@@ -39,7 +39,8 @@ async def changes(broker: Any, disks: dict[str, list[int]]) -> dict[str, list[fl
     async def put(drive: str, disk: int | None, what: str) -> None:
         await asyncio.sleep(PAUSE_S)
         began = time.perf_counter()
-        response = await browser.put(f"{base}/drives/{drive}", {"disk": disk}, content_type="application/json")
+        response = await browser.put(f"{base}/drives/{drive}", {"disk": disk},
+                                     content_type="application/json")
         times.setdefault(what, []).append(time.perf_counter() - began)
         assert response.status_code == 200, response.content
 
@@ -112,8 +113,8 @@ async def measure(root: Path) -> dict[str, Any]:
                   ratio(median(again), median(reference)), ms(TARGETS_S[drive]),
                   verdict(median(again) <= TARGETS_S[drive]))
         eject = times[f"{drive}_eject"]
-        table.row(f"{name}, eject", ms(median(eject)), ms(p95(eject)), ratio(median(eject), median(reference)),
-                  "-", "-")
+        table.row(f"{name}, eject", ms(median(eject)), ms(p95(eject)),
+                  ratio(median(eject), median(reference)), "-", "-")
     table.row("reference: overlay creation", ms(median(reference)), ms(p95(reference)), "1.00", "-", "-")
     table.print()
     return {"times": times, "tables": [table]}

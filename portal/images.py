@@ -178,6 +178,8 @@ def disk_image_delete(image: DiskImage, *, agent: str) -> None:
     users += [f"exhibit {slug}" for slug in image.exhibits.values_list("slug", flat=True)]
     users += [f"exhibit {slug} (extra medium)"
               for slug in image.extra_in.values_list("exhibit__slug", flat=True)]
+    users += [f"exhibit {slug} (its disk set)"
+              for slug in image.in_disk_sets.values_list("exhibit__slug", flat=True)]
     if users:
         raise ImageInUseError(f"{image} cannot be deleted: {'; '.join(users)} build on it or use it.")
     path = Path(image.path)
