@@ -255,4 +255,4 @@ def test_every_drive_of_a_disk_set_is_on_the_command_line_and_in_the_start_state
     for bad in ({"disk_drives": ("cd", "b")}, {"disk_drives": ("c",)},
                 {"disk_drives": ("b",), "extra_media": ("floppy",)}):
         with pytest.raises(ValueError, match=r"disk drives|removable"):
-            MachineProfile(**bad)  # type: ignore[arg-type]
+            MachineProfile(**bad)
