@@ -5,7 +5,7 @@ volume labels and a CD), prepared, visited from the warm pool: the exhibit lists
 its disks; the session page's disk box shows Disk 1 in B:, and a visitor using the
 keyboard alone puts Disk 2 in, which is announced, shown in a second tab of the
 visit (the events socket), and listed by DOS's own `dir B:`; Eject empties the
-drive. The box fits a phone's screen without sideways scrolling.
+drive. The box fits a phone's screen without sideways scrolling and passes axe-core.
 """
 from __future__ import annotations
 
@@ -15,13 +15,12 @@ from typing import Any
 
 from tests.conftest import FREEDOS_GAMES
 from tests.e2e.conftest import PortalFactory
+from tests.e2e.test_accessibility import PHONE, _axe_clean
 from tests.support.disk_set import cd_make, floppy_make
 from tests.support.portal_http import PortalVisitor
 from tests.support.wait import wait_until
 
 TIMEOUT_S = 60
-PHONE = {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True,
-         "device_scale_factor": 2}
 
 
 def test_a_visitor_changes_disks_from_the_page_and_dos_reads_them(
@@ -82,8 +81,9 @@ def test_a_visitor_changes_disks_from_the_page_and_dos_reads_them(
     other.wait_for_function("() => document.getElementById('disk-box-summary').textContent"
                             ".includes('Drive B: Disk 2 — Data')", timeout=30_000)
     assert box.get_by_role("group", name="Drive B:").get_by_text("In it: Disk 2 — Data").is_visible()
-    # On a phone the box fits the screen: nothing scrolls sideways.
+    # On a phone the box fits the screen (nothing scrolls sideways) and passes axe-core.
     assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
+    _axe_clean(page, "the disk box open on a phone")
 
     # DOS lists Disk 2 (B: was not read before in this visit, so nothing of Disk 1 is cached).
     token = next(cookie["value"] for cookie in phone.cookies() if cookie["name"] == "csrftoken")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import AsyncClient
 
 from portal.importer import sha256_path
@@ -180,6 +181,22 @@ async def test_it_changes_disks_in_b_as_dos_sees_them_and_keeps_each_disks_write
         block = {device["device"]: device for device in await visit.machine.block_devices()}
         assert "inserted" not in next(device for name, device in block.items() if "-cd" in name)
 
+        # The visitor's own files disk is a disk of the box: it can go out and back in.
+        brought = await browser.post(f"/api/sessions/{visit.id}/media",
+                                     {"files": [SimpleUploadedFile("note.txt", b"note\r\n")]})
+        assert brought.status_code == 201, brought.content
+        listed = (await browser.get(f"/api/sessions/{visit.id}/drives")).json()
+        assert {"drive": "b", "disk": "visitor-1"} in listed["drives"]
+        assert {"id": "visitor-1", "label": "Your files", "media": "floppy", "drive": "b",
+                "write_protected": False} in listed["disks"]
+        assert (await visit.put("b", two)).status_code == 200
+        assert (await visit.put("b", "visitor-1")).status_code == 200
+        await visit.b_shows("VISITOR1")
+        # A watcher learns what is in each drive from the watch link's state.
+        link = (await browser.post(f"/api/sessions/{visit.id}/watchers")).json()
+        state = (await visitor().get(f"/watch/{link['token']}/state")).json()
+        assert state["drives"] == [{"drive": "b", "disk": "visitor-1"}, {"drive": "cd", "disk": None}]
+
         # Refused: a drive the machine lacks, a CD in a floppy drive, another exhibit's
         # disk, something that is not a disk, and changes faster than a person makes.
         unknown = await visit.put("z", one)
@@ -197,6 +214,13 @@ async def test_it_changes_disks_in_b_as_dos_sees_them_and_keeps_each_disks_write
         assert 429 in answers
         assert answers[:5] == [200] * 5
         assert (await visitor().get(f"/api/sessions/{visit.id}/drives")).status_code == 404
+
+        # Reset starts again from the disk set as the curators arranged it.
+        await asyncio.sleep(1.1)  # past the second the burst above was counted in
+        assert (await visit.put("b", two)).status_code == 200
+        reset = await browser.post(f"/api/sessions/{visit.id}/reset")
+        assert reset.status_code == 200, reset.content
+        assert (await visit.drives()) == {"b": one, "cd": None}
     finally:
         await visit.rfb.close()
         await browser.delete(f"/api/sessions/{visit.id}")
