@@ -4,8 +4,9 @@ An exhibit added with a disk set (`add_exhibit --disk`: two floppies of their ow
 volume labels and a CD), prepared, visited from the warm pool: the exhibit lists
 its disks; the session page's disk box shows Disk 1 in B:, and a visitor using the
 keyboard alone puts Disk 2 in, which is announced, shown in a second tab of the
-visit (the events socket), and listed by DOS's own `dir B:`; Eject empties the
-drive. The box fits a phone's screen without sideways scrolling and passes axe-core.
+visit (the events socket) and on the watch page of a watch link, and listed by
+DOS's own `dir B:`; Eject empties the drive. The box fits a phone's screen without
+sideways scrolling and passes axe-core.
 """
 from __future__ import annotations
 
@@ -80,13 +81,23 @@ def test_a_visitor_changes_disks_from_the_page_and_dos_reads_them(
     assert status_line.get_attribute("role") == "status"
     other.wait_for_function("() => document.getElementById('disk-box-summary').textContent"
                             ".includes('Drive B: Disk 2 — Data')", timeout=30_000)
+    # Someone watching by a link sees it too, on the watch page.
+    token = next(cookie["value"] for cookie in phone.cookies() if cookie["name"] == "csrftoken")
+    link = page.request.post(f"{portal.url}/api/sessions/{session_id}/watchers",
+                             headers={"X-CSRFToken": token})
+    assert link.status == 201, link.text()
+    watching = browser.new_context(viewport={"width": 1200, "height": 800})
+    watch_page = watching.new_page()
+    watch_page.goto(portal.url + link.json()["watch_url"])
+    watch_page.wait_for_function("() => document.getElementById('watch-drives').textContent"
+                                 " === 'Drive B: Disk 2 — Data · CD drive empty'", timeout=30_000)
+    watching.close()
     assert box.get_by_role("group", name="Drive B:").get_by_text("In it: Disk 2 — Data").is_visible()
     # On a phone the box fits the screen (nothing scrolls sideways) and passes axe-core.
     assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth")
     _axe_clean(page, "the disk box open on a phone")
 
     # DOS lists Disk 2 (B: was not read before in this visit, so nothing of Disk 1 is cached).
-    token = next(cookie["value"] for cookie in phone.cookies() if cookie["name"] == "csrftoken")
     typed = page.request.post(f"{portal.url}/api/sessions/{session_id}/keys",
                               headers={"X-CSRFToken": token}, data={"text": "dir B:\n"})
     assert typed.status == 204, typed.text()
