@@ -111,6 +111,12 @@ class Sandboxes:
     async def _visit_ending(self, visit: Visit) -> None:
         self._changes.pop(visit.session_id, None)
 
+    def _drives_told(self, visit: Visit) -> None:
+        """Tell the pages what is in the drives now, where the machine has a disk box."""
+        box = visit.sandbox.box if visit.sandbox is not None else None
+        if box is not None:
+            self._keeper.notify(visit.session_id, {"type": "drives", "drives": box.drives()})
+
     def _box(self, session_id: str, drive: str) -> tuple[Visit, DiskBox]:
         visit, sandbox = self._sandbox(session_id)
         if sandbox.box is None:
@@ -147,7 +153,7 @@ class Sandboxes:
             raise DriveChangeError() from error
         finally:
             # Whatever happened, the pages learn what is in the drives now.
-            self._keeper.notify(visit.session_id, {"type": "drives", "drives": box.drives()})
+            self._drives_told(visit)
         self._keeper.input_seen(visit)
         return box.drives()
 
@@ -197,6 +203,7 @@ class Sandboxes:
         # Going back is input: the visitor is there.
         self._keeper.input_seen(visit)
         self._keeper.notify(visit.session_id, {"type": "changed"})
+        self._drives_told(visit)
 
     async def checkpoint_delete(self, *, session_id: str, checkpoint_id: str) -> None:
         _, sandbox = self._sandbox(session_id)
@@ -216,6 +223,7 @@ class Sandboxes:
             raise SandboxError(
                 gettext_noop("The disk with the files could not be put into the machine.")) from error
         self._keeper.input_seen(visit)
+        self._drives_told(visit)
         return result
 
     async def files_out(self, *, session_id: str) -> BinaryIO:
