@@ -436,8 +436,9 @@ class ExhibitDisk(models.Model):
         if kind == DiskImage.Media.DISK:
             return "A hard disk image cannot be put into a drive of the disk box."
         if kind is not None and kind != self.media:
-            return (f"This image is a {self.image.get_media_display()}; drive "
-                    f"{self.get_drive_display()} takes a {dict(DiskImage.Media.choices)[self.media]}.")
+            kinds = {"floppy": "a floppy disk", "cdrom": "a CD-ROM"}
+            drive = "the CD drive" if self.drive == self.Drive.CD else f"drive {self.drive.upper()}:"
+            return f"This image is {kinds[kind]}; {drive} takes {kinds[self.media]}."
         return None
 
     def as_json(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
 from django.test import AsyncClient, Client
 
+from portal.images import disk_image_import
 from portal.models import DiskImage, Exhibit, ExhibitDisk, PreservationEvent
 from sessions.models import VisitorSession
 from tests.conftest import FREEDOS_2048, FREEDOS_2048_SHA256, ExhibitFactory, visitor
@@ -444,7 +445,7 @@ def test_a_disk_set_must_fit_its_drives(portal_dirs: Path, tmp_path: Path) -> No
     from tests.integration.test_importer import iso_image
 
     iso = iso_image(tmp_path / "extras.iso")
-    with pytest.raises(CommandError, match="takes a Floppy disk"):
+    with pytest.raises(CommandError, match="drive B: takes a floppy disk"):
         call_command("add_exhibit", str(FREEDOS_2048), "--slug", "two", "--title", "Two",
                      "--disk", str(iso), "Setup CD", "b")
     with pytest.raises(CommandError, match="one disk can be in each drive at start"):
@@ -458,6 +459,44 @@ def test_a_disk_set_must_fit_its_drives(portal_dirs: Path, tmp_path: Path) -> No
                  "--extra", str(FREEDOS_2048), "--extra", str(FREEDOS_2048))
     disks = ExhibitDisk.objects.filter(exhibit__slug="one")
     assert [(disk.drive, disk.in_drive_at_start) for disk in disks] == [("b", True), ("b", False)]
+
+
+def test_the_admin_arranges_a_disk_set_and_refuses_a_cd_for_a_floppy_drive(
+    curator_client: Client, tmp_path: Path
+) -> None:
+    from django.forms.models import model_to_dict
+
+    from tests.integration.test_importer import iso_image
+    from tests.support.disk_set import floppy_make
+
+    call_command("add_exhibit", str(FREEDOS_2048), "--slug", "dos", "--title", "DOS")
+    exhibit = Exhibit.objects.get()
+    two = disk_image_import(floppy_make(tmp_path / "two.img", label="DISK2", files={}, serial="22222222"),
+                            name="two.img", agent="tests")
+    cd = disk_image_import(iso_image(tmp_path / "setup.iso"), name="setup.iso", agent="tests")
+    address = f"/admin/portal/exhibit/{exhibit.pk}/change/"
+    page = curator_client.get(address).content.decode()
+    assert 'name="disks-TOTAL_FORMS"' in page
+    form = {name: value for name, value in model_to_dict(exhibit).items()
+            if value is not None and name not in {"translations", "id", "parent", "thumbnail"}}
+    form.update({"extra_media-TOTAL_FORMS": "0", "extra_media-INITIAL_FORMS": "0",
+                 "disks-TOTAL_FORMS": "2", "disks-INITIAL_FORMS": "0"})
+    rows = [{"position": "1", "label": "Disk 2 — Data", "image": str(two.pk), "drive": "b",
+             "in_drive_at_start": "on"},
+            {"position": "0", "label": "Setup CD", "image": str(cd.pk), "drive": "b"}]
+    for number, row in enumerate(rows):
+        form.update({f"disks-{number}-{name}": value for name, value in row.items()})
+    refused = curator_client.post(address, form)
+    assert refused.status_code == 200
+    assert "drive B: takes a floppy disk" in refused.content.decode()
+    form["disks-1-drive"] = "cd"
+    saved = curator_client.post(address, form)
+    assert saved.status_code == 302, saved.content.decode()[-2000:]
+    exhibit.refresh_from_db()
+    # In the curators' order, and the machine gets both drives.
+    assert [(disk.label, disk.drive, disk.in_drive_at_start) for disk in exhibit.disks.all()] \
+        == [("Setup CD", "cd", False), ("Disk 2 — Data", "b", True)]
+    assert exhibit.machine_profile().disk_drives == ("b", "cd")
 
 
 def test_the_exhibit_admin_offers_the_runtimes_prepare_actions(rf: Any, admin_user: Any) -> None:
