@@ -201,13 +201,23 @@ class DiskBox:
         return self._all_disks()
 
     def layers(self) -> list[DiskLayer]:
-        """Every disk layer this machine has made, by disk, with the drive it is in now:
-        what a saved visit must carry besides the boot disk's overlay."""
+        """Every disk of the box that has a layer on this machine, with the drive it is in
+        now (None when out) and its file: the set's disks once attached, the boot disk's
+        overlay where its drive is in the box, the visitor's files disks (each over a
+        raw image of the same name, `.img`). What a saved visit must carry of the box; a
+        set disk not listed was never put in, and its layer is as the launcher made it."""
+        self._visitor_disks()
         where = {node: drive for drive, device in self.devices.items()
                  if (node := self.sandbox.held.get(device)) is not None}
+        paths = dict(self.layers_made)
+        for disk, node in self.nodes.items():
+            if disk.startswith(VISITOR_PREFIX) and disk != f"{VISITOR_PREFIX}0":
+                paths[disk] = self.sandbox.run_dir / f"{node}.qcow2"
+            elif node in self.sandbox.node_files and disk not in paths:
+                paths[disk] = self.sandbox.node_files[node]
         return [DiskLayer(disk=disk, drive=where.get(self.nodes[disk]), path=path, node=self.nodes[disk],
                           writable=self.nodes[disk] in self.sandbox.nodes)
-                for disk, path in self.layers_made.items()]
+                for disk, path in paths.items()]
 
     # --- changing disks ---------------------------------------------------------------
 

@@ -93,8 +93,9 @@ async def test_it_changes_disks_keeps_the_visitors_blank_disk_and_refuses_misfit
     # A write-protected disk's layer is not among what checkpoints save; Disk 1's is.
     assert "disk-1" in box.sandbox.nodes
     assert "disk-2" not in box.sandbox.nodes
-    assert {layer.disk: (layer.drive, layer.writable) for layer in box.layers()} \
-        == {"1": (None, True), "2": ("b", False)}
+    assert {layer.disk: (layer.drive, layer.path.name, layer.writable) for layer in box.layers()} \
+        == {"1": (None, "disk-1.qcow2", True), "2": ("b", "disk-2.qcow2", False),
+            "visitor-0": (None, "visitor-disk-0.qcow2", True)}
     with pytest.raises(DiskDoesNotFitError):
         await box.put("b", "3")
     with pytest.raises(DriveNotFoundError):
