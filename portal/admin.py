@@ -23,7 +23,7 @@ from django.utils.html import format_html, format_html_join
 from .bags import BagError, bag_export, bag_import
 from .images import disk_image_delete, disk_image_import, exhibit_delete
 from .importer import FORMAT_NAMES, ImageError, size_text
-from .models import DiskImage, Exhibit, ExhibitMedia, PreservationEvent, StartState
+from .models import DiskImage, Exhibit, ExhibitDisk, ExhibitMedia, PreservationEvent, StartState
 from .profile import MachineProfile
 from .record import agent_staff, exhibit_record
 
@@ -232,7 +232,40 @@ class ExhibitMediaInline(admin.TabularInline):
     formset = ExtraMediaFormSet
     extra = 0
     fields = ("image", "position")
-    verbose_name = "extra medium (second floppy, CD-ROM, second hard disk)"
+    verbose_name = "extra medium: a further hard disk"
+    verbose_name_plural = "extra media (further hard disks; floppies and CDs go into the disk set)"
+
+
+class DiskSetFormSet(forms.BaseInlineFormSet):
+    """The disk set as a whole: each disk fits its drive, one disk per drive at start."""
+
+    def clean(self) -> None:
+        super().clean()
+        at_start: set[str] = set()
+        for form in self.forms:
+            data = getattr(form, "cleaned_data", None) or {}
+            if not data.get("image") or data.get("DELETE"):
+                continue
+            disk = ExhibitDisk(image=data["image"], drive=data.get("drive") or "b")
+            refusal = disk.refusal()
+            if refusal is not None:
+                form.add_error("image", refusal)
+            if data.get("in_drive_at_start"):
+                if disk.drive in at_start:
+                    form.add_error("in_drive_at_start", "Another disk is in this drive at start.")
+                at_start.add(disk.drive)
+
+
+class ExhibitDiskInline(admin.TabularInline):
+    """The disk set: the disks a visitor changes in the machine's drives, in the order the
+    disk box lists them (Position), each with its label, drive and write protection."""
+
+    model = ExhibitDisk
+    formset = DiskSetFormSet
+    extra = 0
+    fields = ("position", "label", "image", "drive", "in_drive_at_start", "write_protected")
+    verbose_name = "disk of the disk set"
+    verbose_name_plural = "disk set (software on several floppies or CDs, changed while it runs)"
 
 
 def _translation_field(code: str, field: str) -> str:
@@ -299,7 +332,7 @@ class ExhibitAdmin(admin.ModelAdmin):
     prepopulated_fields = {"slug": ("title",)}
     readonly_fields = ("thumbnail_picture", "preview_button", "record", "family")
     change_form_template = "admin/portal/exhibit/change_form.html"
-    inlines = [ExhibitMediaInline]
+    inlines = [ExhibitDiskInline, ExhibitMediaInline]
     actions = ["export_bags"]
     change_list_template = "admin/portal/exhibit/change_list.html"
     fieldsets = [
@@ -342,7 +375,8 @@ class ExhibitAdmin(admin.ModelAdmin):
     def record(self, exhibit: Exhibit) -> str:
         if not exhibit.pk:
             return "Nothing recorded yet."
-        tops = [exhibit.image, *[medium.image for medium in exhibit.extra_media.select_related("image")]]
+        tops = [exhibit.image, *[medium.image for medium in exhibit.extra_media.select_related("image")],
+                *[disk.image for disk in exhibit.disks.select_related("image")]]
         # Every layer under each disk: a derivative's record begins with its base's.
         layers = {sha for top in tops for sha in top.layers()}
         images = list(DiskImage.objects.filter(sha256__in=layers))

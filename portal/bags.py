@@ -44,7 +44,15 @@ from django.utils import timezone
 
 from .images import disk_image_import
 from .importer import ImageError
-from .models import DiskImage, Exhibit, ExhibitMedia, PreservationEvent
+from .models import (
+    DISK_FIELDS,
+    DiskImage,
+    Exhibit,
+    ExhibitDisk,
+    ExhibitMedia,
+    PreservationEvent,
+    extra_media_place,
+)
 from .record import SHA256, EventType, Outcome, event_record, exhibit_record, record_json
 
 BAG_FORMAT = "portal-exhibit-bag/1"
@@ -77,17 +85,19 @@ def _master_json(image: DiskImage, role: str, parent: str | None) -> dict[str, A
             **{name: getattr(image, name) for name in MASTER_FIELDS}}
 
 
-def bag_files(exhibit: Exhibit, media: list[DiskImage]) -> list[tuple[DiskImage, str, str | None]]:
+def bag_files(exhibit: Exhibit, media: list[DiskImage],
+              disks: list[DiskImage] | None = None) -> list[tuple[DiskImage, str, str | None]]:
     """Every master file the bag holds, in the order an import takes them (each layer
-    after the one it is built on), with its role (boot, extra or layer) and parent."""
+    after the one it is built on), with its role (boot, extra, disk or layer) and parent."""
     files: list[tuple[DiskImage, str, str | None]] = []
     seen: set[str] = set()
-    for top, role in [(exhibit.image, "boot"), *[(image, "extra") for image in media]]:
+    for top, role in [(exhibit.image, "boot"), *[(image, "extra") for image in media],
+                      *[(image, "disk") for image in disks or []]]:
         layers = {row.sha256: row for row in DiskImage.objects.filter(sha256__in=top.layers())}
         chain = [layers[sha] for sha in top.layers()]
         for depth, image in enumerate(chain):
             is_top = depth == len(chain) - 1
-            if image.sha256 in seen and not is_top:
+            if image.sha256 in seen and (not is_top or role == "disk"):
                 continue
             seen.add(image.sha256)
             files.append((image, role if is_top else "layer", chain[depth - 1].sha256 if depth else None))
@@ -100,6 +110,9 @@ def _exhibit_json(exhibit: Exhibit, files: list[tuple[DiskImage, str, str | None
         fields["provenance_acquired"] = fields["provenance_acquired"].isoformat()
     return {"format": BAG_FORMAT, "exhibit": fields,
             "masters": [_master_json(image, role, parent) for image, role, parent in files],
+            # The disk set, in order: each disk names its master (role "disk") by SHA-256.
+            "disks": [{"sha256": disk.image.sha256, **{name: getattr(disk, name) for name in DISK_FIELDS}}
+                      for disk in ExhibitDisk.objects.filter(exhibit=exhibit).select_related("image")],
             "thumbnail": f"thumbnail/{exhibit.thumbnail}" if exhibit.thumbnail else None}
 
 
@@ -109,7 +122,8 @@ def bag_export(exhibit: Exhibit, directory: Path, *, agent: str) -> bagit.Bag:
         raise BagError(f"{directory} exists and is not an empty directory; name a new one.")
     media = [medium.image for medium in ExhibitMedia.objects.filter(exhibit=exhibit)
              .select_related("image").order_by("position", "pk")]
-    files = bag_files(exhibit, media)
+    disks = [disk.image for disk in ExhibitDisk.objects.filter(exhibit=exhibit).select_related("image")]
+    files = bag_files(exhibit, media, disks)
     masters = [image for image, _, _ in files]
     directory.mkdir(parents=True, exist_ok=True)
     try:
@@ -188,7 +202,9 @@ def bag_import(directory: Path, *, agent: str, slug: str | None = None) -> Impor
             elif entry.get("role") == "extra":
                 tops.append(image)
         masters = list(imported.values())
-        exhibit = _exhibit_make(fields, tops, data=data, described=described, agent=agent, bag=bag)
+        disks = _disks_described(described.get("disks"), imported)
+        exhibit = _exhibit_make(fields, tops, data=data, described=described, agent=agent, bag=bag,
+                                disks=disks)
     except BaseException:
         for image in reversed(created):  # refused: the store keeps nothing new (layers first)
             _master_forget(image, fresh=True)
@@ -196,9 +212,30 @@ def bag_import(directory: Path, *, agent: str, slug: str | None = None) -> Impor
     return Imported(exhibit=exhibit, masters=masters)
 
 
+def _disks_described(listed: object, imported: dict[str, DiskImage]) -> list[dict[str, Any]]:
+    """The bag's disk set as rows to make: each disk's fields and its imported master."""
+    if listed is None:
+        return []
+    if not isinstance(listed, list) or not all(isinstance(entry, dict) for entry in listed):
+        raise BagError("The bag's exhibit.json lists its disk set wrongly.")
+    disks = []
+    for entry in listed:
+        image = imported.get(str(entry.get("sha256")))
+        label, drive = entry.get("label"), entry.get("drive")
+        if image is None or not isinstance(label, str) or not 0 < len(label) <= 80 \
+                or drive not in ExhibitDisk.Drive.values:
+            raise BagError("A disk of the bag's disk set names no master of the bag, or no label or drive.")
+        disks.append({"image": image, "label": label, "drive": drive,
+                      "position": int(entry.get("position") or 0),
+                      "in_drive_at_start": entry.get("in_drive_at_start") is True,
+                      "write_protected": entry.get("write_protected") is True})
+    return disks
+
+
 def _master_forget(image: DiskImage, *, fresh: bool) -> None:
     """Take back a master a refused bag brought in (nothing else uses it), with its record."""
-    if not fresh or image.exhibits.exists() or image.extra_in.exists() or image.children.exists():
+    if not fresh or image.exhibits.exists() or image.extra_in.exists() or image.in_disk_sets.exists() \
+            or image.children.exists():
         return
     path = Path(image.path)
     PreservationEvent.objects.filter(image=image).delete()
@@ -317,7 +354,8 @@ def _master_import(data: Path, entry: Any, *, agent: str,
 
 
 def _exhibit_make(fields: dict[str, Any], masters: list[DiskImage], *, data: Path,
-                  described: dict[str, Any], agent: str, bag: bagit.Bag) -> Exhibit:
+                  described: dict[str, Any], agent: str, bag: bagit.Bag,
+                  disks: list[dict[str, Any]]) -> Exhibit:
     thumbnail = _thumbnail_import(data, described.get("thumbnail"))
     with transaction.atomic():
         exhibit = Exhibit(**fields, image=masters[0], thumbnail=thumbnail, published=False)
@@ -328,8 +366,10 @@ def _exhibit_make(fields: dict[str, Any], masters: list[DiskImage], *, data: Pat
                                  for name, messages in error.message_dict.items())
             raise BagError(f"The bag's exhibit is not one this portal takes: {problems}.") from error
         exhibit.save()
-        for position, image in enumerate(masters[1:]):
-            ExhibitMedia.objects.create(exhibit=exhibit, image=image, position=position)
+        # Media of a bag from before disk sets: floppies and CDs join the disk set.
+        extra_media_place(exhibit, masters[1:])
+        for disk in disks:
+            ExhibitDisk.objects.create(exhibit=exhibit, **disk)
         exhibit.refresh_from_db()
         try:
             exhibit.machine_profile()

@@ -20,7 +20,7 @@ from django.utils import timezone
 
 from .derivation import DerivedImage, master_derive
 from .importer import ImageError, ImportLimits, image_import, master_verify
-from .models import DiskImage, Exhibit, ExhibitMedia
+from .models import DISK_FIELDS, DiskImage, Exhibit, ExhibitDisk, ExhibitMedia
 from .record import SHA256, EventType, Outcome, event_record
 
 
@@ -134,6 +134,10 @@ def derived_record(exhibit: Exhibit, *, made: DerivedImage, derivation: Derivati
             slug=derivation.slug, title=derivation.title, image=image, published=False, parent=exhibit)
         for medium in ExhibitMedia.objects.filter(exhibit=exhibit).order_by("position", "pk"):
             ExhibitMedia.objects.create(exhibit=derived, image_id=medium.image_id, position=medium.position)
+        # The whole disk set, as the curators arranged it: its masters are shared, unchanged.
+        for disk in ExhibitDisk.objects.filter(exhibit=exhibit):
+            ExhibitDisk.objects.create(exhibit=derived, **{name: getattr(disk, name) for name in DISK_FIELDS},
+                                       image_id=disk.image_id)
         event_record(event_type=EventType.CREATION, agent=agent, image=image, exhibit=derived,
                      algorithm=SHA256, digest=image.sha256, related_sha256=parent.sha256,
                      detail=said if created else f"{said} The same master was stored already.")
@@ -174,6 +178,8 @@ def disk_image_delete(image: DiskImage, *, agent: str) -> None:
     users += [f"exhibit {slug}" for slug in image.exhibits.values_list("slug", flat=True)]
     users += [f"exhibit {slug} (extra medium)"
               for slug in image.extra_in.values_list("exhibit__slug", flat=True)]
+    users += [f"exhibit {slug} (its disk set)"
+              for slug in image.in_disk_sets.values_list("exhibit__slug", flat=True)]
     if users:
         raise ImageInUseError(f"{image} cannot be deleted: {'; '.join(users)} build on it or use it.")
     path = Path(image.path)

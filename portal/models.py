@@ -14,7 +14,14 @@ from django.dispatch import receiver
 from django.utils import timezone, translation
 from django.utils.translation import gettext_lazy, gettext_noop
 
-from .profile import CODE_PAGES, KEYBOARD_LAYOUTS, MachineProfile, sound_devices
+from .profile import (
+    CODE_PAGES,
+    DISK_DRIVE_MEDIA,
+    DISK_DRIVES,
+    KEYBOARD_LAYOUTS,
+    MachineProfile,
+    sound_devices,
+)
 
 # What the exhibit page calls each piece of sound hardware.
 SOUND_NAMES = {"pcspk": gettext_lazy("PC speaker"), "adlib": "AdLib", "sb16": "Sound Blaster 16"}
@@ -264,6 +271,9 @@ class Exhibit(models.Model):
     # The kinds of the exhibit's extra media in order ("floppy,cdrom"), kept in step
     # with its ExhibitMedia rows so the machine profile is known without a query.
     extra_media_kinds = models.CharField(max_length=100, blank=True, editable=False)
+    # The drives the exhibit's disk set uses ("b,cd"), kept in step with its
+    # ExhibitDisk rows for the same reason.
+    disk_drives = models.CharField(max_length=20, blank=True, editable=False)
     published = models.BooleanField(default=False, help_text="Drafts are invisible to visitors.")
     # The exhibit this one was derived from (saved from a preview of it).
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL,
@@ -312,7 +322,8 @@ class Exhibit(models.Model):
                               accelerator=self.accelerator, mouse=self.mouse,
                               sound=sound_devices(self.sound_cards()),
                               extra_media=extra_media, speed=self.speed,
-                              files_in=self._files_in_drive(extra_media))
+                              files_in=self._files_in_drive(extra_media),
+                              disk_drives=tuple(filter(None, self.disk_drives.split(","))))
 
     def _files_in_drive(self, extra_media: tuple[str, ...]) -> str:
         """The drive visitors' files go into: "auto" takes the first free floppy drive."""
@@ -333,7 +344,9 @@ class Exhibit(models.Model):
     async def fixity_problem(self) -> str | None:
         """Why this exhibit must not start (a master failed its fixity check), or None."""
         images = [self.image_id, *[pk async for pk in ExhibitMedia.objects.filter(exhibit_id=self.pk)
-                                   .values_list("image_id", flat=True)]]
+                                   .values_list("image_id", flat=True)],
+                  *[pk async for pk in ExhibitDisk.objects.filter(exhibit_id=self.pk)
+                    .values_list("image_id", flat=True)]]
         # Every layer under each disk counts: a failed layer fails what is built on it.
         layers = [sha for chain in [value async for value in DiskImage.objects.filter(pk__in=images)
                                     .values_list("chain", flat=True)] if chain
@@ -377,6 +390,101 @@ def extra_media_kinds_refresh(exhibit_id: int) -> None:
 @receiver([post_save, post_delete], sender=ExhibitMedia)
 def _extra_media_changed(sender: type[ExhibitMedia], instance: ExhibitMedia, **kwargs: Any) -> None:
     extra_media_kinds_refresh(instance.exhibit_id)
+
+
+class ExhibitDisk(models.Model):
+    """One disk of an exhibit's disk set: software that came on several floppies or a
+    CD, which a visitor changes in the machine's drives while it runs (the disk box).
+
+    Each is a checked master like the boot disk; a visit writes to a throwaway layer
+    of its own over it, made when it first goes in, and a write-protected disk is
+    put in read-only (the guest gets "write protected", as with the tab).
+    """
+
+    class Drive(models.TextChoices):
+        A = "a", "A:"
+        B = "b", "B:"
+        CD = "cd", "The CD drive"
+
+    exhibit = models.ForeignKey(Exhibit, on_delete=models.CASCADE, related_name="disks")
+    image = models.ForeignKey(DiskImage, on_delete=models.PROTECT, related_name="in_disk_sets")
+    position = models.PositiveSmallIntegerField(default=0)
+    label = models.CharField(max_length=80, help_text='What visitors read, such as "Disk 2 — Data".')
+    drive = models.CharField(max_length=2, choices=Drive.choices, default=Drive.B,
+                             help_text="The drive this disk belongs in.")
+    in_drive_at_start = models.BooleanField(
+        default=False, help_text="In its drive when a visit begins (one disk per drive).")
+    write_protected = models.BooleanField(
+        default=False, help_text="The guest may read the disk but gets \"write protected\" when it writes.")
+
+    class Meta:
+        ordering = ["position", "pk"]
+        verbose_name = "disk of the disk set"
+        verbose_name_plural = "disk set"
+
+    def __str__(self) -> str:
+        return self.label
+
+    @property
+    def media(self) -> str:
+        """"floppy" or "cdrom": what the drive takes."""
+        return DISK_DRIVE_MEDIA[self.drive]
+
+    def refusal(self) -> str | None:
+        """Why this disk cannot be in its drive (a sentence for curators), or None."""
+        kind = self.image.media if self.image_id else None
+        if kind == DiskImage.Media.DISK:
+            return "A hard disk image cannot be put into a drive of the disk box."
+        if kind is not None and kind != self.media:
+            kinds = {"floppy": "a floppy disk", "cdrom": "a CD-ROM"}
+            drive = "the CD drive" if self.drive == self.Drive.CD else f"drive {self.drive.upper()}:"
+            return f"This image is {kinds[kind]}; {drive} takes {kinds[self.media]}."
+        return None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"id": self.pk, "label": self.label, "media": self.media, "drive": self.drive,
+                "write_protected": self.write_protected}
+
+
+# What a disk of a set is besides its exhibit and master: what derivatives and bags carry.
+DISK_FIELDS = ("position", "label", "drive", "in_drive_at_start", "write_protected")
+
+
+def disk_drives_refresh(exhibit_id: int) -> None:
+    """Keep Exhibit.disk_drives in step with the exhibit's ExhibitDisk rows."""
+    used = set(ExhibitDisk.objects.filter(exhibit_id=exhibit_id).values_list("drive", flat=True))
+    Exhibit.objects.filter(pk=exhibit_id).update(
+        disk_drives=",".join(drive for drive in DISK_DRIVES if drive in used))
+
+
+def extra_media_place(exhibit: Exhibit, images: list[DiskImage]) -> None:
+    """Give the exhibit these further media, in order: hard disks as extra media, floppies
+    and CD-ROMs as disks of its disk set, each in the drive a PC gives it (the first
+    free floppy drive, the CD drive), in it at start where the drive is free."""
+    taken = {"a"} if exhibit.boot == Exhibit.Boot.FLOPPY else set()
+    if exhibit.boot == Exhibit.Boot.CDROM:
+        taken.add("cd")
+    counts = {"floppy": 0, "cdrom": 0}
+    start = ExhibitDisk.objects.filter(exhibit=exhibit).count()
+    for position, image in enumerate(images):
+        if image.media == DiskImage.Media.DISK:
+            ExhibitMedia.objects.create(exhibit=exhibit, image=image, position=position)
+            continue
+        counts[image.media] += 1
+        if image.media == DiskImage.Media.FLOPPY:
+            drive = next((letter for letter in ("a", "b") if letter not in taken), "b")
+            label = f"Floppy disk {counts['floppy']}"
+        else:
+            drive = "cd"
+            label = "CD-ROM" if counts["cdrom"] == 1 else f"CD-ROM {counts['cdrom']}"
+        ExhibitDisk.objects.create(exhibit=exhibit, image=image, position=start + position, label=label,
+                                   drive=drive, in_drive_at_start=drive not in taken)
+        taken.add(drive)
+
+
+@receiver([post_save, post_delete], sender=ExhibitDisk)
+def _disk_set_changed(sender: type[ExhibitDisk], instance: ExhibitDisk, **kwargs: Any) -> None:
+    disk_drives_refresh(instance.exhibit_id)
 
 
 class StartState(models.Model):

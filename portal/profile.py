@@ -41,6 +41,9 @@ SPEEDS = {"host", *SPEED_SHIFTS}
 # Where a visitor's own files go in (a FAT floppy built for them): drive A: or B:
 # (a drive that holds a disk at start has it changed), or "off".
 FILES_IN_DRIVES = {"a", "b", "off"}
+# The drives a disk box may change disks in: the floppy drives A: and B:, and one CD drive.
+DISK_DRIVES = ("a", "b", "cd")
+DISK_DRIVE_MEDIA = {"a": "floppy", "b": "floppy", "cd": "cdrom"}
 # The DOS code pages a guest's text screen may be read in (the characters of
 # 0x80-0xFF; 0x01-0x1F and 0x7F draw the same glyphs in every one), by number,
 # with the name a curator chooses from. Each is one of Python's own codecs
@@ -100,6 +103,10 @@ class MachineProfile:
     extra_media: tuple[str, ...] = ()
     speed: str = "host"
     files_in: str = "off"
+    # The drives the exhibit's disk set uses, in DISK_DRIVES order. Each starts with
+    # the boot disk (the drive it boots from), a blank placeholder (a floppy drive)
+    # or nothing (the CD drive); the set's disks go in once the machine runs.
+    disk_drives: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.sound != sound_devices(self.sound):
@@ -111,10 +118,14 @@ class MachineProfile:
         for kind in self.extra_media:
             if kind not in MEDIA_KINDS:
                 raise ValueError(f"unknown media kind {kind!r}")
-        floppies = (self.boot == "floppy") + self.extra_media.count("floppy")
+        self._disk_drives_check()
+        letters = {"a"} if self.boot == "floppy" else set()
+        letters |= {drive for drive in self.disk_drives if drive in ("a", "b")}
+        floppies = len(letters) + self.extra_media.count("floppy")
         ide = (self.boot != "floppy") + len(self.extra_media) - self.extra_media.count("floppy")
+        ide += "cd" in self.disk_drives and self.boot != "cdrom"
         # A drive for visitors' files that the PC lacks is added, empty.
-        if floppies <= 2 and self.files_in_slot_free:
+        if floppies <= 2 and self.files_in_slot_free and self.files_in not in letters:
             floppies += 1
         if floppies > 2 or ide > 4:
             raise ValueError("a PC has two floppy drives and four IDE devices")
@@ -131,6 +142,17 @@ class MachineProfile:
         if not 1 <= self.memory_mb <= 256:
             raise ValueError(f"memory {self.memory_mb} MiB is outside 1..256")
 
+    def _disk_drives_check(self) -> None:
+        if list(self.disk_drives) != [drive for drive in DISK_DRIVES if drive in self.disk_drives]:
+            raise ValueError(f"disk drives must be known and in order, not {self.disk_drives!r}")
+        if self.disk_drives and {"floppy", "cdrom"} & set(self.extra_media):
+            raise ValueError("a removable medium is either an extra medium or in the disk set")
+
+    @property
+    def boot_drive(self) -> str | None:
+        """The disk box's name for the drive the machine boots from, if it is one."""
+        return {"floppy": "a", "cdrom": "cd"}.get(self.boot)
+
     @property
     def floppy_slots(self) -> list[int]:
         """The floppy drives (0 is A:) that hold a disk at start."""
@@ -139,6 +161,17 @@ class MachineProfile:
             if kind == "floppy":
                 slots.append(next(slot for slot in (0, 1) if slot not in slots))
         return slots
+
+    @property
+    def blank_drives(self) -> list[str]:
+        """The disk set's floppy drives that start with a blank placeholder, besides
+        the drive for visitors' files (whose blank floppy is the visitor's first
+        disk): QEMU 7.2 gives a floppy drive made empty no write permission, so a
+        disk put into it later could never be written. The placeholder is taken
+        out, or changed for the set's disk, as the machine starts."""
+        return [drive for drive in self.disk_drives
+                if drive in ("a", "b") and drive != self.boot_drive
+                and not (self.files_in_slot_free and drive == self.files_in)]
 
     @property
     def files_in_slot_free(self) -> bool:

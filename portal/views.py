@@ -23,7 +23,7 @@ from django.views.i18n import JavaScriptCatalog, set_language
 from .errors import bad_request_answer, json_error, wants_json
 from .framing import embeddable
 from .limits import visit_limits_sentence
-from .models import Exhibit
+from .models import Exhibit, ExhibitDisk
 from .runtime import Runtime, runtime
 
 
@@ -54,6 +54,8 @@ async def exhibit_json(exhibit: Exhibit, request: HttpRequest, *, here: Runtime)
         # The floppy drive ("a" or "b") visitors' own files go into, or null when off.
         "files_in": None if (drive := exhibit.machine_profile().files_in) == "off" else drive,
         "instant_start": await here.start_state_usable(exhibit) is not None,
+        # The disk set: what a visitor may put into the machine's drives.
+        "disks": [disk.as_json() async for disk in ExhibitDisk.objects.filter(exhibit_id=exhibit.pk)],
     }
 
 

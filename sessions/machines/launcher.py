@@ -29,10 +29,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from django.conf import settings
 
-from portal.models import Exhibit, ExhibitMedia, StartState
+from portal.models import DiskImage, Exhibit, ExhibitDisk, ExhibitMedia, StartState
 from sessions.errors import gettext_noop
 from sessions.machines.config import MachinesConfig
 from sessions.machines.confine import Confinement
+from sessions.machines.drives import BOOT_DISK, BoxDisk, layer_file_create
 from sessions.machines.host import HostError, UidLease, machine_lease, machine_lease_take, uid_lease_take
 from sessions.machines.machine import (
     Machine,
@@ -50,12 +51,15 @@ from sessions.machines.overlay import (
     run_dir_remove,
 )
 from sessions.machines.prepare import PrepareError, StartCondition, start_state_discard, start_state_prepare
-from sessions.machines.sandbox import files_disk_create
+from sessions.machines.sandbox import blank_disks_create
 
 if TYPE_CHECKING:
     from sessions.machines.pool import Pool
 
 logger = logging.getLogger(__name__)
+
+# What the disk box calls the disk a machine boots from (the web edge translates it).
+BOOT_LABEL = gettext_noop("The disk it starts from")
 
 # Every machine's run directory (and machine lease) is `m-<hex>`: named by the
 # machine alone, never by a visit or the pool, since a running QEMU's command
@@ -150,16 +154,15 @@ class Launcher:
         """An unstarted machine of the exhibit in `run_dir`, on a fresh overlay over
         `base` (and over each extra medium), running as `uid_lease`'s uid."""
         overlay_path = run_dir / OVERLAY_FILE
-        await overlay_create(
-            base_path=base, base_format=base_format, overlay_path=overlay_path,
-            qemu_img=self.config.qemu_img_binary, timeout_s=self.config.qemu_img_timeout_s,
-        )
+        disk_set = await disk_set_of(exhibit)
+        # The disk set's layer files are made beside the boot disk's overlay, at once, so
+        # a disk's first insertion only attaches its layer (see sessions.machines.drives).
+        await self._disks_create(run_dir, overlay_path, disk_set, base=base, base_format=base_format)
         profile = exhibit.machine_profile()
         extra_paths = await self._extra_overlays(run_dir, exhibit, count=len(profile.extra_media))
-        if profile.files_in_slot_free:
-            await files_disk_create(run_dir, qemu_img_binary=self.config.qemu_img_binary,
-                                    timeout_s=self.config.qemu_img_timeout_s)
-        return Machine(
+        await blank_disks_create(run_dir, profile, qemu_img_binary=self.config.qemu_img_binary,
+                                 timeout_s=self.config.qemu_img_timeout_s)
+        machine = Machine(
             profile,
             extra_paths=extra_paths,
             run_dir=run_dir,
@@ -175,6 +178,29 @@ class Launcher:
             print_idle_s=self.config.print_idle_s,
             print_job_bytes=self.config.print_job_bytes,
         )
+        machine.disk_set = disk_set
+        return machine
+
+    async def _disks_create(self, run_dir: Path, overlay_path: Path, disk_set: list[BoxDisk], *,
+                            base: Path, base_format: str) -> None:
+        """The boot disk's overlay and the disk set's layer files, made at once."""
+        qemu_img, timeout_s = self.config.qemu_img_binary, self.config.qemu_img_timeout_s
+        try:
+            # A task group: one that fails cancels the others; all have ended when it raises.
+            async with asyncio.TaskGroup() as group:
+                group.create_task(overlay_create(base_path=base, base_format=base_format,
+                                                 overlay_path=overlay_path, qemu_img=qemu_img,
+                                                 timeout_s=timeout_s))
+                for disk in disk_set:
+                    if disk.master:
+                        group.create_task(layer_file_create(run_dir, disk, qemu_img_binary=qemu_img,
+                                                            timeout_s=timeout_s))
+        except ExceptionGroup as failed:
+            first = failed.exceptions[0]
+            if isinstance(first, OverlayError):
+                raise first from None
+            raise OverlayError(gettext_noop("The server could not create this visit's disk."),
+                               log_detail=f"a disk of the set in {run_dir}: {first}") from first
 
     async def _extra_overlays(self, run_dir: Path, exhibit: Exhibit, *, count: int) -> list[Path]:
         """A throwaway overlay over each of the exhibit's extra media, in order."""
@@ -215,6 +241,26 @@ class Launcher:
             await StartState.objects.filter(pk=start.pk).aupdate(stale=True, stale_reason=reason)
             return None
         return start
+
+
+async def disk_set_of(exhibit: Exhibit) -> list[BoxDisk]:
+    """The disks of the exhibit's disk box: its disk set, in order, and the disk it
+    boots from when that drive is in the box. Each names its master's layers."""
+    profile = exhibit.machine_profile()
+    disks: list[BoxDisk] = []
+    if profile.boot_drive in profile.disk_drives:
+        disks.append(BoxDisk(id=BOOT_DISK, label=BOOT_LABEL, drive=profile.boot_drive or "a",
+                             media="floppy" if profile.boot == "floppy" else "cdrom", at_start=True))
+    async for disk in ExhibitDisk.objects.filter(exhibit_id=exhibit.pk).select_related("image"):
+        chain: list[tuple[Path, str]] = []
+        image: DiskImage | None = disk.image
+        while image is not None and len(chain) < 64:
+            chain.append((Path(image.path), image.format))
+            image = await DiskImage.objects.filter(pk=image.parent_id).afirst() if image.parent_id else None
+        disks.append(BoxDisk(id=str(disk.pk), label=disk.label, media=disk.media, drive=disk.drive,
+                             write_protected=disk.write_protected, at_start=disk.in_drive_at_start,
+                             master=tuple(chain)))
+    return disks
 
 
 class ExhibitVisit(Protocol):

@@ -64,6 +64,12 @@ BIOS_TICKS_PER_DAY = 0x1800B0
 FILES_DISK = "visitor-disk-0.qcow2"
 
 
+def blank_disk_name(drive: str) -> str:
+    """The blank placeholder floppy a disk set's drive starts with (see
+    `MachineProfile.blank_drives`), in the run directory."""
+    return f"blank-{drive}.qcow2"
+
+
 class MachineError(Exception):
     """Base of every error this module raises."""
 
@@ -130,12 +136,19 @@ def build_argv(
         elif kind == "cdrom":
             drive += ",media=cdrom,readonly=on"
         drives += ["-drive", drive]
+    blanks = {drive: run_dir / blank_disk_name(drive) for drive in profile.blank_drives}
     if profile.files_in_slot_free:
         # The drive visitors' own files go into starts with a blank floppy: QEMU 7.2
         # gives a floppy drive made empty no write permission, so a disk put into it
         # later could never be written.
-        drives += ["-drive", f"file={run_dir / FILES_DISK},format=qcow2,auto-read-only=off,"
-                             f"if=floppy,index={'ab'.index(profile.files_in)}"]
+        blanks[profile.files_in] = run_dir / FILES_DISK
+    for drive, blank in sorted(blanks.items()):
+        drives += ["-drive", f"file={blank},format=qcow2,auto-read-only=off,"
+                             f"if=floppy,index={'ab'.index(drive)}"]
+    if "cd" in profile.disk_drives and profile.boot != "cdrom":
+        # The disk set's CD drive starts empty: a CD is read-only, so nothing is lost.
+        index = next(slot for slot in ide_slots["cdrom"] if ("ide", slot) not in used)
+        drives += ["-drive", f"if=ide,index={index},media=cdrom,readonly=on"]
     speed: list[str] = []
     if profile.icount_shift is not None:
         if accelerator != "tcg":
@@ -281,6 +294,9 @@ class Machine:
         print_job_bytes: int = 8 * 1024 * 1024,
     ) -> None:
         self.profile = profile
+        # The disks its disk box may put into its drives (sessions.machines.drives.BoxDisk),
+        # given by whoever made it.
+        self.disk_set: list[Any] = []
         # LPT1's printer: its jobs go to whoever sets `printer.on_job` (the visit).
         self.printer = PrinterPort(idle_s=print_idle_s, limit_bytes=print_job_bytes)
         self.confinement = confinement or Confinement()
@@ -654,30 +670,47 @@ class Machine:
     async def disk_snapshot_delete(self, node: str, name: str) -> None:
         await self.execute("blockdev-snapshot-delete-internal-sync", {"device": node, "name": name})
 
-    async def qcow2_add(self, node: str, path: Path, *, backing_raw: Path | None = None) -> None:
+    async def qcow2_add(self, node: str, path: Path, *, backing_raw: Path | None = None,
+                        backing: Sequence[tuple[Path, str]] = (), read_only: bool = False) -> None:
         """Open a qcow2 file of the portal's as a block node (through descriptors, so
-        QEMU needs no access to the run directory); its backing, if any, a raw file
-        opened read-only the same way."""
+        QEMU needs no access to the run directory or the image store). Its backing,
+        if any: a raw file (`backing_raw`), or a master's chain of layers, top first,
+        each (file, format) (`backing`), opened read-only the same way. With
+        `read_only`, the node itself is read-only: a guest writing to it is refused."""
+        flags = os.O_RDONLY if read_only else os.O_RDWR
         arguments: dict[str, Any] = {
-            "driver": "qcow2", "node-name": node,
-            "file": {"driver": "file", "filename": "/dev/fdset/"
-                     f"{await self.fd_add(path, flags=os.O_RDWR, opaque=node)}"},
+            "driver": "qcow2", "node-name": node, "read-only": read_only,
+            "file": {"driver": "file", "read-only": read_only, "filename": "/dev/fdset/"
+                     f"{await self.fd_add(path, flags=flags, opaque=node)}"},
         }
-        if backing_raw is not None:
-            fdset = await self.fd_add(backing_raw, flags=os.O_RDONLY, opaque=f"{node}-base")
-            arguments["backing"] = {"driver": "raw", "read-only": True,
-                                    "file": {"driver": "file", "read-only": True,
-                                             "filename": f"/dev/fdset/{fdset}"}}
+        chain = [(backing_raw, "raw")] if backing_raw is not None else list(backing)
+        below: dict[str, Any] | None = None
+        for depth, (layer, layer_format) in reversed(list(enumerate(chain))):
+            fdset = await self.fd_add(layer, flags=os.O_RDONLY, opaque=f"{node}-base{depth}")
+            options: dict[str, Any] = {"driver": layer_format, "read-only": True,
+                                       "file": {"driver": "file", "read-only": True,
+                                                "filename": f"/dev/fdset/{fdset}"}}
+            if layer_format == "qcow2":
+                # Its own backing is the layer below, never a file opened by its name.
+                options["backing"] = below
+            below = options
+        if below is not None:
+            arguments["backing"] = below
         await self.execute("blockdev-add", arguments)
 
-    async def node_keep(self, node: str, *, keeper: str) -> None:
+    async def node_keep(self, node: str, *, keeper: str, read_only: bool = False) -> None:
         """Keep a drive's disk open after it leaves its drive: a node QEMU made for a
         -drive is closed when taken out, one the monitor added above it is not."""
-        await self.execute("blockdev-add", {"driver": "raw", "node-name": keeper, "file": node})
+        await self.execute("blockdev-add", {"driver": "raw", "node-name": keeper, "file": node,
+                                            "read-only": read_only})
 
-    async def medium_change(self, device: str, node: str | None) -> None:
-        """Put node's disk into the removable drive (its QOM path or id), or leave it empty."""
-        await self.execute("blockdev-open-tray", {"id": device, "force": True})
+    async def medium_change(self, device: str, node: str | None, *, force: bool = True) -> None:
+        """Put node's disk into the removable drive (its QOM path or id), or leave it empty.
+
+        Without `force`, a tray the guest has locked is not opened (the guest is
+        asked to eject instead) and taking the disk out fails: nothing changes.
+        """
+        await self.execute("blockdev-open-tray", {"id": device, "force": force})
         await self.execute("blockdev-remove-medium", {"id": device})
         if node is not None:
             await self.execute("blockdev-insert-medium", {"id": device, "node-name": node})

@@ -24,7 +24,7 @@ from portal.profile import MachineProfile
 from sessions.machines.confine import Confinement
 from sessions.machines.machine import Machine, MachineError, state_key
 from sessions.machines.overlay import OverlayError, overlay_create, run_dir_create, run_dir_remove
-from sessions.machines.sandbox import files_disk_create
+from sessions.machines.sandbox import blank_disks_create
 
 WARM_FILE = "warm.qcow2"
 STATE_FILE = "machine.state"
@@ -160,9 +160,8 @@ async def start_state_prepare(
         warm = work / WARM_FILE
         await overlay_create(base_path=master_path, base_format=master_format,
                              overlay_path=warm, qemu_img=qemu_img, timeout_s=start_timeout_s)
-        if profile.files_in_slot_free:
-            # The same blank floppy every visitor's machine gets (sessions/sandbox.py).
-            await files_disk_create(work, qemu_img_binary=qemu_img, timeout_s=start_timeout_s)
+        # The same blank floppies every visitor's machine gets (sessions/sandbox.py).
+        await blank_disks_create(work, profile, qemu_img_binary=qemu_img, timeout_s=start_timeout_s)
         machine = Machine(
             profile, run_dir=work, disk_path=warm, qemu_binary=qemu_binary,
             accelerator=accelerator, start_timeout_s=start_timeout_s,

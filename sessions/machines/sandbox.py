@@ -41,12 +41,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
+from portal.profile import MachineProfile
 from sessions.errors import SessionError, gettext_noop
-from sessions.machines.machine import FILES_DISK
+from sessions.machines.machine import FILES_DISK, blank_disk_name
 from sessions.machines.overlay import OverlayError
 from sessions.machines.tool import tool_run
+
+if TYPE_CHECKING:
+    from sessions.machines.drives import DiskBox
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +113,10 @@ class SandboxMachine(Protocol):
     async def block_devices(self) -> list[dict[str, Any]]: ...
     async def disk_snapshot(self, node: str, name: str) -> None: ...
     async def disk_snapshot_delete(self, node: str, name: str) -> None: ...
-    async def qcow2_add(self, node: str, path: Path, *, backing_raw: Path | None = None) -> None: ...
-    async def node_keep(self, node: str, *, keeper: str) -> None: ...
-    async def medium_change(self, device: str, node: str | None) -> None: ...
+    async def qcow2_add(self, node: str, path: Path, *, backing_raw: Path | None = None,
+                        backing: Sequence[tuple[Path, str]] = (), read_only: bool = False) -> None: ...
+    async def node_keep(self, node: str, *, keeper: str, read_only: bool = False) -> None: ...
+    async def medium_change(self, device: str, node: str | None, *, force: bool = True) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -201,6 +206,11 @@ class Sandbox:
     # A disk taken out of its drive is kept open by a node above it, and QEMU
     # snapshots only nodes without parents: the node to snapshot for each such disk.
     roots: dict[str, str] = field(default_factory=dict)
+    # The file each node the machine started with opened (from query-block).
+    node_files: dict[str, Path] = field(default_factory=dict)
+    # The machine's disk box, if its exhibit has one (sessions.machines.drives): a
+    # checkpoint first makes a layer for each of its disks, so it covers them all.
+    box: DiskBox | None = None
     # One sandbox operation on the machine at a time (they share its qcow2 files).
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _described: bool = False
@@ -209,7 +219,7 @@ class Sandbox:
 
     # --- what the machine has -----------------------------------------------------
 
-    async def _describe(self) -> None:
+    async def describe(self) -> None:
         """Learn the machine's drives and writable disks once (from query-block)."""
         if self._described:
             return
@@ -217,9 +227,11 @@ class Sandbox:
         for device in await self.machine.block_devices():
             name = str(device.get("device", ""))
             inserted = device.get("inserted")
-            if device.get("removable") and name.startswith("floppy"):
+            if device.get("removable") and (name.startswith("floppy") or "-cd" in name):
                 self.drives[name] = str(device.get("qdev", name))
                 self.held[name] = inserted.get("node-name") if inserted else None
+            if inserted:
+                self.node_files[str(inserted["node-name"])] = Path(str(inserted.get("file", "")))
             if not inserted or inserted.get("ro"):
                 continue
             node = str(inserted["node-name"])
@@ -238,6 +250,22 @@ class Sandbox:
     def _root(self, node: str) -> str:
         return self.roots.get(node, node)
 
+    async def node_keep(self, node: str) -> None:
+        """Keep a disk the machine started with open once it leaves its drive (QEMU
+        closes a -drive's node then), for checkpoints made before the change, for
+        the visitor's files on it, and to put it back in later. A node the monitor
+        added stays open by itself."""
+        if not node.startswith("#") or node in self.roots:
+            return
+        keeper = f"portal-keep-{node.strip('#')}"
+        await self.machine.node_keep(node, keeper=keeper, read_only=node not in self.nodes)
+        self.roots[node] = keeper
+
+    @property
+    def media_nodes(self) -> dict[int, str]:
+        """The visitor's files disks brought in, by number: their nodes."""
+        return {number: f"{MEDIA_PREFIX}-{number}" for number in range(1, self.media_count + 1)}
+
     # --- checkpoints ----------------------------------------------------------------
 
     def checkpoint(self, checkpoint_id: str) -> Checkpoint:
@@ -251,7 +279,9 @@ class Sandbox:
         async with self.lock:
             if len(self.checkpoints) >= self.config.checkpoints_max:
                 raise CheckpointLimitError(self.config.checkpoints_max)
-            await self._describe()
+            await self.describe()
+            if self.box is not None:
+                await self.box.layers_make_all()
             await self._checkpoint_node()
             checkpoint_id = secrets.token_hex(6)
             began = time.monotonic()
@@ -284,6 +314,9 @@ class Sandbox:
             checkpoint = self.checkpoint(checkpoint_id)
             for drive, node in checkpoint.drives:
                 if self.held.get(drive) != node:
+                    current = self.held.get(drive)
+                    if current is not None:
+                        await self.node_keep(current)
                     await self.machine.medium_change(self.drives[drive], node)
                     self.held[drive] = node
             await self.machine.job_run("snapshot-load", {
@@ -322,7 +355,7 @@ class Sandbox:
                 raise MediaRefusedError(
                     gettext_noop("This visit has brought in %(count)s disks, the most it may."),
                     count=self.media_count, code="media_limit", status=409)
-            await self._describe()
+            await self.describe()
             if f"floppy{'ab'.index(drive_letter)}" not in self.drives:
                 # The exhibit's drive changed since this machine started.
                 raise MediaRefusedError(gettext_noop("This machine has no such drive; reset it to get the "
@@ -347,14 +380,8 @@ class Sandbox:
             self.nodes.append(node)
             drive = f"floppy{'ab'.index(drive_letter)}"
             current = self.held.get(drive)
-            if current is not None and current not in self.nodes:
-                pass  # a read-only disk: nothing of the visit's is in it
-            elif current is not None and not current.startswith(MEDIA_PREFIX):
-                # The exhibit's own disk in that drive stays open, for checkpoints
-                # made before the change and for the visitor's files on it.
-                keeper = f"portal-keep-{current.strip('#')}"
-                await self.machine.node_keep(current, keeper=keeper)
-                self.roots[current] = keeper
+            if current is not None:
+                await self.node_keep(current)
             await self.machine.medium_change(self.drives[drive], node)
             self.held[drive] = node
             self.disks.append(FatDisk(label=f"{drive_letter.upper()}-disk{number}", node=node,
@@ -370,7 +397,7 @@ class Sandbox:
         began; returns how many. The guest is held only while each disk is frozen."""
         snapshot = f"files-{secrets.token_hex(4)}"
         async with self.lock:
-            await self._describe()
+            await self.describe()
             disks = list(self.disks)
             frozen: list[FatDisk] = []
             try:
@@ -514,11 +541,13 @@ def floppy_build(image: Path, files: Sequence[tuple[Path, str]], *, label: str =
         raise SandboxError(gettext_noop("The floppy for the files could not be made.")) from error
 
 
-async def files_disk_create(run_dir: Path, *, qemu_img_binary: str, timeout_s: float) -> Path:
-    """The blank floppy for the drive of visitors' files: a qcow2 over an empty FAT12
-    image, both in the run directory. Always the same bytes (label and serial
-    number fixed), so a machine resumed from a start state finds the disk it saw."""
-    overlay = run_dir / FILES_DISK
+async def files_disk_create(run_dir: Path, *, qemu_img_binary: str, timeout_s: float,
+                            name: str = FILES_DISK) -> Path:
+    """The blank floppy for the drive of visitors' files (or, named otherwise, the
+    placeholder of a disk set's drive): a qcow2 over an empty FAT12 image, both in
+    the run directory. Always the same bytes (label and serial number fixed), so a
+    machine resumed from a start state finds the disk it saw."""
+    overlay = run_dir / name
     image = overlay.with_suffix(".img")
     for path in (overlay, image):
         path.unlink(missing_ok=True)
@@ -533,6 +562,16 @@ async def files_disk_create(run_dir: Path, *, qemu_img_binary: str, timeout_s: f
         raise OverlayError(gettext_noop("The server could not make this visit's floppy disk."),
                            log_detail=f"blank floppy in {run_dir}: {error}") from error
     return overlay
+
+
+async def blank_disks_create(run_dir: Path, profile: MachineProfile, *, qemu_img_binary: str,
+                             timeout_s: float) -> None:
+    """The blank floppies a machine of the profile starts with in its empty drives."""
+    if profile.files_in_slot_free:
+        await files_disk_create(run_dir, qemu_img_binary=qemu_img_binary, timeout_s=timeout_s)
+    for drive in profile.blank_drives:
+        await files_disk_create(run_dir, qemu_img_binary=qemu_img_binary, timeout_s=timeout_s,
+                                name=blank_disk_name(drive))
 
 
 def fat_partitions(raw: Path) -> list[int]:

@@ -132,6 +132,9 @@ class Keeper:
         # Called with each machine a visit is given (before it starts), and awaited
         # as each visit ends, once its machine has stopped (the prints, sessions.node.prints).
         self.machine_hooks: list[Callable[[Visit, KeptMachine], None]] = []
+        # Called once a visit's machine runs (from the pool, resumed or booted),
+        # before the visit counts as running: what is set up on the running machine.
+        self.started_hooks: list[Callable[[Visit, KeptMachine], Awaitable[None]]] = []
         self.end_hooks: list[Callable[[Visit], Awaitable[None]]] = []
 
     # --- queries -----------------------------------------------------------------
@@ -275,6 +278,8 @@ class Keeper:
         # A pooled machine's display is up already: its viewers may connect meanwhile.
         visit.machine_given()
         await machine.start()
+        for started in self.started_hooks:
+            await started(visit, machine)
         return machine
 
     def _start_failed(self, visit: Visit, error: OverlayError | MachineError) -> None:

@@ -42,6 +42,7 @@ from portal.record import agent_staff
 from portal.visitor import visitor_id
 from sessions.errors import SessionError, gettext_noop
 from sessions.ids import session_id_valid
+from sessions.machines.drives import BoxDisk, disk_id_parse
 from sessions.machines.sandbox import (
     Upload,
 )
@@ -304,6 +305,43 @@ async def media(request: HttpRequest, session_id: str) -> HttpResponseBase:
         return JsonResponse(result.as_json(), status=201)
 
     return await _sandbox_call(request, session_id, act)
+
+
+@require_http_methods(["GET"])
+async def drives(request: HttpRequest, session_id: str) -> HttpResponseBase:
+    """The disk box: each drive and the disk in it, and the disks a visitor may put in."""
+    async def act(broker: Broker, session: VisitorSession) -> HttpResponse:
+        if not session.is_live:
+            return JsonResponse({"drives": [], "disks": []})
+        return JsonResponse(drives_json(*broker.sandboxes.drives(session_id=session.id)))
+
+    return await _sandbox_call(request, session_id, act)
+
+
+@require_http_methods(["PUT"])
+async def drive_put(request: HttpRequest, session_id: str, drive: str) -> HttpResponseBase:
+    """Put a disk of the box into the drive (`{"disk": <id>}`), or take it out (`{"disk": null}`)."""
+    async def act(broker: Broker, session: VisitorSession) -> HttpResponse:
+        body = json_object(request)
+        if body is None or "disk" not in body:
+            return json_error(400, "bad_request", gettext(
+                'Send a JSON object naming the disk: {"disk": <id>}, or {"disk": null} to take it out.'))
+        disk = disk_id_parse(body["disk"])
+        await broker.sandboxes.drive_put(session_id=session.id, drive=drive, disk=disk)
+        return JsonResponse(drives_json(*broker.sandboxes.drives(session_id=session.id)))
+
+    return await _sandbox_call(request, session_id, act)
+
+
+def drives_json(drives: list[dict[str, Any]], disks: list[BoxDisk]) -> dict[str, Any]:
+    """The disk box as the API shows it, the portal's own labels in the visitor's language."""
+    listed = []
+    for disk in disks:
+        shown = disk.as_json()
+        if not disk.id.isdigit():
+            shown["label"] = gettext(disk.label)
+        listed.append(shown)
+    return {"drives": drives, "disks": listed}
 
 
 @require_GET

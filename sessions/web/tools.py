@@ -255,4 +255,12 @@ async def watch_state(request: HttpRequest, token: str) -> JsonResponse:
     state = _watch_state(session, broker.viewers.watcher_count(session.id))
     name = request.GET.get("watcher", "")
     state["control"] = bool(name) and broker.viewers.in_control(session.id, name)
+    # Which disk is in each drive of the disk box (empty for a machine without one), by label.
+    try:
+        drives, disks = broker.sandboxes.drives(session_id=session.id)
+    except SessionError:
+        drives, disks = [], []
+    labels = {disk.id: disk.label if disk.id.isdigit() else gettext(disk.label) for disk in disks}
+    state["drives"] = [{**entry, "label": None if entry["disk"] is None else labels.get(str(entry["disk"]))}
+                       for entry in drives]
     return JsonResponse(state)

@@ -18,6 +18,8 @@ urlpatterns = [
     path("api/sessions/<str:session_id>/checkpoints/<str:checkpoint_id>/restore", api.checkpoint_restore),
     path("api/sessions/<str:session_id>/media", api.media),
     path("api/sessions/<str:session_id>/files.zip", api.files_zip),
+    path("api/sessions/<str:session_id>/drives", api.drives),
+    path("api/sessions/<str:session_id>/drives/<str:drive>", api.drive_put),
     path("api/sessions/<str:session_id>/prints", prints.prints),
     path("api/sessions/<str:session_id>/prints/<str:print_id>.pdf", prints.print_file, {"suffix": "pdf"}),
     path("api/sessions/<str:session_id>/prints/<str:print_id>.raw", prints.print_file, {"suffix": "raw"}),

@@ -11,6 +11,7 @@ import { ScreenFocus } from "./screen-focus.js";
 const watch = JSON.parse(document.getElementById("watch-data").textContent);
 const screen = document.getElementById("screen");
 const stateLabel = document.getElementById("state");
+const drivesLabel = document.getElementById("watch-drives");
 const notice = document.getElementById("notice");
 const watchersLabel = document.getElementById("watchers");
 const controlLabel = document.getElementById("control");
@@ -71,6 +72,15 @@ function showState(data) {
   const count = data.watchers;
   watchersLabel.dataset.count = String(count);
   watchersLabel.textContent = format(ngettext("%(count)s watching", "%(count)s watching", count), { count });
+  // The disk box's drives, where the exhibit has one: what the owner put in each.
+  const drives = Array.isArray(data.drives) ? data.drives : [];
+  drivesLabel.hidden = drives.length === 0;
+  const shown = drives.map((entry) => {
+    const name = entry.drive === "cd" ? gettext("CD drive")
+      : format(gettext("Drive %(letter)s:"), { letter: entry.drive.toUpperCase() });
+    return `${name} ${entry.disk === null ? gettext("empty") : entry.label}`;
+  }).join(" · ");
+  if (drivesLabel.textContent !== shown) drivesLabel.textContent = shown;
 }
 
 function finish(text) {

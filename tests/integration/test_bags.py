@@ -288,3 +288,41 @@ def test_a_layer_that_names_another_backing_file_is_refused(
     bagit.Bag(str(bag_dir)).save(manifests=True)
     refused(bag_dir, "must name", f"{exhibit.image.sha256}.qcow2 as its backing file")
     assert store(portal_dirs) == before
+
+
+def test_a_disk_set_goes_into_a_bag_and_into_a_derivative_whole(exhibit: Exhibit, tmp_path: Path) -> None:
+    from portal.derivation import DerivedImage
+    from portal.images import Derivation, derived_record
+    from portal.models import ExhibitDisk
+    from tests.support.disk_set import cd_make, floppy_make
+
+    made = {
+        "one": floppy_make(tmp_path / "one.img", label="DISK1", files={"ONE.TXT": b"1"}, serial="11111111"),
+        "two": floppy_make(tmp_path / "two.img", label="DISK2", files={"TWO.TXT": b"2"}, serial="22222222"),
+        "cd": cd_make(tmp_path / "cd.iso"),
+    }
+    for position, (key, label, drive, at_start, protected) in enumerate([
+            ("one", "Disk 1 — Setup", "b", True, False), ("two", "Disk 2 — Data", "b", False, True),
+            ("cd", "CD-ROM", "cd", False, False)]):
+        ExhibitDisk.objects.create(exhibit=exhibit, position=position, label=label, drive=drive,
+                                   in_drive_at_start=at_start, write_protected=protected,
+                                   image=disk_image_import(made[key], name=made[key].name, agent="tests"))
+
+    def disk_set(slug: str) -> list[tuple[Any, ...]]:
+        return [(disk.position, disk.label, disk.drive, disk.in_drive_at_start, disk.write_protected,
+                 disk.image.sha256) for disk in ExhibitDisk.objects.filter(exhibit__slug=slug)]
+
+    bag_dir = tmp_path / "bag"
+    call_command("export_bag", "dos", str(bag_dir))
+    listed = json.loads((bag_dir / "data" / "metadata" / "exhibit.json").read_text())
+    assert [entry["role"] for entry in listed["masters"]].count("disk") == 3
+    call_command("import_bag", str(bag_dir), "--slug", "again")
+    assert disk_set("again") == disk_set("dos")
+    assert Exhibit.objects.get(slug="again").machine_profile().disk_drives == ("b", "cd")
+
+    # A derivative of the exhibit keeps the same set on the same masters.
+    derived = derived_record(exhibit, made=DerivedImage(
+        path=Path(exhibit.image.path), sha256=exhibit.image.sha256, stored_bytes=exhibit.image.size_bytes,
+        guest_sha256=exhibit.image.guest_sha256, virtual_bytes=exhibit.image.virtual_size_bytes or 0),
+        derivation=Derivation(slug="derived", title="Derived", flatten=True), agent="tests")
+    assert disk_set(derived.slug) == disk_set("dos")

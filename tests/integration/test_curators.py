@@ -15,7 +15,8 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import CommandError, call_command
 from django.test import AsyncClient, Client
 
-from portal.models import DiskImage, Exhibit, PreservationEvent
+from portal.images import disk_image_import
+from portal.models import DiskImage, Exhibit, ExhibitDisk, PreservationEvent
 from sessions.models import VisitorSession
 from tests.conftest import FREEDOS_2048, FREEDOS_2048_SHA256, ExhibitFactory, visitor
 from tests.support.wait import eventually
@@ -394,7 +395,7 @@ async def test_the_exhibit_page_says_a_damaged_exhibit_cannot_start(
     assert b'id="start"' not in page.content
 
 
-async def test_extra_media_are_attached_through_their_own_overlays(
+async def test_extra_floppies_and_cds_join_the_disk_set_each_in_its_own_layer(
     broker: Any, portal_dirs: Path, tmp_path: Path
 ) -> None:
     from tests.conftest import FREEDOS_GAMES
@@ -405,7 +406,12 @@ async def test_extra_media_are_attached_through_their_own_overlays(
         "add_exhibit", str(FREEDOS_GAMES), "--slug", "games", "--title", "Games", "--accelerator", "tcg",
         "--extra", str(FREEDOS_2048), "--extra", str(iso), "--publish")
     exhibit = await Exhibit.objects.select_related("image").aget(slug="games")
-    assert exhibit.machine_profile().extra_media == ("floppy", "cdrom")
+    profile = exhibit.machine_profile()
+    assert profile.extra_media == ()
+    assert profile.disk_drives == ("b", "cd")
+    disks = [disk async for disk in ExhibitDisk.objects.filter(exhibit=exhibit)]
+    assert [(disk.label, disk.drive, disk.in_drive_at_start) for disk in disks] \
+        == [("Floppy disk 1", "b", True), ("CD-ROM", "cd", True)]
     masters = {image.path: image.sha256 async for image in DiskImage.objects.all()}
     assert len(masters) == 3
 
@@ -422,11 +428,12 @@ async def test_extra_media_are_attached_through_their_own_overlays(
         run_dir = machine.run_dir
         assert run_dir.parent == portal_dirs / "run"
         floppy_b, cd = blocks["floppy1"]["inserted"], blocks["ide1-cd0"]["inserted"]
-        assert floppy_b["file"] == str(run_dir / "extra-0.qcow2")
-        assert floppy_b["backing_file"].endswith(".qcow2")
-        assert floppy_b["backing_file"] in masters
-        assert cd["file"] == str(run_dir / "extra-1.qcow2")
+        # Each disk in a layer of its own in the run directory (opened through descriptors).
+        for inserted, disk in ((floppy_b, disks[0]), (cd, disks[1])):
+            assert inserted["node-name"] == f"disk-{disk.pk}"
+            assert (run_dir / f"disk-{disk.pk}.qcow2").is_file()
         assert cd["ro"] is True
+        assert floppy_b["ro"] is False
         assert blocks["floppy0"]["inserted"]["file"] == str(run_dir / "disk.qcow2")
     finally:
         assert (await browser.delete(f"/api/sessions/{session_id}")).status_code == 204
@@ -434,14 +441,62 @@ async def test_extra_media_are_attached_through_their_own_overlays(
         assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == sha256
 
 
-def test_extra_media_must_fit_the_pc_and_cannot_be_prepared(portal_dirs: Path) -> None:
-    with pytest.raises(CommandError, match="do not fit"):
+def test_a_disk_set_must_fit_its_drives(portal_dirs: Path, tmp_path: Path) -> None:
+    from tests.integration.test_importer import iso_image
+
+    iso = iso_image(tmp_path / "extras.iso")
+    with pytest.raises(CommandError, match="drive B: takes a floppy disk"):
         call_command("add_exhibit", str(FREEDOS_2048), "--slug", "two", "--title", "Two",
-                     "--extra", str(FREEDOS_2048), "--extra", str(FREEDOS_2048))
+                     "--disk", str(iso), "Setup CD", "b")
+    with pytest.raises(CommandError, match="one disk can be in each drive at start"):
+        call_command("add_exhibit", str(FREEDOS_2048), "--slug", "two", "--title", "Two",
+                     "--disk", str(FREEDOS_2048), "Disk 1", "in", "--disk", str(FREEDOS_2048), "Disk 2", "in")
+    with pytest.raises(CommandError, match="unknown word"):
+        call_command("add_exhibit", str(FREEDOS_2048), "--slug", "two", "--title", "Two",
+                     "--disk", str(FREEDOS_2048), "Disk 1", "c")
+    # Two more floppies than A: holds: both join the set for B:, the first in it at start.
     call_command("add_exhibit", str(FREEDOS_2048), "--slug", "one", "--title", "One",
-                 "--extra", str(FREEDOS_2048))
-    with pytest.raises(CommandError, match="extra media"):
-        call_command("prepare_exhibit", "one", "--after", "1")
+                 "--extra", str(FREEDOS_2048), "--extra", str(FREEDOS_2048))
+    disks = ExhibitDisk.objects.filter(exhibit__slug="one")
+    assert [(disk.drive, disk.in_drive_at_start) for disk in disks] == [("b", True), ("b", False)]
+
+
+def test_the_admin_arranges_a_disk_set_and_refuses_a_cd_for_a_floppy_drive(
+    curator_client: Client, tmp_path: Path
+) -> None:
+    from django.forms.models import model_to_dict
+
+    from tests.integration.test_importer import iso_image
+    from tests.support.disk_set import floppy_make
+
+    call_command("add_exhibit", str(FREEDOS_2048), "--slug", "dos", "--title", "DOS")
+    exhibit = Exhibit.objects.get()
+    two = disk_image_import(floppy_make(tmp_path / "two.img", label="DISK2", files={}, serial="22222222"),
+                            name="two.img", agent="tests")
+    cd = disk_image_import(iso_image(tmp_path / "setup.iso"), name="setup.iso", agent="tests")
+    address = f"/admin/portal/exhibit/{exhibit.pk}/change/"
+    page = curator_client.get(address).content.decode()
+    assert 'name="disks-TOTAL_FORMS"' in page
+    form = {name: value for name, value in model_to_dict(exhibit).items()
+            if value is not None and name not in {"translations", "id", "parent", "thumbnail"}}
+    form.update({"extra_media-TOTAL_FORMS": "0", "extra_media-INITIAL_FORMS": "0",
+                 "disks-TOTAL_FORMS": "2", "disks-INITIAL_FORMS": "0"})
+    rows = [{"position": "1", "label": "Disk 2 — Data", "image": str(two.pk), "drive": "b",
+             "in_drive_at_start": "on"},
+            {"position": "0", "label": "Setup CD", "image": str(cd.pk), "drive": "b"}]
+    for number, row in enumerate(rows):
+        form.update({f"disks-{number}-{name}": value for name, value in row.items()})
+    refused = curator_client.post(address, form)
+    assert refused.status_code == 200
+    assert "drive B: takes a floppy disk" in refused.content.decode()
+    form["disks-1-drive"] = "cd"
+    saved = curator_client.post(address, form)
+    assert saved.status_code == 302, saved.content.decode()[-2000:]
+    exhibit.refresh_from_db()
+    # In the curators' order, and the machine gets both drives.
+    assert [(disk.label, disk.drive, disk.in_drive_at_start) for disk in exhibit.disks.all()] \
+        == [("Setup CD", "cd", False), ("Disk 2 — Data", "b", True)]
+    assert exhibit.machine_profile().disk_drives == ("b", "cd")
 
 
 def test_the_exhibit_admin_offers_the_runtimes_prepare_actions(rf: Any, admin_user: Any) -> None:
@@ -470,13 +525,15 @@ def test_the_exhibit_admin_takes_the_title_and_description_in_more_languages(
     for field in ("title_de", "description_de", "title_fr", "description_es"):
         assert f'name="{field}"' in page, field
     assert 'value="Le DOS"' in page
-    prefix = re.search(r'name="([\w-]+)-TOTAL_FORMS"', page)
-    assert prefix is not None
+    # Each inline's management form (the disk set, the extra media): none of them.
+    prefixes = re.findall(r'name="([\w-]+)-TOTAL_FORMS"', page)
+    assert len(prefixes) == 2
     form = {name: value for name, value in model_to_dict(exhibit).items()
             if value is not None and name not in {"translations", "id", "parent", "thumbnail"}}
     form.update({"title_de": "Das DOS", "description_de": "Ein Spiel.", "title_fr": "",
-                 "description_es": "Un juego.", f"{prefix[1]}-TOTAL_FORMS": "0",
-                 f"{prefix[1]}-INITIAL_FORMS": "0"})
+                 "description_es": "Un juego."})
+    for prefix in prefixes:
+        form.update({f"{prefix}-TOTAL_FORMS": "0", f"{prefix}-INITIAL_FORMS": "0"})
     saved = curator_client.post(address, form)
     assert saved.status_code == 302, saved.content.decode()[-3000:]
     exhibit.refresh_from_db()

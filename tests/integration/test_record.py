@@ -58,3 +58,36 @@ def test_deleting_records_it_and_a_master_in_use_is_refused_naming_its_users(por
         ("deletion", "staff user curator", "", "dos", None),
         ("ingestion", "command import_image", image.sha256, "", None),
     ]
+
+
+def test_the_migration_puts_extra_floppies_and_cds_into_disk_sets() -> None:
+    before = [("portal", "0012_exhibit_printer")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    old = executor.loader.project_state(before).apps
+    images = old.get_model("portal", "DiskImage").objects
+    boot, floppy, cd, disk = (images.create(sha256=letter * 64, path=f"/nowhere/{letter}.qcow2", size_bytes=1,
+                                            media=media)
+                              for letter, media in (("a", "floppy"), ("b", "floppy"), ("c", "cdrom"),
+                                                    ("d", "disk")))
+    exhibits = old.get_model("portal", "Exhibit").objects
+    dos = exhibits.create(slug="dos", title="DOS", image=boot, boot="floppy",
+                          extra_media_kinds="floppy,cdrom,disk")
+    plain = exhibits.create(slug="plain", title="Plain", image=boot, boot="floppy")
+    media = old.get_model("portal", "ExhibitMedia").objects
+    for position, image in enumerate((floppy, cd, disk)):
+        media.create(exhibit=dos, image=image, position=position)
+
+    executor = MigrationExecutor(connection)
+    executor.migrate(executor.loader.graph.leaf_nodes())
+    from portal.models import ExhibitDisk, ExhibitMedia
+
+    moved = Exhibit.objects.get(pk=dos.pk)
+    assert [(d.image.sha256[0], d.label, d.drive, d.in_drive_at_start, d.write_protected)
+            for d in ExhibitDisk.objects.filter(exhibit=moved)] \
+        == [("b", "Floppy disk 1", "b", True, False), ("c", "CD-ROM", "cd", True, False)]
+    # The hard disk stays an extra medium; the machine has the set's drives.
+    assert [m.image.sha256[0] for m in ExhibitMedia.objects.filter(exhibit=moved)] == ["d"]
+    profile = moved.machine_profile()
+    assert (profile.extra_media, profile.disk_drives) == (("disk",), ("b", "cd"))
+    assert Exhibit.objects.get(pk=plain.pk).machine_profile().disk_drives == ()

@@ -228,3 +228,31 @@ def test_every_machine_has_a_printer_on_lpt1_and_the_start_state_key_says_so() -
     digest = hashlib.sha256("\0".join(argv).encode()).hexdigest()[:16]
     assert f"argv={digest};" in state_key(MachineProfile(), accelerator="kvm", qemu="7.2",
                                           master_sha256="m")
+
+
+def test_every_drive_of_a_disk_set_is_on_the_command_line_and_in_the_start_state_key() -> None:
+    # Boots from A:; the set uses B: and the CD drive; visitors' files go into B:.
+    profile = MachineProfile(boot="floppy", disk_drives=("b", "cd"), files_in="b")
+    drives = option(argv_for(profile), "-drive")
+    assert drives == [
+        "file=/run/s/disk.qcow2,format=qcow2,auto-read-only=off,if=floppy,index=0",
+        # B: starts with the visitor's blank floppy: a drive QEMU made empty is never writable.
+        "file=/run/s/visitor-disk-0.qcow2,format=qcow2,auto-read-only=off,if=floppy,index=1",
+        "if=ide,index=2,media=cdrom,readonly=on",
+    ]
+    # Without visitors' files, B: starts with a blank placeholder the visit takes out.
+    assert option(argv_for(MachineProfile(boot="hdd", disk_drives=("a", "b"))), "-drive")[1:] == [
+        "file=/run/s/blank-a.qcow2,format=qcow2,auto-read-only=off,if=floppy,index=0",
+        "file=/run/s/blank-b.qcow2,format=qcow2,auto-read-only=off,if=floppy,index=1",
+    ]
+    # The boot CD's drive is the set's CD drive: no second one.
+    assert len(option(argv_for(MachineProfile(boot="cdrom", disk_drives=("cd",))), "-drive")) == 1
+    base = {"accelerator": "kvm", "qemu": "7.2.22", "master_sha256": "ab" * 32}
+    keys = {state_key(MachineProfile(boot="floppy", disk_drives=drives), **base)
+            for drives in ((), ("b",), ("cd",), ("b", "cd"))}
+    assert len(keys) == 4
+    # A PC's two floppy drives and the order the disk box names its drives.
+    for bad in ({"disk_drives": ("cd", "b")}, {"disk_drives": ("c",)},
+                {"disk_drives": ("b",), "extra_media": ("floppy",)}):
+        with pytest.raises(ValueError, match=r"disk drives|removable"):
+            MachineProfile(**bad)

@@ -15,7 +15,7 @@ from django.db import transaction
 
 from portal.images import disk_image_import
 from portal.importer import QEMU_FORMATS, ImageError
-from portal.models import DiskImage, Exhibit, ExhibitMedia
+from portal.models import DiskImage, Exhibit, ExhibitDisk, ExhibitMedia, extra_media_place
 from portal.profile import CODE_PAGES, KEYBOARD_LAYOUTS, SOUND_CARDS, keyboard_refusal
 from portal.record import agent_command
 
@@ -39,6 +39,23 @@ def translations_given(titles: list[list[str]], descriptions: list[list[str]]) -
         for language, text in given:
             translations.setdefault(language.strip().lower(), {})[field] = text
     return translations
+
+
+def disk_given(given: list[str]) -> dict[str, Any]:
+    """One --disk: IMAGE LABEL and its words (a drive, "in", "protected")."""
+    if len(given) < 2:
+        raise CommandError("--disk needs an image and a label: --disk IMAGE LABEL [a|b|cd] [in] [protected]")
+    path, label, *words = given
+    unknown = [word for word in words if word not in {"a", "b", "cd", "in", "protected"}]
+    if unknown:
+        raise CommandError(f"--disk {path}: unknown word {unknown[0]!r} (a, b, cd, in, protected)")
+    if not Path(path).is_file():
+        raise CommandError(f"{path} is not a file")
+    if not label.strip() or len(label) > 80:
+        raise CommandError(f"--disk {path}: the label must be 1 to 80 characters")
+    drives = [word for word in words if word in {"a", "b", "cd"}]
+    return {"path": Path(path), "label": label.strip(), "drive": drives[-1] if drives else None,
+            "in": "in" in words, "protected": "protected" in words}
 
 
 class Command(BaseCommand):
@@ -65,7 +82,15 @@ class Command(BaseCommand):
         parser.add_argument("--notes", default="", help="Provenance notes.")
         parser.add_argument("--extra", type=Path, action="append", default=[], metavar="IMAGE",
                             help="A further medium (second floppy, CD-ROM, second hard disk), "
-                                 "imported like the boot image; repeat for more.")
+                                 "imported like the boot image; repeat for more. A floppy or CD "
+                                 "joins the disk set, in its drive at start.")
+        parser.add_argument(
+            "--disk", nargs="+", action="append", default=[], metavar="IMAGE LABEL [a|b|cd] [in] [protected]",
+            help="A disk of the exhibit's disk set (repeat, in order): its image, its label, the "
+                 "drive it belongs in (default b for a floppy, cd for a CD), 'in' to have it in its "
+                 "drive at start, 'protected' to write-protect it. "
+                 "Example: --disk disk2.img 'Disk 2 — Data' b",
+        )
         parser.add_argument("--year", type=int)
         parser.add_argument("--publisher", default="")
         parser.add_argument("--description", default="")
@@ -116,12 +141,15 @@ class Command(BaseCommand):
         if not source.is_file():
             raise CommandError(f"{source} is not a file")
         extras: list[DiskImage] = []
+        disks = [disk_given(given) for given in options["disk"]]
         try:
             agent = agent_command("add_exhibit")
             image: DiskImage = disk_image_import(source, name=source.name, claim=options["format"],
                                                  agent=agent)
             for extra in options["extra"]:
                 extras.append(disk_image_import(extra, name=extra.name, agent=agent))
+            disk_images = [disk_image_import(disk["path"], name=disk["path"].name, agent=agent)
+                           for disk in disks]
         except ImageError as error:
             raise CommandError(f"refused an image: {error}") from error
         with transaction.atomic():
@@ -157,8 +185,20 @@ class Command(BaseCommand):
                 },
             )
             ExhibitMedia.objects.filter(exhibit=exhibit).delete()
-            for position, medium in enumerate(extras):
-                ExhibitMedia.objects.create(exhibit=exhibit, image=medium, position=position)
+            ExhibitDisk.objects.filter(exhibit=exhibit).delete()
+            for position, (disk, disk_image) in enumerate(zip(disks, disk_images, strict=True)):
+                drive = disk["drive"] or ("cd" if disk_image.media == DiskImage.Media.CDROM else "b")
+                made = ExhibitDisk(exhibit=exhibit, image=disk_image, position=position, label=disk["label"],
+                                   drive=drive, in_drive_at_start=disk["in"],
+                                   write_protected=disk["protected"])
+                refusal = made.refusal()
+                if refusal is not None:
+                    raise CommandError(f"{disk['path']}: {refusal}")
+                made.save()
+            if len({d.drive for d in ExhibitDisk.objects.filter(exhibit=exhibit, in_drive_at_start=True)}) \
+                    != ExhibitDisk.objects.filter(exhibit=exhibit, in_drive_at_start=True).count():
+                raise CommandError("only one disk can be in each drive at start")
+            extra_media_place(exhibit, extras)
             exhibit.refresh_from_db()
             try:
                 exhibit.machine_profile()
