@@ -53,7 +53,8 @@ async def test_it_saves_a_visit_and_resumes_it_with_its_screen_and_files(broker:
         await wait_for_text(machine, rfb, "come back tomorrow\n", timeout_s=30)
         status, body, disposition = await saved_bytes(browser, session["id"])
         assert status == 200, body
-        assert disposition.startswith('attachment; filename="games-') and disposition.endswith('.visit"')
+        assert disposition.startswith('attachment; filename="games-'), disposition
+        assert disposition.endswith('.visit"'), disposition
         assert body.startswith(HEADER)
         # The run directory keeps nothing of the save once it is sent.
         assert not [path for path in machine.run_dir.iterdir() if path.name.startswith("save-")]
