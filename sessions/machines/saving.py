@@ -151,7 +151,7 @@ async def machine_save(machine: SavingMachine, *, qemu_img: str, timeout_s: floa
         paused = time.monotonic() - began
         start_backing: Path | None = None
         layers: list[tuple[DiskLayer, Path]] = []
-        for (disk, _, flatten), copy in zip(plan, copies, strict=True):
+        for (disk, _, flatten), copy in zip(plan, list(copies), strict=True):
             info = await _info(qemu_img, copy, timeout_s=timeout_s)
             backing = info.get("full-backing-filename")
             if disk.backing == "start" and backing:

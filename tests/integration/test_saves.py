@@ -49,6 +49,13 @@ async def test_it_saves_a_visit_and_resumes_it_with_its_screen_and_files(broker:
     try:
         await rfb.type_text("echo kept > kept.txt\n")
         await wait_for_text(machine, rfb, "A:\\>echo kept > kept.txt", timeout_s=30)
+        # A checkpoint (its snapshots stay out of the file) and a floppy of the
+        # visitor's own files in B: (saved whole, in the drive's place).
+        response = await browser.post(f"/api/sessions/{session['id']}/checkpoints")
+        assert response.status_code == 201, response.content
+        response = await browser.post(f"/api/sessions/{session['id']}/media",
+                                      {"files": SimpleUploadedFile("note.txt", b"brought in\r\n")})
+        assert response.status_code == 201, response.content
         await rfb.type_text("echo come back tomorrow\n")
         await wait_for_text(machine, rfb, "come back tomorrow\n", timeout_s=30)
         status, body, disposition = await saved_bytes(browser, session["id"])
@@ -62,7 +69,6 @@ async def test_it_saves_a_visit_and_resumes_it_with_its_screen_and_files(broker:
         await rfb.close()
         await browser.delete(f"/api/sessions/{session['id']}")
 
-    print("save bytes", len(body))
     upload = SimpleUploadedFile("games.visit", body, content_type="application/octet-stream")
     response = await browser.post("/api/exhibits/games/sessions", {"visit": upload})
     assert response.status_code == 201, response.content
@@ -74,6 +80,11 @@ async def test_it_saves_a_visit_and_resumes_it_with_its_screen_and_files(broker:
         assert "come back tomorrow" in screen
         await rfb.type_text("type kept.txt\n")
         await wait_for_text(machine, rfb, "type kept.txt\nkept", timeout_s=30)
+        await rfb.type_text("type B:NOTE.TXT\n")
+        await wait_for_text(machine, rfb, "type B:NOTE.TXT\nbrought in", timeout_s=30)
+        # A resumed visit takes checkpoints like any other.
+        response = await browser.post(f"/api/sessions/{resumed['id']}/checkpoints")
+        assert response.status_code == 201, response.content
     finally:
         await rfb.close()
         await browser.delete(f"/api/sessions/{resumed['id']}")
