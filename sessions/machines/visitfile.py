@@ -213,7 +213,7 @@ class _BoundedReader:
         self._handle = handle
         self._left = end - handle.tell()
         self._decoder = lzma.LZMADecompressor(format=lzma.FORMAT_XZ, memlimit=DECODER_MEMORY_BYTES)
-        self._limit = limit
+        self.limit = limit
         self.read_bytes = 0
 
     def read(self, size: int) -> bytes:
@@ -236,7 +236,7 @@ class _BoundedReader:
             wanted -= len(piece)
         data = b"".join(parts)
         self.read_bytes += len(data)
-        if self.read_bytes > self._limit:
+        if self.read_bytes > self.limit:
             raise VisitFileError("This file unpacks to more than a saved visit can hold.",
                                  reason="expanded")
         return data
@@ -278,7 +278,7 @@ def visit_file_read(path: Path, *, signers: Sequence[Callable[[], Signer]],
         except (ValueError, UnicodeDecodeError) as error:
             raise _damaged("manifest") from error
         limits = limits_for(manifest)
-        reader._limit = limits.expanded_max_bytes
+        reader.limit = limits.expanded_max_bytes
         expected = [(STATE, into / STATE, limits.state_max_bytes),
                     *((disk.member, into / disk.file, limits.expanded_max_bytes) for disk in manifest.disks)]
         for member, destination, cap in expected:
