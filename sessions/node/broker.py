@@ -311,7 +311,7 @@ class Broker:
                 session = await sync_to_async(visit_place)(
                     self.scheduler, self.limiter, session_id=session_id, exhibit_id=exhibit.pk,
                     owner=owner, address=address, accelerator=self.launcher.accelerator_for(exhibit),
-                    run_dir=self._run_dir_pending if saved is None else os.fspath(run_root / session_id),
+                    run_dir=self._run_dir_pending if saved is None else os.fspath(saved.directory),
                     here_only=saved is not None)
                 if session.node != self.config.install:
                     lease.release()

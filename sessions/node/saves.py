@@ -64,7 +64,7 @@ from sessions.machines.visitfile import (
 )
 from sessions.node.sandboxes import Sandboxes
 from sessions.node.visit import Phase
-from sessions.placement.scheduler import Limiter
+from sessions.placement.scheduler import HELD_HERE_SUFFIX, Limiter
 
 logger = logging.getLogger(__name__)
 
@@ -219,7 +219,7 @@ async def _streamed(manifest: Manifest, parts: SavedParts) -> AsyncIterator[byte
 def saved_directory(run_root: Path, session_id: str) -> Path:
     """Where an uploaded save is unpacked: in the visit's own directory (its prints'
     too), which the reaper knows by the visit's name."""
-    return run_root / session_id / "saved"
+    return Path(f"{run_root / session_id}{HELD_HERE_SUFFIX}")
 
 
 def saved_remove(run_root: Path, session_id: str) -> None:

@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 State = VisitorSession.State
 # A visit holding a machine place on its node.
 PLACED_STATES = (State.STARTING, State.RUNNING)
+# The end of a waiting visit's run_dir when its files are on the node holding it.
+HELD_HERE_SUFFIX = "/saved"
 # The usual visit length before any visit has ended, and how many recent
 # visits the estimate learns it from.
 VISIT_S_DEFAULT = 5 * 60.0
@@ -78,8 +80,9 @@ def visit_place(config: SchedulerConfig, limiter: Limiter, *, session_id: str, e
     """Record a new visit: on the least busy live node with a free place when nobody
     waits, else at the end of the line (held by this node until a place frees).
     With `here_only` (a visit whose files are on this node: a saved visit going on),
-    only this node may start it, now or from the line; its `run_dir` is then the
-    visit's own directory, which tells the other nodes to leave it in line.
+    only this node may start it, now or from the line; its `run_dir` is then where
+    those files are, `<run root>/<id>/saved` (`HELD_HERE_SUFFIX`), which tells the
+    other nodes to leave it in line.
 
     Raises SessionExistsError (this browser has a live visit), AddressLimitError,
     CapacityError (the line is full) or RateLimitedError; a refused start counts
@@ -158,8 +161,9 @@ def line_take(config: SchedulerConfig) -> list[tuple[str, str]]:
         taken = list(
             VisitorSession.objects.select_for_update(skip_locked=True)
             .filter(state=State.QUEUED)
-            # Another node's visit whose files are there (its run_dir is its own directory).
-            .exclude(~Q(node=config.node) & Q(run_dir__endswith=Concat(Value("/"), F("id"))))
+            # Another node's visit whose files are there (its run_dir names them).
+            .exclude(~Q(node=config.node)
+                     & Q(run_dir__endswith=Concat(Value("/"), F("id"), Value(HELD_HERE_SUFFIX))))
             .order_by("created_at", "id")
             .values_list("id", "node")[:free]
         )
