@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
+from sessions.errors import gettext_noop
+
 MAGIC = b"PORTAL-VISIT\n"
 VERSION = 1
 HEADER = MAGIC + struct.pack(">H", VERSION)
@@ -144,7 +146,7 @@ class ReadLimits:
 
 
 def _damaged(reason: str) -> VisitFileError:
-    return VisitFileError("This file is damaged or was not made by this portal.", reason=reason)
+    return VisitFileError(gettext_noop("This file is damaged or was not made by this portal."), reason=reason)
 
 
 def _member_head(name: str, size: int) -> bytes:
@@ -237,7 +239,7 @@ class _BoundedReader:
         data = b"".join(parts)
         self.read_bytes += len(data)
         if self.read_bytes > self.limit:
-            raise VisitFileError("This file unpacks to more than a saved visit can hold.",
+            raise VisitFileError(gettext_noop("This file unpacks to more than a saved visit can hold."),
                                  reason="expanded")
         return data
 
@@ -267,8 +269,9 @@ def visit_file_read(path: Path, *, signers: Sequence[Callable[[], Signer]],
     size = path.stat().st_size
     with path.open("rb") as handle:
         if handle.read(len(HEADER)) != HEADER:
-            raise VisitFileError("This file is a saved visit of a format this portal does not read.",
-                                 reason="version")
+            raise VisitFileError(
+                gettext_noop("This file is a saved visit of a format this portal does not read."),
+                reason="version")
         reader = _BoundedReader(handle, size - SIGNATURE_BYTES, MANIFEST_MAX_BYTES + 64)
         name, length = _member_read_head(reader)
         if name != MANIFEST or length > MANIFEST_MAX_BYTES:
@@ -286,7 +289,7 @@ def visit_file_read(path: Path, *, signers: Sequence[Callable[[], Signer]],
             if name != member:
                 raise _damaged("members")
             if length > cap or reader.read_bytes + length > limits.expanded_max_bytes:
-                raise VisitFileError("This file unpacks to more than a saved visit can hold.",
+                raise VisitFileError(gettext_noop("This file unpacks to more than a saved visit can hold."),
                                      reason="expanded")
             _member_write(reader, destination, length)
         if not reader.at_end():
