@@ -9,14 +9,10 @@ project's counter guest booted cold (no start state: a save over the master).
 from __future__ import annotations
 
 import hashlib
-import json
 import lzma
 import re
 import socket
 import struct
-import urllib.error
-import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -37,23 +33,9 @@ VISIT_NAME = re.compile(r'attachment; filename="dos-\d{4}-\d\d-\d\d-\d{4}\.visit
 COUNT = re.compile(r"COUNT=(\d+)")
 
 
-def post_file(visitor: PortalVisitor, slug: str, content: bytes) -> tuple[int, dict[str, Any]]:
+def post_file(visitor: PortalVisitor, slug: str, content: bytes) -> tuple[int, Any]:
     """POST a saved visit as the exhibit page's form does (multipart, field `visit`)."""
-    if visitor.cookie("csrftoken") is None:
-        visitor.request("GET", "/api/csrf")
-    boundary = uuid.uuid4().hex
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"visit\"; filename=\"a.visit\"\r\n"
-            f"Content-Type: application/octet-stream\r\n\r\n").encode() + content + \
-        f"\r\n--{boundary}--\r\n".encode()
-    request = urllib.request.Request(f"{visitor.base_url}/api/exhibits/{slug}/sessions", data=body,
-                                     method="POST")
-    request.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
-    request.add_header("X-CSRFToken", visitor.cookie("csrftoken") or "")
-    try:
-        with visitor.opener.open(request, timeout=60) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"null")
+    return visitor.request_file("POST", f"/api/exhibits/{slug}/sessions", "visit", content, "a.visit")
 
 
 def signed(body: bytes, secret: str = SECRET) -> bytes:
