@@ -26,7 +26,8 @@ BENCHMARKS = [
     "bench.first_frame", "bench.browser_start", "bench.display_path", "bench.overlay_cost", "bench.idle_cpu",
     "bench.import_image", "bench.soak", "bench.stuck_reader", "bench.services", "bench.relay",
     "bench.coordination",
-    "bench.sound", "bench.sandbox", "bench.speed", "bench.tools", "bench.screen_text", "bench.keys",
+    "bench.sound", "bench.sandbox", "bench.save", "bench.speed", "bench.tools", "bench.screen_text",
+    "bench.keys",
     "bench.printing",
     "bench.line", "bench.density",
 ]
