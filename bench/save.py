@@ -59,7 +59,9 @@ def save_once(visitor: Any, session_id: str) -> tuple[float, float, bytes]:
 def measure() -> dict[str, Any]:
     from tests.support.portal_http import PortalVisitor
 
-    with served_portal(environment={"PORTAL_SAVES_PER_WINDOW": "1000"}) as site:
+    # Many starts from one browser within a minute: the limits are not what is measured.
+    with served_portal(environment={"PORTAL_SAVES_PER_WINDOW": "1000", "PORTAL_STARTS_PER_BROWSER": "1000",
+                                    "PORTAL_STARTS_PER_ADDRESS": "1000"}) as site:
         visitor = PortalVisitor(site.url)
         visitor.request("GET", "/api/csrf")
         prepared = [to_picture(visitor, lambda: visitor.request("POST", "/api/exhibits/demo/sessions"))

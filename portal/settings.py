@@ -56,6 +56,9 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
+# Keys the portal used before, comma-separated: what they signed (cookies, visitors'
+# saved visits) is still taken while SECRET_KEY signs anew, so a key can be rotated.
+SECRET_KEY_FALLBACKS = [key for key in os.environ.get("DJANGO_SECRET_KEY_FALLBACKS", "").split(",") if key]
 DEBUG = _env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = [
     host.strip()

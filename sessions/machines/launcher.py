@@ -3,7 +3,8 @@
 Owns: making a machine (`Launcher.machine_new`: a run directory of its own,
 named by nothing but the machine, `m-<hex>`, under its own machine lease; a
 fresh overlay over the exhibit's master, or over its start state to resume
-it, plus an overlay over each extra medium; its uid lease and confinement),
+it, plus an overlay over each extra medium; its uid lease and confinement; for a
+saved visit, the saved layers put in place of the fresh ones, `machine_resume`),
 which the machine owns from then on and lets go of once it has stopped; the
 keeper's machine factory (`MachineSource`: a machine from the warm pool when
 it holds one, sessions/machines/pool.py, else a new one); the start states' keys and
