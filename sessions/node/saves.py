@@ -177,7 +177,9 @@ class Saves:
                               expanded_max_bytes=config.expanded_max_bytes)
 
         def read() -> Manifest:
-            directory.mkdir(mode=0o700, parents=True)
+            # The visit's own directory, private as a machine's run directory is.
+            directory.parent.mkdir(mode=0o700, exist_ok=True)
+            directory.mkdir(mode=0o700)
             manifest = visit_file_read(upload, signers=signers(), limits_for=limits_for, into=directory)
             limits = import_limits()
             for disk in manifest.disks:
