@@ -69,8 +69,11 @@ def measure() -> dict[str, Any]:
         session = visitor.session_start("demo")
         used_until = time.monotonic() + USE_S
         while time.monotonic() < used_until:
-            status, _ = visitor.request("POST", f"/api/sessions/{session['id']}/keys", {"text": "a"})
-            assert status == 204
+            status, said = visitor.request("POST", f"/api/sessions/{session['id']}/keys", {"text": "a"})
+            # Typing is refused while an earlier request still types (session_busy): it is use anyway.
+            assert status in {204, 409}, (status, said)
+            if status == 409:
+                print(f"  (a key was refused: {said})")
             time.sleep(1.0)  # a visitor's pace
         ready, whole, sizes = [], [], []
         saved = b""
