@@ -85,7 +85,6 @@ def measure() -> dict[str, Any]:
                     for _ in range(RUNS)]
         session = visitor.session_start("demo")
         asyncio.run(use(visitor, session))
-            time.sleep(1.0)  # a visitor's pace
         ready, whole, sizes = [], [], []
         saved = b""
         for _ in range(RUNS):
