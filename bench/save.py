@@ -2,7 +2,7 @@
 visit resumed from it shows its picture, and how long the guest pauses.
 
 Through the served portal (Daphne, the demo prepared, as `make run` serves it): a
-visit of the demo is used for a while (keys typed every second: `USE_S`), then saved
+visit of the demo is used for a while (its display shown, a key typed every second: `USE_S`), then saved
 (POST …/save) `RUNS` times: the time to the response's headers (the save made and the
 download begun) and to its last byte, and the file's size. Each save's pause of the
 guest comes from the portal's own log. Then a new visit is resumed from the file
@@ -45,20 +45,20 @@ def to_picture(visitor: Any, post: Any) -> float:
 
 
 async def use(visitor: Any, session: dict[str, Any]) -> None:
-    """A visitor at the machine for USE_S: its display open (a visit nobody shows ends
-    after the grace period), a key typed every second."""
+    """A visitor at the machine for USE_S: its display shown (kept current as noVNC
+    keeps it: a visit nobody shows ends after the grace period), a key every second."""
     rfb = await visitor.display(session["vnc_path"], timeout_s=60)
+    rfb.start()
     try:
         used_until = time.monotonic() + USE_S
         while time.monotonic() < used_until:
-            status, said = await asyncio.to_thread(
-                visitor.request, "POST", f"/api/sessions/{session['id']}/keys", {"text": "a"})
-            # Refused while an earlier request still types (session_busy): it is use anyway.
-            assert status in {204, 409}, (status, said)
-            assert said is None or said.get("error") == "session_busy", said
+            await rfb.type_text("a")
             await asyncio.sleep(1.0)  # a visitor's pace
     finally:
         await rfb.close()
+    status, now = visitor.request("GET", f"/api/sessions/{session['id']}")
+    assert status == 200, now
+    assert now["state"] == "running", now
 
 
 def save_once(visitor: Any, session_id: str) -> tuple[float, float, bytes]:
