@@ -237,13 +237,17 @@ class PortalWebRequest(WebRequest):
 
 
 def body_limit(path: bytes) -> int:
-    """The largest request body a path takes: curators' image uploads, visitors' files
-    for their machine, or everything else."""
+    """The largest request body a path takes: curators' image uploads, a saved visit
+    to resume from, visitors' files for their machine, or everything else."""
     from django.conf import settings
 
     if path.startswith(settings.PORTAL_UPLOAD_PATH_PREFIX.encode()):
         # The upload itself plus its multipart envelope and form fields.
         return int(settings.PORTAL_IMPORT_MAX_BYTES) + 1024 * 1024
+    if re.fullmatch(settings.PORTAL_SAVE_PATH_PATTERN.encode(), path):
+        # A saved visit to resume from, in its form.
+        return max(int(settings.PORTAL_REQUEST_MAX_BYTES),
+                   int(settings.PORTAL_SAVE_MAX_BYTES) + int(settings.PORTAL_MEDIA_ENVELOPE_BYTES))
     if re.fullmatch(settings.PORTAL_MEDIA_PATH_PATTERN.encode(), path):
         return max(int(settings.PORTAL_REQUEST_MAX_BYTES),
                    int(settings.PORTAL_MEDIA_MAX_BYTES) + int(settings.PORTAL_MEDIA_ENVELOPE_BYTES))

@@ -56,6 +56,9 @@ def _secret_key() -> str:
 
 
 SECRET_KEY = _secret_key()
+# Keys the portal used before, comma-separated: what they signed (cookies, visitors'
+# saved visits) is still taken while SECRET_KEY signs anew, so a key can be rotated.
+SECRET_KEY_FALLBACKS = [key for key in os.environ.get("DJANGO_SECRET_KEY_FALLBACKS", "").split(",") if key]
 DEBUG = _env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = [
     host.strip()
@@ -318,6 +321,16 @@ PORTAL_MEDIA_MAX_BYTES = int(os.environ.get("PORTAL_MEDIA_MAX_BYTES", str(145766
 PORTAL_MEDIA_ENVELOPE_BYTES = 64 * 1024
 # Disks one visit may bring in (each a floppy in the run directory).
 PORTAL_MEDIA_PER_VISIT = int(os.environ.get("PORTAL_MEDIA_PER_VISIT", "10"))
+# Saved visits (Save to my computer, Resume from a file): the largest file a visitor
+# may bring back (the only route whose body may pass PORTAL_REQUEST_MAX_BYTES for it
+# is PORTAL_SAVE_PATH_PATTERN, the exhibit's sessions, with a multipart form), the most
+# its contents may unpack to (a bound on a compression bomb's disk and time), and how
+# many saves one visit may make within PORTAL_START_WINDOW_S.
+PORTAL_SAVE_MAX_BYTES = int(os.environ.get("PORTAL_SAVE_MAX_BYTES", str(64 * 1024 * 1024)))
+PORTAL_SAVE_EXPANDED_MAX_BYTES = int(os.environ.get("PORTAL_SAVE_EXPANDED_MAX_BYTES",
+                                                    str(1024 * 1024 * 1024)))
+PORTAL_SAVES_PER_WINDOW = int(os.environ.get("PORTAL_SAVES_PER_WINDOW", "6"))
+PORTAL_SAVE_PATH_PATTERN = r"/api/exhibits/[^/]+/(?:v/[^/]+/)?sessions"
 # Checkpoints one visit may keep at once (each holds the guest's memory, in the
 # run directory), and how long saving, restoring or deleting one may take.
 PORTAL_CHECKPOINTS_PER_VISIT = int(os.environ.get("PORTAL_CHECKPOINTS_PER_VISIT", "5"))

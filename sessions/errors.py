@@ -195,3 +195,42 @@ class GraphicsModeError(SessionError):
 
     def fields(self) -> dict[str, Any]:
         return {"width": self.width, "height": self.height}
+
+
+class SaveRefusedError(SessionError):
+    """An uploaded saved visit is damaged, not whole, or was not made by this portal."""
+
+    code = "bad_save"
+    status = 400
+
+
+class SaveMismatchError(SessionError):
+    """A saved visit this portal made, that cannot go on here: another exhibit's, or one
+    whose start state no longer exists."""
+
+    code = "save_mismatch"
+    status = 409
+
+    def __init__(self, message: str, /, *, exhibit: str = "", **params: Any) -> None:
+        super().__init__(message, **params)
+        self.exhibit = exhibit
+
+    def fields(self) -> dict[str, Any]:
+        return {"exhibit": self.exhibit} if self.exhibit else {}
+
+
+class SaveTooLargeError(SessionError):
+    code = "save_too_large"
+    status = 413
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(gettext_noop("A saved visit may be at most %(limit)s bytes."), limit=limit)
+
+
+class SaveRateLimitedError(RateLimitedError):
+    code = "rate_limited"
+
+    def __init__(self, retry_after_s: int) -> None:
+        SessionError.__init__(self, gettext_noop("This visit was saved several times in a short time. "
+                                                 "Please wait a moment and save again."))
+        self.retry_after_s = retry_after_s

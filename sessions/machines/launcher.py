@@ -3,7 +3,8 @@
 Owns: making a machine (`Launcher.machine_new`: a run directory of its own,
 named by nothing but the machine, `m-<hex>`, under its own machine lease; a
 fresh overlay over the exhibit's master, or over its start state to resume
-it, plus an overlay over each extra medium; its uid lease and confinement),
+it, plus an overlay over each extra medium; its uid lease and confinement; for a
+saved visit, the saved layers put in place of the fresh ones, `machine_resume`),
 which the machine owns from then on and lets go of once it has stopped; the
 keeper's machine factory (`MachineSource`: a machine from the warm pool when
 it holds one, sessions/machines/pool.py, else a new one); the start states' keys and
@@ -52,6 +53,7 @@ from sessions.machines.overlay import (
 )
 from sessions.machines.prepare import PrepareError, StartCondition, start_state_discard, start_state_prepare
 from sessions.machines.sandbox import blank_disks_create
+from sessions.machines.saving import STATE_FILE, SavedVisit, layers_place
 
 if TYPE_CHECKING:
     from sessions.machines.pool import Pool
@@ -146,6 +148,32 @@ class Launcher:
         # In this order: nothing of the machine is left when its lease goes.
         machine.after_stop += [partial(run_dir_remove, run_dir),
                                *(held.release for held in (uid_lease, lease) if held is not None)]
+        return machine
+
+    async def machine_resume(self, exhibit: Exhibit, saved: SavedVisit) -> Machine:
+        """An unstarted machine of the exhibit that goes on from a saved visit: fresh
+        layers made as for any visit, then the saved ones (checked when the file came
+        in) put in their place over this node's copy of the same start state, and the
+        saved machine state to resume."""
+        manifest = saved.manifest
+        if manifest.warm_sha256 is None:
+            base, base_format = Path(exhibit.image.path), exhibit.image.format
+        else:
+            start = await self.start_state_usable(exhibit)
+            if start is None or start.warm_sha256 != manifest.warm_sha256:
+                raise MachineError("the exhibit's start state changed since the visit was saved")
+            base, base_format = Path(start.warm_path), "qcow2"
+        machine = await self.machine_new(exhibit, base=base, base_format=base_format)
+        try:
+            await layers_place(machine.run_dir, saved.directory, manifest.disks,
+                               qemu_img=self.config.qemu_img_binary,
+                               timeout_s=self.config.qemu_img_timeout_s)
+            state = machine.run_dir / STATE_FILE
+            await asyncio.to_thread(os.replace, saved.directory / STATE_FILE, state)
+            machine.incoming_state = state
+        except BaseException:
+            await machine.stop()
+            raise
         return machine
 
     async def _machine_make(self, run_dir: Path, exhibit: Exhibit, *, base: Path, base_format: str,
@@ -284,6 +312,11 @@ class MachineSource:
         warm pool when it holds one, already resumed and paused."""
         exhibit: Exhibit = visit.exhibit
         launcher, pool = self.launcher, self.pool
+        saved: SavedVisit | None = getattr(visit, "resume", None)
+        if saved is not None:
+            if pool is not None:
+                await pool.room_make()
+            return await launcher.machine_resume(exhibit, saved)
         if not warm:
             if pool is not None:
                 await pool.room_make()

@@ -27,6 +27,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from asgiref.sync import sync_to_async
@@ -65,6 +66,7 @@ from sessions.machines.keys import Keystroke, TypingPace
 from sessions.machines.launcher import Launcher, MachineSource, exhibit_prepare
 from sessions.machines.machine import Machine, MachineError
 from sessions.machines.pool import Pool
+from sessions.machines.saving import SavedVisit
 from sessions.models import Node, VisitorSession, new_session_id
 from sessions.node.config import BrokerConfig
 from sessions.node.keeper import Keeper, MachineFactory
@@ -81,6 +83,7 @@ from sessions.node.prints import Prints
 from sessions.node.reaper import reap_once
 from sessions.node.records import VisitRecords, session_group
 from sessions.node.sandboxes import Sandboxes
+from sessions.node.saves import Saves, SavesConfig, saved_directory, saved_remove
 from sessions.node.screen import ScreenReaders
 from sessions.node.viewers import Viewers
 from sessions.node.visit import LIVE_PHASES, Phase, Visit
@@ -169,6 +172,9 @@ class Broker:
         self.prints = Prints(self.keeper, limits=config.prints)
         # Take my files: the visit's prints go into its zip too.
         self.sandboxes.extra_files = self.prints.files
+        # Saved visits: Save to my computer, and reading a file to resume from.
+        self.saves = Saves(self.sandboxes, self.launcher, self.limiter, self._saves_config)
+        self.keeper.end_hooks.append(self._saved_forget)
         self.screens = ScreenReaders(self.keeper, interval_s=lambda: self.config.screen_text_interval_s)
         # What the catalogue's pages ask of this node (portal.runtime).
         self.catalogue = CatalogueRuntime(accelerator_for=self.launcher.accelerator_for,
@@ -270,32 +276,71 @@ class Broker:
         STARTS.labels(placed).inc()
         return session
 
-    async def _session_place(self, *, exhibit: Exhibit, owner: str, address: str) -> VisitorSession:
+    async def session_resume(self, *, exhibit: Exhibit, owner: str, address: str, upload: Path,
+                             size: int) -> VisitorSession:
+        """A new visit that goes on from a saved one (the uploaded file at `upload`): the
+        file read into the visit's own directory and checked first (SaveRefusedError,
+        SaveMismatchError, SaveTooLargeError), then placed like any start, on this
+        node (which has the files), now or from the line."""
+        try:
+            session = await self._session_place(exhibit=exhibit, owner=owner, address=address,
+                                                upload=(upload, size))
+        except SessionError as error:
+            REFUSALS.labels(error.code).inc()
+            raise
+        STARTS.labels("line" if session.state == State.QUEUED else "here").inc()
+        return session
+
+    async def _session_place(self, *, exhibit: Exhibit, owner: str, address: str,
+                             upload: tuple[Path, int] | None = None) -> VisitorSession:
         problem = await exhibit.fixity_problem()
         if problem is not None:
             raise ExhibitUnavailableError(problem)
-        async with self._create_lock:
-            session_id = new_session_id()
-            # Owned before its row exists, so no reaper of the install (in this
-            # process or another) ever takes it for an orphan.
-            lease = machine_lease_take(name=session_id, directory=self.config.machines.leases)
-            try:
+        session_id = new_session_id()
+        # Owned before its row exists, so no reaper of the install (in this
+        # process or another) ever takes it for an orphan.
+        lease = machine_lease_take(name=session_id, directory=self.config.machines.leases)
+        run_root = self.config.machines.run_root
+        saved: SavedVisit | None = None
+        try:
+            if upload is not None:
+                saved = await self.saves.upload_read(
+                    exhibit=exhibit, upload=upload[0], size=upload[1],
+                    directory=saved_directory(run_root, session_id))
+            async with self._create_lock:
                 session = await sync_to_async(visit_place)(
                     self.scheduler, self.limiter, session_id=session_id, exhibit_id=exhibit.pk,
                     owner=owner, address=address, accelerator=self.launcher.accelerator_for(exhibit),
-                    run_dir=self._run_dir_pending)
-            except BaseException:
-                lease.release()
-                raise
-            if session.node != self.config.install:
-                lease.release()
-                self._node_tell(session.node, "node.adopt", session_id)
-            else:
-                visit = self.keeper.visit_open(session_id=session_id, exhibit=exhibit,
-                                               queued=session.state == State.QUEUED, lease=lease)
-                self.keeper.visit_begin(visit)
+                    run_dir=self._run_dir_pending if saved is None else os.fspath(saved.directory),
+                    here_only=saved is not None)
+                if session.node != self.config.install:
+                    lease.release()
+                    self._node_tell(session.node, "node.adopt", session_id)
+                else:
+                    visit = self.keeper.visit_open(session_id=session_id, exhibit=exhibit,
+                                                   queued=session.state == State.QUEUED, lease=lease)
+                    visit.resume = saved
+                    self.keeper.visit_begin(visit)
+        except BaseException:
+            if upload is not None:
+                await asyncio.shield(asyncio.to_thread(saved_remove, run_root, session_id))
+            lease.release()
+            raise
         session.exhibit = exhibit
         return session
+
+    def _saves_config(self) -> SavesConfig:
+        config = self.config
+        return SavesConfig(save_max_bytes=config.save_max_bytes,
+                           expanded_max_bytes=config.save_expanded_max_bytes,
+                           saves_per_window=config.saves_per_window,
+                           qemu_img=config.machines.qemu_img_binary,
+                           timeout_s=config.machines.start_timeout_s)
+
+    async def _saved_forget(self, visit: Visit) -> None:
+        """What is left of the save a visit was to go on from (it ended in line)."""
+        visit.resume = None
+        await asyncio.to_thread(saved_remove, self.config.machines.run_root, visit.session_id)
 
     # --- the visits the scheduler gives this node ------------------------------
 

@@ -57,6 +57,11 @@ class BrokerConfig:
     media_per_visit: int = 10
     sandbox_job_timeout_s: float = 60.0
     files_out_timeout_s: float = 120.0
+    # Saved visits: the largest file taken in, the most its contents may unpack to,
+    # and how many saves one visit may make within the start window.
+    save_max_bytes: int = 64 * 1024 * 1024
+    save_expanded_max_bytes: int = 1024 * 1024 * 1024
+    saves_per_window: int = 6
     # Machines kept resumed and paused per exhibit with a start state (0: no pool).
     pool_size: int = 0
     # What each visit's prints and each conversion may use (the paper: the default).
@@ -85,6 +90,9 @@ class BrokerConfig:
             sandbox_job_timeout_s=settings.PORTAL_SANDBOX_JOB_TIMEOUT_S,
             files_out_timeout_s=settings.PORTAL_FILES_OUT_TIMEOUT_S,
             pool_size=max(0, settings.PORTAL_POOL_SIZE),
+            save_max_bytes=settings.PORTAL_SAVE_MAX_BYTES,
+            save_expanded_max_bytes=settings.PORTAL_SAVE_EXPANDED_MAX_BYTES,
+            saves_per_window=settings.PORTAL_SAVES_PER_WINDOW,
             starts_per_browser=settings.PORTAL_STARTS_PER_BROWSER,
             starts_per_address=settings.PORTAL_STARTS_PER_ADDRESS,
             start_window_s=settings.PORTAL_START_WINDOW_S,

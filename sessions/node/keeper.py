@@ -247,7 +247,21 @@ class Keeper:
 
     async def _machine_start(self, visit: Visit) -> KeptMachine:
         """A running machine: resumed from the exhibit's start state when it has a
-        usable one, booted cold otherwise or if resuming fails."""
+        usable one, booted cold otherwise or if resuming fails. A visit going on from a
+        saved one resumes that or fails: a fresh machine would lose the visitor's work."""
+        if visit.resume is not None:
+            try:
+                saved = await self._factory(visit, warm=True)
+                if saved is None:
+                    raise MachineError("the machine factory made no machine for the saved visit")
+                machine = await self._machine_run(visit, saved)
+            except (OverlayError, MachineError):
+                MACHINE_STARTS.labels("failed").inc()
+                raise
+            finally:
+                visit.resume = None
+            MACHINE_STARTS.labels("saved").inc()
+            return machine
         try:
             warm = await self._factory(visit, warm=True)
             if warm is not None:

@@ -38,7 +38,7 @@ REFUSALS = Counter("portal_start_refusals", "Starts this node refused, by the AP
                    ["reason"], registry=REGISTRY)
 MACHINE_STARTS = Counter("portal_machine_starts", "Machines this node started for visits (resets "
                          "too): taken from the warm pool (pooled), resumed from a prepared start state "
-                         "(instant), booted cold, or failed.",
+                         "(instant), resumed from a visitor's saved visit (saved), booted cold, or failed.",
                          ["start"], registry=REGISTRY)
 FIRST_FRAME = Histogram("portal_start_to_first_frame_seconds", "From the moment a visit's machine "
                         "begins to start (its Start, or its turn in line) to the first screen update "

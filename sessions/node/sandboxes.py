@@ -164,6 +164,11 @@ class Sandboxes:
         box = visit.sandbox.box if visit.sandbox is not None else None
         return box.layers() if box is not None else []
 
+    def sandbox(self, session_id: str) -> tuple[Visit, Sandbox]:
+        """The running visit and its machine's sandbox, for another part of the node
+        that works on the machine's disks (a save takes its lock)."""
+        return self._sandbox(session_id)
+
     def checkpoints(self, *, session_id: str) -> list[Checkpoint]:
         visit = self._keeper.require(session_id, *LIVE_PHASES)
         return list(visit.sandbox.checkpoints) if visit.sandbox is not None else []

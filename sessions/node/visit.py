@@ -151,6 +151,9 @@ class Visit:
     generation: int = 0
     # The current machine's sandbox (checkpoints, visitors' disks): a new one per machine.
     sandbox: Sandbox | None = None
+    # A saved visit to go on from (sessions.machines.saving.SavedVisit), until its
+    # first machine is made; a reset starts from the exhibit's start state.
+    resume: Any = None
     # What it printed (sessions.node.prints): outlives a reset, goes with the visit.
     printout: Printout | None = None
     # Held from before the row exists until after every trace is gone: what tells

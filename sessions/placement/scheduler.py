@@ -26,8 +26,8 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Q
-from django.db.models.functions import Now
+from django.db.models import Count, F, Q, Value
+from django.db.models.functions import Concat, Now
 from django.utils import timezone
 
 from sessions.errors import AddressLimitError, CapacityError, RateLimitedError, SessionExistsError
@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 State = VisitorSession.State
 # A visit holding a machine place on its node.
 PLACED_STATES = (State.STARTING, State.RUNNING)
+# The end of a waiting visit's run_dir when its files are on the node holding it.
+HELD_HERE_SUFFIX = "/saved"
 # The usual visit length before any visit has ended, and how many recent
 # visits the estimate learns it from.
 VISIT_S_DEFAULT = 5 * 60.0
@@ -73,9 +75,14 @@ class Limiter(Protocol):
 
 
 def visit_place(config: SchedulerConfig, limiter: Limiter, *, session_id: str, exhibit_id: int,
-                owner: str, address: str, accelerator: str, run_dir: str) -> VisitorSession:
+                owner: str, address: str, accelerator: str, run_dir: str,
+                here_only: bool = False) -> VisitorSession:
     """Record a new visit: on the least busy live node with a free place when nobody
     waits, else at the end of the line (held by this node until a place frees).
+    With `here_only` (a visit whose files are on this node: a saved visit going on),
+    only this node may start it, now or from the line; its `run_dir` is then where
+    those files are, `<run root>/<id>/saved` (`HELD_HERE_SUFFIX`), which tells the
+    other nodes to leave it in line.
 
     Raises SessionExistsError (this browser has a live visit), AddressLimitError,
     CapacityError (the line is full) or RateLimitedError; a refused start counts
@@ -91,7 +98,7 @@ def visit_place(config: SchedulerConfig, limiter: Limiter, *, session_id: str, e
                     address=address, state__in=VisitorSession.LIVE_STATES).count() >= config.live_per_address:
                 raise AddressLimitError(config.live_per_address, retry_after_s=60)
             waiting = VisitorSession.objects.filter(state=State.QUEUED).count()
-            node = _node_with_room(config) if waiting == 0 else None
+            node = _node_with_room(config, here_only=here_only) if waiting == 0 else None
             if node is None and waiting >= config.queue_max:
                 raise CapacityError(retry_after_s=int(min(3600, max(5, wait_s(config, waiting + 1)))))
             retry = limiter.take({
@@ -118,11 +125,12 @@ def visit_place(config: SchedulerConfig, limiter: Limiter, *, session_id: str, e
         raise SessionExistsError(existing) from None
 
 
-def _node_with_room(config: SchedulerConfig) -> str | None:
-    """The live node with the most room in proportion (this one on a tie), its row
-    locked for the rest of the transaction; None when every place is taken."""
+def _node_with_room(config: SchedulerConfig, *, here_only: bool = False) -> str | None:
+    """The live node with the most room in proportion (this one on a tie, or only
+    this one), its row locked for the rest of the transaction; None when every
+    place is taken."""
     Node.objects.select_for_update().filter(name=config.node).exists()
-    others = list(
+    others = [] if here_only else list(
         Node.objects.select_for_update(skip_locked=True)
         .filter(heartbeat_at__gte=Now() - timedelta(seconds=config.node_dead_s), capacity__gt=0)
         .exclude(name=config.node).values_list("name", "capacity")
@@ -152,7 +160,11 @@ def line_take(config: SchedulerConfig) -> list[tuple[str, str]]:
             return []
         taken = list(
             VisitorSession.objects.select_for_update(skip_locked=True)
-            .filter(state=State.QUEUED).order_by("created_at", "id")
+            .filter(state=State.QUEUED)
+            # Another node's visit whose files are there (its run_dir names them).
+            .exclude(~Q(node=config.node)
+                     & Q(run_dir__endswith=Concat(Value("/"), F("id"), Value(HELD_HERE_SUFFIX))))
+            .order_by("created_at", "id")
             .values_list("id", "node")[:free]
         )
         if not taken:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.core.files.uploadedfile import TemporaryUploadedFile, UploadedFile
 from django.http import (
     FileResponse,
@@ -25,6 +26,7 @@ from django.http import (
     HttpResponse,
     HttpResponseRedirect,
     JsonResponse,
+    StreamingHttpResponse,
 )
 from django.http.response import HttpResponseBase
 from django.template.loader import render_to_string
@@ -40,7 +42,7 @@ from portal.limits import visit_limits_sentence
 from portal.models import Exhibit
 from portal.record import agent_staff
 from portal.visitor import visitor_id
-from sessions.errors import SessionError, gettext_noop
+from sessions.errors import SaveTooLargeError, SessionError, gettext_noop
 from sessions.ids import session_id_valid
 from sessions.machines.drives import BoxDisk, disk_id_parse
 from sessions.machines.sandbox import (
@@ -149,17 +151,61 @@ async def session_preview(request: HttpRequest, slug: str) -> HttpResponse:
 async def _session_start(
     request: HttpRequest, exhibit: Exhibit
 ) -> tuple[VisitorSession, Broker] | JsonResponse:
-    """The new session (and the broker that owns it), or the error response."""
+    """The new session (and the broker that owns it), or the error response. A
+    multipart form with a file in `visit` resumes a saved visit from it."""
+    saved = await _saved_upload(request)
+    if isinstance(saved, JsonResponse):
+        return saved
     owner = await visitor_id(request.session, create=True)
     assert owner is not None
     broker = await get_broker()
+    address = request.META.get("REMOTE_ADDR") or ""
     try:
-        session = await broker.session_create(exhibit=exhibit, owner=owner,
-                                              address=request.META.get("REMOTE_ADDR") or "")
+        if saved is None:
+            session = await broker.session_create(exhibit=exhibit, owner=owner, address=address)
+        else:
+            with contextlib.ExitStack() as held:
+                session = await broker.session_resume(exhibit=exhibit, owner=owner, address=address,
+                                                      upload=await _on_disk(saved, held),
+                                                      size=int(saved.size or 0))
     except SessionError as error:
         return error_response(error)
     session.exhibit = exhibit
     return session, broker
+
+
+async def _saved_upload(request: HttpRequest) -> UploadedFile | JsonResponse | None:
+    """The saved visit a start was sent with (multipart, field `visit`), None for a
+    plain start, or the refusal of a file over the saves' size limit (the server let
+    the body through with its form's envelope)."""
+    if not (request.content_type or "").startswith("multipart/"):
+        return None
+    # The CSRF check has parsed the form already; the file is on disk.
+    files = await sync_to_async(lambda: request.FILES.getlist("visit"))()
+    if not files:
+        if getattr(request, "upload_too_large", False):
+            return error_response(SaveTooLargeError(settings.PORTAL_SAVE_MAX_BYTES))
+        if request.POST.get("resume") == "1":
+            return json_error(400, "bad_save", gettext("Choose the saved visit's file (.visit) first."))
+        return None
+    upload = files[0]
+    if int(upload.size or 0) > settings.PORTAL_SAVE_MAX_BYTES:
+        upload.close()
+        return error_response(SaveTooLargeError(settings.PORTAL_SAVE_MAX_BYTES))
+    return upload
+
+
+@require_POST
+async def session_save(request: HttpRequest, session_id: str) -> HttpResponseBase:
+    """Save to my computer: the visit as a file, made as it downloads."""
+    async def act(broker: Broker, session: VisitorSession) -> HttpResponseBase:
+        download = await broker.saves.visit_save(session_id=session.id)
+        response = StreamingHttpResponse(download.chunks, content_type="application/octet-stream")
+        response["Content-Disposition"] = f'attachment; filename="{download.filename}"'
+        response["Cache-Control"] = "no-store"
+        return response
+
+    return await _sandbox_call(request, session_id, act)
 
 
 @require_http_methods(["GET", "DELETE"])

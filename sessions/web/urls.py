@@ -12,6 +12,7 @@ urlpatterns = [
     path("api/sessions/<str:session_id>", api.session_detail),
     path("api/sessions/<str:session_id>/reset", api.session_reset),
     path("api/sessions/<str:session_id>/save-master", api.session_save_master),
+    path("api/sessions/<str:session_id>/save", api.session_save),
     path("metrics", operators.metrics),
     path("api/sessions/<str:session_id>/checkpoints", api.checkpoints),
     path("api/sessions/<str:session_id>/checkpoints/<str:checkpoint_id>", api.checkpoint_detail),

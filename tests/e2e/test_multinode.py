@@ -103,8 +103,8 @@ def test_visits_spread_over_nodes_and_wait_in_one_line_with_one_set_of_limits(
     # Starts are limited per address across nodes: six from this address
     # is the limit, whichever node the seventh asks. (Redis keeps no data: its
     # restart below forgets the window.)
-    start(PortalVisitor(first.url))
-    start(PortalVisitor(second.url))
+    v5, v6 = PortalVisitor(first.url), PortalVisitor(second.url)
+    s5, s6 = start(v5), start(v6)
     for site in (first, second):
         status, refused = PortalVisitor(site.url).request("POST", "/api/exhibits/demo/sessions")
         assert status == 429, refused
@@ -131,6 +131,26 @@ def test_visits_spread_over_nodes_and_wait_in_one_line_with_one_set_of_limits(
     assert state_of(v3, s3)["node"] == node_name(second)
     assert state_of(v4, s4)["queue_position"] == 1
     asyncio.run(display_shows_the_desktop(v3, s3))
+
+    # A visit saved on one node goes on on the other: the save through the front
+    # (relayed to the node that holds it), the file brought back to the second node.
+    for visitor, session in ((v4, s4), (v5, s5), (v6, s6), (v1, s1), (v2, s2), (v3, s3)):
+        visitor.session_end(session["id"])
+    saver = PortalVisitor(first.url)
+    saved = saver.session_start("demo")
+    assert saved["node"] == node_name(first)
+    saver.base_url = edge.url
+    status, visit_file = saver.request("POST", f"/api/sessions/{saved['id']}/save")
+    assert status == 200, visit_file
+    assert saver.session_end(saved["id"]) == 204
+    saver.base_url = second.url
+    status, resumed = saver.request_file("POST", "/api/exhibits/demo/sessions", "visit", visit_file)
+    assert status == 201, resumed
+    assert resumed["node"] == node_name(second)
+    saver.base_url = edge.url
+    wait_until(lambda: state_of(saver, resumed)["state"] == "running", timeout_s=60,
+               what="the saved visit to run on the second node")
+    asyncio.run(display_shows_the_desktop(saver, resumed))
 
     for site in (first, second):
         assert "Exception inside application" not in (site.root / "daphne.log").read_text()

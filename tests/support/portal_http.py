@@ -13,6 +13,7 @@ import json
 import time
 import urllib.error
 import urllib.request
+import uuid
 from typing import Any
 
 from tests.support.rfb import RfbClient
@@ -76,6 +77,27 @@ class PortalVisitor:
             return status, json.loads(raw) if raw else None
         except ValueError:
             return status, raw
+
+    def request_file(self, method: str, path: str, field: str, content: bytes,
+                     filename: str = "upload.bin") -> tuple[int, Any]:
+        """A multipart form with one file, as a page's form sends it."""
+        if self.cookie("csrftoken") is None:
+            self.request("GET", "/api/csrf")
+        boundary = uuid.uuid4().hex
+        body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
+                f"filename=\"{filename}\"\r\nContent-Type: application/octet-stream\r\n\r\n").encode() \
+            + content + f"\r\n--{boundary}--\r\n".encode()
+        request = urllib.request.Request(self.base_url + path, data=body, method=method)
+        request.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
+        request.add_header("X-CSRFToken", self.cookie("csrftoken") or "")
+        for name, value in self.headers.items():
+            request.add_header(name, value)
+        try:
+            with self.opener.open(request, timeout=60) as response:
+                status, raw = response.status, response.read()
+        except urllib.error.HTTPError as error:
+            status, raw = error.code, error.read()
+        return status, json.loads(raw) if raw else None
 
     def session_start(self, slug: str, *, timeout_s: float = 60) -> dict[str, Any]:
         """POST a new session and wait until its machine runs; returns the Session JSON."""

@@ -248,3 +248,21 @@ def test_it_limits_starts_per_browser_and_per_address_within_the_window() -> Non
     limits.forget_old()
     assert limits.take(browser) is None
 
+
+def test_a_visit_whose_files_are_here_is_started_here_only(exhibit: Exhibit) -> None:
+    here, other = config("a", capacity=1), config("b", capacity=1)
+    node_alive("b", capacity=1)
+
+    def resume(session_id: str) -> VisitorSession:
+        return visit_place(here, StartLimiter(window_s=60.0), session_id=session_id, exhibit_id=exhibit.pk,
+                           owner=f"owner-{session_id}", address="", accelerator="kvm",
+                           run_dir=f"/run/{session_id}/saved", here_only=True)
+
+    place(exhibit, here, "running-a")
+    # b has room, but the saved visit's files are on a: it waits for a's place.
+    assert resume("saved").state == "queued"
+    place(exhibit, here, "plain")
+    assert line_take(other) == [("plain", "a")]
+    VisitorSession.objects.filter(id="running-a").update(state="ended")
+    assert line_take(here) == [("saved", "a")]
+    assert where("saved") == ("starting", "a")

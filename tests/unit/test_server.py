@@ -53,3 +53,12 @@ def test_it_takes_a_floppys_worth_of_files_for_a_machine_and_no_more(settings: o
     assert body_limit(b"/api/sessions/AbC_-12/media/more") == 1024 * 1024
     assert body_limit(b"/api/sessions/AbC_-12/checkpoints") == 1024 * 1024
     assert body_limit(b"/admin/portal/diskimage/upload/") > floppy
+
+
+def test_it_takes_a_saved_visit_on_the_exhibits_sessions_route_only() -> None:
+    saved = 64 * 1024 * 1024 + 64 * 1024
+    assert body_limit(b"/api/exhibits/dos/sessions") == saved
+    assert body_limit(b"/api/exhibits/dos/v/3f2a/sessions") == saved
+    assert body_limit(b"/api/exhibits/dos/preview") == 1024 * 1024
+    assert body_limit(b"/api/sessions/AbC_-12/save") == 1024 * 1024
+    assert body_limit(b"/api/exhibits/dos/sessions/more") == 1024 * 1024
