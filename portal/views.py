@@ -54,6 +54,9 @@ async def exhibit_json(exhibit: Exhibit, request: HttpRequest, *, here: Runtime)
         # The floppy drive ("a" or "b") visitors' own files go into, or null when off.
         "files_in": None if (drive := exhibit.machine_profile().files_in) == "off" else drive,
         "instant_start": await here.start_state_usable(exhibit) is not None,
+        # A kept recording shown on the exhibit's page and to visitors in line, or null.
+        "tour": f"/recordings/{exhibit.tour_id}/" if exhibit.tour_id else None,
+        "visitors_may_record": exhibit.visitors_may_record,
     }
 
 

@@ -79,6 +79,7 @@ from sessions.node.metrics import (
 )
 from sessions.node.prints import Prints
 from sessions.node.reaper import reap_once
+from sessions.node.recordings import Recordings, recordings_expire
 from sessions.node.records import VisitRecords, session_group
 from sessions.node.sandboxes import Sandboxes
 from sessions.node.screen import ScreenReaders
@@ -169,6 +170,8 @@ class Broker:
         self.prints = Prints(self.keeper, limits=config.prints)
         # Take my files: the visit's prints go into its zip too.
         self.sandboxes.extra_files = self.prints.files
+        # Recordings of visits, and the kept ones' exports.
+        self.recordings = Recordings(self.keeper, config=config.recordings)
         self.screens = ScreenReaders(self.keeper, interval_s=lambda: self.config.screen_text_interval_s)
         # What the catalogue's pages ask of this node (portal.runtime).
         self.catalogue = CatalogueRuntime(accelerator_for=self.launcher.accelerator_for,
@@ -195,6 +198,7 @@ class Broker:
         self.launcher.config = config.machines
         self.scheduler = config.scheduler_config()
         self.keeper.config = config.keeper_config()
+        self.recordings.config = config.recordings
         self.pool.capacity = config.capacity
 
     @property
@@ -551,6 +555,7 @@ class Broker:
         await asyncio.gather(*self.screens.close(), return_exceptions=True)
         await self.keeper.end_all(reason=VisitorSession.EndedReason.SERVER,
                                   detail=gettext_noop("The server stopped."))
+        await self.recordings.shutdown()
         tasks: list[asyncio.Task[Any]] = [*self._background, *self._helpers]
         self._background = []
         for task in tasks:
@@ -722,6 +727,10 @@ class Broker:
             logger.exception("the reaper failed; it tries again in %g s",
                              self.config.reaper_interval_s)
             return 0
+        try:
+            await sync_to_async(recordings_expire)(self.config.recordings.store)
+        except Exception:
+            logger.exception("expired recordings could not be deleted")
         REAPER_CLEANED.inc(count)
         if count:
             logger.warning("reaper cleaned up %d sessions that no broker owned", count)

@@ -337,12 +337,17 @@ async def session_page(request: HttpRequest, session_id: str) -> HttpResponse:
     user = await request.auser()
     drive = session.exhibit.machine_profile().files_in
     embed = embed_requested(request)
+    staff = user.is_active and user.is_staff
+    broker = await get_broker()
     response = render(request, "portal/session.html", {
-        "staff": user.is_active and user.is_staff,
+        "staff": staff,
+        # Recording: who may (staff, or visitors where the exhibit allows), and one being made.
+        "may_record": staff or session.exhibit.visitors_may_record,
+        "recording_now": broker.recordings.recording_status(session_id=session.id),
         "session": session,
         "exhibit": session.exhibit,
         "files_in": None if drive == "off" else drive,
-        "session_json": await session_json(session, await get_broker()),
+        "session_json": await session_json(session, broker),
         # Reached from an embed page: chrome-less, and frameable by the embedding sites.
         "embed": embed,
         "limits": visit_limits_sentence(),

@@ -181,7 +181,8 @@ def portal_make(demo_image: Path, request: pytest.FixtureRequest) -> Iterator[Po
             site.serve()
             return site
         site.manage("add_exhibit", str(demo_image), "--slug", "demo", "--title", "Portal demo",
-                    "--boot", "hdd", "--year", "1992", "--sound", sound or "none", "--publish")
+                    "--boot", "hdd", "--year", "1992", "--sound", sound or "none", "--publish",
+                    "--visitors-may-record")
         if prepare:
             # As `make run` does: visitors resume the booted desktop.
             site.manage("prepare_exhibit", "demo", "--wait-graphics", "--still", "1")

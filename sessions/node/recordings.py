@@ -1,0 +1,366 @@
+"""Recordings of this node's visits, from start to a kept file; and the kept ones'
+lives: their exports and their deletion.
+
+Owns: a visit's recording while it is made (`Visit.recording`: the recorder's
+task, its file and sound track; it outlives a reset, the recorder connecting to
+the new machine), stopping it (its maker's Stop, a limit, the visit's end),
+the row (`portal.models.Recording`) from its start to `kept`, the pages'
+events (`recording` with `started` or `stopped`, and why), a visitor's
+recording's time to live (an hour after the visit), deleting the expired ones
+(`recordings_expire`, from the broker's reaper loop), and WebM exports in the
+background, one at a time on this node.
+
+Must not: decide who may record (the web edge does), start or end machines, or
+change a visit's phase.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import logging
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from django.utils import timezone
+
+from portal.models import Recording
+from sessions.display.audio import audio_format_for
+from sessions.display.recording import (
+    Recorder,
+    RecordingDamagedError,
+    RecordingError,
+    RecordingIndex,
+    RecordingWriter,
+    recording_read,
+)
+from sessions.errors import SessionError, gettext_noop
+from sessions.machines.video import SoundTrack, VideoError, webm_export
+from sessions.node.config import RecordingConfig
+from sessions.node.keeper import Keeper
+from sessions.node.visit import Phase, Visit
+from sessions.tasks import task_new
+
+logger = logging.getLogger(__name__)
+
+RECORDING_SUFFIX = ".rec"
+SOUND_SUFFIX = ".ogg"
+VIDEO_SUFFIX = ".webm"
+MACHINE_POLL_S = 0.2
+
+
+class RecordingExistsError(SessionError):
+    code = "recording_exists"
+    status = 409
+
+    def __init__(self) -> None:
+        super().__init__(gettext_noop("This visit is being recorded already."))
+
+
+class NotRecordingError(SessionError):
+    code = "not_recording"
+    status = 409
+
+    def __init__(self) -> None:
+        super().__init__(gettext_noop("This visit is not being recorded."))
+
+
+class RecordingUnavailableError(SessionError):
+    code = "recording_unavailable"
+    status = 503
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(gettext_noop("The recording could not be made: %(reason)s"), reason=reason)
+
+
+class RecordingNotFoundError(SessionError):
+    code = "not_found"
+    status = 404
+
+    def __init__(self) -> None:
+        super().__init__(gettext_noop("There is no such recording."))
+
+
+class RecordingDamagedFileError(SessionError):
+    """The file is not whole: it is never served."""
+
+    code = "recording_damaged"
+    status = 409
+
+    def __init__(self) -> None:
+        super().__init__(gettext_noop("This recording is damaged and cannot be played."))
+
+
+def recording_paths(store: Path, recording_id: str) -> tuple[Path, Path, Path]:
+    """The recording's file, its sound track and its video, in the store."""
+    return (store / f"{recording_id}{RECORDING_SUFFIX}", store / f"{recording_id}{SOUND_SUFFIX}",
+            store / f"{recording_id}{VIDEO_SUFFIX}")
+
+
+def recording_json(row: Recording) -> dict[str, Any]:
+    """The API's Recording (docs/api.md), with this portal's extensions."""
+    return {
+        "id": row.id, "exhibit": row.exhibit.slug, "seconds": round(row.seconds, 3), "bytes": row.bytes,
+        "url": row.url, "state": row.state, "started_at": row.started_at.isoformat(),
+        "stopped_reason": row.stopped_reason or None, "sound": row.sound,
+        "expires_at": row.expires_at.isoformat() if row.expires_at else None,
+        "export": {"state": row.export_state or None, "progress": round(row.export_progress, 3),
+                   "url": f"/api/recordings/{row.id}.webm"},
+    }
+
+
+@dataclass
+class _Making:
+    """A recording being made."""
+
+    row: Recording
+    writer: RecordingWriter
+    recorder: Recorder
+    path: Path
+    sound: SoundTrack | None = None
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+    finished: bool = False
+
+
+class Recordings:
+    """The recordings of the keeper's visits, and the kept ones' exports."""
+
+    def __init__(self, keeper: Keeper, *, config: RecordingConfig) -> None:
+        self._keeper = keeper
+        self.config = config
+        self._exports: dict[str, asyncio.Task[None]] = {}
+        self._export_gate = asyncio.Semaphore(1)
+        # Checked recordings by (path, size, mtime): a file is read whole once per change.
+        self._checked: dict[tuple[str, int, int], RecordingIndex] = {}
+        keeper.end_hooks.append(self.visit_ending)
+
+    # --- making one -----------------------------------------------------------------
+
+    async def start(self, *, session_id: str, owner: str, by_staff: bool) -> dict[str, Any]:
+        visit = self._keeper.require(session_id, Phase.RUNNING, Phase.RESETTING, Phase.RESTORING)
+        if visit.recording is not None:
+            raise RecordingExistsError()
+        store = self.config.store
+        recording_id = secrets.token_urlsafe(24)
+        path = recording_paths(store, recording_id)[0]
+        writer = RecordingWriter(path=path.with_name(path.name + ".part"),
+                                 meta={"exhibit": getattr(visit.exhibit, "slug", ""),
+                                       "pixel_format": "rgbx32"})
+        sound_format = audio_format_for(tuple(visit.exhibit.machine_profile().sound)) \
+            if visit.exhibit is not None else None
+        recorder = Recorder(writer, self.config.limits,
+                            sound=(sound_format.channels, sound_format.rate) if sound_format else None)
+        row = Recording(id=recording_id, exhibit=visit.exhibit, session_id=session_id, owner=owner,
+                        by_staff=by_staff)
+        making = _Making(row=row, writer=writer, recorder=recorder, path=path)
+        visit.recording = making
+        try:
+            await asyncio.to_thread(store.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(writer.open)
+            if sound_format is not None:
+                track = SoundTrack(recording_paths(store, recording_id)[1].with_suffix(".ogg.part"),
+                                   rate=sound_format.rate, channels=sound_format.channels,
+                                   limits=self.config.video)
+                try:
+                    await track.open()
+                except OSError as error:
+                    logger.warning("recording %s: no sound track (%s)", recording_id, error)
+                else:
+                    making.sound = track
+                    recorder.on_sound = track.feed
+            await row.asave(force_insert=True)
+        except BaseException as error:
+            visit.recording = None
+            writer.abandon()
+            writer.path.unlink(missing_ok=True)
+            if making.sound is not None:
+                await making.sound.abandon()
+            if isinstance(error, OSError):
+                raise RecordingUnavailableError(str(error)) from error
+            raise
+        recorder.begin()
+        making.task = task_new(self._record(visit, making), name=f"recording-{recording_id}")
+        self._keeper.notify(session_id, {"type": "recording", "state": "started",
+                                         "recording": self._json(row)})
+        return {"id": row.id, "started_at": row.started_at.isoformat()}
+
+    async def _record(self, visit: Visit, making: _Making) -> None:
+        """Record whichever machine the visit has, until stopped or over a limit."""
+        recorder = making.recorder
+        try:
+            async with asyncio.timeout(recorder.limits.max_s):
+                while recorder.stopped is None and visit.live:
+                    machine = self._keeper.machine(visit.session_id)
+                    if machine is None:
+                        await asyncio.sleep(MACHINE_POLL_S)
+                        continue
+                    try:
+                        await recorder.run(machine.vnc_path)
+                    except RecordingError as error:
+                        logger.warning("recording %s: %s", making.row.id, error)
+                    if recorder.stopped is None:
+                        await asyncio.sleep(MACHINE_POLL_S)
+        except TimeoutError:
+            recorder.stopped = "length"
+        if recorder.stopped is not None and visit.recording is making:
+            # Over a limit: it stops by itself, keeping what it has, and the page says so.
+            task_new(self._finish(visit, making), name=f"recording-finish-{making.row.id}")
+
+    async def stop(self, *, session_id: str) -> dict[str, Any]:
+        visit = self._keeper.require(session_id, Phase.RUNNING, Phase.RESETTING, Phase.RESTORING)
+        making = visit.recording
+        if not isinstance(making, _Making):
+            raise NotRecordingError()
+        row = await self._finish(visit, making)
+        return {"id": row.id, "seconds": round(row.seconds, 3), "bytes": row.bytes, "url": row.url}
+
+    async def _finish(self, visit: Visit, making: _Making) -> Recording:
+        if visit.recording is making:
+            visit.recording = None
+        if making.finished:
+            return making.row
+        making.finished = True
+        task = making.task
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        recorder, row = making.recorder, making.row
+        duration_ms = recorder.elapsed_ms()
+        sound_kept = False
+        if making.sound is not None:
+            try:
+                sound_kept = await making.sound.close(end_s=duration_ms / 1000)
+            except (OSError, TimeoutError) as error:
+                logger.warning("recording %s: the sound track failed: %s", row.id, error)
+            if sound_kept:
+                await asyncio.to_thread(os.replace, making.sound.path,
+                                        recording_paths(self.config.store, row.id)[1])
+        await asyncio.to_thread(making.writer.close, duration_ms=duration_ms, extra={"sound": sound_kept})
+        await asyncio.to_thread(os.replace, making.writer.path, making.path)
+        size = making.path.stat().st_size
+        if sound_kept:
+            size += recording_paths(self.config.store, row.id)[1].stat().st_size
+        row.state = Recording.State.KEPT
+        row.seconds = duration_ms / 1000
+        row.bytes = size
+        row.sound = sound_kept
+        row.stopped_reason = recorder.stopped or ""
+        if not row.by_staff:
+            row.expires_at = timezone.now() + datetime.timedelta(seconds=self.config.visitor_keep_s)
+        await row.asave()
+        self._keeper.notify(visit.session_id, {"type": "recording", "state": "stopped",
+                                               "reason": row.stopped_reason or None,
+                                               "recording": self._json(row)})
+        return row
+
+    def _json(self, row: Recording) -> dict[str, Any]:
+        return recording_json(row)
+
+    async def visit_ending(self, visit: Visit) -> None:
+        """The visit's recording stops with it; its visitor's recordings are kept an hour from now."""
+        making = visit.recording
+        if isinstance(making, _Making):
+            try:
+                await self._finish(visit, making)
+            except (OSError, RecordingError) as error:
+                logger.error("recording %s could not be finished: %s", making.row.id, error)
+        expires = timezone.now() + datetime.timedelta(seconds=self.config.visitor_keep_s)
+        await Recording.objects.filter(session_id=visit.session_id, by_staff=False).aupdate(
+            expires_at=expires)
+
+    def recording_status(self, *, session_id: str) -> dict[str, Any] | None:
+        """The visit's recording being made, if any (for its page)."""
+        visit = self._keeper.visit(session_id)
+        making = visit.recording if visit is not None else None
+        if not isinstance(making, _Making):
+            return None
+        return {"id": making.row.id, "started_at": making.row.started_at.isoformat()}
+
+    async def shutdown(self) -> None:
+        for visit in self._keeper.visits():
+            if isinstance(visit.recording, _Making):
+                with contextlib.suppress(OSError, RecordingError):
+                    await self._finish(visit, visit.recording)
+        for task in list(self._exports.values()):
+            task.cancel()
+        for task in list(self._exports.values()):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # --- kept ones ------------------------------------------------------------------
+
+    async def index(self, row: Recording) -> RecordingIndex:
+        """The kept recording's checked index; RecordingDamagedFileError for a file not whole."""
+        if row.state != Recording.State.KEPT:
+            raise RecordingNotFoundError()
+        path = recording_paths(self.config.store, row.id)[0]
+        try:
+            status = await asyncio.to_thread(path.stat)
+        except FileNotFoundError as error:
+            raise RecordingNotFoundError() from error
+        key = (os.fspath(path), status.st_size, status.st_mtime_ns)
+        checked = self._checked.get(key)
+        if checked is not None:
+            return checked
+        try:
+            checked = await asyncio.to_thread(recording_read, path)
+        except RecordingDamagedError as error:
+            logger.warning("recording %s refused: %s", row.id, error)
+            raise RecordingDamagedFileError() from error
+        except FileNotFoundError as error:
+            raise RecordingNotFoundError() from error
+        if len(self._checked) > 256:
+            self._checked.clear()
+        self._checked[key] = checked
+        return checked
+
+    async def export_start(self, row: Recording) -> None:
+        """Make the recording's WebM in the background (once; again after a failure)."""
+        if row.id in self._exports or row.export_state in {Recording.Export.RUNNING, Recording.Export.DONE}:
+            return
+        index = await self.index(row)
+        row.export_state, row.export_progress, row.export_detail = Recording.Export.RUNNING, 0.0, ""
+        await Recording.objects.filter(pk=row.pk).aupdate(export_state=row.export_state,
+                                                         export_progress=0.0, export_detail="")
+        task = task_new(self._export(row, index), name=f"recording-export-{row.id}")
+        self._exports[row.id] = task
+        task.add_done_callback(lambda _done: self._exports.pop(row.id, None))
+
+    async def _export(self, row: Recording, index: RecordingIndex) -> None:
+        path, sound, video = recording_paths(self.config.store, row.id)
+        last = [0.0]
+
+        def progress(fraction: float) -> None:
+            if fraction - last[0] >= 0.05 or fraction >= 1.0:
+                last[0] = fraction
+                task_new(Recording.objects.filter(pk=row.pk).aupdate(export_progress=fraction),
+                         name=f"recording-progress-{row.id}")
+
+        async with self._export_gate:
+            try:
+                await webm_export(path, index, video, sound=sound if row.sound else None,
+                                  limits=self.config.video, progress=progress)
+            except (VideoError, OSError, RecordingDamagedError) as error:
+                logger.warning("recording %s: the export failed: %s", row.id, error)
+                await Recording.objects.filter(pk=row.pk).aupdate(
+                    export_state=Recording.Export.FAILED, export_detail=str(error)[:300])
+                return
+        await Recording.objects.filter(pk=row.pk).aupdate(export_state=Recording.Export.DONE,
+                                                         export_progress=1.0)
+
+
+def recordings_expire(store: Path, *, now: datetime.datetime | None = None) -> int:
+    """Delete the recordings past their time (visitors' an hour after their visit), and
+    the files left of recordings a dead portal never finished. Returns how many went."""
+    now = now or timezone.now()
+    gone = 0
+    for recording_id in list(Recording.objects.filter(expires_at__lt=now).values_list("id", flat=True)):
+        for path in recording_paths(store, recording_id):
+            path.unlink(missing_ok=True)
+        Recording.objects.filter(pk=recording_id).delete()
+        gone += 1
+    return gone
