@@ -252,7 +252,8 @@ def frames(path: Path, index: RecordingIndex, *, frames_per_s: float, size: tupl
             shown_width, shown_height = screen.size
             shown_width, shown_height = min(shown_width, width), min(shown_height, height)
             left, top = (width - shown_width) // 2, (height - shown_height) // 2
-            canvas[top:top + shown_height, left:left + shown_width] = screen.pixels[:shown_height, :shown_width]
+            canvas[top:top + shown_height, left:left + shown_width] = \
+                screen.pixels[:shown_height, :shown_width]
         yield canvas.tobytes()
 
 

@@ -47,7 +47,9 @@ CANVAS_DIFFERENCE = """async (png) => {
   const have = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
   let differing = 0;
   for (let i = 0; i < want.length; i += 4) {
-    if (Math.abs(want[i] - have[i]) + Math.abs(want[i + 1] - have[i + 1]) + Math.abs(want[i + 2] - have[i + 2]) > 48) differing += 1;
+    const distance = Math.abs(want[i] - have[i]) + Math.abs(want[i + 1] - have[i + 1])
+      + Math.abs(want[i + 2] - have[i + 2]);
+    if (distance > 48) differing += 1;
   }
   return differing;
 }"""
@@ -139,8 +141,9 @@ def test_a_recorded_visit_plays_back_seeks_tours_the_line_and_exports(
     seek.focus()
     seek.press("End")
     end_ms = round(recording["seconds"] * 1000)
-    viewer.wait_for_function(f"() => Number(document.querySelector('[data-player]').dataset.seeked) >= {end_ms - 100}",
-                             timeout=30_000)
+    viewer.wait_for_function(
+        f"() => Number(document.querySelector('[data-player]').dataset.seeked) >= {end_ms - 100}",
+        timeout=30_000)
     assert viewer.evaluate(CANVAS_DIFFERENCE, _png_url(after)) < SAME_MAX
     assert viewer.evaluate(CANVAS_DIFFERENCE, _png_url(before)) > MARKER_MIN
     middle_s = typed_at / 2

@@ -1,0 +1,80 @@
+"""Recording a real machine (the demo, with its AdLib) through the node: the sound
+track beside the display, and a recording that outgrows its limit stopping by itself,
+keeping what it has."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from portal.models import Exhibit, Recording
+from sessions.display.recording import recording_read
+from sessions.node.recordings import recording_paths
+from tests.conftest import ExhibitFactory, visitor
+from tests.integration.test_audio import F5, desktop_up
+from tests.support.wait import eventually
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _seconds(path: Path) -> float:
+    probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration:stream=codec_name",
+                            "-of", "json", str(path)], capture_output=True, check=True)
+    answer = json.loads(probe.stdout)
+    assert answer["streams"][0]["codec_name"] == "opus"
+    return float(answer["format"]["duration"])
+
+
+async def test_it_records_the_sound_and_stops_by_itself_at_its_size_limit(
+        broker: Any, exhibit_create: ExhibitFactory, demo_image: Path) -> None:
+    await exhibit_create(demo_image, slug="demo", boot="hdd")
+    await Exhibit.objects.filter(slug="demo").aupdate(sound_adlib=True)
+    browser = visitor()
+    response = await browser.post("/api/exhibits/demo/sessions")
+    assert response.status_code == 201
+    session_id = response.json()["id"]
+    rfb = await desktop_up(browser, session_id)
+    events: list[dict[str, Any]] = []
+    notify = broker.keeper.notify
+    broker.keeper.notify = lambda sid, event: (events.append(event), notify(sid, event))[1]
+
+    # The desktop plays a tune (F5, the PC speaker): the recording has it as Opus.
+    started = await broker.recordings.start(session_id=session_id, owner="someone", by_staff=True)
+    visit = broker.keeper.visit(session_id)
+    await rfb.press(F5)
+
+    async def heard() -> bool:
+        return bool(visit.recording.sound is not None and visit.recording.sound.heard)
+
+    await eventually(heard, timeout_s=10)
+    stopped = await broker.recordings.stop(session_id=session_id)
+    assert stopped["id"] == started["id"]
+    row = await Recording.objects.aget(pk=started["id"])
+    assert row.sound and row.by_staff and row.expires_at is None
+    store = broker.recordings.config.store
+    path, sound, _video = recording_paths(store, row.id)
+    assert abs(_seconds(sound) - row.seconds) < 0.3
+    assert recording_read(path).duration_ms == round(row.seconds * 1000) or \
+        abs(recording_read(path).duration_ms - row.seconds * 1000) <= 1
+
+    # A recording over its size stops by itself, keeps what it has, and the page is told why.
+    limits = dataclasses.replace(broker.recordings.config.limits, max_bytes=200_000, keyframe_s=0.5)
+    broker.recordings.config = dataclasses.replace(broker.recordings.config, limits=limits)
+    second = await broker.recordings.start(session_id=session_id, owner="someone", by_staff=False)
+
+    async def kept() -> bool:
+        return await Recording.objects.filter(pk=second["id"], state=Recording.State.KEPT).aexists()
+
+    await eventually(kept, timeout_s=30)
+    row = await Recording.objects.aget(pk=second["id"])
+    assert row.stopped_reason == "size"
+    assert row.expires_at is not None
+    index = recording_read(recording_paths(store, row.id)[0])
+    assert index.segments and index.segments[0].width == 640
+    assert {"type": "recording", "state": "stopped", "reason": "size"}.items() <= events[-1].items()
+    assert visit.recording is None
+    await rfb.close()
