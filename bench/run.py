@@ -27,7 +27,7 @@ BENCHMARKS = [
     "bench.import_image", "bench.soak", "bench.stuck_reader", "bench.services", "bench.relay",
     "bench.coordination",
     "bench.sound", "bench.sandbox", "bench.speed", "bench.tools", "bench.screen_text", "bench.keys",
-    "bench.printing",
+    "bench.printing", "bench.recording",
     "bench.line", "bench.density",
 ]
 

@@ -411,6 +411,10 @@ class StartState(models.Model):
         return f"start state of {self.exhibit_id}{' (stale)' if self.stale else ''}"
 
 
+# A recording's files in the recording store: the recording, its sound track, its video.
+RECORDING_SUFFIXES = (".rec", ".ogg", ".webm")
+
+
 class Recording(models.Model):
     """A recorded visit: its file lives in the recording store (PORTAL_RECORDING_DIR),
     which every node serves; the row says whose it is and how long it is kept.
@@ -418,15 +422,16 @@ class Recording(models.Model):
     The id is the maker's link: long and random, the only way to reach it."""
 
     class State(models.TextChoices):
-        RECORDING = "recording", gettext_lazy("recording")
-        KEPT = "kept", gettext_lazy("kept")
-        DAMAGED = "damaged", gettext_lazy("damaged")
+        # Curators' words (the admin's): not in the visitors' catalogue.
+        RECORDING = "recording", "recording"
+        KEPT = "kept", "kept"
+        DAMAGED = "damaged", "damaged"
 
     class Export(models.TextChoices):
-        NONE = "", gettext_lazy("not asked for")
-        RUNNING = "running", gettext_lazy("being made")
-        DONE = "done", gettext_lazy("ready")
-        FAILED = "failed", gettext_lazy("failed")
+        NONE = "", "not asked for"
+        RUNNING = "running", "being made"
+        DONE = "done", "ready"
+        FAILED = "failed", "failed"
 
     id = models.CharField(primary_key=True, max_length=40)
     exhibit = models.ForeignKey(Exhibit, on_delete=models.CASCADE, related_name="recordings")
@@ -456,3 +461,10 @@ class Recording(models.Model):
     @property
     def url(self) -> str:
         return f"/recordings/{self.id}/"
+
+
+@receiver(post_delete, sender=Recording)
+def _recording_deleted(sender: type[Recording], instance: Recording, **kwargs: Any) -> None:
+    """A recording's files go with its row (the admin's delete, an expiry)."""
+    for suffix in RECORDING_SUFFIXES:
+        (settings.PORTAL_RECORDING_DIR / f"{instance.id}{suffix}").unlink(missing_ok=True)

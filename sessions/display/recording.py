@@ -353,8 +353,27 @@ class Recorder:
         keyframe_due = True
         next_keyframe = self._clock() + self.limits.keyframe_s
         frame_s = 1.0 / max(0.5, self.limits.frames_per_s)
+        # When to ask for the next picture (None: one has been asked for). Pictures
+        # come at the recording's own rate, however fast the screen changes; sound
+        # and other messages are read meanwhile.
+        ask_at: float | None = None
         while True:
-            message_type = (await reader.readexactly(1))[0]
+            if ask_at is not None:
+                try:
+                    async with asyncio.timeout(max(0.0, ask_at - self._clock())):
+                        head = await reader.readexactly(1)
+                except TimeoutError:
+                    now = self._clock()
+                    if now >= next_keyframe:
+                        keyframe_due = True
+                        next_keyframe = now + self.limits.keyframe_s
+                    self.writer.mark(self.elapsed_ms())
+                    writer.write(_request(not keyframe_due, width, height))
+                    ask_at = None
+                    continue
+            else:
+                head = await reader.readexactly(1)
+            message_type = head[0]
             if message_type == _QEMU:
                 await self._sound(reader)
                 continue
@@ -367,45 +386,15 @@ class Recorder:
             if keyframe_due and area >= width * height and new_size == (width, height):
                 self.writer.segment_start(at_ms=at_ms, width=width, height=height)
                 keyframe_due = False
-            elif keyframe_due and area >= new_size[0] * new_size[1] and not self.writer.in_segment:
-                # The first update after connecting resized the display before its full picture.
-                self.writer.segment_start(at_ms=at_ms, width=width, height=height)
-                keyframe_due = False
             if self.writer.in_segment and len(message) > 4:
                 self.writer.record(at_ms, message)
-            width, height = new_size
+            if new_size != (width, height):
+                # A new video mode: the next picture is a full one, a new segment there.
+                width, height = new_size
+                keyframe_due = True
             if self._over_limits():
                 return
-            now = self._clock()
-            if now >= next_keyframe:
-                keyframe_due = True
-                next_keyframe = now + self.limits.keyframe_s
-            # Pictures at the recording's own rate, however fast the screen changes.
-            rest = frame_s - (now - received)
-            if rest > 0:
-                await self._wait(reader, rest)
-            self.writer.mark(self.elapsed_ms())
-            writer.write(_request(not keyframe_due, width, height))
-
-    async def _wait(self, reader: asyncio.StreamReader, seconds: float) -> None:
-        """Wait before asking for the next picture, taking the sound that comes meanwhile."""
-        deadline = self._clock() + seconds
-        while self.sound is not None:
-            left = deadline - self._clock()
-            if left <= 0:
-                return
-            try:
-                async with asyncio.timeout(left):
-                    head = await reader.readexactly(1)
-            except TimeoutError:
-                return
-            if head[0] == _QEMU:
-                await self._sound(reader)
-            elif head[0] == _UPDATE:
-                raise RecordingError("the VNC server sent a picture nobody asked for")
-            else:
-                await _skip_other(reader, head[0])
-        await asyncio.sleep(seconds)
+            ask_at = received + frame_s
 
     async def _sound(self, reader: asyncio.StreamReader) -> None:
         kind, operation = struct.unpack(">BH", await reader.readexactly(3))

@@ -27,18 +27,17 @@ from typing import Any
 
 from django.utils import timezone
 
-from portal.models import Recording
+from portal.models import RECORDING_SUFFIXES, Recording
 from sessions.display.audio import audio_format_for
 from sessions.display.recording import (
-    Recorder,
     RecordingDamagedError,
     RecordingError,
     RecordingIndex,
-    RecordingWriter,
     recording_read,
 )
 from sessions.errors import SessionError, gettext_noop
-from sessions.machines.video import SoundTrack, VideoError, webm_export
+from sessions.machines.recorder import RecorderError, RecorderOptions, RecorderProcess
+from sessions.machines.video import VideoError, webm_export
 from sessions.node.config import RecordingConfig
 from sessions.node.keeper import Keeper
 from sessions.node.visit import Phase, Visit
@@ -46,9 +45,6 @@ from sessions.tasks import task_new
 
 logger = logging.getLogger(__name__)
 
-RECORDING_SUFFIX = ".rec"
-SOUND_SUFFIX = ".ogg"
-VIDEO_SUFFIX = ".webm"
 MACHINE_POLL_S = 0.2
 
 
@@ -96,8 +92,9 @@ class RecordingDamagedFileError(SessionError):
 
 def recording_paths(store: Path, recording_id: str) -> tuple[Path, Path, Path]:
     """The recording's file, its sound track and its video, in the store."""
-    return (store / f"{recording_id}{RECORDING_SUFFIX}", store / f"{recording_id}{SOUND_SUFFIX}",
-            store / f"{recording_id}{VIDEO_SUFFIX}")
+    recording, sound, video = RECORDING_SUFFIXES
+    return (store / f"{recording_id}{recording}", store / f"{recording_id}{sound}",
+            store / f"{recording_id}{video}")
 
 
 def recording_json(row: Recording) -> dict[str, Any]:
@@ -117,10 +114,9 @@ class _Making:
     """A recording being made."""
 
     row: Recording
-    writer: RecordingWriter
-    recorder: Recorder
+    recorder: RecorderProcess
     path: Path
-    sound: SoundTrack | None = None
+    sound_path: Path
     task: asyncio.Task[None] | None = field(default=None, repr=False)
     finished: bool = False
 
@@ -145,68 +141,57 @@ class Recordings:
             raise RecordingExistsError()
         store = self.config.store
         recording_id = secrets.token_urlsafe(24)
-        path = recording_paths(store, recording_id)[0]
-        writer = RecordingWriter(path=path.with_name(path.name + ".part"),
-                                 meta={"exhibit": getattr(visit.exhibit, "slug", ""),
-                                       "pixel_format": "rgbx32"})
+        path, sound_path, _video = recording_paths(store, recording_id)
         sound_format = audio_format_for(tuple(visit.exhibit.machine_profile().sound)) \
             if visit.exhibit is not None else None
-        recorder = Recorder(writer, self.config.limits,
-                            sound=(sound_format.channels, sound_format.rate) if sound_format else None)
+        recorder = RecorderProcess(RecorderOptions(
+            path=path.with_name(path.name + ".part"),
+            meta={"exhibit": getattr(visit.exhibit, "slug", ""), "pixel_format": "rgbx32"},
+            limits=self.config.limits,
+            sound=(sound_format.channels, sound_format.rate) if sound_format is not None else None,
+            sound_path=sound_path.with_name(sound_path.name + ".part"), video=self.config.video))
         row = Recording(id=recording_id, exhibit=visit.exhibit, session_id=session_id, owner=owner,
                         by_staff=by_staff)
-        making = _Making(row=row, writer=writer, recorder=recorder, path=path)
+        making = _Making(row=row, recorder=recorder, path=path, sound_path=sound_path)
+        # Taken before the first await: a second start meanwhile is refused.
         visit.recording = making
         try:
             await asyncio.to_thread(store.mkdir, parents=True, exist_ok=True)
-            await asyncio.to_thread(writer.open)
-            if sound_format is not None:
-                track = SoundTrack(recording_paths(store, recording_id)[1].with_suffix(".ogg.part"),
-                                   rate=sound_format.rate, channels=sound_format.channels,
-                                   limits=self.config.video)
-                try:
-                    await track.open()
-                except OSError as error:
-                    logger.warning("recording %s: no sound track (%s)", recording_id, error)
-                else:
-                    making.sound = track
-                    recorder.on_sound = track.feed
+            await recorder.start()
             await row.asave(force_insert=True)
+            if (machine := self._keeper.machine(session_id)) is not None:
+                recorder.machine(machine.vnc_path)
         except BaseException as error:
             visit.recording = None
-            writer.abandon()
-            writer.path.unlink(missing_ok=True)
-            if making.sound is not None:
-                await making.sound.abandon()
-            if isinstance(error, OSError):
+            with contextlib.suppress(RecorderError, OSError, TimeoutError, AssertionError):
+                await recorder.stop(timeout_s=5)
+            for leftover in (recorder.options.path, recorder.log_path, recorder.options.sound_path):
+                if leftover is not None:
+                    leftover.unlink(missing_ok=True)
+            if isinstance(error, (OSError, RecorderError)):
                 raise RecordingUnavailableError(str(error)) from error
             raise
-        recorder.begin()
-        making.task = task_new(self._record(visit, making), name=f"recording-{recording_id}")
+        making.task = task_new(self._follow(visit, making), name=f"recording-{recording_id}")
         self._keeper.notify(session_id, {"type": "recording", "state": "started",
                                          "recording": self._json(row)})
         return {"id": row.id, "started_at": row.started_at.isoformat()}
 
-    async def _record(self, visit: Visit, making: _Making) -> None:
-        """Record whichever machine the visit has, until stopped or over a limit."""
-        recorder = making.recorder
-        try:
-            async with asyncio.timeout(recorder.limits.max_s):
-                while recorder.stopped is None and visit.live:
-                    machine = self._keeper.machine(visit.session_id)
-                    if machine is None:
-                        await asyncio.sleep(MACHINE_POLL_S)
-                        continue
-                    try:
-                        await recorder.run(machine.vnc_path)
-                    except RecordingError as error:
-                        logger.warning("recording %s: %s", making.row.id, error)
-                    if recorder.stopped is None:
-                        await asyncio.sleep(MACHINE_POLL_S)
-        except TimeoutError:
-            recorder.stopped = "length"
-        if recorder.stopped is not None and visit.recording is making:
-            # Over a limit: it stops by itself, keeping what it has, and the page says so.
+    async def _follow(self, visit: Visit, making: _Making) -> None:
+        """Tell the recorder which machine the visit has (a reset gives it another), until
+        the recorder stops by itself (a limit), which the page is told."""
+        machine = self._keeper.machine(visit.session_id)
+        told: Path | None = machine.vnc_path if machine is not None else None
+        answered = making.recorder.answered
+        while not answered.done():
+            machine = self._keeper.machine(visit.session_id)
+            if machine is not None and machine.vnc_path != told:
+                told = machine.vnc_path
+                making.recorder.machine(told)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(MACHINE_POLL_S):
+                    await asyncio.shield(answered)
+        if visit.recording is making:
+            # It stopped by itself (a limit, or it failed), keeping what it has.
             task_new(self._finish(visit, making), name=f"recording-finish-{making.row.id}")
 
     async def stop(self, *, session_id: str) -> dict[str, Any]:
@@ -220,35 +205,44 @@ class Recordings:
     async def _finish(self, visit: Visit, making: _Making) -> Recording:
         if visit.recording is making:
             visit.recording = None
+        row = making.row
         if making.finished:
-            return making.row
+            return row
         making.finished = True
         task = making.task
         if task is not None and task is not asyncio.current_task():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        recorder, row = making.recorder, making.row
-        duration_ms = recorder.elapsed_ms()
-        sound_kept = False
-        if making.sound is not None:
-            try:
-                sound_kept = await making.sound.close(end_s=duration_ms / 1000)
-            except (OSError, TimeoutError) as error:
-                logger.warning("recording %s: the sound track failed: %s", row.id, error)
-            if sound_kept:
-                await asyncio.to_thread(os.replace, making.sound.path,
-                                        recording_paths(self.config.store, row.id)[1])
-        await asyncio.to_thread(making.writer.close, duration_ms=duration_ms, extra={"sound": sound_kept})
-        await asyncio.to_thread(os.replace, making.writer.path, making.path)
-        size = making.path.stat().st_size
-        if sound_kept:
-            size += recording_paths(self.config.store, row.id)[1].stat().st_size
+        try:
+            answer = await making.recorder.stop()
+        except (RecorderError, OSError, TimeoutError) as error:
+            logger.error("recording %s failed: %s", row.id, error)
+            answer = {"duration_ms": 0, "sound": False, "stopped": None, "failed": True}
+        sound_kept = bool(answer.get("sound"))
+        part = making.recorder.options.path
+        sound_part = making.recorder.options.sound_path
+        if answer.get("failed"):
+            # Nothing whole to keep: the row goes, and its files.
+            for leftover in (part, sound_part):
+                if leftover is not None:
+                    leftover.unlink(missing_ok=True)
+            if row.pk and await Recording.objects.filter(pk=row.pk).aexists():
+                await row.adelete()
+            self._keeper.notify(visit.session_id, {"type": "recording", "state": "stopped",
+                                                   "reason": "failed", "recording": None})
+            return row
+        if sound_kept and sound_part is not None:
+            await asyncio.to_thread(os.replace, sound_part, making.sound_path)
+        elif sound_part is not None:
+            sound_part.unlink(missing_ok=True)
+        await asyncio.to_thread(os.replace, part, making.path)
+        size = making.path.stat().st_size + (making.sound_path.stat().st_size if sound_kept else 0)
         row.state = Recording.State.KEPT
-        row.seconds = duration_ms / 1000
+        row.seconds = int(answer["duration_ms"]) / 1000
         row.bytes = size
         row.sound = sound_kept
-        row.stopped_reason = recorder.stopped or ""
+        row.stopped_reason = answer.get("stopped") or ""
         if not row.by_staff:
             row.expires_at = timezone.now() + datetime.timedelta(seconds=self.config.visitor_keep_s)
         await row.asave()

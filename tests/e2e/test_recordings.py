@@ -160,6 +160,19 @@ def test_a_recorded_visit_plays_back_seeks_tours_the_line_and_exports(
         abs(int(player.get_attribute("data-position") or 0) - end_ms) <= 1
     assert viewer.evaluate(CANVAS_DIFFERENCE, _png_url(after)) < SAME_MAX
 
+    # On a phone, inside the embed page's frame rules (its link is all it takes): it plays.
+    phone = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    small = phone.new_page()
+    small.goto(portal.url + recording_url + "?embed=1")
+    small.wait_for_selector('[data-player][data-state="paused"]', timeout=30_000)
+    small.get_by_role("button", name="Play").tap()
+    small.wait_for_function("() => Number(document.querySelector('[data-player]').dataset.position) > 500",
+                            timeout=30_000)
+    box = small.locator(".player-screen canvas").bounding_box()
+    assert box is not None
+    assert box["width"] <= 390
+    phone.close()
+
     # --- A curator publishes it as the exhibit's tour. ---
     curator = log_in(portal, browser)
     curator_token = next(cookie["value"] for cookie in curator.context.cookies()

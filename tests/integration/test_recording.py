@@ -3,6 +3,7 @@ track beside the display, and a recording that outgrows its limit stopping by it
 keeping what it has."""
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import subprocess
@@ -12,10 +13,11 @@ from typing import Any
 import pytest
 
 from portal.models import Exhibit, Recording
+from sessions.display.audio import audio_format_for, audio_open
 from sessions.display.recording import recording_read
 from sessions.node.recordings import recording_paths
 from tests.conftest import ExhibitFactory, visitor
-from tests.integration.test_audio import F5, desktop_up
+from tests.integration.test_audio import F5, desktop_up, peak
 from tests.support.wait import eventually
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -45,16 +47,20 @@ async def test_it_records_the_sound_and_stops_by_itself_at_its_size_limit(
     # The desktop plays a tune (F5, the PC speaker): the recording has it as Opus.
     started = await broker.recordings.start(session_id=session_id, owner="someone", by_staff=True)
     visit = broker.keeper.visit(session_id)
+    machine = broker.machine(session_id)
+    listener = await audio_open(machine.vnc_path, audio_format_for(("pcspk", "adlib")), timeout_s=10)
     await rfb.press(F5)
-
-    async def heard() -> bool:
-        return bool(visit.recording.sound is not None and visit.recording.sound.heard)
-
-    await eventually(heard, timeout_s=10)
+    async with asyncio.timeout(10):
+        async for pcm in listener.chunks():
+            if peak(pcm) > 1000:
+                break
+    listener.close()
     stopped = await broker.recordings.stop(session_id=session_id)
     assert stopped["id"] == started["id"]
     row = await Recording.objects.aget(pk=started["id"])
-    assert row.sound and row.by_staff and row.expires_at is None
+    assert row.sound
+    assert row.by_staff
+    assert row.expires_at is None
     store = broker.recordings.config.store
     path, sound, _video = recording_paths(store, row.id)
     assert abs(_seconds(sound) - row.seconds) < 0.3
@@ -74,7 +80,8 @@ async def test_it_records_the_sound_and_stops_by_itself_at_its_size_limit(
     assert row.stopped_reason == "size"
     assert row.expires_at is not None
     index = recording_read(recording_paths(store, row.id)[0])
-    assert index.segments and index.segments[0].width == 640
+    assert index.segments
+    assert index.segments[0].width == 640
     assert {"type": "recording", "state": "stopped", "reason": "size"}.items() <= events[-1].items()
     assert visit.recording is None
     await rfb.close()
