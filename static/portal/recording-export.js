@@ -20,8 +20,9 @@ async function exportWait() {
       status.textContent = data.detail || gettext("The video could not be made.");
       return;
     }
-    const percent = Math.round(100 * ((data.export && data.export.progress) || 0));
-    status.textContent = format(gettext("Making the video: %(percent)s %…"), { percent });
+    const done = new Intl.NumberFormat(document.documentElement.lang || undefined, { style: "percent" })
+      .format((data.export && data.export.progress) || 0);
+    status.textContent = format(gettext("Making the video: %(done)s done…"), { done });
     await new Promise((resolve) => { setTimeout(resolve, POLL_MS); });
   }
 }

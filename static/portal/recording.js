@@ -37,7 +37,12 @@ function recordingHidden() {
 
 function stoppedSay(recording, reason) {
   recordingHidden();
-  if (!recording || !result) return;
+  if (!result) return;
+  if (!recording) {
+    result.innerHTML = `<p>${escapeHtml(gettext("The recording failed and was not kept."))}</p>`;
+    result.hidden = false;
+    return;
+  }
   const why = reason === "size" ? gettext("The recording reached its size limit and stopped; what it has is kept.")
     : reason === "length" ? gettext("The recording reached its length limit and stopped; what it has is kept.")
       : gettext("The recording has stopped.");
