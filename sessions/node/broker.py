@@ -728,7 +728,8 @@ class Broker:
                              self.config.reaper_interval_s)
             return 0
         try:
-            await sync_to_async(recordings_expire)(self.config.recordings.store)
+            await sync_to_async(recordings_expire)(self.config.recordings.store,
+                                                   max_s=self.config.recordings.limits.max_s)
         except Exception:
             logger.exception("expired recordings could not be deleted")
         REAPER_CLEANED.inc(count)

@@ -347,14 +347,19 @@ class Recordings:
                                                          export_progress=1.0)
 
 
-def recordings_expire(store: Path, *, now: datetime.datetime | None = None) -> int:
+def recordings_expire(store: Path, *, max_s: float, now: datetime.datetime | None = None) -> int:
     """Delete the recordings past their time (visitors' an hour after their visit), and
-    the files left of recordings a dead portal never finished. Returns how many went."""
+    those a portal that died never finished (still "recording" well past the longest
+    a recording lasts), with their files. Returns how many went."""
     now = now or timezone.now()
+    unfinished = now - datetime.timedelta(seconds=max_s + 600)
     gone = 0
-    for recording_id in list(Recording.objects.filter(expires_at__lt=now).values_list("id", flat=True)):
+    expired = Recording.objects.filter(expires_at__lt=now) | Recording.objects.filter(
+        state=Recording.State.RECORDING, started_at__lt=unfinished)
+    for recording_id in list(expired.values_list("id", flat=True)):
         for path in recording_paths(store, recording_id):
-            path.unlink(missing_ok=True)
+            for suffix in ("", ".part", ".part.log"):
+                path.with_name(path.name + suffix).unlink(missing_ok=True)
         Recording.objects.filter(pk=recording_id).delete()
         gone += 1
     return gone

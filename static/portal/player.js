@@ -344,6 +344,12 @@ export class RecordingPlayer {
   }
 
   tick() {
+    if (!this.root.isConnected) {
+      // Its page was replaced (Start on the exhibit page puts the machine's page in place).
+      this.pause();
+      this.channel.close();
+      return;
+    }
     if (!this.playing || this._busy) return;
     const ms = this._positionBase + (performance.now() - this._wallBase) * this.speed;
     this._busy = true;

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
+from django.utils import timezone
 
 from portal.models import Exhibit, Recording
 from sessions.display.audio import audio_format_for, audio_open
 from sessions.display.recording import recording_read
-from sessions.node.recordings import recording_paths
+from sessions.node.recordings import recording_paths, recordings_expire
 from tests.conftest import ExhibitFactory, visitor
 from tests.integration.test_audio import F5, desktop_up, peak
 from tests.support.wait import eventually
@@ -50,9 +52,13 @@ async def test_it_records_the_sound_and_stops_by_itself_at_its_size_limit(
     machine = broker.machine(session_id)
     listener = await audio_open(machine.vnc_path, audio_format_for(("pcspk", "adlib")), timeout_s=10)
     await rfb.press(F5)
+    # The tune heard beside the recorder, a second of it (the recorder hears it as it plays).
+    heard_bytes = 0
     async with asyncio.timeout(10):
         async for pcm in listener.chunks():
-            if peak(pcm) > 1000:
+            if heard_bytes or peak(pcm) > 1000:
+                heard_bytes += len(pcm)
+            if heard_bytes >= 44100 * 2:
                 break
     listener.close()
     stopped = await broker.recordings.stop(session_id=session_id)
@@ -66,6 +72,28 @@ async def test_it_records_the_sound_and_stops_by_itself_at_its_size_limit(
     assert abs(_seconds(sound) - row.seconds) < 0.3
     assert recording_read(path).duration_ms == round(row.seconds * 1000) or \
         abs(recording_read(path).duration_ms - row.seconds * 1000) <= 1
+
+    # A reset gives the visit a new machine: the recording goes on from it, at a new full picture.
+    third = await broker.recordings.start(session_id=session_id, owner="someone", by_staff=False)
+    await rfb.close()
+    exhibit = await Exhibit.objects.select_related("image").aget(slug="demo")
+    await broker.session_reset(session_id=session_id, exhibit=exhibit)
+    reset_done = (await Recording.objects.aget(pk=third["id"])).started_at
+    rfb = await desktop_up(browser, session_id)
+    await rfb.press(F5)
+    stopped = await broker.recordings.stop(session_id=session_id)
+    index = recording_read(recording_paths(store, third["id"])[0])
+    assert len(index.segments) >= 2
+    assert reset_done is not None
+    # After the reset: a segment of the new machine's desktop, to the recording's end.
+    assert index.segments[-1].width == 640
+    assert index.segments[-1].end_ms >= index.duration_ms - 1000
+
+    # Past their time, recordings go with their files (the reaper's pass).
+    await Recording.objects.filter(pk=third["id"]).aupdate(expires_at=timezone.now())
+    assert await sync_to_async(recordings_expire)(store, max_s=60) >= 1
+    assert not recording_paths(store, third["id"])[0].exists()
+    assert not await Recording.objects.filter(pk=third["id"]).aexists()
 
     # A recording over its size stops by itself, keeps what it has, and the page is told why.
     limits = dataclasses.replace(broker.recordings.config.limits, max_bytes=200_000, keyframe_s=0.5)
