@@ -103,7 +103,7 @@ async def measure(pid: int, url: str) -> dict[str, Any]:
     visitor = PortalVisitor(url)
     session = await asyncio.to_thread(visitor.session_start, "demo")
     counter = CountingTransport(await visitor.websocket(session["vnc_path"]))
-    rfb = RfbClient(counter)  # type: ignore[arg-type]
+    rfb = RfbClient(counter)
     await rfb.handshake()
     await rfb.first_update()
     rfb.start()

@@ -44,7 +44,12 @@ async def test_it_records_the_sound_and_stops_by_itself_at_its_size_limit(
     rfb = await desktop_up(browser, session_id)
     events: list[dict[str, Any]] = []
     notify = broker.keeper.notify
-    broker.keeper.notify = lambda sid, event: (events.append(event), notify(sid, event))[1]
+
+    def told(sid: str, event: dict[str, Any]) -> None:
+        events.append(event)
+        notify(sid, event)
+
+    broker.keeper.notify = told
 
     # The desktop plays a tune (F5, the PC speaker): the recording has it as Opus.
     started = await broker.recordings.start(session_id=session_id, owner="someone", by_staff=True)
