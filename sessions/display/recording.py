@@ -25,6 +25,7 @@ segment at a time, and served to browsers as they are stored
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import struct
@@ -331,14 +332,14 @@ class Recorder:
                     size = await rfb_greet(reader, writer, RecordingError)
             except (asyncio.IncompleteReadError, TimeoutError) as error:
                 raise RecordingError(f"the VNC server did not greet: {error!r}") from error
-            await self._record(reader, writer, size)
+            await self._record(reader, writer, size, vnc_path)
         except (OSError, asyncio.IncompleteReadError):
             return  # the machine went (a reset, the visit's end)
         finally:
             writer.close()
 
     async def _record(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                      size: tuple[int, int]) -> None:
+                      size: tuple[int, int], vnc_path: Path) -> None:
         encodings = [ENCODING_RAW, ENCODING_DESKTOP_SIZE]
         if self.sound is not None:
             encodings.append(ENCODING_QEMU_AUDIO)
@@ -350,6 +351,7 @@ class Recorder:
             setup += struct.pack(">BBHBBI", _QEMU, 1, 2, 3, channels, rate) + struct.pack(">BBH", _QEMU, 1, 0)
         width, height = size
         writer.write(setup + _request(False, width, height))
+        await _refresh_soon(vnc_path)
         keyframe_due = True
         next_keyframe = self._clock() + self.limits.keyframe_s
         frame_s = 1.0 / max(0.5, self.limits.frames_per_s)
@@ -369,6 +371,8 @@ class Recorder:
                         next_keyframe = now + self.limits.keyframe_s
                     self.writer.mark(self.elapsed_ms())
                     writer.write(_request(not keyframe_due, width, height))
+                    if keyframe_due:
+                        await _refresh_soon(vnc_path)
                     ask_at = None
                     continue
             else:
@@ -415,6 +419,15 @@ class Recorder:
         elif self._clock() - self.started >= self.limits.max_s:
             self.stopped = STOP_LENGTH
         return self.stopped is not None
+
+
+async def _refresh_soon(vnc_path: Path) -> None:
+    """Have QEMU send the full picture asked for now, not at its next display refresh,
+    whose interval grows to 3 s on a still screen: a new connection to its VNC server
+    sets it back to its shortest (as `sessions.machines.machine.vnc_refresh_soon` does)."""
+    with contextlib.suppress(OSError):
+        _reader, writer = await asyncio.open_unix_connection(str(vnc_path))
+        writer.close()
 
 
 def _request(incremental: bool, width: int, height: int) -> bytes:

@@ -19,7 +19,7 @@ import logging
 import os
 import resource
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -258,7 +258,7 @@ def frames(path: Path, index: RecordingIndex, *, frames_per_s: float, size: tupl
 
 
 async def webm_export(path: Path, index: RecordingIndex, target: Path, *, sound: Path | None,
-                      limits: VideoLimits, progress: Callable[[float], None]) -> None:
+                      limits: VideoLimits, progress: Callable[[float], Awaitable[None]]) -> None:
     """Write the recording as WebM (VP8, and Opus when it has sound) into `target`."""
     size = await asyncio.to_thread(video_size, path, index)
     seconds = index.duration_ms / 1000
@@ -282,7 +282,7 @@ async def webm_export(path: Path, index: RecordingIndex, target: Path, *, sound:
                 process.stdin.write(frame)
                 await process.stdin.drain()
                 if number % max(1, int(limits.frames_per_s)) == 0:
-                    progress(min(0.99, number / total))
+                    await progress(min(0.99, number / total))
             process.stdin.close()
             code = await process.wait()
     except (BrokenPipeError, ConnectionResetError) as error:
@@ -305,4 +305,4 @@ async def webm_export(path: Path, index: RecordingIndex, target: Path, *, sound:
         partial.unlink(missing_ok=True)
         raise VideoError(f"ffmpeg failed (exit {code}): {said}")
     os.replace(partial, target)
-    progress(1.0)
+    await progress(1.0)

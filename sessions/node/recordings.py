@@ -131,6 +131,8 @@ class Recordings:
         self._export_gate = asyncio.Semaphore(1)
         # Checked recordings by (path, size, mtime): a file is read whole once per change.
         self._checked: dict[tuple[str, int, int], RecordingIndex] = {}
+        # Recordings that stopped by themselves, being finished.
+        self._finishing: set[asyncio.Task[Recording]] = set()
         keeper.end_hooks.append(self.visit_ending)
 
     # --- making one -----------------------------------------------------------------
@@ -192,7 +194,9 @@ class Recordings:
                     await asyncio.shield(answered)
         if visit.recording is making:
             # It stopped by itself (a limit, or it failed), keeping what it has.
-            task_new(self._finish(visit, making), name=f"recording-finish-{making.row.id}")
+            finishing = task_new(self._finish(visit, making), name=f"recording-finish-{making.row.id}")
+            self._finishing.add(finishing)
+            finishing.add_done_callback(self._finishing.discard)
 
     async def stop(self, *, session_id: str) -> dict[str, Any]:
         visit = self._keeper.require(session_id, Phase.RUNNING, Phase.RESETTING, Phase.RESTORING)
@@ -275,6 +279,7 @@ class Recordings:
         return {"id": making.row.id, "started_at": making.row.started_at.isoformat()}
 
     async def shutdown(self) -> None:
+        await asyncio.gather(*self._finishing, return_exceptions=True)
         for visit in self._keeper.visits():
             if isinstance(visit.recording, _Making):
                 with contextlib.suppress(OSError, RecordingError):
@@ -328,11 +333,10 @@ class Recordings:
         path, sound, video = recording_paths(self.config.store, row.id)
         last = [0.0]
 
-        def progress(fraction: float) -> None:
+        async def progress(fraction: float) -> None:
             if fraction - last[0] >= 0.05 or fraction >= 1.0:
                 last[0] = fraction
-                task_new(Recording.objects.filter(pk=row.pk).aupdate(export_progress=fraction),
-                         name=f"recording-progress-{row.id}")
+                await Recording.objects.filter(pk=row.pk).aupdate(export_progress=fraction)
 
         async with self._export_gate:
             try:
