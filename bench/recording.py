@@ -30,7 +30,7 @@ from tests.support.rfb import RfbClient
 from tests.support.websocket import WebSocketTransport
 
 PAIRS = runs(3, 2)
-WINDOW_S = float(runs(60, 8))
+WINDOW_S = float(runs(60, 5))
 CPU_TICKS = 100
 DESKTOP_DRAWN = 630, 300
 TYPED = "the quick brown fox jumps over the lazy dog "
