@@ -51,9 +51,24 @@ async def test_it_records_the_sound_and_stops_by_itself_at_its_size_limit(
 
     broker.keeper.notify = told
 
+    # Through the API: a visitor may record only where the exhibit allows it; one at a time.
+    path = f"/api/sessions/{session_id}/recording"
+    refused = await browser.post(path)
+    assert refused.status_code == 403
+    assert refused.json()["error"] == "recording_not_allowed"
+    await Exhibit.objects.filter(slug="demo").aupdate(visitors_may_record=True)
+    visit = broker.keeper.visit(session_id)
+    begun = await browser.post(path)
+    assert begun.status_code == 201, begun.content
+    assert (await browser.post(path)).json()["error"] == "recording_exists"
+    ended = await browser.delete(path)
+    assert ended.status_code == 200
+    assert ended.json()["url"] == f"/recordings/{begun.json()['id']}/"
+    assert (await browser.delete(path)).json()["error"] == "not_recording"
+    assert (await visitor().post(path)).status_code == 404
+
     # The desktop plays a tune (F5, the PC speaker): the recording has it as Opus.
     started = await broker.recordings.start(session_id=session_id, owner="someone", by_staff=True)
-    visit = broker.keeper.visit(session_id)
     machine = broker.machine(session_id)
     listener = await audio_open(machine.vnc_path, audio_format_for(("pcspk", "adlib")), timeout_s=10)
     await rfb.press(F5)
@@ -75,6 +90,11 @@ async def test_it_records_the_sound_and_stops_by_itself_at_its_size_limit(
     store = broker.recordings.config.store
     path, sound, _video = recording_paths(store, row.id)
     assert abs(_seconds(sound) - row.seconds) < 0.3
+    # The player's <audio> seeks by ranges.
+    part = await browser.get(f"/api/recordings/{row.id}/sound.ogg", headers={"Range": "bytes=0-99"})
+    assert part.status_code == 206
+    assert part.content == sound.read_bytes()[:100]
+    assert part["Content-Range"] == f"bytes 0-99/{sound.stat().st_size}"
     assert recording_read(path).duration_ms == round(row.seconds * 1000) or \
         abs(recording_read(path).duration_ms - row.seconds * 1000) <= 1
 
