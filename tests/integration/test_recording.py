@@ -52,20 +52,20 @@ async def test_it_records_the_sound_and_stops_by_itself_at_its_size_limit(
     broker.keeper.notify = told
 
     # Through the API: a visitor may record only where the exhibit allows it; one at a time.
-    path = f"/api/sessions/{session_id}/recording"
-    refused = await browser.post(path)
+    api_path = f"/api/sessions/{session_id}/recording"
+    refused = await browser.post(api_path)
     assert refused.status_code == 403
     assert refused.json()["error"] == "recording_not_allowed"
     await Exhibit.objects.filter(slug="demo").aupdate(visitors_may_record=True)
     visit = broker.keeper.visit(session_id)
-    begun = await browser.post(path)
+    begun = await browser.post(api_path)
     assert begun.status_code == 201, begun.content
-    assert (await browser.post(path)).json()["error"] == "recording_exists"
-    ended = await browser.delete(path)
+    assert (await browser.post(api_path)).json()["error"] == "recording_exists"
+    ended = await browser.delete(api_path)
     assert ended.status_code == 200
     assert ended.json()["url"] == f"/recordings/{begun.json()['id']}/"
-    assert (await browser.delete(path)).json()["error"] == "not_recording"
-    assert (await visitor().post(path)).status_code == 404
+    assert (await browser.delete(api_path)).json()["error"] == "not_recording"
+    assert (await visitor().post(api_path)).status_code == 404
 
     # The desktop plays a tune (F5, the PC speaker): the recording has it as Opus.
     started = await broker.recordings.start(session_id=session_id, owner="someone", by_staff=True)
