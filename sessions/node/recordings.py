@@ -21,6 +21,7 @@ import datetime
 import logging
 import os
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -319,9 +320,16 @@ class Recordings:
 
     async def export_start(self, row: Recording) -> None:
         """Make the recording's WebM in the background (once; again after a failure)."""
-        if row.id in self._exports or row.export_state in {Recording.Export.RUNNING, Recording.Export.DONE}:
+        if row.id in self._exports or row.export_state == Recording.Export.DONE:
             return
+        video = recording_paths(self.config.store, row.id)[2]
+        partial = video.with_name(video.name + ".part")
+        if row.export_state == Recording.Export.RUNNING and not await asyncio.to_thread(
+                _export_abandoned, partial):
+            return  # being made, here or on another node
         index = await self.index(row)
+        # Made at once, and written to as the video grows: what tells every node it is being made.
+        await asyncio.to_thread(partial.touch)
         row.export_state, row.export_progress, row.export_detail = Recording.Export.RUNNING, 0.0, ""
         await Recording.objects.filter(pk=row.pk).aupdate(export_state=row.export_state,
                                                          export_progress=0.0, export_detail="")
@@ -349,6 +357,17 @@ class Recordings:
                 return
         await Recording.objects.filter(pk=row.pk).aupdate(export_state=Recording.Export.DONE,
                                                          export_progress=1.0)
+
+
+# An export whose partial video has not grown for this long was abandoned (its node died).
+EXPORT_ABANDONED_S = 120.0
+
+
+def _export_abandoned(partial: Path) -> bool:
+    try:
+        return time.time() - partial.stat().st_mtime > EXPORT_ABANDONED_S
+    except FileNotFoundError:
+        return True
 
 
 def recordings_expire(store: Path, *, max_s: float, now: datetime.datetime | None = None) -> int:

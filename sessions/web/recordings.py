@@ -190,11 +190,14 @@ async def recording_video(request: HttpRequest, recording_id: str) -> HttpRespon
             name = re.sub(r"[^A-Za-z0-9_-]", "", row.exhibit.slug) or "recording"
             return FileResponse(handle, content_type="video/webm", as_attachment=True,
                                 filename=f"{name}-{row.id[:6]}.webm")
-    if row.export_state != Recording.Export.RUNNING:
-        try:
-            await broker.recordings.export_start(row)
-        except SessionError as error:
-            return error_response(error)
+    if row.export_state == Recording.Export.FAILED and request.GET.get("retry") != "1":
+        return json_error(500, "export_failed", gettext("The video could not be made."),
+                          export=recording_json(row)["export"])
+    try:
+        # Started if it is not being made (or was abandoned by a node that died).
+        await broker.recordings.export_start(row)
+    except SessionError as error:
+        return error_response(error)
     return JsonResponse({"export": recording_json(row)["export"],
                          "detail": gettext("The video is being made; ask again in a moment.")},
                         status=202, headers={"Retry-After": "2", "Cache-Control": "no-store"})
