@@ -15,7 +15,7 @@ CLUSTER_DIR ?= var-cluster
 # files), QEMU's keymaps and X11's keysym names (the guests' keyboard layouts), gettext (msgfmt
 # compiles the pages' translations), Ghostscript and DejaVu Sans Mono (prints); nodejs and npm
 # (noVNC) are added when there is no npm.
-APT_RUN := qemu-system-x86 qemu-system-data qemu-utils nasm mtools x11proto-dev gettext ghostscript fonts-dejavu-core
+APT_RUN := qemu-system-x86 qemu-system-data qemu-utils nasm mtools x11proto-dev gettext ghostscript fonts-dejavu-core ffmpeg
 # What the tests, make cluster and make bench add: Chromium (browser tests), pdftotext (what a
 # print says) and what a node runs on in production (PostgreSQL, Redis, nginx).
 APT_TEST := chromium poppler-utils postgresql redis-server nginx
@@ -74,7 +74,7 @@ $(DEMO_IMAGE): demo/build.sh $(wildcard demo/*.asm)
 
 run: setup
 	$(PY) manage.py migrate --no-input -v 0
-	$(PY) manage.py add_exhibit $(DEMO_IMAGE) --slug demo --boot hdd --sound adlib --publish \
+	$(PY) manage.py add_exhibit $(DEMO_IMAGE) --slug demo --boot hdd --sound adlib --publish --visitors-may-record \
 	  --title "Portal demo desktop" --year 1992 --publisher "This portal" \
 	  --description "$(DEMO_DESCRIPTION)"
 	$(PY) manage.py prepare_exhibit demo --wait-graphics --still 2 --if-needed

@@ -252,7 +252,8 @@ def served_portal(*, prepare: bool = True, accelerator: str = "auto",
         _manage(env, "migrate", "--no-input", "-v", "0")
         if demo:
             _manage(env, "add_exhibit", str(REPO / "build" / "demo.img"), "--slug", "demo",
-                    "--title", "Demo", "--boot", "hdd", "--sound", demo_sound, "--publish")
+                    "--title", "Demo", "--boot", "hdd", "--sound", demo_sound, "--publish",
+                    "--visitors-may-record")
         if demo and prepare:
             _manage(env, "prepare_exhibit", "demo", "--wait-graphics", "--still", "1")
         with teardown.deferred(), (root / "daphne.log").open("wb") as log:

@@ -29,7 +29,7 @@ BENCHMARKS = [
     "bench.sound", "bench.sandbox", "bench.disks", "bench.save", "bench.speed", "bench.tools",
     "bench.screen_text",
     "bench.keys",
-    "bench.printing",
+    "bench.printing", "bench.recording",
     "bench.line", "bench.density",
 ]
 

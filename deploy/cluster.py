@@ -393,7 +393,8 @@ def cluster_run(*, port: int, nodes: int, directory: Path, demo_image: Path,
                 # As `make run` does, once the database is there; once for all nodes.
                 node.manage("migrate", "--no-input", "-v", "0")
                 node.manage("add_exhibit", str(demo_image), "--slug", "demo", "--boot", "hdd",
-                            "--sound", "adlib", "--publish", "--title", "Portal demo desktop",
+                            "--sound", "adlib", "--publish", "--visitors-may-record",
+                            "--title", "Portal demo desktop",
                             "--year", "1992", "--publisher", "This portal",
                             "--description", demo_description)
                 node.manage("prepare_exhibit", "demo", "--wait-graphics", "--still", "2",

@@ -23,7 +23,7 @@ from django.utils.html import format_html, format_html_join
 from .bags import BagError, bag_export, bag_import
 from .images import disk_image_delete, disk_image_import, exhibit_delete
 from .importer import FORMAT_NAMES, ImageError, size_text
-from .models import DiskImage, Exhibit, ExhibitDisk, ExhibitMedia, PreservationEvent, StartState
+from .models import DiskImage, Exhibit, ExhibitDisk, ExhibitMedia, PreservationEvent, Recording, StartState
 from .profile import MachineProfile
 from .record import agent_staff, exhibit_record
 
@@ -331,6 +331,7 @@ class ExhibitAdmin(admin.ModelAdmin):
     list_filter = ("published", "boot")
     prepopulated_fields = {"slug": ("title",)}
     readonly_fields = ("thumbnail_picture", "preview_button", "record", "family")
+    raw_id_fields = ("tour",)
     change_form_template = "admin/portal/exhibit/change_form.html"
     inlines = [ExhibitDiskInline, ExhibitMediaInline]
     actions = ["export_bags"]
@@ -355,6 +356,11 @@ class ExhibitAdmin(admin.ModelAdmin):
                                     "reaches the visitor as a PDF. See the curators' guide for "
                                     "setting up Windows 3.1 to print to it."}),
         ("Publication", {"fields": ("published", "preview_button", "family")}),
+        ("Recordings and tour", {"fields": ("visitors_may_record", "tour"),
+                                 "description": "Curators may record any of their visits (Record, on "
+                                                "the machine's page). A kept recording of this exhibit "
+                                                "may be its tour: its page shows it, and visitors "
+                                                "waiting in line watch it."}),
         ("Fixity and provenance record", {"fields": ("record",), "classes": ("collapse",)}),
     ]
 
@@ -475,6 +481,24 @@ class StartStateAdmin(admin.ModelAdmin):
     list_display = ("exhibit", "stale", "method", "prepare_seconds", "created_at")
     list_filter = ("stale",)
     readonly_fields = [field.name for field in StartState._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+
+@admin.register(Recording)
+class RecordingAdmin(admin.ModelAdmin):
+    """Recorded visits: watch one, publish it as its exhibit's tour (the exhibit's
+    page), delete one. A visitor's goes by itself an hour after the visit."""
+
+    list_display = ("id", "exhibit", "started_at", "seconds", "bytes", "by_staff", "state",
+                    "expires_at", "watch")
+    list_filter = ("state", "by_staff", "exhibit")
+    readonly_fields = [field.name for field in Recording._meta.fields]
+
+    @admin.display(description="Watch")
+    def watch(self, recording: Recording) -> str:
+        return format_html('<a href="{}" target="_blank" rel="noopener">{}</a>', recording.url, "Watch")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

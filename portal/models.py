@@ -275,6 +275,12 @@ class Exhibit(models.Model):
     # ExhibitDisk rows for the same reason.
     disk_drives = models.CharField(max_length=20, blank=True, editable=False)
     published = models.BooleanField(default=False, help_text="Drafts are invisible to visitors.")
+    visitors_may_record = models.BooleanField(
+        default=False, help_text="Visitors may record their own visits (curators always may).")
+    # A kept recording shown on the exhibit's page and to visitors waiting in line.
+    tour = models.ForeignKey("Recording", null=True, blank=True, on_delete=models.SET_NULL,
+                             related_name="tour_of",
+                             help_text="A kept recording shown as the exhibit's tour.")
     # The exhibit this one was derived from (saved from a preview of it).
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL,
                                related_name="derivatives", help_text="The exhibit this one was derived from.")
@@ -511,3 +517,62 @@ class StartState(models.Model):
 
     def __str__(self) -> str:
         return f"start state of {self.exhibit_id}{' (stale)' if self.stale else ''}"
+
+
+# A recording's files in the recording store: the recording, its sound track, its video.
+RECORDING_SUFFIXES = (".rec", ".ogg", ".webm")
+
+
+class Recording(models.Model):
+    """A recorded visit: its file lives in the recording store (PORTAL_RECORDING_DIR),
+    which every node serves; the row says whose it is and how long it is kept.
+
+    The id is the maker's link: long and random, the only way to reach it."""
+
+    class State(models.TextChoices):
+        # Curators' words (the admin's): not in the visitors' catalogue.
+        RECORDING = "recording", "recording"
+        KEPT = "kept", "kept"
+        DAMAGED = "damaged", "damaged"
+
+    class Export(models.TextChoices):
+        NONE = "", "not asked for"
+        RUNNING = "running", "being made"
+        DONE = "done", "ready"
+        FAILED = "failed", "failed"
+
+    id = models.CharField(primary_key=True, max_length=40)
+    exhibit = models.ForeignKey(Exhibit, on_delete=models.CASCADE, related_name="recordings")
+    session_id = models.CharField(max_length=40, db_index=True)
+    # The visitor id of the browser that made it (portal.visitor), and whether a curator did.
+    owner = models.CharField(max_length=64, blank=True)
+    by_staff = models.BooleanField(default=False)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.RECORDING)
+    # Why it stopped by itself ("size", "length"), or "" when its maker or the visit's end stopped it.
+    stopped_reason = models.CharField(max_length=10, blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    seconds = models.FloatField(default=0.0)
+    bytes = models.BigIntegerField(default=0)
+    sound = models.BooleanField(default=False)
+    # When a visitor's recording is deleted (an hour after their visit); never for a curator's.
+    expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    export_state = models.CharField(max_length=8, choices=Export.choices, default=Export.NONE, blank=True)
+    export_progress = models.FloatField(default=0.0)
+    export_detail = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self) -> str:
+        return f"recording {self.id[:8]} of {self.exhibit_id}"
+
+    @property
+    def url(self) -> str:
+        return f"/recordings/{self.id}/"
+
+
+@receiver(post_delete, sender=Recording)
+def _recording_deleted(sender: type[Recording], instance: Recording, **kwargs: Any) -> None:
+    """A recording's files go with its row (the admin's delete, an expiry)."""
+    for suffix in RECORDING_SUFFIXES:
+        (settings.PORTAL_RECORDING_DIR / f"{instance.id}{suffix}").unlink(missing_ok=True)

@@ -471,6 +471,25 @@ PORTAL_BAG_ORGANIZATION = os.environ.get("PORTAL_BAG_ORGANIZATION", "Preserved s
 # Thumbnails taken from curators' previews, served under /thumbnails/<sha256>.png.
 PORTAL_THUMBNAIL_DIR = Path(os.environ.get("PORTAL_THUMBNAIL_DIR",
                                            PORTAL_DATA_DIR / "thumbnails")).resolve()
+# Recordings of visits and their WebM exports, served under /recordings/<id>/ by
+# every node (a shared filesystem in a portal of several nodes, as the images).
+PORTAL_RECORDING_DIR = Path(os.environ.get("PORTAL_RECORDING_DIR",
+                                           PORTAL_IMAGE_DIR / "recordings")).resolve()
+# A recording's bounds: its display's bytes and its length (it stops, keeping what it has).
+PORTAL_RECORDING_MAX_BYTES = int(os.environ.get("PORTAL_RECORDING_MAX_BYTES", str(64 * 1024 * 1024)))
+PORTAL_RECORDING_MAX_S = _env_float("PORTAL_RECORDING_MAX_S", 30 * 60.0)
+# A full picture this often (what a seek starts from), and pictures per second at most.
+PORTAL_RECORDING_KEYFRAME_S = _env_float("PORTAL_RECORDING_KEYFRAME_S", 5.0)
+PORTAL_RECORDING_FPS = _env_float("PORTAL_RECORDING_FPS", 15.0)
+# How long a visitor's recording is kept after their visit (a curator's: until deleted).
+PORTAL_RECORDING_VISITOR_KEEP_S = _env_float("PORTAL_RECORDING_VISITOR_KEEP_S", 3600.0)
+# WebM exports (ffmpeg): wall-clock seconds, CPU seconds and address space of one, and
+# the frames per second of the video.
+PORTAL_RECORDING_EXPORT_TIMEOUT_S = _env_float("PORTAL_RECORDING_EXPORT_TIMEOUT_S", 600.0)
+PORTAL_RECORDING_EXPORT_CPU_S = int(os.environ.get("PORTAL_RECORDING_EXPORT_CPU_S", "600"))
+PORTAL_RECORDING_EXPORT_MEMORY_BYTES = int(os.environ.get("PORTAL_RECORDING_EXPORT_MEMORY_BYTES",
+                                                          str(1024 * 1024 * 1024)))
+PORTAL_RECORDING_EXPORT_FPS = _env_float("PORTAL_RECORDING_EXPORT_FPS", 10.0)
 # Uploads stream to a temporary file; only this much is ever held in memory.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 256 * 1024
 FILE_UPLOAD_HANDLERS = [

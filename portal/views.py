@@ -56,6 +56,9 @@ async def exhibit_json(exhibit: Exhibit, request: HttpRequest, *, here: Runtime)
         "instant_start": await here.start_state_usable(exhibit) is not None,
         # The disk set: what a visitor may put into the machine's drives.
         "disks": [disk.as_json() async for disk in ExhibitDisk.objects.filter(exhibit_id=exhibit.pk)],
+        # A kept recording shown on the exhibit's page and to visitors in line, or null.
+        "tour": f"/recordings/{exhibit.tour_id}/" if exhibit.tour_id else None,
+        "visitors_may_record": exhibit.visitors_may_record,
     }
 
 

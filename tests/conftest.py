@@ -90,6 +90,7 @@ def portal_dirs(settings: Any) -> Iterator[Path]:
     settings.PORTAL_RUN_DIR = root / "run"
     settings.PORTAL_IMAGE_DIR = root / "images"
     settings.PORTAL_THUMBNAIL_DIR = root / "thumbnails"
+    settings.PORTAL_RECORDING_DIR = root / "images" / "recordings"
     # The warm pool is on, as in every install (PORTAL_POOL_SIZE's default): a test
     # about starting without it says so.
     yield root

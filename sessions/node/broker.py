@@ -81,6 +81,7 @@ from sessions.node.metrics import (
 )
 from sessions.node.prints import Prints
 from sessions.node.reaper import reap_once
+from sessions.node.recordings import Recordings, recordings_expire
 from sessions.node.records import VisitRecords, session_group
 from sessions.node.sandboxes import Sandboxes
 from sessions.node.saves import Saves, SavesConfig, saved_directory, saved_remove
@@ -175,6 +176,8 @@ class Broker:
         # Saved visits: Save to my computer, and reading a file to resume from.
         self.saves = Saves(self.sandboxes, self.launcher, self.limiter, self._saves_config)
         self.keeper.end_hooks.append(self._saved_forget)
+        # Recordings of visits, and the kept ones' exports.
+        self.recordings = Recordings(self.keeper, config=config.recordings)
         self.screens = ScreenReaders(self.keeper, interval_s=lambda: self.config.screen_text_interval_s)
         # What the catalogue's pages ask of this node (portal.runtime).
         self.catalogue = CatalogueRuntime(accelerator_for=self.launcher.accelerator_for,
@@ -201,6 +204,7 @@ class Broker:
         self.launcher.config = config.machines
         self.scheduler = config.scheduler_config()
         self.keeper.config = config.keeper_config()
+        self.recordings.config = config.recordings
         self.pool.capacity = config.capacity
 
     @property
@@ -596,6 +600,7 @@ class Broker:
         await asyncio.gather(*self.screens.close(), return_exceptions=True)
         await self.keeper.end_all(reason=VisitorSession.EndedReason.SERVER,
                                   detail=gettext_noop("The server stopped."))
+        await self.recordings.shutdown()
         tasks: list[asyncio.Task[Any]] = [*self._background, *self._helpers]
         self._background = []
         for task in tasks:
@@ -767,6 +772,11 @@ class Broker:
             logger.exception("the reaper failed; it tries again in %g s",
                              self.config.reaper_interval_s)
             return 0
+        try:
+            await sync_to_async(recordings_expire)(self.config.recordings.store,
+                                                   max_s=self.config.recordings.limits.max_s)
+        except Exception:
+            logger.exception("expired recordings could not be deleted")
         REAPER_CLEANED.inc(count)
         if count:
             logger.warning("reaper cleaned up %d sessions that no broker owned", count)

@@ -8,15 +8,28 @@ the scheduler and keeper get the parts they need as configs of their own.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from django.conf import settings
 
+from sessions.display.recording import RecorderLimits
 from sessions.machines.config import MachinesConfig
 from sessions.machines.host import capacity_default, install_id
 from sessions.machines.printout import PrintLimits
 from sessions.machines.sandbox import SandboxConfig
+from sessions.machines.video import VideoLimits
 from sessions.node.keeper import KeeperConfig
 from sessions.placement.scheduler import SchedulerConfig
+
+
+@dataclass(frozen=True)
+class RecordingConfig:
+    """Where recordings are kept, how long a visitor's is, and how they are made."""
+
+    store: Path
+    visitor_keep_s: float = 3600.0
+    limits: RecorderLimits = field(default_factory=RecorderLimits)
+    video: VideoLimits = field(default_factory=VideoLimits)
 
 
 @dataclass(frozen=True)
@@ -66,6 +79,8 @@ class BrokerConfig:
     pool_size: int = 0
     # What each visit's prints and each conversion may use (the paper: the default).
     prints: PrintLimits = field(default_factory=PrintLimits)
+    # Recordings of visits: where they are kept, their bounds, their exports.
+    recordings: RecordingConfig = field(default_factory=lambda: RecordingConfig(store=Path("recordings")))
 
     @classmethod
     def from_settings(cls) -> BrokerConfig:
@@ -111,6 +126,18 @@ class BrokerConfig:
                 timeout_s=settings.PORTAL_PRINT_TIMEOUT_S,
                 memory_bytes=settings.PORTAL_PRINT_MEMORY_BYTES,
                 output_bytes=settings.PORTAL_PRINT_OUTPUT_BYTES),
+            recordings=RecordingConfig(
+                store=Path(settings.PORTAL_RECORDING_DIR),
+                visitor_keep_s=settings.PORTAL_RECORDING_VISITOR_KEEP_S,
+                limits=RecorderLimits(keyframe_s=settings.PORTAL_RECORDING_KEYFRAME_S,
+                                      frames_per_s=settings.PORTAL_RECORDING_FPS,
+                                      max_bytes=settings.PORTAL_RECORDING_MAX_BYTES,
+                                      max_s=settings.PORTAL_RECORDING_MAX_S,
+                                      timeout_s=settings.PORTAL_QMP_TIMEOUT_S),
+                video=VideoLimits(timeout_s=settings.PORTAL_RECORDING_EXPORT_TIMEOUT_S,
+                                  cpu_s=settings.PORTAL_RECORDING_EXPORT_CPU_S,
+                                  memory_bytes=settings.PORTAL_RECORDING_EXPORT_MEMORY_BYTES,
+                                  frames_per_s=settings.PORTAL_RECORDING_EXPORT_FPS)),
         )
 
     def scheduler_config(self) -> SchedulerConfig:

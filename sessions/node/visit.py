@@ -156,6 +156,8 @@ class Visit:
     resume: Any = None
     # What it printed (sessions.node.prints): outlives a reset, goes with the visit.
     printout: Printout | None = None
+    # Its recording while one is being made (sessions.node.recordings): outlives a reset.
+    recording: Any = None
     # Held from before the row exists until after every trace is gone: what tells
     # every reaper of the install that this session is owned. (Each of its machines
     # holds leases of its own: its run directory's and its uid's.)

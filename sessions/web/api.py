@@ -439,8 +439,13 @@ async def _session_page_html(request: HttpRequest, session: VisitorSession, data
     """The machine's page, as `GET /sessions/<id>/` (or with `?embed=1`) shows it."""
     user = await request.auser()
     drive = session.exhibit.machine_profile().files_in
+    staff = user.is_active and user.is_staff
+    broker = await get_broker()
     return render_to_string("portal/session.html", {
-        "staff": user.is_active and user.is_staff,
+        "staff": staff,
+        # Recording: who may (staff, or visitors where the exhibit allows), and one being made.
+        "may_record": staff or session.exhibit.visitors_may_record,
+        "recording_now": broker.recordings.recording_status(session_id=session.id),
         "session": session,
         "exhibit": session.exhibit,
         "files_in": None if drive == "off" else drive,

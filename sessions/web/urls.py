@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from . import api, operators, prints, tools
+from . import api, operators, prints, recordings, tools
 
 urlpatterns = [
     path("sessions/<str:session_id>/", api.session_page, name="session"),
@@ -14,6 +14,15 @@ urlpatterns = [
     path("api/sessions/<str:session_id>/save-master", api.session_save_master),
     path("api/sessions/<str:session_id>/save", api.session_save),
     path("metrics", operators.metrics),
+    # Recordings: made on a visit, played by their link, exported, shown as an exhibit's tour.
+    path("api/sessions/<str:session_id>/recording", recordings.session_recording),
+    path("api/recordings/<str:recording_id>.webm", recordings.recording_video),
+    path("api/recordings/<str:recording_id>", recordings.recording_detail),
+    path("api/recordings/<str:recording_id>/index", recordings.recording_index),
+    path("api/recordings/<str:recording_id>/segments/<int:number>", recordings.recording_segment),
+    path("api/recordings/<str:recording_id>/sound.ogg", recordings.recording_sound),
+    path("recordings/<str:recording_id>/", recordings.recording_page, name="recording"),
+    path("api/exhibits/<slug:slug>/tour", recordings.exhibit_tour),
     path("api/sessions/<str:session_id>/checkpoints", api.checkpoints),
     path("api/sessions/<str:session_id>/checkpoints/<str:checkpoint_id>", api.checkpoint_detail),
     path("api/sessions/<str:session_id>/checkpoints/<str:checkpoint_id>/restore", api.checkpoint_restore),

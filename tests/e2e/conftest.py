@@ -224,7 +224,8 @@ def portal_make(demo_image: Path, request: pytest.FixtureRequest,
             commands.append(["migrate", "--no-input", "-v", "0"])
         if demo:
             commands.append(["add_exhibit", str(demo_image), "--slug", "demo", "--title", "Portal demo",
-                             "--boot", "hdd", "--year", "1992", "--sound", sound or "none", "--publish"])
+                             "--boot", "hdd", "--year", "1992", "--sound", sound or "none", "--publish",
+                             "--visitors-may-record"])
             if prepare:
                 # As `make run` does: visitors resume the booted desktop.
                 commands.append(["prepare_exhibit", "demo", "--wait-graphics", "--still", "1"])

@@ -43,7 +43,8 @@ from tests.conftest import REPO
 
 DOC = REPO / "docs" / "api.md"
 # Route parameters as the document names them; any other keeps its own name.
-PARAMETER_NAMES = {"session_id": "id", "checkpoint_id": "cid", "print_id": "pid"}
+PARAMETER_NAMES = {"session_id": "id", "checkpoint_id": "cid", "print_id": "pid", "recording_id": "id",
+                   "number": "n"}
 # How the document writes a WebSocket route that takes every path the others do not.
 ANY_OTHER_PATH = "<any other path>"
 # Every code a close frame may carry (RFC 6455, 7.4); outside it a number is no close code.

@@ -132,6 +132,8 @@ class Command(BaseCommand):
             help="The paper text prints are laid out on (default: the server's, PORTAL_PRINT_PAPER).",
         )
         parser.add_argument("--publish", action="store_true", help="Make it visible to visitors.")
+        parser.add_argument("--visitors-may-record", action="store_true",
+                            help="Let visitors record their own visits (curators always may).")
 
     def handle(self, *args: Any, **options: Any) -> None:
         source: Path = options["image"]
@@ -182,6 +184,7 @@ class Command(BaseCommand):
                     "provenance_acquired": options["acquired"],
                     "provenance_notes": options["notes"],
                     "published": options["publish"],
+                    "visitors_may_record": options["visitors_may_record"],
                 },
             )
             ExhibitMedia.objects.filter(exhibit=exhibit).delete()
