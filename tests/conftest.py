@@ -25,6 +25,7 @@ from django.test import AsyncClient
 
 from deploy import teardown
 from sessions.machines.machine import kvm_usable
+from tests.support.hosted_guest import hosted_copy
 from tests.support.processes import processes_naming
 
 if TYPE_CHECKING:
@@ -36,8 +37,11 @@ REPO = Path(__file__).resolve().parent.parent
 GUESTS = Path(os.environ.get("PORTAL_GUESTS_DIR", REPO / "tests" / "guests"))
 FREEDOS_2048 = GUESTS / "freedos-2048.img"
 FREEDOS_2048_SHA256 = "89b96984b9470916b7e8eccb445ae4d512a945d7333eaf07d7aabd2368167a20"
-FREEDOS_GAMES = GUESTS / "freedos-games.img"
+FREEDOS_GAMES_SOURCE = GUESTS / "freedos-games.img"
 FREEDOS_GAMES_SHA256 = "3bb19897b734d638a2f8c855bc1105648a97f88df8f498a1fee7e5d304272613"
+# What the tests boot: that floppy as a portal hosts it, halting while DOS waits
+# (tests/support/hosted_guest.py).
+FREEDOS_GAMES = hosted_copy(FREEDOS_GAMES_SOURCE, REPO / "build" / "guests")
 DEMO_IMAGE = REPO / "build" / "demo.img"
 
 KVM = kvm_usable()
