@@ -8,7 +8,8 @@ master, `layer_file_create`; the launcher makes the files beside the machine's
 overlay), attached when the disk first goes in (opened through descriptors) and
 kept attached for the machine's life, so what the guest wrote to "Disk 2" is there when Disk 2
 goes back in, and a checkpoint saves every layer; and the changes themselves
-(QMP's tray and medium commands), a CD tray the guest locked refused. A
+(through the sandbox's one way of changing a drive's disk, `Sandbox.medium_put`),
+a CD tray the guest locked refused. A
 write-protected disk's layer is opened read-only: the guest's writes fail as with
 the tab. `layers()` lists every disk layer of the machine in one place.
 

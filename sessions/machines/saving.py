@@ -2,19 +2,24 @@
 
 Owns, for one machine:
 
+- What a save carries (`save_plan`): every writable disk the machine started with,
+  in its drive or out of it, every layer its disk box made, each floppy of the
+  visitor's own files, and the file of the disk in each removable drive.
 - The save: the guest paused (QMP `stop`: QEMU drains and flushes every disk),
-  each writable disk layer copied, the machine state written (a migration to a
+  each of those layers copied, the machine state written (a migration to a
   file), the guest let run again (`cont`); the pause is the copies and the state
   only. Afterwards, with the guest running: a layer holding checkpoints (internal
   snapshots) is written again without them, a floppy of the visitor's own files
   (a layer over a raw image only this machine has) is flattened into one disk,
   and every layer's backing file is renamed to its role (`start`, `extra-<n>`,
-  `files`), so the file names nothing of this host.
+  `files`, `disk-<id>`), so the file names nothing of this host.
 - The resume's disks: each saved layer checked like an imported image (exactly
   the expected backing file by name, no data file, no encryption, no foreign
   extent, the same size as the disk it replaces) before QEMU sees it, then
   rebased (`qemu-img rebase -u`, by name) onto this node's copy of its backing
-  file and put in place of the fresh layer the launcher made.
+  file and put in place of the fresh layer the launcher made (a visitor's floppy
+  beside them). Attaching them and giving each drive its disk is the sandbox's
+  (`Sandbox.saved_restore`), once the machine has loaded the state.
 
 Must not: import Django, decide whether a saved visit fits an exhibit, or write
 outside the machine's run directory and the directory it is handed.

@@ -5,7 +5,8 @@ Owns the format, writing it as it streams and reading it back:
     header   "PORTAL-VISIT\\n" and the format version (2 bytes, big-endian): 15 bytes
     body     one xz stream (stdlib lzma) of members, each a name (2-byte length, UTF-8),
              a size (8 bytes, big-endian) and that many bytes: first "manifest.json"
-             (the exhibit, its master's and start state's identities, the disk set),
+             (the exhibit, its master's and start state's identities, the disk
+             layers and what is in each drive),
              then "state" (QEMU's machine state), then one member per disk layer
              the manifest names
     trailer  HMAC-SHA256 (32 bytes) over the header and the body, as they are

@@ -3,12 +3,12 @@ uploaded file read for a new visit to go on from.
 
 Owns: the save (under the visit's guard and its sandbox's lock, bounded by a rate
 limit per visit like the starts'), its manifest (the exhibit, its master's and start
-state's identities, the disk set), the file streamed as it is made and the
-machine's scratch files removed once it is sent; the portal's signing keys
+state's identities, each disk of the set by its master, what is in each drive), the
+file streamed as it is made and the machine's scratch files removed once it is sent; the portal's signing keys
 (`salted_hmac` with `SECRET_KEY`, then each of `SECRET_KEY_FALLBACKS`, so a key can
 be rotated); reading an upload into the new visit's own directory: its signature
-checked before anything is decompressed, then the exhibit and start state
-compared (409), then unpacked within bounds and each disk layer checked like an
+checked before anything is decompressed, then the exhibit, its start state and
+its disk set's masters compared (409), then unpacked within bounds and each disk layer checked like an
 imported image.
 
 Must not: keep anything of a visit after it ends (the file is made as it
