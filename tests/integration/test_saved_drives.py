@@ -39,7 +39,8 @@ async def test_it_resumes_a_saved_visit_with_each_disk_in_its_drive_and_each_dis
     visit = Visit(broker, browser, session, await display_watch(browser, session["vnc_path"]))
     try:
         await wait_for_text(visit.machine, visit.rfb, "A:\\>", timeout_s=60)
-        # Disk 2 in B:, a file written on it, then Disk 1 back in B: and the CD in its drive.
+        # Disk 2 in B:, a file written on it, the visitor's files brought in, then Disk 1
+        # back in B: and the CD in its drive.
         assert (await visit.put("b", two)).status_code == 200
         await visit.b_shows("DISK2")
         await visit.command("echo kept> B:\\KEPT.TXT", expect="A:\\>echo kept> B:\\KEPT.TXT")
@@ -50,6 +51,10 @@ async def test_it_resumes_a_saved_visit_with_each_disk_in_its_drive_and_each_dis
                 break
             await wait_for_text(visit.machine, visit.rfb, "A:\\>", timeout_s=5)
         assert await disk_file(visit.machine, layer, "KEPT.TXT") == b"kept\r\n"
+        # The visitor's own floppy goes into B: too (a disk of the box), and out again.
+        brought = await browser.post(f"/api/sessions/{visit.id}/media",
+                                     {"files": [SimpleUploadedFile("note.txt", b"brought\r\n")]})
+        assert brought.status_code == 201, brought.content
         assert (await visit.put("b", one)).status_code == 200
         assert (await visit.put("cd", cd)).status_code == 200
         assert await visit.drives() == {"b": one, "cd": cd}
@@ -78,6 +83,9 @@ async def test_it_resumes_a_saved_visit_with_each_disk_in_its_drive_and_each_dis
         screen = await visit.b_shows("KEPT")
         assert "DISK2" in screen
         await visit.command("type B:\\KEPT.TXT", expect="B:\\KEPT.TXT\nkept")
+        assert (await visit.put("b", "visitor-1")).status_code == 200
+        await visit.b_shows("VISITOR1")
+        await visit.command("type B:\\NOTE.TXT", expect="B:\\NOTE.TXT\nbrought")
     finally:
         await visit.rfb.close()
         await browser.delete(f"/api/sessions/{visit.id}")
