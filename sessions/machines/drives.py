@@ -8,7 +8,8 @@ master, `layer_file_create`; the launcher makes the files beside the machine's
 overlay), attached when the disk first goes in (opened through descriptors) and
 kept attached for the machine's life, so what the guest wrote to "Disk 2" is there when Disk 2
 goes back in, and a checkpoint saves every layer; and the changes themselves
-(QMP's tray and medium commands), a CD tray the guest locked refused. A
+(through the sandbox's one way of changing a drive's disk, `Sandbox.medium_put`),
+a CD tray the guest locked refused. A
 write-protected disk's layer is opened read-only: the guest's writes fail as with
 the tab. `layers()` lists every disk layer of the machine in one place.
 
@@ -146,7 +147,8 @@ class DiskBox:
     layers_made: dict[str, Path] = field(default_factory=dict)
     # The drive names' QEMU drives (BlockBackend names, "floppy1", "ide1-cd0").
     devices: dict[str, str] = field(default_factory=dict)
-    _started: bool = False
+    # Its at-start disks put in (or a saved visit's drives given back): done once.
+    started: bool = False
 
     @property
     def machine(self) -> Any:
@@ -162,7 +164,7 @@ class DiskBox:
                    if f"{VISITOR_PREFIX}{number}" in self.nodes]
         return [*self.disks, *visitor]
 
-    async def _describe(self) -> None:
+    async def describe(self) -> None:
         """Learn the machine's drives and the disks in them at start (once)."""
         if self.devices:
             return
@@ -225,10 +227,10 @@ class DiskBox:
         """Put the disks that are in their drives at start in, and take out the blank
         placeholders of the drives that start empty (see `MachineProfile.blank_drives`)."""
         async with self.sandbox.lock:
-            await self._describe()
-            if self._started:
+            await self.describe()
+            if self.started:
                 return
-            self._started = True
+            self.started = True
             at_start = {disk.drive: disk for disk in self.disks if disk.at_start and disk.id != BOOT_DISK}
             for drive in self.drive_names:
                 device = self.devices.get(drive)
@@ -244,7 +246,7 @@ class DiskBox:
     async def put(self, drive: str, disk_id: str | None) -> None:
         """Put the disk into the drive (out of another drive if it is in one), or empty it."""
         async with self.sandbox.lock:
-            await self._describe()
+            await self.describe()
             self._visitor_disks()
             if drive not in self.drive_names or drive not in self.devices:
                 raise DriveNotFoundError(drive)
@@ -262,25 +264,18 @@ class DiskBox:
             await self._load(drive, disk_id)
 
     async def _load(self, drive: str, disk_id: str | None) -> None:
-        device = self.devices[drive]
-        node = None if disk_id is None else await self._node(disk_id)
-        current = self.sandbox.held.get(device)
-        if current == node:
-            return
-        if current is not None:
-            await self.sandbox.node_keep(current)
+        node = None if disk_id is None else await self.disk_node(disk_id)
         try:
-            await self.machine.medium_change(self.sandbox.drives[device], node,
-                                             force=DRIVE_MEDIA[drive] != "cdrom")
+            await self.sandbox.medium_put(self.devices[drive], node, force=DRIVE_MEDIA[drive] != "cdrom")
         except MachineError as error:
             said = str(error)
             if "not open" in said or "locked" in said:
                 raise TrayLockedError() from error
             raise
-        self.sandbox.held[device] = node
 
-    async def _node(self, disk_id: str) -> str:
-        """The disk's node: its layer made and attached at its first use."""
+    async def disk_node(self, disk_id: str) -> str:
+        """The disk's node: its layer made (unless the launcher or a saved visit put it
+        in the run directory) and attached at its first use. The caller holds the lock."""
         if disk_id in self.nodes:
             return self.nodes[disk_id]
         disk = next((d for d in self.disks if d.id == disk_id), None)
@@ -314,7 +309,7 @@ class DiskBox:
     async def layers_make_all(self) -> None:
         """A layer for every writable disk that has none yet, so a checkpoint covers
         every disk (one that never went in is saved as it was). The caller holds the lock."""
-        await self._describe()
+        await self.describe()
         for disk in self.disks:
             if disk.id not in self.nodes and disk.master and disk.media == "floppy" \
                     and not disk.write_protected:

@@ -45,9 +45,10 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from portal.profile import MachineProfile
 from sessions.errors import SessionError, gettext_noop
-from sessions.machines.machine import FILES_DISK, blank_disk_name
+from sessions.machines.machine import FILES_DISK, MachineError, blank_disk_name
 from sessions.machines.overlay import OverlayError
 from sessions.machines.tool import tool_run
+from sessions.machines.visitfile import DiskLayer
 
 if TYPE_CHECKING:
     from sessions.machines.drives import DiskBox
@@ -261,6 +262,69 @@ class Sandbox:
         await self.machine.node_keep(node, keeper=keeper, read_only=node not in self.nodes)
         self.roots[node] = keeper
 
+    def node_file(self, node: str) -> str:
+        """The name of the file in the run directory a disk node opened: the one it
+        started with, or, for a node added since, its own name's (`disk-3.qcow2`)."""
+        started = self.node_files.get(node)
+        return started.name if started is not None else f"{node}.qcow2"
+
+    async def medium_put(self, drive: str, node: str | None, *, force: bool = True) -> None:
+        """Put the node's disk into the removable drive (QEMU's name for it), or empty
+        it; the disk it held is kept open (`node_keep`). The one way a disk changes
+        drives: going back to a checkpoint, the disk box, files in, a saved visit's
+        resume. The caller holds the lock."""
+        current = self.held.get(drive)
+        if current == node:
+            return
+        if current is not None:
+            await self.node_keep(current)
+        await self.machine.medium_change(self.drives[drive], node, force=force)
+        self.held[drive] = node
+
+    async def drives_restore(self, drives: Sequence[tuple[str, str | None]]) -> None:
+        """Give each drive the disk it held (a checkpoint's, a saved visit's). The
+        caller holds the lock."""
+        for drive, node in drives:
+            await self.medium_put(drive, node)
+
+    async def saved_restore(self, disks: Sequence[DiskLayer], drives: Sequence[tuple[str, str | None]],
+                            *, files_drive: str) -> None:
+        """Bring back a saved visit's disks on this machine, resumed from its state with
+        the saved layers in place (`saving.layers_place`): each disk layer attached (the
+        disk box's, the visitor's floppies), then each drive given the disk it had, by
+        file name, or left empty. The disk box does not put its at-start disks in after
+        this."""
+        async with self.lock:
+            if self.box is not None:
+                await self.box.describe()
+            await self.describe()
+            by_file = {path.name: node for node, path in self.node_files.items()}
+            for disk in disks:
+                if disk.disk is None:
+                    continue
+                if disk.disk.isdigit():
+                    if self.box is None:
+                        raise MachineError(f"the saved visit has a disk {disk.file} this machine has not")
+                    by_file[disk.file] = await self.box.disk_node(disk.disk)
+                    continue
+                number = int(disk.disk.rpartition("-")[2])
+                node = f"{MEDIA_PREFIX}-{number}"
+                # Whole in itself: what the visitor brought in, and what the guest wrote to it.
+                await self.machine.qcow2_add(node, self.run_dir / disk.file)
+                self.nodes.append(node)
+                self.disks.append(FatDisk(label=f"{files_drive.upper()}-disk{number}", node=node,
+                                          overlay=self.run_dir / disk.file, floppy=True))
+                self.media_count = max(self.media_count, number)
+                by_file[disk.file] = node
+            wanted: list[tuple[str, str | None]] = []
+            for drive, file in drives:
+                if drive not in self.drives or (file is not None and file not in by_file):
+                    raise MachineError(f"the saved visit puts {file} in {drive}, which this machine cannot")
+                wanted.append((drive, None if file is None else by_file[file]))
+            await self.drives_restore(wanted)
+            if self.box is not None:
+                self.box.started = True
+
     @property
     def media_nodes(self) -> dict[int, str]:
         """The visitor's files disks brought in, by number: their nodes."""
@@ -312,13 +376,7 @@ class Sandbox:
         the disk in each removable drive."""
         async with self.lock:
             checkpoint = self.checkpoint(checkpoint_id)
-            for drive, node in checkpoint.drives:
-                if self.held.get(drive) != node:
-                    current = self.held.get(drive)
-                    if current is not None:
-                        await self.node_keep(current)
-                    await self.machine.medium_change(self.drives[drive], node)
-                    self.held[drive] = node
+            await self.drives_restore(checkpoint.drives)
             await self.machine.job_run("snapshot-load", {
                 "tag": checkpoint.tag, "vmstate": CHECKPOINT_NODE,
                 "devices": [self._root(node) for node in checkpoint.nodes]},
@@ -379,11 +437,7 @@ class Sandbox:
             await self.machine.qcow2_add(node, overlay, backing_raw=image)
             self.nodes.append(node)
             drive = f"floppy{'ab'.index(drive_letter)}"
-            current = self.held.get(drive)
-            if current is not None:
-                await self.node_keep(current)
-            await self.machine.medium_change(self.drives[drive], node)
-            self.held[drive] = node
+            await self.medium_put(drive, node)
             self.disks.append(FatDisk(label=f"{drive_letter.upper()}-disk{number}", node=node,
                                       overlay=overlay, floppy=True))
         return MediaResult(drive=drive_letter, files=tuple(

@@ -2,19 +2,24 @@
 
 Owns, for one machine:
 
+- What a save carries (`save_plan`): every writable disk the machine started with,
+  in its drive or out of it, every layer its disk box made, each floppy of the
+  visitor's own files, and the file of the disk in each removable drive.
 - The save: the guest paused (QMP `stop`: QEMU drains and flushes every disk),
-  each writable disk layer copied, the machine state written (a migration to a
+  each of those layers copied, the machine state written (a migration to a
   file), the guest let run again (`cont`); the pause is the copies and the state
   only. Afterwards, with the guest running: a layer holding checkpoints (internal
   snapshots) is written again without them, a floppy of the visitor's own files
   (a layer over a raw image only this machine has) is flattened into one disk,
   and every layer's backing file is renamed to its role (`start`, `extra-<n>`,
-  `files`), so the file names nothing of this host.
+  `files`, `disk-<id>`), so the file names nothing of this host.
 - The resume's disks: each saved layer checked like an imported image (exactly
   the expected backing file by name, no data file, no encryption, no foreign
   extent, the same size as the disk it replaces) before QEMU sees it, then
   rebased (`qemu-img rebase -u`, by name) onto this node's copy of its backing
-  file and put in place of the fresh layer the launcher made.
+  file and put in place of the fresh layer the launcher made (a visitor's floppy
+  beside them). Attaching them and giving each drive its disk is the sandbox's
+  (`Sandbox.saved_restore`), once the machine has loaded the state.
 
 Must not: import Django, decide whether a saved visit fits an exhibit, or write
 outside the machine's run directory and the directory it is handed.
@@ -35,16 +40,16 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from portal.importer import ImageRejectedError, ImportLimits, qcow2_header_check, qemu_img_run
+from sessions.machines.drives import LAYER_PREFIX, VISITOR_PREFIX
 from sessions.machines.machine import FILES_DISK, MachineError
 from sessions.machines.overlay import OVERLAY_FILE
-from sessions.machines.sandbox import MEDIA_PREFIX
+from sessions.machines.sandbox import FLOPPY_KIB, Sandbox
 from sessions.machines.tool import tool_run
 from sessions.machines.visitfile import DiskLayer, Manifest
 
 STATE_FILE = "state"
-# A node the sandbox added for a visitor's floppy: `visitor-disk-<n>`, its layer beside it.
-_MEDIA_NODE = re.compile(rf"{MEDIA_PREFIX}-[1-9][0-9]*")
 _EXTRA = re.compile(r"extra-([0-9]+)\.qcow2")
+_SET_DISK = re.compile(rf"{LAYER_PREFIX}([0-9]+)\.qcow2")
 
 
 class SavingMachine(Protocol):
@@ -54,7 +59,6 @@ class SavingMachine(Protocol):
     run_dir: Path
 
     async def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any: ...
-    async def block_devices(self) -> list[dict[str, Any]]: ...
     async def save_state(self, path: Path, *, timeout_s: float) -> None: ...
 
 
@@ -68,6 +72,15 @@ class SavedVisit:
 
 
 @dataclass(frozen=True)
+class SavePlan:
+    """What a save takes of a machine: each layer (as the manifest names it, the file
+    it is copied from, whether it is flattened), and what is in each drive."""
+
+    layers: tuple[tuple[DiskLayer, Path, bool], ...]
+    drives: tuple[tuple[str, str | None], ...]
+
+
+@dataclass(frozen=True)
 class SavedParts:
     """A machine's save on this host: its state and layers, ready to be packed."""
 
@@ -76,16 +89,18 @@ class SavedParts:
     # Where the boot disk's layer lay (the start state's warm layer, or the master).
     start_backing: Path | None
     paused_s: float
+    drives: tuple[tuple[str, str | None], ...] = ()
 
     def remove(self) -> None:
         for path in (self.state, *(path for _, path in self.layers)):
             path.unlink(missing_ok=True)
 
 
-def drive_files(argv: Sequence[str]) -> dict[str, Path]:
+def drive_files(argv: Sequence[str]) -> dict[str, tuple[Path, bool]]:
     """The file each of QEMU's drives started with, by the name QEMU gives the drive
-    (`floppy0`, `ide0-hd0`, `ide1-cd0`…), read from its command line."""
-    drives: dict[str, Path] = {}
+    (`floppy0`, `ide0-hd0`, `ide1-cd0`…), and whether the drive is read-only, read
+    from its command line. A drive that starts empty has none."""
+    drives: dict[str, tuple[Path, bool]] = {}
     for flag, value in itertools.pairwise(argv):
         if flag != "-drive":
             continue
@@ -96,52 +111,64 @@ def drive_files(argv: Sequence[str]) -> dict[str, Path]:
         else:
             kind = "cd" if options.get("media") == "cdrom" else "hd"
             name = f"ide{index // 2}-{kind}{index % 2}"
-        drives[name] = Path(options["file"])
+        if "file" in options:
+            drives[name] = (Path(options["file"]), options.get("readonly") == "on")
     return drives
 
 
 def layer_role(file: str) -> str | None:
-    """What a layer the launcher made lies over, by its file name (see `DiskLayer`)."""
+    """What a layer lies over, by its file name (see `DiskLayer`)."""
     if file == OVERLAY_FILE:
         return "start"
     if file == FILES_DISK:
         return "files"
     if match := _EXTRA.fullmatch(file):
         return f"extra-{match.group(1)}"
+    if match := _SET_DISK.fullmatch(file):
+        return f"{LAYER_PREFIX}{match.group(1)}"
     return None
 
 
-async def machine_save(machine: SavingMachine, *, qemu_img: str, timeout_s: float,
+def save_plan(sandbox: Sandbox, argv: Sequence[str]) -> SavePlan:
+    """What a save of the sandbox's machine carries: every writable disk it started
+    with (whether in its drive now or out of it), every layer its disk box made, each
+    floppy of the visitor's own files (flattened: its raw image is this machine's
+    alone), and the file of the disk in each removable drive. The caller holds the
+    sandbox's lock and has had it described."""
+    run_dir = sandbox.run_dir
+    plan: list[tuple[DiskLayer, Path, bool]] = []
+    for name, (path, read_only) in drive_files(argv).items():
+        role = layer_role(path.name)
+        if role is not None and not read_only:
+            plan.append((DiskLayer(drive=name, file=path.name, backing=role), path, False))
+    if sandbox.box is not None:
+        for layer in sandbox.box.layers():
+            if layer.disk.isdigit():
+                plan.append((DiskLayer(disk=layer.disk, file=layer.path.name,
+                                       backing=layer_role(layer.path.name)), layer.path, False))
+    for number, node in sandbox.media_nodes.items():
+        plan.append((DiskLayer(disk=f"{VISITOR_PREFIX}{number}", file=f"{node}.qcow2", backing=None),
+                     run_dir / f"{node}.qcow2", True))
+    drives = tuple((device, None if node is None else sandbox.node_file(node))
+                   for device, node in sandbox.held.items())
+    return SavePlan(layers=tuple(plan), drives=drives)
+
+
+async def machine_save(machine: SavingMachine, plan: SavePlan, *, qemu_img: str, timeout_s: float,
                        compact: bool) -> SavedParts:
-    """Save the running machine's state and disk layers into its run directory (files
-    named `save-<random>-…`, the caller's to remove). The guest is paused only while
-    the layers are copied and its state written. With `compact`, the layers are
-    written again without their checkpoints."""
+    """Save the running machine's state and the plan's disk layers into its run
+    directory (files named `save-<random>-…`, the caller's to remove). The guest is
+    paused only while the layers are copied and its state written. With `compact`,
+    the layers are written again without their checkpoints."""
     run_dir = machine.run_dir
     prefix = f"save-{secrets.token_hex(6)}-"
-    started_with = drive_files(machine.argv)
-    plan: list[tuple[DiskLayer, Path, bool]] = []
-    for device in await machine.block_devices():
-        name = str(device.get("device", ""))
-        inserted = device.get("inserted")
-        original = started_with.get(name)
-        if not inserted or inserted.get("ro") or original is None:
-            continue
-        node = str(inserted.get("node-name", ""))
-        role = layer_role(original.name)
-        if _MEDIA_NODE.fullmatch(node):
-            # The visitor's own floppy: taken whole, in the drive's place.
-            plan.append((DiskLayer(drive=name, file=original.name, backing=None),
-                         run_dir / f"{node}.qcow2", True))
-        elif role is not None and Path(str(inserted.get("file"))) == original:
-            plan.append((DiskLayer(drive=name, file=original.name, backing=role), original, False))
     copies: list[Path] = []
     state = run_dir / f"{prefix}{STATE_FILE}"
     try:
         began = time.monotonic()
         await machine.execute("stop")
         try:
-            for _, source, _ in plan:
+            for _, source, _ in plan.layers:
                 copy = run_dir / f"{prefix}{source.name}"
                 copies.append(copy)
                 await asyncio.to_thread(shutil.copyfile, source, copy)
@@ -151,7 +178,7 @@ async def machine_save(machine: SavingMachine, *, qemu_img: str, timeout_s: floa
         paused = time.monotonic() - began
         start_backing: Path | None = None
         layers: list[tuple[DiskLayer, Path]] = []
-        for (disk, _, flatten), copy in zip(plan, list(copies), strict=True):
+        for (disk, _, flatten), copy in zip(plan.layers, list(copies), strict=True):
             info = await _info(qemu_img, copy, timeout_s=timeout_s)
             backing = info.get("full-backing-filename")
             if disk.backing == "start" and backing:
@@ -170,7 +197,8 @@ async def machine_save(machine: SavingMachine, *, qemu_img: str, timeout_s: floa
         raise
     for path in set(copies) - {path for _, path in layers}:
         path.unlink(missing_ok=True)
-    return SavedParts(state=state, layers=tuple(layers), start_backing=start_backing, paused_s=paused)
+    return SavedParts(state=state, layers=tuple(layers), start_backing=start_backing, paused_s=paused,
+                      drives=plan.drives)
 
 
 async def _rewrite(qemu_img: str, copy: Path, info: dict[str, Any], *, flatten: bool,
@@ -234,14 +262,20 @@ async def layers_place(run_dir: Path, saved: Path, disks: Sequence[DiskLayer], *
                        qemu_img: str, timeout_s: float) -> None:
     """Put each checked layer from `saved` in place of the fresh one of the same name
     the launcher made in `run_dir`, rebased onto that one's backing file (this node's
-    copy of the same start state, extra medium or blank floppy)."""
+    copy of the same start state, extra medium, disk of the set or blank floppy); a
+    floppy of the visitor's own files, which no machine starts with, beside them."""
     for disk in disks:
         fresh = run_dir / disk.file
         layer = saved / disk.file
+        layer_info = await _info(qemu_img, layer, timeout_s=timeout_s)
+        if disk.disk is not None and disk.disk.startswith(VISITOR_PREFIX):
+            if fresh.exists() or layer_info.get("virtual-size") != FLOPPY_KIB * 1024:
+                raise MachineError(f"the saved disk {disk.file} is not a floppy of the visitor's")
+            os.replace(layer, fresh)
+            continue
         if not fresh.is_file():
             raise MachineError(f"the saved visit has a disk {disk.file} this machine has not")
-        fresh_info, layer_info = await asyncio.gather(_info(qemu_img, fresh, timeout_s=timeout_s),
-                                                      _info(qemu_img, layer, timeout_s=timeout_s))
+        fresh_info = await _info(qemu_img, fresh, timeout_s=timeout_s)
         if fresh_info.get("virtual-size") != layer_info.get("virtual-size"):
             raise MachineError(f"the saved disk {disk.file} is not the size of this machine's")
         if disk.backing is not None:

@@ -5,7 +5,8 @@ Owns the format, writing it as it streams and reading it back:
     header   "PORTAL-VISIT\\n" and the format version (2 bytes, big-endian): 15 bytes
     body     one xz stream (stdlib lzma) of members, each a name (2-byte length, UTF-8),
              a size (8 bytes, big-endian) and that many bytes: first "manifest.json"
-             (the exhibit, its master's and start state's identities, the disk set),
+             (the exhibit, its master's and start state's identities, the disk
+             layers and what is in each drive),
              then "state" (QEMU's machine state), then one member per disk layer
              the manifest names
     trailer  HMAC-SHA256 (32 bytes) over the header and the body, as they are
@@ -37,14 +38,16 @@ from typing import Any, BinaryIO, Protocol
 from sessions.errors import gettext_noop
 
 MAGIC = b"PORTAL-VISIT\n"
-VERSION = 1
+# 2: the manifest lists the disk box's layers and what is in each drive.
+VERSION = 2
 HEADER = MAGIC + struct.pack(">H", VERSION)
 SIGNATURE_BYTES = 32
 MANIFEST = "manifest.json"
 STATE = "state"
 MANIFEST_MAX_BYTES = 64 * 1024
-# Drives a machine may have: two floppies and four IDE places, with room to grow.
-LAYERS_MAX = 16
+# Drives a machine may have (two floppies, four IDE places), the disks of a disk set
+# (a title on a dozen floppies and some CDs) and the visitor's own floppies.
+LAYERS_MAX = 64
 CHUNK = 1024 * 1024
 # A fast preset: the machine state is mostly code and zeros, and the file is made
 # while it downloads.
@@ -52,6 +55,8 @@ PRESET = 1
 # What the xz decoder may use, whatever the file asks: the writer's preset needs 2 MiB.
 DECODER_MEMORY_BYTES = 64 * 1024 * 1024
 _NAME = re.compile(r"[a-z0-9][a-z0-9.-]{0,63}")
+_SHA256S = re.compile(r"[0-9a-f]{64}(\+[0-9a-f]{64}){0,63}")
+_VISITOR_DISK = re.compile(r"visitor-([1-9][0-9]{0,3})")
 
 
 class Signer(Protocol):
@@ -72,23 +77,55 @@ class VisitFileError(Exception):
 
 @dataclass(frozen=True)
 class DiskLayer:
-    """One writable disk of the saved machine: the drive QEMU knows it by, the file
-    the machine's run directory names it (`disk.qcow2`, `extra-0.qcow2`,
-    `visitor-disk-0.qcow2`), and what it lies over: `start` (the exhibit's start
-    state, or its master on a cold start), `extra-<n>` (the exhibit's nth extra
-    medium), `files` (the blank floppy for visitors' files), or nothing (a disk whole
-    in itself, such as a floppy of the visitor's own files)."""
+    """One writable disk of the saved machine, under the file name the machine's run
+    directory gives it, and what it lies over (its backing, named by role):
 
-    drive: str
+    - a disk the machine started with in one of its drives (`drive`, QEMU's name for
+      it): `disk.qcow2` over `start` (the exhibit's start state, or its master on a
+      cold start), `extra-<n>.qcow2` over `extra-<n>` (the nth extra medium),
+      `visitor-disk-0.qcow2` over `files` (the blank floppy for visitors' files);
+    - a disk of the disk box (`disk`, the box's id for it): `disk-<id>.qcow2` over
+      `disk-<id>` (that disk's master, whose layers' SHA-256 `master_sha256` names),
+      or a floppy of the visitor's own files, `visitor-<n>`: `visitor-disk-<n>.qcow2`,
+      whole in itself (no backing).
+    """
+
     file: str
     backing: str | None
+    drive: str | None = None
+    disk: str | None = None
+    master_sha256: str | None = None
 
     @property
     def member(self) -> str:
         return f"layer.{self.file}"
 
     def as_json(self) -> dict[str, Any]:
-        return {"drive": self.drive, "file": self.file, "backing": self.backing}
+        return {"drive": self.drive, "disk": self.disk, "file": self.file, "backing": self.backing,
+                "master_sha256": self.master_sha256}
+
+    @classmethod
+    def from_json(cls, data: Any) -> DiskLayer:
+        def text(value: Any) -> str | None:
+            return None if value is None else str(value)
+
+        return cls(file=str(data["file"]), backing=text(data["backing"]), drive=text(data["drive"]),
+                   disk=text(data["disk"]), master_sha256=text(data["master_sha256"]))
+
+    def well_formed(self) -> bool:
+        """Whether it is one of the kinds above, its names as the portal writes them."""
+        if not _NAME.fullmatch(self.file) or (self.backing is not None and not _NAME.fullmatch(self.backing)):
+            return False
+        if self.disk is None:
+            return self.drive is not None and _NAME.fullmatch(self.drive) is not None \
+                and self.master_sha256 is None
+        if self.drive is not None:
+            return False
+        if self.disk.isdigit() and len(self.disk) <= 12:
+            return (self.file == f"disk-{self.disk}.qcow2" and self.backing == f"disk-{self.disk}"
+                    and self.master_sha256 is not None and _SHA256S.fullmatch(self.master_sha256) is not None)
+        return (_VISITOR_DISK.fullmatch(self.disk) is not None and self.backing is None
+                and self.master_sha256 is None and self.file == f"visitor-disk-{self.disk[8:]}.qcow2")
 
 
 @dataclass(frozen=True)
@@ -103,34 +140,41 @@ class Manifest:
     memory_mb: int
     disks: tuple[DiskLayer, ...]
     created_at: str
+    # Each removable drive (QEMU's name) and the file of the disk in it (a layer above,
+    # or a disk the machine starts with), or None for an empty drive.
+    drives: tuple[tuple[str, str | None], ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         return {"format": VERSION, "exhibit": self.exhibit, "title": self.title,
                 "master_sha256": self.master_sha256,
                 "start": {"key": self.start_key, "warm_sha256": self.warm_sha256},
                 "speed": self.speed, "memory_mb": self.memory_mb,
-                "disks": [disk.as_json() for disk in self.disks], "created_at": self.created_at}
+                "disks": [disk.as_json() for disk in self.disks],
+                "drives": [{"drive": drive, "file": file} for drive, file in self.drives],
+                "created_at": self.created_at}
 
     @classmethod
     def from_json(cls, data: Any) -> Manifest:
         """A manifest from its JSON; anything missing or out of shape raises VisitFileError."""
         try:
             start = data["start"]
-            disks = tuple(DiskLayer(drive=str(disk["drive"]), file=str(disk["file"]),
-                                    backing=None if disk["backing"] is None else str(disk["backing"]))
-                          for disk in data["disks"])
+            disks = tuple(DiskLayer.from_json(disk) for disk in data["disks"])
+            drives = tuple((str(drive["drive"]), None if drive["file"] is None else str(drive["file"]))
+                           for drive in data["drives"])
             manifest = cls(exhibit=str(data["exhibit"]), title=str(data["title"]),
                            master_sha256=str(data["master_sha256"]), start_key=str(start["key"]),
                            warm_sha256=None if start["warm_sha256"] is None else str(start["warm_sha256"]),
                            speed=str(data["speed"]), memory_mb=int(data["memory_mb"]), disks=disks,
-                           created_at=str(data["created_at"]))
+                           created_at=str(data["created_at"]), drives=drives)
         except (KeyError, TypeError, ValueError) as error:
             raise _damaged("manifest") from error
         names = [disk.file for disk in disks]
+        devices = [drive for drive, _ in drives]
         if (len(disks) > LAYERS_MAX or len(set(names)) != len(names)
-                or not all(_NAME.fullmatch(name) and _NAME.fullmatch(disk.drive)
-                           and (disk.backing is None or _NAME.fullmatch(disk.backing))
-                           for name, disk in zip(names, disks, strict=True))):
+                or not all(disk.well_formed() for disk in disks)
+                or len(drives) > LAYERS_MAX or len(set(devices)) != len(devices)
+                or not all(_NAME.fullmatch(drive) and (file is None or _NAME.fullmatch(file))
+                           for drive, file in drives)):
             raise _damaged("manifest")
         return manifest
 

@@ -70,7 +70,11 @@ class KeptMachine(Protocol):
     def log_path(self) -> Path: ...
     # The end of its QEMU's log, once it has stopped.
     last_words: str
-    async def start(self) -> None: ...
+    # With `hold`, a machine that resumes a saved state stays paused once loaded; the
+    # next `start()` lets it run.
+    async def start(self, *, hold: bool = False) -> None: ...
+    @property
+    def held(self) -> bool: ...
     async def stop(self) -> None: ...
     async def kill_now(self) -> None: ...
     async def wait(self) -> int: ...
@@ -291,9 +295,13 @@ class Keeper:
             hook(visit, machine)
         # A pooled machine's display is up already: its viewers may connect meanwhile.
         visit.machine_given()
-        await machine.start()
+        # A saved visit's machine is held paused while the hooks give it its disks
+        # back: the guest never runs with another disk in a drive than it had.
+        await machine.start(hold=visit.resume is not None)
         for started in self.started_hooks:
             await started(visit, machine)
+        if machine.held:
+            await machine.start()
         return machine
 
     def _start_failed(self, visit: Visit, error: OverlayError | MachineError) -> None:

@@ -96,8 +96,17 @@ class Sandboxes:
     # --- the disk box ---------------------------------------------------------------
 
     async def machine_started(self, visit: Visit, machine: KeptMachine) -> None:
-        """Put the disk set's disks that start in their drives in (the placeholders out)."""
+        """Put the disk set's disks that start in their drives in (the placeholders out);
+        a machine that goes on from a saved visit (still paused) gets that visit's
+        disks back instead, each in the drive it was in, or the start fails."""
         if self._keeper.config.sandbox is None:
+            return
+        saved = getattr(visit, "resume", None)
+        if saved is not None:
+            profile = getattr(machine, "profile", None)
+            files_in = str(getattr(profile, "files_in", "off"))
+            await self._sandbox_of(visit).saved_restore(saved.manifest.disks, saved.manifest.drives,
+                                                        files_drive="b" if files_in == "off" else files_in)
             return
         box = self._sandbox_of(visit).box
         if box is None:

@@ -3,12 +3,12 @@ uploaded file read for a new visit to go on from.
 
 Owns: the save (under the visit's guard and its sandbox's lock, bounded by a rate
 limit per visit like the starts'), its manifest (the exhibit, its master's and start
-state's identities, the disk set), the file streamed as it is made and the
-machine's scratch files removed once it is sent; the portal's signing keys
+state's identities, each disk of the set by its master, what is in each drive), the
+file streamed as it is made and the machine's scratch files removed once it is sent; the portal's signing keys
 (`salted_hmac` with `SECRET_KEY`, then each of `SECRET_KEY_FALLBACKS`, so a key can
 be rotated); reading an upload into the new visit's own directory: its signature
-checked before anything is decompressed, then the exhibit and start state
-compared (409), then unpacked within bounds and each disk layer checked like an
+checked before anything is decompressed, then the exhibit, its start state and
+its disk set's masters compared (409), then unpacked within bounds and each disk layer checked like an
 imported image.
 
 Must not: keep anything of a visit after it ends (the file is made as it
@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -35,7 +35,7 @@ from django.utils.crypto import salted_hmac
 
 from portal.images import import_limits
 from portal.importer import ImageRejectedError
-from portal.models import Exhibit, StartState
+from portal.models import Exhibit, ExhibitDisk, StartState
 from sessions.errors import (
     SaveMismatchError,
     SaveRateLimitedError,
@@ -53,6 +53,7 @@ from sessions.machines.saving import (
     SavingMachine,
     layer_check,
     machine_save,
+    save_plan,
 )
 from sessions.machines.visitfile import (
     Manifest,
@@ -119,9 +120,15 @@ class Saves:
         exhibit: Exhibit = visit.exhibit
         async with sandbox.lock:
             visit.require(Phase.RUNNING)
+            machine = cast(SavingMachine, visit.machine)
             try:
-                parts = await machine_save(cast(SavingMachine, visit.machine), qemu_img=config.qemu_img,
-                                           timeout_s=config.timeout_s, compact=bool(sandbox.checkpoints))
+                if sandbox.box is not None:
+                    await sandbox.box.describe()
+                await sandbox.describe()
+                plan = save_plan(sandbox, machine.argv)
+                parts = await machine_save(machine, plan, qemu_img=config.qemu_img,
+                                           timeout_s=config.timeout_s,
+                                           compact=bool(sandbox.checkpoints))
             except MachineError as error:
                 logger.error("session %s: saving the visit failed: %s", session_id, error)
                 raise SessionBusyError(gettext_noop("The machine could not be saved; please try again.")) \
@@ -146,11 +153,18 @@ class Saves:
             raise SaveMismatchError(gettext_noop("The exhibit was updated during this visit, so this machine "
                                                  "cannot be saved. Reset it to save from now on."))
         profile = exhibit.machine_profile()
+        masters = await _disk_set_masters(exhibit)
+        # Each disk of the set by its master's layers: a disk changed since is not resumed.
+        disks = tuple(replace(disk, master_sha256=masters.get(disk.disk, "")) if disk.disk is not None
+                      and disk.disk.isdigit() else disk for disk, _ in parts.layers)
+        if any(disk.master_sha256 == "" for disk in disks):
+            raise SaveMismatchError(gettext_noop("The exhibit was updated during this visit, so this machine "
+                                                 "cannot be saved. Reset it to save from now on."))
         return Manifest(
             exhibit=exhibit.slug, title=exhibit.title, master_sha256="+".join(exhibit.image.layers()),
             start_key=await asyncio.to_thread(self._launcher.start_state_key, exhibit),
             warm_sha256=warm, speed=profile.speed, memory_mb=profile.memory_mb,
-            disks=tuple(disk for disk, _ in parts.layers), created_at=timezone.now().isoformat())
+            disks=disks, created_at=timezone.now().isoformat(), drives=parts.drives)
 
     # --- Resume from a file ----------------------------------------------------------
 
@@ -163,6 +177,7 @@ class Saves:
         start = await self._launcher.start_state_usable(exhibit)
         key = await asyncio.to_thread(self._launcher.start_state_key, exhibit)
         master = "+".join(exhibit.image.layers())
+        masters = await _disk_set_masters(exhibit)
         memory = exhibit.machine_profile().memory_mb * 1024 * 1024
 
         def limits_for(manifest: Manifest) -> ReadLimits:
@@ -171,7 +186,9 @@ class Saves:
                 raise SaveMismatchError(OTHER_EXHIBIT, exhibit=manifest.exhibit, title=manifest.title)
             if (manifest.start_key != key or manifest.master_sha256 != master
                     or (manifest.warm_sha256 is not None
-                        and (start is None or start.warm_sha256 != manifest.warm_sha256))):
+                        and (start is None or start.warm_sha256 != manifest.warm_sha256))
+                    or any(masters.get(disk.disk) != disk.master_sha256
+                           for disk in manifest.disks if disk.disk is not None and disk.disk.isdigit())):
                 raise SaveMismatchError(UPDATED_SINCE)
             return ReadLimits(state_max_bytes=memory + STATE_MARGIN_BYTES,
                               expanded_max_bytes=config.expanded_max_bytes)
@@ -203,6 +220,12 @@ class Saves:
             raise SaveRefusedError(gettext_noop("This file is damaged or was not made by this portal.")) \
                 from error
         return SavedVisit(directory=directory, manifest=manifest)
+
+
+async def _disk_set_masters(exhibit: Exhibit) -> dict[str, str]:
+    """Each disk of the exhibit's set by its id: its master's layers' SHA-256, `+`-joined."""
+    return {str(disk.pk): "+".join(disk.image.layers())
+            async for disk in ExhibitDisk.objects.filter(exhibit_id=exhibit.pk).select_related("image")}
 
 
 async def _streamed(manifest: Manifest, parts: SavedParts) -> AsyncIterator[bytes]:

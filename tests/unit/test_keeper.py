@@ -55,7 +55,9 @@ class FakeMachine:
     def log_path(self) -> Path:
         return self.run_dir / "qemu.log"
 
-    async def start(self) -> None:
+    held = False
+
+    async def start(self, *, hold: bool = False) -> None:
         self.log.append(f"start {self.name}")
         await self.gate.wait()
         if self.fail:

@@ -8,12 +8,14 @@ import json
 import lzma
 import struct
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from sessions.machines.visitfile import (
     HEADER,
+    MAGIC,
     MANIFEST,
     SIGNATURE_BYTES,
     DiskLayer,
@@ -29,6 +31,13 @@ MANIFEST_OF = Manifest(exhibit="dos", title="FreeDOS", master_sha256="a" * 64, s
                        warm_sha256="b" * 64, speed="host", memory_mb=16,
                        disks=(DiskLayer(drive="floppy0", file="disk.qcow2", backing="start"),),
                        created_at="2026-12-06T15:30:00+00:00")
+# A machine with a disk box: Disk 7 written and out of its drive, the visitor's own
+# floppy in B:, the CD drive empty.
+BOX_MANIFEST = replace(MANIFEST_OF, disks=(
+    *MANIFEST_OF.disks,
+    DiskLayer(disk="7", file="disk-7.qcow2", backing="disk-7", master_sha256="c" * 64),
+    DiskLayer(disk="visitor-1", file="visitor-disk-1.qcow2", backing=None)),
+    drives=(("floppy0", "disk.qcow2"), ("floppy1", "visitor-disk-1.qcow2"), ("ide1-cd0", None)))
 LIMITS = ReadLimits(state_max_bytes=1 << 20, expanded_max_bytes=4 << 20)
 
 
@@ -84,6 +93,40 @@ def test_it_takes_a_file_signed_with_a_fallback_key_and_refuses_another_portals(
     with pytest.raises(VisitFileError) as refused:
         read(tmp_path / "..", content, keys=(b"current",))
     assert refused.value.reason == "signature"
+
+
+def test_it_carries_the_disk_boxs_layers_and_what_is_in_each_drive() -> None:
+    assert Manifest.from_json(json.loads(json.dumps(BOX_MANIFEST.as_json()))) == BOX_MANIFEST
+
+
+@pytest.mark.parametrize("disk", [
+    # A disk of the set over anything but its own master, or under another name.
+    {"drive": None, "disk": "7", "file": "disk-7.qcow2", "backing": "start", "master_sha256": "c" * 64},
+    {"drive": None, "disk": "7", "file": "disk-8.qcow2", "backing": "disk-7", "master_sha256": "c" * 64},
+    {"drive": None, "disk": "7", "file": "disk-7.qcow2", "backing": "/images/aa.img",
+     "master_sha256": "c" * 64},
+    {"drive": None, "disk": "7", "file": "disk-7.qcow2", "backing": "disk-7", "master_sha256": None},
+    # The visitor's floppy is whole in itself.
+    {"drive": None, "disk": "visitor-1", "file": "visitor-disk-1.qcow2", "backing": "files",
+     "master_sha256": None},
+    {"drive": None, "disk": "visitor-0", "file": "visitor-disk-0.qcow2", "backing": None,
+     "master_sha256": None},
+    {"drive": None, "disk": "boot", "file": "disk.qcow2", "backing": "start", "master_sha256": None},
+])
+def test_it_refuses_a_disk_box_layer_out_of_shape(disk: dict[str, object]) -> None:
+    with pytest.raises(VisitFileError) as refused:
+        Manifest.from_json({**BOX_MANIFEST.as_json(), "disks": [disk]})
+    assert refused.value.reason == "manifest"
+
+
+def test_it_refuses_a_file_of_the_first_format_as_one_it_does_not_read(tmp_path: Path) -> None:
+    # Signed by this portal, but from before saves carried the disk box.
+    old = MAGIC + struct.pack(">H", 1)
+    body = old + lzma.compress(manifest_member({**MANIFEST_OF.as_json(), "format": 1}))
+    with pytest.raises(VisitFileError) as refused:
+        read(tmp_path, body + hmac.new(b"current", body, hashlib.sha256).digest())
+    assert refused.value.reason == "version"
+    assert str(refused.value) == "This file is a saved visit of a format this portal does not read."
 
 
 def test_it_checks_the_signature_before_it_decompresses_anything(tmp_path: Path) -> None:
