@@ -20,6 +20,7 @@ it hands the keeper an unstarted `Machine`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import secrets
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from django.conf import settings
 
 from portal.models import DiskImage, Exhibit, ExhibitDisk, ExhibitMedia, StartState
+from portal.thumbnails import thumbnail_from_screen
 from sessions.errors import gettext_noop
 from sessions.machines.config import MachinesConfig
 from sessions.machines.confine import Confinement
@@ -50,7 +52,13 @@ from sessions.machines.overlay import (
     run_dir_create,
     run_dir_remove,
 )
-from sessions.machines.prepare import PrepareError, StartCondition, start_state_discard, start_state_prepare
+from sessions.machines.prepare import (
+    PreparedState,
+    PrepareError,
+    StartCondition,
+    start_state_discard,
+    start_state_prepare,
+)
 from sessions.machines.sandbox import blank_disks_create
 
 if TYPE_CHECKING:
@@ -231,6 +239,8 @@ class Launcher:
     async def start_state_usable(self, exhibit: Exhibit) -> StartState | None:
         """The exhibit's start state if it matches this portal exactly; a state that
         does not is marked stale (curators see it in the admin) and not used."""
+        if exhibit.cited_version is not None:
+            return None  # an earlier configuration: the saved state is the current one's
         start = await StartState.objects.filter(exhibit=exhibit, stale=False).afirst()
         if start is None:
             return None
@@ -290,6 +300,8 @@ class MachineSource:
             return await launcher.machine_new(exhibit, base=Path(exhibit.image.path),
                                               base_format=exhibit.image.format)
         start = await launcher.start_state_usable(exhibit)
+        if start is None and exhibit.cited_version is not None:
+            return None  # a cited earlier configuration boots cold; the pool is the current one's
         if start is None:
             if pool is not None:
                 pool.drop_exhibit(exhibit.pk, why="its start state is stale or gone")
@@ -310,6 +322,49 @@ async def exhibit_prepare(exhibit: Exhibit, condition: StartCondition) -> StartS
         # media would be missing under the saved state.
         raise PrepareError("exhibits with extra media always boot cold; instant start is not "
                            "available for them yet")
+    prepared = await _boot(exhibit, condition, picture_only=False)
+    old = await StartState.objects.filter(exhibit=exhibit).afirst()
+    start, _ = await StartState.objects.aupdate_or_create(
+        exhibit=exhibit,
+        defaults={
+            "warm_path": os.fspath(prepared.warm_path), "warm_sha256": prepared.warm_sha256,
+            "state_path": os.fspath(prepared.state_path), "state_sha256": prepared.state_sha256,
+            "key": prepared.key, "method": condition.describe(),
+            "prepare_seconds": prepared.seconds, "stale": False, "stale_reason": "",
+        },
+    )
+    if old is not None and old.warm_path != start.warm_path:
+        await asyncio.to_thread(start_state_discard, Path(old.warm_path))
+    # The start state's screen is the exhibit's picture (unless a curator chose another).
+    await asyncio.to_thread(
+        thumbnail_from_screen, exhibit.pk, prepared.screen,
+        why_none="The screen was blank when the start state was saved, so no thumbnail was taken; "
+                 "take one from a preview.")
+    return start
+
+
+async def exhibit_picture(exhibit: Exhibit, condition: StartCondition) -> str | None:
+    """Boot the exhibit once to take its thumbnail (for one that has no start state):
+    the screen once it reaches the condition. Nothing else is kept. Returns the
+    thumbnail's name, or None (the exhibit then says why)."""
+    try:
+        prepared = await _boot(exhibit, condition, picture_only=True)
+    except PrepareError as error:
+        await Exhibit.objects.filter(pk=exhibit.pk).aupdate(
+            thumbnail_problem=f"No thumbnail could be taken: {error}")
+        return None
+    return await asyncio.to_thread(
+        thumbnail_from_screen, exhibit.pk, prepared.screen,
+        why_none="The screen stayed blank, so no thumbnail was taken; take one from a preview.")
+
+
+async def _boot(exhibit: Exhibit, condition: StartCondition, *, picture_only: bool) -> PreparedState:
+    """Boot the exhibit on a throwaway overlay until it reaches the condition, and
+    save its start state (or, with `picture_only`, only look at its screen)."""
+    profile = exhibit.machine_profile()
+    if picture_only:
+        # The boot disk alone: enough for its picture.
+        profile = dataclasses.replace(profile, extra_media=())
     config = MachinesConfig.from_settings()
     launcher = Launcher(config)
     qemu = await asyncio.to_thread(launcher.qemu_version)
@@ -323,7 +378,7 @@ async def exhibit_prepare(exhibit: Exhibit, condition: StartCondition) -> StartS
             try:
                 prepared = await start_state_prepare(
                     name=name,
-                    profile=exhibit.machine_profile(),
+                    profile=profile,
                     master_path=Path(exhibit.image.path),
                     master_format=exhibit.image.format,
                     master_sha256="+".join(exhibit.image.layers()),
@@ -334,6 +389,7 @@ async def exhibit_prepare(exhibit: Exhibit, condition: StartCondition) -> StartS
                     qemu_version=qemu,
                     accelerator=launcher.accelerator_for(exhibit),
                     condition=condition,
+                    picture_only=picture_only,
                     timeouts=(config.start_timeout_s, config.qmp_timeout_s, config.stop_timeout_s),
                     confinement=launcher.confinement_for(memory_mb=exhibit.memory_mb, run_as=None,
                                                          uid_lease=uid_lease),
@@ -346,16 +402,4 @@ async def exhibit_prepare(exhibit: Exhibit, condition: StartCondition) -> StartS
     finally:
         if config.cgroups is not None:
             await asyncio.to_thread(config.cgroups.parent_remove)
-    old = await StartState.objects.filter(exhibit=exhibit).afirst()
-    start, _ = await StartState.objects.aupdate_or_create(
-        exhibit=exhibit,
-        defaults={
-            "warm_path": os.fspath(prepared.warm_path), "warm_sha256": prepared.warm_sha256,
-            "state_path": os.fspath(prepared.state_path), "state_sha256": prepared.state_sha256,
-            "key": prepared.key, "method": condition.describe(),
-            "prepare_seconds": prepared.seconds, "stale": False, "stale_reason": "",
-        },
-    )
-    if old is not None and old.warm_path != start.warm_path:
-        await asyncio.to_thread(start_state_discard, Path(old.warm_path))
-    return start
+    return prepared

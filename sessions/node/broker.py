@@ -62,7 +62,7 @@ from sessions.errors import (
 )
 from sessions.machines.host import machine_lease_take, runas_choose, uid_leases_tidy
 from sessions.machines.keys import Keystroke, TypingPace
-from sessions.machines.launcher import Launcher, MachineSource, exhibit_prepare
+from sessions.machines.launcher import Launcher, MachineSource, exhibit_picture, exhibit_prepare
 from sessions.machines.machine import Machine, MachineError
 from sessions.machines.pool import Pool
 from sessions.models import Node, VisitorSession, new_session_id
@@ -111,7 +111,7 @@ __all__ = [
     "ExhibitUnavailableError", "NodeUnreachableError", "RateLimitedError", "SessionBusyError",
     "SessionEndedError", "SessionError", "SessionExistsError", "StartLimiter", "ViewerLimitError",
     "WatcherLimitError", "WatcherUnknownError",
-    "exhibit_prepare", "get_broker", "runas_choose", "session_group",
+    "exhibit_picture", "exhibit_prepare", "get_broker", "runas_choose", "session_group",
 ]
 
 logger = logging.getLogger(__name__)

@@ -37,8 +37,9 @@ from portal.framing import EMBED_FLAG, embed_requested, embeddable
 from portal.images import Derivation, DerivationError
 from portal.importer import ImageError
 from portal.limits import visit_limits_sentence
-from portal.models import Exhibit
+from portal.models import Exhibit, ExhibitVersion
 from portal.record import agent_staff
+from portal.versions import exhibit_as_version, version_record
 from portal.visitor import visitor_id
 from sessions.errors import SessionError, gettext_noop
 from sessions.ids import session_id_valid
@@ -83,6 +84,30 @@ async def session_create(request: HttpRequest, slug: str) -> HttpResponse:
     ).afirst()
     if exhibit is None:
         return json_error(404, "not_found", gettext("There is no such exhibit."))
+    return await _start_answer(request, exhibit)
+
+
+@require_POST
+async def session_version_create(request: HttpRequest, slug: str, version: str) -> HttpResponse:
+    """A new session of a cited version of the exhibit: its machine as that version had
+    it (booting cold unless it is the current one), while the masters it needs exist."""
+    exhibit = await Exhibit.objects.select_related("image").filter(slug=slug, published=True).afirst()
+    cited = None if exhibit is None else \
+        await ExhibitVersion.objects.filter(exhibit=exhibit, version=version).afirst()
+    if exhibit is None or cited is None:
+        return json_error(404, "not_found", gettext("There is no such version of this exhibit."))
+    if not exhibit.version:
+        await sync_to_async(version_record)(exhibit.pk)
+        exhibit.version = (await Exhibit.objects.aget(pk=exhibit.pk)).version
+    machine = await sync_to_async(exhibit_as_version)(exhibit, cited)
+    if machine is None:
+        return json_error(410, "version_withdrawn", gettext(
+            "This version of the exhibit was withdrawn: a disk image it needs is no longer kept."))
+    return await _start_answer(request, machine)
+
+
+async def _start_answer(request: HttpRequest, exhibit: Exhibit) -> HttpResponse:
+    """Start a session of the exhibit and answer as session_create does."""
     started = await _session_start(request, exhibit)
     if _wants_page(request):
         # The embed page's form says so: its machine stays chrome-less and frameable.
