@@ -133,6 +133,19 @@ def exhibit_as_version(exhibit: Exhibit, version: ExhibitVersion) -> Exhibit | N
     return cited
 
 
+def exhibit_of_visit(exhibit: Exhibit, cited_version: str) -> Exhibit:
+    """The exhibit as a visit runs it: the cited version's machine where the visit was
+    started from one (and it is still there), the current one otherwise."""
+    if not cited_version:
+        return exhibit
+    version = ExhibitVersion.objects.filter(exhibit_id=exhibit.pk, version=cited_version).first()
+    if version is None:
+        return exhibit
+    if not exhibit.version:
+        exhibit.version = version_record(exhibit.pk) or ""
+    return exhibit_as_version(exhibit, version) or exhibit
+
+
 def changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """What differs between two configurations, as sentences' parts for visitors."""
     found: list[str] = []

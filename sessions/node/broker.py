@@ -44,6 +44,7 @@ from portal.images import (
     master_from_visit,
 )
 from portal.models import DiskImage, Exhibit, PreservationEvent, StartState
+from portal.versions import exhibit_of_visit
 from sessions.errors import (
     AddressLimitError,
     CapacityError,
@@ -283,7 +284,7 @@ class Broker:
                 session = await sync_to_async(visit_place)(
                     self.scheduler, self.limiter, session_id=session_id, exhibit_id=exhibit.pk,
                     owner=owner, address=address, accelerator=self.launcher.accelerator_for(exhibit),
-                    run_dir=self._run_dir_pending)
+                    run_dir=self._run_dir_pending, cited_version=exhibit.cited_version or "")
             except BaseException:
                 lease.release()
                 raise
@@ -330,12 +331,14 @@ class Broker:
             id=session_id, node=self.config.install, state=State.STARTING, run_dir="").afirst()
         if row is None or self._closing or self.keeper.is_live(session_id):
             return False
+        # A cited version's visit runs that version's machine here too.
+        exhibit = await sync_to_async(exhibit_of_visit)(row.exhibit, row.cited_version)
         lease = machine_lease_take(name=session_id, directory=self.config.machines.leases)
-        visit = self.keeper.visit_open(session_id=session_id, exhibit=row.exhibit, queued=False,
+        visit = self.keeper.visit_open(session_id=session_id, exhibit=exhibit, queued=False,
                                        lease=lease)
         try:
             await VisitorSession.objects.filter(id=session_id).aupdate(
-                run_dir=self._run_dir_pending, accelerator=self.launcher.accelerator_for(row.exhibit))
+                run_dir=self._run_dir_pending, accelerator=self.launcher.accelerator_for(exhibit))
         except BaseException:
             self.keeper.visit_drop(visit)
             raise

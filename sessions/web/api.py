@@ -39,7 +39,7 @@ from portal.importer import ImageError
 from portal.limits import visit_limits_sentence
 from portal.models import Exhibit, ExhibitVersion
 from portal.record import agent_staff
-from portal.versions import exhibit_as_version, version_record
+from portal.versions import exhibit_as_version, exhibit_of_visit, version_record
 from portal.visitor import visitor_id
 from sessions.errors import SessionError, gettext_noop
 from sessions.ids import session_id_valid
@@ -171,6 +171,12 @@ async def session_preview(request: HttpRequest, slug: str) -> HttpResponse:
     return JsonResponse(data, status=201)
 
 
+async def _visit_exhibit(session: VisitorSession) -> Exhibit:
+    """The exhibit as the visit runs it (a cited version's machine where it is one)."""
+    exhibit = await Exhibit.objects.select_related("image").aget(pk=session.exhibit_id)
+    return await sync_to_async(exhibit_of_visit)(exhibit, session.cited_version)
+
+
 async def _session_start(
     request: HttpRequest, exhibit: Exhibit
 ) -> tuple[VisitorSession, Broker] | JsonResponse:
@@ -208,7 +214,7 @@ async def session_reset(request: HttpRequest, session_id: str) -> JsonResponse:
     session = await owned_session(request, session_id)
     if session is None:
         return _not_found()
-    exhibit = await Exhibit.objects.select_related("image").aget(pk=session.exhibit_id)
+    exhibit = await _visit_exhibit(session)
     broker = await get_broker()
     try:
         await broker.session_reset(session_id=session.id, exhibit=exhibit)
@@ -324,7 +330,7 @@ async def media(request: HttpRequest, session_id: str) -> HttpResponseBase:
         with contextlib.ExitStack() as held:
             uploads = [Upload(name=str(upload.name or "FILE"), path=await _on_disk(upload, held),
                               size=int(upload.size or 0)) for upload in files]
-            exhibit = await Exhibit.objects.aget(pk=session.exhibit_id)
+            exhibit = await _visit_exhibit(session)
             result = await broker.sandboxes.media_insert(
                 session_id=session.id, uploads=uploads, drive=exhibit.machine_profile().files_in)
         return JsonResponse(result.as_json(), status=201)

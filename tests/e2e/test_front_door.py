@@ -72,6 +72,7 @@ def test_the_gallery_shows_the_demo_and_its_page_tells_the_web(portal: Portal, b
 
     # The citation, as a reader copies it.
     page.get_by_text("Cite this exhibit").click()
+    _axe_clean(page, "the exhibit page, its citation open")
     entry = bibtexparser.loads(page.locator("#citation-bibtex").inner_text()).entries[0]
     version = entry["version"]
     assert json.loads(page.locator("#citation-csl").inner_text())["version"] == version
@@ -80,6 +81,7 @@ def test_the_gallery_shows_the_demo_and_its_page_tells_the_web(portal: Portal, b
     # The cited version's own page starts its machine.
     page.goto(f"{portal.url}/exhibits/demo/v/{version}/")
     assert "its current version" in page.locator("#version-note").inner_text()
+    _axe_clean(page, "a cited version's page")
     page.get_by_role("button", name="Start").click()
     page.wait_for_url(SESSION_URL)
     page.get_by_role("button", name="End").click()

@@ -165,6 +165,12 @@ async def test_a_changed_configuration_is_a_new_version_and_the_old_one_still_st
         machine = broker.machine(session["id"])
         assert machine.profile.memory_mb == 16
         assert machine.profile.speed == "host"
+        # Reset gives the same version's machine again.
+        reset = await browser.post(f"/api/sessions/{session['id']}/reset")
+        assert reset.status_code == 200
+        again = broker.machine(session["id"])
+        assert again is not machine
+        assert again.profile.memory_mb == 16
     finally:
         await browser.delete(f"/api/sessions/{session['id']}")
 
