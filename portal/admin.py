@@ -23,7 +23,15 @@ from django.utils.html import format_html, format_html_join
 from .bags import BagError, bag_export, bag_import
 from .images import ImageInUseError, disk_image_delete, disk_image_import, exhibit_delete
 from .importer import FORMAT_NAMES, ImageError, size_text
-from .models import DiskImage, Exhibit, ExhibitDisk, ExhibitMedia, PreservationEvent, StartState
+from .models import (
+    DiskImage,
+    Exhibit,
+    ExhibitDisk,
+    ExhibitMedia,
+    ExhibitVersion,
+    PreservationEvent,
+    StartState,
+)
 from .profile import MachineProfile
 from .record import agent_staff, exhibit_record
 
@@ -281,6 +289,23 @@ class ExhibitDiskInline(admin.TabularInline):
     verbose_name_plural = "disk set (software on several floppies or CDs, changed while it runs)"
 
 
+class ExhibitVersionInline(admin.TabularInline):
+    """The exhibit's citable versions, newest first: each configuration it has had, by
+    its id, and whether it was withdrawn (its master deleted). Written by the portal."""
+
+    model = ExhibitVersion
+    extra = 0
+    can_delete = False
+    fields = ("version", "created_at", "withdrawn_at", "withdrawn_reason")
+    readonly_fields = fields
+    verbose_name = "citable version"
+    verbose_name_plural = ("citable versions (each configuration the exhibit has had, at "
+                           "/exhibits/<slug>/v/<version>/)")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 def _translation_field(code: str, field: str) -> str:
     return f"{field}_{code}"
 
@@ -345,7 +370,7 @@ class ExhibitAdmin(admin.ModelAdmin):
     prepopulated_fields = {"slug": ("title",)}
     readonly_fields = ("thumbnail_picture", "preview_button", "record", "family")
     change_form_template = "admin/portal/exhibit/change_form.html"
-    inlines = [ExhibitDiskInline, ExhibitMediaInline]
+    inlines = [ExhibitDiskInline, ExhibitMediaInline, ExhibitVersionInline]
     actions = ["export_bags"]
     change_list_template = "admin/portal/exhibit/change_list.html"
     fieldsets = [
