@@ -28,7 +28,6 @@ from .models import (
     Exhibit,
     ExhibitDisk,
     ExhibitMedia,
-    ExhibitVersion,
     PreservationEvent,
     StartState,
 )
@@ -289,23 +288,6 @@ class ExhibitDiskInline(admin.TabularInline):
     verbose_name_plural = "disk set (software on several floppies or CDs, changed while it runs)"
 
 
-class ExhibitVersionInline(admin.TabularInline):
-    """The exhibit's citable versions, newest first: each configuration it has had, by
-    its id, and whether it was withdrawn (its master deleted). Written by the portal."""
-
-    model = ExhibitVersion
-    extra = 0
-    can_delete = False
-    fields = ("version", "created_at", "withdrawn_at", "withdrawn_reason")
-    readonly_fields = fields
-    verbose_name = "citable version"
-    verbose_name_plural = ("citable versions (each configuration the exhibit has had, at "
-                           "/exhibits/<slug>/v/<version>/)")
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
 def _translation_field(code: str, field: str) -> str:
     return f"{field}_{code}"
 
@@ -368,9 +350,9 @@ class ExhibitAdmin(admin.ModelAdmin):
                     "published")
     list_filter = ("published", "platform", "boot")
     prepopulated_fields = {"slug": ("title",)}
-    readonly_fields = ("thumbnail_picture", "preview_button", "record", "family")
+    readonly_fields = ("thumbnail_picture", "preview_button", "record", "family", "citable_versions")
     change_form_template = "admin/portal/exhibit/change_form.html"
-    inlines = [ExhibitDiskInline, ExhibitMediaInline, ExhibitVersionInline]
+    inlines = [ExhibitDiskInline, ExhibitMediaInline]
     actions = ["export_bags"]
     change_list_template = "admin/portal/exhibit/change_list.html"
     fieldsets = [
@@ -392,7 +374,7 @@ class ExhibitAdmin(admin.ModelAdmin):
                      "description": "Every machine has a printer on LPT1; what the guest prints "
                                     "reaches the visitor as a PDF. See the curators' guide for "
                                     "setting up Windows 3.1 to print to it."}),
-        ("Publication", {"fields": ("published", "preview_button", "family")}),
+        ("Publication", {"fields": ("published", "preview_button", "family", "citable_versions")}),
         ("Fixity and provenance record", {"fields": ("record",), "classes": ("collapse",)}),
     ]
 
@@ -408,6 +390,21 @@ class ExhibitAdmin(admin.ModelAdmin):
             for child in exhibit.derivatives.all())) or "none yet"
         return format_html("Derived from {}; derivatives: {}. Save one from a preview's page "
                            "(Save as new master).", parent, children)
+
+    @admin.display(description="Citable versions")
+    def citable_versions(self, exhibit: Exhibit) -> str:
+        """Each configuration the exhibit has had, newest first, and whether it was withdrawn."""
+        if not exhibit.pk:
+            return "Save the exhibit first."
+        row = '<tr><td><a href="{}"><code>{}</code></a>{}</td><td>{}</td><td>{}</td></tr>'
+        rows = format_html_join("", row, (
+            (f"/exhibits/{exhibit.slug}/v/{version.version}/", version.version,
+             " (current)" if version.version == exhibit.version else "",
+             version.created_at.strftime("%Y-%m-%d %H:%M"),
+             f"withdrawn: {version.withdrawn_reason}" if version.withdrawn_at else "citable")
+            for version in exhibit.versions.all()[:100]))
+        return format_html("<table><thead><tr><th>Version</th><th>Since</th><th>State</th></tr></thead>"
+                           "<tbody>{}</tbody></table>", rows)
 
     @admin.display(description="Record")
     def record(self, exhibit: Exhibit) -> str:
