@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -71,7 +72,7 @@ def main() -> int:
         table = Table(f"Server time of the gallery with {EXHIBITS} published exhibits, {RUNS} runs "
                       f"each (target: at most {TARGET_S * 1000:.0f} ms)",
                       ["page", "median", "p95", "queries", "target"])
-        results = []
+        results: list[dict[str, Any]] = []
         for label, path in PAGES:
             assert client.get(path).status_code == 200, path  # warm: templates compiled
             times = []
