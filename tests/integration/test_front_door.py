@@ -250,3 +250,20 @@ async def test_preparing_a_start_state_gives_the_exhibit_its_thumbnail(
     assert await sync_to_async(thumbnail_from_screen)(exhibit.pk, blank.getvalue(), why_none="blank") is None
     assert (await Exhibit.objects.aget(pk=exhibit.pk)).thumbnail_problem == "blank"
 
+
+
+def test_an_exhibit_without_a_start_state_gets_its_picture_from_one_boot(portal_dirs: Path) -> None:
+    from django.core.management import call_command
+
+    Exhibit.objects.create(slug="games", title="Games", image=_master(FREEDOS_GAMES), accelerator="tcg",
+                           published=True)
+    out = io.StringIO()
+    call_command("thumbnails", stdout=out)
+    exhibit = Exhibit.objects.get(slug="games")
+    assert exhibit.thumbnail
+    assert exhibit.thumbnail_small
+    assert f"games: thumbnail {exhibit.thumbnail}" in out.getvalue()
+    # Run again, it leaves exhibits with a picture alone.
+    again = io.StringIO()
+    call_command("thumbnails", stdout=again)
+    assert again.getvalue() == ""
