@@ -81,7 +81,8 @@ run: setup
 	$(PY) manage.py prepare_exhibit demo --wait-graphics --still 2 --if-needed
 	$(PY) manage.py thumbnails
 	@echo "Serving the portal on http://127.0.0.1:$(PORT)/"
-	$(PY) -m portal.server -b 127.0.0.1 -p $(PORT) portal.asgi:application
+	PORTAL_PUBLIC_URL="$${PORTAL_PUBLIC_URL:-http://127.0.0.1:$(PORT)}" \
+	  $(PY) -m portal.server -b 127.0.0.1 -p $(PORT) portal.asgi:application
 
 # PostgreSQL, Redis, $(NODES) nodes and nginx, privately under $(CLUSTER_DIR), on 127.0.0.1:$(PORT).
 # One that dies is started again (2 s later; given up after 5 failures in a minute) while the

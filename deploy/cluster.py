@@ -381,6 +381,8 @@ def cluster_run(*, port: int, nodes: int, directory: Path, demo_image: Path,
             "PORTAL_IMAGE_DIR": str(directory / "images"),
             # ...and the exhibits' thumbnails, which any node serves.
             "PORTAL_THUMBNAIL_DIR": str(directory / "thumbnails"),
+            # The public origin is nginx's, whichever node answers.
+            "PORTAL_PUBLIC_URL": os.environ.get("PORTAL_PUBLIC_URL", f"http://{LOOPBACK}:{port}"),
             "DJANGO_SECRET_KEY": secret_key(directory / "secret_key"),
             "DJANGO_ALLOWED_HOSTS": os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost"),
         }
