@@ -187,27 +187,30 @@ def _front_door(exhibit: Exhibit, current: str, cited: ExhibitVersion | None) ->
     what changed since, or that it was withdrawn."""
     version = cited.version if cited is not None else current
     canonical = public_url(f"/exhibits/{exhibit.slug}/")
-    shown: Exhibit | None = exhibit
+    shown = exhibit
     withdrawn, changed = "", []
     if cited is not None:
-        shown = exhibit_as_version(exhibit, cited)
-        if shown is None:
+        as_cited = exhibit_as_version(exhibit, cited)
+        if as_cited is None:
             withdrawn = gettext("This version of the exhibit was withdrawn: a disk image it needs is no "
                                 "longer kept.")
-            shown = exhibit
+        else:
+            shown = as_cited
         if version != current:
             now = ExhibitVersion.objects.filter(exhibit=exhibit, version=current).first()
             changed = changes(cited.configuration, now.configuration if now else {})
+    cited_as = citation(exhibit, version)
     return {
         "shown": shown, "version": version, "current_version": current, "cited": cited,
         "withdrawn": withdrawn, "changed": changed,
         "start_url": (f"/api/exhibits/{exhibit.slug}/v/{version}/sessions" if cited is not None
                       else f"/api/exhibits/{exhibit.slug}/sessions"),
         "version_url": version_url(exhibit, version), "current_url": canonical,
-        "json_ld": json_ld(exhibit, canonical=canonical, version=version),
+        # The version's own master is the one its identifier names.
+        "json_ld": json_ld(shown, canonical=canonical, version=version),
         "share": share_tags(exhibit, canonical=canonical),
-        "citation": citation(exhibit, version),
-        "citation_csl": json.dumps(citation(exhibit, version)["csl"], ensure_ascii=False, indent=2),
+        "citation": cited_as,
+        "citation_csl": json.dumps(cited_as["csl"], ensure_ascii=False, indent=2),
     }
 
 
