@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from django.conf import settings
 
-from portal.models import DiskImage, Exhibit, ExhibitDisk, ExhibitMedia, StartState
+from portal.models import DiskImage, Exhibit, ExhibitDisk, ExhibitMedia, ExhibitVersion, StartState
+from portal.profile import DISK_DRIVE_MEDIA
 from portal.thumbnails import thumbnail_from_screen
 from sessions.errors import gettext_noop
 from sessions.machines.config import MachinesConfig
@@ -261,15 +262,38 @@ async def disk_set_of(exhibit: Exhibit) -> list[BoxDisk]:
     if profile.boot_drive in profile.disk_drives:
         disks.append(BoxDisk(id=BOOT_DISK, label=BOOT_LABEL, drive=profile.boot_drive or "a",
                              media="floppy" if profile.boot == "floppy" else "cdrom", at_start=True))
+    if exhibit.cited_version is not None:
+        # A cited earlier version: the disk set that version had, by its masters.
+        return disks + await _cited_disk_set(exhibit)
     async for disk in ExhibitDisk.objects.filter(exhibit_id=exhibit.pk).select_related("image"):
-        chain: list[tuple[Path, str]] = []
-        image: DiskImage | None = disk.image
-        while image is not None and len(chain) < 64:
-            chain.append((Path(image.path), image.format))
-            image = await DiskImage.objects.filter(pk=image.parent_id).afirst() if image.parent_id else None
         disks.append(BoxDisk(id=str(disk.pk), label=disk.label, media=disk.media, drive=disk.drive,
                              write_protected=disk.write_protected, at_start=disk.in_drive_at_start,
-                             master=tuple(chain)))
+                             master=await _layers(disk.image)))
+    return disks
+
+
+async def _layers(image: DiskImage | None) -> tuple[tuple[Path, str], ...]:
+    """A master's files and formats, itself first, then each layer under it."""
+    chain: list[tuple[Path, str]] = []
+    while image is not None and len(chain) < 64:
+        chain.append((Path(image.path), image.format))
+        image = await DiskImage.objects.filter(pk=image.parent_id).afirst() if image.parent_id else None
+    return tuple(chain)
+
+
+async def _cited_disk_set(exhibit: Exhibit) -> list[BoxDisk]:
+    version = await ExhibitVersion.objects.filter(exhibit_id=exhibit.pk,
+                                                  version=exhibit.cited_version).afirst()
+    entries = version.configuration.get("disk_set", []) if version is not None else []
+    disks = []
+    for position, entry in enumerate(entries):
+        image = await DiskImage.objects.filter(sha256=entry.get("sha256")).afirst()
+        if image is None or entry.get("drive") not in DISK_DRIVE_MEDIA:
+            continue
+        disks.append(BoxDisk(id=f"v{position}", label=str(entry.get("label", "")),
+                             media=DISK_DRIVE_MEDIA[entry["drive"]], drive=entry["drive"],
+                             write_protected=bool(entry.get("write_protected")),
+                             at_start=bool(entry.get("in_drive_at_start")), master=await _layers(image)))
     return disks
 
 

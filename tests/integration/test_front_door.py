@@ -15,7 +15,7 @@ from django.test import AsyncClient
 from PIL import Image
 
 from portal.images import ImageInUseError, disk_image_delete, disk_image_import
-from portal.models import DiskImage, Exhibit, ExhibitVersion
+from portal.models import DiskImage, Exhibit, ExhibitDisk, ExhibitVersion
 from sessions.machines.prepare import StartCondition
 from sessions.node.broker import exhibit_prepare
 from tests.conftest import FREEDOS_2048, FREEDOS_GAMES, ExhibitFactory, display_watch, visitor
@@ -131,11 +131,16 @@ async def test_the_sitemap_lists_published_exhibits_and_robots_keep_out_of_visit
 async def test_a_changed_configuration_is_a_new_version_and_the_old_one_still_starts(
         public: str, broker: Any, exhibit_create: ExhibitFactory) -> None:
     exhibit = await exhibit_create(FREEDOS_2048, slug="freedos", title="FreeDOS 2048")
+    # The first version has a disk set: FreeDOS games in drive B:.
+    await ExhibitDisk.objects.acreate(exhibit=exhibit, image=await sync_to_async(_master)(FREEDOS_GAMES),
+                                      label="Games", drive="b", in_drive_at_start=True)
     browser = visitor()
     before = (await browser.get("/api/exhibits/freedos")).json()
     old = before["version"]
     assert re.fullmatch(r"[0-9a-f]{12}", old)
     assert before["platform"] == "dos"
+    await ExhibitDisk.objects.filter(exhibit=exhibit).adelete()
+    exhibit = await Exhibit.objects.select_related("image").aget(pk=exhibit.pk)
     exhibit.memory_mb, exhibit.speed = 32, "486dx33"
     await exhibit.asave()
     new = (await browser.get("/api/exhibits/freedos")).json()["version"]
@@ -144,6 +149,7 @@ async def test_a_changed_configuration_is_a_new_version_and_the_old_one_still_st
     page = (await browser.get(f"/exhibits/freedos/v/{old}/")).content.decode()
     assert "A newer version exists" in page
     assert "the memory (16 → 32)" in page
+    assert "the disk set" in page
     assert f'action="/api/exhibits/freedos/v/{old}/sessions"' in page
     assert "16 MiB" in page
     current = (await browser.get(f"/exhibits/freedos/v/{new}/")).content.decode()
@@ -165,6 +171,11 @@ async def test_a_changed_configuration_is_a_new_version_and_the_old_one_still_st
         machine = broker.machine(session["id"])
         assert machine.profile.memory_mb == 16
         assert machine.profile.speed == "host"
+        # ...with that version's disk set in its drives.
+        box = (await browser.get(f"/api/sessions/{session['id']}/drives")).json()
+        games = [disk for disk in box["disks"] if disk["label"] == "Games"]
+        assert [disk["drive"] for disk in games] == ["b"]
+        assert {"drive": "b", "disk": games[0]["id"]} in box["drives"]
         # Reset gives the same version's machine again.
         reset = await browser.post(f"/api/sessions/{session['id']}/reset")
         assert reset.status_code == 200
