@@ -19,6 +19,7 @@ APT_RUN := qemu-system-x86 qemu-system-data qemu-utils nasm mtools x11proto-dev 
 # What the tests, make cluster and make bench add: Chromium (browser tests), pdftotext (what a
 # print says) and what a node runs on in production (PostgreSQL, Redis, nginx).
 APT_TEST := chromium poppler-utils postgresql redis-server nginx
+DEMO_RIGHTS := Free software, written for this portal; see its source in demo/.
 DEMO_DESCRIPTION := A free stand-in for a Windows 3.1 desktop, written for this portal and built from its source. It boots from its hard disk like an installed Windows 3.1 PC. Click the icons, type in Notepad and save: your text stays on this visit's own disk, and the next visitor starts fresh.
 
 .PHONY: setup setup-test apt-run apt-test run cluster test lint fuzz bench bench-density messages clean
@@ -75,18 +76,20 @@ $(DEMO_IMAGE): demo/build.sh $(wildcard demo/*.asm)
 run: setup
 	$(PY) manage.py migrate --no-input -v 0
 	$(PY) manage.py add_exhibit $(DEMO_IMAGE) --slug demo --boot hdd --sound adlib --publish --visitors-may-record \
-	  --title "Portal demo desktop" --year 1992 --publisher "This portal" \
-	  --description "$(DEMO_DESCRIPTION)"
+	  --title "Portal demo desktop" --year 1992 --publisher "This portal" --platform windows3 \
+	  --rights "$(DEMO_RIGHTS)" --description "$(DEMO_DESCRIPTION)"
 	$(PY) manage.py prepare_exhibit demo --wait-graphics --still 2 --if-needed
+	$(PY) manage.py thumbnails
 	@echo "Serving the portal on http://127.0.0.1:$(PORT)/"
-	$(PY) -m portal.server -b 127.0.0.1 -p $(PORT) portal.asgi:application
+	PORTAL_PUBLIC_URL="$${PORTAL_PUBLIC_URL:-http://127.0.0.1:$(PORT)}" \
+	  $(PY) -m portal.server -b 127.0.0.1 -p $(PORT) portal.asgi:application
 
 # PostgreSQL, Redis, $(NODES) nodes and nginx, privately under $(CLUSTER_DIR), on 127.0.0.1:$(PORT).
 # One that dies is started again (2 s later; given up after 5 failures in a minute) while the
 # rest serve on; Ctrl-C, SIGTERM or SIGHUP stops them all (make passes SIGTERM on).
 cluster: setup-test
 	$(PY) -m deploy.cluster --port $(PORT) --nodes $(NODES) --dir $(CLUSTER_DIR) \
-	  --demo-image $(DEMO_IMAGE) --demo-description "$(DEMO_DESCRIPTION)"
+	  --demo-image $(DEMO_IMAGE) --demo-description "$(DEMO_DESCRIPTION)" --demo-rights "$(DEMO_RIGHTS)"
 
 # ruff, mypy --strict, the runtime's layers (import-linter's contracts in pyproject.toml),
 # and no block of six or more lines repeated in sessions/ or portal/ (pylint's duplicate-code).

@@ -24,7 +24,8 @@ from deploy import teardown  # noqa: E402
 SCRIPT_STOP_TIMEOUT_S = 300.0
 BENCHMARKS = [
     "bench.first_frame", "bench.browser_start", "bench.display_path", "bench.overlay_cost", "bench.idle_cpu",
-    "bench.import_image", "bench.soak", "bench.stuck_reader", "bench.services", "bench.relay",
+    "bench.import_image", "bench.gallery", "bench.soak", "bench.stuck_reader", "bench.services",
+    "bench.relay",
     "bench.coordination",
     "bench.sound", "bench.sandbox", "bench.disks", "bench.save", "bench.speed", "bench.tools",
     "bench.screen_text",

@@ -352,7 +352,7 @@ def _stopping(signum: int, frame: FrameType | None) -> None:
 
 
 def cluster_run(*, port: int, nodes: int, directory: Path, demo_image: Path,
-                demo_description: str) -> int:
+                demo_description: str, demo_rights: str = "") -> int:
     if nodes < 1:
         print(f"make cluster needs at least one node (NODES={nodes}).", file=sys.stderr)
         return 2
@@ -379,6 +379,10 @@ def cluster_run(*, port: int, nodes: int, directory: Path, demo_image: Path,
             # What every node must read alike: the masters and start states, and the
             # key that signs a visitor's cookie (any node may serve the next request).
             "PORTAL_IMAGE_DIR": str(directory / "images"),
+            # ...and the exhibits' thumbnails, which any node serves.
+            "PORTAL_THUMBNAIL_DIR": str(directory / "thumbnails"),
+            # The public origin is nginx's, whichever node answers.
+            "PORTAL_PUBLIC_URL": os.environ.get("PORTAL_PUBLIC_URL", f"http://{LOOPBACK}:{port}"),
             "DJANGO_SECRET_KEY": secret_key(directory / "secret_key"),
             "DJANGO_ALLOWED_HOSTS": os.environ.get("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost"),
         }
@@ -395,10 +399,11 @@ def cluster_run(*, port: int, nodes: int, directory: Path, demo_image: Path,
                 node.manage("add_exhibit", str(demo_image), "--slug", "demo", "--boot", "hdd",
                             "--sound", "adlib", "--publish", "--visitors-may-record",
                             "--title", "Portal demo desktop",
-                            "--year", "1992", "--publisher", "This portal",
-                            "--description", demo_description)
+                            "--year", "1992", "--publisher", "This portal", "--platform", "windows3",
+                            "--rights", demo_rights, "--description", demo_description)
                 node.manage("prepare_exhibit", "demo", "--wait-graphics", "--still", "2",
                             "--if-needed")
+                node.manage("thumbnails")
             supervisor.start(node, node.start, machines_under=node_dir)
             node_list.append(node)
         nginx = Nginx(name="nginx", directory=directory / "nginx", port=port,
@@ -451,9 +456,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="the cluster's own directory (databases, nodes' data, logs)")
     parser.add_argument("--demo-image", type=Path, default=REPO / "build" / "demo.img")
     parser.add_argument("--demo-description", default="")
+    parser.add_argument("--demo-rights", default="")
     args = parser.parse_args(argv)
     return cluster_run(port=args.port, nodes=args.nodes, directory=args.dir.resolve(),
-                       demo_image=args.demo_image.resolve(), demo_description=args.demo_description)
+                       demo_image=args.demo_image.resolve(), demo_description=args.demo_description,
+                       demo_rights=args.demo_rights)
 
 
 if __name__ == "__main__":

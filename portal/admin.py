@@ -21,9 +21,17 @@ from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 
 from .bags import BagError, bag_export, bag_import
-from .images import disk_image_delete, disk_image_import, exhibit_delete
+from .images import ImageInUseError, disk_image_delete, disk_image_import, exhibit_delete
 from .importer import FORMAT_NAMES, ImageError, size_text
-from .models import DiskImage, Exhibit, ExhibitDisk, ExhibitMedia, PreservationEvent, Recording, StartState
+from .models import (
+    DiskImage,
+    Exhibit,
+    ExhibitDisk,
+    ExhibitMedia,
+    PreservationEvent,
+    Recording,
+    StartState,
+)
 from .profile import MachineProfile
 from .record import agent_staff, exhibit_record
 
@@ -111,12 +119,25 @@ class DiskImageAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # images come in through the checked upload, never a bare form
 
+    actions = ["delete_withdrawing"]
+
     def delete_model(self, request: HttpRequest, obj: DiskImage) -> None:
-        disk_image_delete(obj, agent=agent_staff(request.user.get_username()))
+        self._delete(request, obj, force=False)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[DiskImage]) -> None:
         for image in queryset:
             self.delete_model(request, image)
+
+    def _delete(self, request: HttpRequest, image: DiskImage, *, force: bool) -> None:
+        try:
+            disk_image_delete(image, agent=agent_staff(request.user.get_username()), force=force)
+        except ImageInUseError as error:
+            messages.error(request, str(error))
+
+    @admin.action(description="Delete, withdrawing the cited exhibit versions that use them")
+    def delete_withdrawing(self, request: HttpRequest, queryset: QuerySet[DiskImage]) -> None:
+        for image in queryset:
+            self._delete(request, image, force=True)
 
     @admin.display(description="Fixity", ordering="fixity")
     def fixity_flag(self, image: DiskImage) -> str:
@@ -328,9 +349,9 @@ class ExhibitAdmin(admin.ModelAdmin):
     form = ExhibitForm
     list_display = ("title", "slug", "year", "boot", "accelerator", "instant_start", "master_fixity",
                     "published")
-    list_filter = ("published", "boot")
+    list_filter = ("published", "platform", "boot")
     prepopulated_fields = {"slug": ("title",)}
-    readonly_fields = ("thumbnail_picture", "preview_button", "record", "family")
+    readonly_fields = ("thumbnail_picture", "preview_button", "record", "family", "citable_versions")
     raw_id_fields = ("tour",)
     change_form_template = "admin/portal/exhibit/change_form.html"
     inlines = [ExhibitDiskInline, ExhibitMediaInline]
@@ -338,7 +359,7 @@ class ExhibitAdmin(admin.ModelAdmin):
     change_list_template = "admin/portal/exhibit/change_list.html"
     fieldsets = [
         ("Description", {"fields": ("title", "slug", "year", "publisher", "description",
-                                    "thumbnail_picture")}),
+                                    "platform", "kind", "rights", "thumbnail_picture")}),
         ("Translations", {"fields": ("language", *translation_fields()), "classes": ("collapse",),
                           "description": "The title and description in more languages. A visitor "
                                          "whose browser or choice asks for one of these reads it; "
@@ -355,7 +376,7 @@ class ExhibitAdmin(admin.ModelAdmin):
                      "description": "Every machine has a printer on LPT1; what the guest prints "
                                     "reaches the visitor as a PDF. See the curators' guide for "
                                     "setting up Windows 3.1 to print to it."}),
-        ("Publication", {"fields": ("published", "preview_button", "family")}),
+        ("Publication", {"fields": ("published", "preview_button", "family", "citable_versions")}),
         ("Recordings and tour", {"fields": ("visitors_may_record", "tour"),
                                  "description": "Curators may record any of their visits (Record, on "
                                                 "the machine's page). A kept recording of this exhibit "
@@ -376,6 +397,21 @@ class ExhibitAdmin(admin.ModelAdmin):
             for child in exhibit.derivatives.all())) or "none yet"
         return format_html("Derived from {}; derivatives: {}. Save one from a preview's page "
                            "(Save as new master).", parent, children)
+
+    @admin.display(description="Citable versions")
+    def citable_versions(self, exhibit: Exhibit) -> str:
+        """Each configuration the exhibit has had, newest first, and whether it was withdrawn."""
+        if not exhibit.pk:
+            return "Save the exhibit first."
+        row = '<tr><td><a href="{}"><code>{}</code></a>{}</td><td>{}</td><td>{}</td></tr>'
+        rows = format_html_join("", row, (
+            (f"/exhibits/{exhibit.slug}/v/{version.version}/", version.version,
+             " (current)" if version.version == exhibit.version else "",
+             version.created_at.strftime("%Y-%m-%d %H:%M"),
+             f"withdrawn: {version.withdrawn_reason}" if version.withdrawn_at else "citable")
+            for version in exhibit.versions.all()[:100]))
+        return format_html("<table><thead><tr><th>Version</th><th>Since</th><th>State</th></tr></thead>"
+                           "<tbody>{}</tbody></table>", rows)
 
     @admin.display(description="Record")
     def record(self, exhibit: Exhibit) -> str:
@@ -434,6 +470,12 @@ class ExhibitAdmin(admin.ModelAdmin):
     def delete_model(self, request: HttpRequest, obj: Exhibit) -> None:
         exhibit_delete(obj, agent=agent_staff(request.user.get_username()))
 
+    def save_model(self, request: HttpRequest, obj: Exhibit, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if obj.published and not obj.thumbnail and not StartState.objects.filter(exhibit=obj).exists():
+            for hook in EXHIBIT_PUBLISHED_HOOKS:
+                hook(obj)
+
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Exhibit]) -> None:
         for exhibit in queryset:
             self.delete_model(request, exhibit)
@@ -454,8 +496,13 @@ class ExhibitAdmin(admin.ModelAdmin):
     @admin.display(description="Thumbnail")
     def thumbnail_picture(self, exhibit: Exhibit) -> str:
         if not exhibit.thumbnail:
-            return "None yet: start a preview and it is taken from the running machine."
-        return format_html('<img src="/thumbnails/{}" width="320" alt="">', exhibit.thumbnail)
+            if exhibit.thumbnail_problem:
+                return format_html('<strong class="thumbnail-problem">{}</strong>', exhibit.thumbnail_problem)
+            return ("None yet: it is taken when the start state is prepared or the exhibit is "
+                    "published, or start a preview and it is taken from the running machine.")
+        how = ("chosen from a preview" if exhibit.thumbnail_chosen else
+               "taken by the portal (start a preview to choose another moment)")
+        return format_html('<img src="/thumbnails/{}" width="320" alt=""><br>{}', exhibit.thumbnail, how)
 
     @admin.display(description="Preview")
     def preview_button(self, exhibit: Exhibit) -> str:
@@ -465,6 +512,10 @@ class ExhibitAdmin(admin.ModelAdmin):
             '<button type="submit" form="preview-form" class="button">{}</button> {}', "Start a preview",
             "Runs this exhibit as visitors would get it (drafts too) and takes its thumbnail.")
 
+
+# What runs when an exhibit is saved published without a picture or a start state (the
+# runtime boots it once for its thumbnail), added by `sessions.web.admin`.
+EXHIBIT_PUBLISHED_HOOKS: list[Callable[[Exhibit], None]] = []
 
 ExhibitAction = Callable[[admin.ModelAdmin, HttpRequest, "QuerySet[Exhibit]"], None]
 

@@ -22,6 +22,7 @@ from .derivation import DerivedImage, master_derive
 from .importer import ImageError, ImportLimits, image_import, master_verify
 from .models import DISK_FIELDS, DiskImage, Exhibit, ExhibitDisk, ExhibitMedia
 from .record import SHA256, EventType, Outcome, event_record
+from .versions import versions_citing, versions_withdraw
 
 
 def import_limits() -> ImportLimits:
@@ -168,9 +169,11 @@ class ImageInUseError(ImageError):
     """A master that something still needs: it is not deleted."""
 
 
-def disk_image_delete(image: DiskImage, *, agent: str) -> None:
+def disk_image_delete(image: DiskImage, *, agent: str, force: bool = False) -> None:
     """Delete a master that nothing uses: its row and its file; the record keeps a
-    deletion row. Raises ImageInUseError, naming what needs it, otherwise."""
+    deletion row. Raises ImageInUseError, naming what needs it, otherwise. A master
+    that a cited version of an exhibit uses (portal.versions) is deleted only with
+    `force`, and those versions then say they were withdrawn."""
     users = []
     for child in image.children.all():
         slugs = ", ".join(child.exhibits.values_list("slug", flat=True)) or "none"
@@ -182,8 +185,15 @@ def disk_image_delete(image: DiskImage, *, agent: str) -> None:
               for slug in image.in_disk_sets.values_list("exhibit__slug", flat=True)]
     if users:
         raise ImageInUseError(f"{image} cannot be deleted: {'; '.join(users)} build on it or use it.")
+    cited = versions_citing(image)
+    if cited and not force:
+        names = ", ".join(f"{version.exhibit.slug} v{version.version}" for version in cited)
+        raise ImageInUseError(f"{image} is used by cited versions of exhibits ({names}): deleting it "
+                              "withdraws them. Delete it with force to do so.")
     path = Path(image.path)
     with transaction.atomic():
+        if cited:
+            versions_withdraw(image, reason=f"Its master {image.sha256} was deleted by {agent}.")
         event_record(event_type=EventType.DELETION, agent=agent, image=image, algorithm=SHA256,
                      digest=image.sha256, detail=f"{image.original_name or 'The master'} and its file "
                                                  "were deleted.")

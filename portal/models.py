@@ -192,6 +192,15 @@ class Exhibit(models.Model):
         A4 = "a4", "A4"
         LETTER = "letter", "US Letter"
 
+    class Platform(models.TextChoices):
+        DOS = "dos", gettext_lazy("DOS")
+        WINDOWS3 = "windows3", gettext_lazy("Windows 3.x")
+        OTHER = "other", gettext_lazy("Other")
+
+    class Kind(models.TextChoices):
+        SOFTWARE = "software", "Software (SoftwareApplication)"
+        GAME = "game", "A game (VideoGame)"
+
     slug = models.SlugField(unique=True)
     title = models.CharField(max_length=200)
     year = models.PositiveSmallIntegerField(null=True, blank=True)
@@ -268,6 +277,25 @@ class Exhibit(models.Model):
     provenance_notes = models.TextField(blank=True)
     thumbnail = models.CharField(max_length=80, blank=True,
                                  help_text="File name of the thumbnail (its SHA-256), taken from a preview.")
+    # The same picture at the gallery's size (320 pixels wide), by its own SHA-256.
+    thumbnail_small = models.CharField(max_length=80, blank=True, editable=False)
+    # True when a curator chose the moment (from a preview): a new start state keeps it.
+    thumbnail_chosen = models.BooleanField(default=False, editable=False)
+    # Why the last try to take a thumbnail left the exhibit without one (shown in the admin).
+    thumbnail_problem = models.TextField(blank=True, editable=False)
+    platform = models.CharField(
+        max_length=10, choices=Platform.choices, default=Platform.DOS, db_index=True,
+        help_text="What the visitor gets: a DOS PC, Windows 3.x, or something else (the gallery's filter).")
+    kind = models.CharField(
+        max_length=10, choices=Kind.choices, default=Kind.SOFTWARE, verbose_name="kind of software",
+        help_text="What search engines are told this is (schema.org SoftwareApplication or VideoGame).")
+    rights = models.TextField(
+        blank=True, verbose_name="licence or rights statement",
+        help_text="Who holds the rights and on what terms visitors may use it (a licence's name or "
+                  "URL, or a rights statement such as rightsstatements.org's); on the page and in its "
+                  "citation data.")
+    # The short id of the current configuration (portal.versions), kept in step with it.
+    version = models.CharField(max_length=12, blank=True, editable=False)
     # The kinds of the exhibit's extra media in order ("floppy,cdrom"), kept in step
     # with its ExhibitMedia rows so the machine profile is known without a query.
     extra_media_kinds = models.CharField(max_length=100, blank=True, editable=False)
@@ -286,9 +314,18 @@ class Exhibit(models.Model):
                                related_name="derivatives", help_text="The exhibit this one was derived from.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Set on an unsaved copy that carries a cited earlier version's configuration
+    # (portal.versions.exhibit_as_version): it boots cold, never from the current start state.
+    cited_version: str | None = None
 
     class Meta:
         ordering = ["title"]
+        # The gallery's sorts and filters, over published exhibits.
+        indexes = [
+            models.Index(fields=["published", "title"], name="exhibit_gallery_title"),
+            models.Index(fields=["published", "year", "title"], name="exhibit_gallery_year"),
+            models.Index(fields=["published", "-created_at"], name="exhibit_gallery_newest"),
+        ]
 
     def __str__(self) -> str:
         return self.title
@@ -396,6 +433,13 @@ def extra_media_kinds_refresh(exhibit_id: int) -> None:
 @receiver([post_save, post_delete], sender=ExhibitMedia)
 def _extra_media_changed(sender: type[ExhibitMedia], instance: ExhibitMedia, **kwargs: Any) -> None:
     extra_media_kinds_refresh(instance.exhibit_id)
+    _version_refresh(instance.exhibit_id)
+
+
+def _version_refresh(exhibit_id: int) -> None:
+    from .versions import version_record
+    if Exhibit.objects.filter(pk=exhibit_id).exists():  # not while the exhibit itself is deleted
+        version_record(exhibit_id)
 
 
 class ExhibitDisk(models.Model):
@@ -491,6 +535,7 @@ def extra_media_place(exhibit: Exhibit, images: list[DiskImage]) -> None:
 @receiver([post_save, post_delete], sender=ExhibitDisk)
 def _disk_set_changed(sender: type[ExhibitDisk], instance: ExhibitDisk, **kwargs: Any) -> None:
     disk_drives_refresh(instance.exhibit_id)
+    _version_refresh(instance.exhibit_id)
 
 
 class StartState(models.Model):
@@ -576,3 +621,35 @@ def _recording_deleted(sender: type[Recording], instance: Recording, **kwargs: A
     """A recording's files go with its row (the admin's delete, an expiry)."""
     for suffix in RECORDING_SUFFIXES:
         (settings.PORTAL_RECORDING_DIR / f"{instance.id}{suffix}").unlink(missing_ok=True)
+
+
+class ExhibitVersion(models.Model):
+    """One configuration an exhibit has had, by its short id (portal.versions): what a
+    citation names. Written when the configuration changes and never changed after,
+    except that it is withdrawn when a master it uses is deleted."""
+
+    exhibit = models.ForeignKey(Exhibit, on_delete=models.CASCADE, related_name="versions")
+    version = models.CharField(max_length=12)
+    configuration = models.JSONField()
+    created_at = models.DateTimeField(default=timezone.now)
+    withdrawn_at = models.DateTimeField(null=True, blank=True)
+    withdrawn_reason = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [models.UniqueConstraint(fields=["exhibit", "version"], name="exhibit_version_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.exhibit_id} v{self.version}"
+
+    def masters(self) -> list[str]:
+        """The SHA-256 of every master (and layer) this configuration uses."""
+        found = self.configuration.get("masters", {}) if isinstance(self.configuration, dict) else {}
+        return [sha for group in found.values() for sha in group if isinstance(sha, str)]
+
+
+@receiver(post_save, sender=Exhibit)
+def _exhibit_saved(sender: type[Exhibit], instance: Exhibit, raw: bool = False, **kwargs: Any) -> None:
+    if not raw:
+        from .versions import version_record
+        version_record(instance.pk)

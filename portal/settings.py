@@ -8,6 +8,7 @@ PORTAL_REDIS_URL say where. Portal settings start with PORTAL_ and carry their u
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -468,7 +469,17 @@ PORTAL_IMAGE_CONVERT_TIMEOUT_S = _env_float("PORTAL_IMAGE_CONVERT_TIMEOUT_S", 90
 # Source-Organization their bag-info.txt names.
 PORTAL_BAG_DIR = Path(os.environ.get("PORTAL_BAG_DIR", PORTAL_DATA_DIR / "bags")).resolve()
 PORTAL_BAG_ORGANIZATION = os.environ.get("PORTAL_BAG_ORGANIZATION", "Preserved software portal")
-# Thumbnails taken from curators' previews, served under /thumbnails/<sha256>.png.
+# The portal's public origin (scheme://host[:port], and a path prefix if any): every
+# absolute address the pages give the web (canonical links, Open Graph, JSON-LD, the
+# sitemap, citations) starts with it, never with the Host a request names.
+PORTAL_PUBLIC_URL = os.environ.get("PORTAL_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+if not re.fullmatch(r"https?://[^/\s?#]+(/[^\s?#]*)?", PORTAL_PUBLIC_URL):
+    from django.core.exceptions import ImproperlyConfigured
+
+    raise ImproperlyConfigured("PORTAL_PUBLIC_URL must be an absolute http(s) address such as "
+                               "https://museum.example.org.")
+# Thumbnails (taken when a start state is made, or from a preview), served under
+# /thumbnails/<sha256>.png; in a cluster every node reads the same directory.
 PORTAL_THUMBNAIL_DIR = Path(os.environ.get("PORTAL_THUMBNAIL_DIR",
                                            PORTAL_DATA_DIR / "thumbnails")).resolve()
 # Recordings of visits and their WebM exports, served under /recordings/<id>/ by

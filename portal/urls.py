@@ -3,12 +3,15 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path
 
-from . import views
+from . import front, views
 
 urlpatterns = [
     path("", views.exhibit_list_page, name="exhibit-list"),
     path("exhibits/<slug:slug>/", views.exhibit_page, name="exhibit"),
     path("exhibits/<slug:slug>/embed", views.exhibit_embed_page, name="exhibit-embed"),
+    path("exhibits/<slug:slug>/v/<str:version>/", views.exhibit_version_page, name="exhibit-version"),
+    path("sitemap.xml", front.sitemap_xml),
+    path("robots.txt", front.robots_txt),
     path("healthz", views.healthz),
     # The page scripts' catalogue, one address per language (pages name theirs), and
     # the language switcher's form (Django's set_language: the cookie, then `next`).

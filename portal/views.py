@@ -4,11 +4,13 @@ Thin: validate, one call, respond.
 """
 from __future__ import annotations
 
+import json
 import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import render
@@ -22,12 +24,15 @@ from django.views.i18n import JavaScriptCatalog, set_language
 
 from .errors import bad_request_answer, json_error, wants_json
 from .framing import embeddable
+from .front import gallery_context, json_ld, share_tags, thumbnail_url
 from .limits import visit_limits_sentence
-from .models import Exhibit, ExhibitDisk
+from .models import Exhibit, ExhibitDisk, ExhibitVersion
 from .runtime import Runtime, runtime
+from .versions import changes, citation, exhibit_as_version, public_url, version_record, version_url
 
 
 async def exhibit_json(exhibit: Exhibit, request: HttpRequest, *, here: Runtime) -> dict[str, Any]:
+    version = await current_version(exhibit)
     return {
         "slug": exhibit.slug,
         # In the visitor's language where the curators gave one, else the original.
@@ -59,6 +64,13 @@ async def exhibit_json(exhibit: Exhibit, request: HttpRequest, *, here: Runtime)
         # A kept recording shown on the exhibit's page and to visitors in line, or null.
         "tour": f"/recordings/{exhibit.tour_id}/" if exhibit.tour_id else None,
         "visitors_may_record": exhibit.visitors_may_record,
+        "thumbnail": thumbnail_url(exhibit.thumbnail) or None,
+        # An extension: the gallery's smaller copy of the same picture.
+        "thumbnail_small": thumbnail_url(exhibit.thumbnail_small) or None,
+        "platform": exhibit.platform,
+        "rights": exhibit.rights,
+        "version": version,
+        "citation": citation(exhibit, version),
     }
 
 
@@ -97,9 +109,31 @@ async def healthz(request: HttpRequest) -> JsonResponse:
 
 
 @require_GET
-async def exhibit_list_page(request: HttpRequest) -> HttpResponse:
-    exhibits = [exhibit async for exhibit in Exhibit.objects.filter(published=True)]
-    return render(request, "portal/exhibit_list.html", {"exhibits": exhibits})
+def exhibit_list_page(request: HttpRequest) -> HttpResponse:
+    """The gallery: every published exhibit's picture, title, year, publisher and machine,
+    filtered (q, decade, platform), sorted (sort) and in pages (page), all without scripts."""
+    return render(request, "portal/exhibit_list.html", gallery_context(request))
+
+
+async def current_version(exhibit: Exhibit) -> str:
+    """The exhibit's version id (recorded now for one saved before versions were)."""
+    if not exhibit.version:
+        exhibit.version = await sync_to_async(version_record)(exhibit.pk) or ""
+    return exhibit.version
+
+
+@require_GET
+@ensure_csrf_cookie
+async def exhibit_version_page(request: HttpRequest, slug: str, version: str) -> HttpResponse:
+    """A cited version of the exhibit: its machine as it was, whether a newer version
+    exists and what changed, or that it was withdrawn."""
+    exhibit = await _published(slug)
+    if exhibit is None:
+        raise Http404(gettext("There is no such exhibit."))
+    cited = await ExhibitVersion.objects.filter(exhibit=exhibit, version=version).afirst()
+    if cited is None:
+        raise Http404(gettext("This exhibit has no such version."))
+    return await exhibit_page_response(request, exhibit, cited=cited)
 
 
 @require_GET
@@ -123,16 +157,23 @@ async def exhibit_embed_page(request: HttpRequest, slug: str) -> HttpResponse:
 
 
 async def exhibit_page_response(request: HttpRequest, exhibit: Exhibit, *, message: str = "",
-                                link: str = "", status: int = 200, embed: bool = False) -> HttpResponse:
+                                link: str = "", status: int = 200, embed: bool = False,
+                                cited: ExhibitVersion | None = None) -> HttpResponse:
     """The exhibit's page (or, with `embed`, its embed page); with `message` (and
-    a `link` to follow) when a Start posted without the page's script was refused."""
+    a `link` to follow) when a Start posted without the page's script was refused;
+    with `cited`, the page of that version of it."""
     here = await runtime()
     embed_url = request.build_absolute_uri(f"/exhibits/{exhibit.slug}/embed")
+    current = await current_version(exhibit)
+    front = await sync_to_async(_front_door)(exhibit, current, cited)
+    shown = front["shown"]
+    problem = await exhibit.fixity_problem()
+    unavailable = gettext(problem) if problem else front["withdrawn"] or None
     response = render(
         request, "portal/embed.html" if embed else "portal/exhibit_detail.html",
-        {"exhibit": exhibit, "accelerator": here.accelerator_for(exhibit),
-         "instant_start": await here.start_state_usable(exhibit) is not None,
-         "unavailable": gettext(problem) if (problem := await exhibit.fixity_problem()) else None,
+        {"exhibit": shown, **front, "accelerator": here.accelerator_for(shown),
+         "instant_start": await here.start_state_usable(shown) is not None,
+         "unavailable": unavailable,
          "message": message, "message_link": link,
          "embed_url": embed_url, "embed_snippet": embed_snippet(exhibit, embed_url),
          "embed_sites": settings.PORTAL_EMBED_ORIGINS, "limits": visit_limits_sentence()},
@@ -141,6 +182,39 @@ async def exhibit_page_response(request: HttpRequest, exhibit: Exhibit, *, messa
     if embed:
         embeddable(response)
     return response
+
+
+def _front_door(exhibit: Exhibit, current: str, cited: ExhibitVersion | None) -> dict[str, Any]:
+    """What an exhibit's page tells the web and those who cite it: its JSON-LD, share
+    tags, canonical address, citation, and for a cited version whether it is current,
+    what changed since, or that it was withdrawn."""
+    version = cited.version if cited is not None else current
+    canonical = public_url(f"/exhibits/{exhibit.slug}/")
+    shown = exhibit
+    withdrawn, changed = "", []
+    if cited is not None:
+        as_cited = exhibit_as_version(exhibit, cited)
+        if as_cited is None:
+            withdrawn = gettext("This version of the exhibit was withdrawn: a disk image it needs is no "
+                                "longer kept.")
+        else:
+            shown = as_cited
+        if version != current:
+            now = ExhibitVersion.objects.filter(exhibit=exhibit, version=current).first()
+            changed = changes(cited.configuration, now.configuration if now else {})
+    cited_as = citation(exhibit, version)
+    return {
+        "shown": shown, "version": version, "current_version": current, "cited": cited,
+        "withdrawn": withdrawn, "changed": changed,
+        "start_url": (f"/api/exhibits/{exhibit.slug}/v/{version}/sessions" if cited is not None
+                      else f"/api/exhibits/{exhibit.slug}/sessions"),
+        "version_url": version_url(exhibit, version), "current_url": canonical,
+        # The version's own master is the one its identifier names.
+        "json_ld": json_ld(shown, canonical=canonical, version=version),
+        "share": share_tags(exhibit, canonical=canonical),
+        "citation": cited_as,
+        "citation_csl": json.dumps(cited_as["csl"], ensure_ascii=False, indent=2),
+    }
 
 
 def embed_snippet(exhibit: Exhibit, embed_url: str) -> str:

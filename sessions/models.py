@@ -57,6 +57,9 @@ class VisitorSession(models.Model):
     # prints, typed on the guest's layout) or "positions" (the physical keys). On the
     # row, so every node that serves the visit translates the same way.
     key_mode = models.CharField(max_length=10, choices=KeyMode.choices, default=KeyMode.CHARACTERS)
+    # The cited version of the exhibit this visit runs (portal.versions), or empty for the
+    # current one: every node that starts, resets or adopts the visit builds that machine.
+    cited_version = models.CharField(max_length=12, blank=True, default="")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     ended_at = models.DateTimeField(null=True, blank=True)

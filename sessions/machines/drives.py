@@ -88,7 +88,8 @@ class DriveChangeError(DriveError):
 class BoxDisk:
     """One disk a visitor may put into the machine's drives."""
 
-    # The exhibit's disk id (digits), "boot", or "visitor-N".
+    # The exhibit's disk id (digits), "boot", "visitor-N", or "vN" (the Nth disk of a
+    # cited earlier version's disk set).
     id: str
     label: str
     # "floppy" or "cdrom"

@@ -21,6 +21,7 @@ it hands the keeper an unstarted `Machine`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import secrets
@@ -30,7 +31,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from django.conf import settings
 
-from portal.models import DiskImage, Exhibit, ExhibitDisk, ExhibitMedia, StartState
+from portal.models import DiskImage, Exhibit, ExhibitDisk, ExhibitMedia, ExhibitVersion, StartState
+from portal.profile import DISK_DRIVE_MEDIA
+from portal.thumbnails import thumbnail_from_screen
 from sessions.errors import gettext_noop
 from sessions.machines.config import MachinesConfig
 from sessions.machines.confine import Confinement
@@ -51,7 +54,13 @@ from sessions.machines.overlay import (
     run_dir_create,
     run_dir_remove,
 )
-from sessions.machines.prepare import PrepareError, StartCondition, start_state_discard, start_state_prepare
+from sessions.machines.prepare import (
+    PreparedState,
+    PrepareError,
+    StartCondition,
+    start_state_discard,
+    start_state_prepare,
+)
 from sessions.machines.sandbox import blank_disks_create
 from sessions.machines.saving import STATE_FILE, SavedVisit, layers_place
 
@@ -259,6 +268,8 @@ class Launcher:
     async def start_state_usable(self, exhibit: Exhibit) -> StartState | None:
         """The exhibit's start state if it matches this portal exactly; a state that
         does not is marked stale (curators see it in the admin) and not used."""
+        if exhibit.cited_version is not None:
+            return None  # an earlier configuration: the saved state is the current one's
         start = await StartState.objects.filter(exhibit=exhibit, stale=False).afirst()
         if start is None:
             return None
@@ -279,15 +290,38 @@ async def disk_set_of(exhibit: Exhibit) -> list[BoxDisk]:
     if profile.boot_drive in profile.disk_drives:
         disks.append(BoxDisk(id=BOOT_DISK, label=BOOT_LABEL, drive=profile.boot_drive or "a",
                              media="floppy" if profile.boot == "floppy" else "cdrom", at_start=True))
+    if exhibit.cited_version is not None:
+        # A cited earlier version: the disk set that version had, by its masters.
+        return disks + await _cited_disk_set(exhibit)
     async for disk in ExhibitDisk.objects.filter(exhibit_id=exhibit.pk).select_related("image"):
-        chain: list[tuple[Path, str]] = []
-        image: DiskImage | None = disk.image
-        while image is not None and len(chain) < 64:
-            chain.append((Path(image.path), image.format))
-            image = await DiskImage.objects.filter(pk=image.parent_id).afirst() if image.parent_id else None
         disks.append(BoxDisk(id=str(disk.pk), label=disk.label, media=disk.media, drive=disk.drive,
                              write_protected=disk.write_protected, at_start=disk.in_drive_at_start,
-                             master=tuple(chain)))
+                             master=await _layers(disk.image)))
+    return disks
+
+
+async def _layers(image: DiskImage | None) -> tuple[tuple[Path, str], ...]:
+    """A master's files and formats, itself first, then each layer under it."""
+    chain: list[tuple[Path, str]] = []
+    while image is not None and len(chain) < 64:
+        chain.append((Path(image.path), image.format))
+        image = await DiskImage.objects.filter(pk=image.parent_id).afirst() if image.parent_id else None
+    return tuple(chain)
+
+
+async def _cited_disk_set(exhibit: Exhibit) -> list[BoxDisk]:
+    version = await ExhibitVersion.objects.filter(exhibit_id=exhibit.pk,
+                                                  version=exhibit.cited_version).afirst()
+    entries = version.configuration.get("disk_set", []) if version is not None else []
+    disks = []
+    for position, entry in enumerate(entries):
+        image = await DiskImage.objects.filter(sha256=entry.get("sha256")).afirst()
+        if image is None or entry.get("drive") not in DISK_DRIVE_MEDIA:
+            continue
+        disks.append(BoxDisk(id=f"v{position}", label=str(entry.get("label", "")),
+                             media=DISK_DRIVE_MEDIA[entry["drive"]], drive=entry["drive"],
+                             write_protected=bool(entry.get("write_protected")),
+                             at_start=bool(entry.get("in_drive_at_start")), master=await _layers(image)))
     return disks
 
 
@@ -323,6 +357,8 @@ class MachineSource:
             return await launcher.machine_new(exhibit, base=Path(exhibit.image.path),
                                               base_format=exhibit.image.format)
         start = await launcher.start_state_usable(exhibit)
+        if start is None and exhibit.cited_version is not None:
+            return None  # a cited earlier configuration boots cold; the pool is the current one's
         if start is None:
             if pool is not None:
                 pool.drop_exhibit(exhibit.pk, why="its start state is stale or gone")
@@ -343,6 +379,49 @@ async def exhibit_prepare(exhibit: Exhibit, condition: StartCondition) -> StartS
         # media would be missing under the saved state.
         raise PrepareError("exhibits with extra media always boot cold; instant start is not "
                            "available for them yet")
+    prepared = await _boot(exhibit, condition, picture_only=False)
+    old = await StartState.objects.filter(exhibit=exhibit).afirst()
+    start, _ = await StartState.objects.aupdate_or_create(
+        exhibit=exhibit,
+        defaults={
+            "warm_path": os.fspath(prepared.warm_path), "warm_sha256": prepared.warm_sha256,
+            "state_path": os.fspath(prepared.state_path), "state_sha256": prepared.state_sha256,
+            "key": prepared.key, "method": condition.describe(),
+            "prepare_seconds": prepared.seconds, "stale": False, "stale_reason": "",
+        },
+    )
+    if old is not None and old.warm_path != start.warm_path:
+        await asyncio.to_thread(start_state_discard, Path(old.warm_path))
+    # The start state's screen is the exhibit's picture (unless a curator chose another).
+    await asyncio.to_thread(
+        thumbnail_from_screen, exhibit.pk, prepared.screen,
+        why_none="The screen was blank when the start state was saved, so no thumbnail was taken; "
+                 "take one from a preview.")
+    return start
+
+
+async def exhibit_picture(exhibit: Exhibit, condition: StartCondition) -> str | None:
+    """Boot the exhibit once to take its thumbnail (for one that has no start state):
+    the screen once it reaches the condition. Nothing else is kept. Returns the
+    thumbnail's name, or None (the exhibit then says why)."""
+    try:
+        prepared = await _boot(exhibit, condition, picture_only=True)
+    except PrepareError as error:
+        await Exhibit.objects.filter(pk=exhibit.pk).aupdate(
+            thumbnail_problem=f"No thumbnail could be taken: {error}")
+        return None
+    return await asyncio.to_thread(
+        thumbnail_from_screen, exhibit.pk, prepared.screen,
+        why_none="The screen stayed blank, so no thumbnail was taken; take one from a preview.")
+
+
+async def _boot(exhibit: Exhibit, condition: StartCondition, *, picture_only: bool) -> PreparedState:
+    """Boot the exhibit on a throwaway overlay until it reaches the condition, and
+    save its start state (or, with `picture_only`, only look at its screen)."""
+    profile = exhibit.machine_profile()
+    if picture_only:
+        # The boot disk alone: enough for its picture.
+        profile = dataclasses.replace(profile, extra_media=())
     config = MachinesConfig.from_settings()
     launcher = Launcher(config)
     qemu = await asyncio.to_thread(launcher.qemu_version)
@@ -356,7 +435,7 @@ async def exhibit_prepare(exhibit: Exhibit, condition: StartCondition) -> StartS
             try:
                 prepared = await start_state_prepare(
                     name=name,
-                    profile=exhibit.machine_profile(),
+                    profile=profile,
                     master_path=Path(exhibit.image.path),
                     master_format=exhibit.image.format,
                     master_sha256="+".join(exhibit.image.layers()),
@@ -367,6 +446,7 @@ async def exhibit_prepare(exhibit: Exhibit, condition: StartCondition) -> StartS
                     qemu_version=qemu,
                     accelerator=launcher.accelerator_for(exhibit),
                     condition=condition,
+                    picture_only=picture_only,
                     timeouts=(config.start_timeout_s, config.qmp_timeout_s, config.stop_timeout_s),
                     confinement=launcher.confinement_for(memory_mb=exhibit.memory_mb, run_as=None,
                                                          uid_lease=uid_lease),
@@ -379,16 +459,4 @@ async def exhibit_prepare(exhibit: Exhibit, condition: StartCondition) -> StartS
     finally:
         if config.cgroups is not None:
             await asyncio.to_thread(config.cgroups.parent_remove)
-    old = await StartState.objects.filter(exhibit=exhibit).afirst()
-    start, _ = await StartState.objects.aupdate_or_create(
-        exhibit=exhibit,
-        defaults={
-            "warm_path": os.fspath(prepared.warm_path), "warm_sha256": prepared.warm_sha256,
-            "state_path": os.fspath(prepared.state_path), "state_sha256": prepared.state_sha256,
-            "key": prepared.key, "method": condition.describe(),
-            "prepare_seconds": prepared.seconds, "stale": False, "stale_reason": "",
-        },
-    )
-    if old is not None and old.warm_path != start.warm_path:
-        await asyncio.to_thread(start_state_discard, Path(old.warm_path))
-    return start
+    return prepared

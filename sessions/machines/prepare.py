@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import secrets
 import shutil
 import time
@@ -28,6 +29,7 @@ from sessions.machines.sandbox import blank_disks_create
 
 WARM_FILE = "warm.qcow2"
 STATE_FILE = "machine.state"
+SCREEN_FILE = "start-screen.png"
 # The screen is looked at this often while waiting for it to settle.
 LOOK_INTERVAL_S = 0.25
 # A screen where less than this share of bytes changed counts as still, so a
@@ -72,6 +74,9 @@ class PreparedState:
     state_sha256: str
     key: str
     seconds: float
+    # The screen at the start state (PNG), which becomes the exhibit's thumbnail; None
+    # when QEMU could not give it.
+    screen: bytes | None = None
 
 
 async def _screen(machine: Machine, path: Path) -> tuple[tuple[int, int], bytes]:
@@ -114,6 +119,18 @@ async def _reach(machine: Machine, condition: StartCondition, scratch: Path) -> 
     await screen_settle(machine, scratch, still_s=condition.still_s)
 
 
+async def screen_png(machine: Machine, path: Path) -> bytes | None:
+    """The machine's screen as a PNG (through a file in its run directory), or None."""
+    try:
+        await machine.screendump(path, image_format="png")
+        return await asyncio.to_thread(path.read_bytes)
+    except (MachineError, OSError):
+        return None
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
 async def screen_settle(machine: Machine, scratch: Path, *, still_s: float) -> None:
     """Return once the machine's screen has stayed still for still_s (a ticking clock or
     a blinking cursor, under STILL_TOLERANCE of it, counts as still). `scratch` is a
@@ -144,8 +161,10 @@ async def start_state_prepare(
     timeouts: tuple[float, float, float],
     confinement: Confinement | None = None,
     name: str | None = None,
+    picture_only: bool = False,
 ) -> PreparedState:
-    """Boot, reach the condition, save; returns the frozen files in store.
+    """Boot, reach the condition, save; returns the frozen files in store (with
+    `picture_only`, only the screen there: nothing is saved or kept).
 
     The machine works in run_root/name (default `prepare-<random>`); whoever
     calls holds that name's machine lease (sessions/host.py) for the whole call.
@@ -174,20 +193,27 @@ async def start_state_prepare(
                 async with asyncio.timeout(condition.timeout_s):
                     await _reach(machine, condition, work / "screen.ppm")
             except TimeoutError:
-                screen = (await machine.text_screen()).strip().splitlines()[-1:] or ["(graphics)"]
+                last = (await machine.text_screen()).strip().splitlines()[-1:] or ["(graphics)"]
                 raise PrepareError(
                     f"the exhibit did not reach its start state ({condition.describe()}) within "
-                    f"{condition.timeout_s:g} s; last text line: {screen[0]!r}"
+                    f"{condition.timeout_s:g} s; last text line: {last[0]!r}"
                 ) from None
+            screen = await screen_png(machine, work / SCREEN_FILE)
+            if picture_only:
+                # Only the screen was wanted (a thumbnail of an exhibit that boots cold).
+                return PreparedState(warm_path=Path(), warm_sha256="", state_path=Path(),
+                                     state_sha256="", key="", seconds=time.monotonic() - began,
+                                     screen=screen)
             await machine.save_state(work / STATE_FILE, timeout_s=start_timeout_s)
         finally:
             await machine.stop()
-        return await asyncio.to_thread(
+        prepared = await asyncio.to_thread(
             _freeze, work, store,
             state_key(profile, accelerator=accelerator, qemu=qemu_version,
                       master_sha256=master_sha256),
             time.monotonic() - began,
         )
+        return dataclasses.replace(prepared, screen=screen)
     except (OverlayError, MachineError) as error:
         raise PrepareError(f"the exhibit could not be booted: {error}") from error
     finally:

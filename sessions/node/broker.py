@@ -45,6 +45,7 @@ from portal.images import (
     master_from_visit,
 )
 from portal.models import DiskImage, Exhibit, PreservationEvent, StartState
+from portal.versions import exhibit_of_visit
 from sessions.errors import (
     AddressLimitError,
     CapacityError,
@@ -63,7 +64,7 @@ from sessions.errors import (
 )
 from sessions.machines.host import machine_lease_take, runas_choose, uid_leases_tidy
 from sessions.machines.keys import Keystroke, TypingPace
-from sessions.machines.launcher import Launcher, MachineSource, exhibit_prepare
+from sessions.machines.launcher import Launcher, MachineSource, exhibit_picture, exhibit_prepare
 from sessions.machines.machine import Machine, MachineError
 from sessions.machines.pool import Pool
 from sessions.machines.saving import SavedVisit
@@ -115,7 +116,7 @@ __all__ = [
     "ExhibitUnavailableError", "NodeUnreachableError", "RateLimitedError", "SessionBusyError",
     "SessionEndedError", "SessionError", "SessionExistsError", "StartLimiter", "ViewerLimitError",
     "WatcherLimitError", "WatcherUnknownError",
-    "exhibit_prepare", "get_broker", "runas_choose", "session_group",
+    "exhibit_picture", "exhibit_prepare", "get_broker", "runas_choose", "session_group",
 ]
 
 logger = logging.getLogger(__name__)
@@ -316,7 +317,7 @@ class Broker:
                     self.scheduler, self.limiter, session_id=session_id, exhibit_id=exhibit.pk,
                     owner=owner, address=address, accelerator=self.launcher.accelerator_for(exhibit),
                     run_dir=self._run_dir_pending if saved is None else os.fspath(saved.directory),
-                    here_only=saved is not None)
+                    here_only=saved is not None, cited_version=exhibit.cited_version or "")
                 if session.node != self.config.install:
                     lease.release()
                     self._node_tell(session.node, "node.adopt", session_id)
@@ -379,12 +380,14 @@ class Broker:
             id=session_id, node=self.config.install, state=State.STARTING, run_dir="").afirst()
         if row is None or self._closing or self.keeper.is_live(session_id):
             return False
+        # A cited version's visit runs that version's machine here too.
+        exhibit = await sync_to_async(exhibit_of_visit)(row.exhibit, row.cited_version)
         lease = machine_lease_take(name=session_id, directory=self.config.machines.leases)
-        visit = self.keeper.visit_open(session_id=session_id, exhibit=row.exhibit, queued=False,
+        visit = self.keeper.visit_open(session_id=session_id, exhibit=exhibit, queued=False,
                                        lease=lease)
         try:
             await VisitorSession.objects.filter(id=session_id).aupdate(
-                run_dir=self._run_dir_pending, accelerator=self.launcher.accelerator_for(row.exhibit))
+                run_dir=self._run_dir_pending, accelerator=self.launcher.accelerator_for(exhibit))
         except BaseException:
             self.keeper.visit_drop(visit)
             raise

@@ -3,7 +3,7 @@
 Owns: waiting until a preview's machine runs and its screen has settled,
 asking QEMU for a PNG screendump (into a file the portal opens in the
 session's run directory and hands to QEMU), and
-copying it into the thumbnail store under its SHA-256.
+handing it to the catalogue's thumbnail store (portal.thumbnails).
 
 Must not: keep a machine alive or end one; it only reads the screen while the
 broker says the machine runs, and gives up quietly when it stops.
@@ -12,17 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
-import os
-import struct
-import zlib
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from django.conf import settings
-
 from portal.models import Exhibit
+from portal.thumbnails import png_has_content, thumbnail_set
 from sessions.machines.machine import Machine, MachineError
 from sessions.machines.prepare import screen_settle
 
@@ -47,22 +41,6 @@ def thumbnail_take_soon(broker: Broker, *, session_id: str, exhibit: Exhibit) ->
                       name=f"thumbnail-{session_id}")
 
 
-def png_has_content(png: bytes) -> bool:
-    """True when the picture is not one flat colour (the guest has drawn something)."""
-    offset, data = 8, b""
-    while offset + 8 <= len(png):
-        length, kind = struct.unpack(">I4s", png[offset:offset + 8])
-        if kind == b"IDAT":
-            data += png[offset + 8:offset + 8 + length]
-        offset += 12 + length
-    try:
-        pixels = zlib.decompress(data)
-    except zlib.error:
-        return False
-    # Row filter bytes and one colour give at most a handful of distinct bytes.
-    return len(set(pixels[:1 << 20])) > 6
-
-
 async def thumbnail_take(broker: Broker, *, session_id: str, exhibit: Exhibit) -> str | None:
     """Wait for the running machine and a settled, non-blank screen; store and record it."""
     try:
@@ -72,9 +50,8 @@ async def thumbnail_take(broker: Broker, *, session_id: str, exhibit: Exhibit) -
         return None
     if png is None:
         return None
-    name = await asyncio.to_thread(thumbnail_store, png, store=Path(settings.PORTAL_THUMBNAIL_DIR))
-    await Exhibit.objects.filter(pk=exhibit.pk).aupdate(thumbnail=name)
-    return name
+    # The curator chose this moment: a new start state keeps it.
+    return await asyncio.to_thread(thumbnail_set, exhibit.pk, png, chosen=True)
 
 
 async def _settled_screen(broker: Broker, *, session_id: str) -> bytes | None:
@@ -114,16 +91,3 @@ async def _png(machine: Machine) -> bytes:
     finally:
         with contextlib.suppress(OSError):
             target.unlink()
-
-
-def thumbnail_store(png: bytes, *, store: Path) -> str:
-    """Write the PNG as <sha256>.png (read-only) and return that name."""
-    store.mkdir(parents=True, exist_ok=True)
-    name = f"{hashlib.sha256(png).hexdigest()}.png"
-    final = store / name
-    if not final.exists():
-        temporary = store / f".{name}.incoming"
-        temporary.write_bytes(png)
-        os.chmod(temporary, 0o444)
-        os.replace(temporary, final)
-    return name

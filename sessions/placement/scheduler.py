@@ -76,7 +76,7 @@ class Limiter(Protocol):
 
 def visit_place(config: SchedulerConfig, limiter: Limiter, *, session_id: str, exhibit_id: int,
                 owner: str, address: str, accelerator: str, run_dir: str,
-                here_only: bool = False) -> VisitorSession:
+                here_only: bool = False, cited_version: str = "") -> VisitorSession:
     """Record a new visit: on the least busy live node with a free place when nobody
     waits, else at the end of the line (held by this node until a place frees).
     With `here_only` (a visit whose files are on this node: a saved visit going on),
@@ -110,6 +110,7 @@ def visit_place(config: SchedulerConfig, limiter: Limiter, *, session_id: str, e
             here = node in (None, config.node)
             return VisitorSession.objects.create(
                 id=session_id, exhibit_id=exhibit_id, owner=owner, address=address,
+                cited_version=cited_version,
                 state=State.QUEUED if node is None else State.STARTING,
                 node=config.node if node is None else node, accelerator=accelerator,
                 # Empty until the node it was placed on takes it in (`placed_pending`).

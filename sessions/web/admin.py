@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 from asgiref.sync import sync_to_async
 from django.contrib import admin, messages
@@ -20,11 +21,11 @@ from django.urls import URLPattern, path, reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_protect
 
-from portal.admin import exhibit_actions_add
+from portal.admin import EXHIBIT_PUBLISHED_HOOKS, exhibit_actions_add
 from portal.models import Exhibit
 from sessions.errors import gettext_noop
 from sessions.ids import session_id_valid
-from sessions.machines.launcher import exhibit_prepare
+from sessions.machines.launcher import exhibit_picture, exhibit_prepare
 from sessions.machines.prepare import PrepareError, StartCondition
 from sessions.models import VisitorSession
 from sessions.node.broker import NodeUnreachableError, get_broker
@@ -137,3 +138,26 @@ def prepare_dos_prompt(modeladmin: admin.ModelAdmin[Exhibit], request: HttpReque
 
 
 exhibit_actions_add(prepare_desktop, prepare_dos_prompt)
+
+
+def picture_condition(exhibit: Exhibit) -> StartCondition:
+    """When a booting exhibit's screen is worth a thumbnail: a Windows desktop once it is
+    drawn and still, anything else once its screen has been still for two seconds."""
+    if exhibit.platform == Exhibit.Platform.WINDOWS3:
+        return StartCondition(wait_graphics=True, still_s=2.0, timeout_s=90.0)
+    return StartCondition(still_s=2.0, timeout_s=60.0)
+
+
+def _picture_soon(exhibit: Exhibit) -> None:
+    """A published exhibit with neither a thumbnail nor a start state: boot it once, in
+    the background, for its picture (the admin then shows it, or why there is none)."""
+    def take() -> None:
+        try:
+            asyncio.run(exhibit_picture(exhibit, picture_condition(exhibit)))
+        except Exception:
+            logger.exception("the thumbnail of %s could not be taken", exhibit.slug)
+
+    threading.Thread(target=take, name=f"thumbnail-{exhibit.slug}", daemon=True).start()
+
+
+EXHIBIT_PUBLISHED_HOOKS.append(_picture_soon)

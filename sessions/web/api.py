@@ -39,8 +39,9 @@ from portal.framing import EMBED_FLAG, embed_requested, embeddable
 from portal.images import Derivation, DerivationError
 from portal.importer import ImageError
 from portal.limits import visit_limits_sentence
-from portal.models import Exhibit
+from portal.models import Exhibit, ExhibitVersion
 from portal.record import agent_staff
+from portal.versions import exhibit_as_version, exhibit_of_visit, version_record
 from portal.visitor import visitor_id
 from sessions.errors import SaveTooLargeError, SessionError, gettext_noop
 from sessions.ids import session_id_valid
@@ -85,6 +86,30 @@ async def session_create(request: HttpRequest, slug: str) -> HttpResponse:
     ).afirst()
     if exhibit is None:
         return json_error(404, "not_found", gettext("There is no such exhibit."))
+    return await _start_answer(request, exhibit)
+
+
+@require_POST
+async def session_version_create(request: HttpRequest, slug: str, version: str) -> HttpResponse:
+    """A new session of a cited version of the exhibit: its machine as that version had
+    it (booting cold unless it is the current one), while the masters it needs exist."""
+    exhibit = await Exhibit.objects.select_related("image").filter(slug=slug, published=True).afirst()
+    cited = None if exhibit is None else \
+        await ExhibitVersion.objects.filter(exhibit=exhibit, version=version).afirst()
+    if exhibit is None or cited is None:
+        return json_error(404, "not_found", gettext("There is no such version of this exhibit."))
+    if not exhibit.version:
+        await sync_to_async(version_record)(exhibit.pk)
+        exhibit.version = (await Exhibit.objects.aget(pk=exhibit.pk)).version
+    machine = await sync_to_async(exhibit_as_version)(exhibit, cited)
+    if machine is None:
+        return json_error(410, "version_withdrawn", gettext(
+            "This version of the exhibit was withdrawn: a disk image it needs is no longer kept."))
+    return await _start_answer(request, machine)
+
+
+async def _start_answer(request: HttpRequest, exhibit: Exhibit) -> HttpResponse:
+    """Start a session of the exhibit and answer as session_create does."""
     started = await _session_start(request, exhibit)
     if _wants_page(request):
         # The embed page's form says so: its machine stays chrome-less and frameable.
@@ -146,6 +171,12 @@ async def session_preview(request: HttpRequest, slug: str) -> HttpResponse:
     if "text/html" in request.headers.get("Accept", ""):
         return HttpResponseRedirect(data["page_url"])
     return JsonResponse(data, status=201)
+
+
+async def _visit_exhibit(session: VisitorSession) -> Exhibit:
+    """The exhibit as the visit runs it (a cited version's machine where it is one)."""
+    exhibit = await Exhibit.objects.select_related("image").aget(pk=session.exhibit_id)
+    return await sync_to_async(exhibit_of_visit)(exhibit, session.cited_version)
 
 
 async def _session_start(
@@ -229,7 +260,7 @@ async def session_reset(request: HttpRequest, session_id: str) -> JsonResponse:
     session = await owned_session(request, session_id)
     if session is None:
         return _not_found()
-    exhibit = await Exhibit.objects.select_related("image").aget(pk=session.exhibit_id)
+    exhibit = await _visit_exhibit(session)
     broker = await get_broker()
     try:
         await broker.session_reset(session_id=session.id, exhibit=exhibit)
@@ -345,7 +376,7 @@ async def media(request: HttpRequest, session_id: str) -> HttpResponseBase:
         with contextlib.ExitStack() as held:
             uploads = [Upload(name=str(upload.name or "FILE"), path=await _on_disk(upload, held),
                               size=int(upload.size or 0)) for upload in files]
-            exhibit = await Exhibit.objects.aget(pk=session.exhibit_id)
+            exhibit = await _visit_exhibit(session)
             result = await broker.sandboxes.media_insert(
                 session_id=session.id, uploads=uploads, drive=exhibit.machine_profile().files_in)
         return JsonResponse(result.as_json(), status=201)

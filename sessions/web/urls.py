@@ -8,6 +8,7 @@ from . import api, operators, prints, recordings, tools
 urlpatterns = [
     path("sessions/<str:session_id>/", api.session_page, name="session"),
     path("api/exhibits/<slug:slug>/sessions", api.session_create),
+    path("api/exhibits/<slug:slug>/v/<str:version>/sessions", api.session_version_create),
     path("api/exhibits/<slug:slug>/preview", api.session_preview),
     path("api/sessions/<str:session_id>", api.session_detail),
     path("api/sessions/<str:session_id>/reset", api.session_reset),

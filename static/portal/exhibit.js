@@ -67,8 +67,9 @@ form?.addEventListener("submit", async (event) => {
   event.preventDefault();
   button.disabled = true;
   button.textContent = gettext("Starting…");
+  // The form's own address: a cited version's page starts that version.
   const { status, data } = await api("POST",
-    `/api/exhibits/${article.dataset.slug}/sessions?page=1${embed ? "&embed=1" : ""}`);
+    `${form.getAttribute("action")}?page=1${embed ? "&embed=1" : ""}`);
   if (status === 201) {
     await machineShow(data);
     return;

@@ -18,7 +18,7 @@ from portal.importer import (
     size_text,
     vmdk_header_check,
 )
-from sessions.node.thumbnail import png_has_content
+from portal.thumbnails import png_has_content
 
 
 def write(path: Path, data: bytes, *, size: int | None = None) -> Path:

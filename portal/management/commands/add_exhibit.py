@@ -93,6 +93,11 @@ class Command(BaseCommand):
         )
         parser.add_argument("--year", type=int)
         parser.add_argument("--publisher", default="")
+        parser.add_argument("--platform", choices=[c.value for c in Exhibit.Platform], default="dos",
+                            help="What the visitor gets: dos, windows3 or other (the gallery's filter).")
+        parser.add_argument("--kind", choices=[c.value for c in Exhibit.Kind], default="software",
+                            help="software or game: what search engines are told it is.")
+        parser.add_argument("--rights", default="", help="The licence or rights statement.")
         parser.add_argument("--description", default="")
         parser.add_argument("--language", default="en",
                             help="The language the title and description are written in (en, de, …).")
@@ -161,6 +166,9 @@ class Command(BaseCommand):
                     "title": options["title"],
                     "year": options["year"],
                     "publisher": options["publisher"],
+                    "platform": options["platform"],
+                    "kind": options["kind"],
+                    "rights": options["rights"],
                     "description": options["description"],
                     "language": options["language"],
                     "translations": translations_given(options["title_in"], options["description_in"]),
