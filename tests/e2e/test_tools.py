@@ -297,7 +297,8 @@ def test_the_tools_and_a_watch_link_work_through_a_node_that_does_not_hold_the_v
         assert seeing.lit_pixels() > 10000
         state = await asyncio.to_thread(watching_b.request, "GET", f"/watch/{link['token']}/state")
         assert state == (200, {"state": "running", "ended_reason": None, "exhibit": "demo",
-                               "title": "Portal demo", "watchers": 1, "control": False})
+                               "title": "Portal demo", "watchers": 1, "control": False,
+                               "drives": []})
         keyed = await PortalVisitor(other.url).display(f"/ws/watch/{link['token']}/vnc")
         await keyed.type_text("x")
         assert (await close_code_of(keyed.transport))[0] == 4400  # type: ignore[arg-type]
