@@ -20,6 +20,7 @@ import pytest
 from deploy import teardown
 from tests.conftest import REPO, service_stopped
 from tests.support.install_stores import InstallStores, install_stores_allot
+from tests.support.install_template import install_copy
 from tests.support.processes import processes_naming, visit_machine
 
 if TYPE_CHECKING:
@@ -174,9 +175,40 @@ def migrated_database() -> Iterator[Callable[[dict[str, str]], Path]]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+# Settings under which an install is made by its own commands, not copied
+# (tests/support/install_template.py): where its files are, and what its machines are.
+TEMPLATE_UNSAFE = {"PORTAL_IMAGE_DIR", "PORTAL_DATA_DIR", "PORTAL_RUN_DIR", "PORTAL_THUMBNAIL_DIR",
+                   "PORTAL_RECORDING_DIR", "PORTAL_DATABASE_URL", "PORTAL_DATABASE_PATH",
+                   "PORTAL_ACCELERATOR", "PORTAL_QEMU_UID_BASE", "PORTAL_QEMU", "PORTAL_QEMU_IMG"}
+
+
+@pytest.fixture(scope="session")
+def prepared_install(migrated_database: Callable[[dict[str, str]], Path]
+                     ) -> Iterator[Callable[[dict[str, str], object, list[list[str]]], Path]]:
+    """A prepared install's data directory per kind, made once per test process by
+    the real commands (migrate, add_exhibit, prepare_exhibit), for installs to copy."""
+    made: dict[object, Path] = {}
+
+    def install(env: dict[str, str], kind: object, commands: list[list[str]]) -> Path:
+        if kind not in made:
+            root = Path(tempfile.mkdtemp(prefix="pe-template-", dir="/tmp"))
+            made[kind] = root
+            shutil.copyfile(migrated_database(env), root / "portal.sqlite3")
+            subprocess.run([sys.executable, "-c", _COMMANDS_RUN, json.dumps(commands)],
+                           env={**env, "PORTAL_DATA_DIR": str(root)}, check=True, capture_output=True,
+                           cwd=REPO)
+        return made[kind]
+
+    yield install
+    for root in made.values():
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture
 def portal_make(demo_image: Path, request: pytest.FixtureRequest,
-                migrated_database: Callable[[dict[str, str]], Path]) -> Iterator[PortalFactory]:
+                migrated_database: Callable[[dict[str, str]], Path],
+                prepared_install: Callable[[dict[str, str], object, list[list[str]]], Path]
+                ) -> Iterator[PortalFactory]:
     """Make served portals, each an install of its own (its own data directory);
     afterwards each is stopped and must have left nothing behind. A failed test's
     report ends with each portal's log.
@@ -218,17 +250,23 @@ def portal_make(demo_image: Path, request: pytest.FixtureRequest,
         # A data directory of the test's own (data_dir) is made as the portal makes it.
         on_sqlite = not any(name in env for name in ("PORTAL_DATABASE_URL", "PORTAL_DATABASE_PATH"))
         commands: list[list[str]] = []
-        if on_sqlite and data_dir is None and not database.exists():
-            shutil.copyfile(migrated_database(env), database)
+        demo_commands = [["add_exhibit", str(demo_image), "--slug", "demo", "--title", "Portal demo",
+                          "--boot", "hdd", "--year", "1992", "--sound", sound or "none", "--publish",
+                          "--visitors-may-record"]]
+        if prepare:
+            # As `make run` does: visitors resume the booted desktop.
+            demo_commands.append(["prepare_exhibit", "demo", "--wait-graphics", "--still", "1"])
+        own = on_sqlite and data_dir is None and not database.exists()
+        if own and demo and not (set(settings or {}) & TEMPLATE_UNSAFE):
+            # A copy of this process's install of the same kind, made by the commands once.
+            install_copy(prepared_install(env, (sound, prepare), demo_commands), root)
         else:
-            commands.append(["migrate", "--no-input", "-v", "0"])
-        if demo:
-            commands.append(["add_exhibit", str(demo_image), "--slug", "demo", "--title", "Portal demo",
-                             "--boot", "hdd", "--year", "1992", "--sound", sound or "none", "--publish",
-                             "--visitors-may-record"])
-            if prepare:
-                # As `make run` does: visitors resume the booted desktop.
-                commands.append(["prepare_exhibit", "demo", "--wait-graphics", "--still", "1"])
+            if own:
+                shutil.copyfile(migrated_database(env), database)
+            else:
+                commands.append(["migrate", "--no-input", "-v", "0"])
+            if demo:
+                commands += demo_commands
         # Another node of the same portal (demo=False): the database already has the demo.
         if commands:
             site.manage_each(*commands)
