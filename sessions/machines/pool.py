@@ -193,7 +193,7 @@ class Pool:
                     self._discard_soon(pooled, why="its start state was replaced or its QEMU is gone")
             self._machines[exhibit_id] = keep
         made = 0
-        while self.enabled and self._room():
+        while self.enabled and not self._closed and self._room():
             short = [(len(self._machines.get(exhibit_id, [])), exhibit_id)
                      for exhibit_id in wanted if len(self._machines.get(exhibit_id, [])) < self.size]
             if not short:
@@ -277,6 +277,12 @@ class Pool:
     async def close(self) -> None:
         """Discard every pooled machine and wait until all of them are gone."""
         self._closed = True
+        # A machine being made now is stopped with its files (its task's own clean-up),
+        # before the node goes: else it would outlive the portal.
+        making = self._make_task
+        if making is not None and not making.done():
+            making.cancel()
+            await asyncio.gather(making, return_exceptions=True)
         for exhibit_id in list(self._machines):
             self.drop_exhibit(exhibit_id, why="the node is shutting down")
         while self._discards:
