@@ -113,11 +113,58 @@ export function displaySocketOpen(path) {
       if (waiting.length) queueMicrotask(() => { for (const event of waiting) value(event); });
     },
   });
-  const entry = { socket, asked: askedOrNot, client: null, closed: null, late: false };
+  const entry = { socket, asked: askedOrNot, client: null, closed: null, late: false,
+    pictured: firstPictureWatch(socket) };
   socket.addEventListener("close", (event) => { entry.closed = { code: event.code, reason: event.reason }; });
   opened.set(path, entry);
   clientStart(path, entry);
   return askedOrNot;
+}
+
+// Resolves once the server's first picture has come and the display client has had
+// it, and the page has painted: the server's messages counted through the opening
+// (version, security types, result, ServerInit and its name), then the picture's
+// messages until the server pauses (the first picture comes as one burst; what
+// follows comes only as the screen changes). Also on a close.
+const PICTURE_PAUSE_MS = 20;
+
+function firstPictureWatch(socket) {
+  return new Promise((resolve) => {
+    let stage = 0;
+    let need = 12;
+    let have = new Uint8Array(0);
+    let pause = null;
+    const seen = (event) => {
+      if (typeof event.data === "string") return;
+      if (stage < 6) {
+        const bytes = new Uint8Array(event.data);
+        const joined = new Uint8Array(have.length + bytes.length);
+        joined.set(have);
+        joined.set(bytes, have.length);
+        have = joined;
+        while (stage < 6 && have.length >= need) {
+          const part = have.subarray(0, need);
+          have = have.subarray(need);
+          if (stage === 0) { stage = 1; need = 1; }
+          else if (stage === 1) { stage = 2; need = part[0] || 1; }
+          else if (stage === 2) { stage = 3; need = 4; }
+          else if (stage === 3) { stage = 4; need = 24; }
+          else if (stage === 4) { stage = 5; need = ((part[20] << 24) | (part[21] << 16) | (part[22] << 8) | part[23]) >>> 0; }
+          else { stage = 6; }
+        }
+        if (stage < 6 || !have.length) return;
+      }
+      // A part of the picture: the display client handles it in this same task.
+      clearTimeout(pause);
+      pause = setTimeout(done, PICTURE_PAUSE_MS);
+    };
+    function done() {
+      socket.removeEventListener("message", seen);
+      requestAnimationFrame(() => resolve());
+    }
+    socket.addEventListener("message", seen);
+    socket.addEventListener("close", () => resolve());
+  });
 }
 
 async function clientStart(path, entry) {
@@ -145,6 +192,13 @@ export function displayScreen(path) {
   if (!entry) return null;
   entry.late = true;
   return entry.client ? entry.client.target : null;
+}
+
+// Resolves once the early client has drawn the machine's first picture (or its
+// socket closed): what the page's change lets go first.
+export function displayPictured(path) {
+  const entry = opened.get(path);
+  return entry && entry.client ? entry.pictured : Promise.resolve();
 }
 
 // What was opened early for this path, once: the socket while it is still good,

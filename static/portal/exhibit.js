@@ -1,5 +1,5 @@
 import { api, csrfToken } from "./csrf.js";
-import { displayScreen, displaySocketDrop, displaySocketOpen } from "./early-display.js";
+import { displayPictured, displayScreen, displaySocketDrop, displaySocketOpen } from "./early-display.js";
 import { pageBecome } from "./page-swap.js";
 import { escapeHtml, format, gettext } from "./i18n.js";
 
@@ -34,6 +34,8 @@ window.addEventListener("load", () => { import("/static/novnc/core/rfb.js").catc
 
 // How long the page's change waits for the display's first update to be asked for.
 const ASK_WAIT_MS = 100;
+// How long the machine page's scripts wait for its first picture to be drawn.
+const PICTURE_WAIT_MS = 250;
 
 // The machine's page, in place of this one: its display socket opened at once
 // (the session's id is known), the page itself in the start's answer (asked for
@@ -54,7 +56,10 @@ async function machineShow(data) {
     // should the socket be slow.
     if (asked) await Promise.race([asked, new Promise((resolve) => { setTimeout(resolve, ASK_WAIT_MS); })]);
     const keep = asked ? displayScreen(data.vnc_path) : null;
-    await pageBecome(html, url, { keep });
+    // The picture first, then the page's scripts; not for long, should it be slow.
+    const first = keep ? Promise.race([displayPictured(data.vnc_path),
+      new Promise((resolve) => { setTimeout(resolve, PICTURE_WAIT_MS); })]) : null;
+    await pageBecome(html, url, { keep, first });
   } catch {
     displaySocketDrop(data.vnc_path);
     window.location.assign(url);

@@ -24,8 +24,10 @@ function scriptRun(old) {
 
 // `keep`: an element of this page that takes the place of the new page's element
 // of the same id (its attributes the new one's), as it is: the early display
-// client's screen, already drawing.
-export async function pageBecome(html, url, { keep = null } = {}) {
+// client's screen, already drawing. `first`: what the new page's scripts wait for,
+// once its body is in place (the machine's first picture, so that it is drawn
+// before the scripts' own set-up keeps the page busy).
+export async function pageBecome(html, url, { keep = null, first = null } = {}) {
   const next = new DOMParser().parseFromString(html, "text/html");
   for (const { name, value } of next.documentElement.attributes) document.documentElement.setAttribute(name, value);
   document.title = next.title;
@@ -60,6 +62,7 @@ export async function pageBecome(html, url, { keep = null } = {}) {
   window.history.pushState({ page: url }, "", url);
   shown = window.location.pathname + window.location.search;
   window.scrollTo(0, 0);
+  if (first) await first;
   for (const script of scripts) {
     if (script.type === "module") {
       if (script.src) await import(script.src);
