@@ -223,6 +223,9 @@ class Browser:
     def reset(self, page: Any) -> dict[str, float]:
         if self.pool:
             _off_loop(lambda: _pool_waits(self.url, self.pool))
+        # The machine page's scripts run once its first picture is drawn: Reset is
+        # pressed once they have (the page says the machine is running).
+        page.wait_for_selector('#state[data-state="running"]', timeout=TIMEOUT_MS)
         page.evaluate(CLICK_RESET)
         return _drawn(page)
 
