@@ -174,7 +174,7 @@ async def machine_save(machine: SavingMachine, plan: SavePlan, *, qemu_img: str,
                 await asyncio.to_thread(shutil.copyfile, source, copy)
             await machine.save_state(state, timeout_s=timeout_s)
         finally:
-            await machine.execute("cont")
+            await _cont_after_migration(machine)
         paused = time.monotonic() - began
         start_backing: Path | None = None
         layers: list[tuple[DiskLayer, Path]] = []
@@ -199,6 +199,21 @@ async def machine_save(machine: SavingMachine, plan: SavePlan, *, qemu_img: str,
         path.unlink(missing_ok=True)
     return SavedParts(state=state, layers=tuple(layers), start_backing=start_backing, paused_s=paused,
                       drives=plan.drives)
+
+
+async def _cont_after_migration(machine: SavingMachine, *, within_s: float = 5.0) -> None:
+    """Let the guest run again after its state was written: QEMU reports the migration
+    completed a moment before it has finished with it, and refuses `cont` until then
+    ("Migration is not finalized yet"), so that refusal is retried briefly."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            await machine.execute("cont")
+            return
+        except Exception as error:
+            if "not finalized" not in str(error) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.01)
 
 
 async def _rewrite(qemu_img: str, copy: Path, info: dict[str, Any], *, flatten: bool,

@@ -62,7 +62,21 @@ export async function pageBecome(html, url, { keep = null, first = null } = {}) 
   window.history.pushState({ page: url }, "", url);
   shown = window.location.pathname + window.location.search;
   window.scrollTo(0, 0);
-  if (first) await first;
+  // A press on the new page before its scripts run (they wait for `first`) is held,
+  // and given to its control once they have.
+  const held = [];
+  const hold = (event) => {
+    const control = event.target instanceof Element
+      ? event.target.closest("button, a[href], summary, [role=button]") : null;
+    if (!control) return;
+    event.preventDefault();
+    event.stopImmediatePropagation();
+    held.push(control);
+  };
+  if (first) {
+    body.addEventListener("click", hold, true);
+    await first;
+  }
   for (const script of scripts) {
     if (script.type === "module") {
       if (script.src) await import(script.src);
@@ -71,6 +85,9 @@ export async function pageBecome(html, url, { keep = null, first = null } = {}) 
       await scriptRun(script);
     }
   }
+  body.removeEventListener("click", hold, true);
+  window.dispatchEvent(new Event("portal:page-scripts-ran"));
+  for (const control of held) if (control.isConnected) control.click();
 }
 
 // A page changed in place has the address of its own: going back or forward to

@@ -209,6 +209,7 @@ function screenTextStart(section) {
   // A new events socket (session.js reconnected) knows nothing of this panel yet.
   window.addEventListener("portal:events-open", () => { if (isOpen() && state === "running") listen(true); });
 
+  let modeAsk = () => {};
   if (stateLabel) {
     new MutationObserver(() => {
       const next = stateLabel.dataset.state;
@@ -216,6 +217,9 @@ function screenTextStart(section) {
       state = next;
       if (state !== "running") mode = null;
       if (isOpen()) listen(state === "running");
+      // Running with a picture already on the screen (a page changed in place):
+      // which mode it is in is asked now, as after a change of size.
+      if (state === "running" && !mode) modeAsk();
       describeState();
     }).observe(stateLabel, { attributes: true, attributeFilter: ["data-state"] });
   }
@@ -235,6 +239,8 @@ function screenTextStart(section) {
       }
     });
     observer.observe(screen, { subtree: true, childList: true, attributes: true, attributeFilter: ["width", "height"] });
+    modeAsk = () => { if (screen.querySelector("canvas")) sizeChanged(); };
+    modeAsk();
   }
   describeState();
 }

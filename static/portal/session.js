@@ -259,8 +259,11 @@ function onSessionState(data) {
 }
 
 // What other modules (screen-text.js) send on the events socket.
+// What other modules ask to send before the events socket is open goes once it is.
+const eventsPending = [];
 window.addEventListener("portal:events-send", (event) => {
   if (events && events.readyState === WebSocket.OPEN) events.send(JSON.stringify(event.detail));
+  else eventsPending.push(event.detail);
 });
 
 function listen() {
@@ -268,6 +271,7 @@ function listen() {
   events = new WebSocket(scheme + window.location.host + session.events_path);
   events.addEventListener("open", () => {
     eventsDelayMs = 500;
+    for (const detail of eventsPending.splice(0)) events.send(JSON.stringify(detail));
     // Other modules (screen-text.js) say what they listen to again on a new socket.
     window.dispatchEvent(new CustomEvent("portal:events-open"));
   });
@@ -398,7 +402,9 @@ function connect() {
   }
   rfb.addEventListener("connect", connected);
   rfb.addEventListener("disconnect", disconnected);
-  if (client && client.connected) connected();
+  // Adopted already connected, on a page changed in place: once every script of the
+  // page has run (what they listen for is said then).
+  if (client && client.connected) window.addEventListener("portal:page-scripts-ran", connected, { once: true });
 }
 
 endButton.addEventListener("click", async () => {
