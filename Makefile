@@ -100,7 +100,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/pylint --disable=all --enable=duplicate-code --score=n sessions portal
 
 # Four workers on two cores: most of a test is waiting (for QEMU, a guest, a browser),
-# so the waits overlap (about 10 minutes here; more workers are no faster); each worker's tests are
+# so the waits overlap (about 8 minutes here; more workers are no faster); each worker's tests are
 # installs of their own (data directory, ports, cgroups), so they do not meet.
 TEST_WORKERS ?= 4
 

@@ -54,16 +54,20 @@ function keyboardStart() {
     return false;
   }
 
+  // One change at a time, in order: a press (also one the page held while its
+  // scripts started) waits for the remembered choice being set.
+  let pending = Promise.resolve();
+  const after = (step) => { pending = pending.then(step, step); return pending; };
   show(mode);
   if (toggle) {
-    toggle.addEventListener("click", async () => {
+    toggle.addEventListener("click", () => after(async () => {
       const wanted = mode === "positions" ? "characters" : "positions";
       if (await choose(wanted)) store(wanted);
-    });
+    }));
   }
   const remembered = stored();
   if ((remembered === "positions" || remembered === "characters") && remembered !== mode) {
-    choose(remembered);
+    after(() => choose(remembered));
   }
   window.addEventListener("portal:event", (event) => {
     const message = event.detail;
