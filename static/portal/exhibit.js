@@ -39,18 +39,13 @@ const PICTURE_WAIT_MS = 250;
 
 // The machine's page, in place of this one: its display socket opened at once
 // (the session's id is known), the page itself in the start's answer (asked for
-// with `page=1`; fetched if it is not there). A page that cannot be had so is
-// navigated to instead.
+// with `page=1`). A page that cannot be had so is navigated to instead.
 async function machineShow(data) {
   const url = machinePage(data.page_url);
   const asked = data.state === "queued" || data.state === "ended" ? null : displaySocketOpen(data.vnc_path);
   try {
-    let html = data.page_html;
-    if (!html) {
-      const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" } });
-      if (!response.ok) throw new Error(`status ${response.status}`);
-      html = await response.text();
-    }
+    const html = data.page_html;
+    if (!html) throw new Error("the start's answer has no page");
     // The page's change keeps this thread busy for a while: the display's opening
     // goes first, so the server makes the first picture meanwhile; not for long,
     // should the socket be slow.

@@ -343,12 +343,10 @@ function connect() {
   const socket = client ? null : (early ? early.socket
     : new WebSocket(scheme + window.location.host + session.vnc_path, ["binary"]));
   lastClose = client ? early.closed : null;
-  if (socket) {
-    socket.binaryType = "arraybuffer";
-    socket.addEventListener("close", (event) => { lastClose = { code: event.code, reason: event.reason }; });
-  } else {
-    early.socket.addEventListener("close", (event) => { lastClose = { code: event.code, reason: event.reason }; });
-  }
+  if (socket) socket.binaryType = "arraybuffer";
+  (socket || early.socket).addEventListener("close", (event) => {
+    lastClose = { code: event.code, reason: event.reason };
+  });
   rfb = client ? client.rfb : new RFB(screen, socket, { shared: true });
   const mine = rfb;
   rfb.scaleViewport = true;

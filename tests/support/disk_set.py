@@ -13,8 +13,7 @@ from asgiref.sync import sync_to_async
 
 from portal.images import disk_image_import
 from portal.models import Exhibit, ExhibitDisk
-
-MTOOLS = {**os.environ, "MTOOLS_SKIP_CHECK": "1", "MTOOLSRC": "/dev/null"}
+from tests.support.hosted_guest import MTOOLS
 
 
 def floppy_make(path: Path, *, label: str, files: dict[str, bytes], serial: str) -> Path:
